@@ -1,0 +1,81 @@
+"""Spec API, kind Deployment: which model version serves where, and how."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from controller.api.common import Name, Ref, Resource, SecretRef, Strict
+
+
+class KServeTarget(Strict):
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    canary_traffic_percent: int | None = Field(default=None, ge=0, le=100)
+    cpu: str = "2"
+    memory: str = "4Gi"
+    gpu: int = Field(default=0, ge=0)
+    image: str | None = Field(default=None, description="Runtime image; llmops' own by default.")
+    storage_uri: str | None = Field(
+        default=None, description="Where the cluster reads the weights (pvc://, s3://)."
+    )
+
+    @model_validator(mode="after")
+    def _replicas(self) -> KServeTarget:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas must be at least min_replicas")
+        return self
+
+
+class DockerTarget(Strict):
+    image: str | None = Field(default=None, description="Tag for the built image.")
+    base_image: str = "python:3.11-slim"
+
+
+class Limits(Strict):
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_tokens: int = Field(default=512, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_concurrency: int = Field(default=4, ge=1)
+    max_queue: int = Field(default=16, ge=0)
+
+
+class Collect(Strict):
+    """Opt-in logging of requests, responses and feedback into a store Datasets can read."""
+
+    enabled: bool = False
+    sample_rate: float = Field(default=1.0, ge=0, le=1)
+    redact_pii: bool = True
+    into: Name | None = Field(default=None, description="Store name a Dataset source can name.")
+
+    @model_validator(mode="after")
+    def _into(self) -> Collect:
+        if self.enabled and self.into is None:
+            raise ValueError("collect.enabled needs 'into', the store a Dataset reads from")
+        return self
+
+
+class DeploymentSpec(Strict):
+    model: Ref
+    target: Literal["local", "docker", "kserve"] = "local"
+    runtime: Literal["transformers", "llama-cpp"] = "transformers"
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_key: SecretRef | None = Field(default=None, description="Clients must send this key.")
+    kserve: KServeTarget = Field(default_factory=KServeTarget)
+    docker: DockerTarget = Field(default_factory=DockerTarget)
+    limits: Limits = Field(default_factory=Limits)
+    smoke_suite: Name | None = Field(
+        default=None, description="EvalSuite whose first prompts decide readiness."
+    )
+    collect: Collect = Field(default_factory=Collect)
+
+
+class Deployment(Resource):
+    """A model version served on a target: local process, docker image or KServe."""
+
+    KIND: ClassVar[str] = "Deployment"
+    FOLDER: ClassVar[str] = "deployments"
+    kind: Literal["Deployment"]
+    spec: DeploymentSpec

@@ -1,0 +1,154 @@
+"""Spec API, kind EvalSuite: tasks over local data, metrics, judge model and gates."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from controller.api.common import Name, Ref, RepoPath, Resource, Strict
+
+Metric = Literal[
+    "perplexity",
+    "word_perplexity",
+    "exact_match",
+    "token_f1",
+    "accuracy",
+    "rouge_l",
+    "keyword_recall",
+    "judge",
+    "latency",
+    "throughput",
+]
+
+
+class FileData(Strict):
+    """Evaluation rows from a local JSONL file."""
+
+    type: Literal["file"]
+    path: RepoPath
+
+
+class DatasetData(Strict):
+    """Evaluation rows from a split of a prepared Dataset."""
+
+    type: Literal["dataset"]
+    dataset: Ref
+    split: Literal["train", "validation", "test"] = "test"
+
+
+TaskData = Annotated[FileData | DatasetData, Field(discriminator="type")]
+
+
+class Generation(Strict):
+    max_new_tokens: int = Field(default=64, ge=1, le=4096)
+    temperature: float = Field(default=0.0, ge=0)
+    stop: list[str] = Field(default_factory=list)
+
+
+class Task(Strict):
+    """One task of a suite; run through lm-evaluation-harness as a custom task."""
+
+    name: Name
+    type: Literal[
+        "generate_until", "loglikelihood", "loglikelihood_rolling", "multiple_choice", "lm_eval"
+    ]
+    data: TaskData | None = None
+    lm_eval_task: str | None = Field(
+        default=None, description="A built-in lm-eval task name (type lm_eval); data must be local."
+    )
+    prompt: str = Field(
+        default="{question}", description="Prompt template over the row's fields."
+    )
+    target: str = Field(default="answer", description="Row field holding the reference.")
+    choices: str = Field(default="choices", description="Row field with the options (multiple_choice).")
+    chat_template: bool = Field(default=True, description="Wrap the prompt in the chat template.")
+    metrics: list[Metric] = Field(min_length=1)
+    generation: Generation = Field(default_factory=Generation)
+    limit: int | None = Field(default=None, ge=1, description="Only the first N rows.")
+
+    @model_validator(mode="after")
+    def _data_or_builtin(self) -> Task:
+        if self.type == "lm_eval":
+            if not self.lm_eval_task:
+                raise ValueError("type 'lm_eval' needs 'lm_eval_task', a built-in task name")
+        elif self.data is None:
+            raise ValueError(f"type '{self.type}' needs 'data' (a file or a dataset split)")
+        return self
+
+
+class Judge(Strict):
+    """LLM-as-judge: a registered model scores answers against a rubric."""
+
+    model: Ref
+    rubric: str = Field(min_length=1)
+    scale_min: int = 1
+    scale_max: int = 5
+
+
+class Gate(Strict):
+    """A pass/fail rule on one metric: 'task/metric'. Judged on the confidence bound."""
+
+    metric: str = Field(pattern=r"^[a-z0-9-]+/[a-z0-9_]+$", description="'task/metric'.")
+    min: float | None = None
+    max: float | None = None
+    max_drop: float | None = Field(default=None, ge=0, description="Against the baseline.")
+    non_inferiority_margin: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> Gate:
+        if all(v is None for v in (self.min, self.max, self.max_drop, self.non_inferiority_margin)):
+            raise ValueError("a gate needs at least one of min, max, max_drop, non_inferiority_margin")
+        return self
+
+
+class Bootstrap(Strict):
+    samples: int = Field(default=1000, ge=100, le=100_000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    seed: int = 0
+
+
+class EvalSuiteSpec(Strict):
+    description: str = ""
+    tasks: list[Task] = Field(min_length=1)
+    judge: Judge | None = None
+    gates: list[Gate] = Field(default_factory=list)
+    bootstrap: Bootstrap = Field(default_factory=Bootstrap)
+    baseline: RepoPath | None = Field(
+        default=None, description="Blessed baseline file (written by `llmops bless`)."
+    )
+    smoke_prompts: int = Field(
+        default=3, ge=0, le=50, description="Rows a deployment's readiness check uses."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalSuiteSpec:
+        names = [t.name for t in self.tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"task names must be unique; repeated: {', '.join(dupes)}")
+        uses_judge = any("judge" in t.metrics for t in self.tasks)
+        if uses_judge and self.judge is None:
+            raise ValueError("metric 'judge' needs a 'judge' section naming the judge model")
+        for gate in self.gates:
+            task, _, metric = gate.metric.partition("/")
+            if task not in names:
+                raise ValueError(f"gate '{gate.metric}' names unknown task '{task}'")
+            task_metrics = next(t.metrics for t in self.tasks if t.name == task)
+            if metric not in task_metrics:
+                raise ValueError(
+                    f"gate '{gate.metric}': task '{task}' does not compute '{metric}'"
+                )
+        return self
+
+
+class EvalSuite(Resource):
+    """A set of evaluation tasks and the gates a regression test applies."""
+
+    KIND: ClassVar[str] = "EvalSuite"
+    FOLDER: ClassVar[str] = "evals"
+    kind: Literal["EvalSuite"]
+    spec: EvalSuiteSpec
+
+
+__all__ = ["EvalSuite", "EvalSuiteSpec", "Gate", "Name", "Task"]

@@ -1,0 +1,141 @@
+"""Spec API, kind Experiment: base model + dataset + training config, control and variants."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from controller.api.common import Name, Ref, Resource, Strict
+
+DEFAULT_RUN = "default"
+
+
+class Lora(Strict):
+    r: int = Field(default=8, ge=1, le=1024)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+
+
+class EarlyStopping(Strict):
+    patience: int = Field(default=3, ge=1, description="Evaluations without improvement.")
+    min_delta: float = Field(default=0.0, ge=0)
+
+
+class Health(Strict):
+    """Thresholds that stop a run: the message names the step and the layer."""
+
+    max_grad_norm: float = Field(default=1e3, gt=0, description="Exploding gradients above this.")
+    max_weight_abs: float = Field(default=1e3, gt=0, description="Exploding weights above this.")
+    loss_spike_factor: float = Field(
+        default=10.0, gt=1, description="Stop when loss exceeds this times its running mean."
+    )
+
+
+class Executor(Strict):
+    type: Literal["local", "kubernetes"] = "local"
+    image: str | None = Field(default=None, description="Container image (kubernetes).")
+    namespace: str = "default"
+    cpu: str = "2"
+    memory: str = "8Gi"
+    gpu: int = Field(default=0, ge=0)
+
+
+class Training(Strict):
+    method: Literal["lora", "full", "qlora"] = "lora"
+    objective: Literal["sft", "cpt"] = Field(
+        default="sft", description="sft: loss on response tokens only; cpt: continued pre-training."
+    )
+    lora: Lora = Field(default_factory=Lora)
+    epochs: float | None = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
+    learning_rate: float = Field(default=2e-4, gt=0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation: int = Field(default=1, ge=1)
+    max_seq_len: int = Field(default=256, ge=8, le=131072)
+    packing: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    eval_interval: int | None = Field(default=None, ge=1, description="Steps between evals.")
+    early_stopping: EarlyStopping | None = None
+    checkpoint_interval: int | None = Field(default=None, ge=1, description="Steps.")
+    resume: bool = Field(default=True, description="Resume from the last checkpoint if present.")
+    merge: bool = Field(default=False, description="Also register merged full weights.")
+    health: Health = Field(default_factory=Health)
+    executor: Executor = Field(default_factory=Executor)
+
+
+class Control(Strict):
+    """The group variants are compared against: a model, or one of this experiment's runs."""
+
+    model: Ref | None = None
+    run: Name | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Control:
+        if (self.model is None) == (self.run is None):
+            raise ValueError("give exactly one of 'model' or 'run'")
+        return self
+
+
+class ExperimentSpec(Strict):
+    """The composed config of one run (after defaults, variants and overrides are applied)."""
+
+    base_model: Ref
+    dataset: Ref
+    training: Training = Field(default_factory=Training)
+    eval_suite: Name | None = None
+    register_as: Name | None = Field(
+        default=None, description="Registry model name the trained runs are registered under."
+    )
+    control: Control | None = Field(
+        default=None, description="Compared against; the untrained base model when unset."
+    )
+
+
+class ExperimentDocument(ExperimentSpec):
+    """What is written under `spec:` of an Experiment, before composition.
+
+    base_model and dataset may come from a preset in the defaults list, so they are checked
+    on the composed runs rather than here.
+    """
+
+    base_model: Ref | None = None  # type: ignore[assignment]
+    dataset: Ref | None = None  # type: ignore[assignment]
+
+    defaults: list[Any] = Field(
+        default_factory=list,
+        description="Hydra defaults list: presets from specs/experiments/_presets/<group>/.",
+    )
+    variants: dict[Name, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Run name -> overrides on top of this spec ('training.lora.r: 16'). "
+        "The spec as written is the run 'default'.",
+    )
+    sweep: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Dotted key -> values; expands into one run per combination.",
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> ExperimentDocument:
+        if DEFAULT_RUN in self.variants:
+            raise ValueError(f"'{DEFAULT_RUN}' is the spec as written; give the variant another name")
+        for key, values in self.sweep.items():
+            if not values:
+                raise ValueError(f"sweep '{key}' lists no values")
+        return self
+
+
+class Experiment(Resource):
+    """Fine-tuning runs of a base model on a dataset, compared against a control group."""
+
+    KIND: ClassVar[str] = "Experiment"
+    FOLDER: ClassVar[str] = "experiments"
+    kind: Literal["Experiment"]
+    spec: ExperimentDocument

@@ -1,0 +1,1 @@
+"""CLI: thin typer commands over the workspace, loaders, planner and renderers."""

@@ -1,0 +1,169 @@
+"""CLI entry point `llmops`: validate, plan, schemas; exit codes documented in docs/cli.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from controller import __version__
+from controller.load.diagnostics import has_errors
+from controller.report.terminal import print_diagnostics, print_plan
+from controller.schemas import stale_schemas, write_schemas
+from controller.workspace import find_root, load_desired, make_plan
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILED = 1
+    INVALID = 2
+    CHANGES_PENDING = 3
+
+
+app = typer.Typer(
+    name="llmops",
+    help="Run open-source LLMs the GitOps way: specs in git, plan, apply, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output (CI logs) gets a wide fixed width so tables stay readable.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+RootOption = Annotated[
+    Path | None,
+    typer.Option("--root", help="Repository root; found from the current folder when unset.",
+                 envvar="LLMOPS_ROOT"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+OverrideOption = Annotated[
+    list[str] | None,
+    typer.Option("-o", "--override",
+                 help="Experiment override 'key=value' (all experiments) or "
+                      "'name:key=value' (one); hydra syntax."),
+]
+
+
+def _root(root: Path | None) -> Path:
+    return root.resolve() if root else find_root(Path.cwd())
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Spec files or folders.")] = None,
+    root: RootOption = None,
+    as_json: JsonOption = False,
+    override: OverrideOption = None,
+) -> None:
+    """Load, validate and resolve specs. Exit 0 when valid, 2 when not."""
+    top = _root(root)
+    if paths:
+        missing = [p for p in paths if not p.exists()]
+        if missing:
+            err_console.print(f"error: no such file or folder: {missing[0]}", style="red")
+            raise typer.Exit(Exit.INVALID)
+    loaded = load_desired(top, [p.resolve() for p in paths] if paths else None, override)
+    invalid = has_errors(loaded.diagnostics) or loaded.desired is None
+    if as_json:
+        print(json.dumps({
+            "valid": not invalid,
+            "specs": len(loaded.specs),
+            "resources": sorted(loaded.desired.resources) if loaded.desired else [],
+            "diagnostics": [d.as_dict() for d in loaded.diagnostics],
+        }, indent=2))
+    else:
+        print_diagnostics(err_console, loaded.diagnostics)
+        if not invalid and loaded.desired is not None:
+            counts: dict[str, int] = {}
+            for spec in loaded.specs:
+                counts[spec.kind] = counts.get(spec.kind, 0) + 1
+            listed = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            runs = sum(len(r) for r in loaded.runs.values())
+            console.print(
+                f"[green]valid[/green]: {len(loaded.specs)} specs ({listed}); "
+                f"{runs} experiment run(s); {len(loaded.desired.resources)} resources"
+            )
+    raise typer.Exit(Exit.INVALID if invalid else Exit.OK)
+
+
+@app.command()
+def plan(
+    root: RootOption = None,
+    as_json: JsonOption = False,
+    override: OverrideOption = None,
+    lock: Annotated[Path | None, typer.Option(help="Lock file to compare with.")] = None,
+    all_actions: Annotated[bool, typer.Option("--all", help="Also list unchanged ones.")] = False,
+) -> None:
+    """Compare specs with the lock file. Exit 0: nothing to do; 2: invalid; 3: changes pending."""
+    top = _root(root)
+    loaded, the_plan = make_plan(top, override, lock)
+    if the_plan is None:
+        if as_json:
+            print(json.dumps({"valid": False,
+                              "diagnostics": [d.as_dict() for d in loaded.diagnostics]},
+                             indent=2))
+        else:
+            print_diagnostics(err_console, loaded.diagnostics)
+        raise typer.Exit(Exit.INVALID)
+    if as_json:
+        print(json.dumps({"valid": True, **the_plan.as_dict(),
+                          "diagnostics": [d.as_dict() for d in loaded.diagnostics]}, indent=2))
+    else:
+        print_diagnostics(err_console, loaded.diagnostics)
+        print_plan(console, the_plan, show_noop=all_actions)
+    raise typer.Exit(Exit.CHANGES_PENDING if the_plan.has_changes else Exit.OK)
+
+
+@app.command()
+def schemas(
+    root: RootOption = None,
+    check: Annotated[bool, typer.Option(help="Only check; exit 1 when stale.")] = False,
+) -> None:
+    """Write the JSON Schema of every kind into schemas/."""
+    top = _root(root)
+    if check:
+        stale = stale_schemas(top)
+        if stale:
+            err_console.print(f"stale schemas: {', '.join(stale)}; run 'llmops schemas'",
+                              style="red")
+            raise typer.Exit(Exit.FAILED)
+        console.print("schemas are up to date")
+        return
+    written = write_schemas(top)
+    console.print(f"wrote {len(written)} schema file(s) to schemas/" if written
+                  else "schemas are up to date")
+
+
+@app.command()
+def version() -> None:
+    """Print the llmops version."""
+    console.print(__version__)
+
+
+def main() -> None:
+    """Console entry point: no traceback reaches the user unless LLMOPS_DEBUG is set."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted", style="red")
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - last line of defence for the user
+        if os.environ.get("LLMOPS_DEBUG"):
+            raise
+        err_console.print(
+            f"internal error: {type(err).__name__}: {err}\n"
+            "This is a bug in llmops; rerun with LLMOPS_DEBUG=1 for the traceback and report it.",
+            style="red",
+        )
+        sys.exit(Exit.FAILED)
+
+
+if __name__ == "__main__":
+    main()

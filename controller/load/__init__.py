@@ -1,0 +1,1 @@
+"""Loading: YAML files -> validated spec objects with source positions -> desired state."""

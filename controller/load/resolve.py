@@ -1,0 +1,497 @@
+"""Loading, resolution: references across specs, paths, cycles, and the desired state."""
+
+from __future__ import annotations
+
+import graphlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.api import split_ref
+from controller.api.dataset import DatasetSource, FileSource
+from controller.api.evalsuite import DatasetData, FileData
+from controller.api.experiment import DEFAULT_RUN, ExperimentSpec
+from controller.api.model import ExperimentSource, GgufFileSource, LocalDirSource
+from controller.load.compose import Override, Run, compose_experiment
+from controller.load.diagnostics import Diagnostic, did_you_mean
+from controller.load.files import FileDigests, FileInfo
+from controller.load.loader import LoadedSpec
+from controller.load.validate import format_loc
+from controller.plan.digest import resource_digest
+from controller.plan.types import DesiredResource, DesiredState, Estimate
+
+Loc = tuple[str | int, ...]
+
+# Bumped by a runner when the same inputs would now give a different result.
+CODE_VERSIONS: dict[str, str] = {
+    "Model": "pull/1",
+    "Dataset": "prepare/1",
+    "EvalSuite": "suite/1",
+    "Experiment": "train/1",
+    "Evaluation": "evaluate/1",
+    "Deployment": "deploy/1",
+    "Pipeline": "pipeline/1",
+}
+RUNNERS: dict[str, str] = {k: v.split("/")[0] for k, v in CODE_VERSIONS.items()}
+
+# Reference throughput on the 2-core reference machine (see docs/architecture.md).
+TRAIN_TOKENS_PER_S = {"lora": 300.0, "qlora": 300.0, "full": 120.0}
+GENERATE_TOKENS_PER_S = 30.0
+PREPARE_ROWS_PER_S = 500.0
+BYTES_PER_TOKEN = 4.0
+
+
+@dataclass
+class Edge:
+    """`source` needs `target`; `digest_input` when target's digest is part of source's."""
+
+    source: str
+    target: str
+    digest_input: bool
+    spec: LoadedSpec
+    loc: Loc
+
+
+@dataclass
+class Resolution:
+    desired: DesiredState | None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+
+
+class _Resolver:
+    def __init__(
+        self, specs: list[LoadedSpec], root: Path, overrides: list[Override], files: FileDigests
+    ) -> None:
+        self.root = root
+        self.files = files
+        self.overrides = overrides
+        self.diagnostics: list[Diagnostic] = []
+        self.by_kind: dict[str, dict[str, LoadedSpec]] = {}
+        self.edges: list[Edge] = []
+        self.file_inputs: dict[str, dict[str, str]] = {}
+        self.file_infos: dict[str, FileInfo] = {}
+        self.runs: dict[str, list[Run]] = {}
+        self.nodes: dict[str, tuple[str, str, dict[str, Any], LoadedSpec]] = {}
+        self._index(specs)
+
+    # ----- indexing -----------------------------------------------------------------------
+    def _index(self, specs: list[LoadedSpec]) -> None:
+        for spec in specs:
+            names = self.by_kind.setdefault(spec.kind, {})
+            first = names.get(spec.name)
+            if first is not None:
+                line, col = spec.position(("metadata", "name"))
+                self._diag(
+                    spec,
+                    ("metadata", "name"),
+                    f"duplicate {spec.kind} name '{spec.name}'",
+                    f"first defined at {first.doc.file}:{first.doc.line}; names are unique per kind",
+                )
+                continue
+            names[spec.name] = spec
+
+    def _diag(self, spec: LoadedSpec, loc: Loc, message: str, hint: str = "") -> None:
+        line, col = spec.position(loc)
+        self.diagnostics.append(
+            Diagnostic(spec.doc.file, line, col, format_loc(loc), message, hint)
+        )
+
+    def specs(self, kind: str) -> list[LoadedSpec]:
+        return [self.by_kind.get(kind, {})[n] for n in sorted(self.by_kind.get(kind, {}))]
+
+    # ----- experiments --------------------------------------------------------------------
+    def compose(self) -> None:
+        for spec in self.specs("Experiment"):
+            runs, problems = compose_experiment(spec, self.root, self.overrides)
+            self.diagnostics.extend(problems)
+            if runs:
+                self.runs[spec.name] = runs
+
+    def registered_names(self) -> dict[str, str]:
+        """Model names a reference may use -> 'Model/x' or 'Experiment/x' (register_as)."""
+        names = {name: f"Model/{name}" for name in self.by_kind.get("Model", {})}
+        for spec in self.specs("Experiment"):
+            register_as = spec.resource.spec.register_as
+            if not register_as:
+                continue
+            model_spec = self.by_kind.get("Model", {}).get(register_as)
+            if model_spec is not None:
+                source = model_spec.resource.spec.source
+                if not (isinstance(source, ExperimentSource) and source.experiment == spec.name):
+                    self._diag(
+                        spec,
+                        ("spec", "register_as"),
+                        f"register_as '{register_as}' is already a Model spec with its own source",
+                        "pick another name, or give that Model 'source: {type: experiment, "
+                        f"experiment: {spec.name}}}'",
+                    )
+                continue
+            names.setdefault(register_as, f"Experiment/{spec.name}")
+        return names
+
+    # ----- references ---------------------------------------------------------------------
+    def _model_ref(
+        self, spec: LoadedSpec, loc: Loc, ref: str, source: str, digest_input: bool = True
+    ) -> None:
+        name, selector = split_ref(ref)
+        target = self.models.get(name)
+        if target is None:
+            self._diag(
+                spec,
+                loc,
+                f"unknown model '{name}'",
+                did_you_mean(name, self.models)
+                or "declare it in specs/models/ or as an Experiment's register_as",
+            )
+            return
+        if target.startswith("Model/"):
+            self.edges.append(Edge(source, target, digest_input and selector is None, spec, loc))
+            return
+        experiment = target.removeprefix("Experiment/")
+        runs = self.runs.get(experiment, [])
+        if selector is None:
+            # The latest desired output of the experiment is its default run.
+            self.edges.append(
+                Edge(source, f"{target}/{DEFAULT_RUN}", digest_input, spec, loc)
+            )
+        else:
+            for run in runs:
+                self.edges.append(Edge(source, f"{target}/{run.name}", False, spec, loc))
+
+    def _named_ref(
+        self, spec: LoadedSpec, loc: Loc, ref: str, kind: str, source: str, digest_input: bool
+    ) -> bool:
+        name, _selector = split_ref(ref)
+        known = self.by_kind.get(kind, {})
+        if name not in known:
+            folder = {"Dataset": "datasets", "EvalSuite": "evals", "Deployment": "deployments",
+                      "Experiment": "experiments"}.get(kind, "")
+            self._diag(
+                spec,
+                loc,
+                f"unknown {kind} '{name}'",
+                did_you_mean(name, known) or f"declare it in specs/{folder}/",
+            )
+            return False
+        if kind == "Experiment":
+            for run in self.runs.get(name, []):
+                self.edges.append(Edge(source, f"Experiment/{name}/{run.name}", digest_input,
+                                       spec, loc))
+        else:
+            self.edges.append(Edge(source, f"{kind}/{name}", digest_input, spec, loc))
+        return True
+
+    def _path(self, spec: LoadedSpec, loc: Loc, relative: str, owner: str,
+              required: bool = True) -> None:
+        target = (self.root / relative).resolve()
+        try:
+            target.relative_to(self.root.resolve())
+        except ValueError:
+            self._diag(
+                spec,
+                loc,
+                f"path '{relative}' leaves the repository",
+                "keep data and models inside the repository, e.g. under data/",
+            )
+            return
+        info = self.files.info(relative)
+        if info is None:
+            if required:
+                self._diag(spec, loc, f"'{relative}' does not exist",
+                           "check the path; it is relative to the repository root")
+            return
+        self.file_inputs.setdefault(owner, {})[f"file:{Path(relative).as_posix()}"] = info.digest
+        self.file_infos[Path(relative).as_posix()] = info
+
+    def check(self) -> None:
+        self.models = self.registered_names()
+        collect_stores = {
+            s.resource.spec.collect.into: s
+            for s in self.specs("Deployment")
+            if s.resource.spec.collect.into
+        }
+        for spec in self.specs("Model"):
+            address = spec.address
+            self.nodes[address] = ("Model", spec.name, spec.resource.spec.model_dump(mode="json"),
+                                   spec)
+            source = spec.resource.spec.source
+            if isinstance(source, LocalDirSource | GgufFileSource):
+                self._path(spec, ("spec", "source", "path"), source.path, address)
+            if isinstance(source, ExperimentSource):
+                exp_loc: Loc = ("spec", "source", "experiment")
+                if self._named_ref(spec, exp_loc, source.experiment, "Experiment", address, True):
+                    runs = {r.name for r in self.runs.get(source.experiment, [])}
+                    if runs and source.run not in runs:
+                        self._diag(spec, ("spec", "source", "run"),
+                                   f"experiment '{source.experiment}' has no run '{source.run}'",
+                                   did_you_mean(source.run, runs) or f"runs: {', '.join(sorted(runs))}")
+                    self.edges = [
+                        e for e in self.edges
+                        if not (e.source == address and e.target.startswith("Experiment/")
+                                and not e.target.endswith(f"/{source.run}"))
+                    ]
+
+        suite_files: dict[str, dict[str, str]] = {}
+        for spec in self.specs("EvalSuite"):
+            address = spec.address
+            self.nodes[address] = ("EvalSuite", spec.name,
+                                   spec.resource.spec.model_dump(mode="json"), spec)
+            suite = spec.resource.spec
+            for i, task in enumerate(suite.tasks):
+                loc: Loc = ("spec", "tasks", i, "data")
+                if isinstance(task.data, FileData):
+                    self._path(spec, (*loc, "path"), task.data.path, address)
+                elif isinstance(task.data, DatasetData):
+                    self._named_ref(spec, (*loc, "dataset"), task.data.dataset, "Dataset",
+                                    address, True)
+            if suite.judge:
+                self._model_ref(spec, ("spec", "judge", "model"), suite.judge.model, address)
+            if suite.baseline:
+                self._path(spec, ("spec", "baseline"), suite.baseline, address, required=False)
+            suite_files[spec.name] = {
+                k: v for k, v in self.file_inputs.get(address, {}).items()
+                if not (suite.baseline and k == f"file:{suite.baseline}")
+            }
+
+        for spec in self.specs("Dataset"):
+            address = spec.address
+            self.nodes[address] = ("Dataset", spec.name,
+                                   spec.resource.spec.model_dump(mode="json"), spec)
+            ds = spec.resource.spec
+            for i, src in enumerate(ds.sources):
+                loc = ("spec", "sources", i)
+                if isinstance(src, FileSource):
+                    self._path(spec, (*loc, "path"), src.path, address)
+                elif isinstance(src, DatasetSource):
+                    self._named_ref(spec, (*loc, "dataset"), src.dataset, "Dataset", address, True)
+                elif src.store not in collect_stores:
+                    self._diag(spec, (*loc, "store"), f"no Deployment collects into '{src.store}'",
+                               did_you_mean(src.store, collect_stores)
+                               or "set collect.into on a Deployment")
+            if ds.tokenizer:
+                self._model_ref(spec, ("spec", "tokenizer"), ds.tokenizer, address)
+            for i, step in enumerate(ds.steps):
+                loc = ("spec", "steps", i)
+                tok = getattr(step, "tokenizer", None)
+                if tok:
+                    self._model_ref(spec, (*loc, "tokenizer"), tok, address)
+                model = getattr(step, "model", None)
+                if model:
+                    self._model_ref(spec, (*loc, "model"), model, address)
+                if getattr(step, "step", "") == "decontaminate":
+                    wanted = step.suites or sorted(suite_files)
+                    for j, suite_name in enumerate(step.suites):
+                        if suite_name not in suite_files:
+                            self._diag(spec, (*loc, "suites", j),
+                                       f"unknown EvalSuite '{suite_name}'",
+                                       did_you_mean(suite_name, suite_files))
+                    for suite_name in wanted:
+                        self.file_inputs.setdefault(address, {}).update(
+                            suite_files.get(suite_name, {})
+                        )
+
+        for spec in self.specs("Experiment"):
+            doc = spec.resource.spec
+            runs = self.runs.get(spec.name, [])
+            control = doc.control
+            for run in runs:
+                address = f"Experiment/{spec.name}/{run.name}"
+                cfg = ExperimentSpec.model_validate(run.config)
+                self.nodes[address] = ("Experiment", spec.name, run.config, spec)
+                self._model_ref(spec, ("spec", "base_model"), cfg.base_model, address)
+                self._named_ref(spec, ("spec", "dataset"), cfg.dataset, "Dataset", address, True)
+                if cfg.eval_suite:
+                    ok = self._named_ref(spec, ("spec", "eval_suite"), cfg.eval_suite,
+                                         "EvalSuite", address, False)
+                    if ok:
+                        self.edges.pop()  # training does not wait for the suite
+                        evaluation = f"Evaluation/{spec.name}/{run.name}"
+                        self.nodes[evaluation] = (
+                            "Evaluation", spec.name,
+                            {"suite": cfg.eval_suite, "subject": address}, spec)
+                        self.edges.append(Edge(evaluation, f"EvalSuite/{cfg.eval_suite}", True,
+                                               spec, ("spec", "eval_suite")))
+                        self.edges.append(Edge(evaluation, address, True, spec, ("spec",)))
+            if control and control.run:
+                names = {r.name for r in runs}
+                if runs and control.run not in names:
+                    self._diag(spec, ("spec", "control", "run"),
+                               f"no run '{control.run}' in this experiment",
+                               did_you_mean(control.run, names)
+                               or f"runs: {', '.join(sorted(names))}")
+            elif runs:
+                default = ExperimentSpec.model_validate(runs[0].config)
+                control_model = control.model if control and control.model else default.base_model
+                loc = ("spec", "control", "model") if control else ("spec", "base_model")
+                if default.eval_suite and control_model:
+                    evaluation = f"Evaluation/{spec.name}/control"
+                    self.nodes[evaluation] = ("Evaluation", spec.name,
+                                              {"suite": default.eval_suite,
+                                               "subject": f"model:{control_model}"}, spec)
+                    self.edges.append(Edge(evaluation, f"EvalSuite/{default.eval_suite}", True,
+                                           spec, ("spec", "eval_suite")))
+                    self._model_ref(spec, loc, control_model, evaluation)
+
+        for spec in self.specs("Deployment"):
+            address = spec.address
+            dep = spec.resource.spec
+            self.nodes[address] = ("Deployment", spec.name, dep.model_dump(mode="json"), spec)
+            self._model_ref(spec, ("spec", "model"), dep.model, address)
+            if dep.smoke_suite:
+                self._named_ref(spec, ("spec", "smoke_suite"), dep.smoke_suite, "EvalSuite",
+                                address, True)
+
+        for spec in self.specs("Pipeline"):
+            address = spec.address
+            self.nodes[address] = ("Pipeline", spec.name,
+                                   spec.resource.spec.model_dump(mode="json"), spec)
+            for i, step in enumerate(spec.resource.spec.steps):
+                loc = ("spec", "steps", i)
+                for field_name, kind in (("dataset", "Dataset"), ("experiment", "Experiment"),
+                                         ("suite", "EvalSuite"), ("against", "Deployment"),
+                                         ("deployment", "Deployment")):
+                    value = getattr(step, field_name, None)
+                    if value:
+                        self._named_ref(spec, (*loc, field_name), value, kind, address, False)
+                run = getattr(step, "run", None)
+                experiment = getattr(step, "experiment", None)
+                names = {r.name for r in self.runs.get(experiment or "", [])}
+                if experiment and names and run not in names:
+                    self._diag(spec, (*loc, "run"), f"experiment '{experiment}' has no run '{run}'",
+                               did_you_mean(str(run), names))
+
+    # ----- graph and digests --------------------------------------------------------------
+    def graph(self) -> dict[str, int] | None:
+        sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+        for node in self.nodes:
+            sorter.add(node)
+        for edge in self.edges:
+            if edge.target in self.nodes:
+                sorter.add(edge.source, edge.target)
+        try:
+            sorter.prepare()
+        except graphlib.CycleError as err:
+            cycle: list[str] = list(err.args[1])
+            first = next(
+                (e for e in self.edges if e.source == cycle[1] and e.target == cycle[0]),
+                None,
+            ) or next(e for e in self.edges if e.source in cycle)
+            self._diag(first.spec, first.loc,
+                       "dependency cycle: " + " -> ".join(reversed(cycle)),
+                       "break the cycle: a resource cannot depend on its own output")
+            return None
+        waves: dict[str, int] = {}
+        deps: dict[str, set[str]] = {}
+        for edge in self.edges:
+            deps.setdefault(edge.source, set()).add(edge.target)
+        while sorter.is_active():
+            ready = sorter.get_ready()
+            for node in ready:
+                waves[node] = 1 + max((waves[d] for d in deps.get(node, ()) if d in waves),
+                                      default=-1)
+            sorter.done(*ready)
+        return waves
+
+    def build(self, waves: dict[str, int]) -> DesiredState:
+        resources: dict[str, DesiredResource] = {}
+        deps: dict[str, set[str]] = {}
+        digest_deps: dict[str, set[str]] = {}
+        for edge in self.edges:
+            if edge.target not in self.nodes:
+                continue
+            deps.setdefault(edge.source, set()).add(edge.target)
+            if edge.digest_input:
+                digest_deps.setdefault(edge.source, set()).add(edge.target)
+        for address in sorted(self.nodes, key=lambda a: (waves[a], a)):
+            kind, name, spec_data, spec = self.nodes[address]
+            inputs = {d: resources[d].digest for d in sorted(digest_deps.get(address, ()))}
+            inputs.update(self.file_inputs.get(address, {}))
+            code = CODE_VERSIONS[kind]
+            resources[address] = DesiredResource(
+                address=address,
+                kind=kind,
+                name=name,
+                spec=spec_data,
+                inputs=dict(sorted(inputs.items())),
+                depends_on=tuple(sorted(deps.get(address, ()))),
+                digest=resource_digest(kind, spec_data, inputs, code),
+                runner=RUNNERS[kind],
+                code_version=code,
+                file=spec.doc.file,
+                line=spec.doc.line,
+                estimate=self.estimate(kind, spec_data, address),
+            )
+        return DesiredState(resources=resources, waves=waves)
+
+    # ----- estimates ----------------------------------------------------------------------
+    def _rows_and_bytes(self, address: str) -> tuple[int, int]:
+        rows = size = 0
+        for key in self.file_inputs.get(address, {}):
+            info = self.file_infos.get(key.removeprefix("file:"))
+            if info:
+                rows += info.rows or 0
+                size += info.size
+        return rows, size
+
+    def estimate(self, kind: str, spec: dict[str, Any], address: str) -> Estimate | None:
+        if kind == "Dataset":
+            rows, _ = self._rows_and_bytes(address)
+            return Estimate("rows", rows, rows / PREPARE_ROWS_PER_S) if rows else None
+        if kind == "Experiment":
+            cfg = ExperimentSpec.model_validate(spec)
+            rows, size = self._rows_and_bytes(f"Dataset/{split_ref(cfg.dataset)[0]}")
+            if not rows:
+                return None
+            t = cfg.training
+            per_row = min(size / BYTES_PER_TOKEN / rows, t.max_seq_len)
+            if t.max_steps:
+                tokens = t.max_steps * t.batch_size * t.gradient_accumulation * per_row
+            else:
+                tokens = rows * per_row * (t.epochs or 1.0)
+            return Estimate("tokens", int(tokens), tokens / TRAIN_TOKENS_PER_S[t.method])
+        if kind == "Evaluation":
+            suite = self.by_kind.get("EvalSuite", {}).get(spec["suite"])
+            if suite is None:
+                return None
+            samples = 0
+            seconds = 0.0
+            for task in suite.resource.spec.tasks:
+                n = 0
+                if isinstance(task.data, FileData):
+                    info = self.file_infos.get(Path(task.data.path).as_posix())
+                    n = (info.rows or 0) if info else 0
+                if task.limit:
+                    n = min(n, task.limit)
+                samples += n
+                if task.type == "generate_until":
+                    seconds += n * task.generation.max_new_tokens / GENERATE_TOKENS_PER_S
+                else:
+                    seconds += n * 0.2
+            return Estimate("samples", samples, seconds) if samples else None
+        return None
+
+
+def resolve(
+    specs: list[LoadedSpec],
+    root: Path,
+    overrides: list[Override] | None = None,
+    files: FileDigests | None = None,
+) -> Resolution:
+    """Compose experiments, check references and paths, build the graph and digests."""
+    digests = files or FileDigests(root)
+    resolver = _Resolver(specs, root, overrides or [], digests)
+    resolver.compose()
+    resolver.check()
+    digests.save()
+    if resolver.diagnostics:
+        return Resolution(None, resolver.diagnostics, resolver.runs)
+    waves = resolver.graph()
+    if waves is None:
+        return Resolution(None, resolver.diagnostics, resolver.runs)
+    return Resolution(resolver.build(waves), resolver.diagnostics, resolver.runs)
+
+
+def iter_addresses(state: DesiredState) -> Iterator[str]:
+    yield from state.resources

@@ -1,0 +1,1 @@
+"""Observation: ObservedState from the lock file (later also the registry and Kubernetes)."""

@@ -1,0 +1,1 @@
+"""Planning: pure functions from (desired, observed) state to a Plan of typed actions."""

@@ -1,0 +1,140 @@
+"""Planning, data types: desired and observed state, actions and the plan (plain data)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+# The order kinds are listed in within one dependency wave.
+KIND_ORDER: tuple[str, ...] = (
+    "Model",
+    "Dataset",
+    "EvalSuite",
+    "Experiment",
+    "Evaluation",
+    "Deployment",
+    "Pipeline",
+)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Rough compute an action costs, for people deciding whether to run it now."""
+
+    unit: str  # "tokens", "samples", "rows", "files"
+    amount: int
+    seconds: float  # on the reference machine: 2 CPU cores
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"unit": self.unit, "amount": self.amount, "seconds": round(self.seconds, 1)}
+
+
+@dataclass(frozen=True)
+class DesiredResource:
+    """One resource the specs ask for, fully resolved, with its digest."""
+
+    address: str
+    kind: str
+    name: str
+    spec: Mapping[str, Any]
+    inputs: Mapping[str, str]
+    depends_on: tuple[str, ...]
+    digest: str
+    runner: str
+    code_version: str
+    file: str = ""
+    line: int = 0
+    estimate: Estimate | None = None
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    resources: Mapping[str, DesiredResource]
+    waves: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class ObservedResource:
+    """What the lock file (and later the registry and the cluster) says exists."""
+
+    address: str
+    kind: str
+    digest: str
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    code_version: str = ""
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ObservedState:
+    resources: Mapping[str, ObservedResource]
+    source: str = "llmops.lock"
+
+
+class ActionKind(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    RETRAIN = "retrain"
+    REEVALUATE = "reevaluate"
+    DEPLOY = "deploy"
+    DELETE = "delete"
+    NOOP = "noop"
+
+
+@dataclass(frozen=True)
+class Action:
+    """What apply will do to one resource, and why. `reason` is for people only."""
+
+    kind: ActionKind
+    address: str
+    resource_kind: str
+    runner: str
+    before: str | None
+    after: str | None
+    reason: str
+    wave: int
+    changes: tuple[str, ...] = ()
+    estimate: Estimate | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.kind.value,
+            "address": self.address,
+            "kind": self.resource_kind,
+            "runner": self.runner,
+            "wave": self.wave,
+            "before": self.before,
+            "after": self.after,
+            "reason": self.reason,
+            "changes": list(self.changes),
+            "estimate": self.estimate.as_dict() if self.estimate else None,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+
+    @property
+    def pending(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.kind is not ActionKind.NOOP)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.pending)
+
+    def counts(self) -> dict[str, int]:
+        out = {k.value: 0 for k in ActionKind}
+        for action in self.actions:
+            out[action.kind.value] += 1
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "changes_pending": self.has_changes,
+            "summary": self.counts(),
+            "actions": [a.as_dict() for a in self.actions],
+        }

@@ -1,0 +1,1 @@
+"""Reports: renderers of plans and diagnostics for terminals, JSON and pull requests."""
