@@ -40,8 +40,9 @@ class Loaded:
         return self.desired is not None and not has_errors(self.diagnostics)
 
 
-def load_desired(root: Path, paths: list[Path] | None = None,
-                 overrides: list[str] | None = None) -> Loaded:
+def load_desired(
+    root: Path, paths: list[Path] | None = None, overrides: list[str] | None = None
+) -> Loaded:
     """Specs -> desired state, with every problem collected as a diagnostic."""
     parsed, override_problems = parse_overrides(overrides or [])
     loaded = load_specs(root, paths)
@@ -62,8 +63,9 @@ def observe(root: Path, lock_path: Path | None = None) -> ObservedState:
     return observed_from_lock(read_lock(path), source=path.name)
 
 
-def make_plan(root: Path, overrides: list[str] | None = None,
-              lock_path: Path | None = None) -> tuple[Loaded, Plan | None]:
+def make_plan(
+    root: Path, overrides: list[str] | None = None, lock_path: Path | None = None
+) -> tuple[Loaded, Plan | None]:
     loaded = load_desired(root, overrides=overrides)
     if not loaded.ok or loaded.desired is None:
         return loaded, None

@@ -101,7 +101,9 @@ class AugmentStep(Strict):
     method: Literal["template", "paraphrase", "self_instruct"]
     model: Ref | None = Field(default=None, description="Registered model that writes new rows.")
     templates: list[str] = Field(default_factory=list)
-    count: int = Field(default=0, ge=0, description="New rows to generate (paraphrase/self-instruct).")
+    count: int = Field(
+        default=0, ge=0, description="New rows to generate (paraphrase/self-instruct)."
+    )
     novelty_threshold: float = Field(
         default=0.7, gt=0, le=1, description="Drop a new row whose ROUGE-L to any row exceeds this."
     )

@@ -57,11 +57,11 @@ class Task(Strict):
     lm_eval_task: str | None = Field(
         default=None, description="A built-in lm-eval task name (type lm_eval); data must be local."
     )
-    prompt: str = Field(
-        default="{question}", description="Prompt template over the row's fields."
-    )
+    prompt: str = Field(default="{question}", description="Prompt template over the row's fields.")
     target: str = Field(default="answer", description="Row field holding the reference.")
-    choices: str = Field(default="choices", description="Row field with the options (multiple_choice).")
+    choices: str = Field(
+        default="choices", description="Row field with the options (multiple_choice)."
+    )
     chat_template: bool = Field(default=True, description="Wrap the prompt in the chat template.")
     metrics: list[Metric] = Field(min_length=1)
     generation: Generation = Field(default_factory=Generation)
@@ -98,7 +98,9 @@ class Gate(Strict):
     @model_validator(mode="after")
     def _some_rule(self) -> Gate:
         if all(v is None for v in (self.min, self.max, self.max_drop, self.non_inferiority_margin)):
-            raise ValueError("a gate needs at least one of min, max, max_drop, non_inferiority_margin")
+            raise ValueError(
+                "a gate needs at least one of min, max, max_drop, non_inferiority_margin"
+            )
         return self
 
 
@@ -136,9 +138,7 @@ class EvalSuiteSpec(Strict):
                 raise ValueError(f"gate '{gate.metric}' names unknown task '{task}'")
             task_metrics = next(t.metrics for t in self.tasks if t.name == task)
             if metric not in task_metrics:
-                raise ValueError(
-                    f"gate '{gate.metric}': task '{task}' does not compute '{metric}'"
-                )
+                raise ValueError(f"gate '{gate.metric}': task '{task}' does not compute '{metric}'")
         return self
 
 

@@ -125,7 +125,9 @@ class ExperimentDocument(ExperimentSpec):
     @model_validator(mode="after")
     def _names(self) -> ExperimentDocument:
         if DEFAULT_RUN in self.variants:
-            raise ValueError(f"'{DEFAULT_RUN}' is the spec as written; give the variant another name")
+            raise ValueError(
+                f"'{DEFAULT_RUN}' is the spec as written; give the variant another name"
+            )
         for key, values in self.sweep.items():
             if not values:
                 raise ValueError(f"sweep '{key}' lists no values")

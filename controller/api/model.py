@@ -64,7 +64,12 @@ class ExperimentSource(Strict):
 
 
 ModelSource = Annotated[
-    LocalDirSource | GgufFileSource | PythonPackageSource | HubSource | UrlSource | ExperimentSource,
+    LocalDirSource
+    | GgufFileSource
+    | PythonPackageSource
+    | HubSource
+    | UrlSource
+    | ExperimentSource,
     Field(discriminator="type"),
 ]
 

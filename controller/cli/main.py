@@ -39,15 +39,21 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 RootOption = Annotated[
     Path | None,
-    typer.Option("--root", help="Repository root; found from the current folder when unset.",
-                 envvar="LLMOPS_ROOT"),
+    typer.Option(
+        "--root",
+        help="Repository root; found from the current folder when unset.",
+        envvar="LLMOPS_ROOT",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 OverrideOption = Annotated[
     list[str] | None,
-    typer.Option("-o", "--override",
-                 help="Experiment override 'key=value' (all experiments) or "
-                      "'name:key=value' (one); hydra syntax."),
+    typer.Option(
+        "-o",
+        "--override",
+        help="Experiment override 'key=value' (all experiments) or "
+        "'name:key=value' (one); hydra syntax.",
+    ),
 ]
 
 
@@ -72,12 +78,17 @@ def validate(
     loaded = load_desired(top, [p.resolve() for p in paths] if paths else None, override)
     invalid = has_errors(loaded.diagnostics) or loaded.desired is None
     if as_json:
-        print(json.dumps({
-            "valid": not invalid,
-            "specs": len(loaded.specs),
-            "resources": sorted(loaded.desired.resources) if loaded.desired else [],
-            "diagnostics": [d.as_dict() for d in loaded.diagnostics],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "valid": not invalid,
+                    "specs": len(loaded.specs),
+                    "resources": sorted(loaded.desired.resources) if loaded.desired else [],
+                    "diagnostics": [d.as_dict() for d in loaded.diagnostics],
+                },
+                indent=2,
+            )
+        )
     else:
         print_diagnostics(err_console, loaded.diagnostics)
         if not invalid and loaded.desired is not None:
@@ -106,15 +117,26 @@ def plan(
     loaded, the_plan = make_plan(top, override, lock)
     if the_plan is None:
         if as_json:
-            print(json.dumps({"valid": False,
-                              "diagnostics": [d.as_dict() for d in loaded.diagnostics]},
-                             indent=2))
+            print(
+                json.dumps(
+                    {"valid": False, "diagnostics": [d.as_dict() for d in loaded.diagnostics]},
+                    indent=2,
+                )
+            )
         else:
             print_diagnostics(err_console, loaded.diagnostics)
         raise typer.Exit(Exit.INVALID)
     if as_json:
-        print(json.dumps({"valid": True, **the_plan.as_dict(),
-                          "diagnostics": [d.as_dict() for d in loaded.diagnostics]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "valid": True,
+                    **the_plan.as_dict(),
+                    "diagnostics": [d.as_dict() for d in loaded.diagnostics],
+                },
+                indent=2,
+            )
+        )
     else:
         print_diagnostics(err_console, loaded.diagnostics)
         print_plan(console, the_plan, show_noop=all_actions)
@@ -131,14 +153,16 @@ def schemas(
     if check:
         stale = stale_schemas(top)
         if stale:
-            err_console.print(f"stale schemas: {', '.join(stale)}; run 'llmops schemas'",
-                              style="red")
+            err_console.print(
+                f"stale schemas: {', '.join(stale)}; run 'llmops schemas'", style="red"
+            )
             raise typer.Exit(Exit.FAILED)
         console.print("schemas are up to date")
         return
     written = write_schemas(top)
-    console.print(f"wrote {len(written)} schema file(s) to schemas/" if written
-                  else "schemas are up to date")
+    console.print(
+        f"wrote {len(written)} schema file(s) to schemas/" if written else "schemas are up to date"
+    )
 
 
 @app.command()
@@ -154,7 +178,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted", style="red")
         sys.exit(130)
-    except Exception as err:  # noqa: BLE001 - last line of defence for the user
+    except Exception as err:
         if os.environ.get("LLMOPS_DEBUG"):
             raise
         err_console.print(

@@ -71,7 +71,9 @@ def parse_overrides(texts: list[str]) -> tuple[list[Override], list[Diagnostic]]
             continue
         if parsed.is_sweep_override():
             diagnostics.append(
-                _cli_diag(text, "a sweep override is not allowed here", "declare sweeps in spec.sweep")
+                _cli_diag(
+                    text, "a sweep override is not allowed here", "declare sweeps in spec.sweep"
+                )
             )
             continue
         if parsed.is_delete() or parsed.is_add() or parsed.is_force_add():
@@ -127,8 +129,13 @@ def compose_experiment(
         problems = _validate_run(spec, run_name, resolved, changes, loc, mine)
         for problem in problems:
             # An error in the shared part shows up in every run; report it once.
-            key = (problem.file, problem.line, problem.col, problem.path,
-                   problem.message.split(" (run '")[0])
+            key = (
+                problem.file,
+                problem.line,
+                problem.col,
+                problem.path,
+                problem.message.split(" (run '")[0],
+            )
             if key not in seen:
                 seen.add(key)
                 diagnostics.append(problem)
@@ -146,9 +153,7 @@ def _compose_base(
         return OmegaConf.create(base_doc)
     presets = root / PRESETS_DIR
     groups = {p.name for p in presets.iterdir() if p.is_dir()} if presets.is_dir() else set()
-    hydra_overrides = [
-        o.hydra_text if o.key in groups else f"++{o.hydra_text}" for o in overrides
-    ]
+    hydra_overrides = [o.hydra_text if o.key in groups else f"++{o.hydra_text}" for o in overrides]
     node = dict(base_doc)
     node["defaults"] = [*defaults, "_self_"] if "_self_" not in defaults else list(defaults)
     config_name = "llmops-experiment-" + hashlib.sha256(repr(node).encode()).hexdigest()[:16]
@@ -236,11 +241,9 @@ def _run_error(
             return Diagnostic(COMMAND_LINE, 1, 1, f"-o {override.text}", message + suffix, hint)
     for key in changes:
         if dotted == key or dotted.startswith(key + "."):
-            where = (*loc, key) if loc[-1] != "sweep" else (*loc, key)
+            where = (*loc, key)
             line, col = spec.position(where, key=True)
-            return Diagnostic(
-                spec.doc.file, line, col, format_loc(where), message + suffix, hint
-            )
+            return Diagnostic(spec.doc.file, line, col, format_loc(where), message + suffix, hint)
     where = ("spec", *err_loc)
     line, col = spec.position(where, key=error["type"] == "extra_forbidden")
     return Diagnostic(spec.doc.file, line, col, format_loc(where), message + suffix, hint)
@@ -260,11 +263,11 @@ def _compose_diag(spec: LoadedSpec, err: Exception, root: Path) -> Diagnostic:
         group, _, option = missing.rpartition("/")
         folder = root / PRESETS_DIR / group
         options = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-        hint = did_you_mean(option, options) or (
-            f"create {PRESETS_DIR.as_posix()}/{missing}.yaml"
-        )
+        hint = did_you_mean(option, options) or (f"create {PRESETS_DIR.as_posix()}/{missing}.yaml")
         text = f"preset '{missing}' not found"
         line, col = spec.position(("spec", "defaults"))
         return Diagnostic(spec.doc.file, line, col, "spec.defaults", text, hint)
     line, col = spec.position(("spec",))
-    return Diagnostic(spec.doc.file, line, col, "spec", f"cannot compose the experiment: {text}", hint)
+    return Diagnostic(
+        spec.doc.file, line, col, "spec", f"cannot compose the experiment: {text}", hint
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import graphlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +71,7 @@ class _Resolver:
         self.edges: list[Edge] = []
         self.file_inputs: dict[str, dict[str, str]] = {}
         self.file_infos: dict[str, FileInfo] = {}
+        self.row_files: dict[str, list[str]] = {}  # a dataset's own source files
         self.runs: dict[str, list[Run]] = {}
         self.nodes: dict[str, tuple[str, str, dict[str, Any], LoadedSpec]] = {}
         self._index(specs)
@@ -82,12 +82,12 @@ class _Resolver:
             names = self.by_kind.setdefault(spec.kind, {})
             first = names.get(spec.name)
             if first is not None:
-                line, col = spec.position(("metadata", "name"))
                 self._diag(
                     spec,
                     ("metadata", "name"),
                     f"duplicate {spec.kind} name '{spec.name}'",
-                    f"first defined at {first.doc.file}:{first.doc.line}; names are unique per kind",
+                    f"first defined at {first.doc.file}:{first.doc.line}; "
+                    "names are unique per kind",
                 )
                 continue
             names[spec.name] = spec
@@ -153,9 +153,7 @@ class _Resolver:
         runs = self.runs.get(experiment, [])
         if selector is None:
             # The latest desired output of the experiment is its default run.
-            self.edges.append(
-                Edge(source, f"{target}/{DEFAULT_RUN}", digest_input, spec, loc)
-            )
+            self.edges.append(Edge(source, f"{target}/{DEFAULT_RUN}", digest_input, spec, loc))
         else:
             for run in runs:
                 self.edges.append(Edge(source, f"{target}/{run.name}", False, spec, loc))
@@ -166,8 +164,12 @@ class _Resolver:
         name, _selector = split_ref(ref)
         known = self.by_kind.get(kind, {})
         if name not in known:
-            folder = {"Dataset": "datasets", "EvalSuite": "evals", "Deployment": "deployments",
-                      "Experiment": "experiments"}.get(kind, "")
+            folder = {
+                "Dataset": "datasets",
+                "EvalSuite": "evals",
+                "Deployment": "deployments",
+                "Experiment": "experiments",
+            }.get(kind, "")
             self._diag(
                 spec,
                 loc,
@@ -177,14 +179,16 @@ class _Resolver:
             return False
         if kind == "Experiment":
             for run in self.runs.get(name, []):
-                self.edges.append(Edge(source, f"Experiment/{name}/{run.name}", digest_input,
-                                       spec, loc))
+                self.edges.append(
+                    Edge(source, f"Experiment/{name}/{run.name}", digest_input, spec, loc)
+                )
         else:
             self.edges.append(Edge(source, f"{kind}/{name}", digest_input, spec, loc))
         return True
 
-    def _path(self, spec: LoadedSpec, loc: Loc, relative: str, owner: str,
-              required: bool = True) -> None:
+    def _path(
+        self, spec: LoadedSpec, loc: Loc, relative: str, owner: str, required: bool = True
+    ) -> None:
         target = (self.root / relative).resolve()
         try:
             target.relative_to(self.root.resolve())
@@ -199,8 +203,12 @@ class _Resolver:
         info = self.files.info(relative)
         if info is None:
             if required:
-                self._diag(spec, loc, f"'{relative}' does not exist",
-                           "check the path; it is relative to the repository root")
+                self._diag(
+                    spec,
+                    loc,
+                    f"'{relative}' does not exist",
+                    "check the path; it is relative to the repository root",
+                )
             return
         self.file_inputs.setdefault(owner, {})[f"file:{Path(relative).as_posix()}"] = info.digest
         self.file_infos[Path(relative).as_posix()] = info
@@ -214,8 +222,12 @@ class _Resolver:
         }
         for spec in self.specs("Model"):
             address = spec.address
-            self.nodes[address] = ("Model", spec.name, spec.resource.spec.model_dump(mode="json"),
-                                   spec)
+            self.nodes[address] = (
+                "Model",
+                spec.name,
+                spec.resource.spec.model_dump(mode="json"),
+                spec,
+            )
             source = spec.resource.spec.source
             if isinstance(source, LocalDirSource | GgufFileSource):
                 self._path(spec, ("spec", "source", "path"), source.path, address)
@@ -224,52 +236,74 @@ class _Resolver:
                 if self._named_ref(spec, exp_loc, source.experiment, "Experiment", address, True):
                     runs = {r.name for r in self.runs.get(source.experiment, [])}
                     if runs and source.run not in runs:
-                        self._diag(spec, ("spec", "source", "run"),
-                                   f"experiment '{source.experiment}' has no run '{source.run}'",
-                                   did_you_mean(source.run, runs) or f"runs: {', '.join(sorted(runs))}")
+                        self._diag(
+                            spec,
+                            ("spec", "source", "run"),
+                            f"experiment '{source.experiment}' has no run '{source.run}'",
+                            did_you_mean(source.run, runs) or f"runs: {', '.join(sorted(runs))}",
+                        )
                     self.edges = [
-                        e for e in self.edges
-                        if not (e.source == address and e.target.startswith("Experiment/")
-                                and not e.target.endswith(f"/{source.run}"))
+                        e
+                        for e in self.edges
+                        if not (
+                            e.source == address
+                            and e.target.startswith("Experiment/")
+                            and not e.target.endswith(f"/{source.run}")
+                        )
                     ]
 
         suite_files: dict[str, dict[str, str]] = {}
         for spec in self.specs("EvalSuite"):
             address = spec.address
-            self.nodes[address] = ("EvalSuite", spec.name,
-                                   spec.resource.spec.model_dump(mode="json"), spec)
+            self.nodes[address] = (
+                "EvalSuite",
+                spec.name,
+                spec.resource.spec.model_dump(mode="json"),
+                spec,
+            )
             suite = spec.resource.spec
             for i, task in enumerate(suite.tasks):
                 loc: Loc = ("spec", "tasks", i, "data")
                 if isinstance(task.data, FileData):
                     self._path(spec, (*loc, "path"), task.data.path, address)
                 elif isinstance(task.data, DatasetData):
-                    self._named_ref(spec, (*loc, "dataset"), task.data.dataset, "Dataset",
-                                    address, True)
+                    self._named_ref(
+                        spec, (*loc, "dataset"), task.data.dataset, "Dataset", address, True
+                    )
             if suite.judge:
                 self._model_ref(spec, ("spec", "judge", "model"), suite.judge.model, address)
             if suite.baseline:
                 self._path(spec, ("spec", "baseline"), suite.baseline, address, required=False)
             suite_files[spec.name] = {
-                k: v for k, v in self.file_inputs.get(address, {}).items()
+                k: v
+                for k, v in self.file_inputs.get(address, {}).items()
                 if not (suite.baseline and k == f"file:{suite.baseline}")
             }
 
         for spec in self.specs("Dataset"):
             address = spec.address
-            self.nodes[address] = ("Dataset", spec.name,
-                                   spec.resource.spec.model_dump(mode="json"), spec)
+            self.nodes[address] = (
+                "Dataset",
+                spec.name,
+                spec.resource.spec.model_dump(mode="json"),
+                spec,
+            )
             ds = spec.resource.spec
             for i, src in enumerate(ds.sources):
                 loc = ("spec", "sources", i)
                 if isinstance(src, FileSource):
                     self._path(spec, (*loc, "path"), src.path, address)
+                    self.row_files.setdefault(address, []).append(Path(src.path).as_posix())
                 elif isinstance(src, DatasetSource):
                     self._named_ref(spec, (*loc, "dataset"), src.dataset, "Dataset", address, True)
                 elif src.store not in collect_stores:
-                    self._diag(spec, (*loc, "store"), f"no Deployment collects into '{src.store}'",
-                               did_you_mean(src.store, collect_stores)
-                               or "set collect.into on a Deployment")
+                    self._diag(
+                        spec,
+                        (*loc, "store"),
+                        f"no Deployment collects into '{src.store}'",
+                        did_you_mean(src.store, collect_stores)
+                        or "set collect.into on a Deployment",
+                    )
             if ds.tokenizer:
                 self._model_ref(spec, ("spec", "tokenizer"), ds.tokenizer, address)
             for i, step in enumerate(ds.steps):
@@ -284,9 +318,12 @@ class _Resolver:
                     wanted = step.suites or sorted(suite_files)
                     for j, suite_name in enumerate(step.suites):
                         if suite_name not in suite_files:
-                            self._diag(spec, (*loc, "suites", j),
-                                       f"unknown EvalSuite '{suite_name}'",
-                                       did_you_mean(suite_name, suite_files))
+                            self._diag(
+                                spec,
+                                (*loc, "suites", j),
+                                f"unknown EvalSuite '{suite_name}'",
+                                did_you_mean(suite_name, suite_files),
+                            )
                     for suite_name in wanted:
                         self.file_inputs.setdefault(address, {}).update(
                             suite_files.get(suite_name, {})
@@ -303,35 +340,58 @@ class _Resolver:
                 self._model_ref(spec, ("spec", "base_model"), cfg.base_model, address)
                 self._named_ref(spec, ("spec", "dataset"), cfg.dataset, "Dataset", address, True)
                 if cfg.eval_suite:
-                    ok = self._named_ref(spec, ("spec", "eval_suite"), cfg.eval_suite,
-                                         "EvalSuite", address, False)
+                    ok = self._named_ref(
+                        spec, ("spec", "eval_suite"), cfg.eval_suite, "EvalSuite", address, False
+                    )
                     if ok:
                         self.edges.pop()  # training does not wait for the suite
                         evaluation = f"Evaluation/{spec.name}/{run.name}"
                         self.nodes[evaluation] = (
-                            "Evaluation", spec.name,
-                            {"suite": cfg.eval_suite, "subject": address}, spec)
-                        self.edges.append(Edge(evaluation, f"EvalSuite/{cfg.eval_suite}", True,
-                                               spec, ("spec", "eval_suite")))
+                            "Evaluation",
+                            spec.name,
+                            {"suite": cfg.eval_suite, "subject": address},
+                            spec,
+                        )
+                        self.edges.append(
+                            Edge(
+                                evaluation,
+                                f"EvalSuite/{cfg.eval_suite}",
+                                True,
+                                spec,
+                                ("spec", "eval_suite"),
+                            )
+                        )
                         self.edges.append(Edge(evaluation, address, True, spec, ("spec",)))
             if control and control.run:
                 names = {r.name for r in runs}
                 if runs and control.run not in names:
-                    self._diag(spec, ("spec", "control", "run"),
-                               f"no run '{control.run}' in this experiment",
-                               did_you_mean(control.run, names)
-                               or f"runs: {', '.join(sorted(names))}")
+                    self._diag(
+                        spec,
+                        ("spec", "control", "run"),
+                        f"no run '{control.run}' in this experiment",
+                        did_you_mean(control.run, names) or f"runs: {', '.join(sorted(names))}",
+                    )
             elif runs:
                 default = ExperimentSpec.model_validate(runs[0].config)
                 control_model = control.model if control and control.model else default.base_model
                 loc = ("spec", "control", "model") if control else ("spec", "base_model")
                 if default.eval_suite and control_model:
                     evaluation = f"Evaluation/{spec.name}/control"
-                    self.nodes[evaluation] = ("Evaluation", spec.name,
-                                              {"suite": default.eval_suite,
-                                               "subject": f"model:{control_model}"}, spec)
-                    self.edges.append(Edge(evaluation, f"EvalSuite/{default.eval_suite}", True,
-                                           spec, ("spec", "eval_suite")))
+                    self.nodes[evaluation] = (
+                        "Evaluation",
+                        spec.name,
+                        {"suite": default.eval_suite, "subject": f"model:{control_model}"},
+                        spec,
+                    )
+                    self.edges.append(
+                        Edge(
+                            evaluation,
+                            f"EvalSuite/{default.eval_suite}",
+                            True,
+                            spec,
+                            ("spec", "eval_suite"),
+                        )
+                    )
                     self._model_ref(spec, loc, control_model, evaluation)
 
         for spec in self.specs("Deployment"):
@@ -340,18 +400,27 @@ class _Resolver:
             self.nodes[address] = ("Deployment", spec.name, dep.model_dump(mode="json"), spec)
             self._model_ref(spec, ("spec", "model"), dep.model, address)
             if dep.smoke_suite:
-                self._named_ref(spec, ("spec", "smoke_suite"), dep.smoke_suite, "EvalSuite",
-                                address, True)
+                self._named_ref(
+                    spec, ("spec", "smoke_suite"), dep.smoke_suite, "EvalSuite", address, True
+                )
 
         for spec in self.specs("Pipeline"):
             address = spec.address
-            self.nodes[address] = ("Pipeline", spec.name,
-                                   spec.resource.spec.model_dump(mode="json"), spec)
+            self.nodes[address] = (
+                "Pipeline",
+                spec.name,
+                spec.resource.spec.model_dump(mode="json"),
+                spec,
+            )
             for i, step in enumerate(spec.resource.spec.steps):
                 loc = ("spec", "steps", i)
-                for field_name, kind in (("dataset", "Dataset"), ("experiment", "Experiment"),
-                                         ("suite", "EvalSuite"), ("against", "Deployment"),
-                                         ("deployment", "Deployment")):
+                for field_name, kind in (
+                    ("dataset", "Dataset"),
+                    ("experiment", "Experiment"),
+                    ("suite", "EvalSuite"),
+                    ("against", "Deployment"),
+                    ("deployment", "Deployment"),
+                ):
                     value = getattr(step, field_name, None)
                     if value:
                         self._named_ref(spec, (*loc, field_name), value, kind, address, False)
@@ -359,8 +428,12 @@ class _Resolver:
                 experiment = getattr(step, "experiment", None)
                 names = {r.name for r in self.runs.get(experiment or "", [])}
                 if experiment and names and run not in names:
-                    self._diag(spec, (*loc, "run"), f"experiment '{experiment}' has no run '{run}'",
-                               did_you_mean(str(run), names))
+                    self._diag(
+                        spec,
+                        (*loc, "run"),
+                        f"experiment '{experiment}' has no run '{run}'",
+                        did_you_mean(str(run), names),
+                    )
 
     # ----- graph and digests --------------------------------------------------------------
     def graph(self) -> dict[str, int] | None:
@@ -378,9 +451,12 @@ class _Resolver:
                 (e for e in self.edges if e.source == cycle[1] and e.target == cycle[0]),
                 None,
             ) or next(e for e in self.edges if e.source in cycle)
-            self._diag(first.spec, first.loc,
-                       "dependency cycle: " + " -> ".join(reversed(cycle)),
-                       "break the cycle: a resource cannot depend on its own output")
+            self._diag(
+                first.spec,
+                first.loc,
+                "dependency cycle: " + " -> ".join(reversed(cycle)),
+                "break the cycle: a resource cannot depend on its own output",
+            )
             return None
         waves: dict[str, int] = {}
         deps: dict[str, set[str]] = {}
@@ -389,8 +465,9 @@ class _Resolver:
         while sorter.is_active():
             ready = sorter.get_ready()
             for node in ready:
-                waves[node] = 1 + max((waves[d] for d in deps.get(node, ()) if d in waves),
-                                      default=-1)
+                waves[node] = 1 + max(
+                    (waves[d] for d in deps.get(node, ()) if d in waves), default=-1
+                )
             sorter.done(*ready)
         return waves
 
@@ -428,8 +505,8 @@ class _Resolver:
     # ----- estimates ----------------------------------------------------------------------
     def _rows_and_bytes(self, address: str) -> tuple[int, int]:
         rows = size = 0
-        for key in self.file_inputs.get(address, {}):
-            info = self.file_infos.get(key.removeprefix("file:"))
+        for key in self.row_files.get(address, []):
+            info = self.file_infos.get(key)
             if info:
                 rows += info.rows or 0
                 size += info.size
@@ -491,7 +568,3 @@ def resolve(
     if waves is None:
         return Resolution(None, resolver.diagnostics, resolver.runs)
     return Resolution(resolver.build(waves), resolver.diagnostics, resolver.runs)
-
-
-def iter_addresses(state: DesiredState) -> Iterator[str]:
-    yield from state.resources

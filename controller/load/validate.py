@@ -92,10 +92,9 @@ def data_loc(plain: Any, loc: Loc) -> Loc:
     node = plain
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
-        if isinstance(node, dict) and part in node:
-            out.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
             out.append(part)
             node = node[part]
         elif last:
@@ -159,7 +158,9 @@ def _error_to_diagnostic(
             hint = "names are DNS-style: lowercase letters, digits and '-', at most 63 characters"
         elif pattern == REF_PATTERN:
             message = f"'{given}' is not a valid reference"
-            hint = "write 'name' or 'name@version' or 'name@alias', e.g. 'support-assistant@champion'"
+            hint = (
+                "write 'name' or 'name@version' or 'name@alias', e.g. 'support-assistant@champion'"
+            )
         else:
             message = f"'{given}' does not match the expected format {pattern}"
     elif kind_of in ("model_type", "dict_type") and isinstance(error.get("input"), list | str):
@@ -266,7 +267,9 @@ def validate_document(doc: YamlDocument) -> tuple[Resource | None, list[Diagnost
         else:
             message = f"unknown apiVersion '{api_version}'"
         diagnostics.append(
-            Diagnostic(doc.file, line, col, "apiVersion", message, f"use 'apiVersion: {API_VERSION}'")
+            Diagnostic(
+                doc.file, line, col, "apiVersion", message, f"use 'apiVersion: {API_VERSION}'"
+            )
         )
         return None, diagnostics
 
@@ -289,8 +292,7 @@ def validate_document(doc: YamlDocument) -> tuple[Resource | None, list[Diagnost
         )
     except ValidationError as err:
         diagnostics.extend(
-            _error_to_diagnostic(doc, plain, kind, e)
-            for e in err.errors(include_url=False)
+            _error_to_diagnostic(doc, plain, kind, e) for e in err.errors(include_url=False)
         )
         return None, diagnostics
     if diagnostics:

@@ -100,7 +100,7 @@ def node_position(
 def to_plain(node: Any) -> Any:
     """Round-trip nodes -> plain dict/list/str/int/float/bool/None for validation and digests."""
     if isinstance(node, dict):
-        return {str(k) if not isinstance(k, str) else str(k): to_plain(v) for k, v in node.items()}
+        return {str(k): to_plain(v) for k, v in node.items()}
     if isinstance(node, list | tuple):
         return [to_plain(v) for v in node]
     if isinstance(node, bool):

@@ -22,9 +22,7 @@ def resource_digest(
 ) -> str:
     """sha256 of the canonical resolved spec, the digests of its inputs and the runner version."""
     return sha256_text(
-        canonical_json(
-            {"kind": kind, "spec": spec, "inputs": dict(inputs), "code": code_version}
-        )
+        canonical_json({"kind": kind, "spec": spec, "inputs": dict(inputs), "code": code_version})
     )
 
 

@@ -63,9 +63,7 @@ def _order_key(action: Action) -> tuple[int, int, str]:
     return (action.wave, rank, action.address)
 
 
-def _decide(
-    want: DesiredResource, have: ObservedResource | None, wave: int, source: str
-) -> Action:
+def _decide(want: DesiredResource, have: ObservedResource | None, wave: int, source: str) -> Action:
     if have is None:
         return Action(
             kind=NEW_ACTION.get(want.kind, ActionKind.CREATE),

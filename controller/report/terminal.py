@@ -82,5 +82,6 @@ def print_plan(console: Console, plan: Plan, show_noop: bool = False) -> None:
     if plan.has_changes:
         console.print(f"Plan: {summary}.", style="bold")
     else:
-        console.print(f"Nothing to do: {len(plan.actions)} resources match the lock file.",
-                      style="bold green")
+        console.print(
+            f"Nothing to do: {len(plan.actions)} resources match the lock file.", style="bold green"
+        )

@@ -31,27 +31,51 @@ def read_lock(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise LockFileError(
-            Diagnostic(shown, err.lineno, err.colno, "", f"invalid JSON: {err.msg}",
-                       f"restore it from git ('git checkout -- {shown}') or fix the syntax")
+            Diagnostic(
+                shown,
+                err.lineno,
+                err.colno,
+                "",
+                f"invalid JSON: {err.msg}",
+                f"restore it from git ('git checkout -- {shown}') or fix the syntax",
+            )
         ) from err
     except (OSError, UnicodeDecodeError) as err:
         raise LockFileError(Diagnostic(shown, 1, 1, "", f"cannot read: {err}", "")) from err
     if not isinstance(data, dict) or not isinstance(data.get("resources"), dict):
         raise LockFileError(
-            Diagnostic(shown, 1, 1, "resources", "not an llmops lock file: no 'resources' mapping",
-                       f"restore it from git ('git checkout -- {shown}')")
+            Diagnostic(
+                shown,
+                1,
+                1,
+                "resources",
+                "not an llmops lock file: no 'resources' mapping",
+                f"restore it from git ('git checkout -- {shown}')",
+            )
         )
     version = data.get("lockVersion")
     if version != LOCK_VERSION:
         raise LockFileError(
-            Diagnostic(shown, 1, 1, "lockVersion", f"unsupported lockVersion {version!r}",
-                       f"this llmops reads lockVersion {LOCK_VERSION}; upgrade llmops")
+            Diagnostic(
+                shown,
+                1,
+                1,
+                "lockVersion",
+                f"unsupported lockVersion {version!r}",
+                f"this llmops reads lockVersion {LOCK_VERSION}; upgrade llmops",
+            )
         )
     for address, entry in data["resources"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
             raise LockFileError(
-                Diagnostic(shown, 1, 1, f"resources.{address}", "entry has no 'digest'",
-                           f"restore it from git ('git checkout -- {shown}')")
+                Diagnostic(
+                    shown,
+                    1,
+                    1,
+                    f"resources.{address}",
+                    "entry has no 'digest'",
+                    f"restore it from git ('git checkout -- {shown}')",
+                )
             )
     return data
 
@@ -70,8 +94,9 @@ def write_lock(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def lock_entry(desired: DesiredState, address: str, outputs: dict[str, Any] | None = None
-               ) -> dict[str, Any]:
+def lock_entry(
+    desired: DesiredState, address: str, outputs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     resource = desired.resources[address]
     return {
         "kind": resource.kind,
