@@ -400,8 +400,9 @@ class _Resolver:
             self.nodes[address] = ("Deployment", spec.name, dep.model_dump(mode="json"), spec)
             self._model_ref(spec, ("spec", "model"), dep.model, address)
             if dep.smoke_suite:
+                # The readiness check reads the suite at rollout; a new suite alone is no rollout.
                 self._named_ref(
-                    spec, ("spec", "smoke_suite"), dep.smoke_suite, "EvalSuite", address, True
+                    spec, ("spec", "smoke_suite"), dep.smoke_suite, "EvalSuite", address, False
                 )
 
         for spec in self.specs("Pipeline"):

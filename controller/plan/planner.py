@@ -139,12 +139,15 @@ def _input_label(key: str) -> str:
 
 
 def flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists are compared whole."""
+    """{'a': {'b': 1}, 'c': [{'d': 2}]} -> {'a.b': 1, 'c[0].d': 2}; scalar lists stay whole."""
     out: dict[str, Any] = {}
     for key, item in value.items():
         dotted = f"{prefix}{key}"
         if isinstance(item, Mapping) and item:
             out.update(flatten(item, dotted + "."))
+        elif isinstance(item, list) and item and all(isinstance(i, Mapping) for i in item):
+            for index, element in enumerate(item):
+                out.update(flatten(element, f"{dotted}[{index}]."))
         else:
             out[dotted] = item
     return out
