@@ -87,12 +87,15 @@ def check(diagnostics: list[Diagnostic]) -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(text=st.sampled_from(SEEDS), cuts=st.lists(st.integers(0, 2000), max_size=4),
-       junk=st.text(max_size=6))
+@given(
+    text=st.sampled_from(SEEDS),
+    cuts=st.lists(st.integers(0, 2000), max_size=4),
+    junk=st.text(max_size=6),
+)
 def test_text_mutations_never_raise(text: str, cuts: list[int], junk: str) -> None:
     for cut in cuts:
         at = cut % (len(text) + 1)
-        text = text[:at] + junk + text[at + len(junk):]
+        text = text[:at] + junk + text[at + len(junk) :]
     check(load_text(text, "specs/fuzz.yaml").diagnostics)
 
 
@@ -112,8 +115,9 @@ def demo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=mutated_documents(), index=st.integers(0, len(SEEDS) - 1))
-def test_mutated_repository_resolves_or_diagnoses(demo_copy: Path, doc: dict[str, Any],
-                                                  index: int) -> None:
+def test_mutated_repository_resolves_or_diagnoses(
+    demo_copy: Path, doc: dict[str, Any], index: int
+) -> None:
     target = [p for p in DEMO_SPECS if "_presets" not in p.parts][index]
     relative = target.relative_to(PROJECT_ROOT)
     path = demo_copy / relative

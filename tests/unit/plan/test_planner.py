@@ -16,9 +16,7 @@ from controller.plan.types import (
 )
 
 
-def desired(
-    address: str, spec: dict, inputs: dict | None = None, wave: int = 0
-) -> DesiredResource:
+def desired(address: str, spec: dict, inputs: dict | None = None, wave: int = 0) -> DesiredResource:
     kind = address.split("/")[0]
     inputs = inputs or {}
     return DesiredResource(
