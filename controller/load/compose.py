@@ -22,7 +22,6 @@ from controller.api.experiment import DEFAULT_RUN, ExperimentSpec
 from controller.load.diagnostics import Diagnostic, did_you_mean
 from controller.load.loader import LoadedSpec
 from controller.load.validate import format_loc, schema_fields
-from controller.load.yaml_source import to_plain
 
 PRESETS_DIR = Path("specs/experiments/_presets")
 COMMAND_LINE = "<command line>"
@@ -92,7 +91,7 @@ def compose_experiment(
     spec: LoadedSpec, root: Path, overrides: list[Override]
 ) -> tuple[list[Run], list[Diagnostic]]:
     """Every run of one experiment: the spec as written ('default'), variants, sweep points."""
-    document = to_plain(spec.doc.tree)["spec"]
+    document = spec.doc.data["spec"]
     name = spec.name
     mine = [o for o in overrides if o.experiment in (None, name)]
     base_doc = {k: v for k, v in document.items() if k not in DOCUMENT_ONLY_FIELDS}

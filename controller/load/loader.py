@@ -7,6 +7,7 @@ from pathlib import Path
 
 from controller.api import FOLDER_KIND, Resource
 from controller.load.diagnostics import Diagnostic
+from controller.load.parse_cache import ParseCache
 from controller.load.validate import validate_document
 from controller.load.yaml_source import YamlDocument, parse_documents
 
@@ -72,11 +73,15 @@ def display_path(path: Path, root: Path) -> str:
         return str(path)
 
 
-def load_text(text: str, file: str) -> LoadResult:
+def load_text(text: str, file: str, cache: ParseCache | None = None) -> LoadResult:
     """Parse and validate every document of one file's text."""
     result = LoadResult()
-    documents, diagnostics = parse_documents(text, file)
-    result.diagnostics.extend(diagnostics)
+    documents = cache.get(text, file) if cache else None
+    if documents is None:
+        documents, diagnostics = parse_documents(text, file)
+        result.diagnostics.extend(diagnostics)
+        if cache and not diagnostics:
+            cache.put(text, documents)
     for doc in documents:
         resource, problems = validate_document(doc)
         result.diagnostics.extend(problems)
@@ -85,9 +90,10 @@ def load_text(text: str, file: str) -> LoadResult:
     return result
 
 
-def load_specs(root: Path, paths: list[Path] | None = None) -> LoadResult:
+def load_specs(root: Path, paths: list[Path] | None = None, use_cache: bool = True) -> LoadResult:
     """Load every spec file; problems are collected as diagnostics, never raised."""
     result = LoadResult()
+    cache = ParseCache(root, enabled=use_cache and paths is None)
     for path in discover(root, paths):
         shown = display_path(path, root)
         try:
@@ -97,11 +103,12 @@ def load_specs(root: Path, paths: list[Path] | None = None) -> LoadResult:
                 Diagnostic(shown, 1, 1, "", f"cannot read file: {err}", "save it as UTF-8 text")
             )
             continue
-        loaded = load_text(text, shown)
+        loaded = load_text(text, shown, cache)
         result.diagnostics.extend(loaded.diagnostics)
         for spec in loaded.specs:
             result.diagnostics.extend(_folder_warning(spec, shown))
             result.specs.append(spec)
+    cache.save()
     return result
 
 

@@ -12,7 +12,7 @@ from controller.api import API_VERSION, KINDS, Resource
 from controller.api.common import NAME_PATTERN, REF_PATTERN
 from controller.load.diagnostics import Diagnostic, did_you_mean
 from controller.load.secrets import SECRET_HINT, find_secret
-from controller.load.yaml_source import Loc, YamlDocument, to_plain, walk_strings
+from controller.load.yaml_source import Loc, YamlDocument, walk_strings
 
 
 def format_loc(loc: Loc) -> str:
@@ -230,7 +230,7 @@ def _without_interpolations(node: Any) -> Any:
 
 def validate_document(doc: YamlDocument) -> tuple[Resource | None, list[Diagnostic]]:
     """Check envelope, secrets and the kind's model; return the object or diagnostics."""
-    plain = to_plain(doc.tree)
+    plain = doc.data
     if not isinstance(plain, dict):
         return None, [
             Diagnostic(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -17,13 +17,27 @@ Loc = tuple[str | int, ...]
 
 @dataclass
 class YamlDocument:
-    """One YAML document of a file: its round-trip tree and where it starts."""
+    """One YAML document of a file: its plain data, where it starts, and its positions.
+
+    `data` is plain JSON-like data used for validation and digests. The round-trip `tree`
+    carries line and column numbers; when the document came from the parse cache it is
+    parsed again from `text` only if a diagnostic needs a position.
+    """
 
     file: str
     index: int
-    tree: Any
+    data: Any
     line: int
     col: int
+    text: str = field(default="", repr=False)
+    _tree: Any = field(default=None, repr=False)
+
+    @property
+    def tree(self) -> Any:
+        if self._tree is None:
+            trees = list(_yaml().load_all(self.text))
+            self._tree = trees[self.index]
+        return self._tree
 
     def position(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
         """1-based (line, col) of the node at `loc`, or of its nearest existing ancestor.
@@ -48,7 +62,7 @@ def parse_documents(text: str, file: str) -> tuple[list[YamlDocument], list[Diag
             if tree is None:
                 continue
             line, col = _start(tree)
-            documents.append(YamlDocument(file, index, tree, line, col))
+            documents.append(YamlDocument(file, index, to_plain(tree), line, col, text, tree))
     except MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
