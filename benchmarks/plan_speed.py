@@ -102,12 +102,11 @@ def main() -> None:
         assert plan is not None and not plan.has_changes
         print(f"specs: {args.specs}, resources: {len(plan.actions)}")
         print(f"baseline (ruamel round-trip parse only):    {baseline:.3f} s")
-        print(
-            f"llmops plan, no caches (first run):         {cold:.3f} s  ratio {cold / baseline:.2f}x"
-        )
-        print(
-            f"llmops plan, nothing changed (cached parse): {warm:.3f} s  ratio {warm / baseline:.2f}x"
-        )
+        for label, seconds in (
+            ("llmops plan, no caches (first run):         ", cold),
+            ("llmops plan, nothing changed (cached parse):", warm),
+        ):
+            print(f"{label} {seconds:.3f} s  ratio {seconds / baseline:.2f}x")
 
 
 if __name__ == "__main__":
