@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,9 +11,12 @@ from controller.load.diagnostics import Diagnostic, has_errors, sort_diagnostics
 from controller.load.loader import LoadedSpec, load_specs
 from controller.load.resolve import resolve
 from controller.observe.lock import observed_from_lock
+from controller.observe.registry import merge_registry
 from controller.plan.planner import plan
 from controller.plan.types import DesiredState, ObservedState, Plan
 from controller.state.lockfile import LOCK_FILE, LockFileError, read_lock
+from controller.state.paths import REGISTRY_URL_ENV, StatePaths
+from controller.state.registry.store import Registry
 
 
 def find_root(start: Path) -> Path:
@@ -57,10 +61,30 @@ def load_desired(
     return result
 
 
-def observe(root: Path, lock_path: Path | None = None) -> ObservedState:
-    """Observed state from the lock file; raises LockFileError with a diagnostic."""
+def registry_exists(root: Path) -> bool:
+    """A registry is consulted when configured by URL or when the local one was created."""
+    paths = StatePaths.for_repo(root)
+    return bool(os.environ.get(REGISTRY_URL_ENV)) or (paths.root / "registry.db").exists()
+
+
+def open_registry(root: Path) -> Registry:
+    """The registry of this repository (raises RegistryUnavailable with a hint)."""
+    return Registry.open(StatePaths.for_repo(root))
+
+
+def observe(root: Path, desired: DesiredState | None = None,
+            lock_path: Path | None = None) -> ObservedState:
+    """Observed state from the lock file and, where there is one, the registry.
+
+    Raises LockFileError (with a diagnostic) or RegistryUnavailable.
+    """
     path = lock_path or root / LOCK_FILE
-    return observed_from_lock(read_lock(path), source=path.name)
+    observed = observed_from_lock(read_lock(path), source=path.name)
+    if desired is not None and registry_exists(root):
+        models = {a: r.digest for a, r in desired.resources.items() if r.kind == "Model"
+                  and r.spec.get("source", {}).get("type") != "experiment"}
+        observed = merge_registry(observed, open_registry(root).version_digests(), models)
+    return observed
 
 
 def make_plan(
@@ -70,7 +94,7 @@ def make_plan(
     if not loaded.ok or loaded.desired is None:
         return loaded, None
     try:
-        observed = observe(root, lock_path)
+        observed = observe(root, loaded.desired, lock_path)
     except LockFileError as err:
         loaded.diagnostics.append(err.diagnostic)
         return loaded, None

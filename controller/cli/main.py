@@ -5,25 +5,25 @@ from __future__ import annotations
 import json
 import os
 import sys
-from enum import IntEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from controller import __version__
+from controller.cli.common import (
+    Exit,
+    JsonOption,
+    RootOption,
+    console,
+    err_console,
+    resolve_root,
+)
+from controller.cli.models import models_app
 from controller.load.diagnostics import has_errors
 from controller.report.terminal import print_diagnostics, print_plan
 from controller.schemas import stale_schemas, write_schemas
-from controller.workspace import find_root, load_desired, make_plan
-
-
-class Exit(IntEnum):
-    OK = 0
-    FAILED = 1
-    INVALID = 2
-    CHANGES_PENDING = 3
+from controller.workspace import load_desired, make_plan
 
 
 app = typer.Typer(
@@ -33,19 +33,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Piped output (CI logs) gets a wide fixed width so tables stay readable.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
-RootOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--root",
-        help="Repository root; found from the current folder when unset.",
-        envvar="LLMOPS_ROOT",
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+app.add_typer(models_app, name="models")
 OverrideOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -57,10 +45,6 @@ OverrideOption = Annotated[
 ]
 
 
-def _root(root: Path | None) -> Path:
-    return root.resolve() if root else find_root(Path.cwd())
-
-
 @app.command()
 def validate(
     paths: Annotated[list[Path] | None, typer.Argument(help="Spec files or folders.")] = None,
@@ -69,7 +53,7 @@ def validate(
     override: OverrideOption = None,
 ) -> None:
     """Load, validate and resolve specs. Exit 0 when valid, 2 when not."""
-    top = _root(root)
+    top = resolve_root(root)
     if paths:
         missing = [p for p in paths if not p.exists()]
         if missing:
@@ -113,7 +97,7 @@ def plan(
     all_actions: Annotated[bool, typer.Option("--all", help="Also list unchanged ones.")] = False,
 ) -> None:
     """Compare specs with the lock file. Exit 0: nothing to do; 2: invalid; 3: changes pending."""
-    top = _root(root)
+    top = resolve_root(root)
     loaded, the_plan = make_plan(top, override, lock)
     if the_plan is None:
         if as_json:
@@ -149,7 +133,7 @@ def schemas(
     check: Annotated[bool, typer.Option(help="Only check; exit 1 when stale.")] = False,
 ) -> None:
     """Write the JSON Schema of every kind into schemas/."""
-    top = _root(root)
+    top = resolve_root(root)
     if check:
         stale = stale_schemas(top)
         if stale:

@@ -1,0 +1,41 @@
+"""CLI, shared pieces: consoles, exit codes, root discovery and common options."""
+
+from __future__ import annotations
+
+import sys
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from controller.workspace import find_root
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILED = 1
+    INVALID = 2
+    CHANGES_PENDING = 3
+
+
+# Piped output (CI logs) gets a wide fixed width so tables stay readable.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+RootOption = Annotated[
+    Path | None,
+    typer.Option("--root", help="Repository root; found from the current folder when unset.",
+                 envvar="LLMOPS_ROOT"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def resolve_root(root: Path | None) -> Path:
+    return root.resolve() if root else find_root(Path.cwd())
+
+
+def fail(message: str, code: Exit = Exit.FAILED) -> typer.Exit:
+    err_console.print(f"error: {message}", style="red", soft_wrap=True)
+    return typer.Exit(code)

@@ -1,0 +1,344 @@
+"""CLI `llmops models`: pull, list, show, rm, gc, verify, du, outdated."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress
+from rich.table import Table
+
+from controller.api import split_ref
+from controller.cli.common import (
+    Exit,
+    JsonOption,
+    RootOption,
+    console,
+    err_console,
+    fail,
+    resolve_root,
+)
+from controller.report.terminal import print_diagnostics
+
+models_app = typer.Typer(help="Manage local models: the registry and its blob store.",
+                         no_args_is_help=True)
+
+
+def _registry(root: Path):  # type: ignore[no-untyped-def]
+    from controller.state.registry.db import RegistryUnavailable
+    from controller.workspace import open_registry
+
+    try:
+        return open_registry(root)
+    except RegistryUnavailable as err:
+        raise fail(str(err)) from err
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def _params(n: int | None) -> str:
+    if not n:
+        return "-"
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def version_json(version: Any) -> dict[str, Any]:
+    aliases = sorted(a.name for a in version.model.aliases if a.version_id == version.id)
+    lineage = version.lineage
+    return {
+        "name": version.model.name,
+        "version": version.number,
+        "ref": f"{version.model.name}@{version.number}",
+        "aliases": aliases,
+        "created_at": version.created_at.isoformat() if version.created_at else None,
+        "architecture": version.architecture,
+        "model_type": version.model_type,
+        "parameters": version.parameters,
+        "dtype": version.dtype,
+        "quantization": version.quantization,
+        "source_quantization": version.extra.get("source_quantization"),
+        "context_length": version.context_length,
+        "vocab_size": version.vocab_size,
+        "license": version.license,
+        "chat_template": version.chat_template,
+        "size_bytes": version.size_bytes,
+        "spec_digest": version.spec_digest,
+        "source": version.source,
+        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in version.files],
+        "tags": {t.key: t.value for t in version.tags},
+        "lineage": None if lineage is None else {
+            "base_version_id": lineage.base_version_id,
+            "dataset_version": lineage.dataset_version,
+            "experiment_run": lineage.experiment_run,
+            "git_commit": lineage.git_commit,
+            "config_digest": lineage.config_digest,
+            "packages": lineage.packages,
+            "seeds": lineage.seeds,
+        },
+        "metrics": [{"suite": m.suite, "name": m.name, "value": m.value}
+                    for m in sorted(version.metrics, key=lambda m: (m.suite, m.name))],
+    }
+
+
+@models_app.command("pull")
+def pull(
+    names: Annotated[list[str] | None, typer.Argument(help="Model spec names; all when empty.")]
+    = None,
+    root: RootOption = None,
+    force: Annotated[bool, typer.Option(help="Fetch again even when stored.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Import Model specs into the registry; a model already stored is not fetched again."""
+    from controller.apply.pull import pull_model
+    from controller.workspace import load_desired
+    from runners.pull import PullError
+
+    top = resolve_root(root)
+    loaded = load_desired(top)
+    if not loaded.ok or loaded.desired is None:
+        print_diagnostics(err_console, loaded.diagnostics)
+        raise typer.Exit(Exit.INVALID)
+    models = {r.name: r for r in loaded.desired.resources.values() if r.kind == "Model"
+              and r.spec["source"]["type"] != "experiment"}
+    wanted = names or sorted(models)
+    unknown = [n for n in wanted if n not in models]
+    if unknown:
+        from controller.load.diagnostics import did_you_mean
+
+        hint = did_you_mean(unknown[0], models)
+        raise fail(f"no Model spec named '{unknown[0]}'" + (f"; {hint}" if hint else ""),
+                   Exit.INVALID)
+    registry = _registry(top)
+    results = []
+    failed = False
+    for name in wanted:
+        try:
+            outcome = pull_model(models[name], registry, top, console, force=force)
+        except PullError as err:
+            err_console.print(f"error: {name}: {err}", style="red", soft_wrap=True)
+            failed = True
+            continue
+        results.append({"name": name, "status": outcome.status, "ref": outcome.ref})
+        if not as_json:
+            verb = {"present": "already stored as", "linked": "registered (files shared) as",
+                    "imported": "imported as"}[outcome.status]
+            console.print(f"{name}: {verb} [bold]{outcome.ref}[/bold]")
+    if as_json:
+        print(json.dumps(results, indent=2))
+    raise typer.Exit(Exit.FAILED if failed else Exit.OK)
+
+
+@models_app.command("list")
+def list_models(root: RootOption = None, as_json: JsonOption = False) -> None:
+    """Every stored version with its metadata."""
+    registry = _registry(resolve_root(root))
+    versions = [v for m in registry.models() for v in m.versions]
+    if as_json:
+        print(json.dumps([version_json(v) for v in versions], indent=2))
+        return
+    table = Table(title="models")
+    for column in ("model", "aliases", "architecture", "params", "dtype", "context", "vocab",
+                   "license", "chat", "size", "created"):
+        table.add_column(column)
+    for v in versions:
+        aliases = ",".join(sorted(a.name for a in v.model.aliases if a.version_id == v.id))
+        table.add_row(f"{v.model.name}@{v.number}", aliases or "-", v.architecture or "-",
+                      _params(v.parameters), v.dtype or "-", str(v.context_length or "-"),
+                      str(v.vocab_size or "-"), v.license or "-",
+                      "yes" if v.chat_template else "no", _size(v.size_bytes),
+                      v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "-")
+    console.print(table if versions else "no models yet; run 'llmops models pull'")
+
+
+@models_app.command("show")
+def show(
+    ref: Annotated[str, typer.Argument(help="name, name@version or name@alias")],
+    root: RootOption = None,
+    as_json: JsonOption = False,
+    card: Annotated[bool, typer.Option(help="Print the model card.")] = False,
+    path: Annotated[bool, typer.Option(help="Print the folder with the files.")] = False,
+) -> None:
+    """One version: metadata, files, lineage, metrics, or its card or folder."""
+    registry = _registry(resolve_root(root))
+    version = registry.find(ref)
+    if version is None:
+        names = [m.name for m in registry.models()]
+        from controller.load.diagnostics import did_you_mean
+
+        hint = did_you_mean(split_ref(ref)[0], names)
+        raise fail(f"no model version '{ref}'" + (f"; {hint}" if hint else ""))
+    if path:
+        print(registry.materialize(version))
+    elif card:
+        print(version.card)
+    elif as_json:
+        print(json.dumps(version_json(version), indent=2))
+    else:
+        data = version_json(version)
+        table = Table(show_header=False, title=data["ref"])
+        for key in ("aliases", "architecture", "model_type", "parameters", "dtype",
+                    "quantization", "source_quantization", "context_length", "vocab_size",
+                    "license", "chat_template", "size_bytes", "spec_digest", "created_at"):
+            value = data[key]
+            if key == "parameters" and value:
+                value = f"{value:,} ({_params(value)})"
+            if key == "size_bytes":
+                value = _size(value)
+            table.add_row(key, str(value if value not in (None, []) else "-"))
+        console.print(table)
+        files = Table(title="files")
+        for column in ("path", "size", "sha256"):
+            files.add_column(column)
+        for f in data["files"]:
+            files.add_row(f["path"], _size(f["size"]), f["sha256"])
+        console.print(files)
+
+
+def _deployment_refs(root: Path) -> list[tuple[str, str]]:
+    """(deployment, model ref) for every Deployment spec that loads."""
+    from controller.load.loader import load_specs
+
+    return [(s.name, s.resource.spec.model) for s in load_specs(root).specs
+            if s.kind == "Deployment"]
+
+
+@models_app.command("rm")
+def remove(
+    ref: Annotated[str, typer.Argument(help="name@version")],
+    root: RootOption = None,
+    force: Annotated[bool, typer.Option(help="Remove even if a deployment uses it.")] = False,
+) -> None:
+    """Remove one version (its blobs stay until 'llmops models gc')."""
+    top = resolve_root(root)
+    registry = _registry(top)
+    name, selector = split_ref(ref)
+    version = registry.find(ref)
+    if version is None or selector is None:
+        raise fail(f"'{ref}' does not name a stored version; write name@version, see "
+                   "'llmops models list'")
+    users = []
+    for deployment, model_ref in _deployment_refs(top):
+        used = registry.find(model_ref)
+        if used is not None and used.id == version.id:
+            users.append(f"{deployment} ({model_ref})")
+    if users and not force:
+        raise fail(f"{name}@{version.number} is used by deployment {', '.join(users)}; move the "
+                   "deployment to another version first, or pass --force")
+    registry.remove(name, version.number)
+    console.print(f"removed {name}@{version.number}; run 'llmops models gc' to free its files")
+
+
+@models_app.command("gc")
+def gc(root: RootOption = None,
+       dry_run: Annotated[bool, typer.Option(help="Only report.")] = False,
+       as_json: JsonOption = False) -> None:
+    """Delete stored files no version references."""
+    from controller.state.registry.maintenance import collect_garbage
+
+    report = collect_garbage(_registry(resolve_root(root)), dry_run=dry_run)
+    if as_json:
+        print(json.dumps({"removed": report.removed, "freed_bytes": report.freed,
+                          "dry_run": dry_run}, indent=2))
+        return
+    verb = "would free" if dry_run else "freed"
+    console.print(f"{len(report.removed)} unreferenced blob(s); {verb} {_size(report.freed)}")
+
+
+@models_app.command("verify")
+def verify(names: Annotated[list[str] | None, typer.Argument()] = None,
+           root: RootOption = None, as_json: JsonOption = False) -> None:
+    """Re-hash stored files and check them against their sha256. Exit 1 on any problem."""
+    from controller.state.registry.maintenance import verify as run_verify
+
+    registry = _registry(resolve_root(root))
+    total = sum(b.size for b in registry.blobs)
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  console=err_console, transient=True, disable=as_json) as progress:
+        task = progress.add_task("verifying", total=total)
+        report = run_verify(registry, names, lambda n: progress.advance(task, n))
+    if as_json:
+        print(json.dumps({"files": report.checked_files, "bytes": report.checked_bytes,
+                          "problems": [p.__dict__ for p in report.problems]}, indent=2))
+    else:
+        for p in report.problems:
+            err_console.print(f"{p.ref}: {p.path}: {p.problem}", style="red")
+        console.print(f"checked {report.checked_files} file(s), {_size(report.checked_bytes)}: "
+                      f"{len(report.problems)} problem(s)")
+    raise typer.Exit(Exit.FAILED if report.problems else Exit.OK)
+
+
+@models_app.command("du")
+def du(root: RootOption = None, as_json: JsonOption = False) -> None:
+    """Disk usage per version, with what it shares with others."""
+    from controller.state.registry.maintenance import disk_usage
+
+    rows, stored, logical = disk_usage(_registry(resolve_root(root)))
+    if as_json:
+        print(json.dumps({"versions": [r.__dict__ for r in rows], "stored_bytes": stored,
+                          "logical_bytes": logical}, indent=2))
+        return
+    table = Table(title="disk usage")
+    for column in ("model", "files", "size", "only here"):
+        table.add_column(column, justify="right" if column != "model" else "left")
+    for r in rows:
+        table.add_row(r.ref, str(r.files), _size(r.size), _size(r.unique))
+    console.print(table)
+    console.print(f"stored {_size(stored)} for {_size(logical)} of versions "
+                  f"(saved {_size(logical - stored)} by sharing files)")
+
+
+@models_app.command("outdated")
+def outdated(root: RootOption = None, as_json: JsonOption = False) -> None:
+    """Hub models whose upstream moved past the pinned revision. Changes nothing."""
+    from controller.load.loader import load_specs
+
+    top = resolve_root(root)
+    rows = []
+    for spec in load_specs(top).specs:
+        if spec.kind != "Model" or spec.resource.spec.source.type != "hub":
+            continue
+        source = spec.resource.spec.source
+        rows.append({"name": spec.name, "repo": source.repo, "pinned": source.revision,
+                     **_upstream(source.repo)})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("no Hub models in the specs")
+        return
+    for row in rows:
+        if row["upstream"] is None:
+            console.print(f"{row['name']}: cannot check {row['repo']}: {row['error']}")
+        elif row["upstream"] == row["pinned"]:
+            console.print(f"{row['name']}: up to date at {row['pinned'][:12]}")
+        else:
+            console.print(f"{row['name']}: [yellow]upstream moved[/yellow] "
+                          f"{row['pinned'][:12]} -> {row['upstream'][:12]}; change 'revision' "
+                          "in the spec to update")
+
+
+def _upstream(repo: str) -> dict[str, Any]:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return {"upstream": None, "error": "offline (HF_HUB_OFFLINE is set)"}
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        info = HfApi(endpoint=os.environ.get("HF_ENDPOINT")).model_info(repo, timeout=10)
+    except (HfHubHTTPError, OSError, ValueError) as err:
+        return {"upstream": None, "error": str(err).splitlines()[0]}
+    except Exception as err:  # noqa: BLE001 - network stacks raise their own types
+        return {"upstream": None, "error": f"{type(err).__name__}: {err}"}
+    return {"upstream": info.sha, "error": None}

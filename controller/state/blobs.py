@@ -1,0 +1,116 @@
+"""State, blob store: every file stored once by sha256, written atomically, verified by digest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 4 << 20
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Blob:
+    sha256: str
+    size: int
+
+
+class BlobStore:
+    """Files under blobs/sha256/<2 hex>/<64 hex>, read-only once written.
+
+    A write copies into a temporary file in the same folder while hashing, fsyncs it, and
+    renames it into place, so a crash leaves either no blob or a whole one.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, sha256: str) -> Path:
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def exists(self, sha256: str, size: int | None = None) -> bool:
+        path = self.path(sha256)
+        try:
+            return path.is_file() and (size is None or path.stat().st_size == size)
+        except OSError:
+            return False
+
+    def put(self, source: Path, progress: Progress | None = None) -> Blob:
+        """Store `source` (copied, never moved); a blob that exists already is not rewritten."""
+        tmp_dir = self.root / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_dir / f"{os.getpid()}-{source.name}.part"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with source.open("rb") as reader, tmp.open("wb") as writer:
+                while chunk := reader.read(CHUNK):
+                    digest.update(chunk)
+                    writer.write(chunk)
+                    size += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+                writer.flush()
+                os.fsync(writer.fileno())
+            sha = digest.hexdigest()
+            final = self.path(sha)
+            if self.exists(sha, size):
+                tmp.unlink()
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                tmp.chmod(0o444)
+                os.replace(tmp, final)
+            return Blob(sha, size)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def verify(self, sha256: str, progress: Progress | None = None) -> bool:
+        """Re-hash a blob; False when it is missing or its content no longer matches."""
+        path = self.path(sha256)
+        if not path.is_file():
+            return False
+        digest = hashlib.sha256()
+        with path.open("rb") as reader:
+            while chunk := reader.read(CHUNK):
+                digest.update(chunk)
+                if progress:
+                    progress(len(chunk))
+        return digest.hexdigest() == sha256
+
+    def delete(self, sha256: str) -> int:
+        path = self.path(sha256)
+        try:
+            size = path.stat().st_size
+            path.chmod(0o644)
+            path.unlink()
+            return size
+        except FileNotFoundError:
+            return 0
+
+    def __iter__(self) -> Iterator[Blob]:
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for folder in sorted(base.iterdir()):
+            for path in sorted(folder.iterdir()):
+                if len(path.name) == 64:
+                    yield Blob(path.name, path.stat().st_size)
+
+    def clean_tmp(self) -> None:
+        shutil.rmtree(self.root / "tmp", ignore_errors=True)
+
+
+def hash_file(path: Path, progress: Progress | None = None) -> Blob:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as reader:
+        while chunk := reader.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            if progress:
+                progress(len(chunk))
+    return Blob(digest.hexdigest(), size)

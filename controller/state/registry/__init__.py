@@ -1,0 +1,1 @@
+"""State, model registry: models, versions, files, aliases, tags, lineage, metrics, cards."""

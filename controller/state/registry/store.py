@@ -1,0 +1,258 @@
+"""Registry API: register versions over the blob store, resolve refs, aliases, metrics."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from controller.state.blobs import Blob, BlobStore
+from controller.state.paths import StatePaths
+from controller.state.registry.db import open_session_factory
+from controller.state.registry.schema import (
+    AliasRow,
+    BlobRow,
+    FileRow,
+    LineageRow,
+    MetricRow,
+    ModelRow,
+    TagRow,
+    VersionRow,
+)
+
+VERSION_FIELDS = ("architecture", "model_type", "parameters", "dtype", "quantization",
+                  "context_length", "vocab_size", "license", "chat_template", "size_bytes")
+
+
+class RegistryError(Exception):
+    """A request the registry cannot satisfy; the message says what to do."""
+
+
+@dataclass
+class NewVersion:
+    name: str
+    files: list[tuple[str, Blob]]
+    metadata: dict[str, Any]
+    spec_digest: str | None = None
+    source_key: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)
+    description: str = ""
+    trust_remote_code: bool = False
+    lineage: dict[str, Any] | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _eager() -> list[Any]:
+    return [
+        selectinload(VersionRow.files),
+        selectinload(VersionRow.tags),
+        selectinload(VersionRow.metrics),
+        selectinload(VersionRow.lineage),
+        selectinload(VersionRow.model).selectinload(ModelRow.aliases),
+    ]
+
+
+class Registry:
+    def __init__(self, paths: StatePaths, sessions: sessionmaker[Session]) -> None:
+        self.paths = paths
+        self.sessions = sessions
+        self.blobs = BlobStore(paths.blobs)
+
+    @classmethod
+    def open(cls, paths: StatePaths) -> Registry:
+        return cls(paths, open_session_factory(paths.registry_url))
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.sessions() as session, session.begin():
+            yield session
+
+    # ----- reading -----------------------------------------------------------------------
+    def models(self) -> list[ModelRow]:
+        with self.sessions() as session:
+            rows = session.scalars(
+                select(ModelRow)
+                .options(selectinload(ModelRow.versions).options(*_eager()),
+                         selectinload(ModelRow.aliases))
+                .order_by(ModelRow.name)
+            ).all()
+            return list(rows)
+
+    def find(self, ref: str) -> VersionRow | None:
+        """'name' (newest), 'name@3' (version 3) or 'name@alias'."""
+        name, _, selector = ref.partition("@")
+        with self.sessions() as session:
+            model = session.scalar(select(ModelRow).where(ModelRow.name == name))
+            if model is None:
+                return None
+            query = select(VersionRow).options(*_eager()).where(VersionRow.model_id == model.id)
+            if not selector:
+                query = query.order_by(VersionRow.number.desc()).limit(1)
+            elif selector.isdigit():
+                query = query.where(VersionRow.number == int(selector))
+            else:
+                alias = session.scalar(
+                    select(AliasRow).where(AliasRow.model_id == model.id,
+                                           AliasRow.name == selector)
+                )
+                if alias is None:
+                    return None
+                query = query.where(VersionRow.id == alias.version_id)
+            return session.scalar(query)
+
+    def find_by(self, name: str, *, spec_digest: str | None = None,
+                source_key: str | None = None) -> VersionRow | None:
+        with self.sessions() as session:
+            query = (select(VersionRow).options(*_eager()).join(ModelRow)
+                     .where(ModelRow.name == name))
+            if spec_digest:
+                query = query.where(VersionRow.spec_digest == spec_digest)
+            if source_key:
+                query = query.where(VersionRow.source_key == source_key)
+            return session.scalar(query.order_by(VersionRow.number.desc()).limit(1))
+
+    def version_digests(self) -> dict[str, list[tuple[int, str | None]]]:
+        """Model name -> [(version, spec digest)], for the observe layer."""
+        with self.sessions() as session:
+            rows = session.execute(
+                select(ModelRow.name, VersionRow.number, VersionRow.spec_digest)
+                .join(VersionRow, VersionRow.model_id == ModelRow.id)
+                .order_by(ModelRow.name, VersionRow.number)
+            ).all()
+        out: dict[str, list[tuple[int, str | None]]] = {}
+        for name, number, digest in rows:
+            out.setdefault(name, []).append((number, digest))
+        return out
+
+    def has_files(self, version: VersionRow) -> bool:
+        return all(self.blobs.exists(f.sha256, f.size) for f in version.files)
+
+    # ----- writing -----------------------------------------------------------------------
+    def register(self, new: NewVersion) -> VersionRow:
+        """One transaction: the model row, the version, its files, aliases, tags, lineage."""
+        for _, blob in new.files:
+            if not self.blobs.exists(blob.sha256, blob.size):
+                raise RegistryError(f"blob {blob.sha256[:12]} is not in the store")
+        with self.session() as session:
+            model = session.scalar(select(ModelRow).where(ModelRow.name == new.name))
+            if model is None:
+                model = ModelRow(name=new.name, description=new.description)
+                session.add(model)
+                session.flush()
+            elif new.description:
+                model.description = new.description
+            number = (session.scalar(select(func.max(VersionRow.number))
+                                     .where(VersionRow.model_id == model.id)) or 0) + 1
+            version = VersionRow(
+                model_id=model.id, number=number, spec_digest=new.spec_digest,
+                source_key=new.source_key, source=new.source,
+                trust_remote_code=new.trust_remote_code,
+                extra={k: v for k, v in new.metadata.items() if k not in VERSION_FIELDS},
+                **{k: new.metadata.get(k) for k in VERSION_FIELDS if k != "chat_template"},
+                chat_template=bool(new.metadata.get("chat_template")),
+            )
+            if version.size_bytes is None:
+                version.size_bytes = sum(b.size for _, b in new.files)
+            session.add(version)
+            session.flush()
+            for path, blob in new.files:
+                if session.get(BlobRow, blob.sha256) is None:
+                    session.add(BlobRow(sha256=blob.sha256, size=blob.size))
+                session.add(FileRow(version_id=version.id, path=path, sha256=blob.sha256,
+                                    size=blob.size))
+            for key, value in new.tags.items():
+                session.add(TagRow(version_id=version.id, key=key, value=value))
+            if new.lineage:
+                session.add(LineageRow(version_id=version.id, **new.lineage))
+            session.flush()
+            for alias in new.aliases:
+                self._set_alias(session, model, alias, version)
+            version_id = version.id
+        found = self._by_id(version_id)
+        assert found is not None
+        return found
+
+    def _by_id(self, version_id: int) -> VersionRow | None:
+        with self.sessions() as session:
+            return session.scalar(select(VersionRow).options(*_eager())
+                                  .where(VersionRow.id == version_id))
+
+    @staticmethod
+    def _set_alias(session: Session, model: ModelRow, alias: str, version: VersionRow) -> None:
+        row = session.get(AliasRow, (model.id, alias))
+        if row is None:
+            session.add(AliasRow(model_id=model.id, name=alias, version_id=version.id))
+        else:
+            row.version_id = version.id
+            row.updated_at = func.now()
+
+    def set_alias(self, name: str, alias: str, number: int) -> None:
+        with self.session() as session:
+            version = session.scalar(select(VersionRow).join(ModelRow).where(
+                ModelRow.name == name, VersionRow.number == number))
+            if version is None:
+                raise RegistryError(f"{name}@{number} does not exist")
+            self._set_alias(session, version.model, alias, version)
+
+    def set_card(self, version_id: int, card: str) -> None:
+        with self.session() as session:
+            row = session.get(VersionRow, version_id)
+            if row is not None:
+                row.card = card
+
+    def add_metrics(self, version_id: int, suite: str, suite_digest: str,
+                    values: dict[str, float]) -> None:
+        with self.session() as session:
+            for name, value in values.items():
+                session.add(MetricRow(version_id=version_id, suite=suite,
+                                      suite_digest=suite_digest, name=name, value=float(value)))
+
+    def remove(self, name: str, number: int) -> VersionRow:
+        with self.session() as session:
+            version = session.scalar(select(VersionRow).options(*_eager()).join(ModelRow).where(
+                ModelRow.name == name, VersionRow.number == number))
+            if version is None:
+                raise RegistryError(f"{name}@{number} does not exist")
+            model = version.model
+            session.delete(version)
+            session.flush()
+            if not session.scalar(select(func.count()).select_from(VersionRow)
+                                  .where(VersionRow.model_id == model.id)):
+                session.delete(model)
+        shutil.rmtree(self.paths.views / name / str(number), ignore_errors=True)
+        return version
+
+    def referenced_blobs(self) -> set[str]:
+        with self.sessions() as session:
+            return set(session.scalars(select(FileRow.sha256).distinct()).all())
+
+    def forget_blob(self, sha256: str) -> None:
+        with self.session() as session:
+            row = session.get(BlobRow, sha256)
+            if row is not None:
+                session.delete(row)
+
+    # ----- files on disk -----------------------------------------------------------------
+    def materialize(self, version: VersionRow) -> Path:
+        """A folder of symlinks into the blob store that transformers can load."""
+        folder = self.paths.views / version.model.name / str(version.number)
+        if folder.is_dir() and all((folder / f.path).exists() for f in version.files):
+            return folder
+        tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for file in version.files:
+            link = tmp / file.path
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(self.blobs.path(file.sha256), link.parent))
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, folder)
+        return folder

