@@ -72,8 +72,9 @@ def open_registry(root: Path) -> Registry:
     return Registry.open(StatePaths.for_repo(root))
 
 
-def observe(root: Path, desired: DesiredState | None = None,
-            lock_path: Path | None = None) -> ObservedState:
+def observe(
+    root: Path, desired: DesiredState | None = None, lock_path: Path | None = None
+) -> ObservedState:
     """Observed state from the lock file and, where there is one, the registry.
 
     Raises LockFileError (with a diagnostic) or RegistryUnavailable.
@@ -81,8 +82,11 @@ def observe(root: Path, desired: DesiredState | None = None,
     path = lock_path or root / LOCK_FILE
     observed = observed_from_lock(read_lock(path), source=path.name)
     if desired is not None and registry_exists(root):
-        models = {a: r.digest for a, r in desired.resources.items() if r.kind == "Model"
-                  and r.spec.get("source", {}).get("type") != "experiment"}
+        models = {
+            a: r.digest
+            for a, r in desired.resources.items()
+            if r.kind == "Model" and r.spec.get("source", {}).get("type") != "experiment"
+        }
         observed = merge_registry(observed, open_registry(root).version_digests(), models)
     return observed
 

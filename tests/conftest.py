@@ -93,3 +93,31 @@ def make_repo(tmp_path: Path) -> Callable[..., Path]:
         return write_tree(root, tree)
 
     return make
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., object]:
+    """Run `llmops` as a user would, in a subprocess; returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    def run(
+        *args: str, cwd: Path, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        environment = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("LLMOPS_DEBUG", "LLMOPS_ROOT", "LLMOPS_STATE_DIR", "LLMOPS_REGISTRY_URL")
+        }
+        environment.update(env or {})
+        return subprocess.run(
+            [sys.executable, "-m", "controller.cli.main", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=environment,
+        )
+
+    return run

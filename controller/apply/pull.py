@@ -43,8 +43,10 @@ def pull_model(
     spec: dict[str, Any] = dict(resource.spec)
     name = resource.name
     if spec["source"]["type"] == "experiment":
-        raise PullError(f"{name} is produced by experiment '{spec['source']['experiment']}'; "
-                        "it is registered when that run trains, not pulled")
+        raise PullError(
+            f"{name} is produced by experiment '{spec['source']['experiment']}'; "
+            "it is registered when that run trains, not pulled"
+        )
     if not force:
         existing = registry.find_by(name, spec_digest=resource.digest)
         if existing is not None and registry.has_files(existing):
@@ -54,9 +56,21 @@ def pull_model(
     same_bytes = None if force else registry.find_by(name, source_key=key)
     if same_bytes is not None and registry.has_files(same_bytes):
         files = [(f.path, Blob(f.sha256, f.size)) for f in same_bytes.files]
-        metadata = {k: getattr(same_bytes, k) for k in (
-            "architecture", "model_type", "parameters", "dtype", "quantization",
-            "context_length", "vocab_size", "license", "chat_template", "size_bytes")}
+        metadata = {
+            k: getattr(same_bytes, k)
+            for k in (
+                "architecture",
+                "model_type",
+                "parameters",
+                "dtype",
+                "quantization",
+                "context_length",
+                "vocab_size",
+                "license",
+                "chat_template",
+                "size_bytes",
+            )
+        }
         metadata.update(same_bytes.extra)
         if spec.get("license"):
             metadata["license"] = spec["license"]
@@ -84,8 +98,14 @@ def _store(registry: Registry, folder: Path, console: Console) -> list[tuple[str
     paths = sorted(p for p in folder.rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in paths)
     stored: list[tuple[str, Blob]] = []
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=console, transient=True) as progress:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("storing files", total=total)
         for path in paths:
             blob = registry.blobs.put(path, progress=lambda n: progress.advance(task, n))
@@ -93,21 +113,28 @@ def _store(registry: Registry, folder: Path, console: Console) -> list[tuple[str
     return stored
 
 
-def _register(registry: Registry, resource: DesiredResource, key: str,
-              files: list[tuple[str, Blob]], metadata: dict[str, Any],
-              status: Literal["linked", "imported"]) -> PullOutcome:
+def _register(
+    registry: Registry,
+    resource: DesiredResource,
+    key: str,
+    files: list[tuple[str, Blob]],
+    metadata: dict[str, Any],
+    status: Literal["linked", "imported"],
+) -> PullOutcome:
     spec = resource.spec
-    version = registry.register(NewVersion(
-        name=resource.name,
-        files=files,
-        metadata=metadata,
-        spec_digest=resource.digest,
-        source_key=key,
-        source=dict(spec["source"]),
-        aliases=list(spec.get("aliases") or []),
-        description=str(spec.get("description") or ""),
-        trust_remote_code=bool(spec.get("trust_remote_code")),
-    ))
+    version = registry.register(
+        NewVersion(
+            name=resource.name,
+            files=files,
+            metadata=metadata,
+            spec_digest=resource.digest,
+            source_key=key,
+            source=dict(spec["source"]),
+            aliases=list(spec.get("aliases") or []),
+            description=str(spec.get("description") or ""),
+            trust_remote_code=bool(spec.get("trust_remote_code")),
+        )
+    )
     registry.set_card(version.id, render_card(version))
     version = registry.find(f"{resource.name}@{version.number}") or version
     registry.materialize(version)

@@ -26,8 +26,11 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 RootOption = Annotated[
     Path | None,
-    typer.Option("--root", help="Repository root; found from the current folder when unset.",
-                 envvar="LLMOPS_ROOT"),
+    typer.Option(
+        "--root",
+        help="Repository root; found from the current folder when unset.",
+        envvar="LLMOPS_ROOT",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 

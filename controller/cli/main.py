@@ -25,7 +25,6 @@ from controller.report.terminal import print_diagnostics, print_plan
 from controller.schemas import stale_schemas, write_schemas
 from controller.workspace import load_desired, make_plan
 
-
 app = typer.Typer(
     name="llmops",
     help="Run open-source LLMs the GitOps way: specs in git, plan, apply, report.",

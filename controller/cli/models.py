@@ -23,8 +23,9 @@ from controller.cli.common import (
 )
 from controller.report.terminal import print_diagnostics
 
-models_app = typer.Typer(help="Manage local models: the registry and its blob store.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Manage local models: the registry and its blob store.", no_args_is_help=True
+)
 
 
 def _registry(root: Path):  # type: ignore[no-untyped-def]
@@ -78,7 +79,9 @@ def version_json(version: Any) -> dict[str, Any]:
         "source": version.source,
         "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in version.files],
         "tags": {t.key: t.value for t in version.tags},
-        "lineage": None if lineage is None else {
+        "lineage": None
+        if lineage is None
+        else {
             "base_version_id": lineage.base_version_id,
             "dataset_version": lineage.dataset_version,
             "experiment_run": lineage.experiment_run,
@@ -87,15 +90,18 @@ def version_json(version: Any) -> dict[str, Any]:
             "packages": lineage.packages,
             "seeds": lineage.seeds,
         },
-        "metrics": [{"suite": m.suite, "name": m.name, "value": m.value}
-                    for m in sorted(version.metrics, key=lambda m: (m.suite, m.name))],
+        "metrics": [
+            {"suite": m.suite, "name": m.name, "value": m.value}
+            for m in sorted(version.metrics, key=lambda m: (m.suite, m.name))
+        ],
     }
 
 
 @models_app.command("pull")
 def pull(
-    names: Annotated[list[str] | None, typer.Argument(help="Model spec names; all when empty.")]
-    = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Model spec names; all when empty.")
+    ] = None,
     root: RootOption = None,
     force: Annotated[bool, typer.Option(help="Fetch again even when stored.")] = False,
     as_json: JsonOption = False,
@@ -110,16 +116,20 @@ def pull(
     if not loaded.ok or loaded.desired is None:
         print_diagnostics(err_console, loaded.diagnostics)
         raise typer.Exit(Exit.INVALID)
-    models = {r.name: r for r in loaded.desired.resources.values() if r.kind == "Model"
-              and r.spec["source"]["type"] != "experiment"}
+    models = {
+        r.name: r
+        for r in loaded.desired.resources.values()
+        if r.kind == "Model" and r.spec["source"]["type"] != "experiment"
+    }
     wanted = names or sorted(models)
     unknown = [n for n in wanted if n not in models]
     if unknown:
         from controller.load.diagnostics import did_you_mean
 
         hint = did_you_mean(unknown[0], models)
-        raise fail(f"no Model spec named '{unknown[0]}'" + (f"; {hint}" if hint else ""),
-                   Exit.INVALID)
+        raise fail(
+            f"no Model spec named '{unknown[0]}'" + (f"; {hint}" if hint else ""), Exit.INVALID
+        )
     registry = _registry(top)
     results = []
     failed = False
@@ -132,8 +142,11 @@ def pull(
             continue
         results.append({"name": name, "status": outcome.status, "ref": outcome.ref})
         if not as_json:
-            verb = {"present": "already stored as", "linked": "registered (files shared) as",
-                    "imported": "imported as"}[outcome.status]
+            verb = {
+                "present": "already stored as",
+                "linked": "registered (files shared) as",
+                "imported": "imported as",
+            }[outcome.status]
             console.print(f"{name}: {verb} [bold]{outcome.ref}[/bold]")
     if as_json:
         print(json.dumps(results, indent=2))
@@ -149,16 +162,35 @@ def list_models(root: RootOption = None, as_json: JsonOption = False) -> None:
         print(json.dumps([version_json(v) for v in versions], indent=2))
         return
     table = Table(title="models")
-    for column in ("model", "aliases", "architecture", "params", "dtype", "context", "vocab",
-                   "license", "chat", "size", "created"):
+    for column in (
+        "model",
+        "aliases",
+        "architecture",
+        "params",
+        "dtype",
+        "context",
+        "vocab",
+        "license",
+        "chat",
+        "size",
+        "created",
+    ):
         table.add_column(column)
     for v in versions:
         aliases = ",".join(sorted(a.name for a in v.model.aliases if a.version_id == v.id))
-        table.add_row(f"{v.model.name}@{v.number}", aliases or "-", v.architecture or "-",
-                      _params(v.parameters), v.dtype or "-", str(v.context_length or "-"),
-                      str(v.vocab_size or "-"), v.license or "-",
-                      "yes" if v.chat_template else "no", _size(v.size_bytes),
-                      v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "-")
+        table.add_row(
+            f"{v.model.name}@{v.number}",
+            aliases or "-",
+            v.architecture or "-",
+            _params(v.parameters),
+            v.dtype or "-",
+            str(v.context_length or "-"),
+            str(v.vocab_size or "-"),
+            v.license or "-",
+            "yes" if v.chat_template else "no",
+            _size(v.size_bytes),
+            v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "-",
+        )
     console.print(table if versions else "no models yet; run 'llmops models pull'")
 
 
@@ -188,9 +220,22 @@ def show(
     else:
         data = version_json(version)
         table = Table(show_header=False, title=data["ref"])
-        for key in ("aliases", "architecture", "model_type", "parameters", "dtype",
-                    "quantization", "source_quantization", "context_length", "vocab_size",
-                    "license", "chat_template", "size_bytes", "spec_digest", "created_at"):
+        for key in (
+            "aliases",
+            "architecture",
+            "model_type",
+            "parameters",
+            "dtype",
+            "quantization",
+            "source_quantization",
+            "context_length",
+            "vocab_size",
+            "license",
+            "chat_template",
+            "size_bytes",
+            "spec_digest",
+            "created_at",
+        ):
             value = data[key]
             if key == "parameters" and value:
                 value = f"{value:,} ({_params(value)})"
@@ -210,8 +255,9 @@ def _deployment_refs(root: Path) -> list[tuple[str, str]]:
     """(deployment, model ref) for every Deployment spec that loads."""
     from controller.load.loader import load_specs
 
-    return [(s.name, s.resource.spec.model) for s in load_specs(root).specs
-            if s.kind == "Deployment"]
+    return [
+        (s.name, s.resource.spec.model) for s in load_specs(root).specs if s.kind == "Deployment"
+    ]
 
 
 @models_app.command("rm")
@@ -226,56 +272,84 @@ def remove(
     name, selector = split_ref(ref)
     version = registry.find(ref)
     if version is None or selector is None:
-        raise fail(f"'{ref}' does not name a stored version; write name@version, see "
-                   "'llmops models list'")
+        raise fail(
+            f"'{ref}' does not name a stored version; write name@version, see 'llmops models list'"
+        )
     users = []
     for deployment, model_ref in _deployment_refs(top):
         used = registry.find(model_ref)
         if used is not None and used.id == version.id:
             users.append(f"{deployment} ({model_ref})")
     if users and not force:
-        raise fail(f"{name}@{version.number} is used by deployment {', '.join(users)}; move the "
-                   "deployment to another version first, or pass --force")
+        raise fail(
+            f"{name}@{version.number} is used by deployment {', '.join(users)}; move the "
+            "deployment to another version first, or pass --force"
+        )
     registry.remove(name, version.number)
     console.print(f"removed {name}@{version.number}; run 'llmops models gc' to free its files")
 
 
 @models_app.command("gc")
-def gc(root: RootOption = None,
-       dry_run: Annotated[bool, typer.Option(help="Only report.")] = False,
-       as_json: JsonOption = False) -> None:
+def gc(
+    root: RootOption = None,
+    dry_run: Annotated[bool, typer.Option(help="Only report.")] = False,
+    as_json: JsonOption = False,
+) -> None:
     """Delete stored files no version references."""
     from controller.state.registry.maintenance import collect_garbage
 
     report = collect_garbage(_registry(resolve_root(root)), dry_run=dry_run)
     if as_json:
-        print(json.dumps({"removed": report.removed, "freed_bytes": report.freed,
-                          "dry_run": dry_run}, indent=2))
+        print(
+            json.dumps(
+                {"removed": report.removed, "freed_bytes": report.freed, "dry_run": dry_run},
+                indent=2,
+            )
+        )
         return
     verb = "would free" if dry_run else "freed"
     console.print(f"{len(report.removed)} unreferenced blob(s); {verb} {_size(report.freed)}")
 
 
 @models_app.command("verify")
-def verify(names: Annotated[list[str] | None, typer.Argument()] = None,
-           root: RootOption = None, as_json: JsonOption = False) -> None:
+def verify(
+    names: Annotated[list[str] | None, typer.Argument()] = None,
+    root: RootOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Re-hash stored files and check them against their sha256. Exit 1 on any problem."""
     from controller.state.registry.maintenance import verify as run_verify
 
     registry = _registry(resolve_root(root))
     total = sum(b.size for b in registry.blobs)
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  console=err_console, transient=True, disable=as_json) as progress:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        console=err_console,
+        transient=True,
+        disable=as_json,
+    ) as progress:
         task = progress.add_task("verifying", total=total)
         report = run_verify(registry, names, lambda n: progress.advance(task, n))
     if as_json:
-        print(json.dumps({"files": report.checked_files, "bytes": report.checked_bytes,
-                          "problems": [p.__dict__ for p in report.problems]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "files": report.checked_files,
+                    "bytes": report.checked_bytes,
+                    "problems": [p.__dict__ for p in report.problems],
+                },
+                indent=2,
+            )
+        )
     else:
         for p in report.problems:
             err_console.print(f"{p.ref}: {p.path}: {p.problem}", style="red")
-        console.print(f"checked {report.checked_files} file(s), {_size(report.checked_bytes)}: "
-                      f"{len(report.problems)} problem(s)")
+        console.print(
+            f"checked {report.checked_files} file(s), {_size(report.checked_bytes)}: "
+            f"{len(report.problems)} problem(s)"
+        )
     raise typer.Exit(Exit.FAILED if report.problems else Exit.OK)
 
 
@@ -286,8 +360,16 @@ def du(root: RootOption = None, as_json: JsonOption = False) -> None:
 
     rows, stored, logical = disk_usage(_registry(resolve_root(root)))
     if as_json:
-        print(json.dumps({"versions": [r.__dict__ for r in rows], "stored_bytes": stored,
-                          "logical_bytes": logical}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "versions": [r.__dict__ for r in rows],
+                    "stored_bytes": stored,
+                    "logical_bytes": logical,
+                },
+                indent=2,
+            )
+        )
         return
     table = Table(title="disk usage")
     for column in ("model", "files", "size", "only here"):
@@ -295,8 +377,10 @@ def du(root: RootOption = None, as_json: JsonOption = False) -> None:
     for r in rows:
         table.add_row(r.ref, str(r.files), _size(r.size), _size(r.unique))
     console.print(table)
-    console.print(f"stored {_size(stored)} for {_size(logical)} of versions "
-                  f"(saved {_size(logical - stored)} by sharing files)")
+    console.print(
+        f"stored {_size(stored)} for {_size(logical)} of versions "
+        f"(saved {_size(logical - stored)} by sharing files)"
+    )
 
 
 @models_app.command("outdated")
@@ -310,8 +394,14 @@ def outdated(root: RootOption = None, as_json: JsonOption = False) -> None:
         if spec.kind != "Model" or spec.resource.spec.source.type != "hub":
             continue
         source = spec.resource.spec.source
-        rows.append({"name": spec.name, "repo": source.repo, "pinned": source.revision,
-                     **_upstream(source.repo)})
+        rows.append(
+            {
+                "name": spec.name,
+                "repo": source.repo,
+                "pinned": source.revision,
+                **_upstream(source.repo),
+            }
+        )
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -324,9 +414,11 @@ def outdated(root: RootOption = None, as_json: JsonOption = False) -> None:
         elif row["upstream"] == row["pinned"]:
             console.print(f"{row['name']}: up to date at {row['pinned'][:12]}")
         else:
-            console.print(f"{row['name']}: [yellow]upstream moved[/yellow] "
-                          f"{row['pinned'][:12]} -> {row['upstream'][:12]}; change 'revision' "
-                          "in the spec to update")
+            console.print(
+                f"{row['name']}: [yellow]upstream moved[/yellow] "
+                f"{row['pinned'][:12]} -> {row['upstream'][:12]}; change 'revision' "
+                "in the spec to update"
+            )
 
 
 def _upstream(repo: str) -> dict[str, Any]:
@@ -339,6 +431,6 @@ def _upstream(repo: str) -> dict[str, Any]:
         info = HfApi(endpoint=os.environ.get("HF_ENDPOINT")).model_info(repo, timeout=10)
     except (HfHubHTTPError, OSError, ValueError) as err:
         return {"upstream": None, "error": str(err).splitlines()[0]}
-    except Exception as err:  # noqa: BLE001 - network stacks raise their own types
+    except Exception as err:
         return {"upstream": None, "error": f"{type(err).__name__}: {err}"}
     return {"upstream": info.sha, "error": None}

@@ -8,7 +8,8 @@ from controller.plan.types import ObservedResource, ObservedState
 
 
 def merge_registry(
-    observed: ObservedState, versions: Mapping[str, list[tuple[int, str | None]]],
+    observed: ObservedState,
+    versions: Mapping[str, list[tuple[int, str | None]]],
     desired_digests: Mapping[str, str],
 ) -> ObservedState:
     """The registry decides whether a Model exists: the lock file may be from another machine.
@@ -35,4 +36,8 @@ def merge_registry(
             code_version=locked.code_version if locked else "",
             outputs={"versions": [n for n, _ in stored]},
         )
-    return ObservedState(resources=resources, source=f"{observed.source} + registry")
+    return ObservedState(
+        resources=resources,
+        source=observed.source,
+        kind_sources={**observed.kind_sources, "Model": "the registry"},
+    )

@@ -36,7 +36,7 @@ def plan(desired: DesiredState, observed: ObservedState) -> Plan:
     for address, want in desired.resources.items():
         wave = desired.waves.get(address, 0)
         have = observed.resources.get(address)
-        actions.append(_decide(want, have, wave, observed.source))
+        actions.append(_decide(want, have, wave, observed.source_of(want.kind)))
     delete_wave = max(desired.waves.values(), default=-1) + 1
     for address, have in observed.resources.items():
         if address in desired.resources:
@@ -49,7 +49,7 @@ def plan(desired: DesiredState, observed: ObservedState) -> Plan:
                 runner="delete",
                 before=have.digest,
                 after=None,
-                reason=f"no longer in specs; recorded in {observed.source}",
+                reason=f"no longer in specs; recorded in {observed.source_of(have.kind)}",
                 wave=delete_wave,
             )
         )

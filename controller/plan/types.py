@@ -72,6 +72,10 @@ class ObservedResource:
 class ObservedState:
     resources: Mapping[str, ObservedResource]
     source: str = "llmops.lock"
+    kind_sources: Mapping[str, str] = field(default_factory=dict)  # kind -> where it was seen
+
+    def source_of(self, kind: str) -> str:
+        return self.kind_sources.get(kind, self.source)
 
 
 class ActionKind(StrEnum):

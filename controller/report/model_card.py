@@ -36,40 +36,63 @@ def render_card(version: VersionRow, base_ref: str | None = None) -> str:
         front["license"] = version.license
     if base_ref:
         front["base_model"] = base_ref
-    front["tags"] = ["llmops", *(f"{t.key}:{t.value}" if t.value else t.key
-                                  for t in sorted(version.tags, key=lambda t: t.key))]
+    front["tags"] = [
+        "llmops",
+        *(
+            f"{t.key}:{t.value}" if t.value else t.key
+            for t in sorted(version.tags, key=lambda t: t.key)
+        ),
+    ]
     if version.metrics:
         by_suite: dict[str, list[dict[str, Any]]] = {}
         for metric in sorted(version.metrics, key=lambda m: (m.suite, m.name)):
             by_suite.setdefault(metric.suite, []).append(
-                {"type": metric.name, "value": round(metric.value, 6)})
-        front["model-index"] = [{
-            "name": name,
-            "results": [
-                {"task": {"type": "text-generation"},
-                 "dataset": {"name": suite, "type": suite}, "metrics": metrics}
-                for suite, metrics in by_suite.items()
-            ],
-        }]
+                {"type": metric.name, "value": round(metric.value, 6)}
+            )
+        front["model-index"] = [
+            {
+                "name": name,
+                "results": [
+                    {
+                        "task": {"type": "text-generation"},
+                        "dataset": {"name": suite, "type": suite},
+                        "metrics": metrics,
+                    }
+                    for suite, metrics in by_suite.items()
+                ],
+            }
+        ]
     stream = io.StringIO()
     yaml = YAML()
     yaml.default_flow_style = False
     yaml.dump(front, stream)
 
     aliases = sorted(a.name for a in version.model.aliases if a.version_id == version.id)
-    lines = ["---", stream.getvalue().rstrip(), "---", "", f"# {name} (version {version.number})",
-             ""]
+    lines = [
+        "---",
+        stream.getvalue().rstrip(),
+        "---",
+        "",
+        f"# {name} (version {version.number})",
+        "",
+    ]
     if version.model.description:
         lines += [version.model.description, ""]
     lines += [
-        "## Model details", "",
-        "| | |", "|---|---|",
+        "## Model details",
+        "",
+        "| | |",
+        "|---|---|",
         f"| architecture | {version.architecture or '-'} ({version.model_type or '-'}) |",
         f"| parameters | {_params(version.parameters)} ({version.parameters or 0:,}) |",
         f"| dtype | {version.dtype or '-'} |",
         f"| quantization | {version.quantization or 'none'}"
-        + (f" (source: {version.extra['source_quantization']})"
-           if version.extra.get("source_quantization") else "") + " |",
+        + (
+            f" (source: {version.extra['source_quantization']})"
+            if version.extra.get("source_quantization")
+            else ""
+        )
+        + " |",
         f"| context length | {version.context_length or '-'} |",
         f"| vocabulary | {version.vocab_size or '-'} |",
         f"| chat template | {'yes' if version.chat_template else 'no'} |",
@@ -78,24 +101,31 @@ def render_card(version: VersionRow, base_ref: str | None = None) -> str:
         f"| aliases | {', '.join(aliases) or '-'} |",
         f"| spec digest | `{version.spec_digest or '-'}` |",
         "",
-        "## Source", "",
+        "## Source",
+        "",
         "```json",
         json.dumps(version.source, indent=2, sort_keys=True),
-        "```", "",
-        "## Files", "",
-        "| file | size | sha256 |", "|---|---|---|",
+        "```",
+        "",
+        "## Files",
+        "",
+        "| file | size | sha256 |",
+        "|---|---|---|",
         *(f"| {f.path} | {_size(f.size)} | `{f.sha256}` |" for f in version.files),
         "",
     ]
     lineage = version.lineage
     lines += ["## Lineage", ""]
     if lineage:
-        for label, value in (("base model", base_ref), ("dataset version", lineage.dataset_version),
-                             ("experiment run", lineage.experiment_run),
-                             ("git commit", lineage.git_commit),
-                             ("config digest", lineage.config_digest),
-                             ("seeds", lineage.seeds or None),
-                             ("packages", lineage.packages or None)):
+        for label, value in (
+            ("base model", base_ref),
+            ("dataset version", lineage.dataset_version),
+            ("experiment run", lineage.experiment_run),
+            ("git commit", lineage.git_commit),
+            ("config digest", lineage.config_digest),
+            ("seeds", lineage.seeds or None),
+            ("packages", lineage.packages or None),
+        ):
             if value:
                 lines.append(f"- {label}: {value}")
     else:
@@ -103,14 +133,25 @@ def render_card(version: VersionRow, base_ref: str | None = None) -> str:
     lines += ["", "## Evaluation", ""]
     if version.metrics:
         lines += ["| suite | metric | value |", "|---|---|---|"]
-        lines += [f"| {m.suite} | {m.name} | {m.value:.4f} |"
-                  for m in sorted(version.metrics, key=lambda m: (m.suite, m.name))]
+        lines += [
+            f"| {m.suite} | {m.name} | {m.value:.4f} |"
+            for m in sorted(version.metrics, key=lambda m: (m.suite, m.name))
+        ]
     else:
         lines.append("Not evaluated yet.")
-    lines += ["", "## Use", "",
-              f"`llmops models show {name}@{version.number} --path` prints the folder with this "
-              "version's files; load it with transformers:", "",
-              "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              "model = AutoModelForCausalLM.from_pretrained(path)",
-              "tokenizer = AutoTokenizer.from_pretrained(path)", "```", ""]
+    lines += [
+        "",
+        "## Use",
+        "",
+        f"`llmops models show {name}@{version.number} --path` prints the folder with this "
+        "version's files; load it with transformers:",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        "model = AutoModelForCausalLM.from_pretrained(path)",
+        "tokenizer = AutoTokenizer.from_pretrained(path)",
+        "```",
+        "",
+    ]
     return "\n".join(lines)

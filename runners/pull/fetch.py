@@ -54,8 +54,10 @@ def fetch(source: dict[str, Any], dest: Path, options: FetchOptions) -> FetchRes
         "url": sources.fetch_url,
     }
     if kind not in fetchers:
-        raise PullError(f"source type '{kind}' cannot be pulled; models of type 'experiment' "
-                        "are registered by training")
+        raise PullError(
+            f"source type '{kind}' cannot be pulled; models of type 'experiment' "
+            "are registered by training"
+        )
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)

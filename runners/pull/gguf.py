@@ -17,8 +17,11 @@ def gguf_header(path: Path) -> dict[str, Any]:
 
     reader = GGUFReader(str(path))
     out: dict[str, Any] = {}
-    for key, name in (("general.architecture", "gguf_architecture"),
-                      ("general.license", "license"), ("general.name", "gguf_name")):
+    for key, name in (
+        ("general.architecture", "gguf_architecture"),
+        ("general.license", "license"),
+        ("general.name", "gguf_name"),
+    ):
         field = reader.fields.get(key)
         if field is not None:
             out[name] = field.contents()
@@ -43,8 +46,10 @@ def convert_gguf(path: Path, dest: Path, options: FetchOptions) -> dict[str, Any
 
     header = gguf_header(path)
     dtype = getattr(torch, DTYPES[options.dtype])
-    options.report(f"converting {path.name} (GGUF {header.get('source_quantization', '?')}) "
-                   f"to {DTYPES[options.dtype]} safetensors")
+    options.report(
+        f"converting {path.name} (GGUF {header.get('source_quantization', '?')}) "
+        f"to {DTYPES[options.dtype]} safetensors"
+    )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(

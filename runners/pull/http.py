@@ -12,7 +12,10 @@ CHUNK = 1 << 20
 
 
 def download(
-    url: str, target: Path, sha256: str | None, report: Callable[[str], None] = print,
+    url: str,
+    target: Path,
+    sha256: str | None,
+    report: Callable[[str], None] = print,
     timeout: float = 60.0,
 ) -> Path:
     """Fetch `url` to `target`; an interrupted download resumes from `target.part`."""
@@ -23,8 +26,9 @@ def download(
     have = partial.stat().st_size if partial.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
-        with httpx.stream("GET", url, headers=headers, timeout=timeout,
-                          follow_redirects=True) as response:
+        with httpx.stream(
+            "GET", url, headers=headers, timeout=timeout, follow_redirects=True
+        ) as response:
             if response.status_code == 416:  # already complete
                 response.close()
             elif response.status_code not in (200, 206):
@@ -38,10 +42,16 @@ def download(
                 expected = int(total) + have if total else None
                 if have:
                     report(f"resuming {target.name} at {have:,} bytes")
-                with partial.open(mode) as handle, Progress(
-                    "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), transient=True,
-                ) as progress:
+                with (
+                    partial.open(mode) as handle,
+                    Progress(
+                        "[progress.description]{task.description}",
+                        BarColumn(),
+                        DownloadColumn(),
+                        TransferSpeedColumn(),
+                        transient=True,
+                    ) as progress,
+                ):
                     task = progress.add_task(target.name, total=expected, completed=have)
                     for chunk in response.iter_bytes(CHUNK):
                         handle.write(chunk)
@@ -55,7 +65,9 @@ def download(
                 digest.update(chunk)
         if digest.hexdigest() != sha256:
             partial.unlink()
-            raise PullError(f"{url}: sha256 {digest.hexdigest()} does not match the spec's "
-                            f"{sha256}; the partial download was removed")
+            raise PullError(
+                f"{url}: sha256 {digest.hexdigest()} does not match the spec's "
+                f"{sha256}; the partial download was removed"
+            )
     partial.replace(target)
     return target

@@ -10,8 +10,16 @@ from typing import Any
 
 from runners.pull.fetch import FetchOptions, PullError
 
-WEIGHT_FILES = ("*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "tokenizer*",
-                "*.md", "LICENSE*")
+WEIGHT_FILES = (
+    "*.safetensors",
+    "*.json",
+    "*.jinja",
+    "*.txt",
+    "*.model",
+    "tokenizer*",
+    "*.md",
+    "LICENSE*",
+)
 
 
 def _inside(root: Path, relative: str) -> Path:
@@ -26,8 +34,10 @@ def _inside(root: Path, relative: str) -> Path:
 def fetch_local(source: dict[str, Any], dest: Path, options: FetchOptions) -> dict[str, Any]:
     folder = _inside(options.repo_root, source["path"])
     if not folder.is_dir():
-        raise PullError(f"'{source['path']}' is not a folder; a local source is a folder with "
-                        "config.json, tokenizer files and weights")
+        raise PullError(
+            f"'{source['path']}' is not a folder; a local source is a folder with "
+            "config.json, tokenizer files and weights"
+        )
     for path in sorted(folder.rglob("*")):
         if path.is_file() and ".git" not in path.parts:
             target = dest / path.relative_to(folder)
@@ -89,6 +99,9 @@ def fetch_hub(source: dict[str, Any], dest: Path, options: FetchOptions) -> dict
             revision=source["revision"],
             allow_patterns=patterns,
             local_files_only=offline,
+            # Read at call time: huggingface_hub fixes its constants when first imported.
+            cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+            endpoint=os.environ.get("HF_ENDPOINT") or None,
         )
     except LocalEntryNotFoundError as err:
         raise PullError(
@@ -121,8 +134,10 @@ def fetch_url(source: dict[str, Any], dest: Path, options: FetchOptions) -> dict
 
     url: str = source["url"]
     if url.startswith("s3://"):
-        raise PullError("s3:// sources need an S3 client, which is not installed here; "
-                        "use an HTTPS URL (for example a presigned one)")
+        raise PullError(
+            "s3:// sources need an S3 client, which is not installed here; "
+            "use an HTTPS URL (for example a presigned one)"
+        )
     name = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "model"
     downloads = dest.parent / (dest.name + "-download")
     downloads.mkdir(parents=True, exist_ok=True)
@@ -132,8 +147,10 @@ def fetch_url(source: dict[str, Any], dest: Path, options: FetchOptions) -> dict
 
         extra = convert_gguf(path, dest, options)
     elif path.suffix.lower() == ".safetensors":
-        raise PullError("a single .safetensors file has no config or tokenizer; point the URL "
-                        "at a GGUF file, or use a local or hub source for safetensors models")
+        raise PullError(
+            "a single .safetensors file has no config or tokenizer; point the URL "
+            "at a GGUF file, or use a local or hub source for safetensors models"
+        )
     else:
         raise PullError(f"'{name}' is neither GGUF nor safetensors")
     shutil.rmtree(downloads, ignore_errors=True)

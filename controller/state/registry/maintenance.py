@@ -22,8 +22,11 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
 
 
-def verify(registry: Registry, names: list[str] | None = None,
-           progress: Callable[[int], None] | None = None) -> VerifyReport:
+def verify(
+    registry: Registry,
+    names: list[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
     """Re-hash every blob a version uses (once per blob) and check every view link."""
     report = VerifyReport()
     verdicts: dict[str, bool] = {}
@@ -35,24 +38,28 @@ def verify(registry: Registry, names: list[str] | None = None,
             for file in version.files:
                 if file.sha256 not in verdicts:
                     exists = registry.blobs.exists(file.sha256, file.size)
-                    verdicts[file.sha256] = exists and registry.blobs.verify(file.sha256,
-                                                                             progress)
+                    verdicts[file.sha256] = exists and registry.blobs.verify(file.sha256, progress)
                     report.checked_files += 1
                     report.checked_bytes += file.size
                 if not registry.blobs.exists(file.sha256):
                     report.problems.append(Problem(ref, file.path, "missing from the blob store"))
                 elif not verdicts[file.sha256]:
-                    report.problems.append(Problem(ref, file.path,
-                                                   "content does not match its sha256"))
+                    report.problems.append(
+                        Problem(ref, file.path, "content does not match its sha256")
+                    )
             view = registry.paths.views / model.name / str(version.number)
             if view.is_dir():
                 for file in version.files:
                     link = view / file.path
-                    if not link.exists() or link.resolve() != registry.blobs.path(
-                            file.sha256).resolve():
-                        report.problems.append(Problem(ref, file.path,
-                                                       "view link broken; 'llmops models pull' "
-                                                       "rebuilds it"))
+                    if (
+                        not link.exists()
+                        or link.resolve() != registry.blobs.path(file.sha256).resolve()
+                    ):
+                        report.problems.append(
+                            Problem(
+                                ref, file.path, "view link broken; 'llmops models pull' rebuilds it"
+                            )
+                        )
     return report
 
 
@@ -79,12 +86,14 @@ def disk_usage(registry: Registry) -> tuple[list[Usage], int, int]:
     rows = []
     for ref, version in versions:
         shas = {f.sha256 for f in version.files}
-        rows.append(Usage(
-            ref=ref,
-            files=len(version.files),
-            size=sum(f.size for f in version.files),
-            unique=sum(sizes[s] for s in shas if users[s] == {ref}),
-        ))
+        rows.append(
+            Usage(
+                ref=ref,
+                files=len(version.files),
+                size=sum(f.size for f in version.files),
+                unique=sum(sizes[s] for s in shas if users[s] == {ref}),
+            )
+        )
     stored = sum(sizes.values())
     logical = sum(r.size for r in rows)
     return rows, stored, logical

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -22,7 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
 class ModelRow(Base):
@@ -31,8 +31,9 @@ class ModelRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
     description: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True),
-                                                    server_default=func.now())
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
     versions: Mapped[list[VersionRow]] = relationship(
         back_populates="model", cascade="all, delete-orphan", order_by="VersionRow.number"
     )
@@ -46,8 +47,9 @@ class BlobRow(Base):
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True),
-                                                    server_default=func.now())
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
 
 
 class VersionRow(Base):
@@ -57,8 +59,9 @@ class VersionRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True),
-                                                    server_default=func.now())
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
     spec_digest: Mapped[str | None] = mapped_column(String(80), index=True)
     source_key: Mapped[str | None] = mapped_column(String(80), index=True)
     source: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -80,12 +83,16 @@ class VersionRow(Base):
     files: Mapped[list[FileRow]] = relationship(
         back_populates="version", cascade="all, delete-orphan", order_by="FileRow.path"
     )
-    tags: Mapped[list[TagRow]] = relationship(back_populates="version",
-                                              cascade="all, delete-orphan")
-    metrics: Mapped[list[MetricRow]] = relationship(back_populates="version",
-                                                    cascade="all, delete-orphan")
+    tags: Mapped[list[TagRow]] = relationship(
+        back_populates="version", cascade="all, delete-orphan"
+    )
+    metrics: Mapped[list[MetricRow]] = relationship(
+        back_populates="version", cascade="all, delete-orphan"
+    )
     lineage: Mapped[LineageRow | None] = relationship(
-        back_populates="version", cascade="all, delete-orphan", uselist=False,
+        back_populates="version",
+        cascade="all, delete-orphan",
+        uselist=False,
         foreign_keys="LineageRow.version_id",
     )
 
@@ -106,12 +113,14 @@ class FileRow(Base):
 class AliasRow(Base):
     __tablename__ = "aliases"
 
-    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"),
-                                          primary_key=True)
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True),
-                                                    server_default=func.now())
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
 
     model: Mapped[ModelRow] = relationship(back_populates="aliases")
     version: Mapped[VersionRow] = relationship()
@@ -145,8 +154,7 @@ class LineageRow(Base):
     packages: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     seeds: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
-    version: Mapped[VersionRow] = relationship(back_populates="lineage",
-                                               foreign_keys=[version_id])
+    version: Mapped[VersionRow] = relationship(back_populates="lineage", foreign_keys=[version_id])
 
 
 class MetricRow(Base):
@@ -160,7 +168,8 @@ class MetricRow(Base):
     suite_digest: Mapped[str] = mapped_column(String(80), default="")
     name: Mapped[str] = mapped_column(String(128))
     value: Mapped[float] = mapped_column(Float)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True),
-                                                    server_default=func.now())
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
 
     version: Mapped[VersionRow] = relationship(back_populates="metrics")

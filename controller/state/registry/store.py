@@ -27,8 +27,18 @@ from controller.state.registry.schema import (
     VersionRow,
 )
 
-VERSION_FIELDS = ("architecture", "model_type", "parameters", "dtype", "quantization",
-                  "context_length", "vocab_size", "license", "chat_template", "size_bytes")
+VERSION_FIELDS = (
+    "architecture",
+    "model_type",
+    "parameters",
+    "dtype",
+    "quantization",
+    "context_length",
+    "vocab_size",
+    "license",
+    "chat_template",
+    "size_bytes",
+)
 
 
 class RegistryError(Exception):
@@ -80,8 +90,10 @@ class Registry:
         with self.sessions() as session:
             rows = session.scalars(
                 select(ModelRow)
-                .options(selectinload(ModelRow.versions).options(*_eager()),
-                         selectinload(ModelRow.aliases))
+                .options(
+                    selectinload(ModelRow.versions).options(*_eager()),
+                    selectinload(ModelRow.aliases),
+                )
                 .order_by(ModelRow.name)
             ).all()
             return list(rows)
@@ -100,19 +112,20 @@ class Registry:
                 query = query.where(VersionRow.number == int(selector))
             else:
                 alias = session.scalar(
-                    select(AliasRow).where(AliasRow.model_id == model.id,
-                                           AliasRow.name == selector)
+                    select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.name == selector)
                 )
                 if alias is None:
                     return None
                 query = query.where(VersionRow.id == alias.version_id)
             return session.scalar(query)
 
-    def find_by(self, name: str, *, spec_digest: str | None = None,
-                source_key: str | None = None) -> VersionRow | None:
+    def find_by(
+        self, name: str, *, spec_digest: str | None = None, source_key: str | None = None
+    ) -> VersionRow | None:
         with self.sessions() as session:
-            query = (select(VersionRow).options(*_eager()).join(ModelRow)
-                     .where(ModelRow.name == name))
+            query = (
+                select(VersionRow).options(*_eager()).join(ModelRow).where(ModelRow.name == name)
+            )
             if spec_digest:
                 query = query.where(VersionRow.spec_digest == spec_digest)
             if source_key:
@@ -149,11 +162,18 @@ class Registry:
                 session.flush()
             elif new.description:
                 model.description = new.description
-            number = (session.scalar(select(func.max(VersionRow.number))
-                                     .where(VersionRow.model_id == model.id)) or 0) + 1
+            number = (
+                session.scalar(
+                    select(func.max(VersionRow.number)).where(VersionRow.model_id == model.id)
+                )
+                or 0
+            ) + 1
             version = VersionRow(
-                model_id=model.id, number=number, spec_digest=new.spec_digest,
-                source_key=new.source_key, source=new.source,
+                model_id=model.id,
+                number=number,
+                spec_digest=new.spec_digest,
+                source_key=new.source_key,
+                source=new.source,
                 trust_remote_code=new.trust_remote_code,
                 extra={k: v for k, v in new.metadata.items() if k not in VERSION_FIELDS},
                 **{k: new.metadata.get(k) for k in VERSION_FIELDS if k != "chat_template"},
@@ -166,8 +186,9 @@ class Registry:
             for path, blob in new.files:
                 if session.get(BlobRow, blob.sha256) is None:
                     session.add(BlobRow(sha256=blob.sha256, size=blob.size))
-                session.add(FileRow(version_id=version.id, path=path, sha256=blob.sha256,
-                                    size=blob.size))
+                session.add(
+                    FileRow(version_id=version.id, path=path, sha256=blob.sha256, size=blob.size)
+                )
             for key, value in new.tags.items():
                 session.add(TagRow(version_id=version.id, key=key, value=value))
             if new.lineage:
@@ -182,8 +203,9 @@ class Registry:
 
     def _by_id(self, version_id: int) -> VersionRow | None:
         with self.sessions() as session:
-            return session.scalar(select(VersionRow).options(*_eager())
-                                  .where(VersionRow.id == version_id))
+            return session.scalar(
+                select(VersionRow).options(*_eager()).where(VersionRow.id == version_id)
+            )
 
     @staticmethod
     def _set_alias(session: Session, model: ModelRow, alias: str, version: VersionRow) -> None:
@@ -196,8 +218,11 @@ class Registry:
 
     def set_alias(self, name: str, alias: str, number: int) -> None:
         with self.session() as session:
-            version = session.scalar(select(VersionRow).join(ModelRow).where(
-                ModelRow.name == name, VersionRow.number == number))
+            version = session.scalar(
+                select(VersionRow)
+                .join(ModelRow)
+                .where(ModelRow.name == name, VersionRow.number == number)
+            )
             if version is None:
                 raise RegistryError(f"{name}@{number} does not exist")
             self._set_alias(session, version.model, alias, version)
@@ -208,24 +233,37 @@ class Registry:
             if row is not None:
                 row.card = card
 
-    def add_metrics(self, version_id: int, suite: str, suite_digest: str,
-                    values: dict[str, float]) -> None:
+    def add_metrics(
+        self, version_id: int, suite: str, suite_digest: str, values: dict[str, float]
+    ) -> None:
         with self.session() as session:
             for name, value in values.items():
-                session.add(MetricRow(version_id=version_id, suite=suite,
-                                      suite_digest=suite_digest, name=name, value=float(value)))
+                session.add(
+                    MetricRow(
+                        version_id=version_id,
+                        suite=suite,
+                        suite_digest=suite_digest,
+                        name=name,
+                        value=float(value),
+                    )
+                )
 
     def remove(self, name: str, number: int) -> VersionRow:
         with self.session() as session:
-            version = session.scalar(select(VersionRow).options(*_eager()).join(ModelRow).where(
-                ModelRow.name == name, VersionRow.number == number))
+            version = session.scalar(
+                select(VersionRow)
+                .options(*_eager())
+                .join(ModelRow)
+                .where(ModelRow.name == name, VersionRow.number == number)
+            )
             if version is None:
                 raise RegistryError(f"{name}@{number} does not exist")
             model = version.model
             session.delete(version)
             session.flush()
-            if not session.scalar(select(func.count()).select_from(VersionRow)
-                                  .where(VersionRow.model_id == model.id)):
+            if not session.scalar(
+                select(func.count()).select_from(VersionRow).where(VersionRow.model_id == model.id)
+            ):
                 session.delete(model)
         shutil.rmtree(self.paths.views / name / str(number), ignore_errors=True)
         return version

@@ -50,7 +50,9 @@ CASES: dict[str, tuple[dict[str, str] | None, dict[str, str]]] = {
     ),
     "shared-hyperparameter": (
         BASE,
-        changed(lr=("specs/experiments/exp.yaml", "learning_rate: 2.0e-4", "learning_rate: 1.0e-4")),
+        changed(
+            lr=("specs/experiments/exp.yaml", "learning_rate: 2.0e-4", "learning_rate: 1.0e-4")
+        ),
     ),
     "data-file-changed": (
         BASE,
@@ -62,8 +64,13 @@ CASES: dict[str, tuple[dict[str, str] | None, dict[str, str]]] = {
     ),
     "variant-added": (
         BASE,
-        changed(v=("specs/experiments/exp.yaml", "r16: {training.lora.r: 16}",
-                   "r16: {training.lora.r: 16}\n            fast: {training.learning_rate: 1.0e-3}")),
+        changed(
+            v=(
+                "specs/experiments/exp.yaml",
+                "r16: {training.lora.r: 16}",
+                "r16: {training.lora.r: 16}\n            fast: {training.learning_rate: 1.0e-3}",
+            )
+        ),
     ),
     "deployment-removed": (
         BASE,
@@ -72,8 +79,13 @@ CASES: dict[str, tuple[dict[str, str] | None, dict[str, str]]] = {
     ),
     "deployment-scaled": (
         BASE,
-        changed(d=("specs/deployments/assistant.yaml", "smoke_suite: suite",
-                   "smoke_suite: suite\n          limits: {max_concurrency: 8}")),
+        changed(
+            d=(
+                "specs/deployments/assistant.yaml",
+                "smoke_suite: suite",
+                "smoke_suite: suite\n          limits: {max_concurrency: 8}",
+            )
+        ),
     ),
 }
 

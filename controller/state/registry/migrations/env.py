@@ -12,11 +12,9 @@ if connection is None:  # `alembic` run by hand with sqlalchemy.url set
 
     engine = create_engine(context.config.get_main_option("sqlalchemy.url"))
     with engine.begin() as conn:
-        context.configure(connection=conn, target_metadata=Base.metadata,
-                          render_as_batch=True)
+        context.configure(connection=conn, target_metadata=Base.metadata, render_as_batch=True)
         context.run_migrations()
 else:
-    context.configure(connection=connection, target_metadata=Base.metadata,
-                      render_as_batch=True)
+    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()

@@ -1,0 +1,75 @@
+"""Tiny real models for tests: a few-layer Llama with a tokenizer trained on the spot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+CORPUS = [
+    "How do I reset my password? Use Settings > Security.",
+    "Can I export my data? Yes, as CSV from Settings > Data.",
+    "What does the Team plan cost? Eight dollars per user per month.",
+    "The capital of France is Paris.",
+] * 20
+
+
+def make_tiny_llama(folder: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """Save a random tiny LlamaForCausalLM with tokenizer and chat template into `folder`."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    special = [
+        "<unk>",
+        "<s>",
+        "</s>",
+        "<pad>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|system|>",
+        "<|end|>",
+    ]
+    tokenizer.train_from_iterator(
+        CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=special)
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="<|end|>",
+        pad_token="<pad>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# tiny\n")
+    return folder
+
+
+def model_spec(name: str, source: dict, **extra: object) -> str:
+    spec = {"source": source, **extra}
+    return (
+        "apiVersion: llmops/v1\nkind: Model\n"
+        f"metadata: {{name: {name}}}\nspec: {json.dumps(spec)}\n"
+    )
