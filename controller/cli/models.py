@@ -135,7 +135,7 @@ def pull(
     failed = False
     for name in wanted:
         try:
-            outcome = pull_model(models[name], registry, top, console, force=force)
+            outcome = pull_model(models[name], registry, top, err_console, force=force)
         except PullError as err:
             err_console.print(f"error: {name}: {err}", style="red", soft_wrap=True)
             failed = True
