@@ -50,6 +50,7 @@ def print_plan(console: Console, plan: Plan, show_noop: bool = False) -> None:
     table = Table(title="llmops plan", show_lines=False, expand=False)
     table.add_column("wave", justify="right")
     table.add_column("action")
+    table.add_column("runner")
     table.add_column("resource", no_wrap=True)
     table.add_column("digest")
     table.add_column("estimate", justify="right")
@@ -70,6 +71,7 @@ def print_plan(console: Console, plan: Plan, show_noop: bool = False) -> None:
         table.add_row(
             str(action.wave),
             Text(action.kind.value, style=ACTION_STYLE[action.kind]),
+            action.runner,
             action.address,
             digest,
             estimate,
