@@ -23,8 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def timed(args: list[str], cwd: Path, env: dict[str, str]) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "controller.cli.main", *args], cwd=cwd, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "controller.cli.main", *args],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - start
 
 
@@ -39,8 +44,10 @@ def main() -> None:
             shutil.copytree(ROOT / folder, repo / folder)
         first = timed(["models", "pull", "smollm2-135m-instruct"], repo, env)
         baseline = [timed(["version"], repo, env) for _ in range(args.repeat)]
-        noop = [timed(["models", "pull", "smollm2-135m-instruct"], repo, env)
-                for _ in range(args.repeat)]
+        noop = [
+            timed(["models", "pull", "smollm2-135m-instruct"], repo, env)
+            for _ in range(args.repeat)
+        ]
     b, n = statistics.median(baseline), statistics.median(noop)
     print(f"first pull (GGUF -> safetensors, stored): {first:.2f} s")
     print(f"baseline `llmops version` (median of {args.repeat}): {b:.2f} s")

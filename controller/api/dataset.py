@@ -86,11 +86,15 @@ class RedactPiiStep(Strict):
     kinds: list[Literal["email", "phone", "ip", "api_key"]] = Field(
         default_factory=lambda: ["email", "phone", "ip", "api_key"]
     )
+    allow: list[str] = Field(
+        default_factory=list,
+        description="Regexes of values to keep, e.g. your own support address '@example\\.com$'.",
+    )
 
 
 class DecontaminateStep(Strict):
     step: Literal["decontaminate"]
-    ngram: int = Field(default=8, ge=3, le=50)
+    ngram: int = Field(default=13, ge=3, le=50, description="Words per n-gram (13 is common).")
     suites: list[Name] = Field(
         default_factory=list, description="EvalSuites to check against; every suite when empty."
     )

@@ -19,6 +19,7 @@ from controller.cli.common import (
     err_console,
     resolve_root,
 )
+from controller.cli.data import data_app
 from controller.cli.models import models_app
 from controller.load.diagnostics import has_errors
 from controller.report.terminal import print_diagnostics, print_plan
@@ -33,6 +34,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
 OverrideOption = Annotated[
     list[str] | None,
     typer.Option(

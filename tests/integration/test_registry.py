@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text
 
 from controller.state.blobs import BlobStore
 from controller.state.paths import StatePaths
-from controller.state.registry.db import make_engine, migrate
+from controller.state.registry.db import head_revision, make_engine, migrate
 from controller.state.registry.maintenance import collect_garbage, disk_usage, verify
 from controller.state.registry.schema import BlobRow
 from controller.state.registry.store import NewVersion, Registry, RegistryError
@@ -166,4 +166,6 @@ def test_migrations_are_idempotent(tmp_path: Path) -> None:
     migrate(engine)
     migrate(engine)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == (
+            head_revision()
+        )

@@ -19,6 +19,8 @@ from controller.state.registry.db import open_session_factory
 from controller.state.registry.schema import (
     AliasRow,
     BlobRow,
+    DatasetRow,
+    DatasetVersionRow,
     FileRow,
     LineageRow,
     MetricRow,
@@ -79,6 +81,10 @@ class Registry:
     @classmethod
     def open(cls, paths: StatePaths) -> Registry:
         return cls(paths, open_session_factory(paths.registry_url))
+
+    @property
+    def datasets(self) -> DatasetVersions:
+        return DatasetVersions(self)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -294,3 +300,84 @@ class Registry:
         folder.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, folder)
         return folder
+
+
+class DatasetVersions:
+    """Prepared dataset versions: content digest, the inputs digest that produced it, stats."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.sessions = registry.sessions
+
+    def by_resource(self, name: str, resource_digest: str) -> DatasetVersionRow | None:
+        with self.sessions() as session:
+            return session.scalar(
+                select(DatasetVersionRow)
+                .join(DatasetRow)
+                .where(
+                    DatasetRow.name == name, DatasetVersionRow.resource_digest == resource_digest
+                )
+                .order_by(DatasetVersionRow.id.desc())
+                .limit(1)
+            )
+
+    def find(self, ref: str) -> DatasetVersionRow | None:
+        """'name' (newest) or 'name@<digest prefix>'."""
+        name, _, selector = ref.partition("@")
+        with self.sessions() as session:
+            query = (
+                select(DatasetVersionRow)
+                .join(DatasetRow)
+                .where(DatasetRow.name == name)
+                .options(selectinload(DatasetVersionRow.dataset))
+            )
+            if selector:
+                prefix = selector if selector.startswith("sha256:") else f"sha256:{selector}"
+                query = query.where(DatasetVersionRow.version.startswith(prefix))
+            return session.scalar(query.order_by(DatasetVersionRow.id.desc()).limit(1))
+
+    def history(self, name: str) -> list[DatasetVersionRow]:
+        with self.sessions() as session:
+            return list(
+                session.scalars(
+                    select(DatasetVersionRow)
+                    .join(DatasetRow)
+                    .where(DatasetRow.name == name)
+                    .order_by(DatasetVersionRow.id)
+                ).all()
+            )
+
+    def add(
+        self,
+        name: str,
+        version: str,
+        resource_digest: str,
+        rows: dict[str, int],
+        stats: dict[str, Any],
+        dvc_md5: str | None,
+    ) -> DatasetVersionRow:
+        with self.sessions() as session, session.begin():
+            dataset = session.scalar(select(DatasetRow).where(DatasetRow.name == name))
+            if dataset is None:
+                dataset = DatasetRow(name=name)
+                session.add(dataset)
+                session.flush()
+            row = session.scalar(
+                select(DatasetVersionRow).where(
+                    DatasetVersionRow.dataset_id == dataset.id, DatasetVersionRow.version == version
+                )
+            )
+            if row is None:
+                row = DatasetVersionRow(
+                    dataset_id=dataset.id,
+                    version=version,
+                    resource_digest=resource_digest,
+                    rows=rows,
+                    stats=stats,
+                    dvc_md5=dvc_md5,
+                )
+                session.add(row)
+            else:  # same content from other inputs: remember the newest inputs
+                row.resource_digest = resource_digest
+                row.dvc_md5 = dvc_md5 or row.dvc_md5
+            session.flush()
+            return row

@@ -1,0 +1,215 @@
+"""Apply, dataset prepare: a Dataset spec -> a prepared, DVC-tracked, registered version."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+
+from controller.api import split_ref
+from controller.apply.pull import pull_model
+from controller.plan.types import DesiredResource
+from controller.state import dvc
+from controller.state.registry.schema import DatasetVersionRow
+from controller.state.registry.store import Registry
+from controller.workspace import Loaded
+from runners.data import PrepareError, PrepareInputs, prepare
+from runners.data.pipeline import SourceInput
+
+PREPARED_DIR = Path("data/prepared")
+
+
+@dataclass
+class PrepareOutcome:
+    status: Literal["cached", "prepared"]
+    version: DatasetVersionRow
+    folder: Path
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.version.stats
+
+
+def version_dir(registry: Registry, name: str, version: str) -> Path:
+    return registry.paths.root / "data" / name / version.removeprefix("sha256:")
+
+
+def read_split(folder: Path, split: str) -> list[dict[str, Any]]:
+    path = folder / f"{split}.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+class Preparer:
+    """Prepares datasets of one loaded repository, pulling the models and datasets they need."""
+
+    def __init__(self, loaded: Loaded, registry: Registry, console: Console) -> None:
+        assert loaded.desired is not None
+        self.loaded = loaded
+        self.desired = loaded.desired
+        self.registry = registry
+        self.console = console
+        self.root = loaded.root
+
+    def resource(self, name: str) -> DesiredResource:
+        return self.desired.resources[f"Dataset/{name}"]
+
+    def prepare(self, name: str, force: bool = False) -> PrepareOutcome:
+        resource = self.resource(name)
+        if not force:
+            hit = self.registry.datasets.by_resource(name, resource.digest)
+            if hit is not None:
+                folder = version_dir(self.registry, name, hit.version)
+                if (folder / "stats.json").is_file():
+                    self._publish(name, folder, track=False)
+                    return PrepareOutcome("cached", hit, folder)
+        spec = dict(resource.spec)
+        work = self.registry.paths.work / f"prepare-{name}"
+        shutil.rmtree(work, ignore_errors=True)
+        inputs = PrepareInputs(
+            name=name,
+            spec=spec,
+            sources=self._sources(spec),
+            out=work,
+            eval_texts=self._eval_texts(name, spec),
+            tokenizer_path=self._model_path(spec["tokenizer"]) if spec.get("tokenizer") else None,
+            model_paths={ref: self._model_path(ref) for ref in self._step_models(spec)},
+            report=lambda text: self.console.print(f"  {text}"),
+        )
+        try:
+            result = prepare(inputs)
+            folder = version_dir(self.registry, name, result.version)
+            if not folder.is_dir():
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(work, folder)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        md5 = self._publish(name, folder, track=True)
+        row = self.registry.datasets.add(
+            name, result.version, resource.digest, result.splits, result.stats, md5
+        )
+        return PrepareOutcome("prepared", row, folder)
+
+    def _publish(self, name: str, folder: Path, track: bool) -> str | None:
+        """Copy the version to data/prepared/<name>/ and track it with DVC."""
+        target = self.root / PREPARED_DIR / name
+        same = (
+            target.is_dir()
+            and all(
+                (target / f.name).is_file() and (target / f.name).read_bytes() == f.read_bytes()
+                for f in folder.iterdir()
+            )
+            and len(list(target.iterdir())) == len(list(folder.iterdir()))
+        )
+        if not same:
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(folder, target)
+            track = True
+        if not track:
+            return None
+        dvc.ensure_repo(self.root)
+        return dvc.track_and_push(self.root, target)
+
+    def _sources(self, spec: dict[str, Any]) -> list[SourceInput]:
+        out = []
+        for source in spec["sources"]:
+            kind = source["type"]
+            weight = float(source.get("weight", 1.0))
+            if kind == "file":
+                out.append(
+                    SourceInput(
+                        weight=weight,
+                        path=self.root / source["path"],
+                        shown=source["path"],
+                        file_format=source["format"],
+                        mapping=dict(source.get("mapping") or {}),
+                    )
+                )
+            elif kind == "dataset":
+                other = split_ref(source["dataset"])[0]
+                outcome = self.prepare(other)
+                out.append(SourceInput(weight=weight, rows=read_split(outcome.folder, "train")))
+            else:  # collected production data
+                store = self.registry.paths.root / "collected" / source["store"]
+                files = sorted(store.glob("*.jsonl")) if store.is_dir() else []
+                for path in files:
+                    out.append(
+                        SourceInput(
+                            weight=weight,
+                            path=path,
+                            shown=f"collected/{source['store']}/{path.name}",
+                            file_format="jsonl",
+                            mapping=dict(source.get("mapping") or {}),
+                        )
+                    )
+                if not files:
+                    self.console.print(f"  collected store '{source['store']}' has no data yet")
+        return out
+
+    def _eval_texts(self, name: str, spec: dict[str, Any]) -> list[str]:
+        steps = [s for s in spec.get("steps") or [] if s["step"] == "decontaminate"]
+        if not steps:
+            return []
+        wanted = set(steps[0].get("suites") or [])
+        texts: list[str] = []
+        for loaded_spec in self.loaded.specs:
+            if loaded_spec.kind != "EvalSuite" or (wanted and loaded_spec.name not in wanted):
+                continue
+            for task in loaded_spec.resource.spec.tasks:
+                if task.data is None:
+                    continue
+                if task.data.type == "file":
+                    rows = [
+                        json.loads(line)
+                        for line in (self.root / task.data.path)
+                        .read_text(encoding="utf-8")
+                        .splitlines()
+                        if line.strip()
+                    ]
+                else:
+                    other = split_ref(task.data.dataset)[0]
+                    if other == name:
+                        continue  # its own held-out split is disjoint by construction
+                    rows = read_split(self.prepare(other).folder, task.data.split)
+                for row in rows:
+                    texts.extend(_strings(row))
+        return texts
+
+    @staticmethod
+    def _step_models(spec: dict[str, Any]) -> set[str]:
+        refs = set()
+        for step in spec.get("steps") or []:
+            for key in ("tokenizer", "model"):
+                if step.get(key):
+                    refs.add(step[key])
+        return refs
+
+    def _model_path(self, ref: str) -> Path:
+        version = self.registry.find(ref)
+        if version is None:
+            name = split_ref(ref)[0]
+            resource = self.desired.resources.get(f"Model/{name}")
+            if resource is None:
+                raise PrepareError(f"model '{ref}' is not in the registry; train or pull it first")
+            self.console.print(f"  pulling {name} (needed for its tokenizer or generation)")
+            pull_model(resource, self.registry, self.root, self.console)
+            version = self.registry.find(ref)
+            if version is None:
+                raise PrepareError(f"model '{ref}' is not in the registry after pulling {name}")
+        return self.registry.materialize(version)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []

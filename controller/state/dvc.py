@@ -1,0 +1,84 @@
+"""State, DVC: prepared data tracked in the repository, pushed to a DVC remote.
+
+The default remote is a folder under .llmops/ (embedded default); any DVC remote works when
+configured in .dvc/config. Uses DVC's Python API (dvc.repo.Repo).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+DEFAULT_REMOTE = "local"
+DEFAULT_REMOTE_URL = "../.llmops/dvc-remote"  # relative to .dvc/, i.e. <repo>/.llmops/dvc-remote
+
+
+class DvcError(Exception):
+    """A DVC operation failed; the message says which and why."""
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """DVC prints hints for interactive use ('git add ...'); the CLI reports for itself."""
+    from dvc.ui import ui
+
+    logger = logging.getLogger("dvc")
+    level, enabled = logger.level, ui._enabled
+    logger.setLevel(logging.WARNING)
+    ui._enabled = False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+        ui._enabled = enabled
+
+
+def ensure_repo(root: Path) -> None:
+    """Make `root` a DVC repository with the local default remote, unless it already is."""
+    if (root / ".dvc").is_dir():
+        return
+    from dvc.repo import Repo
+
+    with _quiet():
+        Repo.init(str(root), no_scm=not (root / ".git").exists()).close()
+    (root / ".dvc" / "config").write_text(
+        f"[core]\n    remote = {DEFAULT_REMOTE}\n"
+        f"['remote \"{DEFAULT_REMOTE}\"']\n    url = {DEFAULT_REMOTE_URL}\n"
+    )
+
+
+def track_and_push(root: Path, folder: Path) -> str:
+    """`dvc add` the folder and push it to the default remote; returns the .dir md5."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    relative = folder.relative_to(root).as_posix()
+    try:
+        with _quiet(), Repo(str(root)) as repo:
+            repo.add([relative])
+            repo.push(targets=[f"{relative}.dvc"])
+    except DvcException as err:
+        raise DvcError(f"dvc add/push of {relative} failed: {err}") from err
+    return dvc_md5(root / f"{relative}.dvc")
+
+
+def pull(root: Path, dvc_file: Path) -> None:
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with _quiet(), Repo(str(root)) as repo:
+            repo.pull(targets=[dvc_file.relative_to(root).as_posix()])
+    except DvcException as err:
+        raise DvcError(f"dvc pull of {dvc_file.name} failed: {err}") from err
+
+
+def dvc_md5(dvc_file: Path) -> str:
+    from ruamel.yaml import YAML
+
+    data = YAML(typ="safe").load(dvc_file.read_text())
+    return str(data["outs"][0]["md5"])

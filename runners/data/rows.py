@@ -1,0 +1,104 @@
+"""Runner `prepare`, rows: canonical formats, their text fields, keys and content hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+CANONICAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "text": ("text",),
+    "instruction": ("prompt", "response"),
+    "chat": ("messages",),
+    "preference": ("prompt", "chosen", "rejected"),
+    "qa": ("question", "answers"),
+}
+KEY_FIELD = {
+    "text": "text",
+    "instruction": "prompt",
+    "chat": "messages",
+    "preference": "prompt",
+    "qa": "question",
+}
+Row = dict[str, Any]
+
+
+def content_hash(row: Row) -> str:
+    """sha256 of the canonical fields only (provenance fields starting with '_' excluded)."""
+    data = {k: v for k, v in row.items() if not k.startswith("_")}
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def texts(row: Row, fmt: str) -> Iterator[str]:
+    """Every string a person wrote in the row, in a stable order."""
+    for name in CANONICAL_FIELDS[fmt]:
+        value = row.get(name)
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, str):
+                    yield item
+                elif isinstance(item, dict) and isinstance(item.get("content"), str):
+                    yield item["content"]
+
+
+def full_text(row: Row, fmt: str) -> str:
+    return "\n".join(texts(row, fmt))
+
+
+def map_texts(row: Row, fmt: str, fn: Callable[[str], str]) -> Row:
+    """A copy of the row with `fn` applied to every text field."""
+    out = dict(row)
+    for name in CANONICAL_FIELDS[fmt]:
+        value = row.get(name)
+        if isinstance(value, str):
+            out[name] = fn(value)
+        elif isinstance(value, list):
+            out[name] = [
+                fn(item)
+                if isinstance(item, str)
+                else (
+                    {**item, "content": fn(item["content"])}
+                    if isinstance(item, dict) and isinstance(item.get("content"), str)
+                    else item
+                )
+                for item in value
+            ]
+    return out
+
+
+def row_key(row: Row, fmt: str) -> str:
+    """What identifies 'the same row, changed': its prompt, question, text or first turn."""
+    value = row.get(KEY_FIELD[fmt])
+    if isinstance(value, list):
+        value = next((m.get("content") for m in value if isinstance(m, dict)), "")
+    return str(value)[:500]
+
+
+def check_row(row: Row, fmt: str) -> str | None:
+    """Why a mapped row is not valid in its format, or None."""
+    for name in CANONICAL_FIELDS[fmt]:
+        if name not in row or row[name] is None:
+            return f"missing field '{name}'"
+    if fmt == "chat":
+        messages = row["messages"]
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            return "'messages' must be a list of {role, content}"
+    elif fmt == "qa":
+        if isinstance(row["answers"], str):
+            row["answers"] = [row["answers"]]
+        if not isinstance(row["answers"], list):
+            return "'answers' must be a list of strings"
+    else:
+        for name in CANONICAL_FIELDS[fmt]:
+            if not isinstance(row[name], str):
+                return f"'{name}' must be a string, got {type(row[name]).__name__}"
+    return None
