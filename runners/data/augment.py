@@ -1,4 +1,4 @@
-"""Runner `prepare`, augmentation: templates, paraphrases and self-instruct with a novelty filter."""
+"""Runner `prepare`, augmentation: templates, paraphrases, self-instruct; a novelty filter."""
 
 from __future__ import annotations
 

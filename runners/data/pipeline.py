@@ -62,9 +62,9 @@ def _weighted(rows: list[Row], weight: float) -> list[Row]:
     """weight 1 keeps every row; 0.5 keeps a deterministic half; 2.0 repeats them twice."""
     if weight == 1.0:
         return rows
-    whole, fraction = int(math.floor(weight)), weight - math.floor(weight)
+    whole = math.floor(weight)
     ranked = sorted(rows, key=content_hash)
-    return rows * whole + ranked[: int(round(len(rows) * fraction))]
+    return rows * whole + ranked[: round(len(rows) * (weight - whole))]
 
 
 def _tokenizer(path: Path | None) -> Callable[[str], int] | None:
