@@ -91,8 +91,19 @@ class Preparer:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         md5 = self._publish(name, folder, track=True)
+        # The spec and inputs recorded here let a later plan say what changed.
+        recorded = {
+            "spec": dict(resource.spec),
+            "inputs": dict(resource.inputs),
+            "code_version": resource.code_version,
+        }
         row = self.registry.datasets.add(
-            name, result.version, resource.digest, result.splits, result.stats, md5
+            name,
+            result.version,
+            resource.digest,
+            result.splits,
+            {**result.stats, "resource": recorded},
+            md5,
         )
         return PrepareOutcome("prepared", row, folder)
 

@@ -1,8 +1,9 @@
-"""Observation from the registry: which Model specs have a stored version with their digest."""
+"""Observation from the registry: stored Model versions and prepared Dataset versions."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from controller.plan.types import ObservedResource, ObservedState
 
@@ -40,4 +41,36 @@ def merge_registry(
         resources=resources,
         source=observed.source,
         kind_sources={**observed.kind_sources, "Model": "the registry"},
+    )
+
+
+def merge_datasets(
+    observed: ObservedState,
+    prepared: Mapping[str, list[dict[str, Any]]],
+    desired_digests: Mapping[str, str],
+) -> ObservedState:
+    """A Dataset is observed as prepared when the registry has a version from its inputs.
+
+    `prepared` maps a dataset name to its versions, oldest first, each with the inputs
+    digest that produced it and the spec and inputs recorded then (for the plan's reasons).
+    """
+    resources = {a: r for a, r in observed.resources.items() if r.kind != "Dataset"}
+    for address, desired_digest in desired_digests.items():
+        versions = prepared.get(address.split("/", 1)[1], [])
+        if not versions:
+            continue
+        match = next((v for v in versions if v["resource_digest"] == desired_digest), versions[-1])
+        resources[address] = ObservedResource(
+            address=address,
+            kind="Dataset",
+            digest=match["resource_digest"],
+            spec=match.get("spec") or {},
+            inputs=match.get("inputs") or {},
+            code_version=match.get("code_version") or "",
+            outputs={"version": match["version"]},
+        )
+    return ObservedState(
+        resources=resources,
+        source=observed.source,
+        kind_sources={**observed.kind_sources, "Dataset": "the registry"},
     )

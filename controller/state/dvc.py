@@ -58,7 +58,8 @@ def track_and_push(root: Path, folder: Path) -> str:
 
     relative = folder.relative_to(root).as_posix()
     try:
-        with _quiet(), Repo(str(root)) as repo:
+        # DVC resolves targets and stage folders against the working directory.
+        with _quiet(), contextlib.chdir(root), Repo(str(root)) as repo:
             repo.add([relative])
             repo.push(targets=[f"{relative}.dvc"])
     except DvcException as err:
@@ -71,7 +72,7 @@ def pull(root: Path, dvc_file: Path) -> None:
     from dvc.repo import Repo
 
     try:
-        with _quiet(), Repo(str(root)) as repo:
+        with _quiet(), contextlib.chdir(root), Repo(str(root)) as repo:
             repo.pull(targets=[dvc_file.relative_to(root).as_posix()])
     except DvcException as err:
         raise DvcError(f"dvc pull of {dvc_file.name} failed: {err}") from err

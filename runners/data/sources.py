@@ -51,7 +51,7 @@ def _records(path: Path, shown: str, fmt: str, loaded: Loaded) -> list[tuple[int
                 if not line.strip():
                     continue
                 try:
-                    out.append((number, json.loads(line)))
+                    out.append((number, json.loads(line.rstrip("\r\n"))))
                 except json.JSONDecodeError as err:
                     loaded.bad.append(
                         BadRow(shown, number, f"invalid JSON: {err.msg} (column {err.colno})")

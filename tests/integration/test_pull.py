@@ -14,14 +14,7 @@ from controller.apply.pull import pull_model
 from controller.state.registry.maintenance import verify
 from controller.workspace import load_desired, make_plan, open_registry
 from runners.pull import PullError
-from tests.tiny import make_tiny_llama, model_spec
-
-TINY_CACHE: dict[str, Path] = {}
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+from tests.tiny import model_spec
 
 
 @pytest.fixture

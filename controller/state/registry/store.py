@@ -335,6 +335,33 @@ class DatasetVersions:
                 query = query.where(DatasetVersionRow.version.startswith(prefix))
             return session.scalar(query.order_by(DatasetVersionRow.id.desc()).limit(1))
 
+    def observed(self) -> dict[str, list[dict[str, Any]]]:
+        """Dataset name -> versions (oldest first) with the inputs digest that made each."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        with self.sessions() as session:
+            rows = session.execute(
+                select(
+                    DatasetRow.name,
+                    DatasetVersionRow.version,
+                    DatasetVersionRow.resource_digest,
+                    DatasetVersionRow.stats,
+                )
+                .join(DatasetVersionRow)
+                .order_by(DatasetVersionRow.id)
+            ).all()
+        for name, version, digest, stats in rows:
+            recorded = (stats or {}).get("resource", {})
+            out.setdefault(name, []).append(
+                {
+                    "version": version,
+                    "resource_digest": digest,
+                    "spec": recorded.get("spec"),
+                    "inputs": recorded.get("inputs"),
+                    "code_version": recorded.get("code_version"),
+                }
+            )
+        return out
+
     def history(self, name: str) -> list[DatasetVersionRow]:
         with self.sessions() as session:
             return list(
@@ -378,6 +405,7 @@ class DatasetVersions:
                 session.add(row)
             else:  # same content from other inputs: remember the newest inputs
                 row.resource_digest = resource_digest
+                row.stats = stats
                 row.dvc_md5 = dvc_md5 or row.dvc_md5
             session.flush()
             return row
