@@ -44,7 +44,7 @@ def test_near_dedup_removes_rewordings_and_keeps_distinct_rows() -> None:
 
 
 def test_exact_dedup_keeps_first() -> None:
-    corpus = rows(FAQ + [FAQ[3]])
+    corpus = rows([*FAQ, FAQ[3]])
     kept, details = dedup(corpus)
     assert details == {"duplicates": 1} and len(kept) == len(FAQ)
 
@@ -102,7 +102,7 @@ def test_pii_redaction_counts_each_kind_and_honours_the_allow_list() -> None:
 
 def test_decontamination_removes_a_row_copied_from_the_eval_set() -> None:
     eval_question = "If we go month-to-month on the top tier, what does one seat cost per month?"
-    corpus = rows(FAQ + [(eval_question, "Business billed monthly is $19 per user.")])
+    corpus = rows([*FAQ, (eval_question, "Business billed monthly is $19 per user.")])
     kept, details = decontaminate(
         corpus, "instruction", {"ngram": 8}, [eval_question, "Business billed monthly is $19."]
     )
