@@ -32,6 +32,7 @@ postgres:
 demo: $(STAMP)
 	$(BIN)/llmops validate
 	$(BIN)/llmops models pull
+	$(BIN)/llmops data prepare support-faq
 	$(BIN)/llmops plan; rc=$$?; test $$rc -eq 0 -o $$rc -eq 3
 
 test: $(STAMP) postgres
