@@ -11,7 +11,7 @@ from controller.load.diagnostics import Diagnostic, has_errors, sort_diagnostics
 from controller.load.loader import LoadedSpec, load_specs
 from controller.load.resolve import resolve
 from controller.observe.lock import observed_from_lock
-from controller.observe.registry import merge_datasets, merge_registry
+from controller.observe.registry import merge_datasets, merge_registry, merge_runs
 from controller.plan.planner import plan
 from controller.plan.types import DesiredState, ObservedState, Plan
 from controller.state.lockfile import LOCK_FILE, LockFileError, read_lock
@@ -91,6 +91,8 @@ def observe(
         observed = merge_registry(observed, registry.version_digests(), models)
         datasets = {a: r.digest for a, r in desired.resources.items() if r.kind == "Dataset"}
         observed = merge_datasets(observed, registry.datasets.observed(), datasets)
+        runs = {a: r.digest for a, r in desired.resources.items() if r.kind == "Experiment"}
+        observed = merge_runs(observed, registry.run_digests(), runs)
     return observed
 
 

@@ -20,12 +20,13 @@ CORPUS = [
 def make_tiny_llama(folder: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
     """Save a random tiny LlamaForCausalLM with tokenizer and chat template into `folder`."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
     special = [
         "<unk>",
         "<s>",
@@ -37,7 +38,12 @@ def make_tiny_llama(folder: Path, seed: int = 0, hidden: int = 32, layers: int =
         "<|end|>",
     ]
     tokenizer.train_from_iterator(
-        CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=special)
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=special,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
     )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,

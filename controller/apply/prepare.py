@@ -12,7 +12,7 @@ from typing import Any, Literal
 from rich.console import Console
 
 from controller.api import split_ref
-from controller.apply.pull import pull_model
+from controller.apply.pull import ensure_model
 from controller.plan.types import DesiredResource
 from controller.state import dvc
 from controller.state.registry.schema import DatasetVersionRow
@@ -20,6 +20,7 @@ from controller.state.registry.store import Registry
 from controller.workspace import Loaded
 from runners.data import PrepareError, PrepareInputs, prepare
 from runners.data.pipeline import SourceInput
+from runners.pull import PullError
 
 PREPARED_DIR = Path("data/prepared")
 
@@ -202,18 +203,12 @@ class Preparer:
         return refs
 
     def _model_path(self, ref: str) -> Path:
-        version = self.registry.find(ref)
-        if version is None:
-            name = split_ref(ref)[0]
-            resource = self.desired.resources.get(f"Model/{name}")
-            if resource is None:
-                raise PrepareError(f"model '{ref}' is not in the registry; train or pull it first")
-            self.console.print(f"  pulling {name} (needed for its tokenizer or generation)")
-            pull_model(resource, self.registry, self.root, self.console)
-            version = self.registry.find(ref)
-            if version is None:
-                raise PrepareError(f"model '{ref}' is not in the registry after pulling {name}")
-        return self.registry.materialize(version)
+        try:
+            return ensure_model(
+                ref, dict(self.desired.resources), self.registry, self.root, self.console
+            )[1]
+        except PullError as err:
+            raise PrepareError(str(err)) from err
 
 
 def _strings(value: Any) -> list[str]:

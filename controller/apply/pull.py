@@ -139,3 +139,27 @@ def _register(
     version = registry.find(f"{resource.name}@{version.number}") or version
     registry.materialize(version)
     return PullOutcome(status, version)
+
+
+def ensure_model(
+    ref: str,
+    desired: dict[str, DesiredResource],
+    registry: Registry,
+    repo_root: Path,
+    console: Console,
+) -> tuple[VersionRow, Path]:
+    """The registered version a reference names, pulling its Model spec first if needed."""
+    from controller.api import split_ref
+
+    version = registry.find(ref)
+    if version is None:
+        name = split_ref(ref)[0]
+        resource = desired.get(f"Model/{name}")
+        if resource is None or resource.spec["source"]["type"] == "experiment":
+            raise PullError(f"model '{ref}' is not in the registry; train or pull it first")
+        console.print(f"  pulling {name}")
+        pull_model(resource, registry, repo_root, console)
+        version = registry.find(ref)
+        if version is None:
+            raise PullError(f"model '{ref}' is not in the registry after pulling {name}")
+    return version, registry.materialize(version)

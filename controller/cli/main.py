@@ -21,6 +21,7 @@ from controller.cli.common import (
 )
 from controller.cli.data import data_app
 from controller.cli.models import models_app
+from controller.cli.train import train_command
 from controller.load.diagnostics import has_errors
 from controller.report.terminal import print_diagnostics, print_plan
 from controller.schemas import stale_schemas, write_schemas
@@ -35,6 +36,7 @@ app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.command("train")(train_command)
 OverrideOption = Annotated[
     list[str] | None,
     typer.Option(

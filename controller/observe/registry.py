@@ -74,3 +74,37 @@ def merge_datasets(
         source=observed.source,
         kind_sources={**observed.kind_sources, "Dataset": "the registry"},
     )
+
+
+def merge_runs(
+    observed: ObservedState,
+    trained: Mapping[str, list[str]],
+    desired_digests: Mapping[str, str],
+) -> ObservedState:
+    """An Experiment run is trained when a registered version carries its digest.
+
+    A run the registry knows only from other digests is observed with the newest of them
+    (the plan retrains it); the lock file's entry supplies the spec and inputs for reasons.
+    """
+    resources = dict(observed.resources)
+    for address, desired_digest in desired_digests.items():
+        digests = trained.get(address, [])
+        if not digests:
+            continue
+        digest = desired_digest if desired_digest in digests else digests[-1]
+        locked = observed.resources.get(address)
+        if locked is not None and locked.digest == digest:
+            continue
+        resources[address] = ObservedResource(
+            address=address,
+            kind="Experiment",
+            digest=digest,
+            spec=locked.spec if locked else {},
+            inputs=locked.inputs if locked else {},
+            code_version=locked.code_version if locked else "",
+        )
+    return ObservedState(
+        resources=resources,
+        source=observed.source,
+        kind_sources={**observed.kind_sources, "Experiment": "the registry"},
+    )

@@ -151,6 +151,17 @@ class Registry:
             out.setdefault(name, []).append((number, digest))
         return out
 
+    def run_digests(self) -> dict[str, list[str]]:
+        """'Experiment/<experiment>/<run>' -> spec digests of the versions its training made."""
+        out: dict[str, list[str]] = {}
+        for model in self.models():
+            for version in model.versions:
+                tags = {t.key: t.value for t in version.tags}
+                if "experiment" in tags and "run" in tags and version.spec_digest:
+                    address = f"Experiment/{tags['experiment']}/{tags['run']}"
+                    out.setdefault(address, []).append(version.spec_digest)
+        return out
+
     def has_files(self, version: VersionRow) -> bool:
         return all(self.blobs.exists(f.sha256, f.size) for f in version.files)
 

@@ -1,0 +1,275 @@
+"""Apply, training: an Experiment run -> a trained model version with lineage and curves."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from controller.api import split_ref
+from controller.apply.prepare import Preparer
+from controller.apply.pull import ensure_model
+from controller.plan.types import DesiredResource
+from controller.report.model_card import render_card
+from controller.state.blobs import Blob
+from controller.state.registry.schema import VersionRow
+from controller.state.registry.store import NewVersion, Registry
+from controller.workspace import Loaded
+from runners.pull.metadata import inspect_folder
+from runners.train import TrainJob
+from runners.train.curves import plot_runs
+
+TRAINING_FILES = ("log.jsonl", "curves.png", "result.json", "job.json")
+
+
+class TrainFailed(Exception):
+    """The run did not produce a model; the message says why and what to do."""
+
+
+@dataclass
+class TrainOutcome:
+    status: Literal["cached", "trained"]
+    run: str
+    version: VersionRow
+    result: dict[str, Any]
+    run_dir: Path
+
+    @property
+    def ref(self) -> str:
+        return f"{self.version.model.name}@{self.version.number}"
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def first_last_eval(log: Path) -> tuple[float | None, float | None]:
+    values = [
+        r["eval_loss"]
+        for r in (json.loads(line) for line in log.read_text().splitlines() if line)
+        if "eval_loss" in r
+    ]
+    return (values[0], values[-1]) if values else (None, None)
+
+
+class Trainer:
+    """Trains the runs of experiments of one loaded repository."""
+
+    def __init__(self, loaded: Loaded, registry: Registry, console: Console) -> None:
+        assert loaded.desired is not None
+        self.loaded = loaded
+        self.desired = loaded.desired
+        self.registry = registry
+        self.console = console
+        self.root = loaded.root
+
+    def runs(self, experiment: str) -> list[str]:
+        return [r.name for r in self.loaded.runs.get(experiment, [])]
+
+    def run_dir(self, resource: DesiredResource) -> Path:
+        experiment, run = resource.address.split("/")[1:]
+        digest = resource.digest.removeprefix("sha256:")[:16]
+        return self.registry.paths.root / "runs" / experiment / run / digest
+
+    def train(self, experiment: str, run: str, force: bool = False) -> TrainOutcome:
+        resource = self.desired.resources[f"Experiment/{experiment}/{run}"]
+        config = dict(resource.spec)
+        name = config.get("register_as") or experiment
+        run_dir = self.run_dir(resource)
+        if not force:
+            existing = self.registry.find_by(name, spec_digest=resource.digest)
+            if existing is not None and self.registry.has_files(existing):
+                result = (
+                    json.loads((run_dir / "result.json").read_text())
+                    if (run_dir / "result.json").is_file()
+                    else {}
+                )
+                return TrainOutcome("cached", run, existing, result, run_dir)
+        base_version, base_path = ensure_model(
+            config["base_model"],
+            dict(self.desired.resources),
+            self.registry,
+            self.root,
+            self.console,
+        )
+        dataset_name = split_ref(config["dataset"])[0]
+        prepared = Preparer(self.loaded, self.registry, self.console).prepare(dataset_name)
+        dataset_format = self.desired.resources[f"Dataset/{dataset_name}"].spec["format"]
+        validation = prepared.folder / "validation.jsonl"
+        training = dict(config["training"])
+        job = TrainJob(
+            run_id=f"{experiment}/{run}",
+            base_model=str(base_path),
+            train_file=str(prepared.folder / "train.jsonl"),
+            eval_file=str(validation)
+            if validation.is_file() and validation.stat().st_size
+            else None,
+            output=str(run_dir),
+            format=dataset_format,
+            training=training,
+            trust_remote_code=bool(base_version.trust_remote_code),
+        )
+        executor = training.get("executor", {}).get("type", "local")
+        if executor != "local":
+            raise TrainFailed(
+                f"executor '{executor}' is not run by 'llmops train' here; see "
+                "docs/cli.md for the Kubernetes Job it renders"
+            )
+        result = self._run_local(job, run_dir)
+        version = self._register(
+            name,
+            resource,
+            job,
+            result,
+            run_dir,
+            base_version,
+            prepared.version.version,
+            experiment,
+            run,
+        )
+        return TrainOutcome("trained", run, version, result, run_dir)
+
+    def _run_local(self, job: TrainJob, run_dir: Path) -> dict[str, Any]:
+        """The runner in its own process: a crash there never takes state here with it."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "result.json").unlink(missing_ok=True)
+        job.save(run_dir / "job.json")
+        log = run_dir / "log.jsonl"
+        stderr_path = run_dir / "stderr.log"
+        with (
+            stderr_path.open("w") as stderr,
+            Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                "{task.fields[loss]}",
+                console=self.console,
+                transient=True,
+            ) as progress,
+        ):
+            task = progress.add_task(f"training {job.run_id}", total=None, loss="")
+            process = subprocess.Popen(
+                [sys.executable, "-m", "runners.train", str(run_dir / "job.json")],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+            while process.poll() is None:
+                time.sleep(0.5)
+                records = _steps(log)
+                if records:
+                    last = records[-1]
+                    total = job.training.get("max_steps")
+                    progress.update(
+                        task, completed=last["step"], total=total, loss=f"loss {last['loss']:.3f}"
+                    )
+        result_path = run_dir / "result.json"
+        result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+        if process.returncode == 0 and result.get("status") == "succeeded":
+            return result
+        if result.get("status") in ("unhealthy", "failed"):
+            raise TrainFailed(f"{job.run_id}: {result['message']}")
+        tail = stderr_path.read_text().strip().splitlines()[-5:]
+        raise TrainFailed(
+            f"{job.run_id}: the training process died (exit "
+            f"{process.returncode}); run the command again to resume from the "
+            f"last checkpoint. Last output:\n" + "\n".join(tail)
+        )
+
+    def _register(
+        self,
+        name: str,
+        resource: DesiredResource,
+        job: TrainJob,
+        result: dict[str, Any],
+        run_dir: Path,
+        base: VersionRow,
+        dataset_version: str,
+        experiment: str,
+        run: str,
+    ) -> VersionRow:
+        model_dir = run_dir / "model"
+        files: list[tuple[str, Blob]] = []
+        for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+            files.append((path.relative_to(model_dir).as_posix(), self.registry.blobs.put(path)))
+        for file in TRAINING_FILES:
+            if (run_dir / file).is_file():
+                files.append((f"training/{file}", self.registry.blobs.put(run_dir / file)))
+        metadata: dict[str, Any] = inspect_folder(model_dir)
+        if result.get("model_kind") == "adapter":
+            metadata.update(
+                {
+                    k: getattr(base, k)
+                    for k in ("architecture", "model_type", "context_length", "vocab_size", "dtype")
+                }
+            )
+            metadata["adapter_parameters"] = metadata.pop("parameters", None)
+            metadata["parameters"] = base.parameters
+        metadata["license"] = base.license
+        metadata["model_kind"] = result.get("model_kind")
+        first_eval, _ = first_last_eval(run_dir / "log.jsonl")
+        version = self.registry.register(
+            NewVersion(
+                name=name,
+                files=files,
+                metadata=metadata,
+                spec_digest=resource.digest,
+                source={"type": "experiment", "experiment": experiment, "run": run},
+                tags={"experiment": experiment, "run": run, "kind": str(result.get("model_kind"))},
+                description=f"Fine-tuned from {base.model.name}@{base.number} by experiment "
+                f"{experiment}",
+                lineage={
+                    "base_version_id": base.id,
+                    "dataset_version": dataset_version,
+                    "experiment_run": f"{experiment}/{run}",
+                    "git_commit": git_commit(self.root),
+                    "config_digest": resource.digest,
+                    "packages": result.get("packages", {}),
+                    "seeds": {"training": result.get("seed")},
+                },
+            )
+        )
+        metrics = {"train/final_loss": result["final_loss"]}
+        if result.get("final_eval_loss") is not None:
+            metrics["train/final_eval_loss"] = result["final_eval_loss"]
+        if first_eval is not None:
+            metrics["train/first_eval_loss"] = first_eval
+        self.registry.add_metrics(version.id, "training", resource.digest, metrics)
+        version = self.registry.find(f"{name}@{version.number}") or version
+        self.registry.set_card(
+            version.id, render_card(version, base_ref=f"{base.model.name}@{base.number}")
+        )
+        return self.registry.find(f"{name}@{version.number}") or version
+
+    def overlay(self, experiment: str, outcomes: list[TrainOutcome]) -> Path:
+        """Curves of every run of the experiment in one PNG."""
+        target = self.registry.paths.root / "runs" / experiment / "curves.png"
+        plot_runs({o.run: o.run_dir / "log.jsonl" for o in outcomes}, target, experiment)
+        return target
+
+
+def _steps(log: Path) -> list[dict[str, Any]]:
+    if not log.exists():
+        return []
+    out = []
+    for line in log.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if "loss" in record:
+            out.append(record)
+    return out

@@ -1,0 +1,128 @@
+"""CLI `llmops train`: train an experiment's runs and register the results."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from controller.cli.common import (
+    Exit,
+    JsonOption,
+    RootOption,
+    console,
+    err_console,
+    fail,
+    resolve_root,
+)
+from controller.report.terminal import print_diagnostics
+
+
+def train_command(
+    experiment: Annotated[str, typer.Argument(help="Experiment spec name.")],
+    variant: Annotated[
+        list[str] | None, typer.Option("--variant", help="Only this run (repeatable).")
+    ] = None,
+    root: RootOption = None,
+    override: Annotated[
+        list[str] | None, typer.Option("-o", "--override", help="Hydra override key=value.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Train again even when registered.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Train the experiment's runs (all, or --variant); each result is a registered version."""
+    from controller.apply.prepare import PrepareError
+    from controller.apply.train import Trainer, TrainFailed, first_last_eval
+    from controller.load.diagnostics import did_you_mean
+    from controller.state.dvc import DvcError
+    from controller.workspace import load_desired, open_registry
+    from runners.pull import PullError
+
+    top = resolve_root(root)
+    loaded = load_desired(top, overrides=override)
+    if not loaded.ok:
+        print_diagnostics(err_console, loaded.diagnostics)
+        raise typer.Exit(Exit.INVALID)
+    if experiment not in loaded.runs:
+        hint = did_you_mean(experiment, loaded.runs)
+        raise fail(
+            f"no Experiment spec named '{experiment}'" + (f"; {hint}" if hint else ""), Exit.INVALID
+        )
+    trainer = Trainer(loaded, open_registry(top), err_console)
+    runs = trainer.runs(experiment)
+    wanted = variant or runs
+    unknown = [v for v in wanted if v not in runs]
+    if unknown:
+        raise fail(
+            f"experiment '{experiment}' has no run '{unknown[0]}'; runs: {', '.join(runs)}",
+            Exit.INVALID,
+        )
+    outcomes = []
+    for run in wanted:
+        try:
+            outcomes.append(trainer.train(experiment, run, force=force))
+        except (TrainFailed, PrepareError, PullError, DvcError) as err:
+            raise fail(str(err)) from err
+    overlay = trainer.overlay(experiment, outcomes)
+    rows = []
+    for outcome in outcomes:
+        first, last = (
+            first_last_eval(outcome.run_dir / "log.jsonl")
+            if (outcome.run_dir / "log.jsonl").is_file()
+            else (None, None)
+        )
+        records = (
+            [
+                json.loads(line)
+                for line in (outcome.run_dir / "log.jsonl").read_text().splitlines()
+                if line
+            ]
+            if (outcome.run_dir / "log.jsonl").is_file()
+            else []
+        )
+        speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+        rows.append(
+            {
+                "run": outcome.run,
+                "status": outcome.status,
+                "ref": outcome.ref,
+                "steps": outcome.result.get("steps"),
+                "final_loss": outcome.result.get("final_loss"),
+                "first_eval_loss": first,
+                "last_eval_loss": last,
+                "final_eval_loss": outcome.result.get("final_eval_loss"),
+                "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+                "run_dir": str(outcome.run_dir),
+            }
+        )
+    if as_json:
+        print(
+            json.dumps({"experiment": experiment, "runs": rows, "curves": str(overlay)}, indent=2)
+        )
+        return
+    table = Table(title=f"{experiment}: training")
+    for column in ("run", "status", "registered", "steps", "loss", "eval loss", "tokens/s"):
+        table.add_column(column)
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    for row in rows:
+        eval_text = (
+            f"{fmt(row['first_eval_loss'])} -> {fmt(row['final_eval_loss'])}"
+            if row["final_eval_loss"] is not None
+            else "-"
+        )
+        table.add_row(
+            row["run"],
+            row["status"],
+            row["ref"],
+            str(row["steps"] or "-"),
+            fmt(row["final_loss"]),
+            eval_text,
+            "-" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:.0f}",
+        )
+    console.print(table)
+    console.print(f"curves: {overlay}")

@@ -1,0 +1,153 @@
+"""Runner `train`, data: chat-templated tokenisation with prompt masking, packing, batches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def to_messages(row: dict[str, Any], fmt: str) -> list[dict[str, str]]:
+    if fmt == "instruction":
+        return [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["response"]},
+        ]
+    if fmt == "chat":
+        return list(row["messages"])
+    if fmt == "qa":
+        answers = row["answers"]
+        return [
+            {"role": "user", "content": row["question"]},
+            {"role": "assistant", "content": answers[0] if answers else ""},
+        ]
+    if fmt == "preference":
+        return [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["chosen"]},
+        ]
+    raise ValueError(f"format '{fmt}' has no conversation; use objective 'cpt' for text")
+
+
+def _template_ids(tokenizer: Any, messages: list[dict[str, str]], generation: bool) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=generation, tokenize=True, return_dict=False
+    )
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def sft_example(tokenizer: Any, messages: list[dict[str, str]], max_len: int) -> Example:
+    """Loss only on assistant turns: every other token's label is IGNORE.
+
+    The conversation is templated turn by turn; the tokens an assistant turn adds to the
+    templated prefix (after its generation prompt) are the ones trained on.
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            prompt = _template_ids(tokenizer, messages[:index], generation=True)
+            full = _template_ids(tokenizer, messages[: index + 1], generation=False)
+            if full[: len(prompt)] != prompt or prompt[: len(input_ids)] != input_ids:
+                raise ValueError(
+                    "the chat template does not extend its own prefix; cannot mask prompt tokens"
+                )
+            labels += [IGNORE] * (len(prompt) - len(input_ids)) + full[len(prompt) :]
+            input_ids = full
+        elif index == len(messages) - 1:
+            full = _template_ids(tokenizer, messages, generation=False)
+            labels += [IGNORE] * (len(full) - len(input_ids))
+            input_ids = full
+    return Example(input_ids[:max_len], labels[:max_len])
+
+
+def text_example(tokenizer: Any, text: str, max_len: int) -> Example:
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids = [*ids, tokenizer.eos_token_id]
+    ids = ids[:max_len]
+    return Example(ids, list(ids))
+
+
+def build_examples(
+    tokenizer: Any, rows: list[dict[str, Any]], fmt: str, objective: str, max_len: int
+) -> list[Example]:
+    if objective == "cpt":
+        if fmt == "text":
+            return [text_example(tokenizer, r["text"], max_len) for r in rows]
+        texts = [tokenizer.apply_chat_template(to_messages(r, fmt), tokenize=False) for r in rows]
+        return [text_example(tokenizer, t, max_len) for t in texts]
+    if fmt == "text":
+        raise ValueError("objective 'sft' needs instruction or chat rows; use 'cpt' for text")
+    if not tokenizer.chat_template:
+        raise ValueError("the base model's tokenizer has no chat template; SFT needs one")
+    examples = [sft_example(tokenizer, to_messages(r, fmt), max_len) for r in rows]
+    return [e for e in examples if e.trained_tokens > 0]
+
+
+def pack(examples: list[Example], max_len: int) -> list[Example]:
+    """Concatenate examples and cut into blocks of max_len: no padding is computed."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for example in examples:
+        ids += example.input_ids
+        labels += example.labels
+    blocks = [
+        Example(ids[i : i + max_len], labels[i : i + max_len]) for i in range(0, len(ids), max_len)
+    ]
+    return [b for b in blocks if b.trained_tokens > 0]
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        attention[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def micro_batches(
+    examples: list[Example], batch_size: int, seed: int, start: int
+) -> Iterator[tuple[int, list[Example]]]:
+    """(global index, batch) from `start` on; epoch e is shuffled with seed + e.
+
+    The order depends only on the seed, so a resumed run sees exactly the batches the
+    uninterrupted run would have seen.
+    """
+    per_epoch = (len(examples) + batch_size - 1) // batch_size
+    index = start
+    while True:
+        epoch, offset = divmod(index, per_epoch)
+        generator = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        for position in range(offset, per_epoch):
+            chunk = order[position * batch_size : (position + 1) * batch_size]
+            yield index, [examples[i] for i in chunk]
+            index += 1
