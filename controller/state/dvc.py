@@ -43,11 +43,14 @@ def ensure_repo(root: Path) -> None:
         return
     from dvc.repo import Repo
 
+    no_scm = not (root / ".git").exists()
     with _quiet():
-        Repo.init(str(root), no_scm=not (root / ".git").exists()).close()
+        Repo.init(str(root), no_scm=no_scm).close()
+    # Written whole so the remote URL stays relative to .dvc/ (the DVC API would rebase it).
     (root / ".dvc" / "config").write_text(
         f"[core]\n    remote = {DEFAULT_REMOTE}\n"
-        f"['remote \"{DEFAULT_REMOTE}\"']\n    url = {DEFAULT_REMOTE_URL}\n"
+        + ("    no_scm = True\n" if no_scm else "")
+        + f"['remote \"{DEFAULT_REMOTE}\"']\n    url = {DEFAULT_REMOTE_URL}\n"
     )
 
 

@@ -118,3 +118,19 @@ def test_url_source_with_same_bytes_shares_blobs(
     assert result.returncode == 0, result.stderr
     usage = json.loads(pulled["cli"]("models", "du", "--json").stdout)
     assert usage["logical_bytes"] == 2 * usage["stored_bytes"]
+
+
+def test_demo_lora_experiment_trains_and_registers(pulled: dict[str, Any]) -> None:
+    """The demo's LoRA run on SmolLM2, shortened to 15 steps to keep the suite fast."""
+    result = pulled["cli"]("train", "support-lora", "--variant", "default", "-o",
+                           "support-lora:training.max_steps=15", "-o",
+                           "support-lora:training.eval_interval=5", "--json")
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(result.stdout)["runs"]
+    assert run["status"] == "trained" and run["steps"] == 15
+    assert run["final_eval_loss"] < run["first_eval_loss"]
+    shown = json.loads(pulled["cli"]("models", "show", run["ref"], "--json").stdout)
+    assert shown["lineage"]["experiment_run"] == "support-lora/default"
+    assert shown["lineage"]["dataset_version"].startswith("sha256:")
+    assert shown["tags"]["kind"] == "merged"
+    assert shown["parameters"] == pulled["list"][0]["parameters"]
