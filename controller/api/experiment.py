@@ -34,12 +34,24 @@ class Health(Strict):
 
 
 class Executor(Strict):
+    """Where the run executes: a local process, or a Kubernetes Job running the same runner."""
+
     type: Literal["local", "kubernetes"] = "local"
-    image: str | None = Field(default=None, description="Container image (kubernetes).")
-    namespace: str = "default"
+    image: str = Field(
+        default="ghcr.io/llmops/runner:0.1.0",
+        description="Container image with llmops installed (kubernetes).",
+    )
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
     cpu: str = "2"
     memory: str = "8Gi"
     gpu: int = Field(default=0, ge=0)
+    state_volume_claim: str = Field(
+        default="llmops-state",
+        description="PersistentVolumeClaim holding the llmops state folder (models, data, runs).",
+    )
+    state_mount_path: str = Field(default="/llmops", pattern=r"^/\S*$")
+    backoff_limit: int = Field(default=2, ge=0, description="Retries; each resumes the run.")
+    timeout_s: int = Field(default=86400, ge=60, description="How long to wait for the Job.")
 
 
 class Training(Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -122,13 +123,11 @@ class Trainer:
             training=training,
             trust_remote_code=bool(base_version.trust_remote_code),
         )
-        executor = training.get("executor", {}).get("type", "local")
-        if executor != "local":
-            raise TrainFailed(
-                f"executor '{executor}' is not run by 'llmops train' here; see "
-                "docs/cli.md for the Kubernetes Job it renders"
-            )
-        result = self._run_local(job, run_dir)
+        executor = dict(training.get("executor") or {})
+        if executor.get("type", "local") == "kubernetes":
+            result = self._run_kubernetes(job, run_dir, resource.digest, executor)
+        else:
+            result = self._run_local(job, run_dir)
         version = self._register(
             name,
             resource,
@@ -188,6 +187,51 @@ class Trainer:
             f"{process.returncode}); run the command again to resume from the "
             f"last checkpoint. Last output:\n" + "\n".join(tail)
         )
+
+    def kubernetes_job(self, experiment: str, run: str) -> dict[str, Any]:
+        """The Job manifest a Kubernetes run would submit (for review; nothing is sent)."""
+        from controller.apply.kubernetes_job import manifest, render_job
+
+        resource = self.desired.resources[f"Experiment/{experiment}/{run}"]
+        executor = dict(resource.spec["training"].get("executor") or {})
+        job_file = self.run_dir(resource) / "job.json"
+        return manifest(
+            render_job(
+                job_file, f"{experiment}/{run}", resource.digest, executor, self.registry.paths.root
+            )
+        )
+
+    def _run_kubernetes(
+        self, job: TrainJob, run_dir: Path, digest: str, executor: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Submit the run as a Job over the shared state volume and wait for it."""
+        from dataclasses import asdict
+
+        from controller.apply import kubernetes_job as k8s
+
+        state = self.registry.paths.root
+        mount = executor.get("state_mount_path", "/llmops")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "result.json").unlink(missing_ok=True)
+        TrainJob(**k8s.rewrite_paths(asdict(job), state, mount)).save(run_dir / "job.json")
+        manifest = k8s.render_job(run_dir / "job.json", job.run_id, digest, executor, state)
+        api = k8s.api_client(os.environ.get("LLMOPS_KUBERNETES_API"))
+        how = k8s.submit(api, manifest)
+        self.console.print(
+            f"  Job {manifest.metadata.namespace}/{manifest.metadata.name} {how}; waiting for it"
+        )
+        status = k8s.wait(
+            api,
+            manifest.metadata.namespace,
+            manifest.metadata.name,
+            float(executor.get("timeout_s", 86400)),
+        )
+        result_path = run_dir / "result.json"
+        result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+        if status.succeeded and result.get("status") == "succeeded":
+            return result
+        reason = result.get("message") or status.message or "no result.json in the run folder"
+        raise TrainFailed(f"{job.run_id}: Job {manifest.metadata.name} failed: {reason}")
 
     def _register(
         self,

@@ -49,37 +49,35 @@ def to_messages(row: dict[str, Any], fmt: str) -> list[dict[str, str]]:
     raise ValueError(f"format '{fmt}' has no conversation; use objective 'cpt' for text")
 
 
-def _template_ids(tokenizer: Any, messages: list[dict[str, str]], generation: bool) -> list[int]:
-    ids = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=generation, tokenize=True, return_dict=False
-    )
-    if isinstance(ids, dict) or hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return list(ids)
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation: bool) -> str:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=generation,
+                                         tokenize=False)
 
 
 def sft_example(tokenizer: Any, messages: list[dict[str, str]], max_len: int) -> Example:
     """Loss only on assistant turns: every other token's label is IGNORE.
 
-    The conversation is templated turn by turn; the tokens an assistant turn adds to the
-    templated prefix (after its generation prompt) are the ones trained on.
+    The conversation is rendered once; each assistant turn is the span of text its message
+    adds after its generation prompt. Tokens are labelled by their character offsets, so
+    BPE merges across a span's edge cannot shift the mask.
     """
-    input_ids: list[int] = []
-    labels: list[int] = []
+    text = _render(tokenizer, messages, generation=False)
+    spans: list[tuple[int, int]] = []
     for index, message in enumerate(messages):
-        if message["role"] == "assistant":
-            prompt = _template_ids(tokenizer, messages[:index], generation=True)
-            full = _template_ids(tokenizer, messages[: index + 1], generation=False)
-            if full[: len(prompt)] != prompt or prompt[: len(input_ids)] != input_ids:
-                raise ValueError(
-                    "the chat template does not extend its own prefix; cannot mask prompt tokens"
-                )
-            labels += [IGNORE] * (len(prompt) - len(input_ids)) + full[len(prompt) :]
-            input_ids = full
-        elif index == len(messages) - 1:
-            full = _template_ids(tokenizer, messages, generation=False)
-            labels += [IGNORE] * (len(full) - len(input_ids))
-            input_ids = full
+        if message["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:index], generation=True)
+        upto = _render(tokenizer, messages[: index + 1], generation=False)
+        if not (upto.startswith(prompt) and text.startswith(upto)):
+            raise ValueError("the chat template does not extend its own prefix; "
+                             "cannot mask prompt tokens")
+        spans.append((len(prompt), len(upto)))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = list(encoded["input_ids"])
+    labels = [
+        token if any(begin <= start < end for begin, end in spans) else IGNORE
+        for token, (start, _stop) in zip(input_ids, encoded["offset_mapping"], strict=True)
+    ]
     return Example(input_ids[:max_len], labels[:max_len])
 
 

@@ -122,9 +122,17 @@ def test_url_source_with_same_bytes_shares_blobs(
 
 def test_demo_lora_experiment_trains_and_registers(pulled: dict[str, Any]) -> None:
     """The demo's LoRA run on SmolLM2, shortened to 15 steps to keep the suite fast."""
-    result = pulled["cli"]("train", "support-lora", "--variant", "default", "-o",
-                           "support-lora:training.max_steps=15", "-o",
-                           "support-lora:training.eval_interval=5", "--json")
+    result = pulled["cli"](
+        "train",
+        "support-lora",
+        "--variant",
+        "default",
+        "-o",
+        "support-lora:training.max_steps=15",
+        "-o",
+        "support-lora:training.eval_interval=5",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     (run,) = json.loads(result.stdout)["runs"]
     assert run["status"] == "trained" and run["steps"] == 15

@@ -1,0 +1,171 @@
+"""Apply, Kubernetes executor: a training run as a batch/v1 Job running the same runner.
+
+The Job mounts the llmops state folder from a PersistentVolumeClaim, so the job file, the
+base model, the prepared data and the run folder are the same files the controller sees.
+Rendered with the official client's models; submitted and watched with its BatchV1Api.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+MANAGED_BY = "llmops"
+TERMINAL = ("Complete", "Failed")
+
+
+class JobFailed(Exception):
+    """The Job failed or did not finish in time; the message says which and where to look."""
+
+
+def job_name(run_id: str, digest: str) -> str:
+    """DNS-1123 name, at most 63 characters, unique per run digest."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")
+    short = digest.removeprefix("sha256:")[:10]
+    base = f"llmops-train-{slug}"[: 63 - len(short) - 1].rstrip("-")
+    return f"{base}-{short}"
+
+
+def _in_volume(path: str, state_root: Path, mount: str) -> str:
+    relative = Path(path).resolve().relative_to(state_root.resolve())
+    return f"{mount.rstrip('/')}/{relative.as_posix()}"
+
+
+def render_job(
+    job_file: Path, run_id: str, digest: str, executor: dict[str, Any], state_root: Path
+) -> client.V1Job:
+    """The Job for one run; `job_file` lies in the state folder that the volume holds."""
+    mount = executor.get("state_mount_path", "/llmops")
+    resources: dict[str, str] = {
+        "cpu": str(executor.get("cpu", "2")),
+        "memory": str(executor.get("memory", "8Gi")),
+    }
+    limits = dict(resources)
+    if int(executor.get("gpu", 0)):
+        limits["nvidia.com/gpu"] = str(int(executor["gpu"]))
+    experiment, _, run = run_id.partition("/")
+    labels = {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/component": "train",
+        "llmops.dev/experiment": experiment[:63],
+        "llmops.dev/run": run[:63],
+        "llmops.dev/digest": digest.removeprefix("sha256:")[:63],
+    }
+    container = client.V1Container(
+        name="train",
+        image=executor.get("image"),
+        command=["python", "-m", "runners.train", _in_volume(str(job_file), state_root, mount)],
+        env=[
+            client.V1EnvVar(name="HF_HUB_OFFLINE", value="1"),
+            client.V1EnvVar(name="HF_DATASETS_OFFLINE", value="1"),
+            client.V1EnvVar(name="LLMOPS_STATE_DIR", value=mount),
+        ],
+        resources=client.V1ResourceRequirements(requests=resources, limits=limits),
+        volume_mounts=[client.V1VolumeMount(name="state", mount_path=mount)],
+    )
+    return client.V1Job(
+        api_version="batch/v1",
+        kind="Job",
+        metadata=client.V1ObjectMeta(
+            name=job_name(run_id, digest),
+            namespace=executor.get("namespace", "default"),
+            labels=labels,
+        ),
+        spec=client.V1JobSpec(
+            backoff_limit=int(executor.get("backoff_limit", 2)),
+            ttl_seconds_after_finished=7 * 24 * 3600,
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels=labels),
+                spec=client.V1PodSpec(
+                    restart_policy="Never",
+                    containers=[container],
+                    volumes=[
+                        client.V1Volume(
+                            name="state",
+                            persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
+                                claim_name=executor.get("state_volume_claim", "llmops-state")
+                            ),
+                        )
+                    ],
+                ),
+            ),
+        ),
+    )
+
+
+def rewrite_paths(job_fields: dict[str, Any], state_root: Path, mount: str) -> dict[str, Any]:
+    """The job file as the container sees it: state paths under the volume's mount."""
+    out = dict(job_fields)
+    for key in ("base_model", "train_file", "eval_file", "output"):
+        if out.get(key):
+            out[key] = _in_volume(out[key], state_root, mount)
+    return out
+
+
+def manifest(job: client.V1Job) -> dict[str, Any]:
+    return client.ApiClient().sanitize_for_serialization(job)
+
+
+@dataclass
+class JobStatus:
+    name: str
+    succeeded: bool
+    failed: bool
+    message: str
+
+
+def api_client(host: str | None = None) -> client.ApiClient:
+    """The cluster from the kube config or the pod's service account; `host` for tests."""
+    from kubernetes import config
+
+    if host:
+        configuration = client.Configuration()
+        configuration.host = host
+        return client.ApiClient(configuration)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def submit(api: client.ApiClient, job: client.V1Job) -> str:
+    """Create the Job; one that exists already (same run digest) is watched, not duplicated."""
+    from kubernetes.client.rest import ApiException
+
+    batch = client.BatchV1Api(api)
+    try:
+        batch.create_namespaced_job(job.metadata.namespace, job)
+        return "created"
+    except ApiException as err:
+        if err.status == 409:
+            return "exists"
+        raise JobFailed(
+            f"cannot create Job {job.metadata.name}: {err.status} {err.reason}"
+        ) from err
+
+
+def wait(
+    api: client.ApiClient, namespace: str, name: str, timeout_s: float, poll_s: float = 5.0
+) -> JobStatus:
+    """Poll the Job's status until Complete or Failed (or the timeout)."""
+    batch = client.BatchV1Api(api)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = batch.read_namespaced_job_status(name, namespace)
+        status = job.status
+        for condition in status.conditions or []:
+            if condition.type in TERMINAL and condition.status == "True":
+                ok = condition.type == "Complete"
+                return JobStatus(name, ok, not ok, condition.message or condition.reason or "")
+        if time.monotonic() > deadline:
+            raise JobFailed(
+                f"Job {namespace}/{name} did not finish in {timeout_s:.0f} s; "
+                f"see 'kubectl -n {namespace} describe job {name}'"
+            )
+        time.sleep(poll_s)
