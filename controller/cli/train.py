@@ -30,6 +30,9 @@ def train_command(
         list[str] | None, typer.Option("-o", "--override", help="Hydra override key=value.")
     ] = None,
     force: Annotated[bool, typer.Option(help="Train again even when registered.")] = False,
+    show_job: Annotated[
+        bool, typer.Option("--show-job", help="Print the Kubernetes Job of each run; no training.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train the experiment's runs (all, or --variant); each result is a registered version."""
@@ -59,6 +62,15 @@ def train_command(
             f"experiment '{experiment}' has no run '{unknown[0]}'; runs: {', '.join(runs)}",
             Exit.INVALID,
         )
+    if show_job:
+        import io
+
+        from ruamel.yaml import YAML
+
+        stream = io.StringIO()
+        YAML().dump_all([trainer.kubernetes_job(experiment, run) for run in wanted], stream)
+        print(stream.getvalue(), end="")
+        return
     outcomes = []
     for run in wanted:
         try:
