@@ -54,7 +54,7 @@ def render_job(
         "app.kubernetes.io/component": "train",
         "llmops.dev/experiment": experiment[:63],
         "llmops.dev/run": run[:63],
-        "llmops.dev/digest": digest.removeprefix("sha256:")[:63],
+        "llmops.dev/digest": digest.removeprefix("sha256:")[:16],
     }
     container = client.V1Container(
         name="train",
