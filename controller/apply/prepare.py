@@ -9,15 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rich.console import Console
-
 from controller.api import split_ref
+from controller.apply.context import ApplyStep
 from controller.apply.pull import ensure_model
 from controller.plan.types import DesiredResource
 from controller.state import dvc
 from controller.state.registry.schema import DatasetVersionRow
 from controller.state.registry.store import Registry
-from controller.workspace import Loaded
 from runners.data import PrepareError, PrepareInputs, prepare
 from runners.data.pipeline import SourceInput
 from runners.pull import PullError
@@ -47,16 +45,8 @@ def read_split(folder: Path, split: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-class Preparer:
+class Preparer(ApplyStep):
     """Prepares datasets of one loaded repository, pulling the models and datasets they need."""
-
-    def __init__(self, loaded: Loaded, registry: Registry, console: Console) -> None:
-        assert loaded.desired is not None
-        self.loaded = loaded
-        self.desired = loaded.desired
-        self.registry = registry
-        self.console = console
-        self.root = loaded.root
 
     def resource(self, name: str) -> DesiredResource:
         return self.desired.resources[f"Dataset/{name}"]

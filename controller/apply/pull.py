@@ -14,7 +14,7 @@ from controller.plan.types import DesiredResource
 from controller.report.model_card import render_card
 from controller.state.blobs import Blob
 from controller.state.registry.schema import VersionRow
-from controller.state.registry.store import NewVersion, Registry
+from controller.state.registry.store import VERSION_FIELDS, NewVersion, Registry
 from runners.pull import FetchOptions, PullError, fetch, source_key
 
 
@@ -56,21 +56,7 @@ def pull_model(
     same_bytes = None if force else registry.find_by(name, source_key=key)
     if same_bytes is not None and registry.has_files(same_bytes):
         files = [(f.path, Blob(f.sha256, f.size)) for f in same_bytes.files]
-        metadata = {
-            k: getattr(same_bytes, k)
-            for k in (
-                "architecture",
-                "model_type",
-                "parameters",
-                "dtype",
-                "quantization",
-                "context_length",
-                "vocab_size",
-                "license",
-                "chat_template",
-                "size_bytes",
-            )
-        }
+        metadata = {k: getattr(same_bytes, k) for k in VERSION_FIELDS}
         metadata.update(same_bytes.extra)
         if spec.get("license"):
             metadata["license"] = spec["license"]

@@ -11,18 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from controller.api import split_ref
+from controller.apply.context import ApplyStep
 from controller.apply.prepare import Preparer
 from controller.apply.pull import ensure_model
 from controller.plan.types import DesiredResource
 from controller.report.model_card import render_card
 from controller.state.blobs import Blob
 from controller.state.registry.schema import VersionRow
-from controller.state.registry.store import NewVersion, Registry
-from controller.workspace import Loaded
+from controller.state.registry.store import NewVersion
 from runners.pull.metadata import inspect_folder
 from runners.train import TrainJob
 from runners.train.curves import plot_runs
@@ -66,16 +65,8 @@ def first_last_eval(log: Path) -> tuple[float | None, float | None]:
     return (values[0], values[-1]) if values else (None, None)
 
 
-class Trainer:
+class Trainer(ApplyStep):
     """Trains the runs of experiments of one loaded repository."""
-
-    def __init__(self, loaded: Loaded, registry: Registry, console: Console) -> None:
-        assert loaded.desired is not None
-        self.loaded = loaded
-        self.desired = loaded.desired
-        self.registry = registry
-        self.console = console
-        self.root = loaded.root
 
     def runs(self, experiment: str) -> list[str]:
         return [r.name for r in self.loaded.runs.get(experiment, [])]

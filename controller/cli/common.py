@@ -42,3 +42,14 @@ def resolve_root(root: Path | None) -> Path:
 def fail(message: str, code: Exit = Exit.FAILED) -> typer.Exit:
     err_console.print(f"error: {message}", style="red", soft_wrap=True)
     return typer.Exit(code)
+
+
+def open_registry_or_fail(root: Path):  # type: ignore[no-untyped-def]
+    """The repository's registry, or a clear error (exit 1) when it cannot be opened."""
+    from controller.state.registry.db import RegistryUnavailable
+    from controller.workspace import open_registry
+
+    try:
+        return open_registry(root)
+    except RegistryUnavailable as err:
+        raise fail(str(err)) from err

@@ -17,6 +17,7 @@ from controller.cli.common import (
     console,
     err_console,
     fail,
+    open_registry_or_fail,
     resolve_root,
 )
 from controller.report.terminal import print_diagnostics
@@ -64,16 +65,6 @@ def _loaded(top: Path):  # type: ignore[no-untyped-def]
     return loaded
 
 
-def _registry(top: Path):  # type: ignore[no-untyped-def]
-    from controller.state.registry.db import RegistryUnavailable
-    from controller.workspace import open_registry
-
-    try:
-        return open_registry(top)
-    except RegistryUnavailable as err:
-        raise fail(str(err)) from err
-
-
 @data_app.command("prepare")
 def prepare_cmd(
     dataset: Annotated[str, typer.Argument(help="Dataset spec name.")],
@@ -96,7 +87,7 @@ def prepare_cmd(
         raise fail(
             f"no Dataset spec named '{dataset}'" + (f"; {hint}" if hint else ""), Exit.INVALID
         )
-    preparer = Preparer(loaded, _registry(top), err_console)
+    preparer = Preparer(loaded, open_registry_or_fail(top), err_console)
     try:
         outcome = preparer.prepare(dataset, force=force)
     except (PrepareError, PullError, DvcError) as err:
@@ -140,7 +131,7 @@ def show(
 ) -> None:
     """Statistics of a prepared version (the newest by default)."""
     top = resolve_root(root)
-    registry = _registry(top)
+    registry = open_registry_or_fail(top)
     version = registry.datasets.find(ref)
     if version is None:
         raise fail(f"no prepared version '{ref}'; run 'llmops data prepare {split_ref(ref)[0]}'")
@@ -173,7 +164,7 @@ def diff(
     from runners.data.diff import diff_rows
     from runners.data.splits import SPLITS
 
-    registry = _registry(resolve_root(root))
+    registry = open_registry_or_fail(resolve_root(root))
     versions = []
     for ref in (before, after):
         found = registry.datasets.find(ref)

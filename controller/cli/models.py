@@ -19,6 +19,7 @@ from controller.cli.common import (
     console,
     err_console,
     fail,
+    open_registry_or_fail,
     resolve_root,
 )
 from controller.report.terminal import print_diagnostics
@@ -26,16 +27,6 @@ from controller.report.terminal import print_diagnostics
 models_app = typer.Typer(
     help="Manage local models: the registry and its blob store.", no_args_is_help=True
 )
-
-
-def _registry(root: Path):  # type: ignore[no-untyped-def]
-    from controller.state.registry.db import RegistryUnavailable
-    from controller.workspace import open_registry
-
-    try:
-        return open_registry(root)
-    except RegistryUnavailable as err:
-        raise fail(str(err)) from err
 
 
 def _size(n: int | None) -> str:
@@ -130,7 +121,7 @@ def pull(
         raise fail(
             f"no Model spec named '{unknown[0]}'" + (f"; {hint}" if hint else ""), Exit.INVALID
         )
-    registry = _registry(top)
+    registry = open_registry_or_fail(top)
     results = []
     failed = False
     for name in wanted:
@@ -156,7 +147,7 @@ def pull(
 @models_app.command("list")
 def list_models(root: RootOption = None, as_json: JsonOption = False) -> None:
     """Every stored version with its metadata."""
-    registry = _registry(resolve_root(root))
+    registry = open_registry_or_fail(resolve_root(root))
     versions = [v for m in registry.models() for v in m.versions]
     if as_json:
         print(json.dumps([version_json(v) for v in versions], indent=2))
@@ -203,7 +194,7 @@ def show(
     path: Annotated[bool, typer.Option(help="Print the folder with the files.")] = False,
 ) -> None:
     """One version: metadata, files, lineage, metrics, or its card or folder."""
-    registry = _registry(resolve_root(root))
+    registry = open_registry_or_fail(resolve_root(root))
     version = registry.find(ref)
     if version is None:
         names = [m.name for m in registry.models()]
@@ -268,7 +259,7 @@ def remove(
 ) -> None:
     """Remove one version (its blobs stay until 'llmops models gc')."""
     top = resolve_root(root)
-    registry = _registry(top)
+    registry = open_registry_or_fail(top)
     name, selector = split_ref(ref)
     version = registry.find(ref)
     if version is None or selector is None:
@@ -298,7 +289,7 @@ def gc(
     """Delete stored files no version references."""
     from controller.state.registry.maintenance import collect_garbage
 
-    report = collect_garbage(_registry(resolve_root(root)), dry_run=dry_run)
+    report = collect_garbage(open_registry_or_fail(resolve_root(root)), dry_run=dry_run)
     if as_json:
         print(
             json.dumps(
@@ -320,7 +311,7 @@ def verify(
     """Re-hash stored files and check them against their sha256. Exit 1 on any problem."""
     from controller.state.registry.maintenance import verify as run_verify
 
-    registry = _registry(resolve_root(root))
+    registry = open_registry_or_fail(resolve_root(root))
     total = sum(b.size for b in registry.blobs)
     with Progress(
         "[progress.description]{task.description}",
@@ -358,7 +349,7 @@ def du(root: RootOption = None, as_json: JsonOption = False) -> None:
     """Disk usage per version, with what it shares with others."""
     from controller.state.registry.maintenance import disk_usage
 
-    rows, stored, logical = disk_usage(_registry(resolve_root(root)))
+    rows, stored, logical = disk_usage(open_registry_or_fail(resolve_root(root)))
     if as_json:
         print(
             json.dumps(

@@ -15,6 +15,7 @@ from controller.cli.common import (
     console,
     err_console,
     fail,
+    open_registry_or_fail,
     resolve_root,
 )
 from controller.report.terminal import print_diagnostics
@@ -40,7 +41,7 @@ def train_command(
     from controller.apply.train import Trainer, TrainFailed, first_last_eval
     from controller.load.diagnostics import did_you_mean
     from controller.state.dvc import DvcError
-    from controller.workspace import load_desired, open_registry
+    from controller.workspace import load_desired
     from runners.pull import PullError
 
     top = resolve_root(root)
@@ -53,7 +54,7 @@ def train_command(
         raise fail(
             f"no Experiment spec named '{experiment}'" + (f"; {hint}" if hint else ""), Exit.INVALID
         )
-    trainer = Trainer(loaded, open_registry(top), err_console)
+    trainer = Trainer(loaded, open_registry_or_fail(top), err_console)
     runs = trainer.runs(experiment)
     wanted = variant or runs
     unknown = [v for v in wanted if v not in runs]
