@@ -23,9 +23,17 @@ from controller.apply.kubernetes_job import (
 )
 from tests.servers import serve
 
-EXECUTOR = {"type": "kubernetes", "image": "registry.example/llmops-runner:1", "namespace": "ml",
-            "cpu": "4", "memory": "16Gi", "gpu": 1, "state_volume_claim": "llmops-state",
-            "state_mount_path": "/llmops", "backoff_limit": 2}
+EXECUTOR = {
+    "type": "kubernetes",
+    "image": "registry.example/llmops-runner:1",
+    "namespace": "ml",
+    "cpu": "4",
+    "memory": "16Gi",
+    "gpu": 1,
+    "state_volume_claim": "llmops-state",
+    "state_mount_path": "/llmops",
+    "backoff_limit": 2,
+}
 DIGEST = "sha256:" + "ab" * 32
 
 
@@ -48,24 +56,37 @@ def test_manifest_runs_the_runner_on_the_state_volume(tmp_path: Path) -> None:
     assert pod["restartPolicy"] == "Never"
     (container,) = pod["containers"]
     assert container["image"] == "registry.example/llmops-runner:1"
-    assert container["command"] == ["python", "-m", "runners.train",
-                                    "/llmops/runs/support-lora/default/abcd/job.json"]
-    assert container["resources"]["limits"] == {"cpu": "4", "memory": "16Gi",
-                                                "nvidia.com/gpu": "1"}
+    assert container["command"] == [
+        "python",
+        "-m",
+        "runners.train",
+        "/llmops/runs/support-lora/default/abcd/job.json",
+    ]
+    assert container["resources"]["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in container["env"]
     assert container["volumeMounts"] == [{"mountPath": "/llmops", "name": "state"}]
-    assert pod["volumes"] == [{"name": "state",
-                               "persistentVolumeClaim": {"claimName": "llmops-state"}}]
+    assert pod["volumes"] == [
+        {"name": "state", "persistentVolumeClaim": {"claimName": "llmops-state"}}
+    ]
     assert job["metadata"]["labels"]["llmops.dev/run"] == "default"
 
 
 def test_job_paths_are_rewritten_into_the_volume(tmp_path: Path) -> None:
     state = tmp_path / ".llmops"
-    fields = {"base_model": str(state / "models/base/1"), "train_file": str(state / "data/x"),
-              "eval_file": None, "output": str(state / "runs/e/r/d"), "run_id": "e/r"}
+    fields = {
+        "base_model": str(state / "models/base/1"),
+        "train_file": str(state / "data/x"),
+        "eval_file": None,
+        "output": str(state / "runs/e/r/d"),
+        "run_id": "e/r",
+    }
     assert rewrite_paths(fields, state, "/llmops") == {
-        "base_model": "/llmops/models/base/1", "train_file": "/llmops/data/x",
-        "eval_file": None, "output": "/llmops/runs/e/r/d", "run_id": "e/r"}
+        "base_model": "/llmops/models/base/1",
+        "train_file": "/llmops/data/x",
+        "eval_file": None,
+        "output": "/llmops/runs/e/r/d",
+        "run_id": "e/r",
+    }
 
 
 class FakeBatchApi:
@@ -105,12 +126,25 @@ class FakeBatchApi:
                 key = (parts[4], body["metadata"]["name"])
                 with api.lock:
                     if key in api.jobs:
-                        self._send(409, {"kind": "Status", "apiVersion": "v1",
-                                         "status": "Failure", "reason": "AlreadyExists",
-                                         "code": 409, "message": f"jobs \"{key[1]}\" exists"})
+                        self._send(
+                            409,
+                            {
+                                "kind": "Status",
+                                "apiVersion": "v1",
+                                "status": "Failure",
+                                "reason": "AlreadyExists",
+                                "code": 409,
+                                "message": f'jobs "{key[1]}" exists',
+                            },
+                        )
                         return
-                    body["metadata"].update({"uid": "1234", "resourceVersion": "1",
-                                             "creationTimestamp": "2026-11-25T12:00:00Z"})
+                    body["metadata"].update(
+                        {
+                            "uid": "1234",
+                            "resourceVersion": "1",
+                            "creationTimestamp": "2026-11-25T12:00:00Z",
+                        }
+                    )
                     body["status"] = {}
                     api.jobs[key] = body
                 self._send(201, body)
@@ -128,14 +162,29 @@ class FakeBatchApi:
                 if count <= api.polls:
                     job["status"] = {"active": 1, "startTime": "2026-11-25T12:00:01Z"}
                 elif api.outcome == "Complete":
-                    job["status"] = {"succeeded": 1, "conditions": [
-                        {"type": "Complete", "status": "True",
-                         "lastTransitionTime": "2026-11-25T12:10:00Z"}]}
+                    job["status"] = {
+                        "succeeded": 1,
+                        "conditions": [
+                            {
+                                "type": "Complete",
+                                "status": "True",
+                                "lastTransitionTime": "2026-11-25T12:10:00Z",
+                            }
+                        ],
+                    }
                 else:
-                    job["status"] = {"failed": 3, "conditions": [
-                        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                         "message": "Job has reached the specified backoff limit",
-                         "lastTransitionTime": "2026-11-25T12:10:00Z"}]}
+                    job["status"] = {
+                        "failed": 3,
+                        "conditions": [
+                            {
+                                "type": "Failed",
+                                "status": "True",
+                                "reason": "BackoffLimitExceeded",
+                                "message": "Job has reached the specified backoff limit",
+                                "lastTransitionTime": "2026-11-25T12:10:00Z",
+                            }
+                        ],
+                    }
                 self._send(200, job)
 
         return Handler
@@ -147,8 +196,13 @@ def test_submit_is_idempotent_and_wait_sees_completion(tmp_path: Path) -> None:
     api = FakeBatchApi("Complete")
     with serve(api.handler()) as url:
         k8s = api_client(url)
-        job = render_job(tmp_path / ".llmops/runs/x/job.json", "exp/default", DIGEST, EXECUTOR,
-                         tmp_path / ".llmops")
+        job = render_job(
+            tmp_path / ".llmops/runs/x/job.json",
+            "exp/default",
+            DIGEST,
+            EXECUTOR,
+            tmp_path / ".llmops",
+        )
         (tmp_path / ".llmops/runs/x").mkdir(parents=True)
         assert submit(k8s, job) == "created"
         assert submit(k8s, job) == "exists"

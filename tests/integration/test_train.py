@@ -237,3 +237,42 @@ def test_early_stopping(tiny_model: Path, data: dict[str, Path], tmp_path: Path)
         )
     )
     assert result["stopped_early"] and result["steps"] == 3
+
+
+def test_continued_pretraining_on_text(tiny_model: Path, tmp_path: Path) -> None:
+    texts = tmp_path / "text.jsonl"
+    texts.write_text(
+        "".join(
+            json.dumps({"text": f"Orbitask keeps {i} days of history."}) + "\n" for i in range(24)
+        )
+    )
+    result = train(
+        TrainJob(
+            run_id="t/cpt",
+            base_model=str(tiny_model),
+            train_file=str(texts),
+            output=str(tmp_path / "cpt"),
+            format="text",
+            training={
+                "objective": "cpt",
+                "max_steps": 6,
+                "batch_size": 4,
+                "learning_rate": 3e-3,
+                "max_seq_len": 32,
+                "packing": True,
+            },
+        )
+    )
+    trace = losses(tmp_path / "cpt")
+    assert result["steps"] == 6 and trace[-1] < trace[0]
+    with pytest.raises(TrainError, match="use 'cpt' for text"):
+        train(
+            TrainJob(
+                run_id="t/sft",
+                base_model=str(tiny_model),
+                train_file=str(texts),
+                output=str(tmp_path / "sft"),
+                format="text",
+                training={"objective": "sft", "max_steps": 1},
+            )
+        )
