@@ -33,6 +33,7 @@ demo: $(STAMP)
 	$(BIN)/llmops validate
 	$(BIN)/llmops models pull
 	$(BIN)/llmops data prepare support-faq
+	$(BIN)/llmops train support-lora
 	$(BIN)/llmops plan; rc=$$?; test $$rc -eq 0 -o $$rc -eq 3
 
 test: $(STAMP) postgres
