@@ -20,6 +20,7 @@ from controller.cli.common import (
     resolve_root,
 )
 from controller.cli.data import data_app
+from controller.cli.evaluate import bless_command, eval_app
 from controller.cli.models import models_app
 from controller.cli.train import train_command
 from controller.load.diagnostics import has_errors
@@ -37,6 +38,8 @@ app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.command("train")(train_command)
+app.add_typer(eval_app, name="eval")
+app.command("bless")(bless_command)
 OverrideOption = Annotated[
     list[str] | None,
     typer.Option(

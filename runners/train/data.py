@@ -50,8 +50,7 @@ def to_messages(row: dict[str, Any], fmt: str) -> list[dict[str, str]]:
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation: bool) -> str:
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=generation,
-                                         tokenize=False)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=generation, tokenize=False)
 
 
 def sft_example(tokenizer: Any, messages: list[dict[str, str]], max_len: int) -> Example:
@@ -69,8 +68,9 @@ def sft_example(tokenizer: Any, messages: list[dict[str, str]], max_len: int) ->
         prompt = _render(tokenizer, messages[:index], generation=True)
         upto = _render(tokenizer, messages[: index + 1], generation=False)
         if not (upto.startswith(prompt) and text.startswith(upto)):
-            raise ValueError("the chat template does not extend its own prefix; "
-                             "cannot mask prompt tokens")
+            raise ValueError(
+                "the chat template does not extend its own prefix; cannot mask prompt tokens"
+            )
         spans.append((len(prompt), len(upto)))
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoded["input_ids"])

@@ -1,0 +1,192 @@
+"""Apply, evaluation: a suite on a registered model, comparisons, gates and blessed baselines."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from controller.api import split_ref
+from controller.apply.context import ApplyStep
+from controller.apply.prepare import Preparer
+from controller.apply.pull import ensure_model
+from controller.state.registry.schema import VersionRow
+from runners.evaluate.compare import GateResult, MetricComparison, judge_gates, paired_bootstrap
+from runners.evaluate.run import EvalError, EvalInputs, evaluate, load_samples
+
+BASELINES_DIR = Path("evals/baselines")
+
+
+@dataclass
+class EvalOutcome:
+    status: Literal["cached", "evaluated"]
+    ref: str
+    version: VersionRow
+    folder: Path
+    summary: dict[str, Any]
+
+
+@dataclass
+class Comparison:
+    suite: str
+    baseline: str
+    candidate: str
+    metrics: list[MetricComparison]
+    gates: list[GateResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "suite": self.suite,
+            "baseline": self.baseline,
+            "candidate": self.candidate,
+            "passed": self.passed,
+            "metrics": [m.as_dict() for m in self.metrics],
+            "gates": [g.as_dict() for g in self.gates],
+        }
+
+
+class Evaluator(ApplyStep):
+    """Runs suites of one loaded repository against registered models."""
+
+    def suite(self, name: str) -> dict[str, Any]:
+        resource = self.desired.resources.get(f"EvalSuite/{name}")
+        if resource is None:
+            raise EvalError(f"no EvalSuite spec named '{name}'")
+        return dict(resource.spec)
+
+    def digest(self, name: str) -> str:
+        return self.desired.resources[f"EvalSuite/{name}"].digest
+
+    def task_data(self, suite: dict[str, Any]) -> dict[str, Path]:
+        out = {}
+        for task in suite["tasks"]:
+            data = task.get("data")
+            if not data:
+                continue
+            if data["type"] == "file":
+                out[task["name"]] = self.root / data["path"]
+            else:
+                prepared = Preparer(self.loaded, self.registry, self.console).prepare(
+                    split_ref(data["dataset"])[0]
+                )
+                out[task["name"]] = prepared.folder / f"{data['split']}.jsonl"
+        return out
+
+    def results_dir(self, suite: str, version: VersionRow) -> Path:
+        digest = self.digest(suite).removeprefix("sha256:")[:16]
+        return (
+            self.registry.paths.root
+            / "evals"
+            / suite
+            / f"{version.model.name}@{version.number}"
+            / digest
+        )
+
+    def run(self, suite_name: str, model_ref: str, force: bool = False) -> EvalOutcome:
+        suite = self.suite(suite_name)
+        version, path = ensure_model(
+            model_ref, dict(self.desired.resources), self.registry, self.root, self.console
+        )
+        ref = f"{version.model.name}@{version.number}"
+        folder = self.results_dir(suite_name, version)
+        if (folder / "results.json").is_file() and not force:
+            return EvalOutcome(
+                "cached", ref, version, folder, json.loads((folder / "results.json").read_text())
+            )
+        judge_path = None
+        if suite.get("judge"):
+            judge_path = ensure_model(
+                suite["judge"]["model"],
+                dict(self.desired.resources),
+                self.registry,
+                self.root,
+                self.console,
+            )[1]
+        summary = evaluate(
+            EvalInputs(
+                suite_name=suite_name,
+                suite=suite,
+                task_data=self.task_data(suite),
+                model_path=path,
+                out=folder,
+                judge_path=judge_path,
+                report=lambda text: self.console.print(f"  {text}"),
+            )
+        )
+        self.registry.add_metrics(
+            version.id, suite_name, self.digest(suite_name), summary["metrics"]
+        )
+        return EvalOutcome("evaluated", ref, version, folder, summary)
+
+    def compare(self, suite_name: str, baseline_ref: str | None, candidate_ref: str) -> Comparison:
+        """Candidate against a model (evaluated as needed) or the suite's blessed baseline."""
+        suite = self.suite(suite_name)
+        candidate = self.run(suite_name, candidate_ref)
+        if baseline_ref is None:
+            blessed = self.blessed(suite_name)
+            if blessed is None:
+                raise EvalError(
+                    f"suite '{suite_name}' has no blessed baseline; pass --baseline "
+                    f"or run 'llmops bless {suite_name} <model>'"
+                )
+            base_label = f"{blessed['model']} (blessed)"
+            base_samples = {
+                k: {i: tuple(v) for i, v in rows.items()} for k, rows in blessed["samples"].items()
+            }
+        else:
+            base = self.run(suite_name, baseline_ref)
+            base_label = base.ref
+            base_samples = load_samples(base.folder)
+        cand_samples = load_samples(candidate.folder)
+        bootstrap = suite.get("bootstrap") or {}
+        comparisons = []
+        for metric in sorted(set(base_samples) & set(cand_samples)):
+            if metric.endswith("/throughput"):
+                continue
+            comparisons.append(
+                paired_bootstrap(
+                    metric,
+                    base_samples[metric],
+                    cand_samples[metric],
+                    samples=int(bootstrap.get("samples", 1000)),
+                    confidence=float(bootstrap.get("confidence", 0.95)),
+                    seed=int(bootstrap.get("seed", 0)),
+                )
+            )
+        by_name = {c.metric: c for c in comparisons}
+        gates = judge_gates(suite.get("gates") or [], by_name, candidate.summary["metrics"])
+        return Comparison(suite_name, base_label, candidate.ref, comparisons, gates)
+
+    def baseline_path(self, suite_name: str) -> Path:
+        configured = self.suite(suite_name).get("baseline")
+        return self.root / (configured or BASELINES_DIR / f"{suite_name}.json")
+
+    def blessed(self, suite_name: str) -> dict[str, Any] | None:
+        path = self.baseline_path(suite_name)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def bless(self, suite_name: str, model_ref: str) -> Path:
+        """Write the accepted per-sample results and tolerances: a file to review and commit."""
+        outcome = self.run(suite_name, model_ref)
+        path = self.baseline_path(suite_name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        samples = load_samples(outcome.folder)
+        document = {
+            "suite": suite_name,
+            "suite_digest": self.digest(suite_name),
+            "model": outcome.ref,
+            "model_spec_digest": outcome.version.spec_digest,
+            "metrics": outcome.summary["metrics"],
+            "tolerances": self.suite(suite_name).get("gates") or [],
+            "samples": {
+                k: {i: list(v) for i, v in sorted(rows.items())}
+                for k, rows in sorted(samples.items())
+            },
+        }
+        path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+        return path

@@ -1,0 +1,282 @@
+"""Runner `evaluate`, the run: suite tasks as lm-eval custom tasks, then llmops' own metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runners.evaluate.compare import aggregate
+from runners.evaluate.metrics import keyword_recall, rouge_l, token_f1
+
+LM_EVAL_METRICS = {
+    "exact_match": "exact_match",
+    "accuracy": "acc",
+    "word_perplexity": "word_perplexity",
+}
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+class EvalError(Exception):
+    """A permanent problem with the suite, its data or the model; the message says what to do."""
+
+
+@dataclass
+class EvalInputs:
+    suite_name: str
+    suite: dict[str, Any]
+    task_data: dict[str, Path]  # task name -> local JSONL rows
+    model_path: Path
+    out: Path
+    judge_path: Path | None = None
+    batch_size: int = 8
+    report: Any = print
+
+
+@dataclass
+class TaskResult:
+    task: str
+    metrics: dict[str, float]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def jinja(template: str) -> str:
+    """'{question}' (the spec's format) -> '{{question}}' (lm-eval's Jinja)."""
+    return _FIELD.sub(r"{{\1}}", template)
+
+
+def task_name(suite: str, task: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"llmops_{suite}_{task}")
+
+
+def task_yaml(suite: str, task: dict[str, Any], data: Path) -> dict[str, Any]:
+    kind = task["type"]
+    out: dict[str, Any] = {
+        "task": task_name(suite, task["name"]),
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": kind,
+    }
+    target = "{{" + task.get("target", "answer") + "}}"
+    if kind == "generate_until":
+        generation = task.get("generation") or {}
+        kwargs: dict[str, Any] = {
+            "until": generation.get("stop") or ["\n\n"],
+            "max_gen_toks": int(generation.get("max_new_tokens", 64)),
+        }
+        temperature = float(generation.get("temperature", 0.0))
+        kwargs.update(
+            {"do_sample": True, "temperature": temperature} if temperature else {"do_sample": False}
+        )
+        out.update(
+            doc_to_text=jinja(task.get("prompt", "{question}")),
+            doc_to_target=target,
+            generation_kwargs=kwargs,
+            metric_list=[
+                {
+                    "metric": "exact_match",
+                    "aggregation": "mean",
+                    "higher_is_better": True,
+                    "ignore_case": True,
+                    "ignore_punctuation": True,
+                }
+            ],
+        )
+    elif kind == "multiple_choice":
+        out.update(
+            doc_to_text=jinja(task.get("prompt", "{question}")),
+            doc_to_choice="{{" + task.get("choices", "choices") + "}}",
+            doc_to_target=target,
+            metric_list=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        )
+    elif kind == "loglikelihood_rolling":
+        out.update(
+            doc_to_text="",
+            doc_to_target=jinja(task.get("prompt", "{text}")),
+            metric_list=[
+                {"metric": "word_perplexity"},
+                {"metric": "byte_perplexity"},
+                {"metric": "bits_per_byte"},
+            ],
+        )
+    elif kind == "loglikelihood":
+        out.update(
+            doc_to_text=jinja(task.get("prompt", "{question}")),
+            doc_to_target=" " + target,
+            metric_list=[{"metric": "perplexity"}, {"metric": "acc"}],
+        )
+    else:
+        raise EvalError(f"task type '{kind}' has no custom task form")
+    return out
+
+
+def _limited(path: Path, limit: int | None, folder: Path) -> Path:
+    if not limit:
+        return path
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    target = folder / f"{path.stem}-first{limit}.jsonl"
+    target.write_text("\n".join(lines[:limit]) + "\n", encoding="utf-8")
+    return target
+
+
+def _samples(
+    task: dict[str, Any], raw: list[dict[str, Any]], tokenizer: Any
+) -> list[dict[str, Any]]:
+    """lm-eval's logged samples -> llmops rows: id, prompt, target, output, contributions."""
+    wanted = set(task["metrics"])
+    rows = []
+    for sample in sorted(raw, key=lambda s: int(s["doc_id"])):
+        doc = sample["doc"]
+        row: dict[str, Any] = {
+            "id": str(doc.get("id", sample["doc_id"])),
+            "target": sample.get("target"),
+            "metrics": {},
+        }
+        parts = row["metrics"]
+        kind = task["type"]
+        if kind == "generate_until":
+            output = sample["filtered_resps"][0]
+            row["output"] = output
+            reference = str(sample.get("target", ""))
+            if "exact_match" in wanted:
+                parts["exact_match"] = (float(sample["exact_match"]), 1.0)
+            if "token_f1" in wanted:
+                parts["token_f1"] = (token_f1(output, reference), 1.0)
+            if "rouge_l" in wanted:
+                parts["rouge_l"] = (rouge_l(output, reference), 1.0)
+            if "keyword_recall" in wanted:
+                parts["keyword_recall"] = (keyword_recall(output, doc.get("keywords") or []), 1.0)
+        elif kind == "multiple_choice":
+            parts["accuracy"] = (float(sample["acc"]), 1.0)
+        elif kind == "loglikelihood_rolling":
+            loglikelihood, words = sample["word_perplexity"]
+            if "word_perplexity" in wanted:
+                parts["word_perplexity"] = (float(loglikelihood), float(words))
+            if "perplexity" in wanted:
+                text = sample["target"]
+                tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                parts["perplexity"] = (float(loglikelihood), float(tokens))
+        elif kind == "loglikelihood":
+            if "perplexity" in wanted:
+                parts["perplexity"] = (float(sample["perplexity"]), 1.0)
+            if "accuracy" in wanted:
+                parts["accuracy"] = (float(sample["acc"]), 1.0)
+        rows.append(row)
+    return rows
+
+
+def evaluate(inputs: EvalInputs) -> dict[str, Any]:
+    """Run every task; write samples-<task>.jsonl and results.json into inputs.out."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import yaml  # PyYAML ships with lm-eval, whose task files it writes
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    out = inputs.out
+    (out / "tasks").mkdir(parents=True, exist_ok=True)
+    tasks = inputs.suite["tasks"]
+    names = {}
+    for task in tasks:
+        if task["type"] == "lm_eval":
+            names[task["name"]] = task["lm_eval_task"]
+            continue
+        data = _limited(inputs.task_data[task["name"]], task.get("limit"), out / "tasks")
+        spec = task_yaml(inputs.suite_name, task, data)
+        (out / "tasks" / f"{spec['task']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        names[task["name"]] = spec["task"]
+    manager = TaskManager(include_path=str(out / "tasks"))
+    lm = HFLM(
+        pretrained=str(inputs.model_path),
+        dtype="float32",
+        device="cpu",
+        batch_size=inputs.batch_size,
+    )
+    judge = None
+    results: list[TaskResult] = []
+    for task in tasks:
+        name = names[task["name"]]
+        inputs.report(f"{inputs.suite_name}/{task['name']}: {task['type']} through lm-eval")
+        began = time.perf_counter()
+        try:
+            raw = simple_evaluate(
+                model=lm,
+                tasks=[name],
+                task_manager=manager,
+                log_samples=True,
+                apply_chat_template=bool(
+                    task.get("chat_template", True) and task["type"] == "generate_until"
+                ),
+                limit=task.get("limit") if task["type"] == "lm_eval" else None,
+                bootstrap_iters=0,
+                random_seed=0,
+                numpy_random_seed=0,
+                torch_random_seed=0,
+                fewshot_random_seed=0,
+            )
+        except (KeyError, ValueError, FileNotFoundError) as err:
+            raise EvalError(f"lm-eval could not run task '{task['name']}': {err}") from err
+        seconds = time.perf_counter() - began
+        samples = _samples(task, raw["samples"][name], lm.tokenizer)
+        if "judge" in task["metrics"]:
+            if judge is None:
+                from runners.evaluate.judge import Judge
+
+                judge = Judge(inputs.judge_path, inputs.suite["judge"])
+            for row, sample in zip(
+                samples, sorted(raw["samples"][name], key=lambda s: int(s["doc_id"])), strict=True
+            ):
+                score, text = judge.score(
+                    sample["arguments"][0][0], str(row["target"]), row.get("output", "")
+                )
+                row["judge_output"] = text
+                row["metrics"]["judge"] = (score, 1.0) if score is not None else (0.0, 0.0)
+        metrics = {
+            metric: aggregate(
+                metric, [s["metrics"][metric] for s in samples if metric in s["metrics"]]
+            )
+            for metric in task["metrics"]
+            if metric not in ("latency", "throughput")
+        }
+        lm_eval_values = raw["results"][name]
+        for ours, theirs in LM_EVAL_METRICS.items():
+            if ours in metrics and f"{theirs},none" in lm_eval_values:
+                metrics[ours] = float(lm_eval_values[f"{theirs},none"])
+        if "latency" in task["metrics"]:
+            metrics["latency"] = seconds / max(len(samples), 1)
+            for row in samples:
+                row["metrics"]["latency"] = (metrics["latency"], 1.0)
+        if "throughput" in task["metrics"]:
+            metrics["throughput"] = len(samples) / seconds if seconds else 0.0
+        results.append(TaskResult(task["name"], metrics, samples, seconds))
+        with (out / f"samples-{task['name']}.jsonl").open("w", encoding="utf-8") as handle:
+            for row in samples:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    summary = {
+        "suite": inputs.suite_name,
+        "metrics": {f"{r.task}/{k}": v for r in results for k, v in r.metrics.items()},
+        "tasks": {
+            r.task: {"samples": len(r.samples), "seconds": round(r.seconds, 3)} for r in results
+        },
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+def load_samples(folder: Path) -> dict[str, dict[str, tuple[float, float]]]:
+    """'task/metric' -> {sample id: contribution} from a results folder."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for path in sorted(folder.glob("samples-*.jsonl")):
+        task = path.stem.removeprefix("samples-")
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            for metric, (value, weight) in row["metrics"].items():
+                out.setdefault(f"{task}/{metric}", {})[row["id"]] = (value, weight)
+    return out
