@@ -108,3 +108,19 @@ def merge_runs(
         source=observed.source,
         kind_sources={**observed.kind_sources, "Experiment": "the registry"},
     )
+
+
+def merge_evaluations(
+    observed: ObservedState,
+    evaluated: set[tuple[str, str]],
+    desired: Mapping[str, tuple[str, str, str]],
+) -> ObservedState:
+    """An Evaluation is done when the registry holds metrics of its subject's version for
+    its suite's digest. `desired` maps an address to (digest, subject digest, suite digest)."""
+    resources = dict(observed.resources)
+    for address, (digest, subject, suite) in desired.items():
+        if (subject, suite) in evaluated and address not in resources:
+            resources[address] = ObservedResource(address=address, kind="Evaluation", digest=digest)
+    return ObservedState(
+        resources=resources, source=observed.source, kind_sources=dict(observed.kind_sources)
+    )

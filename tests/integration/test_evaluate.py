@@ -199,3 +199,27 @@ def test_results_are_reused_and_recorded_in_the_registry(repo: Path) -> None:
     version = open_registry(repo).find("tiny")
     names = {m.name for m in version.metrics if m.suite == "suite"}
     assert {"ppl/perplexity", "choice/accuracy", "answers/rouge_l"} <= names
+
+
+def test_plan_sees_evaluations_in_the_registry(repo: Path) -> None:
+    from controller.workspace import make_plan
+
+    (repo / "specs/datasets").mkdir()
+    (repo / "data/faq.jsonl").write_text((PROJECT_ROOT / "data/support-faq/faq.jsonl").read_text())
+    (repo / "specs/datasets/faq.yaml").write_text(
+        "apiVersion: llmops/v1\nkind: Dataset\nmetadata: {name: faq}\nspec:\n"
+        "  format: instruction\n  sources: [{type: file, path: data/faq.jsonl, "
+        "mapping: {prompt: question, response: answer}}]\n  on_bad_rows: skip\n"
+    )
+    (repo / "specs/experiments").mkdir()
+    (repo / "specs/experiments/exp.yaml").write_text(
+        "apiVersion: llmops/v1\nkind: Experiment\nmetadata: {name: exp}\nspec:\n"
+        "  base_model: tiny\n  dataset: faq\n  eval_suite: suite\n"
+    )
+    _, before = make_plan(repo)
+    control = next(a for a in before.actions if a.address == "Evaluation/exp/control")
+    assert control.kind.value == "create"
+    evaluator(repo).run("suite", "tiny")
+    _, after = make_plan(repo)
+    control = next(a for a in after.actions if a.address == "Evaluation/exp/control")
+    assert control.kind.value == "noop"

@@ -162,6 +162,17 @@ class Registry:
                     out.setdefault(address, []).append(version.spec_digest)
         return out
 
+    def evaluated(self) -> set[tuple[str, str]]:
+        """(version spec digest, suite digest) pairs that have evaluation metrics."""
+        with self.sessions() as session:
+            rows = session.execute(
+                select(VersionRow.spec_digest, MetricRow.suite_digest)
+                .join(MetricRow, MetricRow.version_id == VersionRow.id)
+                .where(MetricRow.suite != "training")
+                .distinct()
+            ).all()
+        return {(a, b) for a, b in rows if a and b}
+
     def has_files(self, version: VersionRow) -> bool:
         return all(self.blobs.exists(f.sha256, f.size) for f in version.files)
 
