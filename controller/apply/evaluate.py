@@ -146,8 +146,8 @@ class Evaluator(ApplyStep):
         bootstrap = suite.get("bootstrap") or {}
         comparisons = []
         for metric in sorted(set(base_samples) & set(cand_samples)):
-            if metric.endswith("/throughput"):
-                continue
+            if metric.endswith(("/throughput", "/latency")):
+                continue  # measured per task, not per sample: no paired interval
             comparisons.append(
                 paired_bootstrap(
                     metric,
