@@ -109,7 +109,7 @@ def run(
         table.add_column("metric")
         table.add_column("value", justify="right")
         for name, value in outcome.summary["metrics"].items():
-            table.add_row(name, f"{value:.4g}")
+            table.add_row(name, "-" if value is None else f"{value:.4g}")
         console.print(table)
         console.print(f"per-sample results: {outcome.folder}")
         if comparison:

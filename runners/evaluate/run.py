@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -255,6 +256,10 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
                 row["metrics"]["latency"] = (metrics["latency"], 1.0)
         if "throughput" in task["metrics"]:
             metrics["throughput"] = len(samples) / seconds if seconds else 0.0
+        # NaN means no sample counted (e.g. no judge score parsed): reported as missing.
+        metrics = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()
+        }
         results.append(TaskResult(task["name"], metrics, samples, seconds))
         with (out / f"samples-{task['name']}.jsonl").open("w", encoding="utf-8") as handle:
             for row in samples:
@@ -263,7 +268,14 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
         "suite": inputs.suite_name,
         "metrics": {f"{r.task}/{k}": v for r in results for k, v in r.metrics.items()},
         "tasks": {
-            r.task: {"samples": len(r.samples), "seconds": round(r.seconds, 3)} for r in results
+            r.task: {
+                "samples": len(r.samples),
+                "seconds": round(r.seconds, 3),
+                "judge_unparsed": sum(
+                    1 for row in r.samples if tuple(row["metrics"].get("judge", ())) == (0.0, 0.0)
+                ),
+            }
+            for r in results
         },
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2, sort_keys=True))

@@ -223,3 +223,41 @@ def test_plan_sees_evaluations_in_the_registry(repo: Path) -> None:
     _, after = make_plan(repo)
     control = next(a for a in after.actions if a.address == "Evaluation/exp/control")
     assert control.kind.value == "noop"
+
+
+def test_judge_and_loglikelihood_tasks(repo: Path) -> None:
+    (repo / "specs/evals/judged.yaml").write_text("""
+apiVersion: llmops/v1
+kind: EvalSuite
+metadata: {name: judged}
+spec:
+  tasks:
+    - name: graded
+      type: generate_until
+      data: {type: file, path: data/eval.jsonl}
+      metrics: [judge, exact_match]
+      generation: {max_new_tokens: 4}
+      limit: 3
+    - name: loglik
+      type: loglikelihood
+      data: {type: file, path: data/eval.jsonl}
+      metrics: [perplexity, accuracy]
+      limit: 4
+  judge: {model: twin, rubric: "Is the answer correct and polite?"}
+""")
+    outcome = evaluator(repo).run("judged", "tiny")
+    rows = [
+        json.loads(line)
+        for line in (outcome.folder / "samples-graded.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 3
+    assert all(isinstance(r["judge_output"], str) for r in rows)  # the judge's raw text kept
+    assert all("judge" in r["metrics"] for r in rows)
+    unparsed = outcome.summary["tasks"]["graded"]["judge_unparsed"]
+    parsed = [r["metrics"]["judge"][0] for r in rows if r["metrics"]["judge"][1]]
+    assert unparsed + len(parsed) == 3  # a random tiny judge rarely writes a score
+    judged = outcome.summary["metrics"]["graded/judge"]
+    assert judged is None or 1 <= judged <= 5
+    metrics = outcome.summary["metrics"]
+    assert metrics["loglik/perplexity"] > 1.0
+    assert 0.0 <= metrics["loglik/accuracy"] <= 1.0

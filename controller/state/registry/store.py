@@ -266,6 +266,8 @@ class Registry:
     ) -> None:
         with self.session() as session:
             for name, value in values.items():
+                if value is None or value != value:  # missing or NaN: nothing was measured
+                    continue
                 session.add(
                     MetricRow(
                         version_id=version_id,
