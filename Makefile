@@ -34,6 +34,7 @@ demo: $(STAMP)
 	$(BIN)/llmops models pull
 	$(BIN)/llmops data prepare support-faq
 	$(BIN)/llmops train support-lora
+	$(BIN)/llmops eval compare --baseline smollm2-135m-instruct --candidate support-assistant@1 --suite support-regression
 	$(BIN)/llmops plan; rc=$$?; test $$rc -eq 0 -o $$rc -eq 3
 
 test: $(STAMP) postgres
