@@ -11,12 +11,7 @@ from controller.load.diagnostics import Diagnostic, has_errors, sort_diagnostics
 from controller.load.loader import LoadedSpec, load_specs
 from controller.load.resolve import resolve
 from controller.observe.lock import observed_from_lock
-from controller.observe.registry import (
-    merge_datasets,
-    merge_evaluations,
-    merge_registry,
-    merge_runs,
-)
+from controller.observe.registry import observe_registry
 from controller.plan.planner import plan
 from controller.plan.types import DesiredState, ObservedState, Plan
 from controller.state.lockfile import LOCK_FILE, LockFileError, read_lock
@@ -87,28 +82,7 @@ def observe(
     path = lock_path or root / LOCK_FILE
     observed = observed_from_lock(read_lock(path), source=path.name)
     if desired is not None and registry_exists(root):
-        models = {
-            a: r.digest
-            for a, r in desired.resources.items()
-            if r.kind == "Model" and r.spec.get("source", {}).get("type") != "experiment"
-        }
-        registry = open_registry(root)
-        observed = merge_registry(observed, registry.version_digests(), models)
-        datasets = {a: r.digest for a, r in desired.resources.items() if r.kind == "Dataset"}
-        observed = merge_datasets(observed, registry.datasets.observed(), datasets)
-        runs = {a: r.digest for a, r in desired.resources.items() if r.kind == "Experiment"}
-        observed = merge_runs(observed, registry.run_digests(), runs)
-        evaluations = {}
-        for address, resource in desired.resources.items():
-            if resource.kind != "Evaluation":
-                continue
-            suite = next((d for a, d in resource.inputs.items() if a.startswith("EvalSuite/")), "")
-            subject = next(
-                (d for a, d in resource.inputs.items() if a.startswith(("Experiment/", "Model/"))),
-                "",
-            )
-            evaluations[address] = (resource.digest, subject, suite)
-        observed = merge_evaluations(observed, registry.evaluated(), evaluations)
+        observed = observe_registry(observed, desired, open_registry(root))
     return observed
 
 

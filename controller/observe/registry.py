@@ -1,11 +1,14 @@
-"""Observation from the registry: stored Model versions and prepared Dataset versions."""
+"""Observation from the registry: stored models, prepared datasets, trained runs, evaluations."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from controller.plan.types import ObservedResource, ObservedState
+from controller.plan.types import DesiredState, ObservedResource, ObservedState
+
+if TYPE_CHECKING:
+    from controller.state.registry.store import Registry
 
 
 def merge_registry(
@@ -124,3 +127,30 @@ def merge_evaluations(
     return ObservedState(
         resources=resources, source=observed.source, kind_sources=dict(observed.kind_sources)
     )
+
+
+def observe_registry(
+    observed: ObservedState, desired: DesiredState, registry: Registry
+) -> ObservedState:
+    """Everything the registry knows, merged over the lock file's observation."""
+    resources = desired.resources
+    models = {
+        a: r.digest
+        for a, r in resources.items()
+        if r.kind == "Model" and r.spec.get("source", {}).get("type") != "experiment"
+    }
+    observed = merge_registry(observed, registry.version_digests(), models)
+    datasets = {a: r.digest for a, r in resources.items() if r.kind == "Dataset"}
+    observed = merge_datasets(observed, registry.datasets.observed(), datasets)
+    runs = {a: r.digest for a, r in resources.items() if r.kind == "Experiment"}
+    observed = merge_runs(observed, registry.run_digests(), runs)
+    evaluations = {}
+    for address, resource in resources.items():
+        if resource.kind != "Evaluation":
+            continue
+        suite = next((d for a, d in resource.inputs.items() if a.startswith("EvalSuite/")), "")
+        subject = next(
+            (d for a, d in resource.inputs.items() if a.startswith(("Experiment/", "Model/"))), ""
+        )
+        evaluations[address] = (resource.digest, subject, suite)
+    return merge_evaluations(observed, registry.evaluated(), evaluations)
