@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated
@@ -53,3 +54,23 @@ def open_registry_or_fail(root: Path):  # type: ignore[no-untyped-def]
         return open_registry(root)
     except RegistryUnavailable as err:
         raise fail(str(err)) from err
+
+
+def load_or_exit(root: Path, overrides: list[str] | None = None):  # type: ignore[no-untyped-def]
+    """The repository's specs resolved, or their diagnostics printed and exit 2."""
+    from controller.report.terminal import print_diagnostics
+    from controller.workspace import load_desired
+
+    loaded = load_desired(root, overrides=overrides)
+    if not loaded.ok:
+        print_diagnostics(err_console, loaded.diagnostics)
+        raise typer.Exit(Exit.INVALID)
+    return loaded
+
+
+def unknown(kind: str, name: str, known: Iterable[str]) -> typer.Exit:
+    """Exit 2 for a name that no spec of `kind` has, with a did-you-mean."""
+    from controller.load.diagnostics import did_you_mean
+
+    hint = did_you_mean(name, known)
+    return fail(f"no {kind} spec named '{name}'" + (f"; {hint}" if hint else ""), Exit.INVALID)

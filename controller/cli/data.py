@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,16 +10,16 @@ from rich.table import Table
 
 from controller.api import split_ref
 from controller.cli.common import (
-    Exit,
     JsonOption,
     RootOption,
     console,
     err_console,
     fail,
+    load_or_exit,
     open_registry_or_fail,
     resolve_root,
+    unknown,
 )
-from controller.report.terminal import print_diagnostics
 
 data_app = typer.Typer(help="Prepare, inspect and compare dataset versions.", no_args_is_help=True)
 
@@ -55,16 +54,6 @@ def print_steps(stats: dict[str, Any]) -> None:
     )
 
 
-def _loaded(top: Path):  # type: ignore[no-untyped-def]
-    from controller.workspace import load_desired
-
-    loaded = load_desired(top)
-    if not loaded.ok:
-        print_diagnostics(err_console, loaded.diagnostics)
-        raise typer.Exit(Exit.INVALID)
-    return loaded
-
-
 @data_app.command("prepare")
 def prepare_cmd(
     dataset: Annotated[str, typer.Argument(help="Dataset spec name.")],
@@ -74,19 +63,15 @@ def prepare_cmd(
 ) -> None:
     """Run the dataset's steps, write a version, track it with DVC; cached when unchanged."""
     from controller.apply.prepare import Preparer
-    from controller.load.diagnostics import did_you_mean
     from controller.state.dvc import DvcError
     from runners.data import PrepareError
     from runners.pull import PullError
 
     top = resolve_root(root)
-    loaded = _loaded(top)
+    loaded = load_or_exit(top)
     names = sorted(r.name for r in loaded.desired.resources.values() if r.kind == "Dataset")
     if dataset not in names:
-        hint = did_you_mean(dataset, names)
-        raise fail(
-            f"no Dataset spec named '{dataset}'" + (f"; {hint}" if hint else ""), Exit.INVALID
-        )
+        raise unknown("Dataset", dataset, names)
     preparer = Preparer(loaded, open_registry_or_fail(top), err_console)
     try:
         outcome = preparer.prepare(dataset, force=force)

@@ -16,24 +16,24 @@ from controller.cli.common import (
     console,
     err_console,
     fail,
+    load_or_exit,
     open_registry_or_fail,
     resolve_root,
+    unknown,
 )
-from controller.report.terminal import print_diagnostics
 
 eval_app = typer.Typer(
     help="Evaluate models on suites, compare them, decide gates.", no_args_is_help=True
 )
 
 
-def _evaluator(top: Path):  # type: ignore[no-untyped-def]
+def _evaluator(top: Path, suite: str):  # type: ignore[no-untyped-def]
     from controller.apply.evaluate import Evaluator
-    from controller.workspace import load_desired
 
-    loaded = load_desired(top)
-    if not loaded.ok:
-        print_diagnostics(err_console, loaded.diagnostics)
-        raise typer.Exit(Exit.INVALID)
+    loaded = load_or_exit(top)
+    suites = [r.name for r in loaded.desired.resources.values() if r.kind == "EvalSuite"]
+    if suite not in suites:
+        raise unknown("EvalSuite", suite, suites)
     return Evaluator(loaded, open_registry_or_fail(top), err_console)
 
 
@@ -83,7 +83,7 @@ def run(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a model; with a blessed baseline, also compare and apply the gates."""
-    evaluator = _evaluator(resolve_root(root))
+    evaluator = _evaluator(resolve_root(root), suite)
     try:
         outcome = evaluator.run(suite, model, force=force)
         comparison = (
@@ -133,7 +133,7 @@ def compare(
 ) -> None:
     """Every metric: baseline, candidate, difference, paired bootstrap interval, p, flips.
     Exit 1 when a gate fails."""
-    evaluator = _evaluator(resolve_root(root))
+    evaluator = _evaluator(resolve_root(root), suite)
     try:
         comparison = evaluator.compare(suite, baseline, candidate)
     except _errors() as err:
@@ -157,7 +157,7 @@ def bless_command(
 ) -> None:
     """Write the suite's baseline file from a model's results; review and commit it."""
     top = resolve_root(root)
-    evaluator = _evaluator(top)
+    evaluator = _evaluator(top, suite)
     try:
         path = evaluator.bless(suite, model)
     except _errors() as err:

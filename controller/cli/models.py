@@ -19,10 +19,11 @@ from controller.cli.common import (
     console,
     err_console,
     fail,
+    load_or_exit,
     open_registry_or_fail,
     resolve_root,
+    unknown,
 )
-from controller.report.terminal import print_diagnostics
 
 models_app = typer.Typer(
     help="Manage local models: the registry and its blob store.", no_args_is_help=True
@@ -99,28 +100,19 @@ def pull(
 ) -> None:
     """Import Model specs into the registry; a model already stored is not fetched again."""
     from controller.apply.pull import pull_model
-    from controller.workspace import load_desired
     from runners.pull import PullError
 
     top = resolve_root(root)
-    loaded = load_desired(top)
-    if not loaded.ok or loaded.desired is None:
-        print_diagnostics(err_console, loaded.diagnostics)
-        raise typer.Exit(Exit.INVALID)
+    loaded = load_or_exit(top)
     models = {
         r.name: r
         for r in loaded.desired.resources.values()
         if r.kind == "Model" and r.spec["source"]["type"] != "experiment"
     }
     wanted = names or sorted(models)
-    unknown = [n for n in wanted if n not in models]
-    if unknown:
-        from controller.load.diagnostics import did_you_mean
-
-        hint = did_you_mean(unknown[0], models)
-        raise fail(
-            f"no Model spec named '{unknown[0]}'" + (f"; {hint}" if hint else ""), Exit.INVALID
-        )
+    missing = [n for n in wanted if n not in models]
+    if missing:
+        raise unknown("Model", missing[0], models)
     registry = open_registry_or_fail(top)
     results = []
     failed = False

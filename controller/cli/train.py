@@ -15,10 +15,11 @@ from controller.cli.common import (
     console,
     err_console,
     fail,
+    load_or_exit,
     open_registry_or_fail,
     resolve_root,
+    unknown,
 )
-from controller.report.terminal import print_diagnostics
 
 
 def train_command(
@@ -39,28 +40,20 @@ def train_command(
     """Train the experiment's runs (all, or --variant); each result is a registered version."""
     from controller.apply.prepare import PrepareError
     from controller.apply.train import Trainer, TrainFailed, first_last_eval
-    from controller.load.diagnostics import did_you_mean
     from controller.state.dvc import DvcError
-    from controller.workspace import load_desired
     from runners.pull import PullError
 
     top = resolve_root(root)
-    loaded = load_desired(top, overrides=override)
-    if not loaded.ok:
-        print_diagnostics(err_console, loaded.diagnostics)
-        raise typer.Exit(Exit.INVALID)
+    loaded = load_or_exit(top, override)
     if experiment not in loaded.runs:
-        hint = did_you_mean(experiment, loaded.runs)
-        raise fail(
-            f"no Experiment spec named '{experiment}'" + (f"; {hint}" if hint else ""), Exit.INVALID
-        )
+        raise unknown("Experiment", experiment, loaded.runs)
     trainer = Trainer(loaded, open_registry_or_fail(top), err_console)
     runs = trainer.runs(experiment)
     wanted = variant or runs
-    unknown = [v for v in wanted if v not in runs]
-    if unknown:
+    missing = [v for v in wanted if v not in runs]
+    if missing:
         raise fail(
-            f"experiment '{experiment}' has no run '{unknown[0]}'; runs: {', '.join(runs)}",
+            f"experiment '{experiment}' has no run '{missing[0]}'; runs: {', '.join(runs)}",
             Exit.INVALID,
         )
     if show_job:
