@@ -57,6 +57,8 @@ class Preparer(ApplyStep):
             hit = self.registry.datasets.by_resource(name, resource.digest)
             if hit is not None:
                 folder = version_dir(self.registry, name, hit.version)
+                if not (folder / "stats.json").is_file():
+                    self._restore(name, hit, folder)
                 if (folder / "stats.json").is_file():
                     self._publish(name, folder, track=False)
                     return PrepareOutcome("cached", hit, folder)
@@ -97,6 +99,28 @@ class Preparer(ApplyStep):
             md5,
         )
         return PrepareOutcome("prepared", row, folder)
+
+    def _restore(self, name: str, hit: DatasetVersionRow, folder: Path) -> None:
+        """Fetch a version prepared elsewhere from the DVC remote instead of preparing it.
+
+        Only when the committed data/prepared/<name>.dvc names exactly that version.
+        """
+        dvc_file = self.root / PREPARED_DIR / f"{name}.dvc"
+        if not hit.dvc_md5 or not dvc_file.is_file() or dvc.dvc_md5(dvc_file) != hit.dvc_md5:
+            return
+        try:
+            dvc.pull(self.root, dvc_file)
+        except dvc.DvcError as err:
+            self.console.print(f"  {err}; preparing {name} again")
+            return
+        source = self.root / PREPARED_DIR / name
+        if (source / "stats.json").is_file():
+            tmp = folder.with_name(folder.name + ".restore")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(source, tmp)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, folder)
+            self.console.print(f"  restored {name}@{hit.version[7:19]} from the DVC remote")
 
     def _publish(self, name: str, folder: Path, track: bool) -> str | None:
         """Copy the version to data/prepared/<name>/ and track it with DVC."""

@@ -249,3 +249,16 @@ spec:
     assert steps[2]["generated"] + steps[2]["rejected_not_novel"] >= 3
     train = read_split(outcome.folder, "train")
     assert any(r["prompt"] == "Quick question: How do I change my avatar?" for r in train)
+
+
+def test_a_version_prepared_elsewhere_is_restored_from_the_dvc_remote(repo: Path) -> None:
+    """The local store and DVC cache are gone (another machine); the remote has the data."""
+    first = prepare(repo)
+    original = {p.name: p.read_bytes() for p in first.folder.iterdir()}
+    shutil.rmtree(first.folder)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "data/prepared/faq")
+    again = prepare(repo)
+    assert again.status == "cached"
+    assert {p.name: p.read_bytes() for p in again.folder.iterdir()} == original
+    assert len(open_registry(repo).datasets.history("faq")) == 1
