@@ -62,10 +62,8 @@ def prepare_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Run the dataset's steps, write a version, track it with DVC; cached when unchanged."""
+    from controller.apply.errors import permanent_errors
     from controller.apply.prepare import Preparer
-    from controller.state.dvc import DvcError
-    from runners.data import PrepareError
-    from runners.pull import PullError
 
     top = resolve_root(root)
     loaded = load_or_exit(top)
@@ -75,7 +73,7 @@ def prepare_cmd(
     preparer = Preparer(loaded, open_registry_or_fail(top), err_console)
     try:
         outcome = preparer.prepare(dataset, force=force)
-    except (PrepareError, PullError, DvcError) as err:
+    except permanent_errors() as err:
         raise fail(str(err)) from err
     version = outcome.version
     if as_json:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from controller.apply.errors import permanent_errors
 from controller.cli.common import (
     Exit,
     JsonOption,
@@ -35,15 +36,6 @@ def _evaluator(top: Path, suite: str):  # type: ignore[no-untyped-def]
     if suite not in suites:
         raise unknown("EvalSuite", suite, suites)
     return Evaluator(loaded, open_registry_or_fail(top), err_console)
-
-
-def _errors() -> tuple[type[Exception], ...]:
-    from controller.apply.prepare import PrepareError
-    from controller.state.dvc import DvcError
-    from runners.evaluate.run import EvalError
-    from runners.pull import PullError
-
-    return (EvalError, PullError, PrepareError, DvcError)
 
 
 def print_comparison(comparison) -> None:  # type: ignore[no-untyped-def]
@@ -89,7 +81,7 @@ def run(
         comparison = (
             evaluator.compare(suite, None, model) if evaluator.blessed(suite) is not None else None
         )
-    except _errors() as err:
+    except permanent_errors() as err:
         raise fail(str(err)) from err
     if as_json:
         print(
@@ -136,7 +128,7 @@ def compare(
     evaluator = _evaluator(resolve_root(root), suite)
     try:
         comparison = evaluator.compare(suite, baseline, candidate)
-    except _errors() as err:
+    except permanent_errors() as err:
         raise fail(str(err)) from err
     if as_json:
         print(json.dumps(comparison.as_dict(), indent=2))
@@ -160,7 +152,7 @@ def bless_command(
     evaluator = _evaluator(top, suite)
     try:
         path = evaluator.bless(suite, model)
-    except _errors() as err:
+    except permanent_errors() as err:
         raise fail(str(err)) from err
     shown = path.relative_to(top) if path.is_relative_to(top) else path
     console.print(

@@ -38,10 +38,8 @@ def train_command(
     as_json: JsonOption = False,
 ) -> None:
     """Train the experiment's runs (all, or --variant); each result is a registered version."""
-    from controller.apply.prepare import PrepareError
-    from controller.apply.train import Trainer, TrainFailed, first_last_eval
-    from controller.state.dvc import DvcError
-    from runners.pull import PullError
+    from controller.apply.errors import permanent_errors
+    from controller.apply.train import Trainer, first_last_eval
 
     top = resolve_root(root)
     loaded = load_or_exit(top, override)
@@ -69,7 +67,7 @@ def train_command(
     for run in wanted:
         try:
             outcomes.append(trainer.train(experiment, run, force=force))
-        except (TrainFailed, PrepareError, PullError, DvcError) as err:
+        except permanent_errors() as err:
             raise fail(str(err)) from err
     overlay = trainer.overlay(experiment, outcomes)
     rows = []
