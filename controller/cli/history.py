@@ -1,0 +1,235 @@
+"""CLI `llmops history`: a resource's changes from git, and what a deployment served when."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from controller.cli.common import (
+    Exit,
+    JsonOption,
+    RootOption,
+    console,
+    err_console,
+    fail,
+    resolve_root,
+)
+from controller.history import (
+    CommitInfo,
+    EntryDiff,
+    Evidence,
+    FieldChange,
+    GitHistory,
+    HistoryError,
+    ResourceChange,
+    Served,
+    Snapshot,
+    history,
+    snapshot,
+)
+from controller.plan.digest import canonical_json, short
+from controller.plan.planner import flatten
+
+
+def history_command(
+    resource: Annotated[
+        str,
+        typer.Argument(
+            help="Address such as Deployment/support-assistant (kind in any case), "
+            "or a name that only one resource has."
+        ),
+    ],
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help="Commit-ish (sha, branch, tag, HEAD~3): the resource as of that commit, "
+            "with the model a deployment served and its metrics.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Show only the newest N changes.")
+    ] = None,
+    root: RootOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Each change to a resource's spec and lock entry, from git alone: commit, author, PR,
+    digests, metrics, and the model version a deployment served."""
+    from git import GitCommandError
+
+    top = resolve_root(root)
+    try:
+        if at is not None:
+            found, git = snapshot(top, resource, at)
+            _warn(git)
+            if as_json:
+                print(json.dumps(asdict(found), indent=2, default=str))
+            else:
+                _print_snapshot(found)
+            return
+        target, changes, git = history(top, resource, limit=limit)
+    except HistoryError as err:
+        raise fail(str(err), Exit.INVALID) from err
+    except GitCommandError as err:
+        raise fail(f"git failed: {str(err.stderr).strip() or err}") from err
+    _warn(git)
+    spec_file = next((c.spec_file for c in changes if c.spec_file), None)
+    if as_json:
+        payload = {
+            "resource": target.address,
+            "spec_file": spec_file,
+            "shallow": git.shallow,
+            "changes": [asdict(c) for c in changes],
+        }
+        print(json.dumps(payload, indent=2, default=str))
+        return
+    where = f" ({spec_file})" if spec_file else ""
+    console.print(
+        Text.assemble((target.address, "bold"), f"{where}: {len(changes)} change(s), newest first")
+    )
+    for change in changes:
+        console.print()
+        _print_change(change)
+
+
+def _warn(git: GitHistory) -> None:
+    if git.shallow:
+        err_console.print(
+            "warning: shallow clone; older history is missing ('git fetch --unshallow')",
+            style="yellow",
+        )
+    for warning in git.warnings:
+        err_console.print(f"warning: {warning}", style="yellow")
+
+
+def _line(text: str, indent: int = 2) -> None:
+    console.print(" " * indent + text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _commit_header(info: CommitInfo) -> Text:
+    pr = f"PR #{info.pr}" if info.pr is not None else "no PR"
+    if info.merged_in:
+        pr += f" (merged in {info.merged_in[:7]})"
+    return Text.assemble(
+        (info.short, "yellow"),
+        f"  {info.date[:10]}  {info.author}  ",
+        (pr, "cyan"),
+        "  ",
+        info.subject,
+    )
+
+
+def _show(value: Any) -> str:
+    text = value if isinstance(value, str) else canonical_json(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field(change: FieldChange) -> str:
+    if change.change == "created":
+        return f"{change.field}: {_show(change.after)} (added)"
+    if change.change == "deleted":
+        return f"{change.field}: removed (was {_show(change.before)})"
+    return f"{change.field}: {_show(change.before)} -> {_show(change.after)}"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else _show(value)
+
+
+def _evidence(item: Evidence) -> str:
+    suite = f" ({item.suite})" if item.suite else ""
+    parts = []
+    for name in sorted(item.metrics.keys() | item.gates.keys()):
+        value = _number(item.metrics[name]) if name in item.metrics else "-"
+        gate = f" {item.gates[name]}" if name in item.gates else ""
+        parts.append(f"{name} {value}{gate}")
+    return f"{item.address}{suite}: {', '.join(parts)}"
+
+
+def _entry(diff: EntryDiff) -> list[str]:
+    if diff.change == "created":
+        return [f"{diff.address}: recorded, digest {short(diff.digest_after)}"]
+    if diff.change == "deleted":
+        return [f"{diff.address}: removed from the lock (was {short(diff.digest_before)})"]
+    lines = [f"{diff.address}: digest {short(diff.digest_before)} -> {short(diff.digest_after)}"]
+    if diff.digest_before == diff.digest_after:
+        lines = [f"{diff.address}: same digest"]
+    if diff.code_version:
+        lines.append(f"  runner {diff.code_version[0]} -> {diff.code_version[1]}")
+    lines += [f"  input {_field(c)}" for c in diff.inputs]
+    lines += [f"  outputs.{_field(c)}" for c in diff.outputs]
+    return lines
+
+
+def _print_results(
+    address: str, in_lock: bool, found: Served | None, evidence: list[Evidence]
+) -> None:
+    if not (address.startswith("Deployment/") and in_lock):
+        for item in evidence:
+            _line(f"metrics {_evidence(item)}")
+        return
+    if found is None:
+        _line("serves: not recorded (the lock entry has no outputs.version)")
+        return
+    _line(f"serves {found.version}")
+    for item in found.evidence:
+        _line(_evidence(item), 8)
+    if not found.evidence:
+        _line("no metrics for this version in the same lock", 8)
+
+
+def _print_change(change: ResourceChange) -> None:
+    console.print(_commit_header(change.commit), highlight=False)
+    if change.spec_change == "created":
+        _line(f"spec: created in {change.spec_file}")
+    elif change.spec_change == "deleted":
+        _line(f"spec: removed from {change.spec_file}")
+    else:
+        for item in change.spec:
+            _line(_field(item))
+    for diff in change.entries:
+        for index, text in enumerate(_entry(diff)):
+            _line(("lock " if index == 0 else "     ") + text)
+    _print_results(change.address, change.in_lock, change.served, change.evidence)
+
+
+def _print_snapshot(found: Snapshot) -> None:
+    info = found.commit
+    pr = f", PR #{info.pr}" if info.pr is not None else ""
+    console.print(
+        Text.assemble(
+            (found.address, "bold"),
+            " at ",
+            (info.short, "yellow"),
+            f" ({info.date[:10]}, {info.author}{pr}: {info.subject})",
+        ),
+        highlight=False,
+    )
+    if not found.entries:
+        _line("not in llmops.lock at this commit (not applied yet, or removed)")
+    for address, entry in sorted(found.entries.items()):
+        runner = f" (runner {entry['code_version']})" if entry.get("code_version") else ""
+        _line(f"{address}: digest {short(entry.get('digest'))}{runner}")
+        outputs = {
+            k: v
+            for k, v in flatten(entry.get("outputs") or {}).items()
+            if not k.startswith(("metrics.", "gates."))
+        }
+        if outputs:
+            _line("outputs " + ", ".join(f"{k} {_show(v)}" for k, v in outputs.items()), 4)
+    _print_results(found.address, bool(found.entries), found.served, found.evidence)
+    last = found.last_change
+    if last is None:
+        _line("no change to it in the history of this commit")
+        return
+    info = last.commit
+    pr = f", PR #{info.pr}" if info.pr is not None else ""
+    merged = f" (merged in {info.merged_in[:7]})" if info.merged_in else ""
+    _line(
+        f"last changed in {info.short} by {info.author} on {info.date[:10]}{pr}{merged}: "
+        f"{info.subject}"
+    )

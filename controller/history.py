@@ -1,0 +1,571 @@
+"""History: each change to one resource's spec document and lock entry, read from git alone."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from controller.api import KINDS
+from controller.load.diagnostics import did_you_mean
+from controller.plan.digest import canonical_json
+from controller.plan.planner import flatten
+from controller.state.lockfile import LOCK_FILE
+
+if TYPE_CHECKING:
+    from git import Commit, Tree
+
+# Addresses are `Kind/name`; runs and evaluations add `/<run>` to the Experiment's name.
+ADDRESS_KINDS = (
+    "Model",
+    "Dataset",
+    "EvalSuite",
+    "Experiment",
+    "Evaluation",
+    "Deployment",
+    "Pipeline",
+)
+_MERGE_PR = re.compile(r"^Merge pull request #(\d+) from ")
+_SQUASH_PR = re.compile(r"\(#(\d+)\)\s*$")
+
+Change = Literal["created", "changed", "deleted"]
+
+
+class HistoryError(Exception):
+    """The question cannot be answered (unknown resource, not a repository); says what to do."""
+
+
+# ---- pure parts -------------------------------------------------------------------------
+
+
+def pr_number(subject: str) -> int | None:
+    """The pull request a commit subject names: GitHub merge commits and squash merges."""
+    found = _MERGE_PR.match(subject) or _SQUASH_PR.search(subject)
+    return int(found.group(1)) if found else None
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    field: str
+    change: Change
+    before: Any = None
+    after: Any = None
+
+
+def diff_fields(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+) -> list[FieldChange]:
+    """Flattened fields that differ (`spec.training.lora.r`), sorted by field."""
+    old, new = flatten(before or {}), flatten(after or {})
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        if key not in old:
+            changes.append(FieldChange(key, "created", after=new[key]))
+        elif key not in new:
+            changes.append(FieldChange(key, "deleted", before=old[key]))
+        elif canonical_json(old[key]) != canonical_json(new[key]):
+            changes.append(FieldChange(key, "changed", old[key], new[key]))
+    return changes
+
+
+@dataclass(frozen=True)
+class EntryDiff:
+    """How one lock entry differs between a commit's parent and the commit."""
+
+    address: str
+    change: Change
+    digest_before: str | None
+    digest_after: str | None
+    code_version: tuple[str | None, str | None] | None = None
+    inputs: list[FieldChange] = field(default_factory=list)
+    spec: list[FieldChange] = field(default_factory=list)
+    outputs: list[FieldChange] = field(default_factory=list)
+
+
+def diff_entry(
+    address: str, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+) -> EntryDiff | None:
+    """None when the entry is the same (or absent) on both sides."""
+    if before is None and after is None:
+        return None
+    if before is not None and after is not None and canonical_json(before) == canonical_json(after):
+        return None
+    old, new = before or {}, after or {}
+    change: Change = "created" if before is None else "deleted" if after is None else "changed"
+    code = (old.get("code_version"), new.get("code_version"))
+    return EntryDiff(
+        address=address,
+        change=change,
+        digest_before=old.get("digest"),
+        digest_after=new.get("digest"),
+        code_version=code if change == "changed" and code[0] != code[1] else None,
+        inputs=diff_fields(old.get("inputs"), new.get("inputs")),
+        spec=diff_fields(old.get("spec"), new.get("spec")),
+        outputs=diff_fields(old.get("outputs"), new.get("outputs")),
+    )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Metrics one lock entry records: an experiment run's, a model's, or an evaluation's."""
+
+    address: str
+    version: str | None
+    metrics: dict[str, Any]
+    suite: str | None = None
+    gates: dict[str, str] = field(default_factory=dict)
+
+
+def evidence(address: str, entry: Mapping[str, Any]) -> Evidence | None:
+    """The metrics an entry records, or None when it records none."""
+    outputs = entry.get("outputs") or {}
+    metrics, gates = outputs.get("metrics") or {}, outputs.get("gates") or {}
+    if not isinstance(metrics, dict) or not isinstance(gates, dict) or not (metrics or gates):
+        return None
+    version = outputs.get("subject", outputs.get("version"))
+    suite = outputs.get("suite")
+    return Evidence(
+        address,
+        version if isinstance(version, str) else None,
+        dict(metrics),
+        suite if isinstance(suite, str) else None,
+        {str(k): str(v) for k, v in gates.items()},
+    )
+
+
+@dataclass(frozen=True)
+class Served:
+    """The model version a deployment served, and the metrics the same lock records for it."""
+
+    version: str
+    evidence: list[Evidence]
+
+
+def served(resources: Mapping[str, Mapping[str, Any]], address: str) -> Served | None:
+    """What the Deployment at `address` served according to one lock's resources."""
+    entry = resources.get(address)
+    if not entry or entry.get("kind") != "Deployment":
+        return None
+    version = (entry.get("outputs") or {}).get("version")
+    if not isinstance(version, str):
+        return None
+    found = []
+    for other in sorted(resources):
+        outputs = resources[other].get("outputs") or {}
+        # Evaluations name the version they measured as subject; runs and models as version.
+        if version in (outputs.get("subject"), outputs.get("version")) and other != address:
+            shown = evidence(other, resources[other])
+            if shown is not None:
+                found.append(shown)
+    return Served(version, found)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resource address and the spec document that declares it."""
+
+    address: str
+
+    @property
+    def kind(self) -> str:
+        return self.address.split("/", 1)[0]
+
+    @property
+    def document(self) -> tuple[str, str]:
+        """(kind, metadata.name): runs and evaluations come from their Experiment document."""
+        name = self.address.split("/", 1)[1]
+        if self.kind in ("Experiment", "Evaluation"):
+            return "Experiment", name.split("/", 1)[0]
+        return self.kind, name
+
+    def tracks(self, address: str) -> bool:
+        """`Experiment/x` also covers its runs `Experiment/x/<run>`."""
+        return address == self.address or address.startswith(self.address + "/")
+
+
+def match_resource(text: str, known: Iterable[str]) -> str | None:
+    """The address `text` names among `known`: `Kind/name` in any case, or a unique bare name.
+
+    None when nothing matches; HistoryError when a bare name matches several kinds.
+    """
+    addresses = set(known)
+    kind, _, rest = text.partition("/")
+    canonical = {k.lower(): k for k in ADDRESS_KINDS}.get(kind.lower())
+    if canonical and rest:
+        wanted = f"{canonical}/{rest}"
+        if wanted in addresses or any(a.startswith(wanted + "/") for a in addresses):
+            return wanted
+    named = sorted(a for a in addresses if a.split("/", 1)[1:] == [text])
+    if len(named) > 1:
+        raise HistoryError(
+            f"'{text}' names several resources: {', '.join(named)}; "
+            f"give the kind, e.g. '{named[0]}'"
+        )
+    return named[0] if named else None
+
+
+def unknown_message(text: str, known: Iterable[str]) -> str:
+    """Unknown-resource error with the closest address, matched by name for a bare name."""
+    addresses = sorted(set(known))
+    if "/" in text:
+        hint = did_you_mean(text, addresses)
+    else:
+        by_name = {a.split("/", 1)[1]: a for a in addresses}
+        close = difflib.get_close_matches(text, sorted(by_name), n=1, cutoff=0.6)
+        hint = f"did you mean '{by_name[close[0]]}'?" if close else ""
+    shown = hint or (
+        "addresses look like 'Deployment/<name>' or 'Experiment/<name>/<run>'; "
+        "'llmops plan' lists them"
+    )
+    return f"no resource '{text}' in llmops.lock or specs/, now or in the git history; {shown}"
+
+
+def landings(parents: Mapping[str, tuple[str, ...]], head: str) -> dict[str, str]:
+    """For every commit reachable from `head`, the first-parent commit that brought it in.
+
+    A commit on the first-parent line lands as itself; a commit of a merged branch lands with
+    the merge. Merges are visited oldest first, and a branch walk stops at commits already
+    placed, so each commit belongs to the first merge that made it reachable.
+    """
+    line, commit = [], head
+    while commit:
+        line.append(commit)
+        first = parents.get(commit, ())
+        commit = first[0] if first else ""
+    placed = {c: c for c in line}
+    for merge in reversed(line):
+        stack = list(parents.get(merge, ())[1:])
+        while stack:
+            commit = stack.pop()
+            if commit in placed:
+                continue
+            placed[commit] = merge
+            stack.extend(parents.get(commit, ()))
+    return placed
+
+
+# ---- reading git --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    commit: str
+    short: str
+    author: str
+    email: str
+    date: str
+    subject: str
+    pr: int | None
+    merged_in: str | None = None  # the merge commit that brought a branch commit in
+
+
+@dataclass(frozen=True)
+class ResourceChange:
+    """One commit's change to the resource, and what the lock recorded for it afterwards."""
+
+    address: str
+    commit: CommitInfo
+    spec_file: str | None
+    spec_change: Change | None
+    spec: list[FieldChange]
+    entries: list[EntryDiff]
+    evidence: list[Evidence]
+    served: Served | None
+    in_lock: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The resource as of one commit: its lock entries, what it served, its last change."""
+
+    address: str
+    commit: CommitInfo
+    spec_file: str | None
+    entries: dict[str, dict[str, Any]]
+    evidence: list[Evidence]
+    served: Served | None
+    last_change: ResourceChange | None
+
+
+@dataclass(frozen=True)
+class _State:
+    spec_file: str | None
+    document: dict[str, Any] | None
+    entries: dict[str, dict[str, Any]]
+    resources: dict[str, dict[str, Any]]
+
+    def same(self, other: _State) -> bool:
+        return canonical_json([self.document, self.entries]) == canonical_json(
+            [other.document, other.entries]
+        )
+
+
+_EMPTY = _State(None, None, {}, {})
+_SPEC_SUFFIXES = (".yaml", ".yml")
+
+
+class GitHistory:
+    """Resource history of the git repository holding `root` (the folder with specs/)."""
+
+    def __init__(self, root: Path) -> None:
+        try:
+            from git import InvalidGitRepositoryError, NoSuchPathError, Repo
+        except ImportError as err:  # GitPython raises this when no git executable is found
+            raise HistoryError(f"git cannot be run: {err}; install git") from err
+        try:
+            self.repo: Repo = Repo(root, search_parent_directories=True)
+        except (InvalidGitRepositoryError, NoSuchPathError) as err:
+            raise HistoryError(
+                f"{root} is not in a git repository; history is read from git, "
+                "so run this in a clone of the spec repository"
+            ) from err
+        if self.repo.working_tree_dir is None:
+            raise HistoryError(f"{root} is a bare git repository; run this in a clone")
+        top = Path(self.repo.working_tree_dir).resolve()
+        inner = root.resolve().relative_to(top).as_posix()
+        self.prefix = "" if inner == "." else inner + "/"
+        if not self.repo.head.is_valid():
+            raise HistoryError("the git repository has no commits yet; commit the specs first")
+        self.shallow = (Path(self.repo.git_dir) / "shallow").exists()
+        self.warnings: list[str] = []
+        self._locks: dict[str, dict[str, dict[str, Any]]] = {}
+        self._docs: dict[str, list[dict[str, Any]]] = {}
+        self._found: dict[tuple[str, str, str], tuple[str, dict[str, Any]] | None] = {}
+        self._states: dict[tuple[str, str], _State] = {}
+        self._landings: dict[str, dict[str, str]] = {}
+
+    # -- questions --
+
+    def commit(self, rev: str) -> Commit:
+        from git import BadName, GitCommandError
+
+        try:
+            return self.repo.commit(rev)
+        except (BadName, ValueError, GitCommandError) as err:
+            raise HistoryError(
+                f"unknown commit '{rev}'; give a sha, branch, tag or HEAD~n ('git log' lists them)"
+            ) from err
+
+    def resolve(self, text: str, commit: Commit) -> Target:
+        """The resource `text` names at `commit`, or among every address in its lock history."""
+        known = self._addresses(commit)
+        address = match_resource(text, known)
+        if address is None:
+            for older in self.repo.iter_commits(commit.hexsha, paths=self.prefix + LOCK_FILE):
+                known |= set(self._lock(older))
+            address = match_resource(text, known)
+        if address is None:
+            raise HistoryError(unknown_message(text, known))
+        return Target(address)
+
+    def changes(self, target: Target, commit: Commit) -> Iterator[ResourceChange]:
+        """Each commit reachable from `commit` that changed the resource, newest first."""
+        paths = [self.prefix + LOCK_FILE, self.prefix + "specs"]
+        for candidate in self.repo.iter_commits(commit.hexsha, paths=paths):
+            after = self._state(candidate, target)
+            befores = [self._state(p, target) for p in candidate.parents] or [_EMPTY]
+            # A merge that took the resource from one side unchanged is not a change of its own.
+            if any(after.same(before) for before in befores):
+                continue
+            yield self._change(candidate, befores[0], after, target, commit)
+
+    def at(self, target: Target, commit: Commit) -> Snapshot:
+        state = self._state(commit, target)
+        return Snapshot(
+            address=target.address,
+            commit=self._info(commit, commit),
+            spec_file=state.spec_file,
+            entries=state.entries,
+            evidence=_evidence(state.entries),
+            served=served(state.resources, target.address),
+            last_change=next(self.changes(target, commit), None),
+        )
+
+    # -- reading one commit --
+
+    def _change(
+        self, commit: Commit, before: _State, after: _State, target: Target, head: Commit
+    ) -> ResourceChange:
+        spec_change: Change | None = None
+        if before.document != after.document:
+            spec_change = (
+                "created"
+                if before.document is None
+                else "deleted"
+                if after.document is None
+                else "changed"
+            )
+        entries = [
+            diff
+            for address in sorted(before.entries.keys() | after.entries.keys())
+            if (
+                diff := diff_entry(address, before.entries.get(address), after.entries.get(address))
+            )
+        ]
+        return ResourceChange(
+            address=target.address,
+            commit=self._info(commit, head),
+            spec_file=after.spec_file or before.spec_file,
+            spec_change=spec_change,
+            spec=diff_fields(before.document, after.document),
+            entries=entries,
+            evidence=_evidence(after.entries),
+            served=served(after.resources, target.address),
+            in_lock=bool(after.entries),
+        )
+
+    def _info(self, commit: Commit, head: Commit) -> CommitInfo:
+        subject = _text(commit.summary)
+        pr, merged_in = pr_number(subject), None
+        landed = self._landed(head).get(commit.hexsha, commit.hexsha)
+        if landed != commit.hexsha:
+            merge = self.repo.commit(landed)
+            merged_in = landed
+            pr = pr_number(_text(merge.summary)) or pr
+        return CommitInfo(
+            commit=commit.hexsha,
+            short=commit.hexsha[:7],
+            author=str(commit.author.name),
+            email=str(commit.author.email),
+            date=commit.authored_datetime.isoformat(),
+            subject=subject,
+            pr=pr,
+            merged_in=merged_in,
+        )
+
+    def _landed(self, head: Commit) -> dict[str, str]:
+        if head.hexsha not in self._landings:
+            graph: dict[str, tuple[str, ...]] = {}
+            for line in self.repo.git.rev_list("--parents", head.hexsha).splitlines():
+                commit, *parents = line.split()
+                graph[commit] = tuple(parents)
+            self._landings[head.hexsha] = landings(graph, head.hexsha)
+        return self._landings[head.hexsha]
+
+    def _state(self, commit: Commit, target: Target) -> _State:
+        key = (commit.hexsha, target.address)
+        if key not in self._states:
+            resources = self._lock(commit)
+            found = self._document(commit, *target.document)
+            self._states[key] = _State(
+                spec_file=found[0] if found else None,
+                document=found[1] if found else None,
+                entries={a: e for a, e in resources.items() if target.tracks(a)},
+                resources=resources,
+            )
+        return self._states[key]
+
+    def _lock(self, commit: Commit) -> dict[str, dict[str, Any]]:
+        """The lock's resources at `commit`; {} when absent or unreadable (with a warning)."""
+        try:
+            blob = commit.tree / (self.prefix + LOCK_FILE)
+        except KeyError:
+            return {}
+        if blob.hexsha not in self._locks:
+            resources: dict[str, dict[str, Any]] = {}
+            try:
+                data = json.loads(blob.data_stream.read())
+                found = data.get("resources") if isinstance(data, dict) else None
+                if isinstance(found, dict):
+                    resources = {a: e for a, e in found.items() if isinstance(e, dict)}
+                else:
+                    self.warnings.append(f"{commit.hexsha[:7]}: {LOCK_FILE} has no resources")
+            except (ValueError, UnicodeDecodeError) as err:
+                self.warnings.append(f"{commit.hexsha[:7]}: {LOCK_FILE} is not JSON ({err})")
+            self._locks[blob.hexsha] = resources
+        return self._locks[blob.hexsha]
+
+    def _specs_tree(self, commit: Commit) -> Tree | None:
+        try:
+            return commit.tree / (self.prefix + "specs")
+        except KeyError:
+            return None
+
+    def _document(self, commit: Commit, kind: str, name: str) -> tuple[str, dict[str, Any]] | None:
+        """(file, document) declaring kind/name; its kind's folder first, then all of specs/."""
+        specs = self._specs_tree(commit)
+        if specs is None:
+            return None
+        folder = KINDS[kind].FOLDER
+        trees = [specs / folder] if folder in specs else []
+        for tree in [*trees, specs]:
+            key = (tree.hexsha, kind, name)
+            if key not in self._found:
+                self._found[key] = next(
+                    (
+                        (path, doc)
+                        for path, doc in self._documents(tree)
+                        if doc.get("kind") == kind and _name(doc) == name
+                    ),
+                    None,
+                )
+            if self._found[key] is not None:
+                return self._found[key]
+        return None
+
+    def _documents(self, tree: Tree) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every spec document under `tree`, skipping `_presets`-style and hidden folders."""
+        from controller.load.yaml_source import parse_documents
+
+        for item in tree.traverse(
+            predicate=lambda i, _d: i.type == "blob" and i.path.endswith(_SPEC_SUFFIXES),
+            prune=lambda i, _d: i.type == "tree" and i.name.startswith(("_", ".")),
+        ):
+            if item.hexsha not in self._docs:
+                try:
+                    text = item.data_stream.read().decode("utf-8")
+                except UnicodeDecodeError:
+                    text = ""
+                parsed, _ = parse_documents(text, item.path)
+                self._docs[item.hexsha] = [d.data for d in parsed if isinstance(d.data, dict)]
+            shown = item.path.removeprefix(self.prefix)
+            for doc in self._docs[item.hexsha]:
+                yield shown, doc
+
+    def _addresses(self, commit: Commit) -> set[str]:
+        known = set(self._lock(commit))
+        specs = self._specs_tree(commit)
+        if specs is not None:
+            for _, doc in self._documents(specs):
+                if doc.get("kind") in ADDRESS_KINDS and isinstance(_name(doc), str):
+                    known.add(f"{doc['kind']}/{_name(doc)}")
+        return known
+
+
+def _name(doc: Mapping[str, Any]) -> Any:
+    metadata = doc.get("metadata")
+    return metadata.get("name") if isinstance(metadata, dict) else None
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _evidence(entries: Mapping[str, Mapping[str, Any]]) -> list[Evidence]:
+    return [e for a in sorted(entries) if (e := evidence(a, entries[a])) is not None]
+
+
+def history(
+    root: Path, resource: str, rev: str = "HEAD", limit: int | None = None
+) -> tuple[Target, list[ResourceChange], GitHistory]:
+    """The resource's changes reachable from `rev`, newest first (at most `limit`)."""
+    git = GitHistory(root)
+    start = git.commit(rev)
+    target = git.resolve(resource, start)
+    found = []
+    for change in git.changes(target, start):
+        found.append(change)
+        if limit is not None and len(found) >= limit:
+            break
+    return target, found, git
+
+
+def snapshot(root: Path, resource: str, rev: str) -> tuple[Snapshot, GitHistory]:
+    """The resource as of `rev`: which model a deployment served then, with its metrics."""
+    git = GitHistory(root)
+    start = git.commit(rev)
+    return git.at(git.resolve(resource, start), start), git
