@@ -37,7 +37,8 @@ class FakeGitHub:
     `token_login` is whom the token belongs to; `installation_token=True` makes GET /user
     answer 403 like GitHub does for the Actions GITHUB_TOKEN, whose comments are written by
     the `github-actions[bot]` account. `read_only=True` refuses every write with 403, as
-    GitHub does for the read-only token of a pull request from a fork.
+    GitHub does for the read-only token of a pull request from a fork; `rate_limited=True`
+    answers every request like GitHub once the hourly limit is spent.
     """
 
     token: str = "ghp_fake0123456789"
@@ -46,6 +47,7 @@ class FakeGitHub:
     token_login: str = "llmops-ci"
     installation_token: bool = False
     read_only: bool = False
+    rate_limited: bool = False
     pulls: tuple[int, ...] = (7,)
     commits: tuple[str, ...] = ("a" * 40,)
     comments: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -356,6 +358,10 @@ class FakeGitHub:
         self, base: str, method: str, path: str, query: dict[str, list[str]], body: Any
     ) -> tuple[int, Any, dict[str, str]]:
         not_found = (404, {"message": "Not Found", "documentation_url": DOCS}, {})
+        if self.rate_limited:
+            message = "API rate limit exceeded for installation ID 1."
+            headers = {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1767326400"}
+            return 403, {"message": message, "documentation_url": DOCS}, headers
         if path == "/user" and method == "GET":
             if self.installation_token:
                 message = "Resource not accessible by integration"

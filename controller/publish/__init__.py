@@ -13,6 +13,7 @@ from controller.publish.github import (
     fit_comment,
     gate_context,
     post_report,
+    publish,
     set_statuses,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "fit_comment",
     "gate_context",
     "post_report",
+    "publish",
     "set_statuses",
 ]

@@ -275,6 +275,28 @@ def set_statuses(
             )
 
 
+def publish(markdown: str, statuses: Sequence[GateStatus], context: GitHubContext) -> PostedComment:
+    """What `llmops report --post` does: the comment (linking the run), then the statuses."""
+    if context.pull_number is None or context.sha is None:
+        raise PublishError("publishing needs a pull request number and its head commit SHA")
+    posted = post_report(
+        markdown,
+        repository=context.repository,
+        pull_number=context.pull_number,
+        token=context.token,
+        api_url=context.api_url,
+        full_report_url=context.run_url,
+    )
+    set_statuses(
+        statuses,
+        repository=context.repository,
+        sha=context.sha,
+        token=context.token,
+        api_url=context.api_url,
+    )
+    return posted
+
+
 def _client(token: str, api_url: str) -> github3.GitHub:
     if not token.strip():
         raise PublishError(f"no GitHub token; {_TOKEN_HELP}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from controller.publish import (
@@ -10,8 +13,10 @@ from controller.publish import (
     PLAN_CONTEXT,
     GateStatus,
     PublishError,
+    context_from_environment,
     gate_context,
     post_report,
+    publish,
     set_statuses,
 )
 from tests.fake_github import FakeGitHub
@@ -193,9 +198,40 @@ def test_a_read_only_token_gets_one_line_naming_the_permissions() -> None:
     assert fake.comments == {}
 
 
+def test_a_spent_rate_limit_says_when_it_resets() -> None:
+    fake = FakeGitHub(rate_limited=True)
+    with serve(fake.handler()) as url, pytest.raises(PublishError) as caught:
+        post(fake, url, "x")
+    assert str(caught.value) == (
+        "GitHub's API rate limit is used up (403) while reading the comments of "
+        "acme/llm-specs#7; it resets at 04:00 UTC"
+    )
+
+
 def test_an_unreachable_api_is_named() -> None:
     fake = FakeGitHub()
     with serve(fake.handler()) as url:
         pass
     with pytest.raises(PublishError, match=rf"could not reach GitHub at {url} while reading"):
         post(fake, url, "x")
+
+
+def test_publish_posts_the_comment_linking_the_run_and_sets_the_statuses(tmp_path: Path) -> None:
+    fake = FakeGitHub()
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"number": 7, "head": {"sha": SHA}}}))
+    gates = [GateStatus(gate_context("s", "t", "m"), "failure", "0.40 < 0.50")]
+    with serve(fake.handler()) as url:
+        env = {
+            "GITHUB_TOKEN": fake.token,
+            "GITHUB_REPOSITORY": "acme/llm-specs",
+            "GITHUB_API_URL": url,
+            "GITHUB_EVENT_PATH": str(event),
+            "GITHUB_RUN_ID": "42",
+        }
+        posted = publish("x" * (COMMENT_LIMIT + 1), gates, context_from_environment(env))
+
+    assert "https://github.com/acme/llm-specs/actions/runs/42" in fake.comments[posted.id]["body"]
+    assert [(s["context"], s["state"]) for s in fake.statuses[SHA]] == [
+        ("llmops/gate/s/t/m", "failure")
+    ]
