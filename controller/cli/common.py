@@ -19,6 +19,7 @@ class Exit(IntEnum):
     FAILED = 1
     INVALID = 2
     CHANGES_PENDING = 3
+    BUSY = 4
 
 
 # Piped output (CI logs) gets a wide fixed width so tables stay readable.

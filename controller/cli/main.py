@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from controller import __version__
+from controller.cli.apply import apply_command
 from controller.cli.common import (
     Exit,
     JsonOption,
@@ -40,6 +41,7 @@ app.add_typer(data_app, name="data")
 app.command("train")(train_command)
 app.add_typer(eval_app, name="eval")
 app.command("bless")(bless_command)
+app.command("apply")(apply_command)
 OverrideOption = Annotated[
     list[str] | None,
     typer.Option(

@@ -22,7 +22,10 @@ def merge_registry(
     digest), with the newest version's digest when it has others, and not at all when the
     registry has no version, so the plan pulls it.
     """
-    resources = {a: r for a, r in observed.resources.items() if r.kind != "Model"}
+    # Models an experiment produces are not pulled: the lock file alone records them.
+    resources = {
+        a: r for a, r in observed.resources.items() if r.kind != "Model" or a not in desired_digests
+    }
     for address, desired_digest in desired_digests.items():
         name = address.split("/", 1)[1]
         stored = versions.get(name, [])

@@ -57,7 +57,8 @@ def fetch_gguf_path(source: dict[str, Any], dest: Path, options: FetchOptions) -
     return convert_gguf(path, dest, options)
 
 
-def fetch_package(source: dict[str, Any], dest: Path, options: FetchOptions) -> dict[str, Any]:
+def package_file(source: dict[str, Any]) -> Path:
+    """The file a python-package source names, in the installed, pinned distribution."""
     package, wanted = source["package"], source["version"]
     try:
         dist = importlib.metadata.distribution(package)
@@ -74,6 +75,12 @@ def fetch_package(source: dict[str, Any], dest: Path, options: FetchOptions) -> 
     path = Path(str(dist.locate_file(source["file"])))
     if not path.is_file():
         raise PullError(f"package {package} {wanted} has no file '{source['file']}'")
+    return path
+
+
+def fetch_package(source: dict[str, Any], dest: Path, options: FetchOptions) -> dict[str, Any]:
+    package, wanted = source["package"], source["version"]
+    path = package_file(source)
     if path.suffix.lower() == ".gguf":
         from runners.pull.gguf import convert_gguf
 

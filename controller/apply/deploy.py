@@ -1,0 +1,221 @@
+"""Apply, deployment: turn a Deployment spec into a runtime config and roll it out on its target."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controller.api import split_ref
+from controller.apply.context import ApplyStep
+from controller.apply.evaluate import Evaluator
+from controller.apply.pull import ensure_model
+from runners.deploy import local
+from runners.deploy.local import DeployError
+
+SERVE_API_KEY_ENV = "LLMOPS_SERVE_API_KEY"
+
+
+def deployment_dir(state_root: Path, name: str) -> Path:
+    return state_root / "deployments" / name
+
+
+class Deployer(ApplyStep):
+    """Rolls Deployment specs out: local processes, docker build contexts, KServe."""
+
+    def spec(self, name: str) -> dict[str, Any]:
+        resource = self.desired.resources.get(f"Deployment/{name}")
+        if resource is None:
+            raise DeployError(f"no Deployment spec named '{name}'")
+        return dict(resource.spec)
+
+    def api_key(self, name: str, spec: dict[str, Any]) -> str | None:
+        ref = spec.get("api_key")
+        if not ref:
+            return None
+        if ref.get("secret"):
+            if spec["target"] == "kserve":
+                return None  # the cluster reads it from the Secret
+            raise DeployError(
+                f"Deployment {name}: api_key {{secret: {ref['secret']}}} names a Kubernetes "
+                "secret, which only target kserve can read; use {env: VARIABLE} for "
+                f"target {spec['target']}"
+            )
+        value = os.environ.get(ref["env"])
+        if not value:
+            raise DeployError(
+                f"Deployment {name}: api_key names the environment variable {ref['env']}, "
+                f"which is not set; export {ref['env']}=<key> and apply again"
+            )
+        return value
+
+    def smoke_prompts(self, spec: dict[str, Any]) -> list[str]:
+        """The first prompts of the smoke suite's first generation task (readiness check)."""
+        suite_name = spec.get("smoke_suite")
+        if not suite_name:
+            return []
+        evaluator = Evaluator(self.loaded, self.registry, self.console)
+        suite = evaluator.suite(suite_name)
+        count = int(suite.get("smoke_prompts") or 3)
+        data = evaluator.task_data(suite)
+        for task in suite["tasks"]:
+            if task["type"] != "generate_until" or task["name"] not in data:
+                continue
+            prompts = []
+            with data[task["name"]].open(encoding="utf-8") as handle:
+                for line in handle:
+                    if line.strip():
+                        prompts.append(task["prompt"].format_map(json.loads(line)))
+                    if len(prompts) == count:
+                        break
+            return prompts
+        return []
+
+    def gguf_path(self, name: str, spec: dict[str, Any]) -> str | None:
+        """llama.cpp serves the GGUF file a Model spec was imported from."""
+        if spec["runtime"] != "llama-cpp":
+            return None
+        model = self.desired.resources.get(f"Model/{split_ref(spec['model'])[0]}")
+        source = dict(model.spec["source"]) if model else {}
+        if source.get("type") == "gguf":
+            return str(self.root / source["path"])
+        if source.get("type") == "python-package":
+            from runners.pull.sources import package_file
+
+            return str(package_file(source))
+        raise DeployError(
+            f"Deployment {name}: runtime llama-cpp serves GGUF files, and {spec['model']} was "
+            "not imported from one; use runtime transformers"
+        )
+
+    def runtime_config(self, name: str, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """The runtime's config (runners/serve) for this deployment, and the version served."""
+        version, path = ensure_model(
+            spec["model"], dict(self.desired.resources), self.registry, self.root, self.console
+        )
+        ref = f"{version.model.name}@{version.number}"
+        collect = dict(spec.get("collect") or {})
+        store = collect.pop("into", None)
+        collect["dir"] = str(self.registry.paths.root / "collected" / store) if store else None
+        config = {
+            "name": name,
+            "model_version": ref,
+            "model_dir": str(path),
+            "backend": spec["runtime"],
+            "gguf_path": self.gguf_path(name, spec),
+            "host": "127.0.0.1",
+            "public_port": spec["port"],
+            "api_key_env": SERVE_API_KEY_ENV if spec.get("api_key") else None,
+            "limits": dict(spec["limits"]),
+            "collect": collect,
+            "smoke": {"prompts": self.smoke_prompts(spec), "max_tokens": 16},
+        }
+        return config, ref
+
+    def deploy(self, name: str, previous: dict[str, Any]) -> dict[str, Any]:
+        spec = self.spec(name)
+        target = spec["target"]
+        if target == "local":
+            return self._deploy_local(name, spec)
+        if target == "docker":
+            return self._deploy_docker(name, spec)
+        return self._deploy_kserve(name, spec, previous)
+
+    def _deploy_local(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        config, ref = self.runtime_config(name, spec)
+        key = self.api_key(name, spec)
+        env = {SERVE_API_KEY_ENV: key} if key else {}
+        # The key's hash is part of the digest so rotating it restarts the server.
+        digest = hashlib.sha256(
+            json.dumps(
+                {"config": config, "key": hashlib.sha256((key or "").encode()).hexdigest()},
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
+
+        def check(port: int) -> str | None:
+            return chat_check(port, name, key)
+
+        folder = deployment_dir(self.registry.paths.root, name)
+        with self.console.status(f"  starting {ref} for {name}") as status:
+            state, happened = local.rollout(
+                name,
+                ref,
+                config,
+                folder,
+                env,
+                digest,
+                check=check,
+                tick=lambda s: status.update(f"  starting {ref} for {name} ({s:.0f} s)"),
+            )
+        self.console.print(f"  {name}: {happened} {ref} at {state.endpoint}/v1 (pid {state.pid})")
+        return {
+            "version": ref,
+            "target": "local",
+            "endpoint": f"{state.endpoint}/v1",
+        }
+
+    def _deploy_docker(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        from runners.deploy import docker
+
+        config, ref = self.runtime_config(name, spec)
+        context = deployment_dir(self.registry.paths.root, name) / "docker"
+        built = docker.render_context(context, name, spec, config)
+        tag = spec.get("docker", {}).get("image") or f"llmops/{name}:{ref.split('@')[1]}"
+        outcome = docker.build(context, tag)
+        self.console.print(f"  {name}: {outcome}")
+        return {
+            "version": ref,
+            "target": "docker",
+            "context": str(context),
+            "image": tag,
+            "context_digest": built,
+        }
+
+    def _deploy_kserve(
+        self, name: str, spec: dict[str, Any], previous: dict[str, Any]
+    ) -> dict[str, Any]:
+        from runners.deploy import kserve
+
+        config, ref = self.runtime_config(name, spec)
+        outcome = kserve.deploy(name, spec, config, ref, previous)
+        return {"version": ref, "target": "kserve", **outcome}
+
+    def stop(self, name: str, outputs: dict[str, Any]) -> None:
+        target = outputs.get("target", "local")
+        if target == "local":
+            stopped = local.stop(deployment_dir(self.registry.paths.root, name))
+            if stopped:
+                self.console.print(f"  stopped {name} ({stopped.version}, pid {stopped.pid})")
+        elif target == "kserve":
+            from runners.deploy import kserve
+
+            kserve.delete(name, outputs)
+
+
+def chat_check(port: int, name: str, key: str | None) -> str | None:
+    """One real chat completion through the OpenAI route; None when it answers."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={
+                "model": name,
+                "messages": [{"role": "user", "content": "Hello"}],
+                "max_tokens": 8,
+            },
+            headers=headers,
+            timeout=120,
+        )
+    except httpx.HTTPError as err:
+        return f"request failed: {err}"
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+    choices = response.json().get("choices") or []
+    if not choices:
+        return "the answer has no choices"
+    return None

@@ -1,0 +1,73 @@
+"""State, apply lock: one apply at a time per state folder, so no job ever runs twice.
+
+The lock is an OS file lock (filelock): the kernel releases it when its holder dies, so a
+killed apply never leaves a stale lock behind. Who holds it (pid, host, start time) is
+written beside it for the message the waiting apply prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+LOCK_NAME = "apply.lock"
+HOLDER_NAME = "apply.lock.json"
+
+
+class ApplyBusy(Exception):
+    """Another apply holds the lock and the caller asked not to wait."""
+
+
+def holder(folder: Path) -> str:
+    """'pid 123 on host, for 42 s' from the holder file; 'another process' when unknown."""
+    try:
+        info = json.loads((folder / HOLDER_NAME).read_text())
+        return (
+            f"pid {info['pid']} on {info['host']}, running for "
+            f"{time.time() - float(info['started']):.0f} s"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+@contextmanager
+def apply_lock(
+    folder: Path,
+    wait: bool = True,
+    on_wait: Callable[[str], None] | None = None,
+    timeout_s: float = -1,
+) -> Iterator[None]:
+    """Hold the state folder's apply lock; wait for it (telling `on_wait` once) or raise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        who = holder(folder)
+        if not wait:
+            raise ApplyBusy(
+                f"another apply is running ({who}); wait for it, or run without --no-wait "
+                "to queue behind it"
+            ) from None
+        if on_wait:
+            on_wait(who)
+        try:
+            lock.acquire(timeout=timeout_s)
+        except Timeout:
+            raise ApplyBusy(
+                f"another apply is still running after {timeout_s:.0f} s ({holder(folder)})"
+            ) from None
+    try:
+        (folder / HOLDER_NAME).write_text(
+            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+        )
+        yield
+    finally:
+        lock.release()

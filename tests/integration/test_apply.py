@@ -1,0 +1,98 @@
+"""`llmops apply` on a tiny repository: everything runs once, then nothing; one change reruns
+only what depends on it; the lock file records digests and results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controller.state.lockfile import read_lock
+from tests.apply_repo import build_repo, git
+
+
+def llmops(
+    root: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "controller.cli.main", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+@pytest.fixture
+def repo(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("LLMOPS_REGISTRY_URL", "LLMOPS_STATE_DIR", "LLMOPS_FAULT_KILL"):
+        monkeypatch.delenv(name, raising=False)
+    return build_repo(tmp_path / "repo", tiny_model)
+
+
+def trained_runs(root: Path) -> list[Path]:
+    return sorted((root / ".llmops").glob("runs/**/result.json"))
+
+
+def test_apply_twice_second_runs_nothing_and_plan_is_noop(repo: Path) -> None:
+    first = llmops(repo, "apply", "--json")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    applied = {r["address"]: r for r in report["results"]}
+    assert applied["Experiment/exp/default"]["status"] == "applied"
+    assert applied["Experiment/exp/default"]["outputs"]["version"] == "assistant@1"
+    assert applied["Model/assistant"]["outputs"] == {
+        "version": "assistant@1",
+        "aliases": ["champion"],
+    }
+    evaluation = applied["Evaluation/exp/default"]["outputs"]
+    assert evaluation["baseline"] == "tiny@1" and evaluation["subject"] == "assistant@1"
+    assert evaluation["gates"] == {"ppl/perplexity max_drop 1e+06": "pass"}
+    assert {c["metric"] for c in evaluation["comparison"]} >= {"ppl/perplexity", "answers/rouge_l"}
+
+    lock = read_lock(repo / "llmops.lock")["resources"]
+    assert set(lock) == set(applied)
+    assert lock["Dataset/faq"]["outputs"]["rows"]["train"] > 0
+    runs_before = trained_runs(repo)
+    mtimes = {p: p.stat().st_mtime_ns for p in runs_before}
+
+    second = llmops(repo, "apply", "--json")
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["results"] == []
+    assert {p: p.stat().st_mtime_ns for p in trained_runs(repo)} == mtimes
+    assert read_lock(repo / "llmops.lock")["resources"] == lock
+
+    plan = llmops(repo, "plan", "--json")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert {a["action"] for a in json.loads(plan.stdout)["actions"]} <= {"noop"}
+
+
+def test_one_hyperparameter_reruns_only_that_experiment_and_dependents(repo: Path) -> None:
+    assert llmops(repo, "apply").returncode == 0
+    spec = repo / "specs/experiments/exp.yaml"
+    spec.write_text(spec.read_text().replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-3"))
+    git(repo, "commit", "-qam", "higher learning rate")
+    result = llmops(repo, "apply", "--json")
+    assert result.returncode == 0, result.stderr
+    touched = {r["address"] for r in json.loads(result.stdout)["results"]}
+    assert touched == {"Experiment/exp/default", "Evaluation/exp/default", "Model/assistant"}
+    lock = read_lock(repo / "llmops.lock")["resources"]
+    assert lock["Model/assistant"]["outputs"]["version"] == "assistant@2"
+    assert lock["Experiment/exp/default"]["spec"]["training"]["learning_rate"] == 2.0e-3
+
+
+def test_failed_gate_blocks_promotion_and_exits_1(repo: Path) -> None:
+    suite = repo / "specs/evals/smoke.yaml"
+    suite.write_text(suite.read_text().replace("max_drop: 1000000", "max: 1.0"))
+    result = llmops(repo, "apply", "--json")
+    assert result.returncode == 1
+    results = {r["address"]: r for r in json.loads(result.stdout)["results"]}
+    assert results["Evaluation/exp/default"]["outputs"]["gates"] == {"ppl/perplexity max 1": "fail"}
+    assert results["Model/assistant"]["status"] == "failed"
+    assert "failed gate(s) ppl/perplexity max 1" in results["Model/assistant"]["message"]
+    assert "Model/assistant" not in read_lock(repo / "llmops.lock")["resources"]
