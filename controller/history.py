@@ -17,7 +17,7 @@ from controller.plan.planner import flatten
 from controller.state.lockfile import LOCK_FILE
 
 if TYPE_CHECKING:
-    from git import Commit, Tree
+    from git import Blob, Commit, Tree
 
 # Addresses are `Kind/name`; runs and evaluations add `/<run>` to the Experiment's name.
 ADDRESS_KINDS = (
@@ -40,6 +40,12 @@ class HistoryError(Exception):
 
 
 # ---- pure parts -------------------------------------------------------------------------
+
+
+def change_kind(before: object | None, after: object | None) -> Change:
+    if before is None:
+        return "created"
+    return "deleted" if after is None else "changed"
 
 
 def pr_number(subject: str) -> int | None:
@@ -95,7 +101,7 @@ def diff_entry(
     if before is not None and after is not None and canonical_json(before) == canonical_json(after):
         return None
     old, new = before or {}, after or {}
-    change: Change = "created" if before is None else "deleted" if after is None else "changed"
+    change = change_kind(before, after)
     code = (old.get("code_version"), new.get("code_version"))
     return EntryDiff(
         address=address,
@@ -326,7 +332,10 @@ class GitHistory:
         if self.repo.working_tree_dir is None:
             raise HistoryError(f"{root} is a bare git repository; run this in a clone")
         top = Path(self.repo.working_tree_dir).resolve()
-        inner = root.resolve().relative_to(top).as_posix()
+        try:
+            inner = root.resolve().relative_to(top).as_posix()
+        except ValueError as err:
+            raise HistoryError(f"{root} is outside its git work tree {top}") from err
         self.prefix = "" if inner == "." else inner + "/"
         if not self.repo.head.is_valid():
             raise HistoryError("the git repository has no commits yet; commit the specs first")
@@ -390,15 +399,9 @@ class GitHistory:
     def _change(
         self, commit: Commit, before: _State, after: _State, target: Target, head: Commit
     ) -> ResourceChange:
-        spec_change: Change | None = None
+        spec_change = None
         if before.document != after.document:
-            spec_change = (
-                "created"
-                if before.document is None
-                else "deleted"
-                if after.document is None
-                else "changed"
-            )
+            spec_change = change_kind(before.document, after.document)
         entries = [
             diff
             for address in sorted(before.entries.keys() | after.entries.keys())
@@ -491,40 +494,51 @@ class GitHistory:
         if specs is None:
             return None
         folder = KINDS[kind].FOLDER
-        trees = [specs / folder] if folder in specs else []
+        # Most documents live in `<folder>/<name>.yaml`: read that file before searching.
+        for suffix in _SPEC_SUFFIXES:
+            blob = _child(specs, f"{folder}/{name}{suffix}")
+            if blob is not None and blob.type == "blob":
+                found = next(self._matching(self._parsed(blob), kind, name), None)
+                if found is not None:
+                    return found
+        subtree = _child(specs, folder)
+        trees = [subtree] if subtree is not None and subtree.type == "tree" else []
         for tree in [*trees, specs]:
             key = (tree.hexsha, kind, name)
             if key not in self._found:
-                self._found[key] = next(
-                    (
-                        (path, doc)
-                        for path, doc in self._documents(tree)
-                        if doc.get("kind") == kind and _name(doc) == name
-                    ),
-                    None,
-                )
+                self._found[key] = next(self._matching(self._documents(tree), kind, name), None)
             if self._found[key] is not None:
                 return self._found[key]
         return None
 
     def _documents(self, tree: Tree) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every spec document under `tree`, skipping `_presets`-style and hidden folders."""
-        from controller.load.yaml_source import parse_documents
-
         for item in tree.traverse(
             predicate=lambda i, _d: i.type == "blob" and i.path.endswith(_SPEC_SUFFIXES),
             prune=lambda i, _d: i.type == "tree" and i.name.startswith(("_", ".")),
         ):
-            if item.hexsha not in self._docs:
-                try:
-                    text = item.data_stream.read().decode("utf-8")
-                except UnicodeDecodeError:
-                    text = ""
-                parsed, _ = parse_documents(text, item.path)
-                self._docs[item.hexsha] = [d.data for d in parsed if isinstance(d.data, dict)]
-            shown = item.path.removeprefix(self.prefix)
-            for doc in self._docs[item.hexsha]:
-                yield shown, doc
+            yield from self._parsed(item)
+
+    def _parsed(self, blob: Blob) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(file, document) for each document of one spec file; parsed once per content."""
+        from controller.load.yaml_source import parse_documents
+
+        if blob.hexsha not in self._docs:
+            try:
+                text = blob.data_stream.read().decode("utf-8")
+            except UnicodeDecodeError:
+                text = ""
+            parsed, _ = parse_documents(text, blob.path)
+            self._docs[blob.hexsha] = [d.data for d in parsed if isinstance(d.data, dict)]
+        shown = blob.path.removeprefix(self.prefix)
+        for doc in self._docs[blob.hexsha]:
+            yield shown, doc
+
+    @staticmethod
+    def _matching(
+        documents: Iterable[tuple[str, dict[str, Any]]], kind: str, name: str
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        return ((p, d) for p, d in documents if d.get("kind") == kind and _name(d) == name)
 
     def _addresses(self, commit: Commit) -> set[str]:
         known = set(self._lock(commit))
@@ -534,6 +548,14 @@ class GitHistory:
                 if doc.get("kind") in ADDRESS_KINDS and isinstance(_name(doc), str):
                     known.add(f"{doc['kind']}/{_name(doc)}")
         return known
+
+
+def _child(tree: Tree, path: str) -> Any:
+    """The object at `path` under `tree`, or None (`in` on a GitPython tree wants full paths)."""
+    try:
+        return tree / path
+    except KeyError:
+        return None
 
 
 def _name(doc: Mapping[str, Any]) -> Any:

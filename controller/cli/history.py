@@ -59,7 +59,10 @@ def history_command(
 ) -> None:
     """Each change to a resource's spec and lock entry, from git alone: commit, author, PR,
     digests, metrics, and the model version a deployment served."""
-    from git import GitCommandError
+    try:
+        from git import GitCommandError
+    except ImportError as err:  # GitPython raises this when no git executable is found
+        raise fail(f"git cannot be run: {err}; install git", Exit.INVALID) from err
 
     top = resolve_root(root)
     try:
@@ -67,7 +70,8 @@ def history_command(
             found, git = snapshot(top, resource, at)
             _warn(git)
             if as_json:
-                print(json.dumps(asdict(found), indent=2, default=str))
+                payload = {**asdict(found), "warnings": git.warnings}
+                print(json.dumps(payload, indent=2, default=str))
             else:
                 _print_snapshot(found)
             return
@@ -83,6 +87,7 @@ def history_command(
             "resource": target.address,
             "spec_file": spec_file,
             "shallow": git.shallow,
+            "warnings": git.warnings,
             "changes": [asdict(c) for c in changes],
         }
         print(json.dumps(payload, indent=2, default=str))

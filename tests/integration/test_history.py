@@ -381,3 +381,25 @@ def test_specs_in_a_subfolder_of_the_repository(tmp_path: Path) -> None:
     assert (change["commit"]["commit"], change["commit"]["pr"]) == (sha, 3)
     assert change["spec_file"] == "specs/deployments/a.yaml"
     assert change["served"]["version"] == "x@1"
+
+
+def test_an_unreadable_lock_in_history_is_a_warning(tmp_path: Path) -> None:
+    git = Git(tmp_path)
+    git.write("specs/deployments/a.yaml", DEPLOYMENTS.format(model="x@1", canary_port=1))
+    web = {"Deployment/support-assistant": entry("Deployment", "1", serving("x@1"))}
+    git.lock(web)
+    first = git.commit("Deploy x@1", "alice")
+    (tmp_path / LOCK_FILE).write_text("{ not json")
+    broken = git.commit("Bad merge of the lock", "bob")
+    web = {"Deployment/support-assistant": entry("Deployment", "2", serving("x@2"))}
+    git.lock(web)
+    fixed = git.commit("Deploy x@2 (#4)", "alice")
+    result = llmops(tmp_path, "Deployment/support-assistant", "--json")
+    assert result.exit_code == 0, result.output
+    assert f"warning: {broken[:7]}: llmops.lock is not JSON" in result.stderr
+    found = json.loads(result.stdout)["changes"]
+    assert [(c["commit"]["commit"], c["entries"][0]["change"]) for c in found] == [
+        (fixed, "created"),
+        (broken, "deleted"),
+        (first, "created"),
+    ]
