@@ -34,6 +34,9 @@ from controller.history import (
 from controller.plan.digest import canonical_json, short
 from controller.plan.planner import flatten
 
+# Evaluation outputs carry per-metric comparisons; the terminal shows the first few changes.
+OUTPUT_LINES = 8
+
 
 def history_command(
     resource: Annotated[
@@ -147,12 +150,11 @@ def _number(value: Any) -> str:
 
 def _evidence(item: Evidence) -> str:
     suite = f" ({item.suite})" if item.suite else ""
-    parts = []
-    for name in sorted(item.metrics.keys() | item.gates.keys()):
-        value = _number(item.metrics[name]) if name in item.metrics else "-"
-        gate = f" {item.gates[name]}" if name in item.gates else ""
-        parts.append(f"{name} {value}{gate}")
-    return f"{item.address}{suite}: {', '.join(parts)}"
+    text = ", ".join(f"{k} {_number(v)}" for k, v in sorted(item.metrics.items()))
+    if item.gates:
+        gates = ", ".join(f"{k} {v}" for k, v in sorted(item.gates.items()))
+        text = f"{text}; gates {gates}" if text else f"gates {gates}"
+    return f"{item.address}{suite}: {text}"
 
 
 def _entry(diff: EntryDiff) -> list[str]:
@@ -166,7 +168,9 @@ def _entry(diff: EntryDiff) -> list[str]:
     if diff.code_version:
         lines.append(f"  runner {diff.code_version[0]} -> {diff.code_version[1]}")
     lines += [f"  input {_field(c)}" for c in diff.inputs]
-    lines += [f"  outputs.{_field(c)}" for c in diff.outputs]
+    lines += [f"  outputs.{_field(c)}" for c in diff.outputs[:OUTPUT_LINES]]
+    if len(diff.outputs) > OUTPUT_LINES:
+        lines.append(f"  ... {len(diff.outputs) - OUTPUT_LINES} more output fields (--json)")
     return lines
 
 
@@ -199,7 +203,9 @@ def _print_change(change: ResourceChange) -> None:
     for diff in change.entries:
         for index, text in enumerate(_entry(diff)):
             _line(("lock " if index == 0 else "     ") + text)
-    _print_results(change.address, change.in_lock, change.served, change.evidence)
+    # A spec-only commit leaves the lock's metrics as they were: they belong to an older change.
+    evidence = change.evidence if change.entries else []
+    _print_results(change.address, change.in_lock, change.served, evidence)
 
 
 def _print_snapshot(found: Snapshot) -> None:

@@ -62,11 +62,18 @@ def trained(version: str, loss: float) -> dict[str, Any]:
 
 
 def evaluated(version: str, rouge: float) -> dict[str, Any]:
+    """Shaped like `llmops apply`'s Evaluation outputs (controller/apply/engine.py)."""
     return {
         "subject": version,
         "suite": "support-regression",
-        "metrics": {"answers/rouge_l": rouge},
-        "gates": {"answers/rouge_l": "pass"},
+        "baseline": "smollm2@1",
+        "metrics": {"answers/rouge_l": rouge, "answers/exact_match": 0.0},
+        "comparison": [
+            {"metric": "answers/rouge_l", "baseline": 0.3, "candidate": rouge},
+            {"metric": "answers/exact_match", "baseline": 0.0, "candidate": 0.0},
+        ],
+        "gates": {"answers/rouge_l max_drop": "pass"},
+        "gate_details": {"answers/rouge_l max_drop": "within 0.02"},
     }
 
 
@@ -249,7 +256,9 @@ def test_deployment_history_lists_its_changes_with_authors_and_prs(repo: Repo) -
     ]
     served = {e["address"]: e for e in found[1]["served"]["evidence"]}
     assert served["Experiment/support-lora/default"]["metrics"] == {"eval_loss": 3.46}
-    assert served["Evaluation/support-lora/default"]["gates"] == {"answers/rouge_l": "pass"}
+    assert served["Evaluation/support-lora/default"]["gates"] == {
+        "answers/rouge_l max_drop": "pass"
+    }
 
 
 def test_history_in_the_terminal(repo: Repo) -> None:
@@ -264,7 +273,10 @@ def test_history_in_the_terminal(repo: Repo) -> None:
     assert "outputs.version: support-assistant@2 -> support-assistant@3" in out
     assert "serves support-assistant@2" in out
     assert "Experiment/support-lora/lr-high: eval_loss 3.41" in out
-    assert "Evaluation/support-lora/lr-high (support-regression): answers/rouge_l 0.38 pass" in out
+    assert (
+        "Evaluation/support-lora/lr-high (support-regression): answers/exact_match 0, "
+        "answers/rouge_l 0.38; gates answers/rouge_l max_drop pass"
+    ) in out
     assert "alice  no PR  Support assistant: experiment and deployments" in out
 
 
@@ -289,6 +301,19 @@ def test_experiment_run_history_has_the_branch_spec_change(repo: Repo) -> None:
         },
     ]
     assert found[0]["evidence"][0]["metrics"] == {"eval_loss": 3.46}
+
+
+def test_evaluation_history_in_the_terminal(repo: Repo) -> None:
+    result = llmops(repo.root, "Evaluation/support-lora/default")
+    assert result.exit_code == 0, result.output
+    blocks = result.stdout.split("\n\n")
+    retrain, spec = blocks[1], blocks[2]
+    assert "outputs.subject: support-assistant@1 -> support-assistant@2" in retrain
+    assert "outputs.comparison[0].candidate: 0.31 -> 0.36" in retrain
+    assert "metrics Evaluation/support-lora/default (support-regression): " in retrain
+    # The spec-only commit shows its field, not the older metrics still in the lock.
+    assert "spec.training.learning_rate: 0.0002 -> 0.0003" in spec
+    assert "metrics" not in spec
 
 
 def test_a_document_sharing_a_file_and_later_deleted(repo: Repo) -> None:
@@ -320,7 +345,7 @@ def test_at_names_the_version_served_then_with_its_metrics(
     assert result.exit_code == 0, result.output
     assert f"serves {version}\n" in result.stdout
     assert f"eval_loss {loss}" in result.stdout
-    assert f"answers/rouge_l {rouge} pass" in result.stdout
+    assert f"answers/rouge_l {rouge}; gates answers/rouge_l max_drop pass" in result.stdout
     payload = json.loads(
         llmops(repo.root, "Deployment/support-assistant", "--at", rev, "--json").stdout
     )
