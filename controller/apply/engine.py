@@ -8,6 +8,7 @@ unfinished work is redone (training resumes from its last checkpoint).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -151,6 +152,7 @@ class Applier(ApplyStep):
         started = time.monotonic()
         verb = "recording" if action.kind == ActionKind.NOOP else str(action.kind)
         self.console.print(f"[bold]{verb}[/bold] {action.address}")
+        fault_point(f"before:{action.address}")
         try:
             outputs = handler(action.address)
         except (*permanent_errors(), GateFailed) as err:
@@ -163,6 +165,7 @@ class Applier(ApplyStep):
                 message=str(err),
             )
         self._outputs[action.address] = outputs
+        fault_point(f"after:{action.address}")
         self._record(action.address, outputs)
         status: Status = "recorded" if action.kind == ActionKind.NOOP else "applied"
         return ActionResult(
@@ -316,6 +319,12 @@ class Applier(ApplyStep):
     def _apply_pipeline(self, address: str) -> dict[str, Any]:
         spec = self.desired.resources[address].spec
         return {"steps": [s["step"] for s in spec.get("steps") or []]}
+
+
+def fault_point(point: str) -> None:
+    """Crash tests: LLMOPS_FAULT_KILL=after:Dataset/x dies here as a SIGKILL would."""
+    if os.environ.get("LLMOPS_FAULT_KILL") == point:
+        os._exit(137)
 
 
 def gate_name(gate: Any) -> str:
