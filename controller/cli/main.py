@@ -22,6 +22,7 @@ from controller.cli.common import (
 )
 from controller.cli.data import data_app
 from controller.cli.evaluate import bless_command, eval_app
+from controller.cli.history import history_command
 from controller.cli.models import models_app
 from controller.cli.train import train_command
 from controller.load.diagnostics import has_errors
@@ -42,6 +43,7 @@ app.command("train")(train_command)
 app.add_typer(eval_app, name="eval")
 app.command("bless")(bless_command)
 app.command("apply")(apply_command)
+app.command("history")(history_command)
 OverrideOption = Annotated[
     list[str] | None,
     typer.Option(
