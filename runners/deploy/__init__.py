@@ -1,0 +1,11 @@
+"""Runner `deploy`: put a registered model version on a target (docker image, KServe).
+
+The interface is plain data: a `Release` (deployment name, `DeploymentSpec.model_dump()`,
+model version, smoke prompts). `runners.deploy.docker` renders and builds a build context;
+`runners.deploy.kserve` renders, applies, waits for, rolls back and deletes KServe objects.
+Never imports the controller.
+"""
+
+from runners.deploy.release import DeployError, Release, container_config
+
+__all__ = ["DeployError", "Release", "container_config"]

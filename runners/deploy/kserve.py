@@ -1,0 +1,562 @@
+"""Runner `deploy`, target kserve: a ServingRuntime and an InferenceService, rolled out.
+
+Manifests are built with the kserve SDK's models and the kubernetes client's; they are
+applied by server-side apply (field manager "llmops", force), and the rollout waits for the
+InferenceService's Ready condition. A rollout that fails (Ready False, a failed model load,
+or no Ready in time) re-applies the InferenceService that was Ready before, waits for it,
+and reports both. The ServingRuntime's name carries a digest of its spec, so changing the
+image makes a new runtime instead of changing the one the serving revision came from.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import kserve
+from kubernetes import client
+from pydantic import BaseModel
+
+from runners.deploy.release import (
+    CONTAINER_PORT,
+    DeployError,
+    Release,
+    api_key_env,
+    container_config,
+    kserve_name,
+)
+
+GROUP = "serving.kserve.io"
+ISVC_VERSION = "v1beta1"
+RUNTIME_VERSION = "v1alpha1"
+PLURALS = {"InferenceService": "inferenceservices", "ServingRuntime": "servingruntimes"}
+FIELD_MANAGER = "llmops"
+APPLY_PATCH = "application/apply-patch+yaml"
+MODEL_FORMAT = "llmops"
+MODEL_FORMAT_VERSION = "1"
+# The runtime image without weights: `llmops deploy` renders its context with docker.py.
+DEFAULT_IMAGE = "llmops/serve:0.1.0"
+# KServe merges the InferenceService's model container into the runtime's by this name.
+CONTAINER_NAME = "kserve-container"
+LABEL_DEPLOYMENT = "llmops.dev/deployment"
+ANNOTATION_VERSION = "llmops.dev/model-version"
+# A digest of everything that shapes the predictor's pods; a change means a new revision.
+ANNOTATION_TEMPLATE = "llmops.dev/template"
+OWN_PREFIXES = ("llmops.dev/", "app.kubernetes.io/")
+# KServe's modelStatus.transitionStatus values that no amount of waiting will fix.
+TERMINAL_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
+
+_SANITIZER = client.ApiClient()
+
+
+class RolloutFailed(DeployError):
+    """The new version did not become Ready; says why and whether the old one is back."""
+
+    def __init__(
+        self, message: str, reason: str, rolled_back: bool, restored_version: str | None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.rolled_back = rolled_back
+        self.restored_version = restored_version
+
+
+class _NotReady(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Where a ready InferenceService stands, from its status."""
+
+    namespace: str
+    name: str
+    model_version: str | None
+    url: str | None
+    revision: str | None
+    previous_revision: str | None
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+
+
+def to_manifest(obj: Any) -> dict[str, Any]:
+    """Plain JSON of a manifest built from kserve and kubernetes models.
+
+    kubernetes 37's `sanitize_for_serialization` handles its own (pydantic) models, but for
+    the kserve SDK's models it falls back to their `to_dict()`, which keeps the Python
+    attribute names (`api_version`, `min_replicas`); an API server would drop those keys
+    silently. So kserve models are mapped through their `attribute_map` here.
+    """
+    return _plain(obj)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return [_plain(item) for item in obj]
+    if isinstance(obj, dict):
+        return {key: _plain(value) for key, value in obj.items()}
+    if not isinstance(obj, BaseModel) and hasattr(type(obj), "attribute_map"):
+        return {
+            obj.attribute_map[attr]: _plain(value)
+            for attr in obj.openapi_types
+            if (value := getattr(obj, attr)) is not None
+        }
+    return _SANITIZER.sanitize_for_serialization(obj)
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _labels(release: Release) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/managed-by": "llmops",
+        "app.kubernetes.io/component": "serve",
+        LABEL_DEPLOYMENT: release.name,
+    }
+
+
+def render_runtime(release: Release) -> kserve.V1alpha1ServingRuntime:
+    """The llmops ServingRuntime for one release: image, entry point, port, readiness."""
+    image = release.spec["kserve"].get("image") or DEFAULT_IMAGE
+    container = client.V1Container(
+        name=CONTAINER_NAME,
+        image=image,
+        command=["python", "-m", "runners.serve"],
+        env=[client.V1EnvVar(name="HF_HUB_OFFLINE", value="1")],
+        ports=[client.V1ContainerPort(container_port=CONTAINER_PORT, protocol="TCP")],
+        # Ready means loaded and the smoke prompts answered, which the runtime checks
+        # before its readiness route says so.
+        readiness_probe=client.V1Probe(
+            http_get=client.V1HTTPGetAction(path="/v2/health/ready", port=CONTAINER_PORT),
+            period_seconds=10,
+            failure_threshold=3,
+        ),
+    )
+    spec = kserve.V1alpha1ServingRuntimeSpec(
+        supported_model_formats=[
+            kserve.V1alpha1SupportedModelFormat(
+                name=MODEL_FORMAT, version=MODEL_FORMAT_VERSION, auto_select=False
+            )
+        ],
+        # The runtime answers KServe's v2 health routes and OpenAI's, not v1 predict.
+        protocol_versions=["v2"],
+        containers=[container],
+    )
+    name = f"llmops-{release.name}-{_digest(to_manifest(spec))[:8]}"
+    return kserve.V1alpha1ServingRuntime(
+        api_version=f"{GROUP}/{RUNTIME_VERSION}",
+        kind="ServingRuntime",
+        metadata=client.V1ObjectMeta(
+            name=name, namespace=release.spec["kserve"]["namespace"], labels=_labels(release)
+        ),
+        spec=spec,
+    )
+
+
+def _env(release: Release) -> list[client.V1EnvVar]:
+    config = json.dumps(container_config(release, "kserve"), sort_keys=True)
+    env = [client.V1EnvVar(name="LLMOPS_SERVE_CONFIG", value=config)]
+    key_env = api_key_env(release, "kserve")
+    if key_env:
+        secret, _, key = release.spec["api_key"]["secret"].partition("/")
+        env.append(
+            client.V1EnvVar(
+                name=key_env,
+                value_from=client.V1EnvVarSource(
+                    secret_key_ref=client.V1SecretKeySelector(name=secret, key=key)
+                ),
+            )
+        )
+    return env
+
+
+def render_inference_service(
+    release: Release, runtime_name: str, storage_uri: str | None = None
+) -> kserve.V1beta1InferenceService:
+    """The InferenceService: the model from `storage_uri` served by the llmops runtime."""
+    target = release.spec["kserve"]
+    uri = storage_uri or target.get("storage_uri")
+    if not uri:
+        raise DeployError(
+            f"deployment {release.name}: target kserve needs kserve.storage_uri, where the "
+            "cluster reads the weights (pvc://<claim>/<path>, s3://..., gs://...)"
+        )
+    resources = {"cpu": str(target["cpu"]), "memory": str(target["memory"])}
+    limits = dict(resources)
+    if int(target.get("gpu") or 0):
+        limits["nvidia.com/gpu"] = str(int(target["gpu"]))
+    predictor = kserve.V1beta1PredictorSpec(
+        min_replicas=int(target["min_replicas"]),
+        max_replicas=int(target["max_replicas"]),
+        canary_traffic_percent=target.get("canary_traffic_percent"),
+        model=kserve.V1beta1ModelSpec(
+            name=CONTAINER_NAME,
+            model_format=kserve.V1beta1ModelFormat(name=MODEL_FORMAT, version=MODEL_FORMAT_VERSION),
+            runtime=runtime_name,
+            protocol_version="v2",
+            storage_uri=uri,
+            resources=client.V1ResourceRequirements(requests=resources, limits=limits),
+            env=_env(release),
+        ),
+    )
+    annotations = {ANNOTATION_VERSION: release.model_version}
+    # The canary percentage routes traffic between revisions; it does not make one.
+    shape = {k: v for k, v in to_manifest(predictor).items() if k != "canaryTrafficPercent"}
+    annotations[ANNOTATION_TEMPLATE] = _digest({"predictor": shape, **annotations})
+    return kserve.V1beta1InferenceService(
+        api_version=f"{GROUP}/{ISVC_VERSION}",
+        kind="InferenceService",
+        metadata=client.V1ObjectMeta(
+            name=kserve_name(release),
+            namespace=target["namespace"],
+            labels=_labels(release),
+            annotations=annotations,
+        ),
+        spec=kserve.V1beta1InferenceServiceSpec(predictor=predictor),
+    )
+
+
+def render_manifests(release: Release, storage_uri: str | None = None) -> list[dict[str, Any]]:
+    """[ServingRuntime, InferenceService] as plain dicts, for `--show`, YAML and `rollout`."""
+    runtime = render_runtime(release)
+    isvc = render_inference_service(release, runtime.metadata.name, storage_uri)
+    return [to_manifest(runtime), to_manifest(isvc)]
+
+
+def api_client(host: str | None = None) -> client.ApiClient:
+    """The cluster from the kube config or the pod's service account; `host` for tests."""
+    from kubernetes import config
+
+    if host:
+        configuration = client.Configuration()
+        configuration.host = host
+        return client.ApiClient(configuration)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except config.ConfigException as err:
+            raise DeployError(
+                f"no Kubernetes cluster configured ({err}); set KUBECONFIG or run in a pod"
+            ) from err
+    return client.ApiClient()
+
+
+def _api_error(err: Exception, what: str, api: client.ApiClient) -> DeployError:
+    from kubernetes.client.exceptions import ApiException
+
+    if not isinstance(err, ApiException):
+        return DeployError(
+            f"cannot reach the Kubernetes API at {api.configuration.host} to {what}: {err}"
+        )
+    try:
+        detail = json.loads(err.body or "{}").get("message") or err.reason
+    except ValueError:
+        detail = err.body or err.reason
+    hint = {
+        401: "the credentials were refused; refresh the kube config",
+        403: "the account needs RBAC rights on serving.kserve.io inferenceservices and "
+        "servingruntimes (get, list, patch, delete)",
+        404: "is KServe installed? its serving.kserve.io CRDs are missing",
+    }.get(err.status or 0, "")
+    return DeployError(f"cannot {what}: {err.status} {detail}" + (f"; {hint}" if hint else ""))
+
+
+def _custom(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+def _where(manifest: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    group, version = manifest["apiVersion"].split("/")
+    meta = manifest["metadata"]
+    return group, version, meta["namespace"], PLURALS[manifest["kind"]], meta["name"]
+
+
+def apply(api: client.ApiClient, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply of one object; returns the object as the server stored it."""
+    group, version, namespace, plural, name = _where(manifest)
+    try:
+        return _custom(api).patch_namespaced_custom_object(
+            group,
+            version,
+            namespace,
+            plural,
+            name,
+            body=manifest,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            # Unknown fields are errors rather than silently dropped.
+            field_validation="Strict",
+            _content_type=APPLY_PATCH,
+        )
+    except Exception as err:
+        raise _api_error(err, f"apply {manifest['kind']} {namespace}/{name}", api) from err
+
+
+def _get(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return _custom(api).get_namespaced_custom_object(
+            GROUP, ISVC_VERSION, namespace, PLURALS["InferenceService"], name
+        )
+    except ApiException as err:
+        if err.status == 404 and "could not find the requested resource" not in (err.body or ""):
+            return None
+        raise _api_error(err, f"read InferenceService {namespace}/{name}", api) from err
+    except Exception as err:
+        raise _api_error(err, f"read InferenceService {namespace}/{name}", api) from err
+
+
+def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind:
+            return condition
+    return None
+
+
+def _predictor(obj: dict[str, Any]) -> dict[str, Any]:
+    return ((obj.get("status") or {}).get("components") or {}).get("predictor") or {}
+
+
+def _is_ready(obj: dict[str, Any] | None) -> bool:
+    ready = _condition(obj or {}, "Ready")
+    return bool(ready and ready.get("status") == "True")
+
+
+def _own(mapping: dict[str, str] | None) -> dict[str, str]:
+    return {k: v for k, v in (mapping or {}).items() if k.startswith(OWN_PREFIXES)}
+
+
+def _as_applied(live: dict[str, Any]) -> dict[str, Any]:
+    """What to re-apply to return to a live object: its spec, and llmops' labels.
+
+    The spec carries what KServe's webhook defaulted as well; applying it makes llmops an
+    owner of those fields too, which changes none of their values.
+    """
+    meta = live["metadata"]
+    return {
+        "apiVersion": live.get("apiVersion", f"{GROUP}/{ISVC_VERSION}"),
+        "kind": "InferenceService",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": _own(meta.get("labels")),
+            "annotations": _own(meta.get("annotations")),
+        },
+        "spec": copy.deepcopy(live["spec"]),
+    }
+
+
+def _stale_revision(before: dict[str, Any] | None, manifest: dict[str, Any]) -> str | None:
+    """The predictor revision whose status says nothing about `manifest`, if one will be
+    replaced: KServe copies Knative's status, whose generation is not the
+    InferenceService's, so a new revision's name is what shows the new spec was seen."""
+    if before is None:
+        return None
+    old = (before["metadata"].get("annotations") or {}).get(ANNOTATION_TEMPLATE)
+    new = manifest["metadata"]["annotations"].get(ANNOTATION_TEMPLATE)
+    return _predictor(before).get("latestCreatedRevision") if old != new else None
+
+
+def wait_ready(
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    timeout_s: float,
+    poll_s: float = 5.0,
+    stale_revision: str | None = None,
+) -> dict[str, Any]:
+    """Poll until Ready True; raise _NotReady on Ready False, a failed load or the timeout.
+
+    Conditions are judged only once the predictor has moved past `stale_revision`. KServe
+    reports Unknown while a rollout is in progress and False when it failed.
+    """
+    deadline = time.monotonic() + timeout_s
+    last = "no status yet"
+    while True:
+        obj = _get(api, namespace, name)
+        if obj is None:
+            raise _NotReady("NotFound", f"InferenceService {namespace}/{name} is gone")
+        fresh = stale_revision is None or (
+            _predictor(obj).get("latestCreatedRevision") not in (None, stale_revision)
+        )
+        if fresh:
+            ready = _condition(obj, "Ready") or {}
+            if ready.get("status") == "True":
+                return obj
+            model = (obj.get("status") or {}).get("modelStatus") or {}
+            if model.get("transitionStatus") in TERMINAL_TRANSITIONS:
+                info = model.get("lastFailureInfo") or {}
+                raise _NotReady(
+                    info.get("reason") or model["transitionStatus"], info.get("message") or ""
+                )
+            if ready.get("status") == "False":
+                raise _NotReady(ready.get("reason") or "NotReady", ready.get("message") or "")
+            last = ready.get("reason") or ready.get("message") or "Ready is Unknown"
+        else:
+            last = f"the new revision is not created yet (latest is {stale_revision})"
+        if time.monotonic() >= deadline:
+            raise _NotReady("Timeout", f"not Ready after {timeout_s:g} s ({last})")
+        time.sleep(poll_s)
+
+
+def summary(obj: dict[str, Any]) -> Rollout:
+    predictor = _predictor(obj)
+    meta = obj["metadata"]
+    return Rollout(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        model_version=(meta.get("annotations") or {}).get(ANNOTATION_VERSION),
+        url=(obj.get("status") or {}).get("url"),
+        revision=predictor.get("latestReadyRevision"),
+        previous_revision=predictor.get("previousRolledoutRevision"),
+        traffic=list(predictor.get("traffic") or []),
+    )
+
+
+def status(api: client.ApiClient, namespace: str, name: str) -> Rollout | None:
+    """The live InferenceService's state, or None when there is none (for observe/status)."""
+    obj = _get(api, namespace, name)
+    return summary(obj) if obj is not None else None
+
+
+def _runtimes(api: client.ApiClient, namespace: str, deployment: str) -> list[str]:
+    try:
+        listing = _custom(api).list_namespaced_custom_object(
+            GROUP,
+            RUNTIME_VERSION,
+            namespace,
+            PLURALS["ServingRuntime"],
+            label_selector=f"{LABEL_DEPLOYMENT}={deployment}",
+        )
+    except Exception as err:
+        raise _api_error(err, f"list ServingRuntimes in {namespace}", api) from err
+    return sorted(item["metadata"]["name"] for item in listing.get("items") or [])
+
+
+def _delete(api: client.ApiClient, kind: str, namespace: str, name: str) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    version = ISVC_VERSION if kind == "InferenceService" else RUNTIME_VERSION
+    try:
+        _custom(api).delete_namespaced_custom_object(GROUP, version, namespace, PLURALS[kind], name)
+    except ApiException as err:
+        if err.status == 404 and "could not find the requested resource" not in (err.body or ""):
+            return False
+        raise _api_error(err, f"delete {kind} {namespace}/{name}", api) from err
+    except Exception as err:
+        raise _api_error(err, f"delete {kind} {namespace}/{name}", api) from err
+    return True
+
+
+def _prune(api: client.ApiClient, namespace: str, deployment: str, keep: set[str]) -> None:
+    """Drop this deployment's runtimes that neither the live nor the previous spec names."""
+    for name in _runtimes(api, namespace, deployment):
+        if name not in keep:
+            _delete(api, "ServingRuntime", namespace, name)
+
+
+def _runtime_of(manifest: dict[str, Any]) -> str | None:
+    return manifest["spec"]["predictor"].get("model", {}).get("runtime")
+
+
+def rollout(
+    api: client.ApiClient,
+    manifests: list[dict[str, Any]],
+    timeout_s: float = 900.0,
+    poll_s: float = 5.0,
+) -> Rollout:
+    """Apply the runtime and the InferenceService, wait for Ready, roll back on failure.
+
+    The rollback target is the InferenceService as it was before, if it was Ready then;
+    a canary percentage in the new spec keeps the previous revision serving the rest.
+    """
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for manifest in manifests:
+        by_kind.setdefault(manifest.get("kind", "?"), []).append(manifest)
+    if len(by_kind.get("InferenceService", [])) != 1 or set(by_kind) - set(PLURALS):
+        raise DeployError(
+            "rollout takes ServingRuntimes and exactly one InferenceService "
+            f"(got {sorted(m.get('kind', '?') for m in manifests)}); use render_manifests"
+        )
+    (isvc,) = by_kind["InferenceService"]
+    namespace, name = isvc["metadata"]["namespace"], isvc["metadata"]["name"]
+    deployment = isvc["metadata"]["labels"][LABEL_DEPLOYMENT]
+    before = _get(api, namespace, name)
+    previous = _as_applied(before) if before is not None and _is_ready(before) else None
+    for runtime in by_kind.get("ServingRuntime", []):
+        apply(api, runtime)
+    apply(api, isvc)
+    try:
+        live = wait_ready(api, namespace, name, timeout_s, poll_s, _stale_revision(before, isvc))
+    except _NotReady as failure:
+        raise _roll_back(api, isvc, before, previous, failure, timeout_s, poll_s) from None
+    keep = {_runtime_of(isvc)} | ({_runtime_of(previous)} if previous else set())
+    _prune(api, namespace, deployment, {k for k in keep if k})
+    return summary(live)
+
+
+def _roll_back(
+    api: client.ApiClient,
+    failed: dict[str, Any],
+    before: dict[str, Any] | None,
+    previous: dict[str, Any] | None,
+    failure: _NotReady,
+    timeout_s: float,
+    poll_s: float,
+) -> RolloutFailed:
+    namespace, name = failed["metadata"]["namespace"], failed["metadata"]["name"]
+    version = failed["metadata"]["annotations"].get(ANNOTATION_VERSION)
+    head = (
+        f"InferenceService {namespace}/{name} ({version}) did not become Ready: "
+        f"{failure.reason}" + (f": {failure.message}" if failure.message else "")
+    )
+    look = f"see 'kubectl -n {namespace} describe inferenceservice {name}'"
+    if previous is None:
+        why = "it was not Ready either" if before is not None else "this was its first rollout"
+        return RolloutFailed(
+            f"{head}. Nothing to roll back to ({why}); {look}", failure.reason, False, None
+        )
+    old_version = previous["metadata"]["annotations"].get(ANNOTATION_VERSION)
+    failed_view = _get(api, namespace, name) or before
+    apply(api, previous)
+    try:
+        wait_ready(api, namespace, name, timeout_s, poll_s, _stale_revision(failed_view, previous))
+    except _NotReady as again:
+        return RolloutFailed(
+            f"{head}. Rolling back to {old_version} failed too: {again}; {look}",
+            failure.reason,
+            False,
+            None,
+        )
+    keep = _runtime_of(previous)
+    _prune(
+        api, namespace, failed["metadata"]["labels"][LABEL_DEPLOYMENT], {keep} if keep else set()
+    )
+    return RolloutFailed(
+        f"{head}. Rolled back to {old_version}, which is Ready again; {look}",
+        failure.reason,
+        True,
+        old_version,
+    )
+
+
+def delete(api: client.ApiClient, namespace: str, deployment: str) -> list[str]:
+    """Delete the deployment's InferenceService and runtimes; returns what was deleted."""
+    gone = []
+    if _delete(api, "InferenceService", namespace, deployment):
+        gone.append(f"InferenceService/{namespace}/{deployment}")
+    for runtime in _runtimes(api, namespace, deployment):
+        if _delete(api, "ServingRuntime", namespace, runtime):
+            gone.append(f"ServingRuntime/{namespace}/{runtime}")
+    return gone

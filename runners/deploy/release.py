@@ -1,0 +1,121 @@
+"""Runner `deploy`, inputs: one release (a deployment at a model version) and its serve config.
+
+Plain data, shared by the docker and KServe targets. The controller builds a `Release` from
+`DeploymentSpec.model_dump()`; nothing here imports the controller.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# Where the runtime finds things inside a container: KServe's storage initializer puts the
+# storageUri's files in /mnt/models, and the docker image copies the model there too.
+CONTAINER_MODEL_DIR = "/mnt/models"
+CONTAINER_PORT = 8080
+CONTAINER_COLLECT_DIR = "/var/lib/llmops/collect"
+# A Kubernetes secret's key reaches the container as this variable.
+SECRET_KEY_ENV = "LLMOPS_API_KEY"
+SMOKE_MAX_TOKENS = 16
+
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+class DeployError(Exception):
+    """A deployment cannot be rendered, built or rolled out; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """What to deploy: the deployment's name and spec, the model version, the smoke prompts.
+
+    `spec` is `DeploymentSpec.model_dump()` (every field present, defaults filled in).
+    `gguf_file` names the GGUF file inside the model folder for the llama-cpp runtime.
+    """
+
+    name: str
+    model_version: str
+    spec: dict[str, Any]
+    smoke_prompts: list[str] = field(default_factory=list)
+    gguf_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.spec.get("runtime") == "llama-cpp" and not self.gguf_file:
+            raise DeployError(
+                f"deployment {self.name}: runtime llama-cpp needs the GGUF file's name "
+                "inside the model folder (gguf_file)"
+            )
+
+
+def api_key_env(release: Release, target: str) -> str | None:
+    """The variable the runtime reads the key from inside the container, or None (no key).
+
+    An `env` reference names a variable of the machine running the container, so it only
+    makes sense where someone starts the container with that variable (docker). A `secret`
+    reference is a Kubernetes secret, mounted into the variable SECRET_KEY_ENV.
+    """
+    ref = release.spec.get("api_key")
+    if not ref:
+        return None
+    if ref.get("env"):
+        if target == "kserve":
+            raise DeployError(
+                f"deployment {release.name}: api_key.env ({ref['env']}) names a variable of "
+                "this machine, which a KServe pod cannot see; store the key in a Kubernetes "
+                "secret and write api_key: {secret: <secret-name>/<key>}"
+            )
+        return str(ref["env"])
+    return SECRET_KEY_ENV
+
+
+def container_config(release: Release, target: str) -> dict[str, Any]:
+    """The runtime's config (runners/serve's contract) for a container of `target`."""
+    spec = release.spec
+    collect = spec["collect"]
+    gguf_path = f"{CONTAINER_MODEL_DIR}/{release.gguf_file}" if release.gguf_file else None
+    return {
+        "name": release.name,
+        "model_version": release.model_version,
+        "model_dir": CONTAINER_MODEL_DIR,
+        "backend": spec["runtime"],
+        "gguf_path": gguf_path,
+        "host": "0.0.0.0",
+        "port": CONTAINER_PORT,
+        "public_port": None,
+        "api_key_env": api_key_env(release, target),
+        "limits": {
+            key: spec["limits"][key]
+            for key in ("max_body_bytes", "max_tokens", "timeout_s", "max_concurrency", "max_queue")
+        },
+        "collect": {
+            "enabled": bool(collect["enabled"]),
+            "sample_rate": collect["sample_rate"],
+            "redact_pii": bool(collect["redact_pii"]),
+            "dir": f"{CONTAINER_COLLECT_DIR}/{collect.get('into') or release.name}",
+        },
+        # Without prompts of its own the runtime's default smoke prompt applies.
+        "smoke": {"max_tokens": SMOKE_MAX_TOKENS}
+        | ({"prompts": list(release.smoke_prompts)} if release.smoke_prompts else {}),
+    }
+
+
+def kserve_name(release: Release) -> str:
+    """The InferenceService name; Knative names revisions '<name>-predictor-00001' (<= 63)."""
+    name = release.name
+    if not _DNS_1035.match(name) or len(name) > 47:
+        raise DeployError(
+            f"deployment name '{name}' cannot name an InferenceService: it must start with a "
+            "letter and have at most 47 characters (Knative adds '-predictor-00001'); "
+            "rename the deployment"
+        )
+    return name
+
+
+def image_tag(release: Release) -> str:
+    """The docker target's tag: the spec's `docker.image`, else one from the model version."""
+    given = release.spec.get("docker", {}).get("image")
+    if given:
+        return str(given)
+    version = re.sub(r"[^A-Za-z0-9_.-]+", "-", release.model_version).strip("-.")[:128]
+    return f"llmops/{release.name}:{version or 'latest'}"
