@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from dockerfile_parse import DockerfileParser
 
@@ -220,3 +226,55 @@ def test_renders_from_the_checkout_by_default(tmp_path: Path) -> None:
     context = docker.render_context(tmp_path / "ctx", release(), None)
     ours = PROJECT_ROOT / "runners" / "serve" / "config.py"
     assert sha256(context.path / "src" / "runners" / "serve" / "config.py") == sha256(ours)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_context_serves_its_model(tmp_path: Path, model_dir: Path) -> None:
+    """What the image would run, run here: only the context's code on the path (the
+    checkout's runners cannot be imported), its serve.json with this machine's paths and
+    port, its copy of the model. Proves the copied code is complete and the weights load."""
+    context = docker.render_context(tmp_path / "ctx", release(), model_dir)
+    config = json.loads((context.path / "serve.json").read_text())
+    port = free_port()
+    config |= {"host": "127.0.0.1", "port": port, "model_dir": str(context.path / "model")}
+    config["collect"]["dir"] = str(tmp_path / "collected")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(context.path / "src"),
+        "LLMOPS_SERVE_CONFIG": json.dumps(config),
+        "SUPPORT_KEY": "test-key",
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "runners.serve"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        ready = False
+        for _ in range(600):  # gives up after a few minutes; not a timing assertion
+            if process.poll() is not None:
+                break
+            with contextlib.suppress(httpx.TransportError):
+                ready = httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200
+            if ready:
+                break
+            time.sleep(0.5)
+        assert ready, log.read_text()[-3000:]
+        models = httpx.get(
+            f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer test-key"}
+        )
+        assert models.status_code == 200
+        assert [m["id"] for m in models.json()["data"]] == ["support-assistant"]
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
