@@ -24,6 +24,7 @@ from controller.cli.data import data_app
 from controller.cli.evaluate import bless_command, eval_app
 from controller.cli.history import history_command
 from controller.cli.models import models_app
+from controller.cli.report import report_command
 from controller.cli.train import train_command
 from controller.load.diagnostics import has_errors
 from controller.report.terminal import print_diagnostics, print_plan
@@ -44,6 +45,7 @@ app.add_typer(eval_app, name="eval")
 app.command("bless")(bless_command)
 app.command("apply")(apply_command)
 app.command("history")(history_command)
+app.command("report")(report_command)
 OverrideOption = Annotated[
     list[str] | None,
     typer.Option(

@@ -1,0 +1,74 @@
+"""`llmops report --base`: the report of a real apply, written and posted to a GitHub stand-in
+(one comment, updated in place; one commit status per gate)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.apply_repo import build_repo
+from tests.fake_github import FakeGitHub
+from tests.integration.test_apply import llmops
+from tests.servers import serve
+
+SHA = "a" * 40
+
+
+@pytest.fixture
+def repo(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("LLMOPS_REGISTRY_URL", "LLMOPS_STATE_DIR", "LLMOPS_FAULT_KILL"):
+        monkeypatch.delenv(name, raising=False)
+    return build_repo(tmp_path / "repo", tiny_model)
+
+
+def test_report_after_apply_is_written_and_posted_once_then_updated(
+    repo: Path, tmp_path: Path
+) -> None:
+    assert llmops(repo, "apply", "--skip-deploy").returncode == 0
+    fake = FakeGitHub(commits=(SHA,))
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"number": 7, "head": {"sha": SHA}}}))
+    out = tmp_path / "out" / "report.md"
+    with serve(fake.handler()) as url:
+        env = {
+            "GITHUB_TOKEN": fake.token,
+            "GITHUB_REPOSITORY": "acme/llm-specs",
+            "GITHUB_API_URL": url,
+            "GITHUB_EVENT_PATH": str(event),
+        }
+        first = llmops(repo, "report", "--base", "main", "--output", str(out), "--post", env=env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "report posted" in first.stdout
+        second = llmops(repo, "report", "--base", "main", "--output", str(out), "--post", env=env)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "report updated" in second.stdout
+
+    text = out.read_text()
+    assert "✅ all 1 gate(s) passed" in text
+    assert "| create | `Experiment/exp/default` |" in text
+    assert "#### `Evaluation/exp/default`: assistant@1 against tiny@1" in text
+    assert "| ppl/perplexity |" in text and "✅ max_drop 1e+06" in text
+    assert "![loss curves of Experiment/exp/default](report-assets/" in text
+    image = out.parent / "report-assets" / "experiment-exp-default.png"
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    ours = fake.comments_on(7)
+    assert len(ours) == 1 and ours[0]["body"].startswith("<!-- llmops-report -->")
+    contexts = {s["context"]: s["state"] for s in fake.statuses[SHA]}
+    assert contexts["llmops/gate/smoke/ppl/perplexity/max_drop"] == "success"
+    assert contexts["llmops/plan"] == "success"
+
+
+def test_report_exits_1_on_a_failed_gate_and_2_on_an_unknown_base(repo: Path) -> None:
+    suite = repo / "specs/evals/smoke.yaml"
+    suite.write_text(suite.read_text().replace("max_drop: 1000000", "max: 1.0"))
+    assert llmops(repo, "apply", "--skip-deploy").returncode == 1
+    failed = llmops(repo, "report", "--base", "main")
+    assert failed.returncode == 1
+    report = (repo / ".llmops/reports/report.md").read_text()
+    assert "❌ 1 of 1 gate(s) failed" in report
+    unknown = llmops(repo, "report", "--base", "no-such-branch")
+    assert unknown.returncode == 2
+    assert "--base no-such-branch: no such commit" in unknown.stderr
