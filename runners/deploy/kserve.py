@@ -491,7 +491,7 @@ def rollout(
         )
     (isvc,) = by_kind["InferenceService"]
     namespace, name = isvc["metadata"]["namespace"], isvc["metadata"]["name"]
-    deployment = isvc["metadata"]["labels"][LABEL_DEPLOYMENT]
+    deployment = (isvc["metadata"].get("labels") or {}).get(LABEL_DEPLOYMENT, name)
     before = _get(api, namespace, name)
     previous = _as_applied(before) if before is not None and _is_ready(before) else None
     for runtime in by_kind.get("ServingRuntime", []):
@@ -540,9 +540,8 @@ def _roll_back(
             None,
         )
     keep = _runtime_of(previous)
-    _prune(
-        api, namespace, failed["metadata"]["labels"][LABEL_DEPLOYMENT], {keep} if keep else set()
-    )
+    deployment = (failed["metadata"].get("labels") or {}).get(LABEL_DEPLOYMENT, name)
+    _prune(api, namespace, deployment, {keep} if keep else set())
     return RolloutFailed(
         f"{head}. Rolled back to {old_version}, which is Ready again; {look}",
         failure.reason,
