@@ -82,7 +82,11 @@ def observe(
     path = lock_path or root / LOCK_FILE
     observed = observed_from_lock(read_lock(path), source=path.name)
     if desired is not None and registry_exists(root):
-        observed = observe_registry(observed, desired, open_registry(root))
+        from controller.observe.drift import observe_deployments
+
+        registry = open_registry(root)
+        observed = observe_registry(observed, desired, registry)
+        observed = observe_deployments(observed, desired, registry)
     return observed
 
 

@@ -15,7 +15,7 @@ from controller.apply.context import ApplyStep
 from controller.apply.evaluate import Evaluator
 from controller.apply.pull import ensure_model
 from runners.deploy import local
-from runners.deploy.local import DeployError
+from runners.deploy.release import DeployError
 
 SERVE_API_KEY_ENV = "LLMOPS_SERVE_API_KEY"
 
@@ -112,7 +112,8 @@ class Deployer(ApplyStep):
             "api_key_env": SERVE_API_KEY_ENV if spec.get("api_key") else None,
             "limits": dict(spec["limits"]),
             "collect": collect,
-            "smoke": {"prompts": self.smoke_prompts(spec), "max_tokens": 16},
+            # Without a smoke suite the runtime's own greeting prompt checks generation.
+            "smoke": {"prompts": self.smoke_prompts(spec) or ["Hello!"], "max_tokens": 16},
         }
         return config, ref
 
@@ -159,21 +160,38 @@ class Deployer(ApplyStep):
             "endpoint": f"{state.endpoint}/v1",
         }
 
+    def release(self, name: str, spec: dict[str, Any]) -> tuple[Any, Path]:
+        """The target-neutral description docker and KServe render from, and the model folder."""
+        from runners.deploy.release import Release
+
+        config, ref = self.runtime_config(name, spec)
+        gguf = config["gguf_path"]
+        _, path = ensure_model(
+            spec["model"], dict(self.desired.resources), self.registry, self.root, self.console
+        )
+        release = Release(
+            name,
+            ref,
+            spec,
+            smoke_prompts=config["smoke"]["prompts"],
+            gguf_file=Path(gguf).name if gguf else None,
+        )
+        return release, path
+
     def _deploy_docker(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         from runners.deploy import docker
 
-        config, ref = self.runtime_config(name, spec)
-        context = deployment_dir(self.registry.paths.root, name) / "docker"
-        built = docker.render_context(context, name, spec, config)
-        tag = spec.get("docker", {}).get("image") or f"llmops/{name}:{ref.split('@')[1]}"
-        outcome = docker.build(context, tag)
-        self.console.print(f"  {name}: {outcome}")
+        release, model_path = self.release(name, spec)
+        folder = deployment_dir(self.registry.paths.root, name) / "docker"
+        context = docker.render_context(folder, release, model_path)
+        outcome = docker.build(context.path, context.tag)
+        self.console.print(f"  {name}: {outcome.message}")
         return {
-            "version": ref,
+            "version": release.model_version,
             "target": "docker",
-            "context": str(context),
-            "image": tag,
-            "context_digest": built,
+            "image": context.tag,
+            "context_digest": context.digest,
+            "built": outcome.built,
         }
 
     def _deploy_kserve(
@@ -181,9 +199,20 @@ class Deployer(ApplyStep):
     ) -> dict[str, Any]:
         from runners.deploy import kserve
 
-        config, ref = self.runtime_config(name, spec)
-        outcome = kserve.deploy(name, spec, config, ref, previous)
-        return {"version": ref, "target": "kserve", **outcome}
+        release, _ = self.release(name, spec)
+        manifests = kserve.render_manifests(release, spec["kserve"].get("storage_uri"))
+        try:
+            rollout = kserve.rollout(kserve.api_client(), manifests)
+        except kserve.RolloutFailed as err:
+            raise DeployError(str(err)) from err
+        self.console.print(f"  {name}: {release.model_version} ready at {rollout.url}")
+        return {
+            "version": release.model_version,
+            "target": "kserve",
+            "endpoint": rollout.url,
+            "revision": rollout.revision,
+            "traffic": rollout.traffic,
+        }
 
     def stop(self, name: str, outputs: dict[str, Any]) -> None:
         target = outputs.get("target", "local")
@@ -194,7 +223,9 @@ class Deployer(ApplyStep):
         elif target == "kserve":
             from runners.deploy import kserve
 
-            kserve.delete(name, outputs)
+            spec = self.desired.resources.get(f"Deployment/{name}")
+            namespace = (spec.spec["kserve"]["namespace"]) if spec else "default"
+            kserve.delete(kserve.api_client(), namespace, name)
 
 
 def chat_check(port: int, name: str, key: str | None) -> str | None:

@@ -110,10 +110,16 @@ class Applier(ApplyStep):
     def apply(self, the_plan: Plan) -> ApplyReport:
         report = ApplyReport()
         blocked: set[str] = set()
+        changed: set[str] = set()
         for action in the_plan.actions:
+            # A deployment naming `model@alias` has no digest input for the alias: when this
+            # apply moved what it depends on, it is rolled out again (a no-op if unchanged).
+            moved = action.address.startswith("Deployment/") and bool(
+                changed & set(self._dependencies(action.address))
+            )
             if action.kind == ActionKind.DELETE:
                 result = self._delete(action)
-            elif action.kind == ActionKind.NOOP and self._recorded(action):
+            elif action.kind == ActionKind.NOOP and self._recorded(action) and not moved:
                 continue
             elif self.skip_deploy and action.address.startswith("Deployment/"):
                 result = ActionResult(
@@ -131,6 +137,8 @@ class Applier(ApplyStep):
                 result = self._run(action)
             if result.status in ("failed", "skipped"):
                 blocked.add(action.address)
+            elif result.status == "applied":
+                changed.add(action.address)
             report.results.append(result)
             self.on_result(result)
         return report

@@ -11,7 +11,8 @@ def permanent_errors() -> tuple[type[Exception], ...]:
     from controller.apply.train import TrainFailed
     from controller.state.dvc import DvcError
     from runners.data import PrepareError
+    from runners.deploy.release import DeployError
     from runners.evaluate.run import EvalError
     from runners.pull import PullError
 
-    return (PullError, PrepareError, DvcError, TrainFailed, EvalError)
+    return (PullError, PrepareError, DvcError, TrainFailed, EvalError, DeployError)

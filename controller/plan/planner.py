@@ -129,6 +129,8 @@ def describe_changes(want: DesiredResource, have: ObservedResource) -> list[str]
             changes.append(f"input {label} changed ({short(old)} -> {short(new)})")
     if have.code_version and have.code_version != want.code_version:
         changes.append(f"runner {have.code_version} -> {want.code_version}")
+    if have.drift:
+        changes.insert(0, have.drift)
     if not changes:
         changes.append(f"digest changed ({short(have.digest)} -> {short(want.digest)})")
     return changes

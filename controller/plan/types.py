@@ -66,6 +66,7 @@ class ObservedResource:
     inputs: Mapping[str, str] = field(default_factory=dict)
     code_version: str = ""
     outputs: Mapping[str, Any] = field(default_factory=dict)
+    drift: str = ""  # set when the world differs from what was applied: why it must be redone
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,10 @@ from typing import Any
 
 import httpx
 
+from runners.deploy.release import DeployError
+
 STATE_FILE = "state.json"
 READY_PATH = "/v2/health/ready"
-
-
-class DeployError(Exception):
-    """A rollout did not complete; the message says what happened and what is serving."""
 
 
 @dataclass

@@ -1,0 +1,157 @@
+"""Observation, drift: where the actual state differs from what llmops.lock says was applied.
+
+The plan compares specs with the lock file; drift compares the lock file with the world:
+registry versions and aliases, prepared datasets, evaluation results, serving processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from controller.plan.types import DesiredState, ObservedState
+from controller.state.registry.store import Registry
+
+
+@dataclass(frozen=True)
+class Drift:
+    address: str
+    expected: str
+    actual: str
+    fix: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "address": self.address,
+            "expected": self.expected,
+            "actual": self.actual,
+            "fix": self.fix,
+        }
+
+
+@dataclass(frozen=True)
+class LiveDeployment:
+    """What a local deployment's managed process is doing now."""
+
+    running: bool
+    version: str | None
+    endpoint: str | None
+    pid: int | None
+    ready: bool
+
+
+def live_deployment(state_root: Path, name: str) -> LiveDeployment:
+    from controller.apply.deploy import deployment_dir
+    from runners.deploy import local
+
+    state = local.read_state(deployment_dir(state_root, name))
+    if state is None:
+        return LiveDeployment(False, None, None, None, False)
+    running = local.is_serving_process(state.pid)
+    return LiveDeployment(
+        running,
+        state.version,
+        f"{state.endpoint}/v1",
+        state.pid,
+        running and local.is_ready(state.port),
+    )
+
+
+def observe_deployments(
+    observed: ObservedState, desired: DesiredState, registry: Registry
+) -> ObservedState:
+    """A local deployment whose process died, or which serves another version than its
+    model reference names now (an alias moved), is observed as drifted: the plan redeploys."""
+    resources = dict(observed.resources)
+    for address, want in desired.resources.items():
+        have = resources.get(address)
+        if want.kind != "Deployment" or have is None or want.spec.get("target") != "local":
+            continue
+        live = live_deployment(registry.paths.root, want.name)
+        target = registry.find(str(want.spec["model"]))
+        expected = f"{target.model.name}@{target.number}" if target else None
+        if not live.running:
+            note = f"not running (was {have.outputs.get('version', 'deployed')})"
+        elif expected and live.version != expected:
+            note = f"serves {live.version}; {want.spec['model']} is {expected}"
+        else:
+            continue
+        resources[address] = replace(have, digest=f"drifted:{have.digest}", drift=note)
+    return replace(observed, resources=resources)
+
+
+def find_drift(lock: dict[str, Any], registry: Registry) -> list[Drift]:
+    """Every lock entry checked against the registry, the stores and the serving processes."""
+    drift: list[Drift] = []
+    evaluated = registry.evaluated()
+    for address, entry in sorted(lock.get("resources", {}).items()):
+        kind = address.split("/", 1)[0]
+        outputs = entry.get("outputs") or {}
+        version = outputs.get("version")
+        if kind in ("Model", "Experiment") and version:
+            found = registry.find(version)
+            if found is None:
+                drift.append(
+                    Drift(address, f"{version} in the registry", "missing", "llmops apply")
+                )
+                continue
+            if not registry.has_files(found):
+                drift.append(
+                    Drift(
+                        address,
+                        f"{version} files in the blob store",
+                        "some missing",
+                        "llmops models verify; then llmops apply",
+                    )
+                )
+            name = version.split("@", 1)[0]
+            for alias in outputs.get("aliases") or []:
+                target = registry.find(f"{name}@{alias}")
+                actual = f"{name}@{target.number}" if target else "no such alias"
+                if actual != version:
+                    drift.append(
+                        Drift(
+                            address,
+                            f"{name}@{alias} -> {version}",
+                            actual,
+                            "llmops apply moves it back, or change the Model spec in a PR",
+                        )
+                    )
+        elif kind == "Dataset" and version:
+            if registry.datasets.find(f"{address.split('/', 1)[1]}@{version}") is None:
+                drift.append(
+                    Drift(address, f"prepared version {version[:19]}", "missing", "llmops apply")
+                )
+        elif kind == "Evaluation" and outputs.get("subject"):
+            subject = registry.find(outputs["subject"])
+            digests = {s for v, s in evaluated if subject and v == subject.spec_digest}
+            if subject is None or not digests:
+                drift.append(
+                    Drift(
+                        address,
+                        f"results of {outputs['subject']} on {outputs.get('suite')}",
+                        "missing",
+                        "llmops apply",
+                    )
+                )
+        elif kind == "Deployment" and outputs.get("target") == "local":
+            live = live_deployment(registry.paths.root, address.split("/", 1)[1])
+            if not live.running:
+                drift.append(
+                    Drift(address, f"{version} serving", "not running", "llmops apply restarts it")
+                )
+            elif live.version != version:
+                drift.append(
+                    Drift(address, f"{version} serving", f"{live.version} serving", "llmops apply")
+                )
+            elif not live.ready:
+                drift.append(
+                    Drift(
+                        address,
+                        f"{version} ready",
+                        f"running (pid {live.pid}) but not ready",
+                        "see its log under .llmops/deployments/; llmops apply replaces it",
+                    )
+                )
+    return drift
