@@ -17,6 +17,7 @@ from controller.state import dvc
 from controller.state.registry.schema import DatasetVersionRow
 from controller.state.registry.store import Registry
 from runners.data import PrepareError, PrepareInputs, prepare
+from runners.data.collected import read_collected
 from runners.data.pipeline import SourceInput
 from runners.pull import PullError
 
@@ -161,21 +162,25 @@ class Preparer(ApplyStep):
                 other = split_ref(source["dataset"])[0]
                 outcome = self.prepare(other)
                 out.append(SourceInput(weight=weight, rows=read_split(outcome.folder, "train")))
-            else:  # collected production data
+            else:  # collected production data: interactions joined with their feedback
                 store = self.registry.paths.root / "collected" / source["store"]
-                files = sorted(store.glob("*.jsonl")) if store.is_dir() else []
-                for path in files:
-                    out.append(
-                        SourceInput(
-                            weight=weight,
-                            path=path,
-                            shown=f"collected/{source['store']}/{path.name}",
-                            file_format="jsonl",
-                            mapping=dict(source.get("mapping") or {}),
-                        )
+                loaded = read_collected(
+                    store,
+                    f"collected/{source['store']}",
+                    spec["format"],
+                    dict(source.get("mapping") or {}),
+                    bool(source.get("only_positive_feedback")),
+                )
+                if loaded.bad and spec.get("on_bad_rows", "fail") == "fail":
+                    shown = "\n".join(b.render() for b in loaded.bad[:20])
+                    raise PrepareError(
+                        f"{len(loaded.bad)} bad row(s) in collected store "
+                        f"'{source['store']}':\n{shown}\n"
+                        "fix them, or set 'on_bad_rows: skip' in the Dataset spec"
                     )
-                if not files:
-                    self.console.print(f"  collected store '{source['store']}' has no data yet")
+                out.append(SourceInput(weight=weight, rows=loaded.rows))
+                if not loaded.rows:
+                    self.console.print(f"  collected store '{source['store']}' has no rows yet")
         return out
 
     def _eval_texts(self, name: str, spec: dict[str, Any]) -> list[str]:

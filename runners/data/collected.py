@@ -1,0 +1,106 @@
+"""Runner `prepare`, collected data: a serving store's interactions joined with their feedback.
+
+The serving runtime (runners/serve/collect.py) appends `interaction` and `feedback` records
+to `<store>/<YYYY-MM-DD>.jsonl`. Here each interaction becomes one row
+`{prompt, response, messages, rating}`: `messages` ends with the assistant's answer, and a
+person's correction replaces the answer in both `messages` and `response`. A record without
+a `type` (rows imported into the store by hand) is taken as it is. The Dataset's mapping then
+picks the canonical fields, as for a file source.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from runners.data.rows import CANONICAL_FIELDS, Row, check_row
+from runners.data.sources import BadRow, Loaded
+
+
+def _records(store: Path, shown: str, bad: list[BadRow]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted(store.glob("*.jsonl")) if store.is_dir() else []:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{shown}/{path.name}:{number}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    bad.append(BadRow(f"{shown}/{path.name}", number, f"invalid JSON: {err.msg}"))
+                    continue
+                if not isinstance(record, dict):
+                    bad.append(BadRow(f"{shown}/{path.name}", number, "not a JSON object"))
+                    continue
+                out.append((where, record))
+    return out
+
+
+def joined_rows(store: Path, shown: str = "collected") -> tuple[list[Row], list[BadRow]]:
+    """Interactions in the order they were written, each with its latest feedback applied."""
+    bad: list[BadRow] = []
+    records = _records(store, shown, bad)
+    feedback: dict[str, dict[str, Any]] = {}
+    for _, record in records:
+        if record.get("type") == "feedback" and isinstance(record.get("id"), str):
+            feedback[record["id"]] = record  # the latest verdict on an answer wins
+    rows: list[Row] = []
+    for where, record in records:
+        kind = record.get("type")
+        if kind is None:
+            rows.append({**record, "_source": where})
+            continue
+        if kind != "interaction":
+            continue
+        verdict = feedback.get(str(record.get("id")), {})
+        correction = verdict.get("correction")
+        answer = correction if isinstance(correction, str) and correction.strip() else None
+        response = answer if answer is not None else record.get("response", "")
+        messages = [m for m in record.get("messages") or [] if isinstance(m, dict)]
+        rows.append(
+            {
+                "id": record.get("id"),
+                "prompt": record.get("prompt", ""),
+                "response": response,
+                "messages": [*messages, {"role": "assistant", "content": response}],
+                "rating": verdict.get("rating"),
+                "corrected": answer is not None,
+                "_source": where,
+            }
+        )
+    return rows, bad
+
+
+def is_positive(row: Row) -> bool:
+    """Rated up, or corrected: a correction is the answer a person wrote and approves."""
+    return row.get("rating") == "up" or bool(row.get("corrected"))
+
+
+def read_collected(
+    store: Path, shown: str, fmt: str, mapping: dict[str, str], only_positive: bool
+) -> Loaded:
+    """Canonical rows of `fmt` from a store, mapped like a file source; problems as BadRows."""
+    rows, bad = joined_rows(store, shown)
+    loaded = Loaded(bad=bad)
+    for row in rows:
+        if only_positive and not is_positive(row):
+            continue
+        source = row["_source"]
+        file, _, line = source.rpartition(":")
+        canonical: Row = {}
+        missing = []
+        for name in CANONICAL_FIELDS[fmt]:
+            column = mapping.get(name, name)
+            if column in row:
+                canonical[name] = row[column]
+            else:
+                missing.append(column if column == name else f"{column} (mapped to {name})")
+        problem = f"missing field {', '.join(missing)}" if missing else check_row(canonical, fmt)
+        if problem:
+            loaded.bad.append(BadRow(file, int(line), problem))
+            continue
+        canonical["_source"] = source
+        loaded.rows.append(canonical)
+    return loaded

@@ -1,0 +1,140 @@
+"""Runner `serve`, config: the JSON a deploy target hands the runtime, validated strictly."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_ENV = "LLMOPS_SERVE_CONFIG"
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class ConfigError(Exception):
+    """A bad config: the message is one line naming the source and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Limits(_Strict):
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_tokens: int = Field(default=512, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_concurrency: int = Field(default=4, ge=1)
+    max_queue: int = Field(default=16, ge=0)
+
+
+class Collect(_Strict):
+    enabled: bool = False
+    sample_rate: float = Field(default=1.0, ge=0, le=1)
+    redact_pii: bool = True
+    dir: Path | None = None
+    seed: int | None = Field(default=None, description="Seeds the sampling RNG (tests).")
+
+    @model_validator(mode="after")
+    def _needs_dir(self) -> Collect:
+        if self.enabled and self.dir is None:
+            raise ValueError("collect.enabled needs 'dir', the folder the JSONL files go to")
+        return self
+
+
+class Smoke(_Strict):
+    prompts: list[str] = Field(default_factory=lambda: ["Hello!"], min_length=1)
+    max_tokens: int = Field(default=16, ge=1)
+
+
+class ServeConfig(_Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="Deployment name = the OpenAI model id.")
+    model_version: str = Field(min_length=1)
+    model_dir: Path | None = None
+    backend: Literal["transformers", "llama-cpp"] = "transformers"
+    gguf_path: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_port: int | None = Field(default=None, ge=1, le=65535)
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    limits: Limits = Field(default_factory=Limits)
+    collect: Collect = Field(default_factory=Collect)
+    smoke: Smoke = Field(default_factory=Smoke)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServeConfig:
+        if self.backend == "transformers" and self.model_dir is None:
+            raise ValueError("backend 'transformers' needs 'model_dir', a transformers folder")
+        if self.backend == "llama-cpp" and self.gguf_path is None:
+            raise ValueError("backend 'llama-cpp' needs 'gguf_path', the GGUF file to serve")
+        if self.public_port is not None and self.public_port == self.port:
+            raise ValueError("public_port must differ from port")
+        return self
+
+    def gguf_file(self) -> Path | None:
+        """gguf_path, relative paths taken inside model_dir (KServe mounts weights there)."""
+        if self.gguf_path is None or self.gguf_path.is_absolute() or self.model_dir is None:
+            return self.gguf_path
+        return self.model_dir / self.gguf_path
+
+    def api_key(self) -> str | None:
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env, "")
+        if not key:
+            raise ConfigError(
+                f"api_key_env: environment variable {self.api_key_env} is not set or empty; "
+                "set it to the key clients must send"
+            )
+        return key
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_config(text: str, source: str) -> ServeConfig:
+    """The config in `text`; ConfigError names `source` and every bad field on one line."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"{source}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a JSON object")
+    try:
+        return ServeConfig.model_validate(data)
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown field (check the spelling)"
+            problems.append(f"{_field(error['loc'])}: {message}")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def load_config(argv: list[str], environ: dict[str, str] | None = None) -> ServeConfig:
+    """From the path in argv, else from $LLMOPS_SERVE_CONFIG (the JSON itself, or a path)."""
+    environ = dict(os.environ) if environ is None else environ
+    if len(argv) > 1:
+        raise ConfigError(f"expected one config path, got {len(argv)} arguments")
+    if argv:
+        path = Path(argv[0])
+        try:
+            return parse_config(path.read_text(encoding="utf-8"), str(path))
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read the config: {err.strerror}") from None
+    value = environ.get(CONFIG_ENV, "").strip()
+    if not value:
+        raise ConfigError(
+            f"no config: run 'python -m runners.serve CONFIG.json' or set {CONFIG_ENV}"
+        )
+    if value.startswith("{"):
+        return parse_config(value, f"${CONFIG_ENV}")
+    try:
+        return parse_config(Path(value).read_text(encoding="utf-8"), value)
+    except OSError as err:
+        raise ConfigError(f"{value} (from ${CONFIG_ENV}): cannot read: {err.strerror}") from None

@@ -1,0 +1,169 @@
+"""Runner `serve`, engine: bounded admission and generation in threads off the event loop.
+
+At most `max_concurrency` generations run (each in a worker thread) and `max_queue` wait;
+anything more is refused at once (429). A slot is given back when the thread really ends,
+not when the client stops listening, so a timed-out or abandoned request cannot let more
+work in than the limit allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from runners.serve.errors import APIError
+from runners.serve.generation import (
+    Backend,
+    Control,
+    Generation,
+    GenerationTimeout,
+    Sampling,
+)
+from runners.serve.metrics import GENERATED_TOKENS, IN_FLIGHT, PROMPT_TOKENS, QUEUED, REJECTED
+
+_END = object()
+# How long past the deadline a thread may take to notice it before the client gets its 504.
+GRACE_S = 2.0
+
+
+def timeout_error(timeout_s: float) -> APIError:
+    return APIError(
+        504,
+        f"generation took longer than this deployment's timeout of {timeout_s:g} s; "
+        "ask for fewer tokens or retry later",
+        type="timeout_error",
+        code="timeout",
+    )
+
+
+class Gate:
+    def __init__(self, concurrency: int, queue: int) -> None:
+        self.capacity = concurrency + queue
+        self.admitted = 0
+        self.semaphore = asyncio.Semaphore(concurrency)
+
+    async def enter(self, timeout_s: float) -> Callable[[], None]:
+        """A release function once a slot is free; 429 when full, 504 after waiting too long."""
+        if self.admitted >= self.capacity:
+            REJECTED.labels("overload").inc()
+            raise APIError(
+                429,
+                "the server is busy: every generation slot and queue place is taken; "
+                "retry after a second",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "1"},
+            )
+        self.admitted += 1
+        QUEUED.inc()
+        try:
+            await asyncio.wait_for(self.semaphore.acquire(), timeout=max(timeout_s, 0))
+        except TimeoutError:
+            self.admitted -= 1
+            raise GenerationTimeout() from None
+        except BaseException:  # the client left while queued
+            self.admitted -= 1
+            raise
+        finally:
+            QUEUED.dec()
+        IN_FLIGHT.inc()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                IN_FLIGHT.dec()
+                self.admitted -= 1
+                self.semaphore.release()
+
+        return release
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation: text pieces arrive on `queue`, then the result on `future`."""
+
+    control: Control
+    queue: asyncio.Queue[object]
+    future: asyncio.Future[Generation]
+
+    async def pieces(self) -> AsyncIterator[str]:
+        try:
+            while True:
+                left = self.control.deadline + GRACE_S - time.monotonic()
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), timeout=max(left, 0.001))
+                except TimeoutError:
+                    raise GenerationTimeout() from None
+                if item is _END:
+                    return
+                assert isinstance(item, str)
+                yield item
+        finally:
+            self.control.cancelled.set()  # no-op once finished; stops it when abandoned
+
+    async def result(self, timeout_s: float) -> Generation:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.future), timeout_s + GRACE_S)
+        except TimeoutError:
+            self.control.cancelled.set()
+            raise GenerationTimeout() from None
+        except asyncio.CancelledError:
+            self.control.cancelled.set()
+            raise
+
+
+class Engine:
+    def __init__(self, backend: Backend, concurrency: int, queue: int, timeout_s: float) -> None:
+        self.backend = backend
+        self.timeout_s = timeout_s
+        self.gate = Gate(concurrency, queue)
+        self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="generate")
+        self.jobs: set[Job] = set()
+
+    async def start(self, prompt: str, chat: bool, sampling: Sampling, started: float) -> Job:
+        """Admit and start a generation; `started` (monotonic) is when the request arrived."""
+        deadline = started + self.timeout_s
+        release = await self.gate.enter(deadline - time.monotonic())
+        loop = asyncio.get_running_loop()
+        control = Control(deadline=deadline)
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        def emit(text: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, text)
+
+        def work() -> Generation:
+            try:
+                result = self.backend.generate(prompt, chat, sampling, emit, control)
+                PROMPT_TOKENS.inc(result.prompt_tokens)
+                GENERATED_TOKENS.inc(result.completion_tokens)
+                return result
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+        try:
+            submitted: Future[Generation] = self.executor.submit(work)
+        except BaseException:
+            release()
+            raise
+        job = Job(control, queue, asyncio.wrap_future(submitted))
+        self.jobs.add(job)
+
+        def finished(_: object) -> None:
+            release()
+            self.jobs.discard(job)
+
+        job.future.add_done_callback(finished)
+        return job
+
+    def cancel_all(self) -> None:
+        for job in list(self.jobs):
+            job.control.cancelled.set()
+
+    def close(self) -> None:
+        self.cancel_all()
+        self.executor.shutdown(wait=False, cancel_futures=True)

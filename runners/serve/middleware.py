@@ -1,0 +1,94 @@
+"""Runner `serve`, middleware: API key and body-size limits in front of every route."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from runners.serve.errors import APIError
+from runners.serve.metrics import REJECTED
+
+PROTECTED = ("/v1/", "/openai/v1/")
+
+
+class BodyTooLarge(APIError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            413,
+            f"request body is larger than this deployment's limit of {limit} bytes; "
+            "send a shorter request",
+            code="request_too_large",
+        )
+
+
+async def send_error(send: Any, error: APIError) -> None:
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ApiKeyMiddleware:
+    """With a key configured, /v1 and /openai/v1 need `Authorization: Bearer <key>`."""
+
+    def __init__(self, app: Any, key: str | None) -> None:
+        self.app = app
+        self.key = key.encode() if key else None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if self.key is None or scope["type"] != "http" or not scope["path"].startswith(PROTECTED):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not given.strip():
+            message = "missing API key: send the header 'Authorization: Bearer <key>'"
+        elif not secrets.compare_digest(given.strip(), self.key):
+            message = "invalid API key: check the key this deployment's secret holds"
+        else:
+            await self.app(scope, receive, send)
+            return
+        REJECTED.labels("auth").inc()
+        error = APIError(
+            401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+        )
+        await send_error(send, error)
+
+
+class BodyLimitMiddleware:
+    """413 for a Content-Length over the limit; a chunked body is counted as it arrives."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            REJECTED.labels("body_size").inc()
+            await send_error(send, BodyTooLarge(self.limit))
+            return
+        seen = 0
+
+        async def counting_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    REJECTED.labels("body_size").inc()
+                    raise BodyTooLarge(self.limit)  # answered by the APIError handler
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def json_error(error: APIError) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)

@@ -1,0 +1,365 @@
+"""Runner `serve`, routes: OpenAI's /v1 API (also under /openai/v1) and /v1/feedback.
+
+kserve 0.21 registers OpenAI routes only through vllm, which cannot be installed next to
+this project's torch, so these are added to kserve's FastAPI app directly, ahead of its own
+routes (kserve's V1 protocol also claims GET /v1/models).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from openai.types.chat import chat_completion_chunk as chunk_types
+from pydantic import BaseModel, ValidationError
+
+from runners.serve.collect import Collector
+from runners.serve.config import ServeConfig
+from runners.serve.engine import Engine, Job, timeout_error
+from runners.serve.errors import APIError, error_body, from_validation
+from runners.serve.generation import Generation, GenerationCancelled, GenerationTimeout, Sampling
+from runners.serve.middleware import json_error
+from runners.serve.model import ServeModel
+from runners.serve.protocol import (
+    ChatRequest,
+    CompletionRequest,
+    FeedbackRequest,
+    chat_chunk,
+    chat_completion,
+    dump,
+    model_card,
+    new_id,
+    now,
+    text_completion,
+)
+
+VERSION_HEADER = "X-LLMOps-Model-Version"
+Req = TypeVar("Req", bound=BaseModel)
+
+
+def parse(model: type[Req], data: dict[str, Any]) -> Req:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise from_validation(err) from None
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as err:
+        raise APIError(
+            400,
+            f"request body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}",
+            code="invalid_json",
+        ) from None
+    except UnicodeDecodeError:
+        raise APIError(400, "request body is not UTF-8 JSON", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+class Service:
+    """What the routes share: the config, the kserve model, the engine and the collector."""
+
+    def __init__(self, config: ServeConfig, model: ServeModel, collector: Collector | None) -> None:
+        self.config = config
+        self.model = model
+        self.collector = collector
+        self.engine: Engine | None = None
+        self.headers = {VERSION_HEADER: config.model_version}
+
+    def start_engine(self) -> None:
+        assert self.model.backend is not None
+        limits = self.config.limits
+        self.engine = Engine(
+            self.model.backend, limits.max_concurrency, limits.max_queue, limits.timeout_s
+        )
+
+    def ready_engine(self) -> Engine:
+        if not self.model.ready or self.engine is None:
+            raise APIError(
+                503,
+                "the model is not ready (loading, or the server is stopping); "
+                "retry when /v2/health/ready answers 200",
+                type="server_error",
+                code="model_not_ready",
+                headers={"Retry-After": "5"},
+            )
+        return self.engine
+
+    def check_model(self, name: str) -> None:
+        if name != self.config.name:
+            raise APIError(
+                404,
+                f"The model '{name}' does not exist; this deployment serves "
+                f"'{self.config.name}' (GET /v1/models lists it)",
+                param="model",
+                code="model_not_found",
+            )
+
+    def sampling(self, req: ChatRequest | CompletionRequest, prompt_tokens: int) -> Sampling:
+        limit = self.config.limits.max_tokens
+        asked = req.requested_tokens()
+        param = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else None
+        param = param or "max_tokens"
+        if asked is not None and asked > limit:
+            raise APIError(
+                400,
+                f"{param} {asked} is above this deployment's limit of {limit}; "
+                f"ask for at most {limit}",
+                param=param,
+                code="max_tokens_above_limit",
+            )
+        max_tokens = asked or limit
+        context = self.model.backend.context_length if self.model.backend else None
+        if context is not None and prompt_tokens + max_tokens > context:
+            room = context - prompt_tokens
+            if asked is not None or room < 1:
+                raise APIError(
+                    400,
+                    f"this model's context is {context} tokens; the prompt takes "
+                    f"{prompt_tokens} and {param} asks for {max_tokens}: shorten the prompt "
+                    f"or ask for at most {max(room, 0)} tokens",
+                    param="messages" if room < 1 else param,
+                    code="context_length_exceeded",
+                )
+            max_tokens = room
+        return Sampling(
+            max_tokens=max_tokens,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            stop=req.stops(),
+            seed=req.seed,
+            min_tokens=min(req.min_tokens, max_tokens),
+        )
+
+    async def prepare(
+        self, req: ChatRequest | CompletionRequest, prompt: str | None
+    ) -> tuple[str, Sampling, bool]:
+        """Render and measure the prompt off the event loop; decide the sampling."""
+        backend = self.model.backend
+        assert backend is not None
+        chat = prompt is None
+
+        def render() -> tuple[str, int]:
+            text = backend.chat_prompt(req.messages) if prompt is None else prompt  # type: ignore[union-attr]
+            return text, backend.count_tokens(text, chat)
+
+        try:
+            text, tokens = await asyncio.to_thread(render)
+        except Exception as err:  # jinja's TemplateError and friends: the messages' fault
+            raise APIError(
+                400,
+                f"the model's chat template rejected the messages: {err}",
+                param="messages",
+                code="invalid_messages",
+            ) from None
+        return text, self.sampling(req, tokens), chat
+
+    async def result(self, job: Job) -> Generation:
+        return await job.result(self.config.limits.timeout_s)
+
+    def record(
+        self, id: str, messages: list[dict[str, str]], result: Generation, kind: str
+    ) -> None:
+        if self.collector is None:
+            return
+        usage = {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        }
+        try:
+            self.collector.interaction(id, messages, result.text, usage, kind)
+        except OSError as err:  # a full disk must not fail the request the user already got
+            print(f"llmops-serve: could not collect {id}: {err}", file=sys.stderr, flush=True)
+
+    async def stream(
+        self,
+        job: Job,
+        chunks: Callable[[str | None, Generation | None], list[dict[str, Any]]],
+        on_done: Callable[[Generation], None],
+    ) -> AsyncIterator[str]:
+        """SSE: each piece, then the finish (and usage) chunks and [DONE]; errors as an event."""
+        try:
+            for payload in chunks(None, None):
+                yield sse(payload)
+            async for piece in job.pieces():
+                for payload in chunks(piece, None):
+                    yield sse(payload)
+            result = await self.result(job)
+        except GenerationTimeout:
+            yield sse(timeout_error(self.config.limits.timeout_s).body())
+            return
+        except GenerationCancelled:
+            return
+        except Exception as err:  # headers are sent: the error travels as an event
+            yield sse(error_body(f"generation failed: {err}", "server_error"))
+            return
+        on_done(result)
+        for payload in chunks(None, result):
+            yield sse(payload)
+        yield "data: [DONE]\n\n"
+
+
+def openai_errors(
+    handler: Callable[..., Awaitable[Response]],
+) -> Callable[..., Awaitable[Response]]:
+    """Every failure of a route becomes OpenAI's error shape, with the right status."""
+
+    async def wrapped(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return await handler(*args, **kwargs)
+        except APIError:
+            raise
+        except GenerationTimeout:
+            raise timeout_error(args[0].config.limits.timeout_s) from None
+        except Exception as err:
+            print(f"llmops-serve: request failed: {err!r}", file=sys.stderr, flush=True)
+            raise APIError(500, f"generation failed: {err}", type="server_error") from err
+
+    return wrapped
+
+
+def register_routes(app: FastAPI, service: Service) -> None:
+    router = APIRouter()
+    headers = service.headers
+    config = service.config
+
+    @router.get("/models")
+    async def list_models() -> Response:
+        card = model_card(config.name, config.model_version, service.model.created)
+        return JSONResponse({"object": "list", "data": [dump(card)]}, headers=headers)
+
+    @router.get("/models/{model_id:path}")
+    async def get_model(model_id: str) -> Response:
+        service.check_model(model_id)
+        card = model_card(config.name, config.model_version, service.model.created)
+        return JSONResponse(dump(card), headers=headers)
+
+    @router.post("/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _chat(service, request, time.monotonic())
+
+    @router.post("/completions")
+    async def completions(request: Request) -> Response:
+        return await _complete(service, request, time.monotonic())
+
+    @router.post("/feedback")
+    async def feedback(request: Request) -> Response:
+        req = parse(FeedbackRequest, await read_json(request))
+        recorded = service.collector is not None
+        if service.collector is not None:
+            service.collector.feedback(req.id, req.verdict(), req.correction, req.comment)
+        message = (
+            "feedback recorded"
+            if recorded
+            else "feedback accepted; this deployment does not collect data, so it is not stored"
+        )
+        body = {"id": req.id, "object": "feedback", "rating": req.verdict(), "recorded": recorded}
+        return JSONResponse({**body, "message": message}, headers=headers)
+
+    app.include_router(router, prefix="/v1")
+    app.include_router(router, prefix="/openai/v1")
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, APIError)
+        response = json_error(exc)
+        response.headers.update(headers)
+        return response
+
+    app.add_exception_handler(APIError, api_error)
+
+
+@openai_errors
+async def _chat(service: Service, request: Request, started: float) -> Response:
+    engine = service.ready_engine()
+    req = parse(ChatRequest, await read_json(request))
+    service.check_model(req.model)
+    req.check_supported()
+    prompt, sampling, chat = await service.prepare(req, None)
+    job = await engine.start(prompt, chat, sampling, started)
+    id, created = new_id("chatcmpl"), now()
+    name, fingerprint = service.config.name, service.config.model_version
+
+    def record(result: Generation) -> None:
+        service.record(id, req.messages, result, "chat")
+
+    if req.stream:
+
+        def chunks(piece: str | None, result: Generation | None) -> list[dict[str, Any]]:
+            if piece is None and result is None:
+                delta = chunk_types.ChoiceDelta(role="assistant", content="")
+                return [dump(chat_chunk(id, name, fingerprint, created, delta))]
+            if result is None:
+                delta = chunk_types.ChoiceDelta(content=piece)
+                return [dump(chat_chunk(id, name, fingerprint, created, delta))]
+            out = [dump(chat_chunk(id, name, fingerprint, created, finish=result.finish_reason))]
+            if req.include_usage():
+                out.append(dump(chat_chunk(id, name, fingerprint, created, result=result)))
+            return out
+
+        return streaming(service.stream(job, chunks, record), service.headers)
+    result = await service.result(job)
+    record(result)
+    body = dump(chat_completion(id, name, fingerprint, created, result))
+    return JSONResponse(body, headers=service.headers)
+
+
+@openai_errors
+async def _complete(service: Service, request: Request, started: float) -> Response:
+    engine = service.ready_engine()
+    req = parse(CompletionRequest, await read_json(request))
+    service.check_model(req.model)
+    req.check_supported()
+    text = req.text()
+    prompt, sampling, chat = await service.prepare(req, text)
+    job = await engine.start(prompt, chat, sampling, started)
+    id, created = new_id("cmpl"), now()
+    name, fingerprint = service.config.name, service.config.model_version
+
+    def record(result: Generation) -> None:
+        service.record(id, [{"role": "user", "content": text}], result, "completion")
+
+    if req.stream:
+
+        def chunks(piece: str | None, result: Generation | None) -> list[dict[str, Any]]:
+            if piece is None and result is None:
+                return []
+            if result is None:
+                return [dump(text_completion(id, name, fingerprint, created, piece, None))]
+            final = text_completion(id, name, fingerprint, created, "", result.finish_reason)
+            out = [dump(final)]
+            if req.include_usage():
+                usage = text_completion(id, name, fingerprint, created, None, None, result)
+                out.append(dump(usage))
+            return out
+
+        return streaming(service.stream(job, chunks, record), service.headers)
+    result = await service.result(job)
+    record(result)
+    completion = text_completion(
+        id, name, fingerprint, created, result.text, result.finish_reason, result
+    )
+    return JSONResponse(dump(completion), headers=service.headers)
+
+
+def streaming(events: AsyncIterator[str], headers: dict[str, str]) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

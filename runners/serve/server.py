@@ -1,0 +1,197 @@
+"""Runner `serve`, server: kserve's ModelServer app on our sockets, loading, readiness, shutdown.
+
+The primary port is bound before the model loads, so liveness answers and readiness says
+503 while it loads. `public_port` is bound with SO_REUSEPORT only once the smoke check
+passed: during a local rollout the old and new process share it, and the old one leaves
+after its in-flight requests finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from runners.serve.config import ConfigError, ServeConfig
+
+EXIT_OK, EXIT_MODEL = 0, 3
+
+
+def say(config: ServeConfig, message: str) -> None:
+    print(f"llmops-serve {config.name} ({config.model_version}): {message}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def bind(host: str, port: int, reuse_port: bool, field: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ConfigError(f"{field}: cannot listen on {host}:{port}: {err.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _in_thread(fn: Callable[[], Any]) -> asyncio.Future[Any]:
+    """Run `fn` in a daemon thread: a SIGTERM during a long load must not wait for it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(error) if error else future.set_result(value)
+
+    def target() -> None:
+        try:
+            value, error = fn(), None
+        except BaseException as err:  # handed to the event loop, which decides the exit code
+            value, error = None, err
+        with contextlib.suppress(RuntimeError):  # the loop is gone: we are exiting anyway
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=target, name="load-model", daemon=True).start()
+    return future
+
+
+def _uvicorn_server(app: Any, grace_s: int) -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # The runtime owns SIGTERM/SIGINT: it stops both servers and exits 0, where
+            # uvicorn would re-raise the signal after shutting down.
+            yield
+
+    return Server(
+        uvicorn.Config(
+            app,
+            log_config=None,
+            lifespan="off",
+            timeout_graceful_shutdown=grace_s,
+            timeout_keep_alive=65,
+        )
+    )
+
+
+async def _quiet_503(request: Any, exc: Exception) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": str(exc)}, status_code=503)
+
+
+def run(config: ServeConfig) -> int:
+    api_key = config.api_key()
+    return asyncio.run(_serve(config, api_key))
+
+
+async def _serve(config: ServeConfig, api_key: str | None) -> int:
+    from kserve import ModelServer
+    from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+    from kserve.errors import ModelNotReady, ServerNotReady
+    from kserve.model_server import app
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.rest.server import RESTServer
+
+    from runners.serve.collect import Collector
+    from runners.serve.metrics import MetricsMiddleware
+    from runners.serve.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+    from runners.serve.model import ModelFailed, ServeModel
+    from runners.serve.routes import Service, register_routes
+
+    class ReadinessDataPlane(DataPlane):
+        """kserve's server readiness is always true; here it waits for every model."""
+
+        async def ready(self) -> bool:
+            models = list(self.model_registry.get_models().values())
+            return bool(models) and all([await m.healthy() for m in models])
+
+    limits = config.limits
+    grace_s = math.ceil(limits.timeout_s) + 5
+    model = ServeModel(config)
+    kserve_server = ModelServer(
+        http_port=config.port, enable_grpc=False, grace_period=grace_s, workers=1
+    )
+    kserve_server.register_model(model)
+    collector = None
+    if config.collect.enabled:
+        assert config.collect.dir is not None
+        collector = Collector(
+            config.collect.dir,
+            config.name,
+            config.model_version,
+            config.collect.sample_rate,
+            config.collect.redact_pii,
+            config.collect.seed,
+        )
+    service = Service(config, model, collector)
+    register_routes(app, service)  # first, so GET /v1/models is OpenAI's, not kserve's V1
+    RESTServer(
+        FASTAPI_APP_IMPORT_STRING,
+        ReadinessDataPlane(kserve_server.registered_models),
+        kserve_server.model_repository_extension,
+        config.port,
+        grace_period=grace_s,
+    ).create_application()
+    # kserve logs a traceback for every 503 while loading; a readiness probe polls that often.
+    app.add_exception_handler(ServerNotReady, _quiet_503)
+    app.add_exception_handler(ModelNotReady, _quiet_503)
+    app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, key=api_key)
+    app.add_middleware(MetricsMiddleware)
+
+    primary = bind(config.host, config.port, reuse_port=False, field="port")
+    servers = [_uvicorn_server(app, grace_s)]
+    tasks = [asyncio.create_task(servers[0].serve(sockets=[primary]))]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def shut_down(code: int) -> int:
+        model.ready = False  # readiness turns 503 before listeners close
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if service.engine is not None:
+            service.engine.close()
+        say(config, f"stopped (exit {code})")
+        return code
+
+    what = config.gguf_file() if config.backend == "llama-cpp" else config.model_dir
+    say(config, f"loading {what} with {config.backend}")
+    loading = _in_thread(model.load)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        say(config, "stop requested while loading")
+        return await shut_down(EXIT_OK)
+    try:
+        loading.result()
+    except ModelFailed as err:
+        say(config, str(err))
+        return await shut_down(EXIT_MODEL)
+    say(config, f"smoke check passed ({len(config.smoke.prompts)} prompt(s) answered)")
+    service.start_engine()
+    where = f"http://{config.host}:{config.port}"
+    if config.public_port is not None:
+        public = bind(config.host, config.public_port, reuse_port=True, field="public_port")
+        servers.append(_uvicorn_server(app, grace_s))
+        tasks.append(asyncio.create_task(servers[-1].serve(sockets=[public])))
+        where += f" and http://{config.host}:{config.public_port} (public, shared)"
+    say(config, f"ready: listening on {where}")
+    await stopping
+    say(config, "stopping: finishing in-flight requests")
+    return await shut_down(EXIT_OK)

@@ -1,0 +1,107 @@
+"""The serving runtime as a real subprocess for tests: `python -m runners.serve cfg.json`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import PROJECT_ROOT
+
+READY_WAIT_S = 180  # a loaded 2-core machine imports torch and transformers slowly
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def config(name: str, model_dir: Path | None, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "model_version": f"{name}@1",
+        "model_dir": str(model_dir) if model_dir else None,
+        "host": "127.0.0.1",
+        "port": free_port(),
+        **extra,
+    }
+
+
+@dataclass
+class Runtime:
+    proc: subprocess.Popen[bytes]
+    cfg: dict[str, Any]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.cfg['port']}"
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def launch(cfg: dict[str, Any], folder: Path, env: dict[str, str] | None = None) -> Runtime:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "serve.json"
+    path.write_text(json.dumps(cfg))
+    log = folder / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runners.serve", str(path)],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        env={**os.environ, **(env or {})},
+    )
+    return Runtime(proc, cfg, log)
+
+
+def wait_ready(runtime: Runtime) -> None:
+    """Poll kserve's readiness until 200; fail with the runtime's stderr if it exits first."""
+    give_up = time.monotonic() + READY_WAIT_S
+    while time.monotonic() < give_up:
+        if runtime.proc.poll() is not None:
+            raise AssertionError(
+                f"runtime exited {runtime.proc.returncode} before ready:\n{runtime.stderr()}"
+            )
+        try:
+            if httpx.get(f"{runtime.url}/v2/health/ready", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    runtime.stop()
+    raise AssertionError(f"runtime not ready after {READY_WAIT_S} s:\n{runtime.stderr()}")
+
+
+@contextmanager
+def running(
+    cfg: dict[str, Any], folder: Path, env: dict[str, str] | None = None
+) -> Iterator[Runtime]:
+    runtime = launch(cfg, folder, env)
+    try:
+        wait_ready(runtime)
+        yield runtime
+    finally:
+        runtime.stop()
