@@ -75,7 +75,8 @@ class LlamaCppBackend:
         pieces: list[str] = []
 
         def halt(input_ids: Any, logits: Any) -> bool:
-            seen["generated"] = max(seen["generated"], len(input_ids) - len(tokens))
+            # Called once per sampled token, before that token joins input_ids.
+            seen["generated"] = max(seen["generated"], len(input_ids) - len(tokens) + 1)
             return scanner.stopped or control.should_stop()
 
         processors = None

@@ -39,7 +39,7 @@ class Collect(_Strict):
     @model_validator(mode="after")
     def _needs_dir(self) -> Collect:
         if self.enabled and self.dir is None:
-            raise ValueError("collect.enabled needs 'dir', the folder the JSONL files go to")
+            raise ValueError("'enabled' needs 'dir', the folder the JSONL files go to")
         return self
 
 
