@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -98,6 +99,10 @@ def run(config: ServeConfig) -> int:
 
 
 async def _serve(config: ServeConfig, api_key: str | None) -> int:
+    from fastapi.exceptions import FastAPIDeprecationWarning
+
+    # kserve's app defaults to ORJSONResponse, which FastAPI now flags on every start.
+    warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
     from kserve import ModelServer
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
     from kserve.errors import ModelNotReady, ServerNotReady

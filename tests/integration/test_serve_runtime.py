@@ -281,11 +281,19 @@ def _first_content(stream: Any) -> Iterator[Any]:
 
 
 def test_overload_429_timeout_504_and_graceful_shutdown(tiny_model: Path, tmp_path: Path) -> None:
+    # Both share a public port, as the old and new process do during a local rollout.
+    shared = free_port()
     busy = launch(
-        config(NAME, tiny_model, limits={"max_concurrency": 1, "max_queue": 0, "timeout_s": 60}),
+        config(
+            NAME,
+            tiny_model,
+            public_port=shared,
+            limits={"max_concurrency": 1, "max_queue": 0, "timeout_s": 60},
+        ),
         tmp_path / "busy",
     )
-    slow = launch(config(NAME, tiny_model, limits={"timeout_s": 0.001}), tmp_path / "slow")
+    slow_cfg = config(NAME, tiny_model, public_port=shared, limits={"timeout_s": 0.001})
+    slow = launch({**slow_cfg, "model_version": f"{NAME}@2"}, tmp_path / "slow")
     try:
         wait_ready(busy)
         wait_ready(slow)
@@ -329,6 +337,12 @@ def test_overload_429_timeout_504_and_graceful_shutdown(tiny_model: Path, tmp_pa
         assert "stopping: finishing in-flight requests" in log and "stopped (exit 0)" in log
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{busy.url}/")
+        # The shared port now reaches only the process still running.
+        owners = {
+            httpx.get(f"http://127.0.0.1:{shared}/v1/models").json()["data"][0]["owned_by"]
+            for _ in range(6)
+        }
+        assert owners == {f"{NAME}@2"}
     finally:
         busy.stop()
         slow.stop()
