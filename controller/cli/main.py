@@ -25,6 +25,7 @@ from controller.cli.evaluate import bless_command, eval_app
 from controller.cli.history import history_command
 from controller.cli.models import models_app
 from controller.cli.report import report_command
+from controller.cli.serve import serve_command
 from controller.cli.status import drift_command, status_command
 from controller.cli.train import train_command
 from controller.load.diagnostics import has_errors
@@ -49,6 +50,7 @@ app.command("history")(history_command)
 app.command("report")(report_command)
 app.command("status")(status_command)
 app.command("drift")(drift_command)
+app.command("serve")(serve_command)
 OverrideOption = Annotated[
     list[str] | None,
     typer.Option(

@@ -1,0 +1,62 @@
+"""CLI `llmops serve <deployment>`: run a Deployment's model in the foreground (Ctrl-C stops)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from controller.cli.common import (
+    Exit,
+    RootOption,
+    console,
+    fail,
+    load_or_exit,
+    open_registry_or_fail,
+    resolve_root,
+    unknown,
+)
+
+
+def serve_command(
+    deployment: Annotated[str, typer.Argument(help="Deployment spec name.")],
+    root: RootOption = None,
+    port: Annotated[int | None, typer.Option(help="Port; the spec's port by default.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+) -> None:
+    """Serve the deployment's model here, in the foreground, with its limits, key and
+    collection settings: the same runtime `apply` starts for target local."""
+    from controller.apply.deploy import SERVE_API_KEY_ENV, Deployer, deployment_dir
+    from controller.apply.errors import permanent_errors
+
+    top = resolve_root(root)
+    loaded = load_or_exit(top)
+    names = [r.name for r in loaded.desired.resources.values() if r.kind == "Deployment"]
+    if deployment not in names:
+        raise unknown("Deployment", deployment, names)
+    registry = open_registry_or_fail(top)
+    deployer = Deployer(loaded, registry, console)
+    spec = deployer.spec(deployment)
+    try:
+        config, ref = deployer.runtime_config(deployment, spec)
+        key = deployer.api_key(deployment, spec)
+    except permanent_errors() as err:
+        raise fail(str(err)) from err
+    config.pop("public_port", None)
+    config.update(host=host, port=port or spec["port"])
+    folder = deployment_dir(registry.paths.root, deployment)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "foreground.json"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    console.print(
+        f"serving {ref} as '{deployment}' at http://{host}:{config['port']}/v1 (Ctrl-C stops)"
+    )
+    env = {**os.environ, **({SERVE_API_KEY_ENV: key} if key else {})}
+    sys.stdout.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "runners.serve", str(path)], env)
+    except OSError as err:  # exec only returns on failure
+        raise fail(f"could not start the runtime: {err}", Exit.FAILED) from err

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole GitOps loop on the bundled demo: validate, plan, apply (pull SmolLM2, prepare the
+# data, LoRA-train, evaluate with gates, promote, deploy locally), report, then one request to
+# the deployed model. `make demo` runs it; tests/integration/test_demo.py runs it on a copy
+# with a smaller training budget.
+set -euo pipefail
+
+LLMOPS=${LLMOPS:-.venv/bin/llmops}
+PYTHON=${PYTHON:-.venv/bin/python}
+STATE=${LLMOPS_STATE_DIR:-.llmops}
+QUESTION=${DEMO_QUESTION:-"How do I reset my password?"}
+mkdir -p "$STATE"
+
+# The deployment requires an API key from SUPPORT_ASSISTANT_API_KEY; the demo makes one once.
+if [ -z "${SUPPORT_ASSISTANT_API_KEY:-}" ]; then
+  [ -s "$STATE/demo-api-key" ] || "$PYTHON" -c 'import secrets; print("sk-demo-" + secrets.token_hex(16))' > "$STATE/demo-api-key"
+  SUPPORT_ASSISTANT_API_KEY=$(cat "$STATE/demo-api-key")
+  export SUPPORT_ASSISTANT_API_KEY
+fi
+
+demo_start=$(date +%s)
+stage_start=$demo_start
+stage() { printf '\n== %s\n' "$1"; stage_start=$(date +%s); }
+took() { printf '   (%s: %d s)\n' "$1" "$(( $(date +%s) - stage_start ))"; }
+
+stage "validate the specs"
+"$LLMOPS" validate
+took validate
+
+stage "plan: what apply will do"
+"$LLMOPS" plan || [ $? -eq 3 ]
+took plan
+
+stage "apply: pull, prepare, train, evaluate, promote, deploy"
+"$LLMOPS" apply
+took apply
+
+stage "report for the pull request"
+"$LLMOPS" report --base HEAD --output "$STATE/reports/report.md"
+took report
+
+stage "ask the deployed model"
+endpoint=$("$LLMOPS" status --json | "$PYTHON" -c '
+import json, sys
+rows = json.load(sys.stdin)["resources"]
+print(next(r["outputs"]["endpoint"] for r in rows if r["address"] == "Deployment/support-assistant"))')
+echo "question: $QUESTION"
+"$PYTHON" examples/openai_app/app.py "$QUESTION" --base-url "$endpoint" \
+  --api-key "$SUPPORT_ASSISTANT_API_KEY" --model support-assistant --rating up
+took request
+
+printf '\ndemo finished in %d s\n' "$(( $(date +%s) - demo_start ))"
+echo "report:   $STATE/reports/report.md"
+echo "serving:  $endpoint (key in $STATE/demo-api-key; 'llmops status' shows the process)"

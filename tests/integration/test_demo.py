@@ -1,0 +1,87 @@
+"""The README's demo (scripts/demo.sh, what `make demo` runs) on a copy of this repository,
+with a smaller training and evaluation budget so the suite stays fast: validate, plan,
+apply (real SmolLM2: pull, prepare, LoRA, evaluate with gates, promote, deploy), report,
+and a request to the deployed model with feedback collected."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runners.deploy.local import free_port, is_serving_process
+from tests.apply_repo import git
+from tests.conftest import PROJECT_ROOT
+
+COPIED = ("specs", "data", "examples", "scripts", ".dvc", ".dvcignore", ".gitignore")
+
+
+@pytest.mark.slow
+def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    root.mkdir()
+    for name in COPIED:
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, root / name)
+        elif source.is_file():
+            shutil.copy(source, root / name)
+    experiment = root / "specs/experiments/support-lora.yaml"
+    experiment.write_text(
+        experiment.read_text().replace("epochs: 1", "epochs: 1\n    max_steps: 2")
+    )
+    suite = root / "specs/evals/support-regression.yaml"
+    suite.write_text(suite.read_text().replace("      metrics:", "      limit: 4\n      metrics:"))
+    port = free_port()
+    deployment = root / "specs/deployments/support-assistant.yaml"
+    deployment.write_text(deployment.read_text().replace("port: 8000", f"port: {port}"))
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "demo")
+
+    bin_dir = Path(sys.executable).parent
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("LLMOPS_") and k != "SUPPORT_ASSISTANT_API_KEY"
+    }
+    env.update(LLMOPS=str(bin_dir / "llmops"), PYTHON=sys.executable)
+    try:
+        result = subprocess.run(
+            ["bash", "scripts/demo.sh"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=1500,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        out = result.stdout
+        for stage in ("validate", "plan", "apply", "report", "request"):
+            assert f"({stage}: " in out
+        assert "report:   .llmops/reports/report.md" in out
+        answer = next(line for line in out.splitlines() if line.startswith("answer: "))
+        assert len(answer) > len("answer: ")
+        assert "feedback: " in out
+
+        report = (root / ".llmops/reports/report.md").read_text()
+        assert "#### `Evaluation/support-lora/default`: support-assistant@1 against" in report
+        assert "smollm2-135m-instruct@1" in report
+        lock = json.loads((root / "llmops.lock").read_text())["resources"]
+        assert lock["Deployment/support-assistant"]["outputs"]["version"] == "support-assistant@1"
+        assert lock["Model/support-assistant"]["outputs"]["aliases"] == ["champion"]
+        # The request and its feedback were collected into the store a Dataset can read.
+        collected = list((root / ".llmops/collected/support-feedback").glob("*.jsonl"))
+        records = [json.loads(x) for f in collected for x in f.read_text().splitlines()]
+        assert {r["type"] for r in records} >= {"interaction", "feedback"}
+    finally:
+        for state in (root / ".llmops/deployments").glob("*/state.json"):
+            pid = json.loads(state.read_text())["pid"]
+            if is_serving_process(pid):
+                os.kill(pid, signal.SIGTERM)
