@@ -106,9 +106,10 @@ class Job:
         finally:
             self.control.cancelled.set()  # no-op once finished; stops it when abandoned
 
-    async def result(self, timeout_s: float) -> Generation:
+    async def result(self) -> Generation:
+        left = self.control.deadline + GRACE_S - time.monotonic()
         try:
-            return await asyncio.wait_for(asyncio.shield(self.future), timeout_s + GRACE_S)
+            return await asyncio.wait_for(asyncio.shield(self.future), max(left, 0.001))
         except TimeoutError:
             self.control.cancelled.set()
             raise GenerationTimeout() from None

@@ -170,7 +170,7 @@ class Service:
         return text, self.sampling(req, tokens), chat
 
     async def result(self, job: Job) -> Generation:
-        return await job.result(self.config.limits.timeout_s)
+        return await job.result()
 
     def record(
         self, id: str, messages: list[dict[str, str]], result: Generation, kind: str

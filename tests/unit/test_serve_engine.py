@@ -81,7 +81,7 @@ def test_a_generation_streams_then_returns_its_slot() -> None:
         engine = Engine(Counting(), concurrency=1, queue=0, timeout_s=30)
         job = await engine.start("p", True, Sampling(max_tokens=3), time.monotonic())
         pieces = [piece async for piece in job.pieces()]
-        result = await job.result(30)
+        result = await job.result()
         assert pieces == ["w0 ", "w1 ", "w2 "] and result.text == "".join(pieces)
         await asyncio.sleep(0)
         assert engine.gate.admitted == 0
@@ -95,7 +95,7 @@ def test_past_the_deadline_the_thread_stops_and_the_request_times_out() -> None:
         engine = Engine(Counting(threading.Event()), concurrency=1, queue=0, timeout_s=0.05)
         job = await engine.start("p", True, Sampling(max_tokens=10**9), time.monotonic())
         with pytest.raises(GenerationTimeout):
-            await job.result(0.05)
+            await job.result()
         await asyncio.sleep(0)
         assert engine.gate.admitted == 0  # the thread really ended
         engine.close()
@@ -111,7 +111,7 @@ def test_an_abandoned_stream_cancels_its_generation() -> None:
         assert await anext(pieces) == "w0 "
         await pieces.aclose()  # the client went away
         with pytest.raises(GenerationCancelled):
-            await job.result(60)
+            await job.result()
         await asyncio.sleep(0)
         assert engine.gate.admitted == 0
         engine.close()
