@@ -176,9 +176,9 @@ class Applier(ApplyStep):
         fault_point(f"after:{action.address}")
         self._record(action.address, outputs)
         status: Status = "recorded" if action.kind == ActionKind.NOOP else "applied"
-        return ActionResult(
-            action.address, str(action.kind), status, time.monotonic() - started, outputs
-        )
+        seconds = time.monotonic() - started
+        self.console.print(f"  [green]{status}[/green] {action.address} in {seconds:.1f} s")
+        return ActionResult(action.address, str(action.kind), status, seconds, outputs)
 
     def _record(self, address: str, outputs: dict[str, Any]) -> None:
         """Persist after every action: this is what makes apply restartable."""
