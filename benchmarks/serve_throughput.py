@@ -128,14 +128,29 @@ def log_tail(log: Path, lines: int = 30) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
+def alive(proc: subprocess.Popen[bytes]) -> bool:
+    proc.poll()  # reaps it if it exited
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        os.kill(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to its process group, SIGKILL after 60 s; gone means the pid is gone.
+
+    The pid itself is checked, not only Popen.wait: once here a SIGTERM to the benchmark
+    left both servers running (cause not found), and a leaked server takes a core.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the group is its pid
+    give_up = time.monotonic() + 60
+    while alive(proc) and time.monotonic() < give_up:
+        time.sleep(0.2)
+    if alive(proc):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
