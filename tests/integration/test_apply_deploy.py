@@ -59,6 +59,21 @@ def test_apply_deploys_rolls_out_heals_and_stops(deployed: tuple[Path, int]) -> 
         model="assistant", messages=[{"role": "user", "content": "How do I reset my password?"}]
     )
     assert answer.choices[0].message.content
+    # The Python client sees the same: the model, its evaluation, the deployment.
+    from llmops import Client
+
+    llm = Client(root)
+    champion = llm.model("assistant@champion")
+    assert champion.ref == "assistant@1" and champion.aliases == ("champion",)
+    assert champion.lineage["experiment_run"] == "exp/default"
+    assert "smoke" in champion.metrics and "ppl/perplexity" in champion.metrics["smoke"]
+    (evaluation,) = [e for e in llm.evaluations() if e.address == "Evaluation/exp/default"]
+    assert evaluation.passed and evaluation.baseline == "tiny@1"
+    deployment = llm.deployment("assistant")
+    assert deployment.running and deployment.version == "assistant@1"
+    listed = deployment.openai().models.list()
+    assert [m.id for m in listed.data] == ["assistant"]
+
     row = live(root)
     assert row["state"] == "applied"
     assert row["live"]["ready"] and row["live"]["version"] == "assistant@1"

@@ -1,0 +1,166 @@
+"""Python client: the registry, evaluations and deployments of one repository, for notebooks
+and applications (`from llmops import Client`). Read-only over state apply wrote."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.state.lockfile import LOCK_FILE, read_lock
+from controller.state.paths import StatePaths
+from controller.state.registry.store import Registry
+from controller.workspace import find_root
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    ref: str  # "support-assistant@2"
+    name: str
+    number: int
+    path: Path  # a transformers folder (links into the blob store)
+    aliases: tuple[str, ...]
+    parameters: int | None
+    architecture: str | None
+    lineage: dict[str, Any]
+    metrics: dict[str, dict[str, float]]  # suite -> {"task/metric": value}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    address: str
+    subject: str
+    suite: str
+    baseline: str | None
+    metrics: dict[str, float]
+    gates: dict[str, str]
+    comparison: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(v == "pass" for v in self.gates.values())
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    version: str
+    target: str
+    endpoint: str | None
+    api_key_env: str | None
+    running: bool | None  # local targets only
+
+    def openai(self, api_key: str | None = None) -> Any:
+        """An official `openai.OpenAI` client for this deployment (key from its env var)."""
+        import openai
+
+        if not self.endpoint:
+            raise ValueError(f"deployment {self.name} has no endpoint recorded")
+        key = api_key or (os.environ.get(self.api_key_env) if self.api_key_env else None)
+        if self.api_key_env and not key:
+            raise ValueError(f"set {self.api_key_env} (the key deployment {self.name} requires)")
+        return openai.OpenAI(base_url=self.endpoint, api_key=key or "none")
+
+
+class Client:
+    """Entry point: `Client()` finds the repository from the current folder."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = find_root(Path(root) if root else Path.cwd())
+        self._registry: Registry | None = None
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry.open(StatePaths.for_repo(self.root))
+        return self._registry
+
+    def _lock(self) -> dict[str, Any]:
+        return read_lock(self.root / LOCK_FILE)["resources"]
+
+    def model(self, ref: str) -> ModelVersion:
+        """'name', 'name@3' or 'name@alias'; KeyError when the registry has no such version."""
+        version = self.registry.find(ref)
+        if version is None:
+            raise KeyError(f"no model version '{ref}' in the registry")
+        metrics: dict[str, dict[str, float]] = {}
+        for metric in version.metrics:
+            metrics.setdefault(metric.suite, {})[metric.name] = metric.value
+        lineage = version.lineage
+        return ModelVersion(
+            ref=f"{version.model.name}@{version.number}",
+            name=version.model.name,
+            number=version.number,
+            path=self.registry.materialize(version),
+            aliases=tuple(
+                sorted(a.name for a in version.model.aliases if a.version_id == version.id)
+            ),
+            parameters=version.parameters,
+            architecture=version.architecture,
+            lineage={
+                k: getattr(lineage, k)
+                for k in ("dataset_version", "experiment_run", "git_commit", "config_digest")
+                if lineage is not None
+            },
+            metrics=metrics,
+        )
+
+    def models(self) -> list[ModelVersion]:
+        return [
+            self.model(f"{m.name}@{v.number}") for m in self.registry.models() for v in m.versions
+        ]
+
+    def evaluations(self) -> list[Evaluation]:
+        """The evaluations apply recorded in llmops.lock, with metrics, comparisons and gates."""
+        out = []
+        for address, entry in sorted(self._lock().items()):
+            outputs = entry.get("outputs") or {}
+            if not address.startswith("Evaluation/") or "subject" not in outputs:
+                continue
+            out.append(
+                Evaluation(
+                    address=address,
+                    subject=outputs["subject"],
+                    suite=outputs.get("suite", ""),
+                    baseline=outputs.get("baseline"),
+                    metrics=dict(outputs.get("metrics") or {}),
+                    gates=dict(outputs.get("gates") or {}),
+                    comparison=list(outputs.get("comparison") or []),
+                )
+            )
+        return out
+
+    def deployments(self) -> list[Deployment]:
+        from controller.observe.drift import live_deployment
+
+        out = []
+        for address, entry in sorted(self._lock().items()):
+            if not address.startswith("Deployment/"):
+                continue
+            name = address.split("/", 1)[1]
+            outputs = entry.get("outputs") or {}
+            key = (entry.get("spec") or {}).get("api_key") or {}
+            target = outputs.get("target", "")
+            running = (
+                live_deployment(StatePaths.for_repo(self.root).root, name).running
+                if target == "local"
+                else None
+            )
+            out.append(
+                Deployment(
+                    name=name,
+                    version=outputs.get("version", ""),
+                    target=target,
+                    endpoint=outputs.get("endpoint"),
+                    api_key_env=key.get("env"),
+                    running=running,
+                )
+            )
+        return out
+
+    def deployment(self, name: str) -> Deployment:
+        for deployment in self.deployments():
+            if deployment.name == name:
+                return deployment
+        raise KeyError(f"no deployment '{name}' in {LOCK_FILE}; run llmops apply")
