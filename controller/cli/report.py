@@ -219,3 +219,49 @@ def dataset_diffs(
         rows_after = [r for s in ("train", "validation", "test") for r in read_split(after_dir, s)]
         out[address] = diff_rows(rows_before, rows_after, fmt, examples=0)
     return out
+
+
+def manifest_diffs(
+    root: Path, loaded: Any, base_lock: dict[str, Any], head_lock: dict[str, Any]
+) -> dict[str, str]:
+    """Unified diffs of the KServe manifests a deployment had at the base and will have now."""
+    import difflib
+
+    import yaml
+
+    from controller.workspace import open_registry, registry_exists
+    from runners.deploy import kserve
+    from runners.deploy.release import DeployError, Release
+
+    registry = open_registry(root) if registry_exists(root) else None
+    out = {}
+    for address, resource in loaded.desired.resources.items():
+        if resource.kind != "Deployment":
+            continue
+        before_entry = base_lock.get(address) or {}
+        if before_entry.get("digest") == resource.digest:
+            continue
+        sides = []
+        for spec, version in (
+            (before_entry.get("spec"), (before_entry.get("outputs") or {}).get("version")),
+            (dict(resource.spec), _resolved(registry, str(resource.spec["model"]))),
+        ):
+            if not spec or spec.get("target") != "kserve":
+                sides.append([])
+                continue
+            try:
+                release = Release(resource.name, version or str(spec["model"]), dict(spec))
+                manifests = kserve.render_manifests(release, spec["kserve"].get("storage_uri"))
+            except (DeployError, KeyError, ValueError):
+                sides.append([])
+                continue
+            sides.append(yaml.safe_dump_all(manifests, sort_keys=False).splitlines(keepends=True))
+        if sides[0] or sides[1]:
+            diff = difflib.unified_diff(sides[0], sides[1], "base", "this branch", n=2)
+            out[address] = "".join(diff)
+    return out
+
+
+def _resolved(registry: Any, ref: str) -> str | None:
+    version = registry.find(ref) if registry is not None else None
+    return f"{version.model.name}@{version.number}" if version else None

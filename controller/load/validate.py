@@ -15,6 +15,12 @@ from controller.load.secrets import SECRET_HINT, find_secret
 from controller.load.yaml_source import Loc, YamlDocument, walk_strings
 
 
+def _is_secret_field(name: object) -> bool:
+    from controller.load.secrets import SECRET_FIELD_NAMES
+
+    return isinstance(name, str) and bool(SECRET_FIELD_NAMES.search(name))
+
+
 def format_loc(loc: Loc) -> str:
     out = ""
     for part in loc:
@@ -244,7 +250,12 @@ def validate_document(doc: YamlDocument) -> tuple[Resource | None, list[Diagnost
         ]
     diagnostics: list[Diagnostic] = []
     for loc, value in walk_strings(plain):
-        label = find_secret(value, loc[-1] if loc else None)
+        # A reference ({env: NAME} or {secret: name/key}) under a secret-named field is the
+        # right way to write it: only its own fields' names are not secret values.
+        field = loc[-1] if loc else None
+        if len(loc) >= 2 and field in ("env", "secret") and _is_secret_field(loc[-2]):
+            field = None
+        label = find_secret(value, field)
         if label:
             line, col = doc.position(loc)
             diagnostics.append(

@@ -34,6 +34,7 @@ class ReportInputs:
     curves: Mapping[str, Curve] = field(default_factory=dict)
     dataset_diffs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     deployments: Mapping[str, str] = field(default_factory=dict)  # address -> model ref
+    manifest_diffs: Mapping[str, str] = field(default_factory=dict)  # address -> unified diff
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,25 @@ def _deployment_section(inputs: ReportInputs) -> list[str]:
         )
     if not rows:
         return []
+    details = []
+    for action in inputs.plan.actions:
+        if not action.address.startswith("Deployment/") or action.kind == ActionKind.NOOP:
+            continue
+        changes = [c for c in action.changes if c.startswith("spec ")]
+        if changes:
+            details += [f"`{action.address}`: " + "; ".join(changes), ""]
+        diff = inputs.manifest_diffs.get(action.address)
+        if diff:
+            details += [
+                "<details><summary>KServe manifests</summary>",
+                "",
+                "```diff",
+                diff.rstrip("\n"),
+                "```",
+                "",
+                "</details>",
+                "",
+            ]
     return [
         "### Deployments",
         "",
@@ -280,6 +300,7 @@ def _deployment_section(inputs: ReportInputs) -> list[str]:
         "|---|---|---|---|---|",
         *rows,
         "",
+        *details,
     ]
 
 

@@ -72,3 +72,41 @@ def test_report_exits_1_on_a_failed_gate_and_2_on_an_unknown_base(repo: Path) ->
     unknown = llmops(repo, "report", "--base", "no-such-branch")
     assert unknown.returncode == 2
     assert "--base no-such-branch: no such commit" in unknown.stderr
+
+
+def test_kserve_manifest_diff_between_base_and_branch(tmp_path: Path) -> None:
+    """The report's deployment section diffs the KServe manifests rendered from the base's
+    lock entry and from this branch's spec (here: canary 10% -> 25%, 3 -> 5 replicas)."""
+    import shutil
+
+    from controller.cli.report import manifest_diffs
+    from controller.state.lockfile import lock_entry
+    from controller.workspace import load_desired
+    from tests.conftest import PROJECT_ROOT
+
+    root = tmp_path / "demo"
+    for folder in ("specs", "data"):
+        shutil.copytree(PROJECT_ROOT / folder, root / folder)
+    spec_file = root / "specs/deployments/support-assistant.yaml"
+    text = spec_file.read_text().replace("target: local", "target: kserve")
+    text = text.replace(
+        "canary_traffic_percent: 10}",
+        "canary_traffic_percent: 10, storage_uri: 'pvc://models/support-assistant'}",
+    )
+    text = text.replace(
+        "api_key: {env: SUPPORT_ASSISTANT_API_KEY}", "api_key: {secret: keys/support}"
+    )
+    spec_file.write_text(text)
+    base = load_desired(root)
+    address = "Deployment/support-assistant"
+    base_lock = {address: lock_entry(base.desired, address, {"version": "support-assistant@1"})}
+    spec_file.write_text(
+        text.replace("canary_traffic_percent: 10", "canary_traffic_percent: 25").replace(
+            "max_replicas: 3", "max_replicas: 5"
+        )
+    )
+    head = load_desired(root)
+    diffs = manifest_diffs(root, head, base_lock, {})
+    diff = diffs[address]
+    assert "-    canaryTrafficPercent: 10" in diff and "+    canaryTrafficPercent: 25" in diff
+    assert "-    maxReplicas: 3" in diff and "+    maxReplicas: 5" in diff

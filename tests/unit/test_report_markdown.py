@@ -96,7 +96,7 @@ DESIRED = {
     "Experiment/support-lora/lr-high": "sha256:e3",
     "Evaluation/support-lora/default": "sha256:v2",
     "Model/support-assistant": "sha256:m2",
-    "Deployment/support-assistant": "sha256:p1",
+    "Deployment/support-assistant": "sha256:p2",
 }
 
 
@@ -116,7 +116,17 @@ def inputs() -> ReportInputs:
             action(ActionKind.CREATE, "Experiment/support-lora/lr-high", "new | variant"),
             action(ActionKind.REEVALUATE, "Evaluation/support-lora/default", "subject changed"),
             action(ActionKind.CREATE, "Model/support-assistant", "new"),
-            action(ActionKind.DEPLOY, "Deployment/support-assistant", "model changed"),
+            Action(
+                ActionKind.DEPLOY,
+                "Deployment/support-assistant",
+                "Deployment",
+                "deploy",
+                "sha256:p1",
+                "sha256:p2",
+                "spec kserve.canary_traffic_percent: 10 -> 25",
+                0,
+                changes=("spec kserve.canary_traffic_percent: 10 -> 25",),
+            ),
             action(ActionKind.NOOP, "Model/smollm2-135m-instruct", ""),
         )
     )
@@ -136,6 +146,10 @@ def inputs() -> ReportInputs:
         },
         dataset_diffs={"Dataset/support-faq": {"added": 12, "removed": 1, "changed": 2}},
         deployments={"Deployment/support-assistant": "support-assistant@champion"},
+        manifest_diffs={
+            "Deployment/support-assistant": "--- base\n+++ this branch\n@@ -1,2 +1,2 @@\n"
+            "-    canaryTrafficPercent: 10\n+    canaryTrafficPercent: 25\n"
+        },
     )
 
 
