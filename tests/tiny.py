@@ -79,3 +79,17 @@ def model_spec(name: str, source: dict, **extra: object) -> str:
         "apiVersion: llmops/v1\nkind: Model\n"
         f"metadata: {{name: {name}}}\nspec: {json.dumps(spec)}\n"
     )
+
+
+def make_mute_model(tiny: Path, folder: Path) -> Path:
+    """A copy of a tiny model whose output layer is all zeros: it loads, then picks token 0
+    (<unk>, a special token) every time, so it answers every prompt with nothing."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    model.lm_head.weight.data.zero_()
+    model.save_pretrained(folder)
+    for path in tiny.iterdir():
+        if "token" in path.name or path.name == "chat_template.jinja":
+            (folder / path.name).write_bytes(path.read_bytes())
+    return folder

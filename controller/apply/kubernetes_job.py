@@ -15,6 +15,8 @@ from typing import Any
 
 from kubernetes import client
 
+from runners import kube
+
 MANAGED_BY = "llmops"
 TERMINAL = ("Complete", "Failed")
 
@@ -120,18 +122,11 @@ class JobStatus:
 
 
 def api_client(host: str | None = None) -> client.ApiClient:
-    """The cluster from the kube config or the pod's service account; `host` for tests."""
-    from kubernetes import config
-
-    if host:
-        configuration = client.Configuration()
-        configuration.host = host
-        return client.ApiClient(configuration)
+    """The cluster from the pod's service account or the kube config; `host` for tests."""
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+        return kube.api_client(host)
+    except kube.ClusterUnavailable as err:
+        raise JobFailed(str(err)) from err
 
 
 def submit(api: client.ApiClient, job: client.V1Job) -> str:

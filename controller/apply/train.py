@@ -206,7 +206,10 @@ class Trainer(ApplyStep):
         (run_dir / "result.json").unlink(missing_ok=True)
         TrainJob(**k8s.rewrite_paths(asdict(job), state, mount)).save(run_dir / "job.json")
         manifest = k8s.render_job(run_dir / "job.json", job.run_id, digest, executor, state)
-        api = k8s.api_client(os.environ.get("LLMOPS_KUBERNETES_API"))
+        try:
+            api = k8s.api_client(os.environ.get("LLMOPS_KUBERNETES_API"))
+        except k8s.JobFailed as err:
+            raise TrainFailed(f"{job.run_id}: {err}") from err
         how = k8s.submit(api, manifest)
         self.console.print(
             f"  Job {manifest.metadata.namespace}/{manifest.metadata.name} {how}; waiting for it"

@@ -21,6 +21,7 @@ import kserve
 from kubernetes import client
 from pydantic import BaseModel
 
+from runners import kube
 from runners.deploy.release import (
     CONTAINER_PORT,
     DeployError,
@@ -232,23 +233,11 @@ def render_manifests(release: Release, storage_uri: str | None = None) -> list[d
 
 
 def api_client(host: str | None = None) -> client.ApiClient:
-    """The cluster from the kube config or the pod's service account; `host` for tests."""
-    from kubernetes import config
-
-    if host:
-        configuration = client.Configuration()
-        configuration.host = host
-        return client.ApiClient(configuration)
+    """The cluster from the pod's service account or the kube config; `host` for tests."""
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except config.ConfigException as err:
-            raise DeployError(
-                f"no Kubernetes cluster configured ({err}); set KUBECONFIG or run in a pod"
-            ) from err
-    return client.ApiClient()
+        return kube.api_client(host)
+    except kube.ClusterUnavailable as err:
+        raise DeployError(str(err)) from err
 
 
 def _api_error(err: Exception, what: str, api: client.ApiClient) -> DeployError:

@@ -10,6 +10,7 @@ import pytest
 
 from runners.deploy import local
 from runners.deploy.release import DeployError
+from tests.tiny import make_mute_model
 
 
 def runtime_config(model_dir: Path, version: str, public_port: int) -> dict[str, Any]:
@@ -26,16 +27,7 @@ def runtime_config(model_dir: Path, version: str, public_port: int) -> dict[str,
 @pytest.fixture
 def mute_model(tiny_model: Path, tmp_path: Path) -> Path:
     """Loads, but answers every prompt with nothing: its smoke check fails."""
-    from transformers import AutoModelForCausalLM
-
-    mute = tmp_path / "mute"
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    model.lm_head.weight.data.zero_()
-    model.save_pretrained(mute)
-    for path in tiny_model.iterdir():
-        if "token" in path.name or path.name == "chat_template.jinja":
-            (mute / path.name).write_bytes(path.read_bytes())
-    return mute
+    return make_mute_model(tiny_model, tmp_path / "mute")
 
 
 def test_failed_new_version_never_replaces_the_serving_one(

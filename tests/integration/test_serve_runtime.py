@@ -349,17 +349,9 @@ def test_overload_429_timeout_504_and_graceful_shutdown(tiny_model: Path, tmp_pa
 
 
 def test_bad_config_exits_2_and_a_failing_model_exits_3(tiny_model: Path, tmp_path: Path) -> None:
-    from transformers import AutoModelForCausalLM
+    from tests.tiny import make_mute_model
 
-    # A model whose output layer is all zeros picks token 0 (<unk>, a special token) every
-    # time: it loads, and answers every prompt with nothing.
-    mute = tmp_path / "mute"
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    model.lm_head.weight.data.zero_()
-    model.save_pretrained(mute)
-    for path in tiny_model.iterdir():
-        if "token" in path.name or path.name == "chat_template.jinja":
-            (mute / path.name).write_bytes(path.read_bytes())
+    mute = make_mute_model(tiny_model, tmp_path / "mute")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
