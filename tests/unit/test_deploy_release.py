@@ -140,7 +140,14 @@ def test_collect_follows_imports_and_pins_third_party(tmp_path: Path) -> None:
         "datasketch": "runners/data/steps.py",
         "runners.data.minhash": "runners/data/steps.py",
     }
+
+
+def test_llama_cpp_images_pin_llama_cpp_python(tmp_path: Path) -> None:
+    # llama-cpp-python is the optional extra `llama-cpp` (an sdist that compiles llama.cpp).
+    pytest.importorskip("llama_cpp", reason="the llama-cpp extra is not installed")
+    write(tmp_path, TREE)
     llama = sources.collect(tmp_path, "runners.serve", "llama-cpp").requirements
+    version = importlib.metadata.version
     assert f"llama_cpp_python=={version('llama_cpp_python')}" in llama
 
 
