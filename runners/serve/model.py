@@ -86,6 +86,8 @@ class ServeModel(kserve.Model):
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> Any:
+        # kserve answers NotImplementedError with 501 and this message: the v1/v2 tensor
+        # protocols are deliberately not served by a text-generation runtime.
         raise NotImplementedError(
             "this runtime speaks the OpenAI protocol: POST /openai/v1/chat/completions "
             "or /openai/v1/completions"

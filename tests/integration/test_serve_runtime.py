@@ -232,6 +232,16 @@ def test_health_readiness_and_metrics(server: Runtime) -> None:
     assert ("llmops_serve_request_seconds_count", (("route", "/v1/chat/completions"),)) in after
 
 
+def test_kserve_tensor_protocols_point_to_the_openai_routes(server: Runtime) -> None:
+    refused = httpx.post(
+        f"{server.url}/v2/models/{NAME}/infer",
+        json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]},
+    )
+    assert refused.status_code == 501
+    assert "POST /openai/v1/chat/completions" in refused.text
+    assert greedy(server, max_tokens=4).choices[0].message.content is not None
+
+
 def test_the_example_application(server: Runtime) -> None:
     result = subprocess.run(
         [
