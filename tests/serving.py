@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ from typing import Any
 
 import httpx
 
+from runners.deploy.local import free_port
 from tests.conftest import PROJECT_ROOT
 
 READY_WAIT_S = 180  # a loaded 2-core machine imports torch and transformers slowly
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def config(name: str, model_dir: Path | None, **extra: Any) -> dict[str, Any]:

@@ -166,9 +166,6 @@ class Deployer(ApplyStep):
 
         config, ref = self.runtime_config(name, spec)
         gguf = config["gguf_path"]
-        _, path = ensure_model(
-            spec["model"], dict(self.desired.resources), self.registry, self.root, self.console
-        )
         release = Release(
             name,
             ref,
@@ -176,7 +173,7 @@ class Deployer(ApplyStep):
             smoke_prompts=config["smoke"]["prompts"],
             gguf_file=Path(gguf).name if gguf else None,
         )
-        return release, path
+        return release, Path(config["model_dir"])
 
     def _deploy_docker(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         from runners.deploy import docker

@@ -209,7 +209,7 @@ class Applier(ApplyStep):
         trained = self.trainer.train(source["experiment"], source["run"])
         evaluation = f"Evaluation/{source['experiment']}/{source['run']}"
         if evaluation in self.desired.resources:
-            outputs = self._outputs.get(evaluation) or self._apply_evaluation(evaluation)
+            outputs = self._apply_evaluation(evaluation)
             failed = sorted(k for k, v in (outputs.get("gates") or {}).items() if v != "pass")
             if failed:
                 raise GateFailed(
@@ -235,17 +235,15 @@ class Applier(ApplyStep):
         }
 
     def _apply_evalsuite(self, address: str) -> dict[str, Any]:
-        name = address.split("/", 1)[1]
-        missing = [
-            str(p)
-            for p in self.evaluator.task_data(self.evaluator.suite(name)).values()
-            if not Path(p).exists()
-        ]
-        if missing:
-            from runners.evaluate.run import EvalError
+        """A suite runs nothing by itself: applying it checks its task data is there."""
+        from runners.evaluate.run import EvalError
 
+        name = address.split("/", 1)[1]
+        suite = self.evaluator.suite(name)
+        missing = [str(p) for p in self.evaluator.task_data(suite).values() if not p.exists()]
+        if missing:
             raise EvalError(f"suite '{name}' task data missing: {', '.join(missing)}")
-        return {"tasks": len(self.evaluator.suite(name).get("tasks") or [])}
+        return {"tasks": len(suite.get("tasks") or [])}
 
     def _apply_experiment(self, address: str) -> dict[str, Any]:
         _, experiment, run = address.split("/", 2)
@@ -275,6 +273,8 @@ class Applier(ApplyStep):
         return control.get("model") or spec.get("base_model")
 
     def _apply_evaluation(self, address: str) -> dict[str, Any]:
+        if address in self._outputs:  # already evaluated for a promotion in this apply
+            return self._outputs[address]
         _, experiment, run = address.split("/", 2)
         spec = self.desired.resources[address].spec
         suite = spec["suite"]

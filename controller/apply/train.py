@@ -65,6 +65,13 @@ def first_last_eval(log: Path) -> tuple[float | None, float | None]:
     return (values[0], values[-1]) if values else (None, None)
 
 
+def run_folder(state_root: Path, resource: DesiredResource) -> Path:
+    """Where a run trains and keeps its log, curves and result: keyed by the run's digest."""
+    experiment, run = resource.address.split("/")[1:]
+    digest = resource.digest.removeprefix("sha256:")[:16]
+    return state_root / "runs" / experiment / run / digest
+
+
 class Trainer(ApplyStep):
     """Trains the runs of experiments of one loaded repository."""
 
@@ -72,9 +79,7 @@ class Trainer(ApplyStep):
         return [r.name for r in self.loaded.runs.get(experiment, [])]
 
     def run_dir(self, resource: DesiredResource) -> Path:
-        experiment, run = resource.address.split("/")[1:]
-        digest = resource.digest.removeprefix("sha256:")[:16]
-        return self.registry.paths.root / "runs" / experiment / run / digest
+        return run_folder(self.registry.paths.root, resource)
 
     def train(self, experiment: str, run: str, force: bool = False) -> TrainOutcome:
         resource = self.desired.resources[f"Experiment/{experiment}/{run}"]

@@ -147,18 +147,18 @@ def collect_curves(
     root: Path, loaded: Any, head_lock: dict[str, Any], assets: Path, relative_to: Path
 ) -> dict[str, Any]:
     """Loss per step from each trained run's log, its curves.png copied beside the report."""
+    from controller.apply.train import run_folder
     from controller.report.markdown import Curve
     from controller.state.blobs import hash_file
     from controller.state.paths import StatePaths
 
-    runs = StatePaths.for_repo(root).root / "runs"
+    state_root = StatePaths.for_repo(root).root
 
     curves = {}
     for address, resource in loaded.desired.resources.items():
         if resource.kind != "Experiment" or address not in head_lock:
             continue
-        experiment, run = address.split("/")[1:]
-        run_dir = runs / experiment / run / resource.digest.removeprefix("sha256:")[:16]
+        run_dir = run_folder(state_root, resource)
         log = run_dir / "log.jsonl"
         if not log.is_file():
             continue

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from dockerfile_parse import DockerfileParser
 
 from controller.api.deployment import DeploymentSpec
 from runners.deploy import docker
+from runners.deploy.local import free_port
 from runners.deploy.release import DeployError, Release
 from tests.conftest import PROJECT_ROOT
 from tests.tiny import make_tiny_llama
@@ -226,12 +226,6 @@ def test_renders_from_the_checkout_by_default(tmp_path: Path) -> None:
     context = docker.render_context(tmp_path / "ctx", release(), None)
     ours = PROJECT_ROOT / "runners" / "serve" / "config.py"
     assert sha256(context.path / "src" / "runners" / "serve" / "config.py") == sha256(ours)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_the_context_serves_its_model(tmp_path: Path, model_dir: Path) -> None:
