@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from controller.history import history, snapshot
-from controller.state.lockfile import LOCK_FILE, LOCK_VERSION, write_lock
+from controller.state.lockfile import LOCK_FILE, LockFile, write_lock
 
 ENV = {
     **os.environ,
@@ -69,7 +69,7 @@ def build(root: Path, pulls: int, size: int) -> None:
         resources[f"Experiment/exp{index % size}/default"]["outputs"]["metrics"] = {
             "eval_loss": 3.0 - index / 1000
         }
-        write_lock(root / LOCK_FILE, {"lockVersion": LOCK_VERSION, "resources": resources})
+        write_lock(root / LOCK_FILE, LockFile.model_validate({"resources": resources}))
         git(root, "add", "-A")
         git(root, "commit", "-q", "-m", "Apply")
         if index:

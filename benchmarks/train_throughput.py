@@ -82,6 +82,7 @@ def runner(
     model_path: Path, data: list[dict], steps: int, batch: int, length: int, packing: bool
 ) -> float:
     from runners.train.job import TrainJob
+    from runners.train.log import LOG_FILE, read_log, training_steps
     from runners.train.loop import train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,12 +104,7 @@ def runner(
             },
         )
         train(job)
-        records = [
-            json.loads(line)
-            for line in (Path(tmp) / "run/log.jsonl").read_text().splitlines()
-            if line
-        ]
-    records = [r for r in records if "tokens_per_s" in r]
+        records = training_steps(read_log(Path(tmp) / "run" / LOG_FILE))
     seconds = sum(r["tokens"] / r["tokens_per_s"] for r in records)
     return sum(r["tokens"] for r in records) / seconds
 

@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.state.lockfile import LOCK_FILE, read_lock
+from controller.state.lockfile import (
+    LOCK_FILE,
+    DeploymentOutputs,
+    EvaluationOutputs,
+    LockFile,
+    read_lock,
+)
 from controller.state.paths import StatePaths
 from controller.state.registry.store import Registry
 from controller.workspace import find_root
@@ -76,8 +82,8 @@ class Client:
             self._registry = Registry.open(StatePaths.for_repo(self.root))
         return self._registry
 
-    def _lock(self) -> dict[str, Any]:
-        return read_lock(self.root / LOCK_FILE)["resources"]
+    def _lock(self) -> LockFile:
+        return read_lock(self.root / LOCK_FILE)
 
     def model(self, ref: str) -> ModelVersion:
         """'name', 'name@3' or 'name@alias'; KeyError when the registry has no such version."""
@@ -114,19 +120,19 @@ class Client:
     def evaluations(self) -> list[Evaluation]:
         """The evaluations apply recorded in llmops.lock, with metrics, comparisons and gates."""
         out = []
-        for address, entry in sorted(self._lock().items()):
-            outputs = entry.get("outputs") or {}
-            if not address.startswith("Evaluation/") or "subject" not in outputs:
+        for address, entry in self._lock().entries("Evaluation"):
+            outputs = entry.outputs
+            if not isinstance(outputs, EvaluationOutputs) or not outputs.subject:
                 continue
             out.append(
                 Evaluation(
-                    address=address,
-                    subject=outputs["subject"],
-                    suite=outputs.get("suite", ""),
-                    baseline=outputs.get("baseline"),
-                    metrics=dict(outputs.get("metrics") or {}),
-                    gates=dict(outputs.get("gates") or {}),
-                    comparison=list(outputs.get("comparison") or []),
+                    address=str(address),
+                    subject=outputs.subject,
+                    suite=outputs.suite,
+                    baseline=outputs.baseline,
+                    metrics=dict(outputs.metrics),
+                    gates={n: "pass" if g.passed else "fail" for n, g in outputs.gates.items()},
+                    comparison=[row.model_dump() for row in outputs.comparison],
                 )
             )
         return out
@@ -135,13 +141,12 @@ class Client:
         from controller.observe.drift import live_deployment
 
         out = []
-        for address, entry in sorted(self._lock().items()):
-            if not address.startswith("Deployment/"):
-                continue
-            name = address.split("/", 1)[1]
-            outputs = entry.get("outputs") or {}
-            key = (entry.get("spec") or {}).get("api_key") or {}
-            target = outputs.get("target", "")
+        for address, entry in self._lock().entries("Deployment"):
+            name = address.name
+            outputs = entry.outputs
+            assert isinstance(outputs, DeploymentOutputs)
+            key = entry.spec.get("api_key") or {}
+            target = outputs.target
             running = (
                 live_deployment(StatePaths.for_repo(self.root).root, name).running
                 if target == "local"
@@ -150,9 +155,9 @@ class Client:
             out.append(
                 Deployment(
                     name=name,
-                    version=outputs.get("version", ""),
+                    version=outputs.version,
                     target=target,
-                    endpoint=outputs.get("endpoint"),
+                    endpoint=outputs.endpoint,
                     api_key_env=key.get("env"),
                     running=running,
                 )

@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from controller.api import KINDS
+from controller.api import KINDS as SPEC_KINDS
 from controller.load.diagnostics import did_you_mean
+from controller.plan.address import Address
 from controller.plan.digest import canonical_json
+from controller.plan.kinds import KINDS, RUN_KINDS
 from controller.plan.planner import flatten
-from controller.state.lockfile import LOCK_FILE
+from controller.state.lockfile import LOCK_FILE, LockFileError, parse_lock
 
 if TYPE_CHECKING:
     from git import Blob, Commit, Tree
 
-# Addresses are `Kind/name`; runs and evaluations add `/<run>` to the Experiment's name.
-ADDRESS_KINDS = (
-    "Model",
-    "Dataset",
-    "EvalSuite",
-    "Experiment",
-    "Evaluation",
-    "Deployment",
-    "Pipeline",
-)
 _MERGE_PR = re.compile(r"^Merge pull request #(\d+) from ")
 _SQUASH_PR = re.compile(r"\(#(\d+)\)\s*$")
 
@@ -139,8 +130,13 @@ def evidence(address: str, entry: Mapping[str, Any]) -> Evidence | None:
         version if isinstance(version, str) else None,
         dict(metrics),
         suite if isinstance(suite, str) else None,
-        {str(k): str(v) for k, v in gates.items()},
+        {str(k): _verdict(v) for k, v in gates.items()},
     )
+
+
+def _verdict(gate: Any) -> str:
+    """'pass' or 'fail' from a recorded gate ({passed, detail} since lockVersion 2)."""
+    return "pass" if isinstance(gate, dict) and gate.get("passed") else "fail"
 
 
 @dataclass(frozen=True)
@@ -178,19 +174,25 @@ class Target:
 
     @property
     def kind(self) -> str:
-        return self.address.split("/", 1)[0]
+        return Address.parse(self.address).kind
 
     @property
     def document(self) -> tuple[str, str]:
         """(kind, metadata.name): runs and evaluations come from their Experiment document."""
-        name = self.address.split("/", 1)[1]
-        if self.kind in ("Experiment", "Evaluation"):
-            return "Experiment", name.split("/", 1)[0]
-        return self.kind, name
+        parsed = Address.parse(self.address)
+        if parsed.kind in RUN_KINDS:
+            return "Experiment", parsed.name
+        return parsed.kind, parsed.name
 
     def tracks(self, address: str) -> bool:
         """`Experiment/x` also covers its runs `Experiment/x/<run>`."""
-        return address == self.address or address.startswith(self.address + "/")
+        return Address.parse(self.address).contains(Address.parse(address))
+
+
+def _after_kind(address: str) -> str:
+    """'support-lora/default' for 'Experiment/support-lora/default': what people type."""
+    parsed = Address.parse(address)
+    return parsed.name if parsed.run is None else f"{parsed.name}/{parsed.run}"
 
 
 def match_resource(text: str, known: Iterable[str]) -> str | None:
@@ -200,12 +202,12 @@ def match_resource(text: str, known: Iterable[str]) -> str | None:
     """
     addresses = set(known)
     kind, _, rest = text.partition("/")
-    canonical = {k.lower(): k for k in ADDRESS_KINDS}.get(kind.lower())
+    canonical = {k.lower(): k for k in KINDS}.get(kind.lower())
     if canonical and rest:
         wanted = f"{canonical}/{rest}"
         if wanted in addresses or any(a.startswith(wanted + "/") for a in addresses):
             return wanted
-    named = sorted(a for a in addresses if a.split("/", 1)[1:] == [text])
+    named = sorted(a for a in addresses if _after_kind(a) == text)
     if len(named) > 1:
         raise HistoryError(
             f"'{text}' names several resources: {', '.join(named)}; "
@@ -220,7 +222,7 @@ def unknown_message(text: str, known: Iterable[str]) -> str:
     if "/" in text:
         hint = did_you_mean(text, addresses)
     else:
-        by_name = {a.split("/", 1)[1]: a for a in addresses}
+        by_name = {_after_kind(a): a for a in addresses}
         close = difflib.get_close_matches(text, sorted(by_name), n=1, cutoff=0.6)
         hint = f"did you mean '{by_name[close[0]]}'?" if close else ""
     shown = hint or (
@@ -463,7 +465,8 @@ class GitHistory:
         return self._states[key]
 
     def _lock(self, commit: Commit) -> dict[str, dict[str, Any]]:
-        """The lock's resources at `commit`; {} when absent or unreadable (with a warning)."""
+        """The lock's resources at `commit`, migrated to the current schema and as JSON, so
+        entries of any age compare alike; {} when absent or unreadable (with a warning)."""
         try:
             blob = commit.tree / (self.prefix + LOCK_FILE)
         except KeyError:
@@ -471,14 +474,14 @@ class GitHistory:
         if blob.hexsha not in self._locks:
             resources: dict[str, dict[str, Any]] = {}
             try:
-                data = json.loads(blob.data_stream.read())
-                found = data.get("resources") if isinstance(data, dict) else None
-                if isinstance(found, dict):
-                    resources = {a: e for a, e in found.items() if isinstance(e, dict)}
-                else:
-                    self.warnings.append(f"{commit.hexsha[:7]}: {LOCK_FILE} has no resources")
-            except (ValueError, UnicodeDecodeError) as err:
-                self.warnings.append(f"{commit.hexsha[:7]}: {LOCK_FILE} is not JSON ({err})")
+                text = blob.data_stream.read().decode("utf-8")
+                resources = parse_lock(text, f"{LOCK_FILE} at {commit.hexsha[:7]}").as_json()[
+                    "resources"
+                ]
+            except UnicodeDecodeError as err:
+                self.warnings.append(f"{commit.hexsha[:7]}: {LOCK_FILE} is not text ({err})")
+            except LockFileError as err:
+                self.warnings.append(f"{commit.hexsha[:7]}: {err.diagnostic.render()}")
             self._locks[blob.hexsha] = resources
         return self._locks[blob.hexsha]
 
@@ -493,7 +496,7 @@ class GitHistory:
         specs = self._specs_tree(commit)
         if specs is None:
             return None
-        folder = KINDS[kind].FOLDER
+        folder = SPEC_KINDS[kind].FOLDER
         # Most documents live in `<folder>/<name>.yaml`: read that file before searching.
         for suffix in _SPEC_SUFFIXES:
             blob = _child(specs, f"{folder}/{name}{suffix}")
@@ -545,7 +548,7 @@ class GitHistory:
         specs = self._specs_tree(commit)
         if specs is not None:
             for _, doc in self._documents(specs):
-                if doc.get("kind") in ADDRESS_KINDS and isinstance(_name(doc), str):
+                if doc.get("kind") in SPEC_KINDS and isinstance(_name(doc), str):
                     known.add(f"{doc['kind']}/{_name(doc)}")
         return known
 

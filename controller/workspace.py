@@ -10,7 +10,7 @@ from controller.load.compose import Run, parse_overrides
 from controller.load.diagnostics import Diagnostic, has_errors, sort_diagnostics
 from controller.load.loader import LoadedSpec, load_specs
 from controller.load.resolve import resolve
-from controller.observe.lock import observed_from_lock
+from controller.observe.applied import observed_from_lock
 from controller.observe.registry import observe_registry
 from controller.plan.planner import plan
 from controller.plan.types import DesiredState, ObservedState, Plan

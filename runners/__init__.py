@@ -1,1 +1,1 @@
-"""Runners: one recipe per job (data, train, evaluate, serve, deploy); never import controller."""
+"""Runners: one recipe per job (pull, prepare, train, evaluate, serve, deploy); no controller."""

@@ -14,6 +14,7 @@ from controller.api import split_ref
 from controller.apply.context import ApplyStep
 from controller.apply.evaluate import Evaluator
 from controller.apply.pull import ensure_model
+from controller.state.lockfile import DeploymentOutputs, LockEntry
 from runners.deploy import local
 from runners.deploy.release import DeployError
 
@@ -84,7 +85,7 @@ class Deployer(ApplyStep):
         if source.get("type") == "gguf":
             return str(self.root / source["path"])
         if source.get("type") == "python-package":
-            from runners.pull.sources import package_file
+            from runners.pull.origins import package_file
 
             return str(package_file(source))
         raise DeployError(
@@ -117,16 +118,16 @@ class Deployer(ApplyStep):
         }
         return config, ref
 
-    def deploy(self, name: str, previous: dict[str, Any]) -> dict[str, Any]:
+    def deploy(self, name: str) -> DeploymentOutputs:
         spec = self.spec(name)
         target = spec["target"]
         if target == "local":
             return self._deploy_local(name, spec)
         if target == "docker":
             return self._deploy_docker(name, spec)
-        return self._deploy_kserve(name, spec, previous)
+        return self._deploy_kserve(name, spec)
 
-    def _deploy_local(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    def _deploy_local(self, name: str, spec: dict[str, Any]) -> DeploymentOutputs:
         config, ref = self.runtime_config(name, spec)
         key = self.api_key(name, spec)
         env = {SERVE_API_KEY_ENV: key} if key else {}
@@ -154,11 +155,7 @@ class Deployer(ApplyStep):
                 tick=lambda s: status.update(f"  starting {ref} for {name} ({s:.0f} s)"),
             )
         self.console.print(f"  {name}: {happened} {ref} at {state.endpoint}/v1 (pid {state.pid})")
-        return {
-            "version": ref,
-            "target": "local",
-            "endpoint": f"{state.endpoint}/v1",
-        }
+        return DeploymentOutputs(version=ref, target="local", endpoint=f"{state.endpoint}/v1")
 
     def release(self, name: str, spec: dict[str, Any]) -> tuple[Any, Path]:
         """The target-neutral description docker and KServe render from, and the model folder."""
@@ -175,7 +172,7 @@ class Deployer(ApplyStep):
         )
         return release, Path(config["model_dir"])
 
-    def _deploy_docker(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    def _deploy_docker(self, name: str, spec: dict[str, Any]) -> DeploymentOutputs:
         from runners.deploy import docker
 
         release, model_path = self.release(name, spec)
@@ -183,17 +180,15 @@ class Deployer(ApplyStep):
         context = docker.render_context(folder, release, model_path)
         outcome = docker.build(context.path, context.tag)
         self.console.print(f"  {name}: {outcome.message}")
-        return {
-            "version": release.model_version,
-            "target": "docker",
-            "image": context.tag,
-            "context_digest": context.digest,
-            "built": outcome.built,
-        }
+        return DeploymentOutputs(
+            version=release.model_version,
+            target="docker",
+            image=context.tag,
+            context_digest=context.digest,
+            built=outcome.built,
+        )
 
-    def _deploy_kserve(
-        self, name: str, spec: dict[str, Any], previous: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _deploy_kserve(self, name: str, spec: dict[str, Any]) -> DeploymentOutputs:
         from runners.deploy import kserve
 
         release, _ = self.release(name, spec)
@@ -203,16 +198,18 @@ class Deployer(ApplyStep):
         except kserve.RolloutFailed as err:
             raise DeployError(str(err)) from err
         self.console.print(f"  {name}: {release.model_version} ready at {rollout.url}")
-        return {
-            "version": release.model_version,
-            "target": "kserve",
-            "endpoint": rollout.url,
-            "revision": rollout.revision,
-            "traffic": rollout.traffic,
-        }
+        return DeploymentOutputs(
+            version=release.model_version,
+            target="kserve",
+            endpoint=rollout.url,
+            revision=rollout.revision,
+            traffic=rollout.traffic,
+        )
 
-    def stop(self, name: str, outputs: dict[str, Any]) -> None:
-        target = outputs.get("target", "local")
+    def stop(self, name: str, recorded: LockEntry) -> None:
+        """Stop what the lock entry says was deployed (its spec, not today's: it was removed)."""
+        assert isinstance(recorded.outputs, DeploymentOutputs)
+        target = recorded.outputs.target or "local"
         if target == "local":
             stopped = local.stop(deployment_dir(self.registry.paths.root, name))
             if stopped:
@@ -220,8 +217,7 @@ class Deployer(ApplyStep):
         elif target == "kserve":
             from runners.deploy import kserve
 
-            spec = self.desired.resources.get(f"Deployment/{name}")
-            namespace = (spec.spec["kserve"]["namespace"]) if spec else "default"
+            namespace = (recorded.spec.get("kserve") or {}).get("namespace") or "default"
             kserve.delete(kserve.api_client(), namespace, name)
 
 

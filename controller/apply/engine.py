@@ -22,8 +22,22 @@ from controller.apply.evaluate import Evaluator
 from controller.apply.prepare import Preparer
 from controller.apply.pull import pull_model
 from controller.apply.train import Trainer
+from controller.plan.address import Address
 from controller.plan.types import Action, ActionKind, Plan
-from controller.state.lockfile import LOCK_VERSION, lock_entry, read_lock, write_lock
+from controller.state.lockfile import (
+    ComparisonRow,
+    DatasetOutputs,
+    EvalSuiteOutputs,
+    EvaluationOutputs,
+    ExperimentOutputs,
+    GateVerdict,
+    LockEntry,
+    ModelOutputs,
+    Outputs,
+    PipelineOutputs,
+    read_lock,
+    write_lock,
+)
 from controller.state.registry.store import Registry
 from controller.workspace import Loaded
 
@@ -82,6 +96,20 @@ def round_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+Handler = Callable[["Applier", Address], Outputs]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(kind: str) -> Callable[[Handler], Handler]:
+    """Register the function that applies resources of `kind` (one per kind, looked up by kind)."""
+
+    def register(handler: Handler) -> Handler:
+        HANDLERS[kind] = handler
+        return handler
+
+    return register
+
+
 class Applier(ApplyStep):
     """Runs the actions of one plan against one repository's state."""
 
@@ -103,7 +131,7 @@ class Applier(ApplyStep):
         self.trainer = Trainer(loaded, registry, console)
         self.preparer = Preparer(loaded, registry, console)
         self._deployer: Any = None
-        self._outputs: dict[str, dict[str, Any]] = {}
+        self._outputs: dict[Address, Outputs] = {}
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -112,16 +140,17 @@ class Applier(ApplyStep):
         blocked: set[str] = set()
         changed: set[str] = set()
         for action in the_plan.actions:
+            address = Address.parse(action.address)
             # A deployment naming `model@alias` has no digest input for the alias: when this
             # apply moved what it depends on, it is rolled out again (a no-op if unchanged).
-            moved = action.address.startswith("Deployment/") and bool(
+            moved = address.kind == "Deployment" and bool(
                 changed & set(self._dependencies(action.address))
             )
             if action.kind == ActionKind.DELETE:
                 result = self._delete(action)
             elif action.kind == ActionKind.NOOP and self._recorded(action) and not moved:
                 continue
-            elif self.skip_deploy and action.address.startswith("Deployment/"):
+            elif self.skip_deploy and address.kind == "Deployment":
                 result = ActionResult(
                     action.address, str(action.kind), "skipped", message="--skip-deploy"
                 )
@@ -134,7 +163,7 @@ class Applier(ApplyStep):
                     message=f"{failed_dep} did not apply",
                 )
             else:
-                result = self._run(action)
+                result = self._run(action, address)
             if result.status in ("failed", "skipped"):
                 blocked.add(action.address)
             elif result.status == "applied":
@@ -149,20 +178,19 @@ class Applier(ApplyStep):
 
     def _recorded(self, action: Action) -> bool:
         """A noop whose lock entry is current needs nothing; otherwise its outputs are recorded."""
-        entry = self.lock["resources"].get(action.address)
-        return entry is not None and entry.get("digest") == action.after
+        entry = self.lock.get(action.address)
+        return entry is not None and entry.digest == action.after
 
-    def _run(self, action: Action) -> ActionResult:
+    def _run(self, action: Action, address: Address) -> ActionResult:
         from controller.apply.errors import permanent_errors
 
-        kind = action.address.split("/", 1)[0]
-        handler = getattr(self, f"_apply_{kind.lower()}")
+        handler = HANDLERS[address.kind]
         started = time.monotonic()
         verb = "recording" if action.kind == ActionKind.NOOP else str(action.kind)
         self.console.print(f"[bold]{verb}[/bold] {action.address}")
         fault_point(f"before:{action.address}")
         try:
-            outputs = handler(action.address)
+            outputs = handler(self, address)
         except (*permanent_errors(), GateFailed) as err:
             self.console.print(f"  [red]failed[/red]: {err}")
             return ActionResult(
@@ -172,144 +200,59 @@ class Applier(ApplyStep):
                 time.monotonic() - started,
                 message=str(err),
             )
-        self._outputs[action.address] = outputs
+        self._outputs[address] = outputs
         fault_point(f"after:{action.address}")
-        self._record(action.address, outputs)
+        self._record(address, outputs)
         status: Status = "recorded" if action.kind == ActionKind.NOOP else "applied"
         seconds = time.monotonic() - started
         self.console.print(f"  [green]{status}[/green] {action.address} in {seconds:.1f} s")
-        return ActionResult(action.address, str(action.kind), status, seconds, outputs)
+        return ActionResult(
+            action.address,
+            str(action.kind),
+            status,
+            seconds,
+            outputs.model_dump(mode="json", exclude_defaults=True),
+        )
 
-    def _record(self, address: str, outputs: dict[str, Any]) -> None:
+    def _record(self, address: Address, outputs: Outputs) -> None:
         """Persist after every action: this is what makes apply restartable."""
-        self.lock.setdefault("resources", {})[address] = lock_entry(self.desired, address, outputs)
-        self.lock["lockVersion"] = LOCK_VERSION
+        self.lock.record(address, LockEntry.of(self.desired.resources[str(address)], outputs))
         write_lock(self.lock_path, self.lock)
 
     def _delete(self, action: Action) -> ActionResult:
         started = time.monotonic()
+        address = Address.parse(action.address)
         self.console.print(f"[bold]delete[/bold] {action.address}")
-        entry = self.lock["resources"].get(action.address) or {}
-        if action.address.startswith("Deployment/"):
-            self.deployer.stop(action.address.split("/", 1)[1], entry.get("outputs") or {})
-        self.lock["resources"].pop(action.address, None)
+        entry = self.lock.get(address)
+        if address.kind == "Deployment" and entry is not None:
+            self.deployer.stop(address.name, entry)
+        self.lock.forget(address)
         write_lock(self.lock_path, self.lock)
         return ActionResult(action.address, "delete", "applied", time.monotonic() - started)
 
-    # -- one handler per kind ------------------------------------------------------------
+    # -- what handlers share -------------------------------------------------------------
 
-    def _apply_model(self, address: str) -> dict[str, Any]:
-        resource = self.desired.resources[address]
-        source = resource.spec["source"]
-        if source["type"] != "experiment":
-            outcome = pull_model(resource, self.registry, self.root, self.console)
-            return {"version": outcome.ref}
-        # A model an experiment produces: promote the run's version once its gates pass.
-        run_address = f"Experiment/{source['experiment']}/{source['run']}"
-        trained = self.trainer.train(source["experiment"], source["run"])
-        evaluation = f"Evaluation/{source['experiment']}/{source['run']}"
-        if evaluation in self.desired.resources:
-            outputs = self._apply_evaluation(evaluation)
-            failed = sorted(k for k, v in (outputs.get("gates") or {}).items() if v != "pass")
-            if failed:
-                raise GateFailed(
-                    f"{trained.ref} ({run_address}) failed gate(s) {', '.join(failed)}; "
-                    f"aliases {resource.spec.get('aliases') or []} stay where they are"
-                )
-        for alias in resource.spec.get("aliases") or []:
-            self.registry.set_alias(trained.version.model.name, alias, trained.version.number)
-            self.console.print(f"  {trained.version.model.name}@{alias} -> {trained.ref}")
-        return {"version": trained.ref, "aliases": list(resource.spec.get("aliases") or [])}
-
-    def _apply_dataset(self, address: str) -> dict[str, Any]:
-        outcome = self.preparer.prepare(address.split("/", 1)[1])
-        stats = outcome.stats or {}
-        return {
-            "version": outcome.version.version,
-            "rows": dict(stats.get("rows") or {}),
-            "removed": {
-                step["step"]: step["removed"]
-                for step in stats.get("steps") or []
-                if step["removed"]
-            },
-        }
-
-    def _apply_evalsuite(self, address: str) -> dict[str, Any]:
-        """A suite runs nothing by itself: applying it checks its task data is there."""
-        from runners.evaluate.run import EvalError
-
-        name = address.split("/", 1)[1]
-        suite = self.evaluator.suite(name)
-        missing = [str(p) for p in self.evaluator.task_data(suite).values() if not p.exists()]
-        if missing:
-            raise EvalError(f"suite '{name}' task data missing: {', '.join(missing)}")
-        return {"tasks": len(suite.get("tasks") or [])}
-
-    def _apply_experiment(self, address: str) -> dict[str, Any]:
-        _, experiment, run = address.split("/", 2)
-        outcome = self.trainer.train(experiment, run)
-        result = outcome.result or {}
-        metrics = {
-            k: result[k]
-            for k in ("final_loss", "final_eval_loss", "steps", "tokens_per_s")
-            if isinstance(result.get(k), int | float)
-        }
-        return {"version": outcome.ref, "metrics": round_metrics(metrics)}
-
-    def _subject_ref(self, subject: str) -> str:
+    def subject_ref(self, subject: str) -> str:
+        """The model version an evaluation's subject names: `model:<ref>` or a run's address."""
         if subject.startswith("model:"):
             return subject.removeprefix("model:")
-        _, experiment, run = subject.split("/", 2)
-        return self.trainer.train(experiment, run).ref
+        run = Address.parse(subject)
+        return self.trainer.train(run.experiment, str(run.run)).ref
 
-    def _control_ref(self, experiment: str) -> str | None:
-        runs = [a for a in self.desired.resources if a.startswith(f"Experiment/{experiment}/")]
+    def control_ref(self, experiment: str) -> str | None:
+        """What the experiment's runs are compared with: a run, a named model or the base."""
+        runs = sorted(
+            a
+            for a, r in self.desired.resources.items()
+            if r.kind == "Experiment" and Address.parse(a).name == experiment
+        )
         if not runs:
             return None
-        spec = self.desired.resources[sorted(runs)[0]].spec
+        spec = self.desired.resources[runs[0]].spec
         control = spec.get("control") or {}
         if control.get("run"):
             return self.trainer.train(experiment, control["run"]).ref
         return control.get("model") or spec.get("base_model")
-
-    def _apply_evaluation(self, address: str) -> dict[str, Any]:
-        if address in self._outputs:  # already evaluated for a promotion in this apply
-            return self._outputs[address]
-        _, experiment, run = address.split("/", 2)
-        spec = self.desired.resources[address].spec
-        suite = spec["suite"]
-        subject = self._subject_ref(spec["subject"])
-        control = None if run == "control" else self._control_ref(experiment)
-        if control is None or control == subject:
-            outcome = self.evaluator.run(suite, subject)
-            return {
-                "subject": outcome.ref,
-                "suite": suite,
-                "metrics": round_metrics(outcome.summary["metrics"]),
-            }
-        comparison = self.evaluator.compare(suite, control, subject)
-        candidate = self.evaluator.run(suite, subject)
-        outputs = {
-            "subject": comparison.candidate,
-            "suite": suite,
-            "baseline": comparison.baseline,
-            "metrics": round_metrics(candidate.summary["metrics"]),
-            "comparison": [
-                {
-                    k: (float(f"{v:.6g}") if isinstance(v, float) else v)
-                    for k, v in c.as_dict().items()
-                    if k != "flipped"
-                }
-                for c in comparison.metrics
-            ],
-            "gates": {gate_name(g): "pass" if g.passed else "fail" for g in comparison.gates},
-            "gate_details": {gate_name(g): g.detail for g in comparison.gates},
-        }
-        for gate in comparison.gates:
-            mark = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
-            self.console.print(f"  gate {gate_name(gate)}: {mark} ({gate.detail})")
-        self._outputs[address] = outputs
-        return outputs
 
     @property
     def deployer(self) -> Any:
@@ -319,14 +262,119 @@ class Applier(ApplyStep):
             self._deployer = Deployer(self.loaded, self.registry, self.console)
         return self._deployer
 
-    def _apply_deployment(self, address: str) -> dict[str, Any]:
-        name = address.split("/", 1)[1]
-        previous = (self.lock["resources"].get(address) or {}).get("outputs") or {}
-        return self.deployer.deploy(name, previous)
 
-    def _apply_pipeline(self, address: str) -> dict[str, Any]:
-        spec = self.desired.resources[address].spec
-        return {"steps": [s["step"] for s in spec.get("steps") or []]}
+# -- one handler per kind ----------------------------------------------------------------
+
+
+@handles("Model")
+def apply_model(applier: Applier, address: Address) -> ModelOutputs:
+    resource = applier.desired.resources[str(address)]
+    source = resource.spec["source"]
+    if source["type"] != "experiment":
+        outcome = pull_model(resource, applier.registry, applier.root, applier.console)
+        return ModelOutputs(version=outcome.ref)
+    # A model an experiment produces: promote the run's version once its gates pass.
+    run = Address("Experiment", source["experiment"], source["run"])
+    trained = applier.trainer.train(run.experiment, str(run.run))
+    evaluation = run.sibling("Evaluation")
+    if str(evaluation) in applier.desired.resources:
+        outputs = apply_evaluation(applier, evaluation)
+        if outputs.failed_gates:
+            raise GateFailed(
+                f"{trained.ref} ({run}) failed gate(s) {', '.join(outputs.failed_gates)}; "
+                f"aliases {resource.spec.get('aliases') or []} stay where they are"
+            )
+    aliases = list(resource.spec.get("aliases") or [])
+    for alias in aliases:
+        applier.registry.set_alias(trained.version.model.name, alias, trained.version.number)
+        applier.console.print(f"  {trained.version.model.name}@{alias} -> {trained.ref}")
+    return ModelOutputs(version=trained.ref, aliases=aliases)
+
+
+@handles("Dataset")
+def apply_dataset(applier: Applier, address: Address) -> DatasetOutputs:
+    outcome = applier.preparer.prepare(address.name)
+    stats = outcome.stats or {}
+    return DatasetOutputs(
+        version=outcome.version.version,
+        rows=dict(stats.get("rows") or {}),
+        removed={
+            step["step"]: step["removed"] for step in stats.get("steps") or [] if step["removed"]
+        },
+    )
+
+
+@handles("EvalSuite")
+def apply_evalsuite(applier: Applier, address: Address) -> EvalSuiteOutputs:
+    """A suite runs nothing by itself: applying it checks its task data is there."""
+    from runners.evaluate.run import EvalError
+
+    suite = applier.evaluator.suite(address.name)
+    missing = [str(p) for p in applier.evaluator.task_data(suite).values() if not p.exists()]
+    if missing:
+        raise EvalError(f"suite '{address.name}' task data missing: {', '.join(missing)}")
+    return EvalSuiteOutputs(tasks=len(suite.get("tasks") or []))
+
+
+@handles("Experiment")
+def apply_experiment(applier: Applier, address: Address) -> ExperimentOutputs:
+    outcome = applier.trainer.train(address.experiment, str(address.run))
+    result = outcome.result or {}
+    metrics = {
+        k: result[k]
+        for k in ("final_loss", "final_eval_loss", "steps", "tokens_per_s")
+        if isinstance(result.get(k), int | float)
+    }
+    return ExperimentOutputs(version=outcome.ref, metrics=round_metrics(metrics))
+
+
+@handles("Evaluation")
+def apply_evaluation(applier: Applier, address: Address) -> EvaluationOutputs:
+    done = applier._outputs.get(address)  # already evaluated for a promotion in this apply
+    if isinstance(done, EvaluationOutputs):
+        return done
+    spec = applier.desired.resources[str(address)].spec
+    suite = spec["suite"]
+    subject = applier.subject_ref(spec["subject"])
+    control = None if address.run == "control" else applier.control_ref(address.experiment)
+    if control is None or control == subject:
+        outcome = applier.evaluator.run(suite, subject)
+        return EvaluationOutputs(
+            subject=outcome.ref, suite=suite, metrics=round_metrics(outcome.summary["metrics"])
+        )
+    comparison = applier.evaluator.compare(suite, control, subject)
+    candidate = applier.evaluator.run(suite, subject)
+    outputs = EvaluationOutputs(
+        subject=comparison.candidate,
+        suite=suite,
+        baseline=comparison.baseline,
+        metrics=round_metrics(candidate.summary["metrics"]),
+        comparison=[
+            ComparisonRow.model_validate(
+                round_metrics({k: v for k, v in c.as_dict().items() if k != "flipped"})
+            )
+            for c in comparison.metrics
+        ],
+        gates={
+            gate_name(g): GateVerdict(passed=g.passed, detail=g.detail) for g in comparison.gates
+        },
+    )
+    for gate in comparison.gates:
+        mark = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
+        applier.console.print(f"  gate {gate_name(gate)}: {mark} ({gate.detail})")
+    applier._outputs[address] = outputs
+    return outputs
+
+
+@handles("Deployment")
+def apply_deployment(applier: Applier, address: Address) -> Outputs:
+    return applier.deployer.deploy(address.name)
+
+
+@handles("Pipeline")
+def apply_pipeline(applier: Applier, address: Address) -> PipelineOutputs:
+    spec = applier.desired.resources[str(address)].spec
+    return PipelineOutputs(steps=[s["step"] for s in spec.get("steps") or []])
 
 
 def fault_point(point: str) -> None:

@@ -18,7 +18,7 @@ from controller.state.registry.schema import DatasetVersionRow
 from controller.state.registry.store import Registry
 from runners.data import PrepareError, PrepareInputs, prepare
 from runners.data.collected import read_collected
-from runners.data.pipeline import SourceInput
+from runners.data.preparation import SourceInput
 from runners.pull import PullError
 
 PREPARED_DIR = Path("data/prepared")

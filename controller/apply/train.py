@@ -17,6 +17,7 @@ from controller.api import split_ref
 from controller.apply.context import ApplyStep
 from controller.apply.prepare import Preparer
 from controller.apply.pull import ensure_model
+from controller.plan.address import Address
 from controller.plan.types import DesiredResource
 from controller.report.model_card import render_card
 from controller.state.blobs import Blob
@@ -25,8 +26,9 @@ from controller.state.registry.store import NewVersion
 from runners.pull.metadata import inspect_folder
 from runners.train import TrainJob
 from runners.train.curves import plot_runs
+from runners.train.log import LOG_FILE, LogError, first_last_eval, read_log, training_steps
 
-TRAINING_FILES = ("log.jsonl", "curves.png", "result.json", "job.json")
+TRAINING_FILES = (LOG_FILE, "curves.png", "result.json", "job.json")
 
 
 class TrainFailed(Exception):
@@ -56,18 +58,10 @@ def git_commit(root: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def first_last_eval(log: Path) -> tuple[float | None, float | None]:
-    values = [
-        r["eval_loss"]
-        for r in (json.loads(line) for line in log.read_text().splitlines() if line)
-        if "eval_loss" in r
-    ]
-    return (values[0], values[-1]) if values else (None, None)
-
-
 def run_folder(state_root: Path, resource: DesiredResource) -> Path:
     """Where a run trains and keeps its log, curves and result: keyed by the run's digest."""
-    experiment, run = resource.address.split("/")[1:]
+    address = Address.parse(resource.address)
+    experiment, run = address.experiment, str(address.run)
     digest = resource.digest.removeprefix("sha256:")[:16]
     return state_root / "runs" / experiment / run / digest
 
@@ -142,7 +136,7 @@ class Trainer(ApplyStep):
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "result.json").unlink(missing_ok=True)
         job.save(run_dir / "job.json")
-        log = run_dir / "log.jsonl"
+        log = run_dir / LOG_FILE
         stderr_path = run_dir / "stderr.log"
         with (
             stderr_path.open("w") as stderr,
@@ -164,7 +158,10 @@ class Trainer(ApplyStep):
             )
             while process.poll() is None:
                 time.sleep(0.5)
-                records = _steps(log)
+                try:
+                    records = training_steps(read_log(log))
+                except LogError:  # only the progress bar reads it here; the run decides
+                    records = []
                 if records:
                     last = records[-1]
                     total = job.training.get("max_steps")
@@ -263,7 +260,7 @@ class Trainer(ApplyStep):
             metadata["parameters"] = base.parameters
         metadata["license"] = base.license
         metadata["model_kind"] = result.get("model_kind")
-        first_eval, _ = first_last_eval(run_dir / "log.jsonl")
+        first_eval, _ = first_last_eval(read_log(run_dir / LOG_FILE))
         version = self.registry.register(
             NewVersion(
                 name=name,
@@ -300,19 +297,5 @@ class Trainer(ApplyStep):
     def overlay(self, experiment: str, outcomes: list[TrainOutcome]) -> Path:
         """Curves of every run of the experiment in one PNG."""
         target = self.registry.paths.root / "runs" / experiment / "curves.png"
-        plot_runs({o.run: o.run_dir / "log.jsonl" for o in outcomes}, target, experiment)
+        plot_runs({o.run: o.run_dir / LOG_FILE for o in outcomes}, target, experiment)
         return target
-
-
-def _steps(log: Path) -> list[dict[str, Any]]:
-    if not log.exists():
-        return []
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if "loss" in record:
-            out.append(record)
-    return out

@@ -38,7 +38,7 @@ def apply_command(
     from controller.apply.engine import Applier
     from controller.plan.planner import plan
     from controller.report.terminal import print_plan
-    from controller.state.apply_lock import ApplyBusy, apply_lock
+    from controller.state.apply_mutex import ApplyBusy, exclusive_apply
     from controller.state.lockfile import LOCK_FILE, LockFileError
     from controller.state.paths import StatePaths
     from controller.workspace import observe
@@ -52,7 +52,7 @@ def apply_command(
         err_console.print(f"waiting for another apply to finish ({who}) ...")
 
     try:
-        with apply_lock(StatePaths.for_repo(top).root, wait=not no_wait, on_wait=waiting):
+        with exclusive_apply(StatePaths.for_repo(top).root, wait=not no_wait, on_wait=waiting):
             # Planned only once the lock is held: whatever the other apply did is seen here.
             try:
                 the_plan = plan(loaded.desired, observe(top, loaded.desired))

@@ -31,6 +31,7 @@ from controller.history import (
     history,
     snapshot,
 )
+from controller.plan.address import Address
 from controller.plan.digest import canonical_json, short
 from controller.plan.planner import flatten
 
@@ -177,7 +178,7 @@ def _entry(diff: EntryDiff) -> list[str]:
 def _print_results(
     address: str, in_lock: bool, found: Served | None, evidence: list[Evidence]
 ) -> None:
-    if not (address.startswith("Deployment/") and in_lock):
+    if not (Address.parse(address).kind == "Deployment" and in_lock):
         for item in evidence:
             _line(f"metrics {_evidence(item)}")
         return

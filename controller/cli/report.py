@@ -11,11 +11,12 @@ from typing import Annotated, Any
 import typer
 
 from controller.cli.common import Exit, RootOption, console, fail, load_or_exit, resolve_root
+from controller.plan.address import Address
 
 
-def lock_at(root: Path, ref: str) -> dict[str, Any]:
+def lock_at(root: Path, ref: str) -> Any:
     """llmops.lock as of a git ref; an empty lock when that commit has none."""
-    from controller.state.lockfile import LOCK_FILE, LOCK_VERSION
+    from controller.state.lockfile import LOCK_FILE, LockFile, LockFileError, parse_lock
 
     known = subprocess.run(
         ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
@@ -33,11 +34,11 @@ def lock_at(root: Path, ref: str) -> dict[str, Any]:
         ["git", "show", f"{ref}:{LOCK_FILE}"], cwd=root, capture_output=True, text=True
     )
     if shown.returncode != 0:
-        return {"lockVersion": LOCK_VERSION, "resources": {}}
+        return LockFile()
     try:
-        return json.loads(shown.stdout)
-    except json.JSONDecodeError as err:
-        raise fail(f"{LOCK_FILE} at {ref} is not valid JSON: {err}", Exit.INVALID) from err
+        return parse_lock(shown.stdout, f"{LOCK_FILE} at {ref}")
+    except LockFileError as err:
+        raise fail(err.diagnostic.render(), Exit.INVALID) from err
 
 
 def head_name(root: Path) -> str:
@@ -70,7 +71,7 @@ def report_command(
 ) -> None:
     """Markdown for the pull request: plan, metric tables with intervals and gates, loss
     curves, dataset and deployment changes. Exit 1 when a gate failed."""
-    from controller.observe.lock import observed_from_lock
+    from controller.observe.applied import observed_from_lock
     from controller.plan.planner import plan
     from controller.report.markdown import ReportInputs, gate_outcomes, render_report
     from controller.state.lockfile import LOCK_FILE, read_lock
@@ -78,18 +79,18 @@ def report_command(
     top = resolve_root(root)
     loaded = load_or_exit(top)
     base_lock = lock_at(top, base)
-    head_lock = read_lock(top / LOCK_FILE)["resources"]
+    head_lock = read_lock(top / LOCK_FILE).resources
     desired = loaded.desired
     assets = (output.parent if output else top / ".llmops" / "reports") / "report-assets"
     inputs = ReportInputs(
         base=base,
         head=head_name(top),
         plan=plan(desired, observed_from_lock(base_lock, source=f"{LOCK_FILE} at {base}")),
-        base_lock=base_lock.get("resources") or {},
+        base_lock=base_lock.resources,
         head_lock=head_lock,
         desired={a: r.digest for a, r in desired.resources.items()},
         curves=collect_curves(top, loaded, head_lock, assets, relative_to=assets.parent),
-        dataset_diffs=dataset_diffs(top, loaded, base_lock.get("resources") or {}, head_lock),
+        dataset_diffs=dataset_diffs(top, loaded, base_lock.resources, head_lock),
         deployments={
             a: str(r.spec["model"]) for a, r in desired.resources.items() if r.kind == "Deployment"
         },
@@ -198,13 +199,13 @@ def dataset_diffs(
         return {}
     out = {}
     for address, entry in head_lock.items():
-        if not address.startswith("Dataset/") or address not in base_lock:
+        if entry.kind != "Dataset" or address not in base_lock:
             continue
-        old = (base_lock[address].get("outputs") or {}).get("version")
-        new = (entry.get("outputs") or {}).get("version")
+        old = base_lock[address].outputs.version
+        new = entry.outputs.version
         if not old or not new or old == new:
             continue
-        name = address.split("/", 1)[1]
+        name = Address.parse(address).name
         before_dir, after_dir = version_dir(registry, name, old), version_dir(registry, name, new)
         if not (before_dir.is_dir() and after_dir.is_dir()):
             continue
@@ -238,12 +239,15 @@ def manifest_diffs(
     for address, resource in loaded.desired.resources.items():
         if resource.kind != "Deployment":
             continue
-        before_entry = base_lock.get(address) or {}
-        if before_entry.get("digest") == resource.digest:
+        before_entry = base_lock.get(address)
+        if before_entry is not None and before_entry.digest == resource.digest:
             continue
         sides = []
         for spec, version in (
-            (before_entry.get("spec"), (before_entry.get("outputs") or {}).get("version")),
+            (
+                before_entry.spec if before_entry else None,
+                before_entry.outputs.version if before_entry else None,
+            ),
             (dict(resource.spec), _resolved(registry, str(resource.spec["model"]))),
         ):
             if not spec or spec.get("target") != "kserve":

@@ -20,9 +20,10 @@ from controller.cli.common import (
 
 
 def _summary(kind: str, outputs: dict[str, Any]) -> str:
+    """One line of what a resource produced, from its recorded outputs (as JSON)."""
     if kind == "Evaluation":
         gates = outputs.get("gates") or {}
-        failed = sum(1 for v in gates.values() if v != "pass")
+        failed = sum(1 for v in gates.values() if not v.get("passed"))
         head = f"{outputs.get('subject', '')} on {outputs.get('suite', '')}"
         return head + (f"; gates {len(gates) - failed}/{len(gates)} pass" if gates else "")
     if kind == "Dataset":
@@ -47,7 +48,7 @@ def status_command(root: RootOption = None, as_json: JsonOption = False) -> None
 
     top = resolve_root(root)
     loaded = load_or_exit(top)
-    lock = read_lock(top / LOCK_FILE)["resources"]
+    lock = read_lock(top / LOCK_FILE).resources
     state_root = StatePaths.for_repo(top).root
     rows = []
     for address in sorted(loaded.desired.resources, key=lambda a: (loaded.desired.waves[a], a)):
@@ -55,11 +56,11 @@ def status_command(root: RootOption = None, as_json: JsonOption = False) -> None
         entry = lock.get(address)
         if entry is None:
             state = "not applied"
-        elif entry["digest"] == resource.digest:
+        elif entry.digest == resource.digest:
             state = "applied"
         else:
             state = "pending"
-        outputs = (entry or {}).get("outputs") or {}
+        outputs = entry.outputs.model_dump(mode="json", exclude_defaults=True) if entry else {}
         row: dict[str, Any] = {
             "address": address,
             "state": state,
@@ -88,7 +89,7 @@ def status_command(root: RootOption = None, as_json: JsonOption = False) -> None
             {
                 "address": address,
                 "state": "orphaned",
-                "digest": lock[address]["digest"],
+                "digest": lock[address].digest,
                 "summary": "in llmops.lock, no longer in the specs",
                 "outputs": {},
             }

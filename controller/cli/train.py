@@ -39,7 +39,8 @@ def train_command(
 ) -> None:
     """Train the experiment's runs (all, or --variant); each result is a registered version."""
     from controller.apply.errors import permanent_errors
-    from controller.apply.train import Trainer, first_last_eval
+    from controller.apply.train import Trainer
+    from runners.train.log import LOG_FILE, first_last_eval, mean_tokens_per_s, read_log
 
     top = resolve_root(root)
     loaded = load_or_exit(top, override)
@@ -72,21 +73,8 @@ def train_command(
     overlay = trainer.overlay(experiment, outcomes)
     rows = []
     for outcome in outcomes:
-        first, last = (
-            first_last_eval(outcome.run_dir / "log.jsonl")
-            if (outcome.run_dir / "log.jsonl").is_file()
-            else (None, None)
-        )
-        records = (
-            [
-                json.loads(line)
-                for line in (outcome.run_dir / "log.jsonl").read_text().splitlines()
-                if line
-            ]
-            if (outcome.run_dir / "log.jsonl").is_file()
-            else []
-        )
-        speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+        records = read_log(outcome.run_dir / LOG_FILE)
+        first, last = first_last_eval(records)
         rows.append(
             {
                 "run": outcome.run,
@@ -97,7 +85,7 @@ def train_command(
                 "first_eval_loss": first,
                 "last_eval_loss": last,
                 "final_eval_loss": outcome.result.get("final_eval_loss"),
-                "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+                "tokens_per_s": mean_tokens_per_s(records),
                 "run_dir": str(outcome.run_dir),
             }
         )

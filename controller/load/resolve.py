@@ -17,22 +17,13 @@ from controller.load.diagnostics import Diagnostic, did_you_mean
 from controller.load.files import FileDigests, FileInfo
 from controller.load.loader import LoadedSpec
 from controller.load.validate import format_loc
+from controller.plan.address import Address
 from controller.plan.digest import resource_digest
+from controller.plan.kinds import KINDS
 from controller.plan.types import DesiredResource, DesiredState, Estimate
 
 Loc = tuple[str | int, ...]
 
-# Bumped by a runner when the same inputs would now give a different result.
-CODE_VERSIONS: dict[str, str] = {
-    "Model": "pull/1",
-    "Dataset": "prepare/1",
-    "EvalSuite": "suite/1",
-    "Experiment": "train/1",
-    "Evaluation": "evaluate/1",
-    "Deployment": "deploy/1",
-    "Pipeline": "pipeline/1",
-}
-RUNNERS: dict[str, str] = {k: v.split("/")[0] for k, v in CODE_VERSIONS.items()}
 
 # Reference throughput on the 2-core reference machine (see docs/architecture.md).
 TRAIN_TOKENS_PER_S = {"lora": 300.0, "qlora": 300.0, "full": 120.0}
@@ -146,17 +137,19 @@ class _Resolver:
                 or "declare it in specs/models/ or as an Experiment's register_as",
             )
             return
-        if target.startswith("Model/"):
+        produced_by = Address.parse(target)
+        if produced_by.kind == "Model":
             self.edges.append(Edge(source, target, digest_input and selector is None, spec, loc))
             return
-        experiment = target.removeprefix("Experiment/")
-        runs = self.runs.get(experiment, [])
+        runs = self.runs.get(produced_by.experiment, [])
         if selector is None:
             # The latest desired output of the experiment is its default run.
-            self.edges.append(Edge(source, f"{target}/{DEFAULT_RUN}", digest_input, spec, loc))
+            run_address = Address("Experiment", produced_by.name, DEFAULT_RUN)
+            self.edges.append(Edge(source, str(run_address), digest_input, spec, loc))
         else:
             for run in runs:
-                self.edges.append(Edge(source, f"{target}/{run.name}", False, spec, loc))
+                run_address = Address("Experiment", produced_by.name, run.name)
+                self.edges.append(Edge(source, str(run_address), False, spec, loc))
 
     def _named_ref(
         self, spec: LoadedSpec, loc: Loc, ref: str, kind: str, source: str, digest_input: bool
@@ -247,8 +240,8 @@ class _Resolver:
                         for e in self.edges
                         if not (
                             e.source == address
-                            and e.target.startswith("Experiment/")
-                            and not e.target.endswith(f"/{source.run}")
+                            and Address.parse(e.target).kind == "Experiment"
+                            and Address.parse(e.target).run != source.run
                         )
                     ]
 
@@ -486,7 +479,7 @@ class _Resolver:
             kind, name, spec_data, spec = self.nodes[address]
             inputs = {d: resources[d].digest for d in sorted(digest_deps.get(address, ()))}
             inputs.update(self.file_inputs.get(address, {}))
-            code = CODE_VERSIONS[kind]
+            code = KINDS[kind].code_version
             resources[address] = DesiredResource(
                 address=address,
                 kind=kind,
@@ -495,7 +488,7 @@ class _Resolver:
                 inputs=dict(sorted(inputs.items())),
                 depends_on=tuple(sorted(deps.get(address, ()))),
                 digest=resource_digest(kind, spec_data, inputs, code),
-                runner=RUNNERS[kind],
+                runner=KINDS[kind].runner,
                 code_version=code,
                 file=spec.doc.file,
                 line=spec.doc.line,

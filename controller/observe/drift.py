@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from controller.plan.types import DesiredState, ObservedState
+from controller.state.lockfile import (
+    DatasetOutputs,
+    DeploymentOutputs,
+    EvaluationOutputs,
+    ExperimentOutputs,
+    LockFile,
+    ModelOutputs,
+)
 from controller.state.registry.store import Registry
 
 
@@ -81,15 +88,15 @@ def observe_deployments(
     return replace(observed, resources=resources)
 
 
-def find_drift(lock: dict[str, Any], registry: Registry) -> list[Drift]:
+def find_drift(lock: LockFile, registry: Registry) -> list[Drift]:
     """Every lock entry checked against the registry, the stores and the serving processes."""
     drift: list[Drift] = []
     evaluated = registry.evaluated()
-    for address, entry in sorted(lock.get("resources", {}).items()):
-        kind = address.split("/", 1)[0]
-        outputs = entry.get("outputs") or {}
-        version = outputs.get("version")
-        if kind in ("Model", "Experiment") and version:
+    for key, entry in lock.entries():
+        address = str(key)
+        outputs = entry.outputs
+        version = getattr(outputs, "version", "")
+        if isinstance(outputs, ModelOutputs | ExperimentOutputs) and version:
             found = registry.find(version)
             if found is None:
                 drift.append(
@@ -106,7 +113,7 @@ def find_drift(lock: dict[str, Any], registry: Registry) -> list[Drift]:
                     )
                 )
             name = version.split("@", 1)[0]
-            for alias in outputs.get("aliases") or []:
+            for alias in getattr(outputs, "aliases", []):
                 target = registry.find(f"{name}@{alias}")
                 actual = f"{name}@{target.number}" if target else "no such alias"
                 if actual != version:
@@ -118,25 +125,25 @@ def find_drift(lock: dict[str, Any], registry: Registry) -> list[Drift]:
                             "llmops apply moves it back, or change the Model spec in a PR",
                         )
                     )
-        elif kind == "Dataset" and version:
-            if registry.datasets.find(f"{address.split('/', 1)[1]}@{version}") is None:
+        elif isinstance(outputs, DatasetOutputs) and version:
+            if registry.datasets.find(f"{key.name}@{version}") is None:
                 drift.append(
                     Drift(address, f"prepared version {version[:19]}", "missing", "llmops apply")
                 )
-        elif kind == "Evaluation" and outputs.get("subject"):
-            subject = registry.find(outputs["subject"])
+        elif isinstance(outputs, EvaluationOutputs) and outputs.subject:
+            subject = registry.find(outputs.subject)
             digests = {s for v, s in evaluated if subject and v == subject.spec_digest}
             if subject is None or not digests:
                 drift.append(
                     Drift(
                         address,
-                        f"results of {outputs['subject']} on {outputs.get('suite')}",
+                        f"results of {outputs.subject} on {outputs.suite}",
                         "missing",
                         "llmops apply",
                     )
                 )
-        elif kind == "Deployment" and outputs.get("target") == "local":
-            live = live_deployment(registry.paths.root, address.split("/", 1)[1])
+        elif isinstance(outputs, DeploymentOutputs) and outputs.target == "local":
+            live = live_deployment(registry.paths.root, key.name)
             if not live.running:
                 drift.append(
                     Drift(address, f"{version} serving", "not running", "llmops apply restarts it")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from controller.plan.address import Address, AddressError
 from controller.plan.types import DesiredState, ObservedResource, ObservedState
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def merge_registry(
         a: r for a, r in observed.resources.items() if r.kind != "Model" or a not in desired_digests
     }
     for address, desired_digest in desired_digests.items():
-        name = address.split("/", 1)[1]
+        name = Address.parse(address).name
         stored = versions.get(name, [])
         if not stored:
             continue
@@ -62,7 +63,7 @@ def merge_datasets(
     """
     resources = {a: r for a, r in observed.resources.items() if r.kind != "Dataset"}
     for address, desired_digest in desired_digests.items():
-        versions = prepared.get(address.split("/", 1)[1], [])
+        versions = prepared.get(Address.parse(address).name, [])
         if not versions:
             continue
         match = next((v for v in versions if v["resource_digest"] == desired_digest), versions[-1])
@@ -151,9 +152,17 @@ def observe_registry(
     for address, resource in resources.items():
         if resource.kind != "Evaluation":
             continue
-        suite = next((d for a, d in resource.inputs.items() if a.startswith("EvalSuite/")), "")
+        suite = next((d for a, d in resource.inputs.items() if _kind(a) == "EvalSuite"), "")
         subject = next(
-            (d for a, d in resource.inputs.items() if a.startswith(("Experiment/", "Model/"))), ""
+            (d for a, d in resource.inputs.items() if _kind(a) in ("Experiment", "Model")), ""
         )
         evaluations[address] = (resource.digest, subject, suite)
     return merge_evaluations(observed, registry.evaluated(), evaluations)
+
+
+def _kind(input_key: str) -> str | None:
+    """The kind of a resource input (`EvalSuite/x`); None for a file input (`file:...`)."""
+    try:
+        return Address.parse(input_key).kind
+    except AddressError:
+        return None

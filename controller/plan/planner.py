@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from controller.plan.digest import canonical_json, short
+from controller.plan.kinds import KINDS, rank
 from controller.plan.types import (
-    KIND_ORDER,
     Action,
     ActionKind,
     DesiredResource,
@@ -17,16 +17,6 @@ from controller.plan.types import (
     Plan,
 )
 
-CHANGED_ACTION: dict[str, ActionKind] = {
-    "Model": ActionKind.UPDATE,
-    "Dataset": ActionKind.UPDATE,
-    "EvalSuite": ActionKind.UPDATE,
-    "Experiment": ActionKind.RETRAIN,
-    "Evaluation": ActionKind.REEVALUATE,
-    "Deployment": ActionKind.DEPLOY,
-    "Pipeline": ActionKind.UPDATE,
-}
-NEW_ACTION: dict[str, ActionKind] = {"Deployment": ActionKind.DEPLOY}
 MAX_REASONS = 3
 
 
@@ -57,16 +47,16 @@ def plan(desired: DesiredState, observed: ObservedState) -> Plan:
 
 
 def _order_key(action: Action) -> tuple[int, int, str]:
-    rank = KIND_ORDER.index(action.resource_kind) if action.resource_kind in KIND_ORDER else 99
+    position = rank(action.resource_kind)
     if action.kind is ActionKind.DELETE:
-        rank = -rank  # dependents go first when removing
-    return (action.wave, rank, action.address)
+        position = -position  # dependents go first when removing
+    return (action.wave, position, action.address)
 
 
 def _decide(want: DesiredResource, have: ObservedResource | None, wave: int, source: str) -> Action:
     if have is None:
         return Action(
-            kind=NEW_ACTION.get(want.kind, ActionKind.CREATE),
+            kind=KINDS[want.kind].on_new,
             address=want.address,
             resource_kind=want.kind,
             runner=want.runner,
@@ -92,7 +82,7 @@ def _decide(want: DesiredResource, have: ObservedResource | None, wave: int, sou
     if len(changes) > MAX_REASONS:
         shown += f"; and {len(changes) - MAX_REASONS} more"
     return Action(
-        kind=CHANGED_ACTION.get(want.kind, ActionKind.UPDATE),
+        kind=KINDS[want.kind].on_change,
         address=want.address,
         resource_kind=want.kind,
         runner=want.runner,

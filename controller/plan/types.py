@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-# The order kinds are listed in within one dependency wave.
-KIND_ORDER: tuple[str, ...] = (
-    "Model",
-    "Dataset",
-    "EvalSuite",
-    "Experiment",
-    "Evaluation",
-    "Deployment",
-    "Pipeline",
-)
+from controller.plan.kinds import ActionKind
 
 
 @dataclass(frozen=True)
@@ -77,16 +67,6 @@ class ObservedState:
 
     def source_of(self, kind: str) -> str:
         return self.kind_sources.get(kind, self.source)
-
-
-class ActionKind(StrEnum):
-    CREATE = "create"
-    UPDATE = "update"
-    RETRAIN = "retrain"
-    REEVALUATE = "reevaluate"
-    DEPLOY = "deploy"
-    DELETE = "delete"
-    NOOP = "noop"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.plan.address import Address
 from controller.plan.types import ActionKind, Plan
+from controller.state.lockfile import (
+    DatasetOutputs,
+    DeploymentOutputs,
+    EvaluationOutputs,
+    ExperimentOutputs,
+    LockEntry,
+    ModelOutputs,
+)
 
 MARKER = "<!-- llmops-report -->"
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -28,8 +37,8 @@ class ReportInputs:
     base: str
     head: str
     plan: Plan
-    base_lock: Mapping[str, Any]
-    head_lock: Mapping[str, Any]
+    base_lock: Mapping[str, LockEntry]
+    head_lock: Mapping[str, LockEntry]
     desired: Mapping[str, str]  # address -> desired digest
     curves: Mapping[str, Curve] = field(default_factory=dict)
     dataset_diffs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -67,34 +76,27 @@ def fmt(value: Any, signed: bool = False) -> str:
     return text
 
 
-def applied(inputs: ReportInputs, address: str) -> dict[str, Any] | None:
+def applied(inputs: ReportInputs, address: str) -> LockEntry | None:
     """The head lock's entry when it records the desired digest (this branch's result)."""
     entry = inputs.head_lock.get(address)
-    if entry and entry.get("digest") == inputs.desired.get(address):
+    if entry is not None and entry.digest == inputs.desired.get(address):
         return entry
     return None
 
 
+def _of_kind(inputs: ReportInputs, kind: str) -> list[str]:
+    return sorted(a for a in inputs.desired if Address.parse(a).kind == kind)
+
+
 def gate_outcomes(inputs: ReportInputs) -> list[GateOutcome]:
     out = []
-    for address in sorted(inputs.desired):
-        if not address.startswith("Evaluation/"):
-            continue
+    for address in _of_kind(inputs, "Evaluation"):
         entry = applied(inputs, address)
-        if not entry:
+        if entry is None or not isinstance(entry.outputs, EvaluationOutputs):
             continue
-        outputs = entry.get("outputs") or {}
-        details = outputs.get("gate_details") or {}
-        for name, verdict in sorted((outputs.get("gates") or {}).items()):
-            out.append(
-                GateOutcome(
-                    address,
-                    str(outputs.get("suite", "")),
-                    name,
-                    verdict == "pass",
-                    str(details.get(name, "")),
-                )
-            )
+        outputs = entry.outputs
+        for name, verdict in sorted(outputs.gates.items()):
+            out.append(GateOutcome(address, outputs.suite, name, verdict.passed, verdict.detail))
     return out
 
 
@@ -126,78 +128,74 @@ def _plan_section(inputs: ReportInputs) -> list[str]:
 
 def _evaluation_section(inputs: ReportInputs) -> list[str]:
     lines: list[str] = []
-    for address in sorted(inputs.desired):
-        if not address.startswith("Evaluation/"):
-            continue
+    for address in _of_kind(inputs, "Evaluation"):
         entry = applied(inputs, address)
-        if entry is None:
+        if entry is None or not isinstance(entry.outputs, EvaluationOutputs):
             continue
         base_entry = inputs.base_lock.get(address)
-        if base_entry and base_entry.get("digest") == entry.get("digest"):
+        if base_entry is not None and base_entry.digest == entry.digest:
             continue  # unchanged by this pull request
-        outputs = entry.get("outputs") or {}
-        gates = outputs.get("gates") or {}
-        title = f"#### `{address}`: {outputs.get('subject')}"
-        if outputs.get("baseline"):
-            title += f" against {outputs['baseline']}"
-        lines += [title, "", f"Suite `{outputs.get('suite')}`.", ""]
-        comparison = outputs.get("comparison") or []
+        outputs = entry.outputs
+        gates = outputs.gates
+        title = f"#### `{address}`: {outputs.subject}"
+        if outputs.baseline:
+            title += f" against {outputs.baseline}"
+        lines += [title, "", f"Suite `{outputs.suite}`.", ""]
+        comparison = outputs.comparison
         if comparison:
             lines += [
                 "| metric | baseline | candidate | difference | 95% interval | gate |",
                 "|---|---:|---:|---:|---|---|",
             ]
             for row in comparison:
-                metric = row["metric"]
                 verdicts = [
-                    ("✅ " if v == "pass" else "❌ ") + name.split(" ", 1)[1]
+                    ("✅ " if v.passed else "❌ ") + name.split(" ", 1)[1]
                     for name, v in sorted(gates.items())
-                    if name.split(" ", 1)[0] == metric
+                    if name.split(" ", 1)[0] == row.metric
                 ]
                 lines.append(
-                    f"| {metric} | {fmt(row.get('baseline'))} | {fmt(row.get('candidate'))} | "
-                    f"{fmt(row.get('difference'), True)} | "
-                    f"[{fmt(row.get('low'), True)}, {fmt(row.get('high'), True)}] | "
+                    f"| {row.metric} | {fmt(row.baseline)} | {fmt(row.candidate)} | "
+                    f"{fmt(row.difference, True)} | "
+                    f"[{fmt(row.low, True)}, {fmt(row.high, True)}] | "
                     f"{'<br>'.join(verdicts) or '–'} |"
                 )
         else:
             lines += ["| metric | value |", "|---|---:|"]
-            for metric, value in sorted((outputs.get("metrics") or {}).items()):
+            for metric, value in sorted(outputs.metrics.items()):
                 lines.append(f"| {metric} | {fmt(value)} |")
-        failed = sorted(n for n, v in gates.items() if v != "pass")
+        failed = outputs.failed_gates
         if gates:
             lines += [
                 "",
                 f"Gates: {len(gates) - len(failed)} passed, {len(failed)} failed"
                 + (f" ({', '.join(failed)})." if failed else "."),
             ]
-        if base_entry and (base_entry.get("outputs") or {}).get("metrics"):
-            before = base_entry["outputs"]
-            shared = sorted(set(before["metrics"]) & set(outputs.get("metrics") or {}))[:6]
+        before = base_entry.outputs if base_entry is not None else None
+        if isinstance(before, EvaluationOutputs) and before.metrics:
+            shared = sorted(set(before.metrics) & set(outputs.metrics))[:6]
             if shared:
                 changes = ", ".join(
-                    f"{m} {fmt(before['metrics'][m])} → {fmt(outputs['metrics'][m])}"
-                    for m in shared
+                    f"{m} {fmt(before.metrics[m])} → {fmt(outputs.metrics[m])}" for m in shared
                 )
-                lines += ["", f"On `{inputs.base}` ({before.get('subject')}): {changes}."]
+                lines += ["", f"On `{inputs.base}` ({before.subject}): {changes}."]
         lines.append("")
     return ["### Evaluations", "", *lines] if lines else []
 
 
 def _training_section(inputs: ReportInputs) -> list[str]:
     rows, images = [], []
-    for address in sorted(inputs.desired):
-        if not address.startswith("Experiment/"):
-            continue
+    for address in _of_kind(inputs, "Experiment"):
         entry = applied(inputs, address)
         base_entry = inputs.base_lock.get(address)
-        if entry is None or (base_entry and base_entry.get("digest") == entry.get("digest")):
+        if entry is None or not isinstance(entry.outputs, ExperimentOutputs):
             continue
-        outputs = entry.get("outputs") or {}
-        metrics = outputs.get("metrics") or {}
+        if base_entry is not None and base_entry.digest == entry.digest:
+            continue
+        outputs = entry.outputs
+        metrics = outputs.metrics
         curve = inputs.curves.get(address)
         rows.append(
-            f"| `{address}` | {outputs.get('version', '–')} | {fmt(metrics.get('steps'))} | "
+            f"| `{address}` | {outputs.version or '–'} | {fmt(metrics.get('steps'))} | "
             f"{fmt(metrics.get('final_loss'))} | {fmt(metrics.get('final_eval_loss'))} | "
             f"{sparkline(curve.losses) if curve else '–'} |"
         )
@@ -220,17 +218,18 @@ def _training_section(inputs: ReportInputs) -> list[str]:
 
 def _dataset_section(inputs: ReportInputs) -> list[str]:
     rows = []
-    for address in sorted(inputs.desired):
-        if not address.startswith("Dataset/"):
-            continue
+    for address in _of_kind(inputs, "Dataset"):
         entry = applied(inputs, address)
         base_entry = inputs.base_lock.get(address)
-        if entry is None or (base_entry and base_entry.get("digest") == entry.get("digest")):
+        if entry is None or not isinstance(entry.outputs, DatasetOutputs):
             continue
-        after = entry.get("outputs") or {}
-        before = (base_entry or {}).get("outputs") or {}
-        splits = after.get("rows") or {}
-        old_splits = before.get("rows") or {}
+        if base_entry is not None and base_entry.digest == entry.digest:
+            continue
+        after = entry.outputs
+        before = base_entry.outputs if base_entry is not None else DatasetOutputs()
+        assert isinstance(before, DatasetOutputs)
+        splits = after.rows
+        old_splits = before.rows
         sizes = " / ".join(
             f"{name} {old_splits.get(name, 0)} → {count}" if old_splits else f"{name} {count}"
             for name, count in splits.items()
@@ -239,11 +238,11 @@ def _dataset_section(inputs: ReportInputs) -> list[str]:
         change = (
             f"+{diff['added']} −{diff['removed']} ~{diff['changed']}"
             if diff
-            else ("new" if not before else "–")
+            else ("new" if base_entry is None else "–")
         )
-        removed = ", ".join(f"{k} {v}" for k, v in sorted((after.get("removed") or {}).items()))
-        short = (after.get("version") or "")[7:19]
-        old_short = (before.get("version") or "")[7:19]
+        removed = ", ".join(f"{k} {v}" for k, v in sorted(after.removed.items()))
+        short = after.version[7:19]
+        old_short = before.version[7:19]
         rows.append(
             f"| `{address}` | {old_short or '–'} → {short} | {sizes} | {change} | "
             f"{removed or '–'} |"
@@ -263,18 +262,20 @@ def _dataset_section(inputs: ReportInputs) -> list[str]:
 def _deployment_section(inputs: ReportInputs) -> list[str]:
     rows = []
     for action in inputs.plan.actions:
-        if not action.address.startswith("Deployment/") or action.kind == ActionKind.NOOP:
+        if action.resource_kind != "Deployment" or action.kind == ActionKind.NOOP:
             continue
-        before = (inputs.base_lock.get(action.address) or {}).get("outputs") or {}
+        entry = inputs.base_lock.get(action.address)
+        before = entry.outputs if entry is not None else DeploymentOutputs()
+        assert isinstance(before, DeploymentOutputs)
         rows.append(
-            f"| `{action.address}` | {action.kind} | {before.get('version', '–')} | "
-            f"{_after_merge(inputs, action.address)} | {before.get('target', '–')} |"
+            f"| `{action.address}` | {action.kind} | {before.version or '–'} | "
+            f"{_after_merge(inputs, action.address)} | {before.target or '–'} |"
         )
     if not rows:
         return []
     details = []
     for action in inputs.plan.actions:
-        if not action.address.startswith("Deployment/") or action.kind == ActionKind.NOOP:
+        if action.resource_kind != "Deployment" or action.kind == ActionKind.NOOP:
             continue
         changes = [c for c in action.changes if c.startswith("spec ")]
         if changes:
@@ -310,10 +311,10 @@ def _after_merge(inputs: ReportInputs, address: str) -> str:
     if not ref:
         return "as specified"
     name, _, selector = ref.partition("@")
-    model = applied(inputs, f"Model/{name}")
-    outputs = (model or {}).get("outputs") or {}
-    if selector and selector in (outputs.get("aliases") or []):
-        return f"{ref} = {outputs.get('version')}"
+    model = applied(inputs, str(Address("Model", name)))
+    outputs = model.outputs if model is not None else None
+    if selector and isinstance(outputs, ModelOutputs) and selector in outputs.aliases:
+        return f"{ref} = {outputs.version}"
     return ref
 
 

@@ -1,17 +1,210 @@
-"""State, lock file: llmops.lock, the committed record of what was applied, by digest."""
+"""State, lock file: llmops.lock, the committed record of what was applied, by digest.
+
+The one reader and writer of the lock file: `LockFile` holds a `LockEntry` per resource
+address, each with the typed outputs of its kind. Every reader (apply, observation, status,
+drift, the report's lock at a git ref, history's blobs, the Python client) goes through
+`read_lock` or `parse_lock`; older schema versions are migrated on read, and a version this
+llmops does not know is refused with a message saying what to do. Terraform's
+internal/states/statefile and DVC's schema-checked dvc.lock are the models.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controller.load.diagnostics import Diagnostic
-from controller.plan.types import DesiredState
+from controller.plan.address import Address
+from controller.plan.types import DesiredResource, DesiredState
 
 LOCK_FILE = "llmops.lock"
-LOCK_VERSION = 1
+LOCK_VERSION = 2
+
+Metrics = dict[str, float | int]
+
+
+class _Outputs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelOutputs(_Outputs):
+    version: str = ""  # "name@3"
+    aliases: list[str] = Field(default_factory=list)  # moved by a promotion
+
+
+class DatasetOutputs(_Outputs):
+    version: str = ""  # "sha256:..." of the split files
+    rows: dict[str, int] = Field(default_factory=dict)  # per split
+    removed: dict[str, int] = Field(default_factory=dict)  # per preparation step
+
+
+class EvalSuiteOutputs(_Outputs):
+    tasks: int = 0
+
+
+class ExperimentOutputs(_Outputs):
+    version: str = ""
+    metrics: Metrics = Field(default_factory=dict)
+
+
+class ComparisonRow(_Outputs):
+    """One metric, candidate against baseline, with its paired-bootstrap 95% interval."""
+
+    metric: str
+    baseline: float
+    candidate: float
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    higher_is_better: bool
+    candidate_low: float
+    candidate_high: float
+
+
+class GateVerdict(_Outputs):
+    passed: bool
+    detail: str = ""
+
+
+class EvaluationOutputs(_Outputs):
+    subject: str = ""  # the model version evaluated
+    suite: str = ""
+    baseline: str | None = None  # what it was compared with, when anything
+    metrics: Metrics = Field(default_factory=dict)
+    comparison: list[ComparisonRow] = Field(default_factory=list)
+    gates: dict[str, GateVerdict] = Field(default_factory=dict)  # "task/metric rule" -> verdict
+
+    @property
+    def failed_gates(self) -> list[str]:
+        return sorted(name for name, gate in self.gates.items() if not gate.passed)
+
+
+class DeploymentOutputs(_Outputs):
+    version: str = ""  # the model version served
+    target: Literal["", "local", "docker", "kserve"] = ""
+    endpoint: str | None = None
+    image: str | None = None  # docker
+    context_digest: str | None = None  # docker
+    built: bool | None = None  # docker: whether an engine built the image here
+    revision: str | None = None  # kserve
+    traffic: list[dict[str, Any]] | None = None  # kserve: per revision
+
+
+class PipelineOutputs(_Outputs):
+    steps: list[str] = Field(default_factory=list)
+
+
+Outputs = (
+    ModelOutputs
+    | DatasetOutputs
+    | EvalSuiteOutputs
+    | ExperimentOutputs
+    | EvaluationOutputs
+    | DeploymentOutputs
+    | PipelineOutputs
+)
+OUTPUTS: dict[str, type[_Outputs]] = {
+    "Model": ModelOutputs,
+    "Dataset": DatasetOutputs,
+    "EvalSuite": EvalSuiteOutputs,
+    "Experiment": ExperimentOutputs,
+    "Evaluation": EvaluationOutputs,
+    "Deployment": DeploymentOutputs,
+    "Pipeline": PipelineOutputs,
+}
+
+
+class LockEntry(BaseModel):
+    """What apply recorded for one resource: its digest, what it was made from, its outputs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    digest: str
+    code_version: str = ""
+    inputs: dict[str, str] = Field(default_factory=dict)
+    spec: dict[str, Any] = Field(default_factory=dict)
+    outputs: Outputs
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_outputs(cls, data: Any) -> Any:
+        """Outputs are read as the model of the entry's kind (no guessing between kinds)."""
+        if isinstance(data, dict) and not isinstance(data.get("outputs"), _Outputs):
+            kind = data.get("kind")
+            if kind not in OUTPUTS:
+                raise ValueError(f"unknown kind {kind!r} (one of {', '.join(OUTPUTS)})")
+            data = {**data, "outputs": OUTPUTS[kind].model_validate(data.get("outputs") or {})}
+        return data
+
+    @classmethod
+    def of(cls, resource: DesiredResource, outputs: Outputs | None = None) -> LockEntry:
+        """The entry recording `resource` as applied, with what applying it produced."""
+        return cls(
+            kind=resource.kind,
+            digest=resource.digest,
+            code_version=resource.code_version,
+            inputs=dict(resource.inputs),
+            spec=dict(resource.spec),
+            outputs=outputs if outputs is not None else OUTPUTS[resource.kind](),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """Defaults are left out, so an entry's text changes only where a value does."""
+        data = self.model_dump(mode="json", exclude={"outputs"})
+        data["outputs"] = self.outputs.model_dump(mode="json", exclude_defaults=True)
+        return data
+
+
+class LockFile(BaseModel):
+    """llmops.lock: one entry per resource address."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    version: int = Field(default=LOCK_VERSION, alias="lockVersion")
+    resources: dict[str, LockEntry] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _addresses(self) -> LockFile:
+        for key, entry in self.resources.items():
+            address = Address.parse(key)  # AddressError is a ValueError: reported with the key
+            if address.kind != entry.kind:
+                raise ValueError(f"{key}: kind {entry.kind!r} does not match the address")
+        return self
+
+    def get(self, address: str | Address) -> LockEntry | None:
+        return self.resources.get(str(address))
+
+    def outputs(self, address: str | Address) -> Any:
+        """The outputs recorded for `address`, or None when it was never applied."""
+        entry = self.get(address)
+        return entry.outputs if entry else None
+
+    def entries(self, kind: str | None = None) -> Iterator[tuple[Address, LockEntry]]:
+        """(address, entry) in address order, optionally of one kind."""
+        for key in sorted(self.resources):
+            entry = self.resources[key]
+            if kind is None or entry.kind == kind:
+                yield Address.parse(key), entry
+
+    def record(self, address: str | Address, entry: LockEntry) -> None:
+        self.resources[str(address)] = entry
+
+    def forget(self, address: str | Address) -> LockEntry | None:
+        return self.resources.pop(str(address), None)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "lockVersion": self.version,
+            "resources": {a: self.resources[a].as_json() for a in sorted(self.resources)},
+        }
 
 
 class LockFileError(Exception):
@@ -22,13 +215,49 @@ class LockFileError(Exception):
         self.diagnostic = diagnostic
 
 
-def read_lock(path: Path) -> dict[str, Any]:
-    """The lock file's content; an empty lock when the file does not exist yet."""
-    if not path.exists():
-        return {"lockVersion": LOCK_VERSION, "resources": {}}
-    shown = path.name
+# -- schema versions ---------------------------------------------------------------------------
+
+
+def _migrate_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 kept an evaluation's verdicts and their details in two parallel mappings
+    (`gates: {name: "pass"|"fail"}`, `gate_details: {name: text}`); 2 keeps one verdict
+    object per gate."""
+    resources = {}
+    for address, entry in data["resources"].items():
+        outputs = dict(entry.get("outputs") or {}) if isinstance(entry, dict) else {}
+        if isinstance(entry, dict) and "gates" in outputs:
+            details = outputs.pop("gate_details", None) or {}
+            outputs["gates"] = {
+                name: {"passed": verdict == "pass", "detail": str(details.get(name, ""))}
+                for name, verdict in (outputs.get("gates") or {}).items()
+            }
+            entry = {**entry, "outputs": outputs}
+        resources[address] = entry
+    return {**data, "lockVersion": 2, "resources": resources}
+
+
+# lockVersion N is read by applying MIGRATIONS[N], MIGRATIONS[N+1], ... up to LOCK_VERSION.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _migrate_1_to_2}
+
+
+def _restore_hint(shown: str) -> str:
+    return f"restore it from git ('git checkout -- {shown}')"
+
+
+def _line_of(text: str, key: str) -> int:
+    """The line where `"key":` first appears in the JSON text (1 when not found)."""
+    found = re.search(rf'"{re.escape(key)}"\s*:', text)
+    return text.count("\n", 0, found.start()) + 1 if found else 1
+
+
+def parse_lock(text: str, shown: str = LOCK_FILE) -> LockFile:
+    """A lock file's text (from disk or a git blob) as a LockFile, migrated to LOCK_VERSION.
+
+    Raises LockFileError with a located diagnostic for invalid JSON, an unknown schema
+    version or an entry that does not fit its kind's schema.
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise LockFileError(
             Diagnostic(
@@ -37,11 +266,9 @@ def read_lock(path: Path) -> dict[str, Any]:
                 err.colno,
                 "",
                 f"invalid JSON: {err.msg}",
-                f"restore it from git ('git checkout -- {shown}') or fix the syntax",
+                f"{_restore_hint(shown)} or fix the syntax",
             )
         ) from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise LockFileError(Diagnostic(shown, 1, 1, "", f"cannot read: {err}", "")) from err
     if not isinstance(data, dict) or not isinstance(data.get("resources"), dict):
         raise LockFileError(
             Diagnostic(
@@ -50,67 +277,82 @@ def read_lock(path: Path) -> dict[str, Any]:
                 1,
                 "resources",
                 "not an llmops lock file: no 'resources' mapping",
-                f"restore it from git ('git checkout -- {shown}')",
+                _restore_hint(shown),
             )
         )
     version = data.get("lockVersion")
-    if version != LOCK_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise LockFileError(
             Diagnostic(
                 shown,
-                1,
+                _line_of(text, "lockVersion"),
                 1,
                 "lockVersion",
-                f"unsupported lockVersion {version!r}",
-                f"this llmops reads lockVersion {LOCK_VERSION}; upgrade llmops",
+                f"unknown lockVersion {version!r}",
+                f"this llmops reads lockVersion 1 to {LOCK_VERSION}; {_restore_hint(shown)}",
             )
         )
-    for address, entry in data["resources"].items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
-            raise LockFileError(
-                Diagnostic(
-                    shown,
-                    1,
-                    1,
-                    f"resources.{address}",
-                    "entry has no 'digest'",
-                    f"restore it from git ('git checkout -- {shown}')",
-                )
+    if version > LOCK_VERSION:
+        raise LockFileError(
+            Diagnostic(
+                shown,
+                _line_of(text, "lockVersion"),
+                1,
+                "lockVersion",
+                f"lockVersion {version} was written by a newer llmops "
+                f"(this one reads 1 to {LOCK_VERSION})",
+                "upgrade llmops (pip install -U llmops) before running it on this repository",
             )
-    return data
+        )
+    while version < LOCK_VERSION:
+        data = MIGRATIONS[version](data)
+        version = data["lockVersion"]
+    try:
+        return LockFile.model_validate(data)
+    except ValidationError as err:
+        problem = err.errors()[0]
+        loc = [str(p) for p in problem["loc"]]
+        address = loc[1] if len(loc) > 1 and loc[0] == "resources" else ""
+        raise LockFileError(
+            Diagnostic(
+                shown,
+                _line_of(text, address) if address else 1,
+                1,
+                ".".join(loc),
+                problem["msg"].removeprefix("Value error, "),
+                _restore_hint(shown),
+            )
+        ) from err
 
 
-def render_lock(data: dict[str, Any]) -> str:
+def read_lock(path: Path) -> LockFile:
+    """The lock file at `path`; an empty lock when the file does not exist yet."""
+    if not path.exists():
+        return LockFile()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise LockFileError(Diagnostic(path.name, 1, 1, "", f"cannot read: {err}", "")) from err
+    return parse_lock(text, path.name)
+
+
+def render_lock(lock: LockFile) -> str:
     """Stable text: sorted keys and two-space indents keep git diffs small and reviewable."""
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return json.dumps(lock.as_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write_lock(path: Path, data: dict[str, Any]) -> None:
+def write_lock(path: Path, lock: LockFile) -> None:
     """Write atomically: a crash leaves the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(render_lock(data), encoding="utf-8")
+    tmp.write_text(render_lock(lock), encoding="utf-8")
     with tmp.open("rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
-def lock_entry(
-    desired: DesiredState, address: str, outputs: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    resource = desired.resources[address]
-    return {
-        "kind": resource.kind,
-        "digest": resource.digest,
-        "code_version": resource.code_version,
-        "inputs": dict(resource.inputs),
-        "spec": dict(resource.spec),
-        "outputs": outputs or {},
-    }
-
-
-def lock_from_desired(desired: DesiredState) -> dict[str, Any]:
-    """A lock that records every desired resource as applied (used by apply and by tests)."""
-    return {
-        "lockVersion": LOCK_VERSION,
-        "resources": {a: lock_entry(desired, a) for a in sorted(desired.resources)},
-    }
+def lock_from_desired(desired: DesiredState) -> LockFile:
+    """A lock that records every desired resource as applied, with no outputs (for tests and
+    benchmarks that need a lock in sync with the specs)."""
+    return LockFile(
+        resources={a: LockEntry.of(desired.resources[a]) for a in sorted(desired.resources)}
+    )

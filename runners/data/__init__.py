@@ -4,6 +4,6 @@ Never imports the controller: the controller resolves sources, models and eval d
 PrepareInputs and stores what `prepare` writes.
 """
 
-from runners.data.pipeline import PrepareError, PrepareInputs, PrepareResult, prepare
+from runners.data.preparation import PrepareError, PrepareInputs, PrepareResult, prepare
 
 __all__ = ["PrepareError", "PrepareInputs", "PrepareResult", "prepare"]

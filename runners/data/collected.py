@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from runners.data.readers import BadRow, Loaded
 from runners.data.rows import CANONICAL_FIELDS, Row, check_row
-from runners.data.sources import BadRow, Loaded
 
 
 def _records(store: Path, shown: str, bad: list[BadRow]) -> list[tuple[str, dict[str, Any]]]:

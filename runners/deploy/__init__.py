@@ -1,7 +1,8 @@
-"""Runner `deploy`: put a registered model version on a target (docker image, KServe).
+"""Runner `deploy`: put a registered model version on a target (local, docker image, KServe).
 
 The interface is plain data: a `Release` (deployment name, `DeploymentSpec.model_dump()`,
-model version, smoke prompts). `runners.deploy.docker` renders and builds a build context;
+model version, smoke prompts). `runners.deploy.local` starts and swaps serving processes on
+this machine; `runners.deploy.docker` renders and builds a build context;
 `runners.deploy.kserve` renders, applies, waits for, rolls back and deletes KServe objects.
 Never imports the controller.
 """

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from runners.deploy import sources
+from runners.deploy import runtime_modules
 from runners.deploy.release import (
     CONTAINER_COLLECT_DIR,
     CONTAINER_MODEL_DIR,
@@ -168,7 +168,7 @@ def render_context(
     `source_root` holds the `runners` package; by default the one this module comes from.
     """
     root = source_root or Path(__file__).resolve().parents[2]
-    image = sources.collect(root, ENTRY, release.spec["runtime"])
+    image = runtime_modules.collect(root, ENTRY, release.spec["runtime"])
     config = container_config(release, "docker")
     tag = image_tag(release)
     out = out.resolve()

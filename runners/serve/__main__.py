@@ -1,4 +1,4 @@
-"""`python -m runners.serve [CONFIG.json]`: serve a deployment; exit 0 stopped, 2 config, 3 model.
+"""Runner `serve`, entry point: `python -m runners.serve [CONFIG.json]`; exit 0, 2 config, 3 model.
 
 Without a path the config JSON (or a path to it) comes from $LLMOPS_SERVE_CONFIG, as in the
 docker image and the KServe ServingRuntime.

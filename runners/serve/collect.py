@@ -2,7 +2,8 @@
 
 One file per UTC day, `<dir>/<YYYY-MM-DD>.jsonl`. Writers hold a thread lock and a file
 lock, so requests of this process and of the process replacing it during a rollout never
-interleave lines. PII is redacted with the dataset pipeline's own redaction.
+interleave lines. PII is redacted with dataset preparation's own redaction
+(runners/data/steps.py).
 """
 
 from __future__ import annotations

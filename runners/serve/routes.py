@@ -19,9 +19,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from openai.types.chat import chat_completion_chunk as chunk_types
 from pydantic import BaseModel, ValidationError
 
+from runners.serve.admission import Engine, Job, timeout_error
 from runners.serve.collect import Collector
 from runners.serve.config import ServeConfig
-from runners.serve.engine import Engine, Job, timeout_error
 from runners.serve.errors import APIError, error_body, from_validation
 from runners.serve.generation import Generation, GenerationCancelled, GenerationTimeout, Sampling
 from runners.serve.middleware import json_error

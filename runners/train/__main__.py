@@ -1,4 +1,4 @@
-"""`python -m runners.train JOB.json`: run one training job; exit 0 ok, 2 bad job, 3 unhealthy."""
+"""Runner `train`, entry point: python -m runners.train JOB.json; exit 0, 2 bad job, 3 unhealthy."""
 
 from __future__ import annotations
 

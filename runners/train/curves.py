@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-
-def read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [
-        r
-        for r in (json.loads(line) for line in path.read_text().splitlines() if line)
-        if "loss" in r or "eval_loss" in r
-    ]
+from runners.train.log import read_log
 
 
 def plot_run(log: Path, target: Path, title: str) -> None:
@@ -28,6 +18,7 @@ def plot_runs(logs: dict[str, Path], target: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = {name: read_log(path) for name, path in logs.items()}
     figure, axes = plt.subplots(2, 2, figsize=(10, 6), dpi=100)
     panels = (
         ("loss", "training loss"),
@@ -36,8 +27,8 @@ def plot_runs(logs: dict[str, Path], target: Path, title: str) -> None:
         ("grad_norm", "gradient norm"),
     )
     for (key, label), axis in zip(panels, axes.flat, strict=True):
-        for name, path in logs.items():
-            records = [r for r in read_log(path) if key in r]
+        for name, run in runs.items():
+            records = [r for r in run if key in r and "event" not in r]
             if records:
                 axis.plot(
                     [r["step"] for r in records],

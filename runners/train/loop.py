@@ -16,6 +16,7 @@ import torch
 
 from runners.train.data import Example, build_examples, collate, micro_batches, pack, read_rows
 from runners.train.job import TrainError, TrainJob, UnhealthyRun
+from runners.train.log import LOG_FILE, append_record, truncate_log
 
 FAULT_ENV = "LLMOPS_FAULT_EXIT_AFTER_STEP"  # fault injection: hard exit, as a kill would
 KEEP_CHECKPOINTS = 2
@@ -219,11 +220,6 @@ def _evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int)
     return total / max(tokens, 1)
 
 
-def _log(handle: Any, record: dict[str, Any]) -> None:
-    handle.write(json.dumps(record) + "\n")
-    handle.flush()
-
-
 def train(job: TrainJob) -> dict[str, Any]:
     """Run (or resume) the job; returns the result record also written to result.json."""
     from transformers import get_scheduler
@@ -264,7 +260,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     checkpoints = out / "checkpoints"
     start_step, state = 0, {"best_eval": None, "evals_without_improvement": 0}
     latest = _latest_checkpoint(checkpoints) if job.option("resume", True) else None
-    log_path = out / "log.jsonl"
+    log_path = out / LOG_FILE
     if latest is not None:
         trainable = torch.load(latest / "trainable.pt", weights_only=True)
         model.load_state_dict(trainable, strict=False)
@@ -275,7 +271,7 @@ def train(job: TrainJob) -> dict[str, Any]:
         random.setstate(saved["python_rng"])
         state = json.loads((latest / "state.json").read_text())
         start_step = int(state["step"])
-        _truncate_log(log_path, start_step)
+        truncate_log(log_path, start_step)
     elif log_path.exists():
         log_path.unlink()
 
@@ -291,10 +287,11 @@ def train(job: TrainJob) -> dict[str, Any]:
     last_loss = float("nan")
     with log_path.open("a") as log:
         if start_step:
-            _log(log, {"event": "resumed", "step": start_step})
+            append_record(log, {"event": "resumed", "step": start_step})
         elif eval_examples and eval_interval:
             # The untrained model's eval loss: the curve starts where training starts.
-            _log(log, {"step": 0, "eval_loss": _evaluate(model, eval_examples, batch_size, pad_id)})
+            initial = _evaluate(model, eval_examples, batch_size, pad_id)
+            append_record(log, {"step": 0, "eval_loss": initial})
         for step in range(start_step + 1, total_steps + 1):
             began = time.perf_counter()
             loss_sum, tokens = 0.0, 0
@@ -335,14 +332,14 @@ def train(job: TrainJob) -> dict[str, Any]:
                     )
                 else:
                     state["evals_without_improvement"] += 1
-            _log(log, record)
+            append_record(log, record)
             if checkpoint_interval and step % int(checkpoint_interval) == 0:
                 _save_checkpoint(checkpoints, step, model, optimizer, scheduler, state)
             if fault_step and step == fault_step:
                 os._exit(137)
             if early and state["evals_without_improvement"] >= int(early.get("patience", 3)):
                 stopped_early = True
-                _log(log, {"event": "early_stop", "step": step})
+                append_record(log, {"event": "early_stop", "step": step})
                 break
     final_eval = _evaluate(model, eval_examples, batch_size, pad_id) if eval_examples else None
     return _finish(
@@ -357,18 +354,6 @@ def train(job: TrainJob) -> dict[str, Any]:
         stopped_early,
         len(train_examples),
     )
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop records past the checkpoint a resumed run continues from."""
-    if not path.exists():
-        return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line and json.loads(line).get("step", 0) <= step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def _package_versions() -> dict[str, str]:
@@ -411,7 +396,7 @@ def _finish(
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp, model_dir)
-    plot_run(out / "log.jsonl", out / "curves.png", job.run_id)
+    plot_run(out / LOG_FILE, out / "curves.png", job.run_id)
     result = {
         "status": "succeeded",
         "run_id": job.run_id,

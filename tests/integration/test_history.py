@@ -15,7 +15,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 from controller.cli.history import history_command
-from controller.state.lockfile import LOCK_FILE, LOCK_VERSION, write_lock
+from controller.state.lockfile import LOCK_FILE, LockFile, write_lock
 
 app = typer.Typer()
 app.command()(history_command)
@@ -69,11 +69,27 @@ def evaluated(version: str, rouge: float) -> dict[str, Any]:
         "baseline": "smollm2@1",
         "metrics": {"answers/rouge_l": rouge, "answers/exact_match": 0.0},
         "comparison": [
-            {"metric": "answers/rouge_l", "baseline": 0.3, "candidate": rouge},
-            {"metric": "answers/exact_match", "baseline": 0.0, "candidate": 0.0},
+            compared("answers/rouge_l", 0.3, rouge),
+            compared("answers/exact_match", 0.0, 0.0),
         ],
-        "gates": {"answers/rouge_l max_drop": "pass"},
-        "gate_details": {"answers/rouge_l max_drop": "within 0.02"},
+        "gates": {"answers/rouge_l max_drop": {"passed": True, "detail": "within 0.02"}},
+    }
+
+
+def compared(metric: str, baseline: float, candidate: float) -> dict[str, Any]:
+    """A comparison row as apply records it (interval around the difference)."""
+    difference = candidate - baseline
+    return {
+        "metric": metric,
+        "baseline": baseline,
+        "candidate": candidate,
+        "difference": difference,
+        "low": difference - 0.01,
+        "high": difference + 0.01,
+        "p_value": 0.5,
+        "higher_is_better": True,
+        "candidate_low": candidate - 0.01,
+        "candidate_high": candidate + 0.01,
     }
 
 
@@ -118,7 +134,7 @@ class Git:
         target.write_text(textwrap.dedent(text).lstrip())
 
     def lock(self, resources: dict[str, dict[str, Any]]) -> None:
-        write_lock(self.root / LOCK_FILE, {"lockVersion": LOCK_VERSION, "resources": resources})
+        write_lock(self.root / LOCK_FILE, LockFile.model_validate({"resources": resources}))
 
     def commit(self, subject: str, author: str) -> str:
         self.git("add", "-A")
@@ -394,10 +410,13 @@ def test_specs_in_a_subfolder_of_the_repository(tmp_path: Path) -> None:
     git.write("platform/specs/deployments/a.yaml", DEPLOYMENTS.format(model="x@1", canary_port=1))
     write_lock(
         tmp_path / "platform" / LOCK_FILE,
-        {
-            "lockVersion": LOCK_VERSION,
-            "resources": {"Deployment/support-assistant": entry("Deployment", "9", serving("x@1"))},
-        },
+        LockFile.model_validate(
+            {
+                "resources": {
+                    "Deployment/support-assistant": entry("Deployment", "9", serving("x@1"))
+                }
+            }
+        ),
     )
     sha = git.commit("Platform in a subfolder (#3)", "alice")
     result = llmops(tmp_path / "platform", "Deployment/support-assistant", "--json")

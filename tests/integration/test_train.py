@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from runners.train import log as train_log
 from runners.train.data import IGNORE, build_examples, pack, sft_example, to_messages
 from runners.train.job import TrainError, TrainJob, UnhealthyRun
 from runners.train.loop import FAULT_ENV, train
@@ -57,11 +58,7 @@ def job(tiny_model: Path, data: dict[str, Path], out: Path, **training: Any) -> 
 
 
 def losses(out: Path) -> list[float]:
-    return [
-        r["loss"]
-        for r in (json.loads(line) for line in (out / "log.jsonl").read_text().splitlines())
-        if "loss" in r
-    ]
+    return train_log.losses(train_log.read_log(out / train_log.LOG_FILE))
 
 
 def test_labels_are_masked_on_prompt_tokens(tiny_model: Path) -> None:

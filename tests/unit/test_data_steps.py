@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runners.data.diff import diff_rows
-from runners.data.pipeline import PrepareError, PrepareInputs, SourceInput, prepare
-from runners.data.sources import read_source
+from runners.data.preparation import PrepareError, PrepareInputs, SourceInput, prepare
+from runners.data.readers import read_source
 from runners.data.splits import split_of
 from runners.data.steps import decontaminate, dedup, filter_rows, near_dedup, normalize, redact_pii
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from controller.api.deployment import DeploymentSpec
-from runners.deploy import sources
+from runners.deploy import runtime_modules
 from runners.deploy.release import DeployError, Release, container_config, image_tag
 
 
@@ -113,7 +113,7 @@ TREE = {
 
 def test_collect_follows_imports_and_pins_third_party(tmp_path: Path) -> None:
     write(tmp_path, TREE)
-    found = sources.collect(tmp_path, "runners.serve", "transformers")
+    found = runtime_modules.collect(tmp_path, "runners.serve", "transformers")
     assert found.files == [
         "runners/__init__.py",
         "runners/data/__init__.py",
@@ -146,7 +146,7 @@ def test_llama_cpp_images_pin_llama_cpp_python(tmp_path: Path) -> None:
     # llama-cpp-python is the optional extra `llama-cpp` (an sdist that compiles llama.cpp).
     pytest.importorskip("llama_cpp", reason="the llama-cpp extra is not installed")
     write(tmp_path, TREE)
-    llama = sources.collect(tmp_path, "runners.serve", "llama-cpp").requirements
+    llama = runtime_modules.collect(tmp_path, "runners.serve", "llama-cpp").requirements
     version = importlib.metadata.version
     assert f"llama_cpp_python=={version('llama_cpp_python')}" in llama
 
@@ -154,10 +154,10 @@ def test_llama_cpp_images_pin_llama_cpp_python(tmp_path: Path) -> None:
 def test_collect_names_what_cannot_be_pinned(tmp_path: Path) -> None:
     write(tmp_path, TREE | {"runners/serve/extra.py": "import surely_not_installed_here\n"})
     with pytest.raises(DeployError, match=r"runners/serve/extra.py imports 'surely_not_inst"):
-        sources.collect(tmp_path, "runners.serve", "transformers")
+        runtime_modules.collect(tmp_path, "runners.serve", "transformers")
 
 
 def test_collect_needs_the_entry_package(tmp_path: Path) -> None:
     write(tmp_path, {"runners/__init__.py": ""})
     with pytest.raises(DeployError, match="the serving runtime runners.serve is not in"):
-        sources.collect(tmp_path, "runners.serve", "transformers")
+        runtime_modules.collect(tmp_path, "runners.serve", "transformers")

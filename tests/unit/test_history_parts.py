@@ -120,7 +120,7 @@ LOCK: dict[str, dict[str, Any]] = {
             "subject": "assistant@3",
             "suite": "regression",
             "metrics": {"answers/rouge_l": 0.38},
-            "gates": {"answers/rouge_l": "pass"},
+            "gates": {"answers/rouge_l": {"passed": True}},
         },
     },
     "Evaluation/exp/default": {

@@ -1,4 +1,4 @@
-"""Runner `deploy`, image contents: the project modules the runtime imports, and their pins.
+"""Runner `deploy`, runtime modules: the project modules the serving runtime imports, pinned.
 
 Serving needs a small part of llmops. Starting from every module of the entry package
 (`runners.serve`), the imports are followed through the source (ast, no execution): project
@@ -23,7 +23,7 @@ RUNTIME_ONLY = {"llama_cpp": "llama-cpp"}
 
 
 @dataclass(frozen=True)
-class ImageSources:
+class RuntimeModules:
     files: list[str]  # paths relative to the source root, sorted
     requirements: list[str]  # 'dist==version', sorted
     left_out: dict[str, str]  # lazily imported outside the entry package -> where
@@ -88,7 +88,7 @@ def _imports(path: Path, module: str) -> list[tuple[str, bool]]:
     return found
 
 
-def collect(root: Path, entry: str, runtime: str) -> ImageSources:
+def collect(root: Path, entry: str, runtime: str) -> RuntimeModules:
     """Project files and pinned requirements for running `python -m <entry>` from `root`.
 
     Every import in the entry package counts. Elsewhere only imports that run when the
@@ -140,7 +140,7 @@ def collect(root: Path, entry: str, runtime: str) -> ImageSources:
             if data.is_file() and data.suffix not in (".py", ".pyc", ".pyo")
         )
     names = {_module_name(root, p) for p in files if p.suffix == ".py"}
-    return ImageSources(
+    return RuntimeModules(
         files=sorted(path.relative_to(root).as_posix() for path in files),
         requirements=_pins(third_party, runtime),
         left_out={

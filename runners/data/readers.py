@@ -1,4 +1,4 @@
-"""Runner `prepare`, sources: read files into canonical rows; bad rows named by file:line."""
+"""Runner `prepare`, readers: source files into canonical rows; bad rows named by file:line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Runner `prepare`, pipeline: sources -> mixture -> steps in order -> splits -> files."""
+"""Runner `prepare`, preparation: sources -> mixture -> steps in order -> splits -> files."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 from runners.data import steps
 from runners.data.augment import augment
+from runners.data.readers import BadRow, read_source
 from runners.data.rows import Row, content_hash
-from runners.data.sources import BadRow, read_source
 from runners.data.splits import SPLITS, assign
 from runners.data.stats import length_stats, plot_histogram, token_lengths
 

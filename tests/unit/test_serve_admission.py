@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from runners.serve.engine import Engine, Gate
+from runners.serve.admission import Engine, Gate
 from runners.serve.errors import APIError
 from runners.serve.generation import (
     Control,

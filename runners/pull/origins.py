@@ -1,4 +1,4 @@
-"""Runner `pull`, sources: local folder, GGUF file or package file, Hugging Face Hub, URL."""
+"""Runner `pull`, origins: local folder, GGUF file or package file, Hugging Face Hub, URL."""
 
 from __future__ import annotations
 

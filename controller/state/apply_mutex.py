@@ -1,4 +1,4 @@
-"""State, apply lock: one apply at a time per state folder, so no job ever runs twice.
+"""State, apply mutex: one apply at a time per state folder, so no job ever runs twice.
 
 The lock is an OS file lock (filelock): the kernel releases it when its holder dies, so a
 killed apply never leaves a stale lock behind. Who holds it (pid, host, start time) is
@@ -38,13 +38,13 @@ def holder(folder: Path) -> str:
 
 
 @contextmanager
-def apply_lock(
+def exclusive_apply(
     folder: Path,
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
     timeout_s: float = -1,
 ) -> Iterator[None]:
-    """Hold the state folder's apply lock; wait for it (telling `on_wait` once) or raise."""
+    """Hold the state folder's apply mutex; wait for it (telling `on_wait` once) or raise."""
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / LOCK_NAME))
     try:

@@ -1,4 +1,4 @@
-"""Runner `serve`, engine: bounded admission and generation in threads off the event loop.
+"""Runner `serve`, admission: bounded admission and generation in threads off the event loop.
 
 At most `max_concurrency` generations run (each in a worker thread) and `max_queue` wait;
 anything more is refused at once (429). A slot is given back when the thread really ends,

@@ -1,0 +1,62 @@
+"""Planning, kinds: the one table of per-kind facts (order, runner, code version, actions).
+
+Everything that used to keep its own list of kinds (the planner's order and actions, the
+resolver's runner and code versions, history's addresses, the apply engine's handlers)
+reads this table. argo gitops-engine's per-kind functions looked up by kind are the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ActionKind(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    RETRAIN = "retrain"
+    REEVALUATE = "reevaluate"
+    DEPLOY = "deploy"
+    DELETE = "delete"
+    NOOP = "noop"
+
+
+@dataclass(frozen=True)
+class KindFacts:
+    """What llmops knows of one resource kind."""
+
+    kind: str
+    runner: str  # the runner that produces it
+    code_version: str  # bumped when the runner gives another result from the same inputs
+    on_new: ActionKind  # the action when it is not there yet
+    on_change: ActionKind  # the action when its digest changed
+    has_run: bool = False  # addressed as Kind/name/run
+
+
+# In the order kinds are applied within one dependency wave.
+_TABLE = (
+    KindFacts("Model", "pull", "pull/1", ActionKind.CREATE, ActionKind.UPDATE),
+    KindFacts("Dataset", "prepare", "prepare/1", ActionKind.CREATE, ActionKind.UPDATE),
+    KindFacts("EvalSuite", "suite", "suite/1", ActionKind.CREATE, ActionKind.UPDATE),
+    KindFacts(
+        "Experiment", "train", "train/1", ActionKind.CREATE, ActionKind.RETRAIN, has_run=True
+    ),
+    KindFacts(
+        "Evaluation",
+        "evaluate",
+        "evaluate/1",
+        ActionKind.CREATE,
+        ActionKind.REEVALUATE,
+        has_run=True,
+    ),
+    KindFacts("Deployment", "deploy", "deploy/1", ActionKind.DEPLOY, ActionKind.DEPLOY),
+    KindFacts("Pipeline", "pipeline", "pipeline/1", ActionKind.CREATE, ActionKind.UPDATE),
+)
+KINDS: dict[str, KindFacts] = {facts.kind: facts for facts in _TABLE}
+KIND_ORDER: tuple[str, ...] = tuple(KINDS)
+RUN_KINDS: frozenset[str] = frozenset(k for k, f in KINDS.items() if f.has_run)
+
+
+def rank(kind: str) -> int:
+    """Position within a wave; an unknown kind (from a newer lock file) goes last."""
+    return KIND_ORDER.index(kind) if kind in KINDS else len(KIND_ORDER)
