@@ -16,8 +16,9 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from controller.load.desired import load_desired
 from controller.state.lockfile import lock_from_desired, write_lock
-from controller.workspace import load_desired, make_plan
+from controller.workspace import make_plan
 
 MODEL = """apiVersion: llmops/v1
 kind: Model

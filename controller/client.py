@@ -15,9 +15,8 @@ from controller.state.lockfile import (
     LockFile,
     read_lock,
 )
-from controller.state.paths import StatePaths
+from controller.state.paths import StatePaths, find_root
 from controller.state.registry.store import Registry
-from controller.workspace import find_root
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,7 @@ class Client:
             key = entry.spec.get("api_key") or {}
             target = outputs.target
             running = (
-                live_deployment(StatePaths.for_repo(self.root).root, name).running
+                live_deployment(StatePaths.for_repo(self.root), name).running
                 if target == "local"
                 else None
             )

@@ -16,6 +16,7 @@ from controller.plan.digest import canonical_json
 from controller.plan.kinds import KINDS, RUN_KINDS
 from controller.plan.planner import flatten
 from controller.state.lockfile import LOCK_FILE, LockFileError, parse_lock
+from runners.errors import InvalidInput
 
 if TYPE_CHECKING:
     from git import Blob, Commit, Tree
@@ -26,7 +27,7 @@ _SQUASH_PR = re.compile(r"\(#(\d+)\)\s*$")
 Change = Literal["created", "changed", "deleted"]
 
 
-class HistoryError(Exception):
+class HistoryError(InvalidInput):
     """The question cannot be answered (unknown resource, not a repository); says what to do."""
 
 

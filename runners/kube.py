@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from kubernetes import client
 
+from runners.errors import RetryableError
 
-class ClusterUnavailable(Exception):
+
+class ClusterUnavailable(RetryableError):
     """No cluster is configured: neither a service account nor a kube config."""
 
 

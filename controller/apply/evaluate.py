@@ -79,13 +79,8 @@ class Evaluator(ApplyStep):
 
     def results_dir(self, suite: str, version: VersionRow) -> Path:
         digest = self.digest(suite).removeprefix("sha256:")[:16]
-        return (
-            self.registry.paths.root
-            / "evals"
-            / suite
-            / f"{version.model.name}@{version.number}"
-            / digest
-        )
+        folder = self.registry.paths.evaluations(suite)
+        return folder / f"{version.model.name}@{version.number}" / digest
 
     def run(self, suite_name: str, model_ref: str, force: bool = False) -> EvalOutcome:
         suite = self.suite(suite_name)

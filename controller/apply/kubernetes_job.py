@@ -16,12 +16,13 @@ from typing import Any
 from kubernetes import client
 
 from runners import kube
+from runners.errors import LlmopsError
 
 MANAGED_BY = "llmops"
 TERMINAL = ("Complete", "Failed")
 
 
-class JobFailed(Exception):
+class JobFailed(LlmopsError):
     """The Job failed or did not finish in time; the message says which and where to look."""
 
 

@@ -36,7 +36,7 @@ class PrepareOutcome:
 
 
 def version_dir(registry: Registry, name: str, version: str) -> Path:
-    return registry.paths.root / "data" / name / version.removeprefix("sha256:")
+    return registry.paths.dataset_version(name, version)
 
 
 def read_split(folder: Path, split: str) -> list[dict[str, Any]]:
@@ -163,7 +163,7 @@ class Preparer(ApplyStep):
                 outcome = self.prepare(other)
                 out.append(SourceInput(weight=weight, rows=read_split(outcome.folder, "train")))
             else:  # collected production data: interactions joined with their feedback
-                store = self.registry.paths.root / "collected" / source["store"]
+                store = self.registry.paths.collected(source["store"])
                 loaded = read_collected(
                     store,
                     f"collected/{source['store']}",

@@ -21,8 +21,10 @@ from controller.plan.address import Address
 from controller.plan.types import DesiredResource
 from controller.report.model_card import render_card
 from controller.state.blobs import Blob
+from controller.state.paths import StatePaths
 from controller.state.registry.schema import VersionRow
 from controller.state.registry.store import NewVersion
+from runners.errors import LlmopsError
 from runners.pull.metadata import inspect_folder
 from runners.train import TrainJob
 from runners.train.curves import plot_runs
@@ -31,7 +33,7 @@ from runners.train.log import LOG_FILE, LogError, first_last_eval, read_log, tra
 TRAINING_FILES = (LOG_FILE, "curves.png", "result.json", "job.json")
 
 
-class TrainFailed(Exception):
+class TrainFailed(LlmopsError):
     """The run did not produce a model; the message says why and what to do."""
 
 
@@ -58,12 +60,12 @@ def git_commit(root: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def run_folder(state_root: Path, resource: DesiredResource) -> Path:
+def run_folder(paths: StatePaths, resource: DesiredResource) -> Path:
     """Where a run trains and keeps its log, curves and result: keyed by the run's digest."""
     address = Address.parse(resource.address)
     experiment, run = address.experiment, str(address.run)
     digest = resource.digest.removeprefix("sha256:")[:16]
-    return state_root / "runs" / experiment / run / digest
+    return paths.runs(experiment) / run / digest
 
 
 class Trainer(ApplyStep):
@@ -73,7 +75,7 @@ class Trainer(ApplyStep):
         return [r.name for r in self.loaded.runs.get(experiment, [])]
 
     def run_dir(self, resource: DesiredResource) -> Path:
-        return run_folder(self.registry.paths.root, resource)
+        return run_folder(self.registry.paths, resource)
 
     def train(self, experiment: str, run: str, force: bool = False) -> TrainOutcome:
         resource = self.desired.resources[f"Experiment/{experiment}/{run}"]
@@ -296,6 +298,6 @@ class Trainer(ApplyStep):
 
     def overlay(self, experiment: str, outcomes: list[TrainOutcome]) -> Path:
         """Curves of every run of the experiment in one PNG."""
-        target = self.registry.paths.root / "runs" / experiment / "curves.png"
+        target = self.registry.paths.runs(experiment) / "curves.png"
         plot_runs({o.run: o.run_dir / LOG_FILE for o in outcomes}, target, experiment)
         return target

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from controller.workspace import find_root
+from controller.state.paths import find_root
 
 
 class Exit(IntEnum):
@@ -60,9 +60,9 @@ def open_registry_or_fail(root: Path):  # type: ignore[no-untyped-def]
 def load_or_exit(root: Path, overrides: list[str] | None = None):  # type: ignore[no-untyped-def]
     """The repository's specs resolved, or their diagnostics printed and exit 2."""
     from controller.report.terminal import print_diagnostics
-    from controller.workspace import load_desired
+    from controller.workspace import load
 
-    loaded = load_desired(root, overrides=overrides)
+    loaded = load(root, overrides=overrides)
     if not loaded.ok:
         print_diagnostics(err_console, loaded.diagnostics)
         raise typer.Exit(Exit.INVALID)

@@ -62,7 +62,6 @@ def prepare_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Run the dataset's steps, write a version, track it with DVC; cached when unchanged."""
-    from controller.apply.errors import permanent_errors
     from controller.apply.prepare import Preparer
 
     top = resolve_root(root)
@@ -71,10 +70,7 @@ def prepare_cmd(
     if dataset not in names:
         raise unknown("Dataset", dataset, names)
     preparer = Preparer(loaded, open_registry_or_fail(top), err_console)
-    try:
-        outcome = preparer.prepare(dataset, force=force)
-    except permanent_errors() as err:
-        raise fail(str(err)) from err
+    outcome = preparer.prepare(dataset, force=force)
     version = outcome.version
     if as_json:
         print(

@@ -9,14 +9,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from controller.apply.errors import permanent_errors
 from controller.cli.common import (
     Exit,
     JsonOption,
     RootOption,
     console,
     err_console,
-    fail,
     load_or_exit,
     open_registry_or_fail,
     resolve_root,
@@ -76,13 +74,10 @@ def run(
 ) -> None:
     """Evaluate a model; with a blessed baseline, also compare and apply the gates."""
     evaluator = _evaluator(resolve_root(root), suite)
-    try:
-        outcome = evaluator.run(suite, model, force=force)
-        comparison = (
-            evaluator.compare(suite, None, model) if evaluator.blessed(suite) is not None else None
-        )
-    except permanent_errors() as err:
-        raise fail(str(err)) from err
+    outcome = evaluator.run(suite, model, force=force)
+    comparison = (
+        evaluator.compare(suite, None, model) if evaluator.blessed(suite) is not None else None
+    )
     if as_json:
         print(
             json.dumps(
@@ -126,10 +121,7 @@ def compare(
     """Every metric: baseline, candidate, difference, paired bootstrap interval, p, flips.
     Exit 1 when a gate fails."""
     evaluator = _evaluator(resolve_root(root), suite)
-    try:
-        comparison = evaluator.compare(suite, baseline, candidate)
-    except permanent_errors() as err:
-        raise fail(str(err)) from err
+    comparison = evaluator.compare(suite, baseline, candidate)
     if as_json:
         print(json.dumps(comparison.as_dict(), indent=2))
     else:
@@ -150,10 +142,7 @@ def bless_command(
     """Write the suite's baseline file from a model's results; review and commit it."""
     top = resolve_root(root)
     evaluator = _evaluator(top, suite)
-    try:
-        path = evaluator.bless(suite, model)
-    except permanent_errors() as err:
-        raise fail(str(err)) from err
+    path = evaluator.bless(suite, model)
     shown = path.relative_to(top) if path.is_relative_to(top) else path
     console.print(
         f"wrote {shown}; commit it so the approval is reviewed: "

@@ -6,9 +6,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from controller import __version__
 from controller.cli.apply import apply_command
@@ -31,9 +33,23 @@ from controller.cli.train import train_command
 from controller.load.diagnostics import has_errors
 from controller.report.terminal import print_diagnostics, print_plan
 from controller.schemas import stale_schemas, write_schemas
-from controller.workspace import load_desired, make_plan
+from controller.workspace import load, make_plan
+from runners.errors import LlmopsError
+
+
+class LlmopsGroup(TyperGroup):
+    """Catches llmops' one error base for every command: one line, the error's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LlmopsError as err:
+            err_console.print(f"error: {err}", style="red", soft_wrap=True)
+            raise typer.Exit(err.exit_code) from err
+
 
 app = typer.Typer(
+    cls=LlmopsGroup,
     name="llmops",
     help="Run open-source LLMs the GitOps way: specs in git, plan, apply, report.",
     no_args_is_help=True,
@@ -76,7 +92,7 @@ def validate(
         if missing:
             err_console.print(f"error: no such file or folder: {missing[0]}", style="red")
             raise typer.Exit(Exit.INVALID)
-    loaded = load_desired(top, [p.resolve() for p in paths] if paths else None, override)
+    loaded = load(top, [p.resolve() for p in paths] if paths else None, override)
     invalid = has_errors(loaded.diagnostics) or loaded.desired is None
     if as_json:
         print(

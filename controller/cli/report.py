@@ -153,13 +153,12 @@ def collect_curves(
     from controller.state.blobs import hash_file
     from controller.state.paths import StatePaths
 
-    state_root = StatePaths.for_repo(root).root
 
     curves = {}
     for address, resource in loaded.desired.resources.items():
         if resource.kind != "Experiment" or address not in head_lock:
             continue
-        run_dir = run_folder(state_root, resource)
+        run_dir = run_folder(StatePaths.for_repo(root), resource)
         log = run_dir / "log.jsonl"
         if not log.is_file():
             continue

@@ -29,8 +29,7 @@ def serve_command(
 ) -> None:
     """Serve the deployment's model here, in the foreground, with its limits, key and
     collection settings: the same runtime `apply` starts for target local."""
-    from controller.apply.deploy import SERVE_API_KEY_ENV, Deployer, deployment_dir
-    from controller.apply.errors import permanent_errors
+    from controller.apply.deploy import SERVE_API_KEY_ENV, Deployer
 
     top = resolve_root(root)
     loaded = load_or_exit(top)
@@ -40,14 +39,11 @@ def serve_command(
     registry = open_registry_or_fail(top)
     deployer = Deployer(loaded, registry, console)
     spec = deployer.spec(deployment)
-    try:
-        config, ref = deployer.runtime_config(deployment, spec)
-        key = deployer.api_key(deployment, spec)
-    except permanent_errors() as err:
-        raise fail(str(err)) from err
+    config, ref = deployer.runtime_config(deployment, spec)
+    key = deployer.api_key(deployment, spec)
     config.pop("public_port", None)
     config.update(host=host, port=port or spec["port"])
-    folder = deployment_dir(registry.paths.root, deployment)
+    folder = registry.paths.deployment(deployment)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "foreground.json"
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -38,7 +38,6 @@ def train_command(
     as_json: JsonOption = False,
 ) -> None:
     """Train the experiment's runs (all, or --variant); each result is a registered version."""
-    from controller.apply.errors import permanent_errors
     from controller.apply.train import Trainer
     from runners.train.log import LOG_FILE, first_last_eval, mean_tokens_per_s, read_log
 
@@ -66,10 +65,7 @@ def train_command(
         return
     outcomes = []
     for run in wanted:
-        try:
-            outcomes.append(trainer.train(experiment, run, force=force))
-        except permanent_errors() as err:
-            raise fail(str(err)) from err
+        outcomes.append(trainer.train(experiment, run, force=force))
     overlay = trainer.overlay(experiment, outcomes)
     rows = []
     for outcome in outcomes:

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-CACHE_FILE = Path(".llmops/cache/file-digests.json")
+CACHE_NAME = "file-digests.json"
 CHUNK = 1 << 20
 ROW_COUNTED = {".jsonl", ".txt", ".csv", ".tsv"}
 
@@ -27,11 +27,12 @@ class FileDigests:
     time and is rebuilt when missing or unreadable.
     """
 
-    def __init__(self, root: Path, use_cache: bool = True) -> None:
+    def __init__(self, root: Path, cache_dir: Path | None = None) -> None:
+        """`cache_dir` is the state folder's cache (StatePaths.cache); None works uncached."""
         self.root = root
-        self.cache_path = root / CACHE_FILE
-        self.use_cache = use_cache
-        self._cache: dict[str, list[object]] = self._read_cache() if use_cache else {}
+        self.cache_path = (cache_dir or root) / CACHE_NAME
+        self.use_cache = cache_dir is not None
+        self._cache: dict[str, list[object]] = self._read_cache() if self.use_cache else {}
         self._dirty = False
 
     def _read_cache(self) -> dict[str, list[object]]:

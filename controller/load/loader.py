@@ -90,10 +90,15 @@ def load_text(text: str, file: str, cache: ParseCache | None = None) -> LoadResu
     return result
 
 
-def load_specs(root: Path, paths: list[Path] | None = None, use_cache: bool = True) -> LoadResult:
-    """Load every spec file; problems are collected as diagnostics, never raised."""
+def load_specs(
+    root: Path, paths: list[Path] | None = None, cache_dir: Path | None = None
+) -> LoadResult:
+    """Load every spec file; problems are collected as diagnostics, never raised.
+
+    Parsed documents are cached in `cache_dir` (by content) when loading the whole tree.
+    """
     result = LoadResult()
-    cache = ParseCache(root, enabled=use_cache and paths is None)
+    cache = ParseCache(cache_dir if paths is None else None)
     for path in discover(root, paths):
         shown = display_path(path, root)
         try:

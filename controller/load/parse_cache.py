@@ -16,15 +16,16 @@ from typing import Any
 
 from controller.load.yaml_source import YamlDocument
 
-CACHE_FILE = Path(".llmops/cache/parsed-specs.json")
+CACHE_NAME = "parsed-specs.json"
 CACHE_VERSION = 1
 
 
 class ParseCache:
-    def __init__(self, root: Path, enabled: bool = True) -> None:
-        self.path = root / CACHE_FILE
-        self.enabled = enabled
-        self.entries: dict[str, list[dict[str, Any]]] = self._read() if enabled else {}
+    def __init__(self, cache_dir: Path | None) -> None:
+        """`cache_dir` is the state folder's cache (StatePaths.cache); None disables it."""
+        self.path = (cache_dir or Path()) / CACHE_NAME
+        self.enabled = cache_dir is not None
+        self.entries: dict[str, list[dict[str, Any]]] = self._read() if self.enabled else {}
         self.used: set[str] = set()
         self.changed = False
 

@@ -7,7 +7,6 @@ registry versions and aliases, prepared datasets, evaluation results, serving pr
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from controller.plan.types import DesiredState, ObservedState
 from controller.state.lockfile import (
@@ -18,6 +17,7 @@ from controller.state.lockfile import (
     LockFile,
     ModelOutputs,
 )
+from controller.state.paths import StatePaths
 from controller.state.registry.store import Registry
 
 
@@ -48,11 +48,10 @@ class LiveDeployment:
     ready: bool
 
 
-def live_deployment(state_root: Path, name: str) -> LiveDeployment:
-    from controller.apply.deploy import deployment_dir
+def live_deployment(paths: StatePaths, name: str) -> LiveDeployment:
     from runners.deploy import local
 
-    state = local.read_state(deployment_dir(state_root, name))
+    state = local.read_state(paths.deployment(name))
     if state is None:
         return LiveDeployment(False, None, None, None, False)
     running = local.is_serving_process(state.pid)
@@ -75,7 +74,7 @@ def observe_deployments(
         have = resources.get(address)
         if want.kind != "Deployment" or have is None or want.spec.get("target") != "local":
             continue
-        live = live_deployment(registry.paths.root, want.name)
+        live = live_deployment(registry.paths, want.name)
         target = registry.find(str(want.spec["model"]))
         expected = f"{target.model.name}@{target.number}" if target else None
         if not live.running:
@@ -143,7 +142,7 @@ def find_drift(lock: LockFile, registry: Registry) -> list[Drift]:
                     )
                 )
         elif isinstance(outputs, DeploymentOutputs) and outputs.target == "local":
-            live = live_deployment(registry.paths.root, key.name)
+            live = live_deployment(registry.paths, key.name)
             if not live.running:
                 drift.append(
                     Drift(address, f"{version} serving", "not running", "llmops apply restarts it")

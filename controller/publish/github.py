@@ -17,6 +17,8 @@ import github3
 import requests
 from github3 import exceptions as gh
 
+from runners.errors import LlmopsError
+
 DEFAULT_API_URL = "https://api.github.com"
 DEFAULT_MARKER = "<!-- llmops-report -->"
 PLAN_CONTEXT = "llmops/plan"
@@ -36,7 +38,7 @@ _TOKEN_HELP = (
 )
 
 
-class PublishError(Exception):
+class PublishError(LlmopsError):
     """What GitHub or the environment refused, worded for people; the CLI prints it as is."""
 
 

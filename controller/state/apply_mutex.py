@@ -17,12 +17,16 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from runners.errors import RetryableError
+
 LOCK_NAME = "apply.lock"
 HOLDER_NAME = "apply.lock.json"
 
 
-class ApplyBusy(Exception):
+class ApplyBusy(RetryableError):
     """Another apply holds the lock and the caller asked not to wait."""
+
+    exit_code = 4
 
 
 def holder(folder: Path) -> str:

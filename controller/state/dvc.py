@@ -12,11 +12,13 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from runners.errors import LlmopsError
+
 DEFAULT_REMOTE = "local"
 DEFAULT_REMOTE_URL = "../.llmops/dvc-remote"  # relative to .dvc/, i.e. <repo>/.llmops/dvc-remote
 
 
-class DvcError(Exception):
+class DvcError(LlmopsError):
     """A DVC operation failed; the message says which and why."""
 
 

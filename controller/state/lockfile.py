@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from controller.load.diagnostics import Diagnostic
 from controller.plan.address import Address
 from controller.plan.types import DesiredResource, DesiredState
+from runners.errors import InvalidInput
 
 LOCK_FILE = "llmops.lock"
 LOCK_VERSION = 2
@@ -207,7 +208,7 @@ class LockFile(BaseModel):
         }
 
 
-class LockFileError(Exception):
+class LockFileError(InvalidInput):
     """The lock file exists but cannot be used; carries a diagnostic for the user."""
 
     def __init__(self, diagnostic: Diagnostic) -> None:
@@ -307,22 +308,37 @@ def parse_lock(text: str, shown: str = LOCK_FILE) -> LockFile:
     while version < LOCK_VERSION:
         data = MIGRATIONS[version](data)
         version = data["lockVersion"]
+    for address, entry in data["resources"].items():
+        # Outputs first, on their own, so a problem is named by its full path.
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        if kind in OUTPUTS:
+            try:
+                OUTPUTS[kind].model_validate(entry.get("outputs") or {})
+            except ValidationError as err:
+                raise _located(err, text, shown, ("resources", address, "outputs")) from err
     try:
         return LockFile.model_validate(data)
     except ValidationError as err:
-        problem = err.errors()[0]
-        loc = [str(p) for p in problem["loc"]]
-        address = loc[1] if len(loc) > 1 and loc[0] == "resources" else ""
-        raise LockFileError(
-            Diagnostic(
-                shown,
-                _line_of(text, address) if address else 1,
-                1,
-                ".".join(loc),
-                problem["msg"].removeprefix("Value error, "),
-                _restore_hint(shown),
-            )
-        ) from err
+        raise _located(err, text, shown, ()) from err
+
+
+def _located(
+    err: ValidationError, text: str, shown: str, prefix: tuple[str, ...]
+) -> LockFileError:
+    """The first problem pydantic found, at the line of the resource it is in."""
+    problem = err.errors()[0]
+    loc = [*prefix, *(str(p) for p in problem["loc"])]
+    address = loc[1] if len(loc) > 1 and loc[0] == "resources" else ""
+    return LockFileError(
+        Diagnostic(
+            shown,
+            _line_of(text, address) if address else 1,
+            1,
+            ".".join(loc),
+            problem["msg"].removeprefix("Value error, "),
+            _restore_hint(shown),
+        )
+    )
 
 
 def read_lock(path: Path) -> LockFile:

@@ -1,4 +1,8 @@
-"""State, locations: where the registry database, blobs and caches live (.llmops/)."""
+"""State, locations: the repository root and every folder of the local state (.llmops/).
+
+`StatePaths` is the one place that knows where state lives; `LLMOPS_STATE_DIR` moves all of
+it and `LLMOPS_REGISTRY_URL` points the registry at a shared database.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,18 @@ from pathlib import Path
 STATE_DIR = ".llmops"
 REGISTRY_URL_ENV = "LLMOPS_REGISTRY_URL"
 STATE_DIR_ENV = "LLMOPS_STATE_DIR"
+
+
+def find_root(start: Path) -> Path:
+    """The nearest folder at or above `start` with a specs/ folder (or a .git), else `start`."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / "specs").is_dir():
+            return folder
+    for folder in (start, *start.parents):
+        if (folder / ".git").exists():
+            return folder
+    return start
 
 
 @dataclass(frozen=True)
@@ -36,5 +52,39 @@ class StatePaths:
         return self.root / "work"
 
     @property
+    def cache(self) -> Path:
+        """Parsed specs and file digests: only saves time, rebuilt when missing."""
+        return self.root / "cache"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def dataset_version(self, name: str, version: str) -> Path:
+        """A prepared dataset version's split files, by the version's digest."""
+        return self.root / "data" / name / version.removeprefix("sha256:")
+
+    def runs(self, experiment: str) -> Path:
+        """An experiment's training runs (each in a folder keyed by the run's digest)."""
+        return self.root / "runs" / experiment
+
+    def evaluations(self, suite: str) -> Path:
+        """Results of a suite, per model version and suite digest."""
+        return self.root / "evals" / suite
+
+    def deployment(self, name: str) -> Path:
+        """A deployment's process state, logs and rendered build contexts."""
+        return self.root / "deployments" / name
+
+    def collected(self, store: str) -> Path:
+        """Interactions and feedback a deployment collected into `store`."""
+        return self.root / "collected" / store
+
+    @property
     def registry_url(self) -> str:
         return os.environ.get(REGISTRY_URL_ENV) or f"sqlite:///{self.root / 'registry.db'}"
+
+    @property
+    def has_registry(self) -> bool:
+        """A registry is consulted when configured by URL or when the local one was created."""
+        return bool(os.environ.get(REGISTRY_URL_ENV)) or (self.root / "registry.db").exists()

@@ -16,11 +16,12 @@ from runners.data.readers import BadRow, read_source
 from runners.data.rows import Row, content_hash
 from runners.data.splits import SPLITS, assign
 from runners.data.stats import length_stats, plot_histogram, token_lengths
+from runners.errors import LlmopsError
 
 MAX_BAD_ROWS_SHOWN = 20
 
 
-class PrepareError(Exception):
+class PrepareError(LlmopsError):
     """A permanent problem with the data or the spec; the message says where and what to do."""
 
 

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from runners.errors import LlmopsError
+
 # Where the runtime finds things inside a container: KServe's storage initializer puts the
 # storageUri's files in /mnt/models, and the docker image copies the model there too.
 CONTAINER_MODEL_DIR = "/mnt/models"
@@ -22,7 +24,7 @@ SMOKE_MAX_TOKENS = 16
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
-class DeployError(Exception):
+class DeployError(LlmopsError):
     """A deployment cannot be rendered, built or rolled out; the message says what to do."""
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runners.errors import LlmopsError
 from runners.evaluate.compare import aggregate
 from runners.evaluate.metrics import keyword_recall, rouge_l, token_f1
 
@@ -22,7 +23,7 @@ LM_EVAL_METRICS = {
 _FIELD = re.compile(r"\{(\w+)\}")
 
 
-class EvalError(Exception):
+class EvalError(LlmopsError):
     """A permanent problem with the suite, its data or the model; the message says what to do."""
 
 

@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runners.errors import LlmopsError
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 Report = Callable[[str], None]
 
 
-class PullError(Exception):
+class PullError(LlmopsError):
     """A permanent problem with a source; the message says what to do."""
 
 

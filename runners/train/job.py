@@ -7,8 +7,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runners.errors import LlmopsError
 
-class TrainError(Exception):
+
+class TrainError(LlmopsError):
     """A permanent problem with the job (config, data, hardware); the message says what to do."""
 
 

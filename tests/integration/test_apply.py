@@ -13,6 +13,7 @@ import pytest
 
 from controller.state.lockfile import read_lock
 from tests.apply_repo import build_repo, git
+from tests.tiny import make_noisy_model, model_spec
 
 
 def llmops(
@@ -52,7 +53,7 @@ def test_apply_twice_second_runs_nothing_and_plan_is_noop(repo: Path) -> None:
     }
     evaluation = applied["Evaluation/exp/default"]["outputs"]
     assert evaluation["baseline"] == "tiny@1" and evaluation["subject"] == "assistant@1"
-    assert evaluation["gates"] == {"ppl/perplexity max_drop 1e+06": "pass"}
+    assert evaluation["gates"] == {"ppl/perplexity max_drop 1": "pass"}
     assert {c["metric"] for c in evaluation["comparison"]} >= {"ppl/perplexity", "answers/rouge_l"}
 
     lock = read_lock(repo / "llmops.lock")["resources"]
@@ -88,7 +89,7 @@ def test_one_hyperparameter_reruns_only_that_experiment_and_dependents(repo: Pat
 
 def test_failed_gate_blocks_promotion_and_exits_1(repo: Path) -> None:
     suite = repo / "specs/evals/smoke.yaml"
-    suite.write_text(suite.read_text().replace("max_drop: 1000000", "max: 1.0"))
+    suite.write_text(suite.read_text().replace("max_drop: 1.0", "max: 1.0"))
     result = llmops(repo, "apply", "--json")
     assert result.returncode == 1
     results = {r["address"]: r for r in json.loads(result.stdout)["results"]}
@@ -96,3 +97,49 @@ def test_failed_gate_blocks_promotion_and_exits_1(repo: Path) -> None:
     assert results["Model/assistant"]["status"] == "failed"
     assert "failed gate(s) ppl/perplexity max 1" in results["Model/assistant"]["message"]
     assert "Model/assistant" not in read_lock(repo / "llmops.lock")["resources"]
+
+
+def test_broken_base_model_fails_the_gates_and_keeps_the_champion(
+    repo: Path, tiny_model: Path
+) -> None:
+    """The experiment moves to a new base checkpoint whose weights are corrupted (noise on
+    every tensor); the control stays the good model. Training succeeds, the candidate's
+    perplexity explodes, the gate fails, and the champion alias stays on the good version."""
+    first = llmops(repo, "apply", "--json")
+    assert first.returncode == 0, first.stderr
+    champion = {"version": "assistant@1", "aliases": ["champion"]}
+    lock = json.loads((repo / "llmops.lock").read_text())["resources"]
+    assert lock["Model/assistant"]["outputs"] == champion
+
+    make_noisy_model(tiny_model, repo / "models/tiny-v2")
+    (repo / "specs/models/tiny-v2.yaml").write_text(
+        model_spec("tiny-v2", {"type": "local", "path": "models/tiny-v2"})
+    )
+    spec = repo / "specs/experiments/exp.yaml"
+    text = spec.read_text()
+    assert text.count("base_model: tiny\n") == 1
+    text = text.replace("base_model: tiny\n", "base_model: tiny-v2\n  control: {model: tiny}\n")
+    spec.write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "new base checkpoint")
+
+    result = llmops(repo, "apply", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    results = {r["address"]: r for r in json.loads(result.stdout)["results"]}
+    assert results["Experiment/exp/default"]["status"] == "applied"  # trained: not the cause
+    evaluation = results["Evaluation/exp/default"]["outputs"]
+    assert evaluation["baseline"] == "tiny@1" and evaluation["subject"] == "assistant@2"
+    ppl = next(c for c in evaluation["comparison"] if c["metric"] == "ppl/perplexity")
+    assert ppl["candidate"] > 10 * ppl["baseline"], ppl  # the candidate really is broken
+    assert evaluation["gates"] == {"ppl/perplexity max_drop 1": "fail"}
+    assert "gate ppl/perplexity max_drop 1: fail" in result.stderr
+    assert results["Model/assistant"]["status"] == "failed"
+    assert "failed gate(s) ppl/perplexity max_drop 1" in results["Model/assistant"]["message"]
+
+    # Neither the lock file nor the registry moved the alias to the broken version.
+    lock = json.loads((repo / "llmops.lock").read_text())["resources"]
+    assert lock["Model/assistant"]["outputs"] == champion
+    shown = llmops(repo, "models", "show", "assistant@champion", "--json")
+    assert shown.returncode == 0, shown.stderr
+    registered = json.loads(shown.stdout)
+    assert (registered["ref"], registered["aliases"]) == ("assistant@1", ["champion"])

@@ -79,8 +79,8 @@ def test_plan_json_then_lock_then_nothing_to_do(demo: Path) -> None:
     } <= addresses
     assert all(a["reason"] for a in payload["actions"])
 
+    from controller.load.desired import load_desired
     from controller.state.lockfile import lock_from_desired, write_lock
-    from controller.workspace import load_desired
 
     loaded = load_desired(demo)
     assert loaded.desired is not None

@@ -12,7 +12,8 @@ import pytest
 from rich.console import Console
 
 from controller.apply.evaluate import Evaluator
-from controller.workspace import load_desired, open_registry
+from controller.load.desired import load_desired
+from controller.workspace import open_registry
 from tests.conftest import PROJECT_ROOT
 from tests.tiny import model_spec
 

@@ -14,7 +14,8 @@ import pytest
 from rich.console import Console
 
 from controller.apply.prepare import Preparer, read_split, version_dir
-from controller.workspace import load_desired, make_plan, open_registry
+from controller.load.desired import load_desired
+from controller.workspace import make_plan, open_registry
 from tests.conftest import PROJECT_ROOT
 from tests.tiny import model_spec
 

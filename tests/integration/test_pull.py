@@ -11,8 +11,9 @@ import pytest
 from rich.console import Console
 
 from controller.apply.pull import pull_model
+from controller.load.desired import load_desired
 from controller.state.registry.maintenance import verify
-from controller.workspace import load_desired, make_plan, open_registry
+from controller.workspace import make_plan, open_registry
 from runners.pull import PullError
 from tests.tiny import model_spec
 

@@ -49,7 +49,7 @@ def test_report_after_apply_is_written_and_posted_once_then_updated(
     assert "✅ all 1 gate(s) passed" in text
     assert "| create | `Experiment/exp/default` |" in text
     assert "#### `Evaluation/exp/default`: assistant@1 against tiny@1" in text
-    assert "| ppl/perplexity |" in text and "✅ max_drop 1e+06" in text
+    assert "| ppl/perplexity |" in text and "✅ max_drop 1 |" in text
     assert "![loss curves of Experiment/exp/default](report-assets/" in text
     image = out.parent / "report-assets" / "experiment-exp-default.png"
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -63,7 +63,7 @@ def test_report_after_apply_is_written_and_posted_once_then_updated(
 
 def test_report_exits_1_on_a_failed_gate_and_2_on_an_unknown_base(repo: Path) -> None:
     suite = repo / "specs/evals/smoke.yaml"
-    suite.write_text(suite.read_text().replace("max_drop: 1000000", "max: 1.0"))
+    suite.write_text(suite.read_text().replace("max_drop: 1.0", "max: 1.0"))
     assert llmops(repo, "apply", "--skip-deploy").returncode == 1
     failed = llmops(repo, "report", "--base", "main")
     assert failed.returncode == 1
@@ -80,8 +80,8 @@ def test_kserve_manifest_diff_between_base_and_branch(tmp_path: Path) -> None:
     import shutil
 
     from controller.cli.report import manifest_diffs
+    from controller.load.desired import load_desired
     from controller.state.lockfile import lock_entry
-    from controller.workspace import load_desired
     from tests.conftest import PROJECT_ROOT
 
     root = tmp_path / "demo"

@@ -13,7 +13,8 @@ from openai import OpenAI
 from rich.console import Console
 
 from controller.apply.prepare import Preparer, read_split
-from controller.workspace import load_desired, open_registry
+from controller.load.desired import load_desired
+from controller.workspace import open_registry
 from runners.data.steps import normalize_text
 from tests.serving import config, running
 from tests.tiny import model_spec

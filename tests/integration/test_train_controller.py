@@ -13,7 +13,8 @@ import pytest
 from rich.console import Console
 
 from controller.apply.train import Trainer
-from controller.workspace import load_desired, make_plan, open_registry
+from controller.load.desired import load_desired
+from controller.workspace import make_plan, open_registry
 from tests.conftest import PROJECT_ROOT
 from tests.tiny import model_spec
 

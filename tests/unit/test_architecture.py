@@ -36,3 +36,27 @@ def test_contracts_catch_a_runner_importing_the_controller(tmp_path: Path) -> No
     assert result.returncode != 0
     assert "Runners never import the controller BROKEN" in result.stdout
     assert "Planning is pure" in result.stdout and "2 broken" in result.stdout
+
+
+def test_layers_contract_catches_upward_imports_at_top_level_and_inside_functions(
+    tmp_path: Path,
+) -> None:
+    for name in ("controller", "runners"):
+        shutil.copytree(
+            PROJECT_ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    # observe sits below apply: a module-level import of the apply engine is upward.
+    (tmp_path / "controller" / "observe" / "upward.py").write_text(
+        "from controller.apply.engine import Applier\n"
+    )
+    # state sits below the CLI: hiding the import inside a function does not hide it.
+    (tmp_path / "controller" / "state" / "hidden.py").write_text(
+        "def later() -> None:\n    from controller.cli import main  # noqa: F401\n"
+    )
+    result = lint(tmp_path)
+    assert result.returncode != 0
+    out = result.stdout
+    assert "Controller layers: each imports only the layers below it BROKEN" in out
+    assert "controller.observe.upward -> controller.apply.engine" in out
+    assert "controller.state.hidden -> controller.cli" in out

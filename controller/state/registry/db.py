@@ -9,10 +9,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from runners.errors import RetryableError
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class RegistryUnavailable(Exception):
+class RegistryUnavailable(RetryableError):
     """The registry database cannot be opened; the message says what to do."""
 
 

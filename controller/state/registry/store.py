@@ -28,6 +28,7 @@ from controller.state.registry.schema import (
     TagRow,
     VersionRow,
 )
+from runners.errors import LlmopsError
 
 VERSION_FIELDS = (
     "architecture",
@@ -43,7 +44,7 @@ VERSION_FIELDS = (
 )
 
 
-class RegistryError(Exception):
+class RegistryError(LlmopsError):
     """A request the registry cannot satisfy; the message says what to do."""
 
 

@@ -11,8 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from controller.load.desired import load_desired
 from controller.state.lockfile import lock_from_desired, write_lock
-from controller.workspace import load_desired
 from tests.conftest import MINIMAL_SPECS, write_tree
 
 HERE = Path(__file__).parent / "cases"

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from controller.load.compose import parse_overrides, sweep_run_name
-from controller.workspace import load_desired
+from controller.load.desired import load_desired
 
 PRESET = """
 method: lora

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
+from controller.load.desired import load_desired
 from controller.load.diagnostics import Diagnostic
 from controller.load.loader import load_text
-from controller.workspace import load_desired
 from tests.conftest import PROJECT_ROOT
 
 DEMO_SPECS = sorted((PROJECT_ROOT / "specs").rglob("*.yaml"))

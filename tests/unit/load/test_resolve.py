@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from controller.workspace import load_desired
+from controller.load.desired import load_desired
 
 EXP = """
 apiVersion: llmops/v1

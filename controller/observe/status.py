@@ -1,0 +1,115 @@
+"""Observation, status: each desired resource's state (applied, pending, not applied,
+orphaned), what it produced according to the lock file, and a local deployment's process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.observe.drift import live_deployment
+from controller.plan.types import DesiredState
+from controller.state.lockfile import (
+    DatasetOutputs,
+    DeploymentOutputs,
+    EvaluationOutputs,
+    ExperimentOutputs,
+    LockFile,
+    Outputs,
+)
+from controller.state.paths import StatePaths
+
+
+@dataclass(frozen=True)
+class ResourceStatus:
+    address: str
+    state: str  # applied | pending | not applied | orphaned
+    digest: str
+    summary: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    live: dict[str, Any] | None = None  # a local deployment's process
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "address": self.address,
+            "state": self.state,
+            "digest": self.digest,
+            "summary": self.summary,
+            "outputs": self.outputs,
+        }
+        if self.live is not None:
+            out["live"] = self.live
+        return out
+
+
+def summarize(outputs: Outputs | None) -> str:
+    """One line of what a resource produced."""
+    if outputs is None:
+        return ""
+    if isinstance(outputs, EvaluationOutputs):
+        failed = len(outputs.failed_gates)
+        total = len(outputs.gates)
+        head = f"{outputs.subject} on {outputs.suite}"
+        return head + (f"; gates {total - failed}/{total} pass" if total else "")
+    if isinstance(outputs, DatasetOutputs):
+        rows = " ".join(f"{k} {v}" for k, v in outputs.rows.items())
+        return f"{outputs.version[7:19]} {rows}"
+    if isinstance(outputs, DeploymentOutputs):
+        return f"{outputs.version} ({outputs.target})"
+    if isinstance(outputs, ExperimentOutputs):
+        loss = outputs.metrics.get("final_eval_loss")
+        return outputs.version + (f"; eval loss {loss:.4g}" if loss else "")
+    return str(getattr(outputs, "version", ""))
+
+
+def resource_status(
+    desired: DesiredState, lock: LockFile, paths: StatePaths
+) -> list[ResourceStatus]:
+    """Desired resources in apply order, then lock entries no spec asks for any more."""
+    rows = []
+    for address in sorted(desired.resources, key=lambda a: (desired.waves[a], a)):
+        resource = desired.resources[address]
+        entry = lock.get(address)
+        if entry is None:
+            state = "not applied"
+        elif entry.digest == resource.digest:
+            state = "applied"
+        else:
+            state = "pending"
+        outputs = entry.outputs if entry else None
+        summary = summarize(outputs)
+        live = None
+        if resource.kind == "Deployment" and resource.spec.get("target") == "local":
+            process = live_deployment(paths, resource.name)
+            live = {
+                "running": process.running,
+                "ready": process.ready,
+                "version": process.version,
+                "endpoint": process.endpoint,
+                "pid": process.pid,
+            }
+            summary += (
+                f"; live: {process.version} at {process.endpoint}, "
+                + ("ready" if process.ready else "not ready")
+                if process.running
+                else "; live: not running"
+            )
+        rows.append(
+            ResourceStatus(
+                address,
+                state,
+                resource.digest,
+                summary,
+                outputs.model_dump(mode="json", exclude_defaults=True) if outputs else {},
+                live,
+            )
+        )
+    for address in sorted(set(lock.resources) - set(desired.resources)):
+        rows.append(
+            ResourceStatus(
+                address,
+                "orphaned",
+                lock.resources[address].digest,
+                "in llmops.lock, no longer in the specs",
+            )
+        )
+    return rows
