@@ -55,7 +55,8 @@ def test_a_lock_from_a_newer_llmops_is_refused_with_what_to_do() -> None:
 
 @pytest.mark.parametrize("version", ["0", '"2"', "null", "true"])
 def test_a_version_that_is_not_one_is_refused(version: str) -> None:
-    text = CURRENT.read_text().replace(f'"lockVersion": {LOCK_VERSION}', f'"lockVersion": {version}')
+    current = f'"lockVersion": {LOCK_VERSION}'
+    text = CURRENT.read_text().replace(current, f'"lockVersion": {version}')
     with pytest.raises(LockFileError, match="unknown lockVersion"):
         parse_lock(text)
 

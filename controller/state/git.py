@@ -1,0 +1,86 @@
+"""State, git: the repository's git history as the report and training read it.
+
+The one module that runs git as a subprocess: resolving refs (`rev-parse`), reading a file
+as of a commit (`show <ref>:<path>`) and listing uncommitted changes (`status
+--porcelain`). Small typed functions; every failure is a `GitError` whose message names the
+repository, what was asked and what to do. (History reads whole logs through GitPython in
+controller/history.py.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from runners.errors import InvalidInput
+
+TIMEOUT_S = 30
+
+
+class GitError(InvalidInput):
+    """Git could not answer: not a repository, an unknown ref, or git itself is missing.
+
+    Exit 2 through the CLI: the ref or folder the user named is what has to change.
+    """
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=TIMEOUT_S
+        )
+    except FileNotFoundError as err:
+        raise GitError("git is not installed (or not on PATH); install git and rerun") from err
+    except subprocess.TimeoutExpired as err:
+        raise GitError(f"git {' '.join(args)} in {root} took over {TIMEOUT_S} s") from err
+    except OSError as err:  # root is not a folder, permissions
+        raise GitError(f"cannot run git in {root}: {err}") from err
+
+
+def resolve_commit(root: Path, ref: str) -> str:
+    """The full sha of the commit `ref` names (a branch, tag, sha or `HEAD~2`)."""
+    out = _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    if out.returncode != 0:
+        raise GitError(
+            f"{ref}: no such commit in {root}; fetch it (git fetch origin) or name another "
+            "branch, tag or sha"
+        )
+    return out.stdout.strip()
+
+
+def head_commit(root: Path) -> str | None:
+    """The sha of HEAD; None outside a git repository or before the first commit."""
+    try:
+        out = _git(root, "rev-parse", "HEAD")
+    except GitError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def short_head(root: Path) -> str | None:
+    """HEAD's abbreviated sha; None outside a git repository or before the first commit."""
+    try:
+        out = _git(root, "rev-parse", "--short", "HEAD")
+    except GitError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def show_file(root: Path, ref: str, path: str) -> str | None:
+    """The text of `path` (relative to the repository root) as of `ref`; None when that commit
+    has no such file. An unknown ref raises GitError."""
+    commit = resolve_commit(root, ref)
+    out = _git(root, "show", f"{commit}:{path}")
+    return out.stdout if out.returncode == 0 else None
+
+
+def changed_paths(root: Path, *pathspecs: str) -> list[str]:
+    """Paths with uncommitted changes (staged, unstaged or untracked) under `pathspecs`;
+    [] outside a git repository."""
+    try:
+        out = _git(root, "status", "--porcelain", "--", *pathspecs)
+    except GitError:
+        return []
+    if out.returncode != 0:
+        return []
+    return [line[3:] for line in out.stdout.splitlines() if len(line) > 3]
