@@ -119,9 +119,12 @@ class Deployer(ApplyStep):
         target = spec["target"]
         if target == "local":
             return self._deploy_local(name, spec)
+        release, model_path = self.release(name, spec)
         if target == "docker":
-            return self._deploy_docker(name, spec)
-        return self._deploy_kserve(name, spec)
+            details = self._deploy_docker(name, release, model_path)
+        else:
+            details = self._deploy_kserve(name, spec, release)
+        return DeploymentOutputs(version=release.model_version, target=target, **details)
 
     def _deploy_local(self, name: str, spec: dict[str, Any]) -> DeploymentOutputs:
         config, ref = self.runtime_config(name, spec)
@@ -168,39 +171,27 @@ class Deployer(ApplyStep):
         )
         return release, Path(config["model_dir"])
 
-    def _deploy_docker(self, name: str, spec: dict[str, Any]) -> DeploymentOutputs:
+    def _deploy_docker(self, name: str, release: Any, model_path: Path) -> dict[str, Any]:
+        """Render the build context and build where an engine answers: the image's outputs."""
         from runners.deploy import docker
 
-        release, model_path = self.release(name, spec)
         folder = self.registry.paths.deployment(name) / "docker"
         context = docker.render_context(folder, release, model_path)
         outcome = docker.build(context.path, context.tag)
         self.console.print(f"  {name}: {outcome.message}")
-        return DeploymentOutputs(
-            version=release.model_version,
-            target="docker",
-            image=context.tag,
-            context_digest=context.digest,
-            built=outcome.built,
-        )
+        return {"image": context.tag, "context_digest": context.digest, "built": outcome.built}
 
-    def _deploy_kserve(self, name: str, spec: dict[str, Any]) -> DeploymentOutputs:
+    def _deploy_kserve(self, name: str, spec: dict[str, Any], release: Any) -> dict[str, Any]:
+        """Apply the manifests and wait for Ready: where the new revision serves."""
         from runners.deploy import kserve
 
-        release, _ = self.release(name, spec)
         manifests = kserve.render_manifests(release, spec["kserve"].get("storage_uri"))
         try:
             rollout = kserve.rollout(kserve.api_client(), manifests)
         except kserve.RolloutFailed as err:
             raise DeployError(str(err)) from err
         self.console.print(f"  {name}: {release.model_version} ready at {rollout.url}")
-        return DeploymentOutputs(
-            version=release.model_version,
-            target="kserve",
-            endpoint=rollout.url,
-            revision=rollout.revision,
-            traffic=rollout.traffic,
-        )
+        return {"endpoint": rollout.url, "revision": rollout.revision, "traffic": rollout.traffic}
 
     def stop(self, name: str, recorded: LockEntry) -> None:
         """Stop what the lock entry says was deployed (its spec, not today's: it was removed)."""

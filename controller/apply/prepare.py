@@ -18,7 +18,7 @@ from controller.state.registry.schema import DatasetVersionRow
 from controller.state.registry.store import Registry
 from runners.data import PrepareError, PrepareInputs, prepare
 from runners.data.collected import read_collected
-from runners.data.preparation import SourceInput
+from runners.data.preparation import SourceInput, read_split
 from runners.pull import PullError
 
 PREPARED_DIR = Path("data/prepared")
@@ -37,13 +37,6 @@ class PrepareOutcome:
 
 def version_dir(registry: Registry, name: str, version: str) -> Path:
     return registry.paths.dataset_version(name, version)
-
-
-def read_split(folder: Path, split: str) -> list[dict[str, Any]]:
-    path = folder / f"{split}.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 class Preparer(ApplyStep):

@@ -21,6 +21,7 @@ from controller.plan.address import Address
 from controller.plan.types import DesiredResource
 from controller.report.model_card import render_card
 from controller.state.blobs import Blob
+from controller.state.git import head_commit
 from controller.state.paths import StatePaths
 from controller.state.registry.schema import VersionRow
 from controller.state.registry.store import NewVersion
@@ -48,16 +49,6 @@ class TrainOutcome:
     @property
     def ref(self) -> str:
         return f"{self.version.model.name}@{self.version.number}"
-
-
-def git_commit(root: Path) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        )
-    except OSError:
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def run_folder(paths: StatePaths, resource: DesiredResource) -> Path:
@@ -277,7 +268,7 @@ class Trainer(ApplyStep):
                     "base_version_id": base.id,
                     "dataset_version": dataset_version,
                     "experiment_run": f"{experiment}/{run}",
-                    "git_commit": git_commit(self.root),
+                    "git_commit": head_commit(self.root),
                     "config_digest": resource.digest,
                     "packages": result.get("packages", {}),
                     "seeds": {"training": result.get("seed")},

@@ -234,13 +234,20 @@ def show(
         console.print(files)
 
 
-def _deployment_refs(root: Path) -> list[tuple[str, str]]:
-    """(deployment, model ref) for every Deployment spec that loads."""
+def _deployment_refs(root: Path) -> dict[str, list[str]]:
+    """Each deployment's model references: what its spec names and what the lock says it
+    serves (a spec that no longer loads still has its served version protected)."""
     from controller.load.loader import load_specs
+    from controller.state.lockfile import LOCK_FILE, DeploymentOutputs, read_lock
 
-    return [
-        (s.name, s.resource.spec.model) for s in load_specs(root).specs if s.kind == "Deployment"
-    ]
+    refs: dict[str, list[str]] = {}
+    for spec in load_specs(root).specs:
+        if spec.kind == "Deployment":
+            refs.setdefault(spec.name, []).append(spec.resource.spec.model)
+    for address, entry in read_lock(root / LOCK_FILE).entries("Deployment"):
+        if isinstance(entry.outputs, DeploymentOutputs) and entry.outputs.version:
+            refs.setdefault(address.name, []).append(entry.outputs.version)
+    return refs
 
 
 @models_app.command("rm")
@@ -250,26 +257,12 @@ def remove(
     force: Annotated[bool, typer.Option(help="Remove even if a deployment uses it.")] = False,
 ) -> None:
     """Remove one version (its blobs stay until 'llmops models gc')."""
+    from controller.state.registry.maintenance import remove_version
+
     top = resolve_root(root)
     registry = open_registry_or_fail(top)
-    name, selector = split_ref(ref)
-    version = registry.find(ref)
-    if version is None or selector is None:
-        raise fail(
-            f"'{ref}' does not name a stored version; write name@version, see 'llmops models list'"
-        )
-    users = []
-    for deployment, model_ref in _deployment_refs(top):
-        used = registry.find(model_ref)
-        if used is not None and used.id == version.id:
-            users.append(f"{deployment} ({model_ref})")
-    if users and not force:
-        raise fail(
-            f"{name}@{version.number} is used by deployment {', '.join(users)}; move the "
-            "deployment to another version first, or pass --force"
-        )
-    registry.remove(name, version.number)
-    console.print(f"removed {name}@{version.number}; run 'llmops models gc' to free its files")
+    removed = remove_version(registry, ref, _deployment_refs(top), force=force)
+    console.print(f"removed {removed}; run 'llmops models gc' to free its files")
 
 
 @models_app.command("gc")

@@ -1,5 +1,11 @@
 """Report, pull request: the plan, metric tables, curves, dataset and deployment changes as
-Markdown (pure: everything it shows is passed in)."""
+Markdown (pure: everything it shows is passed in; controller/report/inputs.py gathers it).
+
+A gate result is shown only when it was computed from the specs being proposed: the lock
+entry of its Evaluation carries the desired digest. An evaluation the plan still has to run
+is shown as pending with the gates it will decide, and the headline never says "passed"
+while one is pending.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +38,15 @@ class Curve:
     blob: str | None = None
 
 
+@dataclass(frozen=True)
+class DesiredEvaluation:
+    """What a desired Evaluation will measure and judge once applied (from the specs)."""
+
+    suite: str
+    subject: str  # "Experiment/<name>/<run>" or "model:<ref>"
+    gates: tuple[str, ...] = ()  # "task/metric rule" names it decides; none for a control
+
+
 @dataclass
 class ReportInputs:
     base: str
@@ -44,15 +59,32 @@ class ReportInputs:
     dataset_diffs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     deployments: Mapping[str, str] = field(default_factory=dict)  # address -> model ref
     manifest_diffs: Mapping[str, str] = field(default_factory=dict)  # address -> unified diff
+    evaluations: Mapping[str, DesiredEvaluation] = field(default_factory=dict)  # by address
 
 
 @dataclass(frozen=True)
 class GateOutcome:
+    """One gate of one evaluation: passed, failed, or not decided yet (`passed` None)."""
+
     evaluation: str
     suite: str
-    name: str  # "task/metric rule"
-    passed: bool
+    name: str  # "task/metric rule", e.g. "faq-answers/rouge_l max_drop 0.02"
+    passed: bool | None
     detail: str
+
+    @property
+    def metric(self) -> str:
+        """'task/metric'."""
+        return self.name.partition(" ")[0]
+
+    @property
+    def rule(self) -> str:
+        """'max_drop 0.02'."""
+        return self.name.partition(" ")[2]
+
+    @property
+    def pending(self) -> bool:
+        return self.passed is None
 
 
 def sparkline(values: list[float], width: int = 24) -> str:
@@ -77,10 +109,13 @@ def fmt(value: Any, signed: bool = False) -> str:
 
 
 def applied(inputs: ReportInputs, address: str) -> LockEntry | None:
-    """The head lock's entry when it records the desired digest (this branch's result)."""
-    entry = inputs.head_lock.get(address)
-    if entry is not None and entry.digest == inputs.desired.get(address):
-        return entry
+    """The result of the specs being proposed: the head lock's entry when it records the
+    desired digest, else the base's when the base already has it (unchanged here)."""
+    wanted = inputs.desired.get(address)
+    for lock in (inputs.head_lock, inputs.base_lock):
+        entry = lock.get(address)
+        if entry is not None and entry.digest == wanted:
+            return entry
     return None
 
 
@@ -88,16 +123,57 @@ def _of_kind(inputs: ReportInputs, kind: str) -> list[str]:
     return sorted(a for a in inputs.desired if Address.parse(a).kind == kind)
 
 
+def pending_evaluations(inputs: ReportInputs) -> list[str]:
+    """Desired evaluations with no result for the proposed specs: `llmops apply` has yet to
+    run them (the plan lists each as create or reevaluate, "not yet" applied)."""
+    return [
+        a
+        for a in _of_kind(inputs, "Evaluation")
+        if not isinstance(getattr(applied(inputs, a), "outputs", None), EvaluationOutputs)
+    ]
+
+
 def gate_outcomes(inputs: ReportInputs) -> list[GateOutcome]:
+    """Every gate of every desired evaluation, by evaluation then gate: the verdicts of
+    results computed from the proposed specs, and the gates of pending evaluations as not
+    decided (never a verdict from another digest)."""
+    pending = set(pending_evaluations(inputs))
     out = []
     for address in _of_kind(inputs, "Evaluation"):
-        entry = applied(inputs, address)
-        if entry is None or not isinstance(entry.outputs, EvaluationOutputs):
+        if address in pending:
+            planned = inputs.evaluations.get(address)
+            if planned is not None:
+                out += [
+                    GateOutcome(address, planned.suite, name, None, "evaluation pending")
+                    for name in sorted(planned.gates)
+                ]
             continue
+        entry = applied(inputs, address)
+        assert entry is not None and isinstance(entry.outputs, EvaluationOutputs)
         outputs = entry.outputs
         for name, verdict in sorted(outputs.gates.items()):
             out.append(GateOutcome(address, outputs.suite, name, verdict.passed, verdict.detail))
     return out
+
+
+def headline(inputs: ReportInputs) -> str:
+    """❌ when a decided gate failed; ⏳ while an evaluation is pending (then never "passed");
+    ✅ only when every gate was decided on the proposed specs and passed."""
+    gates = gate_outcomes(inputs)
+    decided = [g for g in gates if not g.pending]
+    failed = [g for g in decided if not g.passed]
+    pending = pending_evaluations(inputs)
+    parts = []
+    if failed:
+        parts.append(f"❌ {len(failed)} of {len(decided)} gate(s) failed")
+    if pending:
+        undecided = len(gates) - len(decided)
+        parts.append(
+            f"⏳ {len(pending)} evaluation(s) pending: {undecided} gate(s) not yet decided"
+        )
+    if parts:
+        return "; ".join(parts)
+    return f"✅ all {len(gates)} gate(s) passed" if gates else "no gates evaluated"
 
 
 def _plan_section(inputs: ReportInputs) -> list[str]:
@@ -126,9 +202,31 @@ def _plan_section(inputs: ReportInputs) -> list[str]:
     return [*lines, ""]
 
 
+def _pending_evaluation(inputs: ReportInputs, address: str) -> list[str]:
+    planned = inputs.evaluations.get(address)
+    lines = [f"#### `{address}`: ⏳ pending", ""]
+    if planned is None:
+        return [*lines, "Not evaluated on these specs yet (`llmops apply` runs it).", ""]
+    lines += [
+        f"Not evaluated on these specs yet: `llmops apply` evaluates `{planned.subject}` "
+        f"with suite `{planned.suite}`"
+        + (", then these gates are decided:" if planned.gates else "; it decides no gates."),
+        "",
+    ]
+    if planned.gates:
+        lines += ["| gate | result |", "|---|---|"]
+        lines += [f"| {name} | ⏳ pending |" for name in sorted(planned.gates)]
+        lines.append("")
+    return lines
+
+
 def _evaluation_section(inputs: ReportInputs) -> list[str]:
     lines: list[str] = []
+    pending = set(pending_evaluations(inputs))
     for address in _of_kind(inputs, "Evaluation"):
+        if address in pending:
+            lines += _pending_evaluation(inputs, address)
+            continue
         entry = applied(inputs, address)
         if entry is None or not isinstance(entry.outputs, EvaluationOutputs):
             continue
@@ -149,9 +247,9 @@ def _evaluation_section(inputs: ReportInputs) -> list[str]:
             ]
             for row in comparison:
                 verdicts = [
-                    ("✅ " if v.passed else "❌ ") + name.split(" ", 1)[1]
+                    ("✅ " if v.passed else "❌ ") + name.partition(" ")[2]
                     for name, v in sorted(gates.items())
-                    if name.split(" ", 1)[0] == row.metric
+                    if name.partition(" ")[0] == row.metric
                 ]
                 lines.append(
                     f"| {row.metric} | {fmt(row.baseline)} | {fmt(row.candidate)} | "
@@ -319,18 +417,11 @@ def _after_merge(inputs: ReportInputs, address: str) -> str:
 
 
 def render_report(inputs: ReportInputs) -> str:
-    gates = gate_outcomes(inputs)
-    failed = [g for g in gates if not g.passed]
-    verdict = (
-        f"❌ {len(failed)} of {len(gates)} gate(s) failed"
-        if failed
-        else (f"✅ all {len(gates)} gate(s) passed" if gates else "no gates evaluated")
-    )
     lines = [
         MARKER,
         f"## llmops: `{inputs.base}` → `{inputs.head}`",
         "",
-        f"**{verdict}**",
+        f"**{headline(inputs)}**",
         "",
         *_plan_section(inputs),
         *_evaluation_section(inputs),

@@ -70,7 +70,7 @@ def show_file(root: Path, ref: str, path: str) -> str | None:
     """The text of `path` (relative to the repository root) as of `ref`; None when that commit
     has no such file. An unknown ref raises GitError."""
     commit = resolve_commit(root, ref)
-    out = _git(root, "show", f"{commit}:{path}")
+    out = _git(root, "show", f"{commit}:./{path}")  # ./: from root, not the top level
     return out.stdout if out.returncode == 0 else None
 
 

@@ -15,14 +15,22 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from controller.load.diagnostics import Diagnostic
 from controller.plan.address import Address
 from controller.plan.types import DesiredResource, DesiredState
 from runners.errors import InvalidInput
+from runners.evaluate.compare import MetricComparison
 
 LOCK_FILE = "llmops.lock"
 LOCK_VERSION = 2
@@ -54,19 +62,18 @@ class ExperimentOutputs(_Outputs):
     metrics: Metrics = Field(default_factory=dict)
 
 
-class ComparisonRow(_Outputs):
-    """One metric, candidate against baseline, with its paired-bootstrap 95% interval."""
-
-    metric: str
-    baseline: float
-    candidate: float
-    difference: float
-    low: float
-    high: float
-    p_value: float
-    higher_is_better: bool
-    candidate_low: float
-    candidate_high: float
+# One metric, candidate against baseline, with its paired-bootstrap 95% interval: the fields
+# of the evaluate runner's MetricComparison but the per-sample flips (kept with the results).
+# A change there changes the lock schema: the golden lock file in tests/golden/lock fails.
+ComparisonRow = create_model(
+    "ComparisonRow",
+    __base__=_Outputs,
+    **{
+        name: (kind, ...)
+        for name, kind in get_type_hints(MetricComparison).items()
+        if name != "flipped"
+    },
+)
 
 
 class GateVerdict(_Outputs):
@@ -79,7 +86,7 @@ class EvaluationOutputs(_Outputs):
     suite: str = ""
     baseline: str | None = None  # what it was compared with, when anything
     metrics: Metrics = Field(default_factory=dict)
-    comparison: list[ComparisonRow] = Field(default_factory=list)
+    comparison: list[ComparisonRow] = Field(default_factory=list)  # type: ignore[valid-type]
     gates: dict[str, GateVerdict] = Field(default_factory=dict)  # "task/metric rule" -> verdict
 
     @property

@@ -137,6 +137,14 @@ def prepare(inputs: PrepareInputs) -> PrepareResult:
     return _write(inputs, fmt, splits, reports, bad, count_tokens)
 
 
+def read_split(folder: Path, split: str) -> list[dict[str, Any]]:
+    """The rows of one split of a prepared version (as `_write` wrote them); [] when absent."""
+    path = folder / f"{split}.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
 def _write(
     inputs: PrepareInputs,
     fmt: str,

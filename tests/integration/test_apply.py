@@ -53,10 +53,11 @@ def test_apply_twice_second_runs_nothing_and_plan_is_noop(repo: Path) -> None:
     }
     evaluation = applied["Evaluation/exp/default"]["outputs"]
     assert evaluation["baseline"] == "tiny@1" and evaluation["subject"] == "assistant@1"
-    assert evaluation["gates"] == {"ppl/perplexity max_drop 1": "pass"}
+    (gate,) = evaluation["gates"].items()
+    assert gate[0] == "ppl/perplexity max_drop 1" and gate[1]["passed"] is True, gate
     assert {c["metric"] for c in evaluation["comparison"]} >= {"ppl/perplexity", "answers/rouge_l"}
 
-    lock = read_lock(repo / "llmops.lock")["resources"]
+    lock = read_lock(repo / "llmops.lock").as_json()["resources"]
     assert set(lock) == set(applied)
     assert lock["Dataset/faq"]["outputs"]["rows"]["train"] > 0
     runs_before = trained_runs(repo)
@@ -66,7 +67,7 @@ def test_apply_twice_second_runs_nothing_and_plan_is_noop(repo: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["results"] == []
     assert {p: p.stat().st_mtime_ns for p in trained_runs(repo)} == mtimes
-    assert read_lock(repo / "llmops.lock")["resources"] == lock
+    assert read_lock(repo / "llmops.lock").as_json()["resources"] == lock
 
     plan = llmops(repo, "plan", "--json")
     assert plan.returncode == 0, plan.stdout + plan.stderr
@@ -82,7 +83,7 @@ def test_one_hyperparameter_reruns_only_that_experiment_and_dependents(repo: Pat
     assert result.returncode == 0, result.stderr
     touched = {r["address"] for r in json.loads(result.stdout)["results"]}
     assert touched == {"Experiment/exp/default", "Evaluation/exp/default", "Model/assistant"}
-    lock = read_lock(repo / "llmops.lock")["resources"]
+    lock = read_lock(repo / "llmops.lock").as_json()["resources"]
     assert lock["Model/assistant"]["outputs"]["version"] == "assistant@2"
     assert lock["Experiment/exp/default"]["spec"]["training"]["learning_rate"] == 2.0e-3
 
@@ -93,10 +94,11 @@ def test_failed_gate_blocks_promotion_and_exits_1(repo: Path) -> None:
     result = llmops(repo, "apply", "--json")
     assert result.returncode == 1
     results = {r["address"]: r for r in json.loads(result.stdout)["results"]}
-    assert results["Evaluation/exp/default"]["outputs"]["gates"] == {"ppl/perplexity max 1": "fail"}
+    gates = results["Evaluation/exp/default"]["outputs"]["gates"]
+    assert {name: g["passed"] for name, g in gates.items()} == {"ppl/perplexity max 1": False}
     assert results["Model/assistant"]["status"] == "failed"
     assert "failed gate(s) ppl/perplexity max 1" in results["Model/assistant"]["message"]
-    assert "Model/assistant" not in read_lock(repo / "llmops.lock")["resources"]
+    assert "Model/assistant" not in read_lock(repo / "llmops.lock").as_json()["resources"]
 
 
 def test_broken_base_model_fails_the_gates_and_keeps_the_champion(
@@ -131,7 +133,9 @@ def test_broken_base_model_fails_the_gates_and_keeps_the_champion(
     assert evaluation["baseline"] == "tiny@1" and evaluation["subject"] == "assistant@2"
     ppl = next(c for c in evaluation["comparison"] if c["metric"] == "ppl/perplexity")
     assert ppl["candidate"] > 10 * ppl["baseline"], ppl  # the candidate really is broken
-    assert evaluation["gates"] == {"ppl/perplexity max_drop 1": "fail"}
+    (gate,) = evaluation["gates"].items()
+    assert gate[0] == "ppl/perplexity max_drop 1" and gate[1]["passed"] is False, gate
+    assert gate[1]["detail"].endswith("vs allowed 1"), gate
     assert "gate ppl/perplexity max_drop 1: fail" in result.stderr
     assert results["Model/assistant"]["status"] == "failed"
     assert "failed gate(s) ppl/perplexity max_drop 1" in results["Model/assistant"]["message"]

@@ -85,7 +85,7 @@ def test_apply_killed_at_seven_points_converges_and_registry_verifies(repo: Path
     plan = llmops(repo, "plan", "--json")
     assert plan.returncode == 0
     assert {a["action"] for a in json.loads(plan.stdout)["actions"]} <= {"noop"}
-    lock = read_lock(repo / "llmops.lock")["resources"]
+    lock = read_lock(repo / "llmops.lock").as_json()["resources"]
     assert lock["Model/assistant"]["outputs"]["version"] == "assistant@1"
     models = json.loads(llmops(repo, "models", "list", "--json").stdout)
     assert sorted(m["name"] for m in models) == ["assistant", "tiny"]
@@ -125,6 +125,6 @@ def test_two_concurrent_applies_one_waits_and_no_job_runs_twice(repo: Path) -> N
     assert first.returncode == 0, err1
     assert second.returncode == 0, err2
     assert "waiting for another apply to finish" in err2
-    assert len(json.loads(out1)["results"]) == len(read_lock(repo / "llmops.lock")["resources"])
+    assert len(json.loads(out1)["results"]) == len(read_lock(repo / "llmops.lock").as_json()["resources"])
     assert json.loads(out2)["results"] == []  # planned after the first finished: nothing left
     assert len(list((repo / ".llmops").glob("runs/**/result.json"))) == 1

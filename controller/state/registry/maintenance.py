@@ -1,11 +1,52 @@
-"""Registry upkeep: verify files against their digests, disk usage, garbage collection."""
+"""Registry upkeep: verify files against their digests, disk usage, garbage collection, and
+removal of a version only when no deployment uses it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from controller.state.registry.store import Registry
+from controller.api import split_ref
+from controller.state.registry.schema import VersionRow
+from controller.state.registry.store import Registry, RegistryError
+
+
+def users_of(
+    registry: Registry, version: VersionRow, references: Mapping[str, list[str]]
+) -> list[str]:
+    """The deployments using `version`: each maps to the model references it has (the one its
+    spec names, which may be an alias, and the version the lock file says it serves)."""
+    users = []
+    for deployment, refs in sorted(references.items()):
+        used = [r for r in refs if _same(registry.find(r), version)]
+        if used:
+            users.append(f"{deployment} ({', '.join(dict.fromkeys(used))})")
+    return users
+
+
+def _same(found: VersionRow | None, version: VersionRow) -> bool:
+    return found is not None and found.id == version.id
+
+
+def remove_version(
+    registry: Registry, ref: str, references: Mapping[str, list[str]], force: bool = False
+) -> str:
+    """Remove `name@N` (its blobs stay until garbage collection); refused while in use.
+    Returns the version removed, as `name@N`."""
+    name, selector = split_ref(ref)
+    version = registry.find(ref)
+    if version is None or selector is None:
+        raise RegistryError(
+            f"'{ref}' does not name a stored version; write name@version, see 'llmops models list'"
+        )
+    users = users_of(registry, version, references)
+    if users and not force:
+        raise RegistryError(
+            f"{name}@{version.number} is used by deployment {', '.join(users)}; move the "
+            "deployment to another version first, or pass --force"
+        )
+    registry.remove(name, version.number)
+    return f"{name}@{version.number}"
 
 
 @dataclass
