@@ -476,13 +476,15 @@ class GitHistory:
             resources: dict[str, dict[str, Any]] = {}
             try:
                 text = blob.data_stream.read().decode("utf-8")
-                resources = parse_lock(text, f"{LOCK_FILE} at {commit.hexsha[:7]}").as_json()[
-                    "resources"
-                ]
+                resources = parse_lock(text).as_json()["resources"]
             except UnicodeDecodeError as err:
                 self.warnings.append(f"{commit.hexsha[:7]}: {LOCK_FILE} is not text ({err})")
             except LockFileError as err:
-                self.warnings.append(f"{commit.hexsha[:7]}: {err.diagnostic.render()}")
+                found = err.diagnostic
+                where = f"line {found.line}" + (f", {found.path}" if found.path else "")
+                self.warnings.append(
+                    f"{commit.hexsha[:7]}: {LOCK_FILE} is unusable ({where}: {found.message})"
+                )
             self._locks[blob.hexsha] = resources
         return self._locks[blob.hexsha]
 

@@ -440,7 +440,7 @@ def test_an_unreadable_lock_in_history_is_a_warning(tmp_path: Path) -> None:
     fixed = git.commit("Deploy x@2 (#4)", "alice")
     result = llmops(tmp_path, "Deployment/support-assistant", "--json")
     assert result.exit_code == 0, result.output
-    assert f"warning: {broken[:7]}: llmops.lock is not JSON" in result.stderr
+    assert f"warning: {broken[:7]}: llmops.lock is unusable (line 1: invalid JSON" in result.stderr
     found = json.loads(result.stdout)["changes"]
     assert [(c["commit"]["commit"], c["entries"][0]["change"]) for c in found] == [
         (fixed, "created"),

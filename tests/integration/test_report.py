@@ -197,8 +197,9 @@ def test_report_shows_the_kserve_manifest_diff_of_a_changed_deployment(tmp_path:
     text = (root / ".llmops/reports/report.md").read_text()
     assert "| `Deployment/support-assistant` | deploy |" in text
     assert "<details><summary>KServe manifests</summary>" in text
-    assert "-    canaryTrafficPercent: 10\n+    canaryTrafficPercent: 25" in text
-    assert "-    maxReplicas: 3\n+    maxReplicas: 5" in text
+    diff = text.split("```diff\n", 1)[1].split("```", 1)[0].splitlines()
+    assert "-    canaryTrafficPercent: 10" in diff and "+    canaryTrafficPercent: 25" in diff
+    assert "-    maxReplicas: 3" in diff and "+    maxReplicas: 5" in diff
 
 
 @pytest.mark.usefixtures("clean_env")
