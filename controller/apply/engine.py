@@ -122,10 +122,12 @@ class Applier(ApplyStep):
         lock_path: Path,
         skip_deploy: bool = False,
         on_result: Callable[[ActionResult], None] | None = None,
+        skip_promote: bool = False,
     ) -> None:
         super().__init__(loaded, registry, console)
         self.lock_path = lock_path
         self.skip_deploy = skip_deploy
+        self.skip_promote = skip_promote
         self.on_result = on_result or (lambda result: None)
         self.lock = read_lock(lock_path)
         self.evaluator = Evaluator(loaded, registry, console)
@@ -155,6 +157,13 @@ class Applier(ApplyStep):
                 result = ActionResult(
                     action.address, str(action.kind), "skipped", message="--skip-deploy"
                 )
+            elif self.skip_promote and self._promotes(action.address):
+                result = ActionResult(
+                    action.address,
+                    str(action.kind),
+                    "skipped",
+                    message="a promotion moves aliases after the merge",
+                )
             elif blocked & set(self._dependencies(action.address)):
                 failed_dep = sorted(blocked & set(self._dependencies(action.address)))[0]
                 result = ActionResult(
@@ -172,6 +181,15 @@ class Applier(ApplyStep):
             report.results.append(result)
             self.on_result(result)
         return report
+
+    def _promotes(self, address: str) -> bool:
+        """A Model an experiment produces: applying it moves its aliases (a promotion)."""
+        resource = self.desired.resources.get(address)
+        return (
+            resource is not None
+            and resource.kind == "Model"
+            and resource.spec["source"]["type"] == "experiment"
+        )
 
     def _dependencies(self, address: str) -> tuple[str, ...]:
         resource = self.desired.resources.get(address)

@@ -1,4 +1,8 @@
-"""Publishing, GitHub: one pull-request comment updated in place, and a commit status per gate."""
+"""Publishing, GitHub: one pull-request comment updated in place, and a commit status per gate.
+
+The client, repository and error helpers (`github_client`, `split_repository`,
+`github_errors`) are shared with `controller.publish.pull_requests`.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,10 @@ PLAN_CONTEXT = "llmops/plan"
 # GitHub refuses longer bodies: "Body is too long (maximum is 65536 characters)".
 COMMENT_LIMIT = 65536
 DESCRIPTION_LIMIT = 140
+# Completes "a workflow token needs ..." when GitHub answers 403.
+COMMENT_PERMISSIONS = (
+    "`permissions: pull-requests: write` for the comment and `statuses: write` for statuses"
+)
 
 StatusState = Literal["success", "failure", "error", "pending"]
 STATES: tuple[str, ...] = get_args(StatusState)
@@ -172,9 +180,16 @@ def _event_description(env: Mapping[str, str]) -> str:
 
 
 def fit_comment(
-    markdown: str, *, marker: str = DEFAULT_MARKER, full_report_url: str | None = None
+    markdown: str,
+    *,
+    marker: str = DEFAULT_MARKER,
+    full_report_url: str | None = None,
+    holder: str = "comments",
 ) -> str:
-    """The comment body: the marker, then the report, cut at a line to GitHub's limit."""
+    """The comment body: the marker, then the report, cut at a line to GitHub's limit.
+
+    `holder` names what is cut in the note ("comments", "pull request bodies", ...).
+    """
     body = f"{marker}\n{markdown}"
     if len(body) <= COMMENT_LIMIT:
         return body
@@ -186,7 +201,7 @@ def fit_comment(
 
     def note(kept: int) -> str:
         return (
-            f"\n\n---\n> **Report truncated**: GitHub comments hold at most {COMMENT_LIMIT} "
+            f"\n\n---\n> **Report truncated**: GitHub {holder} hold at most {COMMENT_LIMIT} "
             f"characters; showing {kept} of {len(markdown)}; {where}.\n"
         )
 
@@ -218,24 +233,24 @@ def post_report(
     app token cannot read /user (403), and then ours is the one a bot wrote. Comments by anyone
     else are never edited, even when they quote the marker.
     """
-    owner, name = _split_repository(repository)
+    owner, name = split_repository(repository)
     if pull_number < 1:
         raise PublishError(f"pull request number {pull_number} is not a positive number")
     if not marker.strip():
         raise PublishError("the comment marker is empty; it is how a later run finds the comment")
     body = fit_comment(markdown, marker=marker, full_report_url=full_report_url)
-    client = _client(token, api_url)
+    client = github_client(token, api_url)
     where = f"{repository}#{pull_number}"
-    with _github_errors(f"reading the comments of {where}", api_url):
+    with github_errors(f"reading the comments of {where}", api_url):
         login = _token_login(client)
         issue = client.issue(owner, name, pull_number)
         ours = next((c for c in issue.comments() if _is_ours(c, login, marker)), None)
     if ours is None:
-        with _github_errors(f"posting the report comment on {where}", api_url):
+        with github_errors(f"posting the report comment on {where}", api_url):
             created = issue.create_comment(body)
         return PostedComment(url=created.html_url, id=created.id, created=True)
     if ours.body != body:
-        with _github_errors(f"updating report comment {ours.id} on {where}", api_url):
+        with github_errors(f"updating report comment {ours.id} on {where}", api_url):
             ours.edit(body)
     return PostedComment(url=ours.html_url, id=ours.id, created=False)
 
@@ -249,7 +264,7 @@ def set_statuses(
     api_url: str = DEFAULT_API_URL,
 ) -> None:
     """One commit status per gate (and `llmops/plan` when the list holds it)."""
-    owner, name = _split_repository(repository)
+    owner, name = split_repository(repository)
     if not _SHA.fullmatch(sha.lower()):
         raise PublishError(
             f"commit {sha!r} is not a full SHA; statuses need the pull request's head commit "
@@ -263,11 +278,11 @@ def set_statuses(
         seen.add(status.context)
     if not statuses:
         return
-    client = _client(token, api_url)
-    with _github_errors(f"reading repository {repository}", api_url):
+    client = github_client(token, api_url)
+    with github_errors(f"reading repository {repository}", api_url):
         repo = client.repository(owner, name)
     for status in statuses:
-        with _github_errors(f"setting status {status.context} on {sha[:12]}", api_url):
+        with github_errors(f"setting status {status.context} on {sha[:12]}", api_url):
             repo.create_status(
                 sha.lower(),
                 status.state,
@@ -299,7 +314,7 @@ def publish(markdown: str, statuses: Sequence[GateStatus], context: GitHubContex
     return posted
 
 
-def _client(token: str, api_url: str) -> github3.GitHub:
+def github_client(token: str, api_url: str) -> github3.GitHub:
     if not token.strip():
         raise PublishError(f"no GitHub token; {_TOKEN_HELP}")
     if (problem := _api_url_problem(api_url)) is not None:
@@ -322,7 +337,7 @@ def _api_url_problem(api_url: str) -> str | None:
     return None
 
 
-def _split_repository(repository: str) -> tuple[str, str]:
+def split_repository(repository: str) -> tuple[str, str]:
     if not _REPOSITORY.fullmatch(repository):
         raise PublishError(f"repository {repository!r} is not 'owner/name'")
     owner, name = repository.split("/")
@@ -352,8 +367,13 @@ def _shorten(text: str, limit: int) -> str:
 
 
 @contextmanager
-def _github_errors(doing: str, api_url: str) -> Iterator[None]:
-    """github3's and requests' exceptions as one line saying what failed and what to do."""
+def github_errors(
+    doing: str, api_url: str, permissions: str = COMMENT_PERMISSIONS
+) -> Iterator[None]:
+    """github3's and requests' exceptions as one line saying what failed and what to do.
+
+    `permissions` completes "a workflow token needs ..." in the answer to a 403.
+    """
     try:
         yield
     except gh.AuthenticationFailed as err:
@@ -362,7 +382,7 @@ def _github_errors(doing: str, api_url: str) -> Iterator[None]:
             "check that GITHUB_TOKEN holds a valid token that has not expired"
         ) from err
     except gh.ForbiddenError as err:
-        raise PublishError(_forbidden(err, doing)) from err
+        raise PublishError(_forbidden(err, doing, permissions)) from err
     except gh.NotFoundError as err:
         raise PublishError(
             f"GitHub found nothing (404) while {doing}; check the repository and pull request "
@@ -393,7 +413,7 @@ def _github_errors(doing: str, api_url: str) -> Iterator[None]:
         ) from err
 
 
-def _forbidden(err: gh.ForbiddenError, doing: str) -> str:
+def _forbidden(err: gh.ForbiddenError, doing: str, permissions: str) -> str:
     headers = err.response.headers
     if headers.get("X-RateLimit-Remaining") == "0":
         reset = headers.get("X-RateLimit-Reset", "")
@@ -404,9 +424,8 @@ def _forbidden(err: gh.ForbiddenError, doing: str) -> str:
         )
         return f"GitHub's API rate limit is used up (403) while {doing}; it resets at {when}"
     return (
-        f"GitHub forbade {doing} (403 {_message(err)}); a workflow token needs "
-        "`permissions: pull-requests: write` for the comment and `statuses: write` for "
-        "statuses, and pull requests from forks only get a read-only token"
+        f"GitHub forbade {doing} (403 {_message(err)}); a workflow token needs {permissions}, "
+        "and pull requests from forks only get a read-only token"
     )
 
 

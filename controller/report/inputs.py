@@ -82,8 +82,20 @@ def gate_names(suite_spec: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(f"{g.metric} {g.rule}" for g in judge_gates(suite_spec.get("gates") or [], {}, {}))
 
 
+def _control_run(desired: DesiredState, experiment: str) -> str | None:
+    """The run an experiment's other runs are compared with, when its control names one (as
+    apply reads it: from the experiment's first run)."""
+    runs = sorted(
+        a
+        for a, r in desired.resources.items()
+        if r.kind == "Experiment" and Address.parse(a).name == experiment
+    )
+    control = (desired.resources[runs[0]].spec.get("control") or {}) if runs else {}
+    return control.get("run")
+
+
 def desired_evaluations(desired: DesiredState) -> dict[str, DesiredEvaluation]:
-    """Each desired Evaluation's suite, subject and the gates it decides (a control decides
+    """Each desired Evaluation's suite, subject and the gates it decides (the control decides
     none: it is what the runs are compared with)."""
     out = {}
     for address, resource in desired.resources.items():
@@ -91,7 +103,9 @@ def desired_evaluations(desired: DesiredState) -> dict[str, DesiredEvaluation]:
             continue
         suite = str(resource.spec["suite"])
         suite_resource = desired.resources.get(str(Address("EvalSuite", suite)))
-        judged = Address.parse(address).run != "control" and suite_resource is not None
+        parsed = Address.parse(address)
+        control = ("control", _control_run(desired, parsed.experiment))
+        judged = parsed.run not in control and suite_resource is not None
         out[address] = DesiredEvaluation(
             suite=suite,
             subject=str(resource.spec["subject"]),

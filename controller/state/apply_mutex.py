@@ -47,8 +47,10 @@ def exclusive_apply(
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
     timeout_s: float = -1,
+    activity: str = "apply",
 ) -> Iterator[None]:
-    """Hold the state folder's apply mutex; wait for it (telling `on_wait` once) or raise."""
+    """Hold `folder`'s mutex (the state folder's, for applies); wait for it (telling `on_wait`
+    once) or raise ApplyBusy naming `activity` and who holds it."""
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / LOCK_NAME))
     try:
@@ -56,9 +58,10 @@ def exclusive_apply(
     except Timeout:
         who = holder(folder)
         if not wait:
+            hint = "run without --no-wait to queue behind it" if activity == "apply" else ""
             raise ApplyBusy(
-                f"another apply is running ({who}); wait for it, or run without --no-wait "
-                "to queue behind it"
+                f"another {activity} is running ({who}); wait for it"
+                + (f", or {hint}" if hint else "")
             ) from None
         if on_wait:
             on_wait(who)
@@ -66,7 +69,7 @@ def exclusive_apply(
             lock.acquire(timeout=timeout_s)
         except Timeout:
             raise ApplyBusy(
-                f"another apply is still running after {timeout_s:.0f} s ({holder(folder)})"
+                f"another {activity} is still running after {timeout_s:.0f} s ({holder(folder)})"
             ) from None
     try:
         (folder / HOLDER_NAME).write_text(

@@ -84,3 +84,63 @@ def changed_paths(root: Path, *pathspecs: str) -> list[str]:
     if out.returncode != 0:
         return []
     return [line[3:] for line in out.stdout.splitlines() if len(line) > 3]
+
+
+# -- branches for the production loop ----------------------------------------------------------
+
+
+def _checked(root: Path, *args: str) -> str:
+    out = _git(root, *args)
+    if out.returncode != 0:
+        detail = (out.stderr or out.stdout).strip().splitlines()
+        raise GitError(f"git {' '.join(args)} in {root} failed: {detail[-1] if detail else ''}")
+    return out.stdout.strip()
+
+
+def worktree_at(root: Path, folder: Path, branch: str, start: str) -> Path:
+    """A worktree of `root` at `folder` with `branch` reset to `start` and no stray files:
+    the same clean starting point however often, or however abruptly, a run stopped."""
+    if (folder / ".git").exists():
+        _checked(folder, "checkout", "-q", "-B", branch, start)
+        _checked(folder, "reset", "-q", "--hard", start)
+        _checked(folder, "clean", "-q", "-fdx", "-e", ".dvc/config.local")
+        return folder
+    _git(root, "worktree", "prune")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _checked(root, "worktree", "add", "-q", "-f", "-B", branch, str(folder), start)
+    return folder
+
+
+def commit_all(folder: Path, message: str, author: str = "llmops <llmops@localhost>") -> str:
+    """Commit every change in `folder` (a worktree); the new commit's sha."""
+    _checked(folder, "add", "-A")
+    name, _, email = author.partition(" <")
+    _checked(
+        folder,
+        "-c", f"user.name={name}",
+        "-c", f"user.email={email.rstrip('>')}",
+        "commit", "-q", "--no-verify", "-m", message,
+    )
+    return _checked(folder, "rev-parse", "HEAD")
+
+
+def differs(folder: Path, a: str, b: str) -> bool:
+    """Whether the trees of two commits differ."""
+    return _git(folder, "diff", "--quiet", a, b).returncode != 0
+
+
+def remote_branch(root: Path, remote: str, branch: str) -> str | None:
+    """The sha `branch` has on `remote` now, or None when the remote has no such branch."""
+    out = _checked(root, "ls-remote", "--heads", remote, f"refs/heads/{branch}")
+    return out.split()[0] if out else None
+
+
+def push(folder: Path, remote: str, branch: str) -> None:
+    """Push `branch`, replacing what the remote has: the loop owns its branches."""
+    _checked(folder, "push", "-q", "--force", remote, f"HEAD:refs/heads/{branch}")
+
+
+def file_at(root: Path, ref: str, path: str) -> str | None:
+    """Like show_file, for a ref that may not exist: None when either is missing."""
+    out = _git(root, "show", f"{ref}:./{path}")
+    return out.stdout if out.returncode == 0 else None

@@ -76,6 +76,10 @@ class StatePaths:
         """A deployment's process state, logs and rendered build contexts."""
         return self.root / "deployments" / name
 
+    def pipeline(self, name: str) -> Path:
+        """A pipeline's run records, its lock and the worktree its branch is built in."""
+        return self.root / "pipelines" / name
+
     def collected(self, store: str) -> Path:
         """Interactions and feedback a deployment collected into `store`."""
         return self.root / "collected" / store

@@ -67,6 +67,8 @@ def joined_rows(store: Path, shown: str = "collected") -> tuple[list[Row], list[
                 "messages": [*messages, {"role": "assistant", "content": response}],
                 "rating": verdict.get("rating"),
                 "corrected": answer is not None,
+                "time": record.get("time"),
+                "model_version": record.get("model_version"),
                 "_source": where,
             }
         )

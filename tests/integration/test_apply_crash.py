@@ -125,6 +125,7 @@ def test_two_concurrent_applies_one_waits_and_no_job_runs_twice(repo: Path) -> N
     assert first.returncode == 0, err1
     assert second.returncode == 0, err2
     assert "waiting for another apply to finish" in err2
-    assert len(json.loads(out1)["results"]) == len(read_lock(repo / "llmops.lock").as_json()["resources"])
+    recorded = read_lock(repo / "llmops.lock").resources
+    assert len(json.loads(out1)["results"]) == len(recorded)
     assert json.loads(out2)["results"] == []  # planned after the first finished: nothing left
     assert len(list((repo / ".llmops").glob("runs/**/result.json"))) == 1

@@ -22,9 +22,8 @@ from tests.conftest import PROJECT_ROOT
 COPIED = ("specs", "data", "examples", "scripts", ".dvc", ".dvcignore", ".gitignore")
 
 
-@pytest.mark.slow
-def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
-    root = tmp_path / "demo"
+def copy_demo(root: Path) -> Path:
+    """A copy of the demo repository, its deployment on a free port; commit() it after edits."""
     root.mkdir()
     for name in COPIED:
         source = PROJECT_ROOT / name
@@ -32,6 +31,48 @@ def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
             shutil.copytree(source, root / name)
         elif source.is_file():
             shutil.copy(source, root / name)
+    deployment = root / "specs/deployments/support-assistant.yaml"
+    text = deployment.read_text()
+    assert text.count("port: 8000") == 1
+    deployment.write_text(text.replace("port: 8000", f"port: {free_port()}"))
+    return root
+
+
+def commit(root: Path) -> None:
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "demo")
+
+
+def run_demo(root: Path, timeout: int) -> subprocess.CompletedProcess[str]:
+    """scripts/demo.sh as `make demo` runs it, with this environment's llmops and Python."""
+    bin_dir = Path(sys.executable).parent
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("LLMOPS_") and k != "SUPPORT_ASSISTANT_API_KEY"
+    }
+    env.update(LLMOPS=str(bin_dir / "llmops"), PYTHON=sys.executable)
+    return subprocess.run(
+        ["bash", "scripts/demo.sh"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def stop_servers(root: Path) -> None:
+    for state in (root / ".llmops/deployments").glob("*/state.json"):
+        pid = json.loads(state.read_text())["pid"]
+        if is_serving_process(pid):
+            os.kill(pid, signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
+    root = copy_demo(tmp_path / "demo")
     experiment = root / "specs/experiments/support-lora.yaml"
     text = experiment.read_text().replace("epochs: 1", "epochs: 1\n    max_steps: 2")
     # One run instead of two: the lr-high variant adds time, not coverage.
@@ -40,29 +81,9 @@ def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
     experiment.write_text(text)
     suite = root / "specs/evals/support-regression.yaml"
     suite.write_text(suite.read_text().replace("      metrics:", "      limit: 3\n      metrics:"))
-    port = free_port()
-    deployment = root / "specs/deployments/support-assistant.yaml"
-    deployment.write_text(deployment.read_text().replace("port: 8000", f"port: {port}"))
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "demo")
-
-    bin_dir = Path(sys.executable).parent
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("LLMOPS_") and k != "SUPPORT_ASSISTANT_API_KEY"
-    }
-    env.update(LLMOPS=str(bin_dir / "llmops"), PYTHON=sys.executable)
+    commit(root)
     try:
-        result = subprocess.run(
-            ["bash", "scripts/demo.sh"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=1500,
-        )
+        result = run_demo(root, timeout=1500)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         out = result.stdout
         for stage in ("validate", "plan", "apply", "report", "request"):
@@ -83,7 +104,4 @@ def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
         records = [json.loads(x) for f in collected for x in f.read_text().splitlines()]
         assert {r["type"] for r in records} >= {"interaction", "feedback"}
     finally:
-        for state in (root / ".llmops/deployments").glob("*/state.json"):
-            pid = json.loads(state.read_text())["pid"]
-            if is_serving_process(pid):
-                os.kill(pid, signal.SIGTERM)
+        stop_servers(root)

@@ -213,3 +213,25 @@ def test_report_is_written_in_the_state_folder(
     assert done.returncode == 0, done.stdout + done.stderr
     assert (state / "reports/report.md").read_text().startswith("<!-- llmops-report -->")
     assert not (root / ".llmops").exists()
+
+
+def test_git_reads_refs_files_and_changes_and_names_what_is_wrong(tmp_path: Path) -> None:
+    from controller.state import git as state_git
+
+    root = tmp_path / "repo"
+    (root / "specs").mkdir(parents=True)
+    (root / "specs/a.yaml").write_text("a: 1\n")
+    assert state_git.head_commit(root) is None  # not a repository yet
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "first")
+    head = state_git.head_commit(root)
+    assert head and state_git.resolve_commit(root, "main") == head
+    assert head.startswith(state_git.short_head(root) or "-")
+    assert state_git.show_file(root, "main", "specs/a.yaml") == "a: 1\n"
+    assert state_git.show_file(root, "main", "llmops.lock") is None
+    assert state_git.changed_paths(root, "specs") == []
+    (root / "specs/a.yaml").write_text("a: 2\n")
+    assert state_git.changed_paths(root, "specs") == ["specs/a.yaml"]
+    with pytest.raises(state_git.GitError, match=r"nope: no such commit in .*\(git fetch origin\)"):
+        state_git.show_file(root, "nope", "specs/a.yaml")

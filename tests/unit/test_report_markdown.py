@@ -301,3 +301,26 @@ def test_sparkline_spans_low_to_high() -> None:
     assert sparkline([3.0, 2.0, 1.0]) == "█▄▁"
     assert len(sparkline([float(i) for i in range(100)])) == 24
     assert sparkline([]) == ""
+
+
+def test_desired_evaluations_name_the_gates_their_suite_will_decide() -> None:
+    """Gate names come from the suite's rules, as apply records them; the control (what the
+    runs are compared with) decides none."""
+    from controller.load.desired import load_desired
+    from controller.report.inputs import desired_evaluations
+    from tests.conftest import PROJECT_ROOT
+
+    loaded = load_desired(PROJECT_ROOT)
+    assert loaded.desired is not None
+    planned = desired_evaluations(loaded.desired)
+    assert planned["Evaluation/support-lora/control"].gates == ()
+    default = planned["Evaluation/support-lora/default"]
+    assert (default.suite, default.subject) == (
+        "support-regression",
+        "Experiment/support-lora/default",
+    )
+    assert default.gates == (
+        "faq-answers/rouge_l max_drop 0.02",
+        "faq-perplexity/perplexity max_drop 5",
+        "faq-choice/accuracy non_inferiority_margin 0.1",
+    )
