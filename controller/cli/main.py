@@ -26,6 +26,7 @@ from controller.cli.data import data_app
 from controller.cli.evaluate import bless_command, eval_app
 from controller.cli.history import history_command
 from controller.cli.models import models_app
+from controller.cli.pipeline import pipeline_app
 from controller.cli.report import report_command
 from controller.cli.serve import serve_command
 from controller.cli.status import drift_command, status_command
@@ -58,6 +59,7 @@ app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(pipeline_app, name="pipeline")
 app.command("train")(train_command)
 app.add_typer(eval_app, name="eval")
 app.command("bless")(bless_command)

@@ -1,0 +1,132 @@
+"""CLI `llmops pipeline run|status`: the production loop of a Pipeline spec (controller/loop)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from controller.cli.common import Exit, JsonOption, RootOption, console, resolve_root
+
+pipeline_app = typer.Typer(help="The production loop: collected data -> retrain -> pull request.")
+
+
+def _github(name: str) -> tuple[Any, Any]:
+    """Publishing callbacks when GITHUB_TOKEN and GITHUB_REPOSITORY are set; else (None, None)."""
+    if not (os.environ.get("GITHUB_TOKEN") and os.environ.get("GITHUB_REPOSITORY")):
+        return None, None
+    from controller.publish.github import GateStatus, set_statuses
+    from controller.publish.pull_requests import (
+        open_or_update_pull_request,
+        report_failed_run,
+        repository_from_environment,
+    )
+
+    context = repository_from_environment()
+    base = os.environ.get("LLMOPS_PIPELINE_BASE", "main")
+
+    def publish(
+        head: str, title: str, body: str, reviewers: list[str], labels: list[str]
+    ) -> dict[str, Any]:
+        outcome = open_or_update_pull_request(
+            context, head, base, title, body, reviewers, labels
+        )
+        return {"number": outcome.number, "url": outcome.url, "created": outcome.created}
+
+    def report_failure(sha: str, message: str) -> None:
+        summary = message.splitlines()[0]
+        status = GateStatus(f"llmops/pipeline/{name}", "failure", summary[:140], None)
+        set_statuses(context, sha, [status])
+        report_failed_run(
+            context, sha, f"llmops pipeline {name}: regression test failed", message, []
+        )
+
+    return publish, report_failure
+
+
+@pipeline_app.command("run")
+def run_command(
+    name: Annotated[str, typer.Argument(help="The Pipeline spec's name.")],
+    root: RootOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Evaluate the trigger and say what would run.")
+    ] = False,
+    scheduled: Annotated[
+        bool,
+        typer.Option(
+            "--scheduled",
+            help="Started by the scheduler: also require the spec's schedule to be due "
+            "(missed ticks are not caught up one by one).",
+        ),
+    ] = False,
+    base: Annotated[str, typer.Option(help="The branch pull requests go into.")] = "main",
+    remote: Annotated[str, typer.Option(help="The git remote branches are pushed to.")] = "origin",
+    as_json: JsonOption = False,
+) -> None:
+    """Run the loop: trigger, update_dataset, retrain, regression_test, open_pull_request.
+    Exit 0 done or skipped, 1 a step failed (the gate is named), 2 bad spec, 4 already
+    running."""
+    from controller.loop.run import PipelineRun
+
+    top = resolve_root(root)
+    os.environ.setdefault("LLMOPS_PIPELINE_BASE", base)
+    publish, report_failure = (None, None) if dry_run else _github(name)
+    runner = PipelineRun(
+        top,
+        name,
+        console,
+        base=base,
+        remote=remote,
+        scheduled=scheduled,
+        publish=publish,
+        report_failure=report_failure,
+    )
+    record = runner.run(dry_run=dry_run)
+    if as_json:
+        print(json.dumps(record.as_dict(), indent=2, sort_keys=True))
+    else:
+        console.print(f"pipeline {name}: [bold]{record.status}[/bold]: {record.message}")
+    raise typer.Exit(Exit.OK)
+
+
+@pipeline_app.command("status")
+def status_command(
+    name: Annotated[str, typer.Argument(help="The Pipeline spec's name.")],
+    root: RootOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The pipeline's last completed run, a run in progress or interrupted, and recent runs."""
+    from controller.loop.run import PipelineState
+    from controller.state.paths import StatePaths
+
+    top = resolve_root(root)
+    state = PipelineState.read(StatePaths.for_repo(top).pipeline(name) / "state.json")
+    if as_json:
+        print(
+            json.dumps(
+                {"last": state.last, "current": state.current, "runs": state.runs},
+                indent=2,
+                sort_keys=True,
+            )
+        )
+        raise typer.Exit(Exit.OK)
+    if state.current:
+        done = ", ".join(state.current.get("steps") or {}) or "no step"
+        console.print(
+            f"run {state.current['id']} did not finish ({done} done); "
+            f"`llmops pipeline run {name}` resumes it"
+        )
+    table = Table("run", "status", "rows", "branch", "result")
+    for run in state.runs[-10:]:
+        window = run.get("window") or {}
+        table.add_row(
+            run["id"],
+            run["status"],
+            f"{window.get('kept', 0)}/{window.get('rows', 0)}",
+            run.get("branch", ""),
+            run.get("message", ""),
+        )
+    console.print(table if state.runs else f"pipeline {name} has not run yet")
