@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -141,11 +141,46 @@ def _verdict(gate: Any) -> str:
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """How a served version was made: the run, its dataset version, the collected windows
+    (production-loop snapshots) that dataset took in, and the pull request that added them."""
+
+    run: str
+    dataset: str | None
+    dataset_version: str | None
+    collected: tuple[str, ...] = ()
+    approved_in: int | None = None  # the PR that added the collected windows
+
+
+@dataclass(frozen=True)
 class Served:
     """The model version a deployment served, and the metrics the same lock records for it."""
 
     version: str
     evidence: list[Evidence]
+    lineage: list[Lineage] = field(default_factory=list)
+
+
+def lineage(resources: Mapping[str, Mapping[str, Any]], version: str) -> list[Lineage]:
+    """The runs of one lock that produced `version`, each with its dataset and windows."""
+    found = []
+    for address in sorted(resources):
+        entry = resources[address]
+        outputs = entry.get("outputs") or {}
+        if entry.get("kind") != "Experiment" or outputs.get("version") != version:
+            continue
+        datasets = [k for k in entry.get("inputs") or {} if k.startswith("Dataset/")]
+        if not datasets:
+            found.append(Lineage(address, None, None))
+        for dataset in datasets:
+            data = resources.get(dataset) or {}
+            sources = (data.get("spec") or {}).get("sources") or []
+            collected = tuple(
+                str(s["path"]) for s in sources if "data/collected/" in str(s.get("path", ""))
+            )
+            made = (data.get("outputs") or {}).get("version")
+            found.append(Lineage(address, dataset, made, collected))
+    return found
 
 
 def served(resources: Mapping[str, Mapping[str, Any]], address: str) -> Served | None:
@@ -164,7 +199,7 @@ def served(resources: Mapping[str, Mapping[str, Any]], address: str) -> Served |
             shown = evidence(other, resources[other])
             if shown is not None:
                 found.append(shown)
-    return Served(version, found)
+    return Served(version, found, lineage(resources, version))
 
 
 @dataclass(frozen=True)
@@ -393,7 +428,7 @@ class GitHistory:
             spec_file=state.spec_file,
             entries=state.entries,
             evidence=_evidence(state.entries),
-            served=served(state.resources, target.address),
+            served=self._approved(served(state.resources, target.address), commit),
             last_change=next(self.changes(target, commit), None),
         )
 
@@ -420,9 +455,26 @@ class GitHistory:
             spec=diff_fields(before.document, after.document),
             entries=entries,
             evidence=_evidence(after.entries),
-            served=served(after.resources, target.address),
+            served=self._approved(served(after.resources, target.address), head),
             in_lock=bool(after.entries),
         )
+
+    def _approved(self, found: Served | None, head: Commit) -> Served | None:
+        """Each collected window's pull request: the one whose commit first named it."""
+        if found is None or not any(item.collected for item in found.lineage):
+            return found
+        items = []
+        for item in found.lineage:
+            pr = None
+            for path in item.collected:
+                shas = self.repo.git.log(
+                    "--format=%H", "--reverse", f"-S{path}", head.hexsha, "--",
+                    self.prefix + "specs",
+                ).split()
+                if shas:
+                    pr = self._info(self.repo.commit(shas[0]), head).pr or pr
+            items.append(replace(item, approved_in=pr))
+        return replace(found, lineage=items)
 
     def _info(self, commit: Commit, head: Commit) -> CommitInfo:
         subject = _text(commit.summary)

@@ -11,6 +11,7 @@ from controller.observe.drift import observe_deployments
 from controller.observe.registry import observe_registry
 from controller.plan.planner import plan
 from controller.plan.types import DesiredState, ObservedState, Plan
+from controller.state.dvc import restore_missing
 from controller.state.lockfile import LOCK_FILE, LockFileError, read_lock
 from controller.state.paths import StatePaths
 from controller.state.registry.store import Registry
@@ -26,7 +27,9 @@ def open_registry(root: Path) -> Registry:
 
 
 def load(root: Path, paths: list[Path] | None = None, overrides: list[str] | None = None) -> Loaded:
-    """The specs of the repository at `root`, cached in its state folder."""
+    """The specs of the repository at `root`, cached in its state folder. Data files tracked
+    by DVC but absent from the checkout (a merged pipeline snapshot) are pulled first."""
+    restore_missing(root)
     return load_desired(root, paths, overrides, cache_dir=StatePaths.for_repo(root).cache)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -186,6 +187,15 @@ def _print_results(
         _line("serves: not recorded (the lock entry has no outputs.version)")
         return
     _line(f"serves {found.version}")
+    for item in found.lineage:
+        made = f"trained by {item.run}"
+        if item.dataset:
+            made += f" on {item.dataset} {short(item.dataset_version)}"
+        _line(made, 8)
+        if item.collected:
+            windows = ", ".join(Path(p).name for p in item.collected)
+            approved = f", approved in PR #{item.approved_in}" if item.approved_in else ""
+            _line(f"with collected window(s) {windows}{approved}", 10)
     for item in found.evidence:
         _line(_evidence(item), 8)
     if not found.evidence:

@@ -18,7 +18,6 @@ def _github(name: str) -> tuple[Any, Any]:
     """Publishing callbacks when GITHUB_TOKEN and GITHUB_REPOSITORY are set; else (None, None)."""
     if not (os.environ.get("GITHUB_TOKEN") and os.environ.get("GITHUB_REPOSITORY")):
         return None, None
-    from controller.publish.github import GateStatus, set_statuses
     from controller.publish.pull_requests import (
         open_or_update_pull_request,
         report_failed_run,
@@ -37,11 +36,12 @@ def _github(name: str) -> tuple[Any, Any]:
         return {"number": outcome.number, "url": outcome.url, "created": outcome.created}
 
     def report_failure(sha: str, message: str) -> None:
-        summary = message.splitlines()[0]
-        status = GateStatus(f"llmops/pipeline/{name}", "failure", summary[:140], None)
-        set_statuses(context, sha, [status])
         report_failed_run(
-            context, sha, f"llmops pipeline {name}: regression test failed", message, []
+            context,
+            sha,
+            f"llmops pipeline {name}: regression test failed",
+            message,
+            pipeline=name,
         )
 
     return publish, report_failure

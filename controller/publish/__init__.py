@@ -16,6 +16,13 @@ from controller.publish.github import (
     publish,
     set_statuses,
 )
+from controller.publish.pull_requests import (
+    IssueOutcome,
+    PullRequestOutcome,
+    open_or_update_pull_request,
+    report_failed_run,
+    repository_from_environment,
+)
 
 __all__ = [
     "COMMENT_LIMIT",
@@ -24,12 +31,17 @@ __all__ = [
     "PLAN_CONTEXT",
     "GateStatus",
     "GitHubContext",
+    "IssueOutcome",
     "PostedComment",
     "PublishError",
+    "PullRequestOutcome",
     "context_from_environment",
     "fit_comment",
     "gate_context",
+    "open_or_update_pull_request",
     "post_report",
     "publish",
+    "report_failed_run",
+    "repository_from_environment",
     "set_statuses",
 ]

@@ -1,6 +1,6 @@
 """Publishing, GitHub: one pull-request comment updated in place, and a commit status per gate.
 
-The client, repository and error helpers (`github_client`, `split_repository`,
+The client, repository and error helpers (`github_client`, `split_repository`, `SHA_PATTERN`,
 `github_errors`) are shared with `controller.publish.pull_requests`.
 """
 
@@ -38,7 +38,7 @@ StatusState = Literal["success", "failure", "error", "pending"]
 STATES: tuple[str, ...] = get_args(StatusState)
 
 _REPOSITORY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*)/[A-Za-z0-9._-]+")
-_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+SHA_PATTERN = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _TOKEN_HELP = (
     "in a workflow add `env: GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}` to the step "
     "(pull requests from forks get no write token, so they cannot post), "
@@ -137,7 +137,7 @@ def context_from_environment(
         problems.append(f"pull request number {pull_number} is not a positive number")
     if sha is None and need_sha:
         problems.append(f"no commit SHA: {where} and GITHUB_SHA is not set; pass --sha COMMIT")
-    elif sha is not None and not _SHA.fullmatch(sha.lower()):
+    elif sha is not None and not SHA_PATTERN.fullmatch(sha.lower()):
         problems.append(f"commit {sha!r} is not a full SHA (40 hexadecimal characters)")
 
     if problems:
@@ -265,7 +265,7 @@ def set_statuses(
 ) -> None:
     """One commit status per gate (and `llmops/plan` when the list holds it)."""
     owner, name = split_repository(repository)
-    if not _SHA.fullmatch(sha.lower()):
+    if not SHA_PATTERN.fullmatch(sha.lower()):
         raise PublishError(
             f"commit {sha!r} is not a full SHA; statuses need the pull request's head commit "
             "(40 hexadecimal characters)"

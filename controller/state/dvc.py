@@ -88,3 +88,21 @@ def dvc_md5(dvc_file: Path) -> str:
 
     data = YAML(typ="safe").load(dvc_file.read_text())
     return str(data["outs"][0]["md5"])
+
+
+def restore_missing(root: Path, folder: str = "data/collected") -> list[str]:
+    """Pull every DVC-tracked file under `folder` (the production loop's snapshots) whose data
+    is not in the working tree (a fresh checkout, a merged pipeline branch), so specs naming
+    it load; the paths restored. One that cannot be pulled is left to the loader, whose
+    diagnostic names the file. Without DVC, or with nothing missing, one directory walk."""
+    base = root / folder
+    if not (root / ".dvc").is_dir() or not base.is_dir():
+        return []
+    restored = []
+    for dvc_file in sorted(base.rglob("*.dvc")):
+        target = dvc_file.with_suffix("")
+        if not target.exists():
+            with contextlib.suppress(DvcError):
+                pull(root, dvc_file)
+                restored.append(target.relative_to(root).as_posix())
+    return restored

@@ -81,7 +81,7 @@ def steps_running(job: dict[str, Any], command: str) -> list[dict[str, Any]]:
 
 
 def test_the_workflows_are_there() -> None:
-    assert [f.name for f in FILES] == ["apply.yml", "pull-request.yml", "tests.yml"]
+    assert [f.name for f in FILES] == ["apply.yml", "pipeline.yml", "pull-request.yml", "tests.yml"]
 
 
 def test_every_workflow_passes_actionlint(actionlint: Lint) -> None:
@@ -186,3 +186,32 @@ def test_actions_are_pinned_by_major_version() -> None:
                 if "uses" in step:
                     action, _, version = step["uses"].partition("@")
                     assert pinned.get(action) == version, f"{file.name}: {step['uses']}"
+
+
+def test_pipelines_run_on_their_schedule_one_at_a_time_and_open_pull_requests() -> None:
+    """The scheduled workflow keeps a tick of every Pipeline spec's schedule, runs one run per
+    pipeline at a time, never applies and never deploys: it only opens pull requests."""
+    from datetime import UTC, datetime
+
+    from croniter import croniter
+
+    workflow = YAML(typ="safe").load(WORKFLOWS / "pipeline.yml")
+    triggers = workflow.get("on") or workflow.get(True)
+    crons = [entry["cron"] for entry in triggers["schedule"]]
+    assert "workflow_dispatch" in triggers
+    assert workflow["concurrency"]["cancel-in-progress"] is False
+    assert "pipeline-" in workflow["concurrency"]["group"]
+    (job,) = workflow["jobs"].values()
+    assert not steps_running(job, "llmops apply")
+    (run,) = steps_running(job, "llmops pipeline run")
+    assert "$SCHEDULED" in run["run"] and "--scheduled" in run["env"]["SCHEDULED"]
+    assert job["permissions"]["pull-requests"] == "write"
+    for spec in (PROJECT_ROOT / "specs/pipelines").glob("*.yaml"):
+        schedule = YAML(typ="safe").load(spec)["spec"]["trigger"].get("schedule")
+        if schedule:
+            # Each tick of the spec's schedule over a year falls on a tick of the workflow.
+            start = datetime(2026, 1, 1, tzinfo=UTC)
+            ticks = croniter(schedule, start)
+            for _ in range(60):
+                moment = ticks.get_next(datetime)
+                assert any(croniter.match(cron, moment) for cron in crons), (spec, schedule)

@@ -1,0 +1,315 @@
+"""The production loop end to end on the tiny model: a deployment collects chats and feedback
+from the official openai client, `llmops pipeline run` pins them into the dataset on a branch,
+retrains, regression-tests against the served version, pushes the branch to a real bare
+remote and opens a pull request on the GitHub stand-in; after a real merge, `llmops apply`
+rolls the new version out while requests keep being answered."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from runners.deploy.local import free_port, is_serving_process
+from tests.apply_repo import API_KEY_ENV, build_repo, git
+from tests.fake_github import FakeGitHub
+from tests.integration.test_apply import llmops
+from tests.servers import serve
+
+KEY = "sk-test-0123456789"
+EMAIL = "jane.doe@example.com"
+PIPELINE = """
+apiVersion: llmops/v1
+kind: Pipeline
+metadata: {name: retrain}
+spec:
+  trigger: {min_new_rows: 40}
+  steps:
+    - {step: update_dataset, dataset: faq}
+    - {step: retrain, experiment: exp, run: default}
+    - {step: regression_test, suite: smoke, against: assistant}
+    - {step: open_pull_request, deployment: assistant, reviewers: [ml-team], labels: [promotion]}
+"""
+
+
+class RemoteBranches(dict):  # type: ignore[type-arg]
+    """The stand-in's view of the repository's branches: what the bare remote has now."""
+
+    def __init__(self, remote: Path) -> None:
+        super().__init__()
+        self.remote = remote
+
+    def _heads(self) -> dict[str, str]:
+        out = subprocess.run(
+            ["git", "ls-remote", "--heads", str(self.remote)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        pairs = (line.split() for line in out.splitlines())
+        return {ref.removeprefix("refs/heads/"): sha for sha, ref in pairs}
+
+    def __contains__(self, branch: object) -> bool:
+        return branch in self._heads()
+
+    def __getitem__(self, branch: str) -> str:
+        return self._heads()[branch]
+
+    def get(self, branch: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._heads().get(branch, default)
+
+    def values(self) -> Any:  # type: ignore[override]
+        return self._heads().values()
+
+    def setdefault(self, branch: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._heads().get(branch, default)
+
+
+@pytest.fixture
+def loop(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    for name in ("LLMOPS_REGISTRY_URL", "LLMOPS_STATE_DIR", "LLMOPS_FAULT_KILL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(API_KEY_ENV, KEY)
+    port = free_port()
+    root = build_repo(tmp_path / "repo", tiny_model, deploy_port=port)
+    (root / "specs/pipelines").mkdir(parents=True)
+    (root / "specs/pipelines/retrain.yaml").write_text(PIPELINE)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "the production loop")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    git(root, "remote", "add", "origin", str(remote))
+    git(root, "push", "-q", "origin", "main")
+    fake = FakeGitHub(
+        pulls=(), commits=(), branches=RemoteBranches(remote), collaborators={"ml-team"}
+    )
+    with serve(fake.handler()) as url:
+        env = {
+            "GITHUB_TOKEN": fake.token,
+            "GITHUB_REPOSITORY": f"{fake.owner}/{fake.name}",
+            "GITHUB_API_URL": url,
+        }
+        yield {"root": root, "port": port, "remote": remote, "fake": fake, "env": env}
+    for state in (root / ".llmops/deployments").glob("*/state.json"):
+        pid = json.loads(state.read_text())["pid"]
+        if is_serving_process(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def chat(port: int, count: int, start: int = 0) -> dict[str, list[str]]:
+    """`count` questions through the openai client with feedback: every fifth corrected (with
+    an email address in the correction), every fifth rated down, the rest rated up."""
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+    kinds: dict[str, list[str]] = {"corrected": [], "down": [], "up": []}
+    for index in range(start, start + count):
+        question = f"Question {index}: how do I change setting {index} for {EMAIL}?"
+        reply = client.chat.completions.create(
+            model="assistant", messages=[{"role": "user", "content": question}], max_tokens=6
+        )
+        if index % 5 == 0:
+            verdict = {"id": reply.id, "rating": "down", "correction": f"Fixed answer {index}."}
+            kinds["corrected"].append(f"Fixed answer {index}.")
+        elif index % 5 == 1:
+            verdict = {"id": reply.id, "rating": "down"}
+            kinds["down"].append(question.replace(EMAIL, "[EMAIL]"))
+        else:
+            verdict = {"id": reply.id, "rating": "up"}
+            kinds["up"].append(question.replace(EMAIL, "[EMAIL]"))
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v1/feedback",
+            json=verdict,
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        assert response.status_code == 200, response.text
+    return kinds
+
+
+def run_pipeline(loop: dict, *args: str, env: dict[str, str] | None = None) -> dict:
+    done = llmops(loop["root"], "pipeline", "run", "retrain", "--json", *args,
+                  env={**loop["env"], **(env or {})})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def commit_lock(root: Path) -> None:
+    """What the apply workflow does on main after an apply."""
+    git(root, "add", "llmops.lock")
+    git(root, "commit", "-qm", "llmops: update lock [skip ci]")
+
+
+def remote_heads(remote: Path) -> dict[str, str]:
+    return RemoteBranches(remote)._heads()
+
+
+def test_collected_feedback_becomes_a_pull_request_then_a_deployment(loop: dict) -> None:
+    root, port, fake = loop["root"], loop["port"], loop["fake"]
+    first = llmops(root, "apply", "--json")
+    assert first.returncode == 0, first.stderr
+    commit_lock(root)
+    kinds = chat(port, 200)
+
+    record = run_pipeline(loop)
+    assert record["status"] == "succeeded", record
+    assert record["window"]["rows"] >= 200  # and the rollout's own check
+    assert record["window"]["kept"] == len(kinds["up"]) + len(kinds["corrected"]) == 160
+
+    # The snapshot: corrected answers in, thumbs-down rows out, no email address.
+    worktree = root / ".llmops/pipelines/retrain/worktree"
+    snapshot = worktree / record["steps"]["update_dataset"]["snapshot"]
+    rows = [json.loads(line) for line in snapshot.read_text().splitlines()]
+    answers = {r["response"] for r in rows}
+    prompts = {r["prompt"] for r in rows}
+    assert set(kinds["corrected"]) <= answers
+    assert not prompts & set(kinds["down"]) and set(kinds["up"]) <= prompts
+    assert EMAIL not in snapshot.read_text()
+
+    # A retrained version, regression-tested against what the deployment serves now.
+    assert record["steps"]["retrain"]["version"] == "assistant@2"
+    regression = record["steps"]["regression_test"]
+    assert (regression["baseline"], regression["candidate"]) == ("assistant@1", "assistant@2")
+    assert all(g["passed"] for g in regression["gates"].values()) and regression["gates"]
+
+    # The branch on the bare remote, and one pull request whose body is the report.
+    branch = record["branch"]
+    assert branch.startswith("llmops/pipeline/retrain/")
+    heads = remote_heads(loop["remote"])
+    assert branch in heads
+    spec = git(root, "show", f"{heads[branch]}:specs/datasets/faq.yaml")
+    assert record["steps"]["update_dataset"]["snapshot"] in spec
+    assert f"{record['steps']['update_dataset']['snapshot']}.dvc" in git(
+        root, "ls-tree", "-r", "--name-only", heads[branch]
+    )
+    (pull,) = fake.pull_requests.values()
+    assert pull["head"] == branch and pull["base"] == "main"
+    assert pull["body"].startswith("<!-- llmops-report -->")
+    assert "Evaluation/exp/default" in pull["body"]
+    assert pull["requested_reviewers"] == ["ml-team"] and pull["labels"] == ["promotion"]
+    number = record["steps"]["open_pull_request"]["pull_request"]["number"]
+
+    # Nothing new: skipped, nothing pushed, no second pull request.
+    again = run_pipeline(loop)
+    assert again["status"] == "skipped" and "0 new row(s)" in again["message"]
+    assert remote_heads(loop["remote"])[branch] == heads[branch]
+    assert len(fake.pull_requests) == 1
+
+    # New rows: the same pull request, updated.
+    chat(port, 50, start=200)
+    third = run_pipeline(loop)
+    assert third["status"] == "succeeded", third
+    assert third["branch"] == branch and third["window"]["rows"] >= 250
+    assert third["steps"]["open_pull_request"]["pull_request"] == {
+        "number": number,
+        "url": pull["html_url"],
+        "created": False,
+    }
+    assert len(fake.pull_requests) == 1
+    assert remote_heads(loop["remote"])[branch] != heads[branch]
+    candidate = third["steps"]["retrain"]["version"]
+
+    # The merge, then the normal apply rolls it out with requests answered throughout.
+    git(root, "fetch", "-q", "origin")
+    git(root, "merge", "-q", "--no-ff", f"origin/{branch}",
+        "-m", f"Merge pull request #{number} from acme/{branch}")
+    failures: list[str] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            try:
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    json={"model": "assistant", "messages": [{"role": "user", "content": "hi"}],
+                          "max_tokens": 4},
+                    headers={"Authorization": f"Bearer {KEY}"},
+                    timeout=30,
+                )
+                if response.status_code == 200:
+                    answered[0] += 1
+                else:
+                    failures.append(f"{response.status_code} {response.text[:100]}")
+            except httpx.HTTPError as err:
+                failures.append(repr(err))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    applied = llmops(root, "apply", "--json")
+    stop.set()
+    thread.join()
+    assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr[-3000:]
+    results = {r["address"]: r for r in json.loads(applied.stdout)["results"]}
+    assert results["Deployment/assistant"]["outputs"]["version"] == candidate
+    assert "Experiment/exp/default" not in {
+        a for a, r in results.items() if r["status"] == "applied"
+    }, "the merged version was trained for the pull request, not again"
+    assert failures == [] and answered[0] > 0
+    commit_lock(root)
+
+    # The audit trail: deployment -> version -> run -> dataset -> collected window -> PR.
+    history = llmops(root, "history", "Deployment/assistant")
+    assert history.returncode == 0, history.stderr
+    assert candidate in history.stdout
+    assert record["steps"]["update_dataset"]["snapshot"].split("/")[-1] in history.stdout
+    assert f"#{number}" in history.stdout
+
+
+def test_a_candidate_that_fails_a_gate_opens_no_pull_request(loop: dict) -> None:
+    root, port, fake = loop["root"], loop["port"], loop["fake"]
+    assert llmops(root, "apply").returncode == 0
+    commit_lock(root)
+    chat(port, 60)
+    suite = root / "specs/evals/smoke.yaml"
+    # A bar no model clears: the regression test must say which gate stopped it.
+    strict = "max_drop: 1.0}\n    - {metric: answers/rouge_l, min: 0.99}"
+    suite.write_text(suite.read_text().replace("max_drop: 1.0}", strict))
+    git(root, "commit", "-qam", "a stricter suite")
+    done = llmops(root, "pipeline", "run", "retrain", env=loop["env"])
+    assert done.returncode == 1
+    assert "failed gate(s) answers/rouge_l min" in done.stderr
+    assert fake.pull_requests == {}
+    assert not [h for h in remote_heads(loop["remote"]) if h.startswith("llmops/")]
+    (issue,) = [i for i in fake.issues.values() if i["title"].startswith("llmops pipeline retrain")]
+    assert "answers/rouge_l min" in issue["body"]
+    statuses = [s for sha in fake.statuses for s in fake.statuses[sha]]
+    assert any(
+        s["context"] == "llmops/pipeline/retrain" and s["state"] == "failure" for s in statuses
+    )
+    status = json.loads(llmops(root, "pipeline", "status", "retrain", "--json").stdout)
+    assert status["runs"][-1]["status"] == "failed"
+
+
+POINTS = ("update_dataset", "retrain", "regression_test", "open_pull_request")
+
+
+def test_killed_after_each_step_converges_to_one_pull_request_and_one_training(
+    loop: dict,
+) -> None:
+    root, port, fake = loop["root"], loop["port"], loop["fake"]
+    assert llmops(root, "apply").returncode == 0
+    commit_lock(root)
+    chat(port, 60)
+    for step in POINTS:
+        killed = llmops(root, "pipeline", "run", "retrain",
+                        env={**loop["env"], "LLMOPS_FAULT_KILL": f"after:pipeline/{step}"})
+        assert killed.returncode == 137, (step, killed.stdout[-1000:], killed.stderr[-1000:])
+        status = json.loads(llmops(root, "pipeline", "status", "retrain", "--json").stdout)
+        assert step in status["current"]["steps"], status
+    record = run_pipeline(loop)
+    assert record["status"] == "succeeded", record
+    assert len(fake.pull_requests) == 1
+    runs = list((root / ".llmops/runs/exp/default").iterdir())
+    # One run folder for the base training, one for the retrain on the new data.
+    assert len(runs) == 2, runs
+    again = run_pipeline(loop)
+    assert again["status"] == "skipped"
