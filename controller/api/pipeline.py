@@ -44,7 +44,11 @@ class RegressionTestStep(Strict):
 class OpenPullRequestStep(Strict):
     step: Literal["open_pull_request"]
     deployment: Name
-    branch_prefix: str = Field(default="llmops/promote-", pattern=r"^[A-Za-z0-9._/-]+$")
+    branch_prefix: str = Field(
+        default="llmops/pipeline/",
+        pattern=r"^[A-Za-z0-9._/-]+$",
+        description="Branches are <prefix><pipeline>/<fingerprint of the base snapshot>.",
+    )
     reviewers: list[str] = Field(default_factory=list)
     labels: list[str] = Field(default_factory=list)
 

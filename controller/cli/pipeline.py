@@ -9,7 +9,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from controller.cli.common import Exit, JsonOption, RootOption, console, resolve_root
+from controller.cli.common import (
+    Exit,
+    JsonOption,
+    RootOption,
+    console,
+    err_console,
+    resolve_root,
+)
 
 pipeline_app = typer.Typer(help="The production loop: collected data -> retrain -> pull request.")
 
@@ -77,7 +84,7 @@ def run_command(
     runner = PipelineRun(
         top,
         name,
-        console,
+        err_console if as_json else console,
         base=base,
         remote=remote,
         scheduled=scheduled,

@@ -406,12 +406,13 @@ class PipelineRun:
 
     def _update_dataset(self, worktree: Path, snapshot_text: str, until: datetime) -> str:
         """Write the snapshot, name it in the Dataset spec and track it with DVC."""
-        from controller.state.dvc import track_and_push
+        from controller.state.dvc import ensure_repo, track_and_push
 
         snapshot = windows.snapshot_path(self.steps.dataset, until)
         target = worktree / snapshot
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(snapshot_text, encoding="utf-8")
+        ensure_repo(worktree)
         self._pin_remote(worktree)
         address = str(Address("Dataset", self.steps.dataset))
         spec_file = worktree / next(s.doc.file for s in self.loaded.specs if s.address == address)
@@ -425,14 +426,15 @@ class PipelineRun:
     def _pin_remote(self, worktree: Path) -> None:
         """A DVC remote given relative to .dvc/ (the embedded default) means this repository's
         remote, not one inside the worktree: say so in the worktree's .dvc/config.local."""
-        from dvc.config import Config
+        from configobj import ConfigObj  # DVC's own config format
 
-        config = self.root / ".dvc" / "config"
-        if not config.is_file():
-            return
-        remotes = Config(dvc_dir=str(self.root / ".dvc")).get("remote", {})
+        config = worktree / ".dvc" / "config"
+        sections = ConfigObj(str(config)) if config.is_file() else {}
         local = []
-        for name, settings in remotes.items():
+        for section, settings in sections.items():
+            if not section.startswith("remote "):
+                continue
+            name = section.removeprefix("remote ").strip('"')
             url = str(settings.get("url", ""))
             if url and "://" not in url and not Path(url).is_absolute():
                 resolved = (self.root / ".dvc" / url).resolve()

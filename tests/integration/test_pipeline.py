@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -22,6 +23,7 @@ import pytest
 
 from runners.deploy.local import free_port, is_serving_process
 from tests.apply_repo import API_KEY_ENV, build_repo, git
+from tests.conftest import PROJECT_ROOT
 from tests.fake_github import FakeGitHub
 from tests.integration.test_apply import llmops
 from tests.servers import serve
@@ -84,6 +86,11 @@ def loop(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> I
     root = build_repo(tmp_path / "repo", tiny_model, deploy_port=port)
     (root / "specs/pipelines").mkdir(parents=True)
     (root / "specs/pipelines/retrain.yaml").write_text(PIPELINE)
+    # A DVC repository with the embedded default remote, as the demo repository has.
+    shutil.copytree(
+        PROJECT_ROOT / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache")
+    )
+    shutil.copy(PROJECT_ROOT / ".dvcignore", root / ".dvcignore")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "the production loop")
     remote = tmp_path / "remote.git"
@@ -142,8 +149,8 @@ def run_pipeline(loop: dict, *args: str, env: dict[str, str] | None = None) -> d
 
 
 def commit_lock(root: Path) -> None:
-    """What the apply workflow does on main after an apply."""
-    git(root, "add", "llmops.lock")
+    """What the apply workflow does on main after an apply (with the prepared data's .dvc)."""
+    git(root, "add", "-A")
     git(root, "commit", "-qm", "llmops: update lock [skip ci]")
 
 
