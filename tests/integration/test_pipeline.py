@@ -266,9 +266,12 @@ def test_collected_feedback_becomes_a_pull_request_then_a_deployment(loop: dict)
     # The audit trail: deployment -> version -> run -> dataset -> collected window -> PR.
     history = llmops(root, "history", "Deployment/assistant")
     assert history.returncode == 0, history.stderr
-    assert candidate in history.stdout
-    assert record["steps"]["update_dataset"]["snapshot"].split("/")[-1] in history.stdout
-    assert f"#{number}" in history.stdout
+    merged_snapshot = third["steps"]["update_dataset"]["snapshot"].split("/")[-1]
+    assert f"serves {candidate}" in history.stdout, history.stdout
+    assert "trained by Experiment/exp/default on Dataset/faq" in history.stdout, history.stdout
+    assert f"with collected window(s) {merged_snapshot}, approved in PR #{number}" in (
+        history.stdout
+    ), history.stdout
 
 
 def test_a_candidate_that_fails_a_gate_opens_no_pull_request(loop: dict) -> None:
