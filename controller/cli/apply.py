@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,6 +17,7 @@ from controller.cli.common import (
     open_registry_or_fail,
     resolve_root,
 )
+from controller.plan.address import Address
 
 
 def apply_command(
@@ -27,6 +28,14 @@ def apply_command(
     skip_deploy: Annotated[
         bool,
         typer.Option("--skip-deploy", help="Run everything but deployments (pull requests)."),
+    ] = False,
+    revert_on_failure: Annotated[
+        bool,
+        typer.Option(
+            "--revert-on-failure",
+            help="When a deployment fails its post-deploy check (the previous version keeps "
+            "serving), push a branch reverting HEAD and open a pull request (main's workflow).",
+        ),
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -81,4 +90,20 @@ def apply_command(
             err_console.print(f"failed: {result.address}: {result.message}", style="red")
         for result in skipped:
             console.print(f"skipped: {result.address} ({result.message})")
+    failed_deployments = {
+        address.name: r.message
+        for r in report.failed
+        if (address := Address.parse(r.address)).kind == "Deployment"
+    }
+    if revert_on_failure and failed_deployments:
+        _propose_revert(top, failed_deployments)
     raise typer.Exit(Exit.FAILED if report.failed else Exit.OK)
+
+
+def _propose_revert(top: Any, failures: dict[str, str]) -> None:
+    from controller.cli.pipeline import github_publisher
+    from controller.loop.revert import propose_revert
+
+    publish = github_publisher()
+    revert = propose_revert(top, failures, publish)
+    err_console.print(f"revert: {revert.message}", style="yellow")

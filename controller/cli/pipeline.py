@@ -21,18 +21,17 @@ from controller.cli.common import (
 pipeline_app = typer.Typer(help="The production loop: collected data -> retrain -> pull request.")
 
 
-def _github(name: str) -> tuple[Any, Any]:
-    """Publishing callbacks when GITHUB_TOKEN and GITHUB_REPOSITORY are set; else (None, None)."""
+def github_publisher(base: str = "main") -> Any:
+    """Opens or updates a pull request into `base` when GITHUB_TOKEN and GITHUB_REPOSITORY
+    are set; None otherwise (branches are still pushed)."""
     if not (os.environ.get("GITHUB_TOKEN") and os.environ.get("GITHUB_REPOSITORY")):
-        return None, None
+        return None
     from controller.publish.pull_requests import (
         open_or_update_pull_request,
-        report_failed_run,
         repository_from_environment,
     )
 
     context = repository_from_environment()
-    base = os.environ.get("LLMOPS_PIPELINE_BASE", "main")
 
     def publish(
         head: str, title: str, body: str, reviewers: list[str], labels: list[str]
@@ -42,16 +41,22 @@ def _github(name: str) -> tuple[Any, Any]:
         )
         return {"number": outcome.number, "url": outcome.url, "created": outcome.created}
 
-    def report_failure(sha: str, message: str) -> None:
-        report_failed_run(
-            context,
-            sha,
-            f"llmops pipeline {name}: regression test failed",
-            message,
-            pipeline=name,
-        )
+    return publish
 
-    return publish, report_failure
+
+def failure_reporter(name: str) -> Any:
+    """A failing commit status and an issue for a pipeline run; None without GitHub."""
+    if not (os.environ.get("GITHUB_TOKEN") and os.environ.get("GITHUB_REPOSITORY")):
+        return None
+    from controller.publish.pull_requests import report_failed_run, repository_from_environment
+
+    context = repository_from_environment()
+
+    def report_failure(sha: str, message: str) -> None:
+        title = f"llmops pipeline {name}: regression test failed"
+        report_failed_run(context, sha, title, message, pipeline=name)
+
+    return report_failure
 
 
 @pipeline_app.command("run")
@@ -79,8 +84,8 @@ def run_command(
     from controller.loop.run import PipelineRun
 
     top = resolve_root(root)
-    os.environ.setdefault("LLMOPS_PIPELINE_BASE", base)
-    publish, report_failure = (None, None) if dry_run else _github(name)
+    publish = None if dry_run else github_publisher(base)
+    report_failure = None if dry_run else failure_reporter(name)
     runner = PipelineRun(
         top,
         name,

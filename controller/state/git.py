@@ -148,3 +148,28 @@ def file_at(root: Path, ref: str, path: str) -> str | None:
     """Like show_file, for a ref that may not exist: None when either is missing."""
     out = _git(root, "show", f"{ref}:./{path}")
     return out.stdout if out.returncode == 0 else None
+
+
+def subject(root: Path, commit: str) -> str:
+    return _checked(root, "log", "-1", "--format=%s", commit)
+
+
+def revert(
+    folder: Path, commit: str, message: str, author: str = "llmops <llmops@localhost>"
+) -> str:
+    """Revert `commit` in the worktree (against its first parent when it is a merge) and
+    commit with `message`; the new commit's sha. A conflict raises GitError."""
+    parents = _checked(folder, "rev-list", "--parents", "-n", "1", commit).split()[1:]
+    mainline = ["-m", "1"] if len(parents) > 1 else []
+    name, _, email = author.partition(" <")
+    out = _git(
+        folder,
+        "-c", f"user.name={name}",
+        "-c", f"user.email={email.rstrip('>')}",
+        "revert", "--no-edit", "--no-commit", *mainline, commit,
+    )
+    if out.returncode != 0:
+        _git(folder, "revert", "--abort")
+        detail = (out.stderr or out.stdout).strip().splitlines()
+        raise GitError(f"git revert {commit[:12]} failed: {detail[-1] if detail else ''}")
+    return commit_all(folder, message, author)

@@ -4,9 +4,9 @@ with the official openai client and rate the answers, as a support desk would.
     python examples/openai_app/support_traffic.py --base-url http://127.0.0.1:8000/v1 \
         --api-key ... --count 220
 
-Questions come from data/support-faq/faq.jsonl (questions people do ask); an agent who knows
-the right answer corrects every third reply with it, rates every fifth down and the rest up.
-Prints how many of each it sent.
+Questions come from data/support-faq/faq.jsonl (questions people do ask); a support agent
+who knows the right answer sends it as a correction for two replies in three and rates the
+third down without one (no time to write it). Prints how many of each it sent.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     rows = [json.loads(line) for line in FAQ.read_text(encoding="utf-8").splitlines() if line]
     rows = [r for r in rows if str(r.get("question", "")).strip() and str(r.get("answer", ""))]
     client = OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=2)
-    sent = {"corrected": 0, "down": 0, "up": 0}
+    sent = {"corrected": 0, "down": 0}
     for index, row in enumerate(itertools.islice(itertools.cycle(rows), args.count)):
         try:
             reply = client.chat.completions.create(
@@ -46,12 +46,10 @@ def main(argv: list[str]) -> int:
         except APIError as err:
             print(f"error: {err.message}", file=sys.stderr)
             return 1
-        if index % 3 == 0:
-            verdict, kind = {"rating": "down", "correction": row["answer"]}, "corrected"
-        elif index % 5 == 0:
+        if index % 3 == 2:
             verdict, kind = {"rating": "down"}, "down"
         else:
-            verdict, kind = {"rating": "up"}, "up"
+            verdict, kind = {"rating": "down", "correction": row["answer"]}, "corrected"
         response = httpx.post(
             f"{args.base_url.rstrip('/')}/feedback",
             json={"id": reply.id, **verdict},
@@ -65,8 +63,7 @@ def main(argv: list[str]) -> int:
         if (index + 1) % 20 == 0:
             print(f"  {index + 1}/{args.count} questions asked", flush=True)
     print(
-        f"sent {args.count} questions: {sent['corrected']} corrected, {sent['down']} rated down, "
-        f"{sent['up']} rated up"
+        f"sent {args.count} questions: {sent['corrected']} corrected, {sent['down']} rated down"
     )
     return 0
 

@@ -323,3 +323,54 @@ def test_killed_after_each_step_converges_to_one_pull_request_and_one_training(
     assert len(runs) == 2, runs
     again = run_pipeline(loop)
     assert again["status"] == "skipped"
+
+
+def test_a_rollout_that_fails_its_check_is_proposed_for_revert(
+    loop: dict, tiny_model: Path
+) -> None:
+    """A merged change points the deployment at a model that answers nothing: the rollout's
+    check fails, the old version keeps serving, and apply opens a pull request reverting the
+    merge so the specs say again what serves."""
+    from tests.tiny import make_mute_model, model_spec
+
+    root, port, fake = loop["root"], loop["port"], loop["fake"]
+    assert llmops(root, "apply").returncode == 0
+    commit_lock(root)
+    git(root, "checkout", "-q", "-b", "try-mute")
+    make_mute_model(tiny_model, root / "models/mute")
+    (root / "specs/models/mute.yaml").write_text(
+        model_spec("mute", {"type": "local", "path": "models/mute"})
+    )
+    deployment = root / "specs/deployments/assistant.yaml"
+    deployment.write_text(deployment.read_text().replace("assistant@champion", "mute"))
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "Serve the mute model")
+    git(root, "checkout", "-q", "main")
+    subject = "Merge pull request #12 from acme/try-mute"
+    git(root, "merge", "-q", "--no-ff", "try-mute", "-m", subject)
+    merge = git(root, "rev-parse", "HEAD").strip()
+
+    applied = llmops(root, "apply", "--revert-on-failure", env=loop["env"])
+    assert applied.returncode == 1, applied.stdout[-2000:] + applied.stderr[-2000:]
+    assert "failed: Deployment/assistant" in applied.stderr
+    assert "revert pull request #" in applied.stderr and "opened" in applied.stderr
+
+    branch = f"llmops/revert/{merge[:12]}"
+    heads = remote_heads(loop["remote"])
+    assert branch in heads
+    reverted = git(root, "show", f"{heads[branch]}:specs/deployments/assistant.yaml")
+    assert "model: assistant@champion" in reverted
+    assert git(root, "log", "-1", "--format=%s", heads[branch]).startswith(
+        'Revert "Merge pull request #12 from acme/try-mute"'
+    )
+    (pull,) = fake.pull_requests.values()
+    assert pull["head"] == branch and pull["labels"] == ["revert"]
+    assert "failed its post-deploy check" in pull["title"]
+    # The previous version kept serving throughout.
+    status = json.loads(llmops(root, "status", "--json").stdout)
+    live = next(r for r in status["resources"] if r["address"] == "Deployment/assistant")
+    assert live["live"]["running"] and live["live"]["version"] == "assistant@1"
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+    assert client.chat.completions.create(
+        model="assistant", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    ).choices

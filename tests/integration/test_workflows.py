@@ -160,9 +160,10 @@ def test_main_applies_and_commits_the_lock_one_at_a_time() -> None:
     assert workflow["on"]["push"]["branches"] == ["main"]
     assert workflow["concurrency"]["cancel-in-progress"] is False
     (job,) = workflow["jobs"].values()
-    assert job["permissions"] == {"contents": "write"}
+    assert job["permissions"] == {"contents": "write", "pull-requests": "write"}
     (apply,) = steps_running(job, "llmops apply")
     assert "--skip-deploy" not in apply["run"]
+    assert "--revert-on-failure" in apply["run"] and "GITHUB_TOKEN" in apply["env"]
     (commit,) = steps_running(job, "git commit")
     assert 'git commit -m "llmops: update lock [skip ci]"' in commit["run"]
     assert "git push origin HEAD:main" in commit["run"]
