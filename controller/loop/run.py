@@ -391,7 +391,10 @@ class PipelineRun:
                     f"by {self.steps.against}); no pull request opened"
                 )
                 if self.report_failure is not None:
-                    self.report_failure(record.base, message + "\n\n" + _gate_table(gates))
+                    try:
+                        self.report_failure(record.base, message + "\n\n" + _gate_table(gates))
+                    except LlmopsError as err:  # the gate's verdict is the news, not this
+                        self.console.print(f"  [yellow]could not report it on GitHub[/]: {err}")
                 raise PipelineFailed(message)
             self._step(record, "regression_test", outputs, time.monotonic() - started)
 

@@ -284,6 +284,7 @@ def test_a_candidate_that_fails_a_gate_opens_no_pull_request(loop: dict) -> None
     strict = "max_drop: 1.0}\n    - {metric: answers/rouge_l, min: 0.99}"
     suite.write_text(suite.read_text().replace("max_drop: 1.0}", strict))
     git(root, "commit", "-qam", "a stricter suite")
+    git(root, "push", "-q", "origin", "main")
     done = llmops(root, "pipeline", "run", "retrain", env=loop["env"])
     assert done.returncode == 1
     assert "failed gate(s) answers/rouge_l min" in done.stderr
