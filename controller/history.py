@@ -169,7 +169,8 @@ def lineage(resources: Mapping[str, Mapping[str, Any]], version: str) -> list[Li
         outputs = entry.get("outputs") or {}
         if entry.get("kind") != "Experiment" or outputs.get("version") != version:
             continue
-        datasets = [k for k in entry.get("inputs") or {} if k.startswith("Dataset/")]
+        inputs = [Address.try_parse(k) for k in entry.get("inputs") or {}]
+        datasets = [str(a) for a in inputs if a is not None and a.kind == "Dataset"]
         if not datasets:
             found.append(Lineage(address, None, None))
         for dataset in datasets:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from controller.plan.address import Address, AddressError
+from controller.plan.address import Address
 from controller.plan.types import DesiredState, ObservedResource, ObservedState
 
 if TYPE_CHECKING:
@@ -152,17 +152,11 @@ def observe_registry(
     for address, resource in resources.items():
         if resource.kind != "Evaluation":
             continue
-        suite = next((d for a, d in resource.inputs.items() if _kind(a) == "EvalSuite"), "")
+        kinds = {a: (p.kind if (p := Address.try_parse(a)) else None) for a in resource.inputs}
+        suite = next((d for a, d in resource.inputs.items() if kinds[a] == "EvalSuite"), "")
         subject = next(
-            (d for a, d in resource.inputs.items() if _kind(a) in ("Experiment", "Model")), ""
+            (d for a, d in resource.inputs.items() if kinds[a] in ("Experiment", "Model")), ""
         )
         evaluations[address] = (resource.digest, subject, suite)
     return merge_evaluations(observed, registry.evaluated(), evaluations)
 
-
-def _kind(input_key: str) -> str | None:
-    """The kind of a resource input (`EvalSuite/x`); None for a file input (`file:...`)."""
-    try:
-        return Address.parse(input_key).kind
-    except AddressError:
-        return None

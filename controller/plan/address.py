@@ -50,6 +50,14 @@ class Address:
             )
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
+    @classmethod
+    def try_parse(cls, text: str) -> Address | None:
+        """The address `text` spells, or None (a file input key such as `file:data/x.jsonl`)."""
+        try:
+            return cls.parse(text)
+        except AddressError:
+            return None
+
     def __str__(self) -> str:
         return f"{self.kind}/{self.name}" + (f"/{self.run}" if self.run is not None else "")
 
