@@ -89,10 +89,14 @@ class Service:
         )
 
     def ready_engine(self) -> Engine:
-        if not self.model.ready or self.engine is None:
+        # Loaded and smoke-checked (the backend is set only then). A stopping server keeps
+        # answering: readiness already says 503, so callers move away, but a request the
+        # kernel handed to this process's shared port before its listener closed is served
+        # rather than refused in the middle of a rollout.
+        if self.model.backend is None or self.engine is None:
             raise APIError(
                 503,
-                "the model is not ready (loading, or the server is stopping); "
+                "the model is not ready (still loading); "
                 "retry when /v2/health/ready answers 200",
                 type="server_error",
                 code="model_not_ready",
