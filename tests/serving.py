@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +99,50 @@ def running(
         yield runtime
     finally:
         runtime.stop()
+
+
+@dataclass
+class Traffic:
+    """What a background client saw: answered requests and every failure (status or error)."""
+
+    answered: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def steady_traffic(port: int, key: str, model: str, pause_s: float = 0.1) -> Iterator[Traffic]:
+    """Chat completions to 127.0.0.1:`port` in a thread for the duration of the block, as
+    users keep calling a deployment while it is rolled out."""
+    import threading
+
+    seen = Traffic()
+    stop = threading.Event()
+
+    def send() -> None:
+        while not stop.is_set():
+            try:
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    json={
+                        "model": model,
+                        "messages": [{"role": "user", "content": "hi"}],
+                        "max_tokens": 4,
+                    },
+                    headers={"Authorization": f"Bearer {key}"},
+                    timeout=30,
+                )
+                if response.status_code == 200:
+                    seen.answered += 1
+                else:
+                    seen.failures.append(f"{response.status_code} {response.text[:100]}")
+            except httpx.HTTPError as err:
+                seen.failures.append(repr(err))
+            time.sleep(pause_s)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()

@@ -169,7 +169,7 @@ class PipelineRun:
         self.paths = StatePaths.for_repo(root)
         self.folder = self.paths.pipeline(name)
         self.state = PipelineState.read(self.folder / "state.json")
-        self.loaded = self._load(root)
+        self.loaded = _checked(load(root), root)
         assert self.loaded.desired is not None
         self.desired = self.loaded.desired
         resource = self.desired.resources.get(str(Address("Pipeline", name)))
@@ -184,13 +184,6 @@ class PipelineRun:
         self.steps = Steps.of(name, self.spec)
 
     # -- what the run is about ------------------------------------------------------------
-
-    def _load(self, root: Path) -> Loaded:
-        loaded = load_desired(root, cache_dir=self.paths.cache) if root != self.root else load(root)
-        if not loaded.ok:
-            shown = "; ".join(d.render() for d in loaded.diagnostics[:3])
-            raise InvalidInput(f"the specs in {root} do not load: {shown}")
-        return loaded
 
     def _store(self) -> str:
         deployment = self.desired.resources.get(
@@ -352,7 +345,7 @@ class PipelineRun:
         with self._state_dir():
             started = time.monotonic()
             snapshot = self._update_dataset(worktree, snapshot_text, until)
-            loaded = self._load(worktree)
+            loaded = _checked(load_desired(worktree, cache_dir=self.paths.cache), worktree)
             prepared = Preparer(loaded, registry, self.console).prepare(self.steps.dataset)
             self._step(
                 record,
@@ -521,6 +514,14 @@ class PipelineRun:
         verb = "opened" if pull.get("created") else "updated"
         outputs["message"] = f"pull request #{pull['number']} {verb}: {pull['url']}"
         return outputs
+
+
+def _checked(loaded: Loaded, root: Path) -> Loaded:
+    """The specs of `root` (the repository, or the branch's worktree), which must load."""
+    if not loaded.ok:
+        shown = "; ".join(d.render() for d in loaded.diagnostics[:3])
+        raise InvalidInput(f"the specs in {root} do not load: {shown}")
+    return loaded
 
 
 def _time_or_none(text: Any) -> datetime | None:

@@ -9,17 +9,16 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
 from runners.deploy.local import free_port, is_serving_process
 from tests.apply_repo import API_KEY_ENV, build_repo, git
 from tests.integration.test_apply import llmops
+from tests.serving import steady_traffic
 
 KEY = "sk-test-0123456789"
 
@@ -81,44 +80,16 @@ def test_apply_deploys_rolls_out_heals_and_stops(deployed: tuple[Path, int]) -> 
     old_pid = row["live"]["pid"]
 
     # Retrain: the alias moves to assistant@2 and the deployment follows, with no failed request.
-    failures: list[str] = []
-    answered = [0]
-    stop = threading.Event()
-
-    def traffic() -> None:
-        while not stop.is_set():
-            try:
-                response = httpx.post(
-                    f"http://127.0.0.1:{port}/v1/chat/completions",
-                    json={
-                        "model": "assistant",
-                        "messages": [{"role": "user", "content": "hi"}],
-                        "max_tokens": 4,
-                    },
-                    headers={"Authorization": f"Bearer {KEY}"},
-                    timeout=30,
-                )
-                if response.status_code == 200:
-                    answered[0] += 1
-                else:
-                    failures.append(f"{response.status_code} {response.text[:100]}")
-            except httpx.HTTPError as err:
-                failures.append(repr(err))
-            time.sleep(0.1)
-
     spec = root / "specs/experiments/exp.yaml"
     spec.write_text(spec.read_text().replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-3"))
     git(root, "commit", "-qam", "retrain")
-    thread = threading.Thread(target=traffic, daemon=True)
-    thread.start()
-    second = llmops(root, "apply", "--json")
-    stop.set()
-    thread.join()
+    with steady_traffic(port, KEY, "assistant") as traffic:
+        second = llmops(root, "apply", "--json")
     assert second.returncode == 0, second.stderr
     results = {r["address"]: r for r in json.loads(second.stdout)["results"]}
     assert results["Model/assistant"]["outputs"]["version"] == "assistant@2"
     assert results["Deployment/assistant"]["outputs"]["version"] == "assistant@2"
-    assert failures == [] and answered[0] > 0
+    assert traffic.failures == [] and traffic.answered > 0
     row = live(root)
     assert row["live"]["version"] == "assistant@2" and row["live"]["pid"] != old_pid
     assert not is_serving_process(old_pid)

@@ -11,8 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from tests.conftest import PROJECT_ROOT
 from tests.fake_github import FakeGitHub
 from tests.integration.test_apply import llmops
 from tests.servers import serve
+from tests.serving import steady_traffic
 
 KEY = "sk-test-0123456789"
 EMAIL = "jane.doe@example.com"
@@ -227,40 +226,15 @@ def test_collected_feedback_becomes_a_pull_request_then_a_deployment(loop: dict)
     git(root, "fetch", "-q", "origin")
     git(root, "merge", "-q", "--no-ff", f"origin/{branch}",
         "-m", f"Merge pull request #{number} from acme/{branch}")
-    failures: list[str] = []
-    answered = [0]
-    stop = threading.Event()
-
-    def traffic() -> None:
-        while not stop.is_set():
-            try:
-                response = httpx.post(
-                    f"http://127.0.0.1:{port}/v1/chat/completions",
-                    json={"model": "assistant", "messages": [{"role": "user", "content": "hi"}],
-                          "max_tokens": 4},
-                    headers={"Authorization": f"Bearer {KEY}"},
-                    timeout=30,
-                )
-                if response.status_code == 200:
-                    answered[0] += 1
-                else:
-                    failures.append(f"{response.status_code} {response.text[:100]}")
-            except httpx.HTTPError as err:
-                failures.append(repr(err))
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=traffic, daemon=True)
-    thread.start()
-    applied = llmops(root, "apply", "--json")
-    stop.set()
-    thread.join()
+    with steady_traffic(port, KEY, "assistant", pause_s=0.05) as traffic:
+        applied = llmops(root, "apply", "--json")
     assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr[-3000:]
     results = {r["address"]: r for r in json.loads(applied.stdout)["results"]}
     assert results["Deployment/assistant"]["outputs"]["version"] == candidate
     assert "Experiment/exp/default" not in {
         a for a, r in results.items() if r["status"] == "applied"
     }, "the merged version was trained for the pull request, not again"
-    assert failures == [] and answered[0] > 0
+    assert traffic.failures == [] and traffic.answered > 0
     commit_lock(root)
 
     # The audit trail: deployment -> version -> run -> dataset -> collected window -> PR.
