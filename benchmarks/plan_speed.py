@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from controller.load.code import forget_computed
 from controller.load.desired import load_desired
 from controller.state.lockfile import lock_from_desired, write_lock
 from controller.workspace import make_plan
@@ -54,7 +55,7 @@ spec:
 DEPLOYMENT = """apiVersion: llmops/v1
 kind: Deployment
 metadata: {{name: dep-{i}}}
-spec: {{model: model-{i}, smoke_suite: suite-{i}}}
+spec: {{model: model-{i}, smoke_suite: suite-{i}, port: 2{i:04d}}}
 """
 TEMPLATES = {
     "models": MODEL,
@@ -92,11 +93,13 @@ def main() -> None:
             list(yaml.load_all(path.read_text()))
         baseline = time.perf_counter() - start
 
-        shutil.rmtree(root / ".llmops")
+        shutil.rmtree(root / ".llmops", ignore_errors=True)
+        forget_computed()  # each CLI process computes the runners' code digests once
         start = time.perf_counter()
         _, plan = make_plan(root)
         cold = time.perf_counter() - start
 
+        forget_computed()
         start = time.perf_counter()
         _, plan = make_plan(root)
         warm = time.perf_counter() - start

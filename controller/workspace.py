@@ -7,7 +7,7 @@ from pathlib import Path
 
 from controller.load.desired import Loaded, load_desired
 from controller.observe.applied import observed_from_lock
-from controller.observe.drift import observe_deployments
+from controller.observe.drift import observe_arenas, observe_deployments
 from controller.observe.registry import observe_registry
 from controller.plan.planner import plan
 from controller.plan.types import DesiredState, ObservedState, Plan
@@ -46,6 +46,7 @@ def observe(
         registry = open_registry(root)
         observed = observe_registry(observed, desired, registry)
         observed = observe_deployments(observed, desired, registry)
+        observed = observe_arenas(observed, desired, registry)
     return observed
 
 

@@ -113,3 +113,38 @@ def _copy_tokenizer(tiny: Path, folder: Path) -> Path:
         if "token" in path.name or path.name == "chat_template.jinja":
             (folder / path.name).write_bytes(path.read_bytes())
     return folder
+
+
+def make_scripted_model(tiny: Path, folder: Path, reply: str) -> Path:
+    """A copy of a tiny model that answers every prompt with `reply`, whatever it is asked.
+
+    Attention and MLP outputs are zeroed, so the last position's hidden state is the embedding
+    of the last token alone: the model is a bigram table. Each token of the reply gets its
+    own hidden dimension, and the output layer maps <|assistant|> to the reply's first token,
+    each reply token to the next, and the last to <|end|>. Used as a judge that always gives
+    the same verdict (e.g. "Verdict: A", a judge biased to the first position)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    chain = [tokenizer.convert_tokens_to_ids("<|assistant|>")]
+    chain += tokenizer.encode(reply, add_special_tokens=False)
+    if len(set(chain)) != len(chain):
+        raise ValueError(f"reply {reply!r} repeats a token; a bigram model cannot say it")
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    hidden = model.config.hidden_size
+    if len(chain) > hidden:
+        raise ValueError(f"reply {reply!r} has more tokens than the model has dimensions")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        for dim, token in enumerate(chain):
+            model.model.embed_tokens.weight[token, dim] = 1.0
+            following = chain[dim + 1] if dim + 1 < len(chain) else tokenizer.eos_token_id
+            model.lm_head.weight[following, dim] = 10.0
+    model.save_pretrained(folder)
+    return _copy_tokenizer(tiny, folder)

@@ -1,5 +1,6 @@
 """Spec API: pydantic models for every kind, the source of the JSON Schemas in schemas/."""
 
+from controller.api.arena import Arena
 from controller.api.common import API_VERSION, Resource, split_ref
 from controller.api.dataset import Dataset
 from controller.api.deployment import Deployment
@@ -9,12 +10,13 @@ from controller.api.model import Model
 from controller.api.pipeline import Pipeline
 
 KINDS: dict[str, type[Resource]] = {
-    cls.KIND: cls for cls in (Model, Dataset, EvalSuite, Experiment, Deployment, Pipeline)
+    cls.KIND: cls for cls in (Model, Dataset, EvalSuite, Experiment, Arena, Deployment, Pipeline)
 }
 FOLDER_KIND: dict[str, str] = {cls.FOLDER: kind for kind, cls in KINDS.items()}
 
 __all__ = [
     "API_VERSION",
+    "Arena",
     "FOLDER_KIND",
     "KINDS",
     "Dataset",

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from rich.console import Console
 
 from controller.load.desired import Loaded
+from controller.state.provenance import Provenance, TrustContext, accepts
+from controller.state.registry.schema import VersionRow
 from controller.state.registry.store import Registry
 
 
@@ -19,3 +24,20 @@ class ApplyStep:
         self.registry = registry
         self.console = console
         self.root = loaded.root
+        self.trust: TrustContext | None = None  # set by the Applier: the ref it applies for
+
+    def provenance(self, code: str) -> dict[str, Any]:
+        """What a result stored now records: the commit, code digest, ref and trust."""
+        if self.trust is None:
+            return {}
+        return {"provenance": self.trust.provenance(code).as_dict()}
+
+    def reusable(
+        self, version: VersionRow, code: str, code_files: Mapping[str, str]
+    ) -> tuple[bool, str]:
+        """Whether a version stored under the desired digest may be reused here (the trust
+        rule in controller/state/provenance.py)."""
+        if self.trust is None:
+            return True, ""
+        recorded = Provenance.from_dict((version.extra or {}).get("provenance"))
+        return accepts(self.trust, recorded, code, code_files)

@@ -26,6 +26,7 @@ from controller.load.desired import Loaded
 from controller.plan.address import Address
 from controller.plan.types import Action, ActionKind, Plan
 from controller.state.lockfile import (
+    ArenaOutputs,
     ComparisonRow,
     DatasetOutputs,
     EvalSuiteOutputs,
@@ -233,7 +234,8 @@ class Applier(ApplyStep):
 
     def _record(self, address: Address, outputs: Outputs) -> None:
         """Persist after every action: this is what makes apply restartable."""
-        self.lock.record(address, LockEntry.of(self.desired.resources[str(address)], outputs))
+        resource = self.desired.resources[str(address)]
+        self.lock.record(address, LockEntry.of(resource, outputs), resource.code_files)
         write_lock(self.lock_path, self.lock)
 
     def _delete(self, action: Action) -> ActionResult:
@@ -380,6 +382,30 @@ def apply_evaluation(applier: Applier, address: Address) -> EvaluationOutputs:
         mark = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
         applier.console.print(f"  gate {gate_name(gate)}: {mark} ({gate.detail})")
     applier._outputs[address] = outputs
+    return outputs
+
+
+@handles("Arena")
+def apply_arena(applier: Applier, address: Address) -> ArenaOutputs:
+    from controller.apply.arena import ArenaRunner
+
+    result = ArenaRunner(applier.loaded, applier.registry, applier.console).run(address.name)
+    applier.console.print(
+        f"  {len(result.battles)} battle(s): {result.generated} answer(s) generated, "
+        f"{result.judged} judged, {result.unparseable} unparseable verdict(s)"
+    )
+    for standing in result.boards["all"].standings:
+        applier.console.print(
+            f"  #{standing.rank} {standing.model}: {standing.rating:.0f} "
+            f"[{standing.lower:.0f}, {standing.upper:.0f}] over {standing.battles} battle(s)"
+        )
+    outputs = result.outputs()
+    for name, gate in result.gates.items():
+        mark = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
+        applier.console.print(f"  gate {name}: {mark} ({gate.detail})")
+    if outputs.failed_gates:
+        applier._record(address, outputs)  # the report shows the leaderboard that failed
+        raise GateFailed(f"arena '{address.name}' failed gate(s) {', '.join(outputs.failed_gates)}")
     return outputs
 
 

@@ -23,6 +23,7 @@ from controller.report.model_card import render_card
 from controller.state.blobs import Blob
 from controller.state.git import head_commit
 from controller.state.paths import StatePaths
+from controller.state.provenance import UNTRUSTED_NAMESPACE
 from controller.state.registry.schema import VersionRow
 from controller.state.registry.store import NewVersion
 from runners.errors import LlmopsError
@@ -51,12 +52,14 @@ class TrainOutcome:
         return f"{self.version.model.name}@{self.version.number}"
 
 
-def run_folder(paths: StatePaths, resource: DesiredResource) -> Path:
-    """Where a run trains and keeps its log, curves and result: keyed by the run's digest."""
+def run_folder(paths: StatePaths, resource: DesiredResource, trusted: bool = True) -> Path:
+    """Where a run trains and keeps its log, curves, checkpoints and result: keyed by the
+    run's digest, apart for untrusted refs so a trusted run never resumes from their
+    checkpoints."""
     address = Address.parse(resource.address)
     experiment, run = address.experiment, str(address.run)
     digest = resource.digest.removeprefix("sha256:")[:16]
-    return paths.runs(experiment) / run / digest
+    return paths.runs(experiment) / run / (digest if trusted else f"{digest}.{UNTRUSTED_NAMESPACE}")
 
 
 class Trainer(ApplyStep):
@@ -66,7 +69,7 @@ class Trainer(ApplyStep):
         return [r.name for r in self.loaded.runs.get(experiment, [])]
 
     def run_dir(self, resource: DesiredResource) -> Path:
-        return run_folder(self.registry.paths, resource)
+        return run_folder(self.registry.paths, resource, self.trust is None or self.trust.trusted)
 
     def train(self, experiment: str, run: str, force: bool = False) -> TrainOutcome:
         resource = self.desired.resources[f"Experiment/{experiment}/{run}"]
@@ -74,8 +77,15 @@ class Trainer(ApplyStep):
         name = config.get("register_as") or experiment
         run_dir = self.run_dir(resource)
         if not force:
-            existing = self.registry.find_by(name, spec_digest=resource.digest)
-            if existing is not None and self.registry.has_files(existing):
+            for existing in self.registry.all_by(name, resource.digest):
+                if not self.registry.has_files(existing):
+                    continue
+                ok, why = self.reusable(existing, resource.code_version, resource.code_files)
+                if not ok:
+                    self.console.print(
+                        f"  not reusing {name}@{existing.number}: {why}; training again"
+                    )
+                    continue
                 result = (
                     json.loads((run_dir / "result.json").read_text())
                     if (run_dir / "result.json").is_file()
@@ -253,6 +263,8 @@ class Trainer(ApplyStep):
             metadata["parameters"] = base.parameters
         metadata["license"] = base.license
         metadata["model_kind"] = result.get("model_kind")
+        metadata.update(self.provenance(resource.code_version))
+        trusted = self.trust is None or self.trust.trusted
         first_eval, _ = first_last_eval(read_log(run_dir / LOG_FILE))
         version = self.registry.register(
             NewVersion(
@@ -261,7 +273,12 @@ class Trainer(ApplyStep):
                 metadata=metadata,
                 spec_digest=resource.digest,
                 source={"type": "experiment", "experiment": experiment, "run": run},
-                tags={"experiment": experiment, "run": run, "kind": str(result.get("model_kind"))},
+                tags={
+                    "experiment": experiment,
+                    "run": run,
+                    "kind": str(result.get("model_kind")),
+                    "namespace": "trusted" if trusted else UNTRUSTED_NAMESPACE,
+                },
                 description=f"Fine-tuned from {base.model.name}@{base.number} by experiment "
                 f"{experiment}",
                 lineage={

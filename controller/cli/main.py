@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from controller import __version__
 from controller.cli.apply import apply_command
+from controller.cli.arena import arena_app
 from controller.cli.common import (
     Exit,
     JsonOption,
@@ -62,6 +63,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(pipeline_app, name="pipeline")
 app.command("train")(train_command)
 app.add_typer(eval_app, name="eval")
+app.add_typer(arena_app, name="arena")
 app.command("bless")(bless_command)
 app.command("apply")(apply_command)
 app.command("history")(history_command)

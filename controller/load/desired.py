@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.load.code import CodeTable
 from controller.load.compose import Run, parse_overrides
 from controller.load.diagnostics import Diagnostic, has_errors, sort_diagnostics
 from controller.load.files import FileDigests
@@ -34,10 +35,12 @@ def load_desired(
     paths: list[Path] | None = None,
     overrides: list[str] | None = None,
     cache_dir: Path | None = None,
+    code: CodeTable | None = None,
 ) -> Loaded:
     """Specs -> desired state, with every problem collected as a diagnostic.
 
     `cache_dir` (the state folder's cache) keeps parsed specs and file digests between runs.
+    `code` pins the runners' code identities (tests); by default they are computed.
     """
     parsed, override_problems = parse_overrides(overrides or [])
     loaded = load_specs(root, paths, cache_dir)
@@ -46,7 +49,7 @@ def load_desired(
         result.diagnostics = sort_diagnostics(result.diagnostics)
         return result
     files = FileDigests(root, cache_dir)
-    resolution = resolve(loaded.specs, root, parsed, files)
+    resolution = resolve(loaded.specs, root, parsed, files, code)
     result.diagnostics = sort_diagnostics([*result.diagnostics, *resolution.diagnostics])
     result.runs = resolution.runs
     result.desired = resolution.desired

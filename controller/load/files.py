@@ -30,6 +30,7 @@ class FileDigests:
     def __init__(self, root: Path, cache_dir: Path | None = None) -> None:
         """`cache_dir` is the state folder's cache (StatePaths.cache); None works uncached."""
         self.root = root
+        self.cache_dir = cache_dir
         self.cache_path = (cache_dir or root) / CACHE_NAME
         self.use_cache = cache_dir is not None
         self._cache: dict[str, list[object]] = self._read_cache() if self.use_cache else {}

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from controller.api import split_ref
+from controller.api.arena import FilePrompts
 from controller.api.dataset import DatasetSource, FileSource
 from controller.api.evalsuite import DatasetData, FileData
 from controller.api.experiment import DEFAULT_RUN, ExperimentSpec
 from controller.api.model import ExperimentSource, GgufFileSource, LocalDirSource
+from controller.load.code import CodeTable, code_identities
 from controller.load.compose import Override, Run, compose_experiment
 from controller.load.diagnostics import Diagnostic, did_you_mean
 from controller.load.files import FileDigests, FileInfo
@@ -52,9 +54,15 @@ class Resolution:
 
 class _Resolver:
     def __init__(
-        self, specs: list[LoadedSpec], root: Path, overrides: list[Override], files: FileDigests
+        self,
+        specs: list[LoadedSpec],
+        root: Path,
+        overrides: list[Override],
+        files: FileDigests,
+        code: CodeTable,
     ) -> None:
         self.root = root
+        self.code = code
         self.files = files
         self.overrides = overrides
         self.diagnostics: list[Diagnostic] = []
@@ -397,6 +405,23 @@ class _Resolver:
                 self._named_ref(
                     spec, ("spec", "smoke_suite"), dep.smoke_suite, "EvalSuite", address, False
                 )
+        self._check_local_ports()
+
+        for spec in self.specs("Arena"):
+            address = spec.address
+            arena = spec.resource.spec
+            self.nodes[address] = ("Arena", spec.name, arena.model_dump(mode="json"), spec)
+            for i, ref in enumerate(arena.models):
+                self._model_ref(spec, ("spec", "models", i), ref, address)
+            if arena.judge:
+                self._model_ref(spec, ("spec", "judge", "model"), arena.judge.model, address)
+            prompts = arena.prompts
+            if isinstance(prompts, FilePrompts):
+                self._path(spec, ("spec", "prompts", "path"), prompts.path, address)
+            else:
+                self._named_ref(
+                    spec, ("spec", "prompts", "dataset"), prompts.dataset, "Dataset", address, True
+                )
 
         for spec in self.specs("Pipeline"):
             address = spec.address
@@ -428,6 +453,27 @@ class _Resolver:
                         f"experiment '{experiment}' has no run '{run}'",
                         did_you_mean(str(run), names),
                     )
+
+    def _check_local_ports(self) -> None:
+        """Two local Deployments on one port would share it (SO_REUSEPORT) or fail to start."""
+        first_on: dict[int, LoadedSpec] = {}
+        in_order = sorted(self.specs("Deployment"), key=lambda s: (s.doc.file, s.doc.line))
+        for spec in in_order:
+            dep = spec.resource.spec
+            if dep.target != "local":
+                continue  # docker and KServe do not listen on this host when applied
+            first = first_on.setdefault(dep.port, spec)
+            if first is spec:
+                continue
+            written = "port" in (first.doc.data.get("spec") or {})  # else the default
+            line, _ = first.position(("spec", "port") if written else ("spec",), key=True)
+            self._diag(
+                spec,
+                ("spec", "port"),
+                f"port {dep.port} is already the port of Deployment '{first.name}' "
+                f"({first.doc.file}:{line}); local deployments both listen on 127.0.0.1:{dep.port}",
+                "give each local Deployment its own port",
+            )
 
     # ----- graph and digests --------------------------------------------------------------
     def graph(self) -> dict[str, int] | None:
@@ -479,7 +525,7 @@ class _Resolver:
             kind, name, spec_data, spec = self.nodes[address]
             inputs = {d: resources[d].digest for d in sorted(digest_deps.get(address, ()))}
             inputs.update(self.file_inputs.get(address, {}))
-            code = KINDS[kind].code_version
+            code = self.code[KINDS[kind].runner]
             resources[address] = DesiredResource(
                 address=address,
                 kind=kind,
@@ -487,12 +533,13 @@ class _Resolver:
                 spec=spec_data,
                 inputs=dict(sorted(inputs.items())),
                 depends_on=tuple(sorted(deps.get(address, ()))),
-                digest=resource_digest(kind, spec_data, inputs, code),
+                digest=resource_digest(kind, spec_data, inputs, code.digest),
                 runner=KINDS[kind].runner,
-                code_version=code,
+                code_version=code.digest,
                 file=spec.doc.file,
                 line=spec.doc.line,
                 estimate=self.estimate(kind, spec_data, address),
+                code_files=code.files,
             )
         return DesiredState(resources=resources, waves=waves)
 
@@ -549,10 +596,16 @@ def resolve(
     root: Path,
     overrides: list[Override] | None = None,
     files: FileDigests | None = None,
+    code: CodeTable | None = None,
 ) -> Resolution:
-    """Compose experiments, check references and paths, build the graph and digests."""
+    """Compose experiments, check references and paths, build the graph and digests.
+
+    `code` is the runners' code identities (runner -> CodeIdentity); by default computed from
+    this installation's source. Tests pin it (`pinned_identities`) or point it at a copy.
+    """
     digests = files or FileDigests(root)
-    resolver = _Resolver(specs, root, overrides or [], digests)
+    table = code if code is not None else code_identities(cache_dir=digests.cache_dir)
+    resolver = _Resolver(specs, root, overrides or [], digests, table)
     resolver.compose()
     resolver.check()
     digests.save()

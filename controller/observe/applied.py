@@ -16,6 +16,7 @@ def observed_from_lock(lock: LockFile, source: str = LOCK_FILE) -> ObservedState
             inputs=entry.inputs,
             code_version=entry.code_version,
             outputs=entry.outputs.model_dump(exclude_defaults=True),
+            code_files=lock.code_files(entry.code_version),
         )
         for address, entry in lock.entries()
     }

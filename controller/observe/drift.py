@@ -87,6 +87,31 @@ def observe_deployments(
     return replace(observed, resources=resources)
 
 
+def observe_arenas(
+    observed: ObservedState, desired: DesiredState, registry: Registry
+) -> ObservedState:
+    """An arena whose model references name other versions now (an alias moved, a new
+    version registered) is observed as changed: the plan runs it again, and only the new
+    version's battles are new work."""
+    resources = dict(observed.resources)
+    for address, want in desired.resources.items():
+        have = resources.get(address)
+        if want.kind != "Arena" or have is None:
+            continue
+        recorded = dict(have.outputs.get("models") or {})
+        moved = []
+        for ref in want.spec.get("models") or []:
+            target = registry.find(str(ref))
+            now = f"{target.model.name}@{target.number}" if target else None
+            if ref in recorded and now != recorded[ref]:
+                moved.append(f"{ref} is {now or 'missing'} (battled {recorded[ref]})")
+        if moved:
+            resources[address] = replace(
+                have, digest=f"drifted:{have.digest}", drift="; ".join(moved)
+            )
+    return replace(observed, resources=resources)
+
+
 def find_drift(lock: LockFile, registry: Registry) -> list[Drift]:
     """Every lock entry checked against the registry, the stores and the serving processes."""
     drift: list[Drift] = []

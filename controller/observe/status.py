@@ -9,6 +9,7 @@ from typing import Any
 from controller.observe.drift import live_deployment
 from controller.plan.types import DesiredState
 from controller.state.lockfile import (
+    ArenaOutputs,
     DatasetOutputs,
     DeploymentOutputs,
     EvaluationOutputs,
@@ -49,6 +50,13 @@ def summarize(outputs: Outputs | None) -> str:
         failed = len(outputs.failed_gates)
         total = len(outputs.gates)
         head = f"{outputs.subject} on {outputs.suite}"
+        return head + (f"; gates {total - failed}/{total} pass" if total else "")
+    if isinstance(outputs, ArenaOutputs):
+        top = outputs.leaderboard[0] if outputs.leaderboard else None
+        head = f"{outputs.battles} battles" + (
+            f"; #1 {top.model} {top.rating:.0f} [{top.lower:.0f}, {top.upper:.0f}]" if top else ""
+        )
+        failed, total = len(outputs.failed_gates), len(outputs.gates)
         return head + (f"; gates {total - failed}/{total} pass" if total else "")
     if isinstance(outputs, DatasetOutputs):
         rows = " ".join(f"{k} {v}" for k, v in outputs.rows.items())

@@ -1,7 +1,7 @@
-"""Planning, kinds: the one table of per-kind facts (order, runner, code version, actions).
+"""Planning, kinds: the one table of per-kind facts (order, runner, runner code, actions).
 
 Everything that used to keep its own list of kinds (the planner's order and actions, the
-resolver's runner and code versions, history's addresses, the apply engine's handlers)
+resolver's runner and its code roots, history's addresses, the apply engine's handlers)
 reads this table. argo gitops-engine's per-kind functions looked up by kind are the model.
 """
 
@@ -27,7 +27,9 @@ class KindFacts:
 
     kind: str
     runner: str  # the runner that produces it
-    code_version: str  # bumped when the runner gives another result from the same inputs
+    # The project packages whose code (and what they import) produces it: their content
+    # digest is part of the resource's digest (controller/load/code.py). () when none.
+    code: tuple[str, ...]
     on_new: ActionKind  # the action when it is not there yet
     on_change: ActionKind  # the action when its digest changed
     has_run: bool = False  # addressed as Kind/name/run
@@ -35,22 +37,34 @@ class KindFacts:
 
 # In the order kinds are applied within one dependency wave.
 _TABLE = (
-    KindFacts("Model", "pull", "pull/1", ActionKind.CREATE, ActionKind.UPDATE),
-    KindFacts("Dataset", "prepare", "prepare/1", ActionKind.CREATE, ActionKind.UPDATE),
-    KindFacts("EvalSuite", "suite", "suite/1", ActionKind.CREATE, ActionKind.UPDATE),
+    KindFacts("Model", "pull", ("runners.pull",), ActionKind.CREATE, ActionKind.UPDATE),
+    KindFacts("Dataset", "prepare", ("runners.data",), ActionKind.CREATE, ActionKind.UPDATE),
+    KindFacts("EvalSuite", "suite", (), ActionKind.CREATE, ActionKind.UPDATE),
     KindFacts(
-        "Experiment", "train", "train/1", ActionKind.CREATE, ActionKind.RETRAIN, has_run=True
+        "Experiment",
+        "train",
+        ("runners.train",),
+        ActionKind.CREATE,
+        ActionKind.RETRAIN,
+        has_run=True,
     ),
     KindFacts(
         "Evaluation",
         "evaluate",
-        "evaluate/1",
+        ("runners.evaluate",),
         ActionKind.CREATE,
         ActionKind.REEVALUATE,
         has_run=True,
     ),
-    KindFacts("Deployment", "deploy", "deploy/1", ActionKind.DEPLOY, ActionKind.DEPLOY),
-    KindFacts("Pipeline", "pipeline", "pipeline/1", ActionKind.CREATE, ActionKind.UPDATE),
+    KindFacts("Arena", "arena", ("runners.arena",), ActionKind.CREATE, ActionKind.UPDATE),
+    KindFacts(
+        "Deployment",
+        "deploy",
+        ("runners.deploy", "runners.serve"),
+        ActionKind.DEPLOY,
+        ActionKind.DEPLOY,
+    ),
+    KindFacts("Pipeline", "pipeline", (), ActionKind.CREATE, ActionKind.UPDATE),
 )
 KINDS: dict[str, KindFacts] = {facts.kind: facts for facts in _TABLE}
 KIND_ORDER: tuple[str, ...] = tuple(KINDS)

@@ -118,12 +118,33 @@ def describe_changes(want: DesiredResource, have: ObservedResource) -> list[str]
         elif old != new:
             changes.append(f"input {label} changed ({short(old)} -> {short(new)})")
     if have.code_version and have.code_version != want.code_version:
-        changes.append(f"runner {have.code_version} -> {want.code_version}")
+        changes.append(describe_code_change(want, have))
     if have.drift:
         changes.insert(0, have.drift)
     if not changes:
         changes.append(f"digest changed ({short(have.digest)} -> {short(want.digest)})")
     return changes
+
+
+def describe_code_change(want: DesiredResource, have: ObservedResource) -> str:
+    """'runner train changed: runners/train/loop.py' from the per-file maps both digests
+    hash (the lock file records the one applied); the digests when a map is missing."""
+    if have.code_files and want.code_files:
+        files = []
+        for key in sorted(have.code_files.keys() | want.code_files.keys()):
+            old, new = have.code_files.get(key), want.code_files.get(key)
+            if old == new:
+                continue
+            if key.startswith("lib:"):
+                files.append(f"{key.removeprefix('lib:')} {old or 'absent'} -> {new or 'absent'}")
+            else:
+                files.append(key if old and new else f"{key} {'added' if new else 'removed'}")
+        if files:
+            shown = ", ".join(files[:MAX_REASONS])
+            if len(files) > MAX_REASONS:
+                shown += f" and {len(files) - MAX_REASONS} more"
+            return f"runner {want.runner} changed: {shown}"
+    return f"runner {want.runner} code {short(have.code_version)} -> {short(want.code_version)}"
 
 
 def _input_label(key: str) -> str:

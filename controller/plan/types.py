@@ -33,10 +33,11 @@ class DesiredResource:
     depends_on: tuple[str, ...]
     digest: str
     runner: str
-    code_version: str
+    code_version: str  # the runner's code digest (controller/load/code.py)
     file: str = ""
     line: int = 0
     estimate: Estimate | None = None
+    code_files: Mapping[str, str] = field(default_factory=dict)  # what code_version hashes
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class ObservedResource:
     code_version: str = ""
     outputs: Mapping[str, Any] = field(default_factory=dict)
     drift: str = ""  # set when the world differs from what was applied: why it must be redone
+    code_files: Mapping[str, str] = field(default_factory=dict)  # recorded with code_version
 
 
 @dataclass(frozen=True)

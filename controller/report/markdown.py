@@ -17,6 +17,7 @@ from typing import Any
 from controller.plan.address import Address
 from controller.plan.types import ActionKind, Plan
 from controller.state.lockfile import (
+    ArenaOutputs,
     DatasetOutputs,
     DeploymentOutputs,
     EvaluationOutputs,
@@ -153,6 +154,14 @@ def gate_outcomes(inputs: ReportInputs) -> list[GateOutcome]:
         outputs = entry.outputs
         for name, verdict in sorted(outputs.gates.items()):
             out.append(GateOutcome(address, outputs.suite, name, verdict.passed, verdict.detail))
+    for address in _of_kind(inputs, "Arena"):
+        entry = applied(inputs, address)
+        if entry is not None and isinstance(entry.outputs, ArenaOutputs):
+            arena = Address.parse(address).name
+            out += [
+                GateOutcome(address, arena, name, verdict.passed, verdict.detail)
+                for name, verdict in sorted(entry.outputs.gates.items())
+            ]
     return out
 
 
@@ -278,6 +287,46 @@ def _evaluation_section(inputs: ReportInputs) -> list[str]:
                 lines += ["", f"On `{inputs.base}` ({before.subject}): {changes}."]
         lines.append("")
     return ["### Evaluations", "", *lines] if lines else []
+
+
+def _arena_section(inputs: ReportInputs) -> list[str]:
+    """Each arena's leaderboard with intervals, and how ratings moved since the base."""
+    lines: list[str] = []
+    for address in _of_kind(inputs, "Arena"):
+        entry = applied(inputs, address)
+        if entry is None or not isinstance(entry.outputs, ArenaOutputs):
+            if address in inputs.desired:
+                lines += [f"#### `{address}`", "", "⏳ not run yet: `llmops apply` runs it.", ""]
+            continue
+        outputs = entry.outputs
+        base_entry = inputs.base_lock.get(address)
+        before = (
+            {s.model: s for s in base_entry.outputs.leaderboard}
+            if base_entry is not None and isinstance(base_entry.outputs, ArenaOutputs)
+            else {}
+        )
+        votes = ", ".join(f"{n} {kind}" for kind, n in outputs.votes.items()) or "no"
+        lines += [
+            f"#### `{address}`",
+            "",
+            f"{outputs.battles} battle(s), {votes} vote(s)"
+            + (f", {outputs.unparseable} unparseable verdict(s)" if outputs.unparseable else "")
+            + ". Ranks differ only where the 95% intervals do not overlap.",
+            "",
+            "| rank | model | rating | 95% interval | battles | on base |",
+            "|---:|---|---:|---|---:|---:|",
+        ]
+        for s in outputs.leaderboard:
+            was = before.get(s.model)
+            lines.append(
+                f"| {s.rank} | {s.model} | {s.rating:.0f} | [{s.lower:.0f}, {s.upper:.0f}] | "
+                f"{s.battles} | {f'{was.rating:.0f}' if was else 'new'} |"
+            )
+        for name, verdict in sorted(outputs.gates.items()):
+            lines.append("")
+            lines.append(f"{'✅' if verdict.passed else '❌'} {name}: {verdict.detail}")
+        lines.append("")
+    return ["### Arenas", "", *lines] if lines else []
 
 
 def _training_section(inputs: ReportInputs) -> list[str]:
@@ -425,6 +474,7 @@ def render_report(inputs: ReportInputs) -> str:
         "",
         *_plan_section(inputs),
         *_evaluation_section(inputs),
+        *_arena_section(inputs),
         *_training_section(inputs),
         *_dataset_section(inputs),
         *_deployment_section(inputs),

@@ -68,6 +68,20 @@ class BlobStore:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def put_bytes(self, data: bytes, name: str = "data") -> Blob:
+        """Store bytes (an answer, a scan report) the way `put` stores a file."""
+        tmp_dir = self.root / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        staged = tmp_dir / f"{os.getpid()}-{name}.in"
+        try:
+            staged.write_bytes(data)
+            return self.put(staged)
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def read_text(self, sha256: str) -> str:
+        return self.path(sha256).read_text(encoding="utf-8")
+
     def verify(self, sha256: str, progress: Progress | None = None) -> bool:
         """Re-hash a blob; False when it is missing or its content no longer matches."""
         path = self.path(sha256)

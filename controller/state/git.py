@@ -173,3 +173,47 @@ def revert(
         detail = (out.stderr or out.stdout).strip().splitlines()
         raise GitError(f"git revert {commit[:12]} failed: {detail[-1] if detail else ''}")
     return commit_all(folder, message, author)
+
+
+# -- provenance: which ref produced a result, and whether main may trust it -------------------
+
+
+def current_branch(root: Path) -> str | None:
+    """The checked-out branch's name; None when HEAD is detached or outside a repository."""
+    try:
+        out = _git(root, "symbolic-ref", "--quiet", "--short", "HEAD")
+    except GitError:
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def is_ancestor(root: Path, commit: str, of: str = "HEAD") -> bool:
+    """Whether `commit` is reachable from `of` (False for an unknown commit)."""
+    try:
+        out = _git(root, "merge-base", "--is-ancestor", commit, of)
+    except GitError:
+        return False
+    return out.returncode == 0
+
+
+def top_level(root: Path) -> Path | None:
+    """The repository's top folder; None outside a repository."""
+    try:
+        out = _git(root, "rev-parse", "--show-toplevel")
+    except GitError:
+        return None
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+
+
+def blob_bytes(root: Path, commit: str, path: str) -> bytes | None:
+    """The bytes of `path` (from the top level) at `commit`; None when it has no such file."""
+    try:
+        out = subprocess.run(
+            ["git", "cat-file", "blob", f"{commit}:{path}"],
+            cwd=root,
+            capture_output=True,
+            timeout=TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise GitError(f"cannot read {path} at {commit[:12]} in {root}: {err}") from err
+    return out.stdout if out.returncode == 0 else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
@@ -109,6 +109,30 @@ class PipelineOutputs(_Outputs):
     steps: list[str] = Field(default_factory=list)
 
 
+class Standing(_Outputs):
+    """One model's line on an arena leaderboard (judge and human votes together)."""
+
+    model: str
+    rating: float
+    lower: float
+    upper: float
+    rank: int
+    battles: int
+
+
+class ArenaOutputs(_Outputs):
+    models: dict[str, str] = Field(default_factory=dict)  # reference -> "name@3" battled
+    battles: int = 0
+    votes: dict[str, int] = Field(default_factory=dict)  # per voter kind, counted votes
+    unparseable: int = 0  # judge verdicts kept but not counted
+    leaderboard: list[Standing] = Field(default_factory=list)
+    gates: dict[str, GateVerdict] = Field(default_factory=dict)
+
+    @property
+    def failed_gates(self) -> list[str]:
+        return sorted(name for name, gate in self.gates.items() if not gate.passed)
+
+
 Outputs = (
     ModelOutputs
     | DatasetOutputs
@@ -117,6 +141,7 @@ Outputs = (
     | EvaluationOutputs
     | DeploymentOutputs
     | PipelineOutputs
+    | ArenaOutputs
 )
 OUTPUTS: dict[str, type[_Outputs]] = {
     "Model": ModelOutputs,
@@ -126,6 +151,7 @@ OUTPUTS: dict[str, type[_Outputs]] = {
     "Evaluation": EvaluationOutputs,
     "Deployment": DeploymentOutputs,
     "Pipeline": PipelineOutputs,
+    "Arena": ArenaOutputs,
 }
 
 
@@ -178,6 +204,9 @@ class LockFile(BaseModel):
 
     version: int = Field(default=LOCK_VERSION, alias="lockVersion")
     resources: dict[str, LockEntry] = Field(default_factory=dict)
+    # code digest -> what it hashes ({path: sha256, "lib:torch": version}), once per digest an
+    # entry's code_version names, so the plan can say which file of a runner changed.
+    code: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _addresses(self) -> LockFile:
@@ -202,17 +231,29 @@ class LockFile(BaseModel):
             if kind is None or entry.kind == kind:
                 yield Address.parse(key), entry
 
-    def record(self, address: str | Address, entry: LockEntry) -> None:
+    def record(
+        self, address: str | Address, entry: LockEntry, code_files: Mapping[str, str] | None = None
+    ) -> None:
         self.resources[str(address)] = entry
+        if code_files:
+            self.code[entry.code_version] = dict(code_files)
+
+    def code_files(self, code_version: str) -> dict[str, str]:
+        return self.code.get(code_version, {})
 
     def forget(self, address: str | Address) -> LockEntry | None:
         return self.resources.pop(str(address), None)
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "lockVersion": self.version,
             "resources": {a: self.resources[a].as_json() for a in sorted(self.resources)},
         }
+        used = {e.code_version for e in self.resources.values()}
+        code = {d: self.code[d] for d in sorted(self.code) if d in used}
+        if code:  # only the digests an entry names; absent when none recorded files
+            data["code"] = code
+        return data
 
 
 class LockFileError(InvalidInput):
@@ -376,6 +417,8 @@ def write_lock(path: Path, lock: LockFile) -> None:
 def lock_from_desired(desired: DesiredState) -> LockFile:
     """A lock that records every desired resource as applied, with no outputs (for tests and
     benchmarks that need a lock in sync with the specs)."""
-    return LockFile(
-        resources={a: LockEntry.of(desired.resources[a]) for a in sorted(desired.resources)}
-    )
+    lock = LockFile()
+    for address in sorted(desired.resources):
+        resource = desired.resources[address]
+        lock.record(address, LockEntry.of(resource), resource.code_files)
+    return lock

@@ -80,6 +80,14 @@ class StatePaths:
         """A pipeline's run records, its lock and the worktree its branch is built in."""
         return self.root / "pipelines" / name
 
+    def arena(self, name: str) -> Path:
+        """An arena's leaderboards (battles and votes live in the registry database)."""
+        return self.root / "arenas" / name
+
+    def scans(self, model: str, number: int) -> Path:
+        """Brain scans of one model version, one folder per scan digest."""
+        return self.root / "scans" / model / str(number)
+
     def collected(self, store: str) -> Path:
         """Interactions and feedback a deployment collected into `store`."""
         return self.root / "collected" / store

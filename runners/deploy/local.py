@@ -6,6 +6,12 @@ passed. A rollout starts the new version beside the old one, checks it on its pr
 port, stops the old one (which finishes its in-flight requests) and checks the public
 port; if that last check fails the previous version is started again (rolled back).
 State (pid, ports, version, config) is one JSON file per deployment, written atomically.
+
+The public port is shared only between versions of the same deployment managed from the
+same state folder (runners/serve/ports.py keeps who holds it in a per-user claim): before
+starting anything, a rollout fails with a message naming the port and its holder when
+another deployment, another state folder or any other program listens there, and the
+runtime checks again, under a lock, when it binds.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from typing import Any
 import httpx
 
 from runners.deploy.release import DeployError
+from runners.serve import ports
+from runners.serve.server import EXIT_PORT
 
 STATE_FILE = "state.json"
 READY_PATH = "/v2/health/ready"
@@ -151,6 +159,10 @@ def wait_ready(
     started = time.monotonic()
     while True:
         code = process.poll()
+        if code == EXIT_PORT:  # another holder took the public port after our own check
+            said = [line for line in log_tail(state.log_path, 20).splitlines() if "in use" in line]
+            reason = said[-1].split("): ", 1)[-1] if said else "its public port is in use"
+            raise DeployError(f"{state.name}: {state.version} did not start: {reason}")
         if code is not None:
             raise DeployError(
                 f"{state.name}: {state.version} exited with code {code} before it was ready "
@@ -223,7 +235,15 @@ def rollout(
     if old is not None and old.config_digest == config_digest and is_ready(old.port):
         return old, "unchanged"
     public_port = int(config["public_port"])
-    new_config = {**config, "port": free_port()}
+    host = str(config.get("host") or "127.0.0.1")
+    owner = port_owner(name, folder)
+    if old is not None and old.public_port == public_port:
+        ports.adopt(host, public_port, owner, old.pid)  # serving since before claims
+    try:
+        ports.check(host, public_port, owner)
+    except ports.PortInUse as err:
+        raise DeployError(f"{name}: cannot start {version}: {err}") from None
+    new_config = {**config, "port": free_port(), "state_dir": owner.state_dir}
     process, new = start(name, version, new_config, folder, env, config_digest)
     wait_ready(process, new, ready_timeout_s, tick)
     problem = check(new.port) if check else None
@@ -243,6 +263,7 @@ def rollout(
         if old is not None:
             previous = json.loads(Path(old.config_path).read_text())
             previous["port"] = free_port()
+            previous["state_dir"] = owner.state_dir  # configs from before port claims
             back, restored = start(name, old.version, previous, folder, env, old.config_digest)
             wait_ready(back, restored, ready_timeout_s, tick)
             write_state(folder, restored)
@@ -254,6 +275,11 @@ def rollout(
         raise DeployError(f"{name}: {version} failed its check after starting ({problem})")
     write_state(folder, new)
     return new, "replaced" if old else "started"
+
+
+def port_owner(name: str, folder: Path) -> ports.Owner:
+    """Who may share the public port: this deployment, from this state folder."""
+    return ports.Owner(name, str(folder.resolve()))
 
 
 def stop(folder: Path) -> ProcessState | None:

@@ -1,4 +1,5 @@
-"""Runner `serve`, entry point: `python -m runners.serve [CONFIG.json]`; exit 0, 2 config, 3 model.
+"""Runner `serve`, entry point: `python -m runners.serve [CONFIG.json]`; exit 0, 2 config, 3 model,
+4 public port held by something it may not share with (runners/serve/ports.py).
 
 Without a path the config JSON (or a path to it) comes from $LLMOPS_SERVE_CONFIG, as in the
 docker image and the KServe ServingRuntime.

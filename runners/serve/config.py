@@ -57,6 +57,10 @@ class ServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     public_port: int | None = Field(default=None, ge=1, le=65535)
+    state_dir: Path | None = Field(
+        default=None,
+        description="The deployment's state folder: with `name`, who may share public_port.",
+    )
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     limits: Limits = Field(default_factory=Limits)
     collect: Collect = Field(default_factory=Collect)

@@ -73,11 +73,12 @@ class ServeModel(kserve.Model):
         self.backend: Backend | None = None
         self.created = int(time.time())
 
-    def load(self) -> bool:
+    def load(self, ready: bool = True) -> bool:
+        """Load and smoke-check; ready=False leaves readiness to the caller (public port)."""
         backend = load_backend(self.config)
         smoke_check(backend, self.config.smoke)
         self.backend = backend
-        self.ready = True
+        self.ready = ready
         return self.ready
 
     async def predict(

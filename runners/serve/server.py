@@ -2,8 +2,10 @@
 
 The primary port is bound before the model loads, so liveness answers and readiness says
 503 while it loads. `public_port` is bound with SO_REUSEPORT only once the smoke check
-passed: during a local rollout the old and new process share it, and the old one leaves
-after its in-flight requests finished.
+passed, and readiness turns 200 only after that: during a local rollout the old and new
+process share it, and the old one leaves after its in-flight requests finished. It is
+shared only with versions of the same deployment (ports.py): anything else listening there
+is an error (exit 4) naming what holds the port.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from runners.serve import ports
 from runners.serve.config import ConfigError, ServeConfig
 
-EXIT_OK, EXIT_MODEL = 0, 3
+EXIT_OK, EXIT_MODEL, EXIT_PORT = 0, 3, 4
 
 
 def say(config: ServeConfig, message: str) -> None:
@@ -165,11 +168,16 @@ async def _serve(config: ServeConfig, api_key: str | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    claimed = False
+
     async def shut_down(code: int) -> int:
         model.ready = False  # readiness turns 503 before listeners close
         for server in servers:
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
+        if claimed:
+            assert config.public_port is not None
+            ports.release(config.host, config.public_port)
         if service.engine is not None:
             service.engine.close()
         say(config, f"stopped (exit {code})")
@@ -177,7 +185,9 @@ async def _serve(config: ServeConfig, api_key: str | None) -> int:
 
     what = config.gguf_file() if config.backend == "llama-cpp" else config.model_dir
     say(config, f"loading {what} with {config.backend}")
-    loading = _in_thread(model.load)
+    # With a public port, readiness waits for its bind: a rollout must not switch to a
+    # process that then finds the port taken.
+    loading = _in_thread(lambda: model.load(ready=config.public_port is None))
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if stop.is_set():
@@ -192,9 +202,22 @@ async def _serve(config: ServeConfig, api_key: str | None) -> int:
     service.start_engine()
     where = f"http://{config.host}:{config.port}"
     if config.public_port is not None:
-        public = bind(config.host, config.public_port, reuse_port=True, field="public_port")
+        public_port = config.public_port
+        owner = ports.Owner(config.name, str(config.state_dir) if config.state_dir else None)
+        try:
+            public = ports.bind_shared(
+                config.host,
+                public_port,
+                owner,
+                lambda: bind(config.host, public_port, reuse_port=True, field="public_port"),
+            )
+        except ports.PortInUse as err:
+            say(config, str(err))
+            return await shut_down(EXIT_PORT)
+        claimed = True
         servers.append(_uvicorn_server(app, grace_s))
         tasks.append(asyncio.create_task(servers[-1].serve(sockets=[public])))
+        model.ready = True
         where += f" and http://{config.host}:{config.public_port} (public, shared)"
     say(config, f"ready: listening on {where}")
     await stopping

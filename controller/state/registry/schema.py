@@ -205,3 +205,83 @@ class DatasetVersionRow(Base):
     dvc_md5: Mapped[str | None] = mapped_column(String(64))
 
     dataset: Mapped[DatasetRow] = relationship(back_populates="versions")
+
+
+class ArenaAnswerRow(Base):
+    """One model version's answer to one prompt under one generation setting (reused by key)."""
+
+    __tablename__ = "arena_answers"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)  # prompt+model+generation
+    model: Mapped[str] = mapped_column(String(128))  # name@number, or a name for imported logs
+    sha256: Mapped[str] = mapped_column(String(64))  # the answer text, in the blob store
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class ArenaBattleRow(Base):
+    """Two answers to one prompt, shown to voters; unique per arena by its battle key."""
+
+    __tablename__ = "arena_battles"
+    __table_args__ = (UniqueConstraint("arena", "key", name="uq_arena_battle"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    arena: Mapped[str] = mapped_column(String(63), index=True)
+    key: Mapped[str] = mapped_column(String(80))
+    question_id: Mapped[str | None] = mapped_column(String(128))
+    prompt: Mapped[str | None] = mapped_column(Text)
+    model_a: Mapped[str] = mapped_column(String(128))
+    model_b: Mapped[str] = mapped_column(String(128))
+    answer_a: Mapped[str | None] = mapped_column(ForeignKey("arena_answers.key"))
+    answer_b: Mapped[str | None] = mapped_column(ForeignKey("arena_answers.key"))
+    source: Mapped[str] = mapped_column(String(16), default="arena")  # arena | import
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    votes: Mapped[list[ArenaVoteRow]] = relationship(
+        back_populates="battle", cascade="all, delete-orphan", order_by="ArenaVoteRow.id"
+    )
+
+
+class ArenaVoteRow(Base):
+    """A judge's or a person's verdict on a battle; `winner` is None when it did not parse."""
+
+    __tablename__ = "arena_votes"
+    __table_args__ = (
+        UniqueConstraint("battle_id", "voter_kind", "voter_id", name="uq_arena_vote"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    battle_id: Mapped[int] = mapped_column(
+        ForeignKey("arena_battles.id", ondelete="CASCADE"), index=True
+    )
+    voter_kind: Mapped[str] = mapped_column(String(16))  # judge | human
+    voter_id: Mapped[str] = mapped_column(String(128))
+    winner: Mapped[str | None] = mapped_column(String(16))
+    position: Mapped[str] = mapped_column(String(16), default="")
+    tstamp: Mapped[float] = mapped_column(Float)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # raw verdicts
+
+    battle: Mapped[ArenaBattleRow] = relationship(back_populates="votes")
+
+
+class ScanRow(Base):
+    """A brain scan of one model version (against a base), reused by its scan digest."""
+
+    __tablename__ = "scans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(80), unique=True, index=True)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    base_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # alarms, top layers
+    files: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # name -> blob sha256
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )

@@ -18,6 +18,7 @@ from controller.state.paths import StatePaths
 from controller.state.registry.db import open_session_factory
 from controller.state.registry.schema import (
     AliasRow,
+    ArenaAnswerRow,
     BlobRow,
     DatasetRow,
     DatasetVersionRow,
@@ -25,6 +26,7 @@ from controller.state.registry.schema import (
     LineageRow,
     MetricRow,
     ModelRow,
+    ScanRow,
     TagRow,
     VersionRow,
 )
@@ -138,6 +140,17 @@ class Registry:
             if source_key:
                 query = query.where(VersionRow.source_key == source_key)
             return session.scalar(query.order_by(VersionRow.number.desc()).limit(1))
+
+    def all_by(self, name: str, spec_digest: str) -> list[VersionRow]:
+        """Every version of `name` stored under `spec_digest`, newest first."""
+        with self.sessions() as session:
+            query = (
+                select(VersionRow)
+                .options(*_eager())
+                .join(ModelRow)
+                .where(ModelRow.name == name, VersionRow.spec_digest == spec_digest)
+            )
+            return list(session.scalars(query.order_by(VersionRow.number.desc())).all())
 
     def version_digests(self) -> dict[str, list[tuple[int, str | None]]]:
         """Model name -> [(version, spec digest)], for the observe layer."""
@@ -300,8 +313,13 @@ class Registry:
         return version
 
     def referenced_blobs(self) -> set[str]:
+        """Blobs a model version, an arena answer or a scan still needs."""
         with self.sessions() as session:
-            return set(session.scalars(select(FileRow.sha256).distinct()).all())
+            found = set(session.scalars(select(FileRow.sha256).distinct()).all())
+            found |= set(session.scalars(select(ArenaAnswerRow.sha256)).all())
+            for files in session.scalars(select(ScanRow.files)).all():
+                found |= set(files.values())
+            return found
 
     def forget_blob(self, sha256: str) -> None:
         with self.session() as session:

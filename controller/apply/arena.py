@@ -1,0 +1,469 @@
+"""Apply, arena: answers per model version, battles judged in both orders, ratings and gates.
+
+Everything is keyed by content: an answer by (prompt, model version's files, generation
+settings), a battle by (prompt, both answers' keys, judge and rubric). A rerun finds every
+answer and judged battle and only fits the ratings again; a new model version battles
+only what it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from controller.api import split_ref
+from controller.apply.context import ApplyStep
+from controller.apply.pull import ensure_model
+from controller.state.lockfile import ArenaOutputs, GateVerdict, Standing
+from controller.state.registry.arena import ArenaStore, BattleRecord
+from controller.state.registry.schema import VersionRow
+from runners.arena.answers import answer_key, generate_answers
+from runners.arena.outcomes import Vote
+from runners.arena.ratings import Leaderboard, leaderboard, rating_difference
+from runners.errors import InvalidInput, LlmopsError
+
+
+class ArenaError(LlmopsError):
+    """An arena cannot run as written; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+
+
+@dataclass
+class Contender:
+    ref: str  # as the spec writes it
+    label: str  # name@number
+    identity: str  # content digest of the version's files
+    path: Path
+
+
+@dataclass
+class ArenaResult:
+    name: str
+    contenders: list[Contender]
+    battles: list[BattleRecord]
+    boards: dict[str, Leaderboard]  # all | judge | human
+    gates: dict[str, GateVerdict] = field(default_factory=dict)
+    generated: int = 0
+    judged: int = 0
+    unparseable: int = 0
+
+    def outputs(self) -> ArenaOutputs:
+        votes: dict[str, int] = {}
+        for battle in self.battles:
+            for vote in battle.votes:
+                if vote.winner is not None:
+                    votes[vote.voter_kind] = votes.get(vote.voter_kind, 0) + 1
+        return ArenaOutputs(
+            models={c.ref: c.label for c in self.contenders},
+            battles=len(self.battles),
+            votes=dict(sorted(votes.items())),
+            unparseable=sum(1 for b in self.battles for v in b.votes if v.winner is None),
+            leaderboard=[
+                Standing(
+                    model=s.model,
+                    rating=round(s.rating, 1),
+                    lower=round(s.lower, 1),
+                    upper=round(s.upper, 1),
+                    rank=s.rank,
+                    battles=s.battles,
+                )
+                for s in self.boards["all"].standings
+            ],
+            gates=self.gates,
+        )
+
+
+def version_identity(version: VersionRow) -> str:
+    """What a model version is, by content: its files' digests (names and tags do not count)."""
+    files = sorted((f.path, f.sha256) for f in version.files)
+    return "sha256:" + hashlib.sha256(json.dumps(files).encode()).hexdigest()
+
+
+def prompt_of(row: dict[str, Any], field_name: str | None) -> str | None:
+    """The prompt in a row: the named field, else prompt / question / the first user turn."""
+    if field_name:
+        value = row.get(field_name)
+        return value if isinstance(value, str) else None
+    for key in ("prompt", "question", "instruction"):
+        if isinstance(row.get(key), str):
+            return row[key]
+    for message in row.get("messages") or []:
+        if isinstance(message, dict) and message.get("role") == "user":
+            return str(message.get("content", ""))
+    return None
+
+
+def choose_prompts(prompts: list[Prompt], count: int, seed: int) -> list[Prompt]:
+    """The same `count` prompts for every pair, chosen by content so a new prompt set row
+    does not reshuffle the others."""
+    ranked = sorted(
+        prompts, key=lambda p: hashlib.sha256(f"{seed}:{p.id}:{p.text}".encode()).hexdigest()
+    )
+    return ranked[:count]
+
+
+def battle_key(prompt: Prompt, key_a: str, key_b: str, judge: dict[str, Any] | None) -> str:
+    payload = {"prompt": prompt.text, "a": key_a, "b": key_b, "judge": judge}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def votes_of(battles: list[BattleRecord], voters: str = "all") -> list[Vote]:
+    return [v for b in battles for v in b.vote_objects(voters)]
+
+
+class ArenaRunner(ApplyStep):
+    """Runs the Arena specs of one loaded repository."""
+
+    @property
+    def store(self) -> ArenaStore:
+        return ArenaStore(self.registry)
+
+    def spec(self, name: str) -> dict[str, Any]:
+        resource = self.desired.resources.get(f"Arena/{name}")
+        if resource is None:
+            known = sorted(r.name for r in self.desired.resources.values() if r.kind == "Arena")
+            raise InvalidInput(
+                f"no Arena spec named '{name}'"
+                + (f"; arenas: {', '.join(known)}" if known else "; add one under specs/arenas/")
+            )
+        return dict(resource.spec)
+
+    def contenders(self, spec: dict[str, Any]) -> list[Contender]:
+        out = []
+        for ref in spec["models"]:
+            version, path = self._model(ref)
+            label = f"{version.model.name}@{version.number}"
+            out.append(Contender(ref, label, version_identity(version), path))
+        labels = [c.label for c in out]
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ArenaError(
+                f"references in 'models' name the same version {', '.join(duplicates)}: "
+                "an arena needs different versions; move an alias or pin another version"
+            )
+        return out
+
+    def _model(self, ref: str) -> tuple[VersionRow, Path]:
+        return ensure_model(
+            ref, dict(self.desired.resources), self.registry, self.root, self.console
+        )
+
+    def prompts(self, spec: dict[str, Any]) -> list[Prompt]:
+        source = spec["prompts"]
+        if source["type"] == "file":
+            path = self.root / source["path"]
+            field_name: str | None = source.get("field") or "question"
+            id_field = source.get("id_field") or "id"
+        else:
+            from controller.apply.prepare import Preparer
+
+            prepared = Preparer(self.loaded, self.registry, self.console).prepare(
+                split_ref(source["dataset"])[0]
+            )
+            path = prepared.folder / f"{source['split']}.jsonl"
+            field_name, id_field = source.get("field"), "id"
+        prompts: list[Prompt] = []
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                text = prompt_of(row, field_name)
+                if not text:
+                    raise InvalidInput(
+                        f"{path}:{number}: no prompt in field "
+                        f"'{field_name or 'prompt/question/messages'}'; set 'prompts.field' "
+                        "to the column holding the prompt"
+                    )
+                prompt_id = str(row.get(id_field) or f"row-{number}")
+                prompts.append(Prompt(prompt_id, text))
+        limit = source.get("limit")
+        prompts = prompts[:limit] if limit else prompts
+        if not prompts:
+            raise ArenaError(f"the prompt set of the arena ({path}) has no rows")
+        return prompts
+
+    # ----- the run ---------------------------------------------------------------------
+    def run(self, name: str) -> ArenaResult:
+        spec = self.spec(name)
+        contenders = self.contenders(spec)
+        chosen = choose_prompts(
+            self.prompts(spec), int(spec["battles_per_pair"]), int(spec["generation"]["seed"])
+        )
+        generation = dict(spec["generation"])
+        keys = {
+            (c.label, p.id): answer_key(p.text, c.identity, generation)
+            for c in contenders
+            for p in chosen
+        }
+        generated = self._answer(contenders, chosen, generation, keys)
+        judge_spec = spec.get("judge")
+        judge_identity = None
+        judge_label = ""
+        if judge_spec:
+            judge_version, judge_path = self._model(judge_spec["model"])
+            judge_label = f"{judge_version.model.name}@{judge_version.number}"
+            judge_identity = {
+                "model": version_identity(judge_version),
+                "rubric": judge_spec["rubric"],
+                "max_new_tokens": judge_spec.get("max_new_tokens", 48),
+            }
+        store = self.store
+        battle_ids = []
+        for a, b in combinations(contenders, 2):
+            for prompt in chosen:
+                key_a, key_b = keys[(a.label, prompt.id)], keys[(b.label, prompt.id)]
+                battle_ids.append(
+                    store.add_battle(
+                        name,
+                        battle_key(prompt, key_a, key_b, judge_identity),
+                        model_a=a.label,
+                        model_b=b.label,
+                        prompt=prompt.text,
+                        question_id=prompt.id,
+                        answer_a=key_a,
+                        answer_b=key_b,
+                    )
+                )
+        judged = unparseable = 0
+        if judge_spec:
+            judged, unparseable = self._judge(
+                store, battle_ids, judge_label, judge_spec, judge_path
+            )
+        labels = {c.label for c in contenders}
+        battles = [b for b in store.battles(name) if b.model_a in labels and b.model_b in labels]
+        boards = self.boards(spec, battles)
+        result = ArenaResult(
+            name,
+            contenders,
+            battles,
+            boards,
+            generated=generated,
+            judged=judged,
+            unparseable=unparseable,
+        )
+        result.gates = self.gates(spec, contenders, battles)
+        self.save(name, result)
+        return result
+
+    def _answer(
+        self,
+        contenders: list[Contender],
+        prompts: list[Prompt],
+        generation: dict[str, Any],
+        keys: dict[tuple[str, str], str],
+    ) -> int:
+        store = self.store
+        generated = 0
+        for contender in contenders:
+            missing = [p for p in prompts if store.answer(keys[(contender.label, p.id)]) is None]
+            if not missing:
+                continue
+            self.console.print(f"  answering {len(missing)} prompt(s) with {contender.label}")
+            texts = generate_answers(
+                contender.path,
+                [p.text for p in missing],
+                generation,
+                report=lambda text: self.console.print(f"    {text}"),
+            )
+            for prompt, text in zip(missing, texts, strict=True):
+                store.put_answer(keys[(contender.label, prompt.id)], contender.label, text)
+            generated += len(missing)
+        return generated
+
+    def _judge(
+        self,
+        store: ArenaStore,
+        battle_ids: list[int],
+        judge_label: str,
+        judge_spec: dict[str, Any],
+        judge_path: Path,
+    ) -> tuple[int, int]:
+        from runners.arena.judge import PairwiseJudge, judge_battle
+
+        todo = [
+            b
+            for b in (store.battle(i) for i in battle_ids)
+            if b is not None
+            and not any(v.voter_kind == "judge" and v.voter_id == judge_label for v in b.votes)
+        ]
+        if not todo:
+            return 0, 0
+        self.console.print(f"  judging {len(todo)} battle(s) in both orders with {judge_label}")
+        judge = PairwiseJudge(
+            judge_path, judge_spec["rubric"], int(judge_spec.get("max_new_tokens", 48))
+        )
+        unparseable = 0
+        for number, battle in enumerate(todo, 1):
+            judged = judge_battle(
+                judge, battle.prompt or "", battle.answer_a or "", battle.answer_b or ""
+            )
+            unparseable += judged.unparseable
+            store.add_vote(
+                battle.id,
+                voter_kind="judge",
+                voter_id=judge_label,
+                winner=judged.winner,
+                position="ab+ba",
+                detail={"verdicts": judged.verdicts},
+            )
+            if number % 10 == 0 or number == len(todo):
+                self.console.print(f"    judged {number}/{len(todo)}")
+        return len(todo), unparseable
+
+    def boards(self, spec: dict[str, Any], battles: list[BattleRecord]) -> dict[str, Leaderboard]:
+        boot = spec.get("bootstrap") or {}
+        kwargs = {
+            "rounds": int(boot.get("rounds", 1000)),
+            "confidence": float(boot.get("confidence", 0.95)),
+            "seed": int(boot.get("seed", 0)),
+        }
+        return {
+            voters: leaderboard(votes_of(battles, voters), **kwargs)
+            for voters in ("all", "judge", "human")
+        }
+
+    def gates(
+        self, spec: dict[str, Any], contenders: list[Contender], battles: list[BattleRecord]
+    ) -> dict[str, GateVerdict]:
+        labels = {c.ref: c.label for c in contenders}
+        boot = spec.get("bootstrap") or {}
+        out: dict[str, GateVerdict] = {}
+        for gate in spec.get("gates") or []:
+            candidate, baseline = labels[gate["candidate"]], labels[gate["baseline"]]
+            # 'task/metric rule' like an evaluation's gates, so reports and statuses read both
+            name = f"rating/{gate['candidate']} not_worse_than {gate['baseline']}"
+            votes = votes_of(battles, gate.get("voters", "all"))
+            pair = [v for v in votes if {v.model_a, v.model_b} == {candidate, baseline}]
+            if not pair:
+                out[name] = GateVerdict(
+                    passed=False, detail=f"no counted votes between {candidate} and {baseline}"
+                )
+                continue
+            estimate, lower, upper = rating_difference(
+                votes,
+                candidate,
+                baseline,
+                rounds=int(boot.get("rounds", 1000)),
+                confidence=float(boot.get("confidence", 0.95)),
+                seed=int(boot.get("seed", 0)),
+            )
+            margin = float(gate.get("margin", -50.0))
+            out[name] = GateVerdict(
+                passed=lower > margin,
+                detail=f"rating difference {estimate:+.0f} [{lower:+.0f}, {upper:+.0f}], "
+                f"lower bound must exceed {margin:+.0f}",
+            )
+        return out
+
+    def save(self, name: str, result: ArenaResult) -> Path:
+        folder = self.registry.paths.arena(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / "leaderboard.json"
+        document = {
+            "arena": name,
+            "models": {c.ref: c.label for c in result.contenders},
+            "battles": len(result.battles),
+            "leaderboards": {k: v.as_dict() for k, v in result.boards.items()},
+            "gates": {k: v.model_dump() for k, v in result.gates.items()},
+        }
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+        tmp.replace(target)
+        return target
+
+
+def blind_order(battle_id: int, voter_id: str) -> bool:
+    """Whether a voter sees model_b's answer first: random per (battle, voter), repeatable."""
+    return random.Random(f"{battle_id}:{voter_id}").random() < 0.5
+
+
+def import_battles(registry: Any, arena: str, battles: list[Any]) -> tuple[int, int]:
+    """Store imported battles (runners.arena.fastchat.ImportedBattle) with their votes;
+    a row seen before (same content) is not stored twice. Returns (added, already there)."""
+    store = ArenaStore(registry)
+    added = known = 0
+    for battle in battles:
+        vote = battle.vote
+        content = {
+            "model_a": vote.model_a,
+            "model_b": vote.model_b,
+            "winner": vote.winner,
+            "voter": [vote.voter_kind, vote.voter_id],
+            "tstamp": vote.tstamp,
+            "question_id": vote.question_id,
+            "prompt": battle.prompt,
+            "answers": [battle.answer_a, battle.answer_b],
+            "extra": battle.extra,
+        }
+        key = (
+            "sha256:"
+            + hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+        )
+        answer_keys = []
+        for model, text in ((vote.model_a, battle.answer_a), (vote.model_b, battle.answer_b)):
+            if text is None:
+                answer_keys.append(None)
+                continue
+            answer = (
+                "sha256:"
+                + hashlib.sha256(
+                    json.dumps(["import", model, battle.prompt, text]).encode()
+                ).hexdigest()
+            )
+            store.put_answer(answer, model, text)
+            answer_keys.append(answer)
+        battle_id = store.add_battle(
+            arena,
+            key,
+            model_a=vote.model_a,
+            model_b=vote.model_b,
+            prompt=battle.prompt,
+            question_id=vote.question_id,
+            answer_a=answer_keys[0],
+            answer_b=answer_keys[1],
+            source="import",
+            extra=dict(battle.extra),
+        )
+        record = store.battle(battle_id)
+        if record is not None and record.votes:
+            known += 1
+            continue
+        store.add_vote(
+            battle_id,
+            voter_kind=vote.voter_kind,
+            voter_id=vote.voter_id or "import",
+            winner=vote.winner,
+            position=vote.position,
+            tstamp=vote.tstamp,
+        )
+        added += 1
+    return added, known
+
+
+def export_battles(battles: list[BattleRecord]) -> list[Any]:
+    """One FastChat row per counted vote, answers and unknown fields carried along."""
+    from runners.arena.fastchat import ImportedBattle
+
+    return [
+        ImportedBattle(
+            vote=vote,
+            prompt=battle.prompt,
+            answer_a=battle.answer_a,
+            answer_b=battle.answer_b,
+            extra=dict(battle.extra),
+        )
+        for battle in battles
+        for vote in battle.vote_objects()
+    ]

@@ -1,0 +1,150 @@
+"""Runner `arena`, pairwise judge: a judge model picks the better of two answers, both orders.
+
+The prompt follows FastChat's MT-bench pairwise judge: a final verdict `[[A]]` (the first
+answer is better), `[[B]]` (the second), `[[C]]` (a tie) or `[[D]]` (both are bad). Every
+battle is judged twice, with each answer shown first once, and the two verdicts combined,
+so a judge that favours a position gives a tie instead of a winner.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from runners.arena.outcomes import Winner
+
+Verdict = Literal["A", "B", "tie", "both_bad"]
+
+PAIRWISE_PROMPT = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by "
+    "two AI assistants to the user question displayed below. Judge by this rubric: {rubric}\n"
+    "Avoid any position bias: the order in which the responses were presented must not "
+    "influence your decision, nor their length, nor the assistants' names.\n"
+    "Output your final verdict first, strictly in this format: [[A]] if assistant A is "
+    "better, [[B]] if assistant B is better, [[C]] for a tie, [[D]] if both responses are "
+    "bad. Then give one short sentence of reason.\n\n"
+    "[User Question]\n{question}\n\n"
+    "[The Start of Assistant A's Answer]\n{first}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{second}\n[The End of Assistant B's Answer]"
+)
+
+_WORDS: dict[str, Verdict] = {
+    "a": "A",
+    "b": "B",
+    "c": "tie",
+    "tie": "tie",
+    "d": "both_bad",
+    "both bad": "both_bad",
+    "bothbad": "both_bad",
+    "both_bad": "both_bad",
+    "both-bad": "both_bad",
+}
+_ANSWER = r"(?:[abcd]|tie|both[ _-]?bad)"
+# "[[A]]", "[[ tie ]]": FastChat's bracketed form.
+_BRACKETED = re.compile(r"\[\[\s*(" + _ANSWER + r")\s*\]\]", re.I)
+# "Verdict: A", "Final verdict - [B].", "verdict: tie": the letter must end the phrase, so
+# "Verdict: A tie" or "verdict: a close call" do not count.
+_LABELLED = re.compile(
+    r"verdict\s*(?:is\s*)?[:=\-]?\s*\[{0,2}\s*(" + _ANSWER + r")\s*\]{0,2}\s*(?=$|[.,;!)\n])",
+    re.I | re.M,
+)
+
+
+def parse_verdict(text: str) -> Verdict | None:
+    """The judge's verdict, or None when there is none or more than one distinct verdict."""
+    matches = [*_BRACKETED.finditer(text), *_LABELLED.finditer(text)]
+    found = {_WORDS[m.group(1).lower()] for m in matches}
+    return found.pop() if len(found) == 1 else None
+
+
+def _outcome(verdict: Verdict, first: str, second: str) -> str:
+    return {"A": first, "B": second, "tie": "tie", "both_bad": "tie (bothbad)"}[verdict]
+
+
+def combine(first_order: Verdict | None, second_order: Verdict | None) -> Winner | None:
+    """One model-level outcome from the verdicts with model_a shown first, then model_b first.
+
+    Agreement gives that outcome; any disagreement gives "tie" (a judge that always picks
+    the first position cancels out); both "both bad" gives "tie (bothbad)"; a missing
+    verdict gives None (no vote).
+    """
+    if first_order is None or second_order is None:
+        return None
+    one = _outcome(first_order, "model_a", "model_b")
+    two = _outcome(second_order, "model_b", "model_a")
+    return one if one == two else "tie"  # type: ignore[return-value]
+
+
+class PairwiseJudge:
+    """A local causal LM prompted with `PAIRWISE_PROMPT` through its chat template, greedy."""
+
+    def __init__(self, model_path: Path, rubric: str, max_new_tokens: int = 48) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.rubric = rubric
+        self.max_new_tokens = max_new_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        if not getattr(self.tokenizer, "chat_template", None):
+            from runners.errors import InvalidInput
+
+            raise InvalidInput(
+                f"judge model {model_path}: its tokenizer has no chat template; use an "
+                "instruction-tuned judge or save a template with it (tokenizer.chat_template)"
+            )
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = "auto" if self.device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype)
+        self.model.to(self.device).eval()
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+
+    def verdict(self, question: str, first: str, second: str) -> tuple[Verdict | None, str]:
+        """The verdict on `first` (shown as A) against `second` (B), and the raw reply."""
+        prompt = PAIRWISE_PROMPT.format(
+            rubric=self.rubric, question=question, first=first, second=second
+        )
+        inputs = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            return_dict=True,
+            return_tensors="pt",
+        ).to(self.device)
+        with self.torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=self.pad_token_id,
+            )
+        text = self.tokenizer.decode(
+            out[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        return parse_verdict(text), text
+
+
+@dataclass
+class JudgedBattle:
+    winner: Winner | None
+    verdicts: list[dict[str, Any]] = field(default_factory=list)  # order, verdict, raw
+    unparseable: int = 0
+
+
+def judge_battle(judge: Any, question: str, answer_a: str, answer_b: str) -> JudgedBattle:
+    """Judge both orders with anything that has `.verdict(question, first, second)`."""
+    first, raw_first = judge.verdict(question, answer_a, answer_b)
+    second, raw_second = judge.verdict(question, answer_b, answer_a)
+    return JudgedBattle(
+        winner=combine(first, second),
+        verdicts=[
+            {"order": "ab", "verdict": first, "raw": raw_first},
+            {"order": "ba", "verdict": second, "raw": raw_second},
+        ],
+        unparseable=(first is None) + (second is None),
+    )
