@@ -7,13 +7,14 @@ from pathlib import Path
 
 from controller.load.desired import Loaded, load_desired
 from controller.observe.applied import observed_from_lock
-from controller.observe.drift import observe_arenas, observe_deployments
+from controller.observe.drift import observe_arenas, observe_deployments, observe_scans
 from controller.observe.registry import observe_registry
 from controller.plan.planner import plan
 from controller.plan.types import DesiredState, ObservedState, Plan
 from controller.state.dvc import restore_missing
 from controller.state.lockfile import LOCK_FILE, LockFileError, read_lock
 from controller.state.paths import StatePaths
+from controller.state.provenance import TrustContext
 from controller.state.registry.store import Registry
 
 
@@ -34,9 +35,14 @@ def load(root: Path, paths: list[Path] | None = None, overrides: list[str] | Non
 
 
 def observe(
-    root: Path, desired: DesiredState | None = None, lock_path: Path | None = None
+    root: Path,
+    desired: DesiredState | None = None,
+    lock_path: Path | None = None,
+    trust: TrustContext | None = None,
 ) -> ObservedState:
-    """Observed state from the lock file and, where there is one, the registry.
+    """Observed state from the lock file and, where there is one, the registry. With a
+    trusted `trust`, results only untrusted refs produced (and the trust rule refuses) are
+    not observed: the plan recomputes them.
 
     Raises LockFileError (with a diagnostic) or RegistryUnavailable.
     """
@@ -44,9 +50,10 @@ def observe(
     observed = observed_from_lock(read_lock(path), source=path.name)
     if desired is not None and registry_exists(root):
         registry = open_registry(root)
-        observed = observe_registry(observed, desired, registry)
+        observed = observe_registry(observed, desired, registry, trust)
         observed = observe_deployments(observed, desired, registry)
         observed = observe_arenas(observed, desired, registry)
+        observed = observe_scans(observed, desired)
     return observed
 
 

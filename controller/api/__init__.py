@@ -16,9 +16,9 @@ FOLDER_KIND: dict[str, str] = {cls.FOLDER: kind for kind, cls in KINDS.items()}
 
 __all__ = [
     "API_VERSION",
-    "Arena",
     "FOLDER_KIND",
     "KINDS",
+    "Arena",
     "Dataset",
     "Deployment",
     "EvalSuite",

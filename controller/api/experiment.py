@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from controller.api.common import Name, Ref, Resource, Strict
+from controller.api.common import Name, Ref, RepoPath, Resource, Strict
 
 DEFAULT_RUN = "default"
 
@@ -95,6 +95,25 @@ class Control(Strict):
         return self
 
 
+class InspectOptions(Strict):
+    """A brain scan of each trained version against its base, shown in the report.
+
+    Not a digest input: asking for a scan scans the trained versions, it never retrains."""
+
+    probes: RepoPath | None = Field(
+        default=None,
+        description="Prompts for activations: a text file (one per line) or JSONL with "
+        "'prompt' or 'question'; weights only when unset.",
+    )
+    top_k: int = Field(default=5, ge=1, le=100, description="Top neurons kept per layer.")
+    spread_k: float = Field(
+        default=6.0, gt=0, description="Alarm when a norm leaves k robust spreads."
+    )
+    weightwatcher: bool = Field(
+        default=False, description="Power-law alpha per layer (needs the weightwatcher package)."
+    )
+
+
 class ExperimentSpec(Strict):
     """The composed config of one run (after defaults, variants and overrides are applied)."""
 
@@ -108,6 +127,7 @@ class ExperimentSpec(Strict):
     control: Control | None = Field(
         default=None, description="Compared against; the untrained base model when unset."
     )
+    inspect: InspectOptions | None = None
 
 
 class ExperimentDocument(ExperimentSpec):

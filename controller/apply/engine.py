@@ -37,9 +37,11 @@ from controller.state.lockfile import (
     ModelOutputs,
     Outputs,
     PipelineOutputs,
+    ScanSummary,
     read_lock,
     write_lock,
 )
+from controller.state.provenance import TrustContext
 from controller.state.registry.store import Registry
 from runners.errors import LlmopsError
 
@@ -124,8 +126,10 @@ class Applier(ApplyStep):
         skip_deploy: bool = False,
         on_result: Callable[[ActionResult], None] | None = None,
         skip_promote: bool = False,
+        trust: TrustContext | None = None,
     ) -> None:
         super().__init__(loaded, registry, console)
+        self.trust = trust
         self.lock_path = lock_path
         self.skip_deploy = skip_deploy
         self.skip_promote = skip_promote
@@ -134,6 +138,8 @@ class Applier(ApplyStep):
         self.evaluator = Evaluator(loaded, registry, console)
         self.trainer = Trainer(loaded, registry, console)
         self.preparer = Preparer(loaded, registry, console)
+        for step in (self.evaluator, self.trainer, self.preparer):
+            step.trust = trust
         self._deployer: Any = None
         self._outputs: dict[Address, Outputs] = {}
 
@@ -279,6 +285,7 @@ class Applier(ApplyStep):
             from controller.apply.deploy import Deployer
 
             self._deployer = Deployer(self.loaded, self.registry, self.console)
+            self._deployer.trust = self.trust
         return self._deployer
 
 
@@ -344,7 +351,32 @@ def apply_experiment(applier: Applier, address: Address) -> ExperimentOutputs:
         for k in ("final_loss", "final_eval_loss", "steps", "tokens_per_s")
         if isinstance(result.get(k), int | float)
     }
-    return ExperimentOutputs(version=outcome.ref, metrics=round_metrics(metrics))
+    options = applier.desired.resources[str(address)].spec.get("inspect")
+    scan = scan_version(applier, outcome.version, options) if options else None
+    return ExperimentOutputs(version=outcome.ref, metrics=round_metrics(metrics), scan=scan)
+
+
+def scan_version(applier: Applier, version: Any, options: dict[str, Any]) -> ScanSummary:
+    """The brain scan an experiment asks for: the trained version against its base."""
+    from controller.apply.inspect import Inspector, base_of, read_probes
+
+    probes = read_probes(applier.root / options["probes"]) if options.get("probes") else None
+    outcome = Inspector(applier.registry, applier.console).scan(
+        version,
+        base_of(applier.registry, version),
+        probes,
+        {k: options[k] for k in ("top_k", "spread_k", "weightwatcher") if k in options},
+    )
+    summary = outcome.summary()
+    applier.console.print(
+        f"  brain scan ({outcome.status}): changed "
+        f"{', '.join(summary.modules_changed) or 'nothing'}"
+        + (f", most in layers {summary.layers_changed_most}" if summary.layers_changed_most else "")
+        + f"; {len(summary.alarms)} alarm(s); {outcome.folder}"
+    )
+    for alarm in summary.alarms:
+        applier.console.print(f"    {alarm}")
+    return summary
 
 
 @handles("Evaluation")

@@ -37,6 +37,15 @@ def apply_command(
             "serving), push a branch reverting HEAD and open a pull request (main's workflow).",
         ),
     ] = False,
+    ref: Annotated[
+        str | None,
+        typer.Option(
+            "--ref",
+            help="The branch this apply is for (default: GITHUB_HEAD_REF, GITHUB_REF, else the "
+            "checked-out branch). Results are trusted only for a protected ref (main, master, "
+            "or those in LLMOPS_PROTECTED_REFS); a trusted apply does not reuse untrusted ones.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Carry out the plan: pull, prepare, train, evaluate, promote, deploy; write llmops.lock.
@@ -50,12 +59,22 @@ def apply_command(
     from controller.state.apply_mutex import ApplyBusy, exclusive_apply
     from controller.state.lockfile import LOCK_FILE, LockFileError
     from controller.state.paths import StatePaths
+    from controller.state.provenance import trust_context
     from controller.workspace import observe
 
     top = resolve_root(root)
     loaded = load_or_exit(top)
     registry = open_registry_or_fail(top)
     out = err_console if as_json else console
+    trust = trust_context(top, ref)
+    out.print(
+        f"ref: {trust.ref or 'unknown'} ({'trusted' if trust.trusted else 'untrusted'}: "
+        + (
+            "reuses untrusted results only under the trust rule)"
+            if trust.trusted
+            else "results are kept apart; main will not promote or deploy them)"
+        )
+    )
 
     def waiting(who: str) -> None:
         err_console.print(f"waiting for another apply to finish ({who}) ...")
@@ -64,7 +83,7 @@ def apply_command(
         with exclusive_apply(StatePaths.for_repo(top).root, wait=not no_wait, on_wait=waiting):
             # Planned only once the lock is held: whatever the other apply did is seen here.
             try:
-                the_plan = plan(loaded.desired, observe(top, loaded.desired))
+                the_plan = plan(loaded.desired, observe(top, loaded.desired, trust=trust))
             except LockFileError as err:
                 from controller.report.terminal import print_diagnostics
 
@@ -72,7 +91,17 @@ def apply_command(
                 raise typer.Exit(Exit.INVALID) from err
             if not as_json:
                 print_plan(console, the_plan)
-            applier = Applier(loaded, registry, out, top / LOCK_FILE, skip_deploy=skip_deploy)
+            # An untrusted ref never moves an alias in the shared registry: main's deployments
+            # resolve `model@alias`, so a promotion is main's business (as in the loop's runs).
+            applier = Applier(
+                loaded,
+                registry,
+                out,
+                top / LOCK_FILE,
+                skip_deploy=skip_deploy,
+                skip_promote=not trust.trusted,
+                trust=trust,
+            )
             report = applier.apply(the_plan)
     except ApplyBusy as err:
         err_console.print(f"error: {err}", style="red")

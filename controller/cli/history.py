@@ -35,6 +35,7 @@ from controller.history import (
 from controller.plan.address import Address
 from controller.plan.digest import canonical_json, short
 from controller.plan.planner import flatten
+from runners.errors import LlmopsError
 
 # Evaluation outputs carry per-metric comparisons; the terminal shows the first few changes.
 OUTPUT_LINES = 8
@@ -70,6 +71,8 @@ def history_command(
         raise fail(f"git cannot be run: {err}; install git", Exit.INVALID) from err
 
     top = resolve_root(root)
+    _PROVENANCE.clear()
+    _PROVENANCE[""] = top
     try:
         if at is not None:
             found, git = snapshot(top, resource, at)
@@ -114,6 +117,36 @@ def _warn(git: GitHistory) -> None:
         )
     for warning in git.warnings:
         err_console.print(f"warning: {warning}", style="yellow")
+
+
+_PROVENANCE: dict[str, Any] = {}  # "" -> the repository; ref -> its provenance line
+
+
+def _provenance(ref: str) -> str:
+    """'provenance: main @ 1a2b3c..., trusted, code ...' of a registered version, from the
+    registry when there is one (history itself reads git only)."""
+    if ref in _PROVENANCE:
+        return _PROVENANCE[ref]
+    from controller.state.paths import StatePaths
+    from controller.state.provenance import Provenance
+    from controller.state.registry.store import Registry
+
+    text = ""
+    paths = StatePaths.for_repo(_PROVENANCE.get("") or Path.cwd())
+    if "@" in ref and paths.has_registry:
+        try:
+            version = Registry.open(paths).find(ref)
+        except LlmopsError:
+            version = None
+        if version is not None:
+            recorded = Provenance.from_dict((version.extra or {}).get("provenance"))
+            text = (
+                f"provenance: {recorded.describe()}"
+                if recorded
+                else "provenance: not recorded (stored before provenance, or by models pull)"
+            )
+    _PROVENANCE[ref] = text
+    return text
 
 
 def _line(text: str, indent: int = 2) -> None:
@@ -171,6 +204,9 @@ def _entry(diff: EntryDiff) -> list[str]:
         lines.append(f"  runner {diff.code_version[0]} -> {diff.code_version[1]}")
     lines += [f"  input {_field(c)}" for c in diff.inputs]
     lines += [f"  outputs.{_field(c)}" for c in diff.outputs[:OUTPUT_LINES]]
+    version = next((c.after for c in diff.outputs if c.field == "version"), None)
+    if isinstance(version, str) and (origin := _provenance(version)):
+        lines.append(f"  {origin}")
     if len(diff.outputs) > OUTPUT_LINES:
         lines.append(f"  ... {len(diff.outputs) - OUTPUT_LINES} more output fields (--json)")
     return lines
@@ -187,6 +223,8 @@ def _print_results(
         _line("serves: not recorded (the lock entry has no outputs.version)")
         return
     _line(f"serves {found.version}")
+    if origin := _provenance(found.version):
+        _line(origin, 8)
     for item in found.lineage:
         made = f"trained by {item.run}"
         if item.dataset:
@@ -243,6 +281,8 @@ def _print_snapshot(found: Snapshot) -> None:
         }
         if outputs:
             _line("outputs " + ", ".join(f"{k} {_show(v)}" for k, v in outputs.items()), 4)
+        if isinstance(outputs.get("version"), str) and (origin := _provenance(outputs["version"])):
+            _line(origin, 4)
     _print_results(found.address, bool(found.entries), found.served, found.evidence)
     last = found.last_change
     if last is None:

@@ -26,6 +26,7 @@ from controller.cli.common import (
 from controller.cli.data import data_app
 from controller.cli.evaluate import bless_command, eval_app
 from controller.cli.history import history_command
+from controller.cli.inspect import inspect_command
 from controller.cli.models import models_app
 from controller.cli.pipeline import pipeline_app
 from controller.cli.report import report_command
@@ -67,6 +68,7 @@ app.add_typer(arena_app, name="arena")
 app.command("bless")(bless_command)
 app.command("apply")(apply_command)
 app.command("history")(history_command)
+app.command("inspect")(inspect_command)
 app.command("report")(report_command)
 app.command("status")(status_command)
 app.command("drift")(drift_command)

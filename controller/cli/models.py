@@ -315,6 +315,7 @@ def verify(
                     "files": report.checked_files,
                     "bytes": report.checked_bytes,
                     "problems": [p.__dict__ for p in report.problems],
+                    "unproven": report.unproven,
                 },
                 indent=2,
             )
@@ -322,6 +323,12 @@ def verify(
     else:
         for p in report.problems:
             err_console.print(f"{p.ref}: {p.path}: {p.problem}", style="red")
+        for ref in report.unproven:
+            err_console.print(
+                f"{ref}: trusted but records no provenance (commit, code digest, ref); "
+                "stored before provenance or by 'llmops models pull'",
+                style="yellow",
+            )
         console.print(
             f"checked {report.checked_files} file(s), {_size(report.checked_bytes)}: "
             f"{len(report.problems)} problem(s)"

@@ -34,6 +34,17 @@ PREPARE_ROWS_PER_S = 500.0
 BYTES_PER_TOKEN = 4.0
 
 
+# Settings that change what apply reports about a result, never the result: asking for a
+# brain scan of a run scans its trained version; it must not retrain it.
+NOT_DIGESTED: dict[str, tuple[str, ...]] = {"Experiment": ("inspect",)}
+
+
+def digested(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved spec its digest covers."""
+    skip = NOT_DIGESTED.get(kind, ())
+    return {k: v for k, v in spec.items() if k not in skip} if skip else spec
+
+
 @dataclass
 class Edge:
     """`source` needs `target`; `digest_input` when target's digest is part of source's."""
@@ -340,6 +351,15 @@ class _Resolver:
                 self.nodes[address] = ("Experiment", spec.name, run.config, spec)
                 self._model_ref(spec, ("spec", "base_model"), cfg.base_model, address)
                 self._named_ref(spec, ("spec", "dataset"), cfg.dataset, "Dataset", address, True)
+                probes = cfg.inspect.probes if cfg.inspect else None
+                if probes and self.files.info(probes) is None:
+                    # Checked, not digested: a scan's probes never retrain the run.
+                    self._diag(
+                        spec,
+                        ("spec", "inspect", "probes"),
+                        f"'{probes}' does not exist",
+                        "check the path; it is relative to the repository root",
+                    )
                 if cfg.eval_suite:
                     ok = self._named_ref(
                         spec, ("spec", "eval_suite"), cfg.eval_suite, "EvalSuite", address, False
@@ -533,7 +553,7 @@ class _Resolver:
                 spec=spec_data,
                 inputs=dict(sorted(inputs.items())),
                 depends_on=tuple(sorted(deps.get(address, ()))),
-                digest=resource_digest(kind, spec_data, inputs, code.digest),
+                digest=resource_digest(kind, digested(kind, spec_data), inputs, code.digest),
                 runner=KINDS[kind].runner,
                 code_version=code.digest,
                 file=spec.doc.file,

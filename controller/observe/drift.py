@@ -112,6 +112,21 @@ def observe_arenas(
     return replace(observed, resources=resources)
 
 
+def observe_scans(observed: ObservedState, desired: DesiredState) -> ObservedState:
+    """A trained run whose experiment asks for a brain scan that its lock entry lacks is
+    observed as changed: apply finds the trained version (no retraining) and scans it."""
+    resources = dict(observed.resources)
+    for address, want in desired.resources.items():
+        have = resources.get(address)
+        if want.kind != "Experiment" or have is None or not want.spec.get("inspect"):
+            continue
+        if not have.outputs.get("scan") and not have.drift:
+            resources[address] = replace(
+                have, digest=f"drifted:{have.digest}", drift="brain scan not recorded yet"
+            )
+    return replace(observed, resources=resources)
+
+
 def find_drift(lock: LockFile, registry: Registry) -> list[Drift]:
     """Every lock entry checked against the registry, the stores and the serving processes."""
     drift: list[Drift] = []

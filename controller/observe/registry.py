@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller.plan.address import Address
 from controller.plan.types import DesiredState, ObservedResource, ObservedState
+from controller.state.provenance import Provenance, TrustContext, accepts
 
 if TYPE_CHECKING:
     from controller.state.registry.store import Registry
@@ -87,6 +88,7 @@ def merge_runs(
     observed: ObservedState,
     trained: Mapping[str, list[str]],
     desired_digests: Mapping[str, str],
+    refused: Mapping[str, str] | None = None,
 ) -> ObservedState:
     """An Experiment run is trained when a registered version carries its digest.
 
@@ -95,6 +97,19 @@ def merge_runs(
     """
     resources = dict(observed.resources)
     for address, desired_digest in desired_digests.items():
+        if refused and address in refused:
+            # Stored only by untrusted refs, and the trust rule refuses it: not done here.
+            locked = observed.resources.get(address)
+            resources[address] = ObservedResource(
+                address=address,
+                kind="Experiment",
+                digest=f"untrusted:{desired_digest}",
+                spec=locked.spec if locked else {},
+                inputs=locked.inputs if locked else {},
+                code_version=locked.code_version if locked else "",
+                drift=refused[address],
+            )
+            continue
         digests = trained.get(address, [])
         if not digests:
             continue
@@ -109,12 +124,38 @@ def merge_runs(
             spec=locked.spec if locked else {},
             inputs=locked.inputs if locked else {},
             code_version=locked.code_version if locked else "",
+            code_files=locked.code_files if locked else {},
         )
     return ObservedState(
         resources=resources,
         source=observed.source,
         kind_sources={**observed.kind_sources, "Experiment": "the registry"},
     )
+
+
+def refused_runs(
+    desired: DesiredState, registry: Registry, trust: TrustContext | None
+) -> dict[str, str]:
+    """Experiment runs whose every stored version under the desired digest comes from an
+    untrusted ref the trust rule refuses -> why (only when applying for a trusted ref)."""
+    if trust is None or not trust.trusted:
+        return {}
+    refused: dict[str, str] = {}
+    for address, resource in desired.resources.items():
+        if resource.kind != "Experiment":
+            continue
+        name = resource.spec.get("register_as") or Address.parse(address).name
+        reasons = []
+        for version in registry.all_by(name, resource.digest):
+            recorded = Provenance.from_dict((version.extra or {}).get("provenance"))
+            ok, why = accepts(trust, recorded, resource.code_version, resource.code_files)
+            if ok:
+                break
+            reasons.append(f"{name}@{version.number} {why}")
+        else:
+            if reasons:
+                refused[address] = "; ".join(reasons) + "; main recomputes it"
+    return refused
 
 
 def merge_evaluations(
@@ -134,7 +175,10 @@ def merge_evaluations(
 
 
 def observe_registry(
-    observed: ObservedState, desired: DesiredState, registry: Registry
+    observed: ObservedState,
+    desired: DesiredState,
+    registry: Registry,
+    trust: TrustContext | None = None,
 ) -> ObservedState:
     """Everything the registry knows, merged over the lock file's observation."""
     resources = desired.resources
@@ -147,7 +191,9 @@ def observe_registry(
     datasets = {a: r.digest for a, r in resources.items() if r.kind == "Dataset"}
     observed = merge_datasets(observed, registry.datasets.observed(), datasets)
     runs = {a: r.digest for a, r in resources.items() if r.kind == "Experiment"}
-    observed = merge_runs(observed, registry.run_digests(), runs)
+    observed = merge_runs(
+        observed, registry.run_digests(), runs, refused_runs(desired, registry, trust)
+    )
     evaluations = {}
     for address, resource in resources.items():
         if resource.kind != "Evaluation":

@@ -284,4 +284,26 @@ def gather_report_inputs(
         },
         manifest_diffs=manifest_diffs(registry, desired, base_lock.resources),
         evaluations=desired_evaluations(desired),
+        untrusted=untrusted_results(registry, desired, head_lock),
     )
+
+
+def untrusted_results(
+    registry: Registry | None, desired: DesiredState, head_lock: Mapping[str, LockEntry]
+) -> dict[str, str]:
+    """Runs this branch shows whose registered version an untrusted ref produced."""
+    from controller.state.provenance import Provenance
+
+    out: dict[str, str] = {}
+    if registry is None:
+        return out
+    for address, entry in head_lock.items():
+        resource = desired.resources.get(address)
+        version = getattr(entry.outputs, "version", None)
+        if resource is None or entry.kind != "Experiment" or entry.digest != resource.digest:
+            continue
+        row = registry.find(version) if isinstance(version, str) and "@" in version else None
+        recorded = Provenance.from_dict((row.extra or {}).get("provenance")) if row else None
+        if recorded is not None and not recorded.trusted:
+            out[address] = f"{version} from {recorded.describe()}"
+    return out

@@ -61,6 +61,8 @@ class ReportInputs:
     deployments: Mapping[str, str] = field(default_factory=dict)  # address -> model ref
     manifest_diffs: Mapping[str, str] = field(default_factory=dict)  # address -> unified diff
     evaluations: Mapping[str, DesiredEvaluation] = field(default_factory=dict)  # by address
+    # address -> provenance of a result this branch shows that an untrusted ref produced
+    untrusted: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -329,6 +331,38 @@ def _arena_section(inputs: ReportInputs) -> list[str]:
     return ["### Arenas", "", *lines] if lines else []
 
 
+def _scan_section(inputs: ReportInputs) -> list[str]:
+    """Brain scans of the trained versions: where fine-tuning changed the weights, alarms."""
+    lines = []
+    for address in _of_kind(inputs, "Experiment"):
+        entry = applied(inputs, address)
+        outputs = entry.outputs if entry is not None else None
+        if not isinstance(outputs, ExperimentOutputs) or outputs.scan is None:
+            continue
+        scan = outputs.scan
+        errors = [a for a in scan.alarms if a.startswith("error")]
+        mark = "❌" if errors else ("⚠️" if scan.alarms else "✅")
+        layers = ", ".join(str(n) for n in scan.layers_changed_most) or "–"
+        lines.append(
+            f"| `{address}` | {outputs.version} vs {scan.against or '–'} | "
+            f"{', '.join(scan.modules_changed) or 'none'} | {layers} | "
+            f"{mark} {len(scan.alarms)} |"
+        )
+        lines += [f"|  | | | | {alarm} |" for alarm in scan.alarms[:5]]
+    if not lines:
+        return []
+    return [
+        "### Brain scans",
+        "",
+        "| run | version | modules changed | layers changed most | alarms |",
+        "|---|---|---|---|---|",
+        *lines,
+        "",
+        "Heatmaps and per-layer figures: `llmops inspect <version>`.",
+        "",
+    ]
+
+
 def _training_section(inputs: ReportInputs) -> list[str]:
     rows, images = [], []
     for address in _of_kind(inputs, "Experiment"):
@@ -465,6 +499,22 @@ def _after_merge(inputs: ReportInputs, address: str) -> str:
     return ref
 
 
+def _trust_section(inputs: ReportInputs) -> list[str]:
+    """Results from a ref main does not trust: shown here, never promoted or deployed by main
+    as they are (docs/architecture.md, "Trust boundary")."""
+    if not inputs.untrusted:
+        return []
+    lines = [
+        "> ⚠️ **Computed on a ref main does not trust.** These results are shown for review "
+        "only: after the merge, main's apply recomputes them before it promotes or deploys "
+        "anything (it reuses one only when its code digest and inputs equal main's and it "
+        "came from a commit main contains, with the same runner code).",
+        ">",
+    ]
+    lines += [f"> - `{address}`: {why}" for address, why in sorted(inputs.untrusted.items())]
+    return [*lines, ""]
+
+
 def render_report(inputs: ReportInputs) -> str:
     lines = [
         MARKER,
@@ -472,10 +522,12 @@ def render_report(inputs: ReportInputs) -> str:
         "",
         f"**{headline(inputs)}**",
         "",
+        *_trust_section(inputs),
         *_plan_section(inputs),
         *_evaluation_section(inputs),
         *_arena_section(inputs),
         *_training_section(inputs),
+        *_scan_section(inputs),
         *_dataset_section(inputs),
         *_deployment_section(inputs),
     ]

@@ -57,9 +57,20 @@ class EvalSuiteOutputs(_Outputs):
     tasks: int = 0
 
 
+class ScanSummary(_Outputs):
+    """What a brain scan of a trained version against its base found (details: llmops inspect)."""
+
+    digest: str
+    against: str | None = None
+    modules_changed: list[str] = Field(default_factory=list)
+    layers_changed_most: list[int] = Field(default_factory=list)
+    alarms: list[str] = Field(default_factory=list)  # "error: <reason>" / "warning: <reason>"
+
+
 class ExperimentOutputs(_Outputs):
     version: str = ""
     metrics: Metrics = Field(default_factory=dict)
+    scan: ScanSummary | None = None
 
 
 # One metric, candidate against baseline, with its paired-bootstrap 95% interval: the fields

@@ -101,8 +101,12 @@ def trust_context(
     root: Path, ref: str | None = None, environ: Mapping[str, str] | None = None
 ) -> TrustContext:
     """The ref: `--ref`, else GitHub's (GITHUB_HEAD_REF for a pull request, GITHUB_REF
-    otherwise), else the checked-out branch. Trusted when it is a protected ref."""
+    otherwise), else the checked-out branch. Trusted when it is a protected ref; a folder
+    outside git (no refs to tell apart, no CI) is local work and trusted."""
     env = os.environ if environ is None else environ
+    named = ref or env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF")
+    if not named and top_level(root) is None:
+        return TrustContext(root, "local", None, True, protected_refs(env))
     name = ref or env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF") or current_branch(root)
     name = normalise_ref(name or "")
     protected = protected_refs(env)

@@ -3,9 +3,10 @@
 FastChat's convention (Chatbot Arena): ratings on the Elo scale, 400 points per factor of 10
 in the odds of winning, mean rating 1000; a tie and a "both bad" each count as half a win
 for each side in the fit, while staying distinct outcomes in the counts. Battles are first
-aggregated into one row per (pair, outcome) with a count, so a fit costs the same for 10,000
-or 10,000,000 battles among the same models; the bootstrap resamples battles by drawing
-multinomial counts over those rows. The fit is scipy's L-BFGS on the weighted
+aggregated into one row per (pair, outcome) with a count (one pass over the votes), so a fit
+costs the same for 10,000 or 10,000,000 battles among the same models; the bootstrap
+resamples battles by drawing multinomial counts over those rows, and fits a chunk of rounds
+in one L-BFGS run. The fit is scipy's L-BFGS on the weighted
 log-likelihood with a small L2 penalty (`ALPHA`), which keeps an undefeated model's rating
 finite (and flagged) and pins the mean.
 """

@@ -241,7 +241,7 @@ def rollout(
         ports.adopt(host, public_port, owner, old.pid)  # serving since before claims
     try:
         ports.check(host, public_port, owner)
-    except ports.PortInUse as err:
+    except ports.PortClaimError as err:
         raise DeployError(f"{name}: cannot start {version}: {err}") from None
     new_config = {**config, "port": free_port(), "state_dir": owner.state_dir}
     process, new = start(name, version, new_config, folder, env, config_digest)

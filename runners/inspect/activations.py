@@ -34,11 +34,13 @@ def load_model(model: Path, base: Path | None) -> tuple[Any, Any]:
     def tokenizer_from(*folders: Path | None) -> Any:
         for folder in folders:
             if folder is not None and (
-                (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
+                (folder / "tokenizer.json").is_file()
+                or (folder / "tokenizer_config.json").is_file()
             ):
                 return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
         raise InvalidInput(
-            f"no tokenizer in {model}" + (f" or {base}" if base else "")
+            f"no tokenizer in {model}"
+            + (f" or {base}" if base else "")
             + ": probes need one; save the tokenizer next to the weights"
         )
 
@@ -110,8 +112,12 @@ def probe(
             id_list = [int(i) for i in ids[0]]
             for pos, tid in enumerate(id_list):
                 token_rows.append(
-                    {"prompt": p_index, "position": pos, "token_id": tid,
-                     "token": tokenizer.decode([tid])}
+                    {
+                        "prompt": p_index,
+                        "position": pos,
+                        "token_id": tid,
+                        "token": tokenizer.decode([tid]),
+                    }
                 )
             norms = []
             for h_index, hidden in enumerate(out.hidden_states):
@@ -127,9 +133,13 @@ def probe(
                     seen = massive.get(h_index - 1)
                     if seen is None or ratio > seen["ratio"]:
                         massive[h_index - 1] = {
-                            "layer": h_index - 1, "prompt": p_index, "position": pos,
-                            "token": tokenizer.decode([id_list[pos]]), "dim": dim,
-                            "value": float(h[pos, dim]), "median_abs": median,
+                            "layer": h_index - 1,
+                            "prompt": p_index,
+                            "position": pos,
+                            "token": tokenizer.decode([id_list[pos]]),
+                            "dim": dim,
+                            "value": float(h[pos, dim]),
+                            "median_abs": median,
                             "ratio": round(ratio, 2) if ratio != float("inf") else None,
                         }
             hidden_norms.append(norms)
@@ -154,10 +164,14 @@ def probe(
                 tokens.append({**token_rows[t_index], "activation": float(acts[t_index, neuron])})
             top_neurons.append({"neuron": neuron, "max_abs": float(peak[neuron]), "tokens": tokens})
         dead = float((peak <= options.eps).float().mean())
-        layers.append({
-            "layer": layer, "neurons": int(peak.numel()), "never_active_fraction": dead,
-            "top_neurons": top_neurons,
-        })
+        layers.append(
+            {
+                "layer": layer,
+                "neurons": int(peak.numel()),
+                "never_active_fraction": dead,
+                "top_neurons": top_neurons,
+            }
+        )
         neuron_max.append([float(f"{v:.4g}") for v in peak.tolist()])
     first_tokens = [row["token"] for row in token_rows if row["prompt"] == 0]
     return {
@@ -168,6 +182,8 @@ def probe(
         "neuron_max": neuron_max,  # layers x neurons: max |activation| over all probe tokens
         "massive": [massive[k] for k in sorted(massive)],
         "options": {
-            "top_k": options.top_k, "eps": options.eps, "massive_ratio": options.massive_ratio,
+            "top_k": options.top_k,
+            "eps": options.eps,
+            "massive_ratio": options.massive_ratio,
         },
     }

@@ -2,11 +2,13 @@
 
 Rules (each alarm is {"severity", "kind", "tensor", "layer", "module", "reason", "hint"}):
 - nonfinite (error): a tensor holds NaN or Inf.
-- norm_outlier (error), without a base: for a module present in at least MIN_LAYERS layers,
+- norm_outlier, without a base: for a module present in at least MIN_LAYERS layers,
   x = log ||W||_F; against the *other* layers' median c and spread
-  s = max(1.4826 * MAD, SPREAD_FLOOR) (log units, so 0.05 is about 5 %), |x - c| > k * s.
-  With a base: x = log(||W||_F / ||W0||_F), the same spread over that module's layers, and
-  |x| > k * s. Both are on a log scale so "x50" and "/50" count alike.
+  s = max(1.4826 * MAD, SPREAD_FLOOR) (log units, so 0.05 is about 5 %), |x - c| > k * s:
+  an error when the norm is above the others (exploding), a warning when below (pretrained
+  models have such layers: SmolLM2-135M's layer 0 input_layernorm is 0.12x and its o_proj
+  0.38x the other layers'). With a base: x = log(||W||_F / ||W0||_F), the same spread over
+  that module's layers, |x| > k * s is an error either way ("x50" and "/50" alike).
 - delta_concentrated (warning): more than CONCENTRATED_MIN_LAYERS layers changed and one
   holds more than CONCENTRATED_SHARE of the total delta energy sum ||W - W0||_F^2.
 - massive_activation (warning): a hidden value above massive_ratio x its layer's median
@@ -67,13 +69,18 @@ def nonfinite_alarms(weights: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for row in weights:
         if row.get("nonfinite"):
-            out.append(alarm(
-                "error", "nonfinite",
-                f"{row['tensor']} has {row['nonfinite']} NaN/Inf values",
-                "the checkpoint is broken: retrain from the last good checkpoint with a lower "
-                "learning rate or gradient clipping, or re-download the weights",
-                row["tensor"], row["layer"], row["module"],
-            ))
+            out.append(
+                alarm(
+                    "error",
+                    "nonfinite",
+                    f"{row['tensor']} has {row['nonfinite']} NaN/Inf values",
+                    "the checkpoint is broken: retrain from the last good checkpoint with a lower "
+                    "learning rate or gradient clipping, or re-download the weights",
+                    row["tensor"],
+                    row["layer"],
+                    row["module"],
+                )
+            )
     return out
 
 
@@ -99,15 +106,21 @@ def norm_alarms(
             for row, x in logs:
                 if abs(x) > k * spread:
                     ratio = math.exp(x)
-                    out.append(alarm(
-                        "error", "norm_outlier",
-                        f"layer {row['layer']} {module}: norm is {ratio:.3g}x the base's "
-                        f"({row['frobenius']:.4g} vs {base_norms[row['tensor']]:.4g}); "
-                        f"allowed spread {math.exp(k * spread):.3g}x (k={k:g})",
-                        "the fine-tune blew up (or shrank) this weight: check the learning rate, "
-                        "gradient clipping and the data for this run; compare its loss curve",
-                        row["tensor"], row["layer"], module,
-                    ))
+                    out.append(
+                        alarm(
+                            "error",
+                            "norm_outlier",
+                            f"layer {row['layer']} {module}: norm is {ratio:.3g}x the base's "
+                            f"({row['frobenius']:.4g} vs {base_norms[row['tensor']]:.4g}); "
+                            f"allowed spread {math.exp(k * spread):.3g}x (k={k:g})",
+                            "the fine-tune blew up (or shrank) this weight: check the learning "
+                            "rate, gradient clipping and the data of this run; compare its loss "
+                            "curve",
+                            row["tensor"],
+                            row["layer"],
+                            module,
+                        )
+                    )
             continue
         if len(rows) < MIN_LAYERS:
             continue
@@ -117,16 +130,21 @@ def norm_alarms(
             centre, spread = _spread(others)
             x = logs_all[i]
             if abs(x - centre) > k * spread:
-                out.append(alarm(
-                    "error", "norm_outlier",
-                    f"layer {row['layer']} {module}: norm {row['frobenius']:.4g} is "
-                    f"{math.exp(x - centre):.3g}x the median of the other layers' "
-                    f"({math.exp(centre):.4g}); robust spread {math.exp(spread):.3g}x, k={k:g}",
-                    "one layer's weights are out of line with the rest: compare with the base "
-                    "model (--against BASE); if it is not in the base, the checkpoint is "
-                    "damaged or the run diverged",
-                    row["tensor"], row["layer"], module,
-                ))
+                out.append(
+                    alarm(
+                        "error" if x > centre else "warning",
+                        "norm_outlier",
+                        f"layer {row['layer']} {module}: norm {row['frobenius']:.4g} is "
+                        f"{math.exp(x - centre):.3g}x the median of the other layers' "
+                        f"({math.exp(centre):.4g}); robust spread {math.exp(spread):.3g}x, k={k:g}",
+                        "one layer's weights are out of line with the rest: compare with the base "
+                        "model (--against BASE); if it is not in the base, the checkpoint is "
+                        "damaged or the run diverged",
+                        row["tensor"],
+                        row["layer"],
+                        module,
+                    )
+                )
     return out
 
 
@@ -147,14 +165,19 @@ def concentration_alarms(deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if share <= CONCENTRATED_SHARE:
         return []
     module = max(by_module[layer].items(), key=lambda item: item[1])[0]
-    return [alarm(
-        "warning", "delta_concentrated",
-        f"layer {layer} holds {share:.0%} of the change against the base ({len(energy)} layers "
-        f"changed), most of it in {module}",
-        "a fine-tune usually spreads its change over layers: check this layer for damage "
-        "(a NaN-guard, a bad merge) or confirm the run was meant to target it",
-        None, layer, module,
-    )]
+    return [
+        alarm(
+            "warning",
+            "delta_concentrated",
+            f"layer {layer} holds {share:.0%} of the change against the base ({len(energy)} layers "
+            f"changed), most of it in {module}",
+            "a fine-tune usually spreads its change over layers: check this layer for damage "
+            "(a NaN-guard, a bad merge) or confirm the run was meant to target it",
+            None,
+            layer,
+            module,
+        )
+    ]
 
 
 def activation_alarms(activations: dict[str, Any] | None, dead_fraction: float) -> list[dict]:
@@ -163,25 +186,35 @@ def activation_alarms(activations: dict[str, Any] | None, dead_fraction: float) 
     out = []
     ratio = activations["options"]["massive_ratio"]
     for hit in activations["massive"]:
-        out.append(alarm(
-            "warning", "massive_activation",
-            f"layer {hit['layer']}: hidden value {hit['value']:.4g} at dim {hit['dim']} on token "
-            f"{hit['token']!r} (probe {hit['prompt']}) is over {ratio:g}x the layer's median "
-            f"|value| {hit['median_abs']:.3g}",
-            "many pretrained LLMs have a few such dimensions (attention sinks): scan the base "
-            "with the same probes; if it is new, the fine-tune destabilised this layer",
-            None, hit["layer"], None,
-        ))
+        out.append(
+            alarm(
+                "warning",
+                "massive_activation",
+                f"layer {hit['layer']}: hidden value {hit['value']:.4g} at dim {hit['dim']} "
+                f"on token {hit['token']!r} (probe {hit['prompt']}) is over {ratio:g}x the "
+                f"layer's median |value| {hit['median_abs']:.3g}",
+                "many pretrained LLMs have a few such dimensions (attention sinks): scan the base "
+                "with the same probes; if it is new, the fine-tune destabilised this layer",
+                None,
+                hit["layer"],
+                None,
+            )
+        )
     for layer in activations["mlp"]:
         if layer["never_active_fraction"] > dead_fraction:
-            out.append(alarm(
-                "warning", "dead_neurons",
-                f"layer {layer['layer']}: {layer['never_active_fraction']:.0%} of "
-                f"{layer['neurons']} MLP neurons never active on the probes",
-                "add more varied probes to confirm; dead neurons after a fine-tune point to "
-                "a too-high learning rate or heavy weight decay",
-                None, layer["layer"], "mlp",
-            ))
+            out.append(
+                alarm(
+                    "warning",
+                    "dead_neurons",
+                    f"layer {layer['layer']}: {layer['never_active_fraction']:.0%} of "
+                    f"{layer['neurons']} MLP neurons never active on the probes",
+                    "add more varied probes to confirm; dead neurons after a fine-tune point to "
+                    "a too-high learning rate or heavy weight decay",
+                    None,
+                    layer["layer"],
+                    "mlp",
+                )
+            )
     return out
 
 
@@ -192,13 +225,18 @@ def weightwatcher_alarms(result: dict[str, Any], alpha_range: tuple[float, float
         alpha = row.get("alpha")
         if alpha is None or lo <= alpha <= hi:
             continue
-        out.append(alarm(
-            "warning", "weightwatcher_alpha",
-            f"{row.get('name')}: power-law alpha {alpha:.3g} outside [{lo:g}, {hi:g}]",
-            "alpha < 2 suggests over-training of this layer, > 6 an under-trained or random "
-            "one: compare with the base model",
-            row.get("name"), row.get("layer"), row.get("module"),
-        ))
+        out.append(
+            alarm(
+                "warning",
+                "weightwatcher_alpha",
+                f"{row.get('name')}: power-law alpha {alpha:.3g} outside [{lo:g}, {hi:g}]",
+                "alpha < 2 suggests over-training of this layer, > 6 an under-trained or random "
+                "one: compare with the base model",
+                row.get("name"),
+                row.get("layer"),
+                row.get("module"),
+            )
+        )
     return out
 
 

@@ -129,9 +129,7 @@ def load_adapter(folder: Path, base: TensorStore) -> Adapter:
         shape_b = store.shapes[keys["B"]]
         rank = shape_b[1] if len(shape_b) == 2 else shape_a[0]
         alpha = float(
-            _pattern_value(
-                config.get("alpha_pattern") or {}, short, config.get("lora_alpha", rank)
-            )
+            _pattern_value(config.get("alpha_pattern") or {}, short, config.get("lora_alpha", rank))
         )
         adapter.pairs[resolved] = LoraPair(resolved, keys["A"], keys["B"], alpha, rank, rslora)
     if not adapter.pairs and not adapter.full:

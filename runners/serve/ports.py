@@ -35,7 +35,11 @@ from runners.errors import LlmopsError
 CLAIMS_ENV = "LLMOPS_PORT_CLAIMS"
 
 
-class PortInUse(LlmopsError):
+class PortClaimError(LlmopsError):
+    """The public port cannot be checked or claimed; the message says why and what to do."""
+
+
+class PortInUse(PortClaimError):
     """The public port is held by something this deployment may not share it with."""
 
 
@@ -76,11 +80,17 @@ def claims_dir() -> Path:
         with contextlib.suppress(FileExistsError):
             mine.mkdir(mode=0o700)
         if mine.is_symlink() or mine.stat().st_uid != os.getuid():
-            raise PortInUse(
+            raise PortClaimError(
                 f"{mine} belongs to another user; set {CLAIMS_ENV} to a folder of your own"
             )
         folder = mine / "ports"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as err:
+        raise PortClaimError(
+            f"cannot create the port claims folder {folder}: {err.strerror}; "
+            f"set {CLAIMS_ENV} to a folder of your own"
+        ) from None
     return folder
 
 

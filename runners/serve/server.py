@@ -211,7 +211,7 @@ async def _serve(config: ServeConfig, api_key: str | None) -> int:
                 owner,
                 lambda: bind(config.host, public_port, reuse_port=True, field="public_port"),
             )
-        except ports.PortInUse as err:
+        except ports.PortClaimError as err:
             say(config, str(err))
             return await shut_down(EXIT_PORT)
         claimed = True

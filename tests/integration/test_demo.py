@@ -81,6 +81,10 @@ def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
     experiment.write_text(text)
     suite = root / "specs/evals/support-regression.yaml"
     suite.write_text(suite.read_text().replace("      metrics:", "      limit: 3\n      metrics:"))
+    arena = root / "specs/arenas/support-arena.yaml"
+    text = arena.read_text()
+    assert "battles_per_pair: 10" in text
+    arena.write_text(text.replace("battles_per_pair: 10", "battles_per_pair: 2"))
     commit(root)
     try:
         result = run_demo(root, timeout=1500)

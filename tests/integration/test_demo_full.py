@@ -6,6 +6,8 @@ so `make test` leaves it out (marker demo_full); `make test-demo` and .ci/run ru
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -50,5 +52,31 @@ def test_full_demo_improves_rouge_l_and_passes_every_gate(tmp_path: Path) -> Non
             "version": "support-assistant@1",
             "aliases": ["champion"],
         }
+
+        # The arena: base against the champion on held-out questions, judged in both orders.
+        arena = lock["Arena/support-arena"]["outputs"]
+        print(f"arena: {json.dumps(arena)}")
+        assert arena["models"] == {
+            "smollm2-135m-instruct": "smollm2-135m-instruct@1",
+            "support-assistant@champion": "support-assistant@1",
+        }
+        assert arena["battles"] == 10
+        assert sum(arena.get("votes", {}).values()) + arena.get("unparseable", 0) == 10
+        again = subprocess.run(
+            [sys.executable, "-m", "controller.cli.main", "arena", "run", "support-arena"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "0 answer(s) generated, 0 battle(s) judged now" in again.stderr
+        print(again.stdout)
+
+        # The brain scan of the merged fine-tune against SmolLM2: LoRA touched q and v only.
+        scan = lock["Experiment/support-lora/default"]["outputs"]["scan"]
+        print(f"brain scan: {json.dumps(scan)}")
+        assert scan["modules_changed"] == ["q_proj", "v_proj"], scan
+        assert not [a for a in scan.get("alarms", []) if a.startswith("error")], scan
     finally:
         stop_servers(root)

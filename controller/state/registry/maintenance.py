@@ -61,6 +61,9 @@ class VerifyReport:
     checked_files: int = 0
     checked_bytes: int = 0
     problems: list[Problem] = field(default_factory=list)
+    # versions trusted by default (no untrusted namespace tag) that record no provenance:
+    # stored before provenance existed, or outside apply (`llmops models pull`)
+    unproven: list[str] = field(default_factory=list)
 
 
 def verify(
@@ -76,6 +79,9 @@ def verify(
             continue
         for version in model.versions:
             ref = f"{model.name}@{version.number}"
+            untrusted = any(t.key == "namespace" and t.value == "untrusted" for t in version.tags)
+            if not untrusted and not (version.extra or {}).get("provenance"):
+                report.unproven.append(ref)
             for file in version.files:
                 if file.sha256 not in verdicts:
                     exists = registry.blobs.exists(file.sha256, file.size)

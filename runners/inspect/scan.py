@@ -1,0 +1,287 @@
+"""Runner `inspect`, entry point: one brain scan of a model folder -> scan.json and PNGs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runners.errors import InvalidInput
+from runners.inspect.activations import ActivationOptions, load_model, probe
+from runners.inspect.alarms import AlarmOptions, all_alarms
+from runners.inspect.deltas import adapter_deltas, full_deltas, load_adapter
+from runners.inspect.plots import heatmaps, write_pngs
+from runners.inspect.weights import (
+    ADAPTER_CONFIG,
+    TensorStore,
+    check_folder,
+    is_adapter,
+    iter_weight_rows,
+)
+
+SCAN_VERSION = 1  # bump when the numbers a scan produces change, so cached scans are redone
+WW_MISSING = "weightwatcher is not installed: pip install weightwatcher"
+
+
+@dataclass
+class ScanInputs:
+    model: Path
+    out: Path
+    base: Path | None = None
+    probes: list[str] | None = None
+    top_k: int = 5
+    bins: int = 50
+    spread_k: float = 6.0
+    weightwatcher: bool = False
+    report: Callable[[str], None] | None = None
+    eps: float = 1e-6
+    massive_ratio: float = 100.0
+    dead_fraction: float = 0.5
+    threads: int | None = 1  # torch threads for the weight passes (None: leave torch's own)
+
+    def options(self) -> dict[str, Any]:
+        """The settings that change the result (for scan_digest): not paths, not `report`."""
+        return {
+            "top_k": self.top_k,
+            "bins": self.bins,
+            "spread_k": self.spread_k,
+            "weightwatcher": self.weightwatcher,
+            "eps": self.eps,
+            "massive_ratio": self.massive_ratio,
+            "dead_fraction": self.dead_fraction,
+        }
+
+
+def scan_digest(
+    model_digest: str, base_digest: str | None, probes: list[str] | None, options: dict[str, Any]
+) -> str:
+    """Digest of everything a scan depends on ("sha256:" + hex over canonical JSON), so a
+    stored scan can be reused when model, base, probes, options and scan version match."""
+    payload = {
+        "scan_version": SCAN_VERSION,
+        "model": model_digest,
+        "base": base_digest,
+        "probes": list(probes) if probes else None,
+        "options": options,
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN and Inf become None, tuples lists, Paths strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _adapter_base(model: Path, base: Path | None) -> Path:
+    if base is not None:
+        return base
+    config = json.loads((model / ADAPTER_CONFIG).read_text())
+    named = config.get("base_model_name_or_path")
+    if named and Path(named).is_dir():
+        return Path(named)
+    raise InvalidInput(
+        f"{model} is a LoRA adapter and its base {named!r} is not a local folder: "
+        "pass the base model (--against BASE)"
+    )
+
+
+def _layers_changed(
+    deltas: list[dict[str, Any]], base_norms: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Per layer: sqrt(sum ||W - W0||^2) / sqrt(sum ||W0||^2) over all of the layer's tensors."""
+    from runners.inspect.weights import parse_name
+
+    delta_sq: dict[int, float] = defaultdict(float)
+    base_sq: dict[int, float] = defaultdict(float)
+    for name, norm in base_norms.items():
+        layer, _ = parse_name(name)
+        if layer is not None:
+            base_sq[layer] += norm * norm
+    for row in deltas:
+        if row.get("layer") is not None and row.get("delta_frobenius") is not None:
+            delta_sq[row["layer"]] += row["delta_frobenius"] ** 2
+    out = [
+        {"layer": layer, "relative_change": math.sqrt(delta_sq.get(layer, 0.0) / total)}
+        for layer, total in base_sq.items()
+        if total > 0
+    ]
+    return sorted(out, key=lambda r: (-r["relative_change"], r["layer"]))
+
+
+def run_weightwatcher(model: Path, base: Path | None) -> dict[str, Any]:
+    """Power-law alpha per layer from weightwatcher, when installed (an optional extra)."""
+    try:
+        import weightwatcher as ww  # type: ignore[import-not-found]
+    except ImportError:
+        return {"skipped": WW_MISSING}
+    frame = ww.WeightWatcher(model=_load_plain(model, base)).analyze()
+    from runners.inspect.weights import parse_name
+
+    layers = []
+    for record in frame.to_dict("records"):
+        name = str(record.get("longname") or record.get("name") or record.get("layer_id"))
+        layer, module = parse_name(name + ".weight")
+        alpha = record.get("alpha")
+        layers.append(
+            {
+                "name": name,
+                "layer": layer,
+                "module": module,
+                "alpha": float(alpha) if alpha is not None else None,
+            }
+        )
+    return {"layers": layers}
+
+
+def _load_plain(model: Path, base: Path | None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    if is_adapter(model):
+        from peft import PeftModel
+
+        if base is None:
+            raise InvalidInput(f"{model} is an adapter: pass its base model")
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(base), dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+        )
+        return PeftModel.from_pretrained(loaded, str(model)).merge_and_unload()
+    return AutoModelForCausalLM.from_pretrained(
+        str(model), dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+    )
+
+
+def _weight_passes(
+    inputs: ScanInputs, kind: str, base: Path | None, say: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, float]]:
+    """Weights (an adapter's effective ones, W0 + delta), deltas, and base norms per tensor.
+
+    Runs with `inputs.threads` torch threads: on 2 busy cores one thread was 10x faster than
+    two for these many small LAPACK calls (OpenMP threads spin waiting for each other).
+    """
+    base_norms: dict[str, float] = {}
+    deltas: list[dict[str, Any]] = []
+    weights: list[dict[str, Any]]
+    if kind == "adapter":
+        assert base is not None
+        base_store = TensorStore(base)
+        adapter = load_adapter(inputs.model, base_store)
+
+        def effective(name: str, tensor: torch.Tensor) -> torch.Tensor:
+            if tensor.is_floating_point():
+                base_norms[name] = float(
+                    torch.linalg.vector_norm(tensor.float(), dtype=torch.float64)
+                )
+            delta = adapter.delta(name, tensor)
+            return tensor if delta is None else (tensor.double() + delta).to(torch.float32)
+
+        say(f"weights: {len(base_store.names())} tensors of {base} with the adapter applied")
+        weights = list(iter_weight_rows(base_store, inputs.bins, effective, say))
+        say(f"deltas: {len(adapter.pairs) + len(adapter.full)} adapted tensors (low-rank path)")
+        deltas = list(adapter_deltas(adapter, base_store))
+    else:
+        store = TensorStore(inputs.model)
+        say(f"weights: {len(store.names())} tensors of {inputs.model}")
+        weights = list(iter_weight_rows(store, inputs.bins, report=say))
+        if base is not None:
+            say(f"deltas against {base}")
+            deltas = list(full_deltas(store, TensorStore(base), say))
+            base_norms = {
+                r["tensor"]: r["base_frobenius"] for r in deltas if r.get("base_frobenius")
+            }
+    return weights, deltas, base_norms
+
+
+def scan(inputs: ScanInputs) -> dict[str, Any]:
+    """Scan `inputs.model` (a full model or a LoRA adapter folder), against `inputs.base` when
+    given; write out/scan.json and PNGs into out/; return the same dict."""
+    start = time.perf_counter()
+    say = inputs.report or (lambda _msg: None)
+    if inputs.top_k < 1 or inputs.bins < 2 or inputs.spread_k <= 0:
+        raise InvalidInput("top_k must be >= 1, bins >= 2 and spread_k > 0")
+    check_folder(inputs.model)
+    kind = "adapter" if is_adapter(inputs.model) else "full"
+    base = _adapter_base(inputs.model, inputs.base) if kind == "adapter" else inputs.base
+    if base is not None:
+        check_folder(base, "base")
+        if is_adapter(base):
+            raise InvalidInput(f"base {base} is an adapter: pass the full model it adapts")
+    inputs.out.mkdir(parents=True, exist_ok=True)
+
+    threads = torch.get_num_threads()
+    if inputs.threads:
+        torch.set_num_threads(inputs.threads)
+    try:
+        weights, deltas, base_norms = _weight_passes(inputs, kind, base, say)
+    finally:
+        torch.set_num_threads(threads)
+
+    activations = None
+    if inputs.probes:
+        say(f"activations on {len(inputs.probes)} probes")
+        model, tokenizer = load_model(inputs.model, base)
+        activations = probe(
+            model,
+            tokenizer,
+            inputs.probes,
+            ActivationOptions(
+                top_k=inputs.top_k, eps=inputs.eps, massive_ratio=inputs.massive_ratio
+            ),
+            inputs.report,
+        )
+        del model
+    ww_result = (
+        run_weightwatcher(inputs.model, base)
+        if inputs.weightwatcher
+        else {"skipped": "not requested (weightwatcher=True runs it; needs weightwatcher)"}
+    )
+    alarms = all_alarms(
+        weights,
+        deltas,
+        base_norms if base is not None else None,
+        activations,
+        ww_result,
+        AlarmOptions(spread_k=inputs.spread_k, dead_fraction=inputs.dead_fraction),
+    )
+    maps = heatmaps(weights, deltas, activations)
+    images = write_pngs(inputs.out, maps, weights, activations)
+    changed = sorted({r["module"] for r in deltas if (r.get("delta_frobenius") or 0.0) > 0.0})
+    result = _clean(
+        {
+            "scan_version": SCAN_VERSION,
+            "model": str(inputs.model),
+            "base": str(base) if base is not None else None,
+            "kind": kind,
+            "options": inputs.options(),
+            "weights": weights,
+            "deltas": deltas,
+            "layers_changed_most": _layers_changed(deltas, base_norms) if deltas else [],
+            "modules_changed": changed,
+            "activations": activations,
+            "alarms": alarms,
+            "heatmaps": maps,
+            "images": images,
+            "weightwatcher": ww_result,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+    )
+    (inputs.out / "scan.json").write_text(json.dumps(result, allow_nan=False) + "\n")
+    errors = sum(a["severity"] == "error" for a in alarms)
+    say(f"scan done in {result['seconds']} s: {errors} errors, {len(alarms) - errors} warnings")
+    return result
