@@ -348,7 +348,9 @@ class _Resolver:
             for run in runs:
                 address = f"Experiment/{spec.name}/{run.name}"
                 cfg = ExperimentSpec.model_validate(run.config)
-                self.nodes[address] = ("Experiment", spec.name, run.config, spec)
+                # A scan nobody asked for is not part of the spec (older lock files lack it).
+                config = {k: v for k, v in run.config.items() if k != "inspect" or v}
+                self.nodes[address] = ("Experiment", spec.name, config, spec)
                 self._model_ref(spec, ("spec", "base_model"), cfg.base_model, address)
                 self._named_ref(spec, ("spec", "dataset"), cfg.dataset, "Dataset", address, True)
                 probes = cfg.inspect.probes if cfg.inspect else None

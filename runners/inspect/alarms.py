@@ -7,8 +7,10 @@ Rules (each alarm is {"severity", "kind", "tensor", "layer", "module", "reason",
   s = max(1.4826 * MAD, SPREAD_FLOOR) (log units, so 0.05 is about 5 %), |x - c| > k * s:
   an error when the norm is above the others (exploding), a warning when below (pretrained
   models have such layers: SmolLM2-135M's layer 0 input_layernorm is 0.12x and its o_proj
-  0.38x the other layers'). With a base: x = log(||W||_F / ||W0||_F), the same spread over
-  that module's layers, |x| > k * s is an error either way ("x50" and "/50" alike).
+  0.38x the other layers'). With a base: x = log(||W||_F / ||W0||_F) against the other
+  layers' median change and spread (leave-one-out), |x - c| > k * s and |x| > k * s is an
+  error either way
+  ("x50" and "/50" alike); a change every layer shares is no alarm.
 - delta_concentrated (warning): more than CONCENTRATED_MIN_LAYERS layers changed and one
   holds more than CONCENTRATED_SHARE of the total delta energy sum ||W - W0||_F^2.
 - massive_activation (warning): a hidden value above massive_ratio x its layer's median
@@ -102,9 +104,14 @@ def norm_alarms(
             logs = [(r, math.log(r["frobenius"] / b)) for r, b in pairs if b]
             if not logs:
                 continue
-            _, spread = _spread([x for _, x in logs])
-            for row, x in logs:
-                if abs(x) > k * spread:
+            for i, (row, x) in enumerate(logs):
+                # Against the other layers' change (leave-one-out): a fine-tune that moves
+                # every layer alike is no alarm; one layer out of line is, even with 2 layers.
+                others = [y for j, (_, y) in enumerate(logs) if j != i] or [0.0]
+                centre, spread = _spread(others)
+                # ... and out of line with its own base (else, with few layers, the one
+                # unchanged layer would look odd next to the damaged one).
+                if abs(x - centre) > k * spread and abs(x) > k * spread:
                     ratio = math.exp(x)
                     out.append(
                         alarm(

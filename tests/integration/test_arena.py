@@ -39,9 +39,9 @@ GATES = """
 """
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
-    root = tmp_path_factory.mktemp("arena") / "repo"
+@pytest.fixture
+def repo(tmp_path: Path, tiny_model: Path) -> Path:
+    root = tmp_path / "repo"
     for folder in ("specs/models", "specs/arenas", "data", "models"):
         (root / folder).mkdir(parents=True)
     shutil.copytree(tiny_model, root / "models/tiny")
@@ -64,7 +64,7 @@ def cli_json(run_cli: Callable[..., Any], root: Path, *args: str) -> Any:
     return json.loads(done.stdout)
 
 
-def test_apply_runs_the_arena_and_a_biased_judge_gives_ties(
+def check_apply_runs_the_arena_and_a_biased_judge_gives_ties(
     repo: Path, run_cli: Callable[..., Any]
 ) -> None:
     done = run_cli("apply", cwd=repo)
@@ -86,7 +86,7 @@ def test_apply_runs_the_arena_and_a_biased_judge_gives_ties(
     assert {s.rank for s in outputs.leaderboard} == {1}  # overlapping intervals share a rank
 
 
-def test_a_rerun_reuses_every_answer_and_verdict(repo: Path, run_cli: Callable[..., Any]) -> None:
+def check_a_rerun_reuses_every_answer_and_verdict(repo: Path, run_cli: Callable[..., Any]) -> None:
     again = run_cli("arena", "run", "duel", cwd=repo)
     assert again.returncode == 0, again.stderr
     assert "0 answer(s) generated, 0 battle(s) judged now" in again.stderr
@@ -94,7 +94,7 @@ def test_a_rerun_reuses_every_answer_and_verdict(repo: Path, run_cli: Callable[.
     assert '"Arena/duel"' in plan.stdout and '"noop"' in plan.stdout
 
 
-def test_votes_are_blind_once_per_voter_and_move_the_human_leaderboard(
+def check_votes_are_blind_once_per_voter_and_move_the_human_leaderboard(
     repo: Path, run_cli: Callable[..., Any]
 ) -> None:
     command = [sys.executable, "-m", "controller.cli.main", "arena", "vote", "duel"]
@@ -128,7 +128,7 @@ def test_votes_are_blind_once_per_voter_and_move_the_human_leaderboard(
     assert first["battles"] == 7 and first["ties"] == 1
 
 
-def test_gates_read_the_lower_bound_of_the_rating_difference(
+def check_gates_read_the_lower_bound_of_the_rating_difference(
     repo: Path, run_cli: Callable[..., Any]
 ) -> None:
     spec = repo / "specs/arenas/duel.yaml"
@@ -142,7 +142,7 @@ def test_gates_read_the_lower_bound_of_the_rating_difference(
     assert "gate rating/mute not_worse_than tiny: FAIL" in done.stdout
 
 
-def test_export_then_import_round_trips_and_exports_preferences(
+def check_export_then_import_round_trips_and_exports_preferences(
     repo: Path, run_cli: Callable[..., Any], tmp_path: Path
 ) -> None:
     log = tmp_path / "battles.jsonl"
@@ -169,3 +169,14 @@ def test_export_then_import_round_trips_and_exports_preferences(
     preferences = [json.loads(line) for line in dpo.read_text().splitlines()]
     assert len(preferences) == 6  # bob's decisive votes; ties are not preferences
     assert all(p["rejected"] == "" and p["chosen"] for p in preferences)
+
+
+def test_arena_from_apply_to_export(
+    repo: Path, run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """One story, in order (each step reads what the one before stored)."""
+    check_apply_runs_the_arena_and_a_biased_judge_gives_ties(repo, run_cli)
+    check_a_rerun_reuses_every_answer_and_verdict(repo, run_cli)
+    check_votes_are_blind_once_per_voter_and_move_the_human_leaderboard(repo, run_cli)
+    check_gates_read_the_lower_bound_of_the_rating_difference(repo, run_cli)
+    check_export_then_import_round_trips_and_exports_preferences(repo, run_cli, tmp_path)

@@ -63,9 +63,10 @@ def test_asking_for_a_scan_scans_the_trained_version_without_retraining(repo: Pa
     assert report.returncode == 0, report.stderr
     text = (repo / "report.md").read_text()
     assert "### Brain scans" in text and "q_proj, v_proj" in text
+    check_inspect_reads_the_stored_scan_and_draws_it(repo)
 
 
-def test_inspect_reads_the_stored_scan_and_draws_it(repo: Path) -> None:
+def check_inspect_reads_the_stored_scan_and_draws_it(repo: Path) -> None:
     done = llmops(repo, "inspect", "assistant@1", "--probes", "data/probes.txt", "--top-k", "3")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "(cached" in done.stdout and "modules changed: q_proj, v_proj" in done.stdout

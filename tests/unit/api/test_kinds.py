@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controller.api import KINDS, Dataset, Deployment, EvalSuite, Experiment, Model, Pipeline
+from controller.api import KINDS, Arena, Dataset, Deployment, EvalSuite, Experiment, Model, Pipeline
 from controller.api.common import split_ref
 
 VALID: dict[str, dict[str, Any]] = {
@@ -46,6 +46,12 @@ VALID: dict[str, dict[str, Any]] = {
         "model": "assistant@champion",
         "target": "kserve",
         "api_key": {"secret": "llm-keys/assistant"},
+    },
+    "Arena": {
+        "models": ["base@1", "assistant@champion"],
+        "prompts": {"type": "dataset", "dataset": "faq", "split": "test", "limit": 20},
+        "judge": {"model": "judge", "rubric": "Prefer correct answers."},
+        "gates": [{"candidate": "assistant@champion", "baseline": "base@1", "margin": -25}],
     },
     "Pipeline": {
         "trigger": {"schedule": "0 3 * * 1"},
@@ -185,3 +191,16 @@ def test_pipeline_trigger_needs_a_condition() -> None:
     spec = {**VALID["Pipeline"], "trigger": {}}
     with pytest.raises(ValidationError, match="trigger needs"):
         Pipeline.model_validate(envelope("Pipeline", spec))
+
+
+def test_arena_needs_voters_distinct_models_and_gates_on_its_models() -> None:
+    base = VALID["Arena"]
+    with pytest.raises(ValidationError, match="a 'judge', 'human_votes: true', or both"):
+        Arena.model_validate(envelope("Arena", {**base, "judge": None}))
+    with pytest.raises(ValidationError, match="the same reference twice"):
+        Arena.model_validate(envelope("Arena", {**base, "models": ["a@1", "a@1"]}))
+    with pytest.raises(ValidationError, match="which is not in 'models'"):
+        gate = {"candidate": "other", "baseline": "base@1"}
+        Arena.model_validate(envelope("Arena", {**base, "gates": [gate]}))
+    with pytest.raises(ValidationError):
+        Arena.model_validate(envelope("Arena", {**base, "models": ["only"]}))
