@@ -41,6 +41,14 @@ class RegressionTestStep(Strict):
     against: Name = Field(description="The Deployment whose serving model is the baseline.")
 
 
+class ArenaStep(Strict):
+    """The candidate must also pass an Arena's gates (run after the regression test, when
+    the retrained version is the newest: an Arena reference without @ names it)."""
+
+    step: Literal["arena"]
+    arena: Name
+
+
 class OpenPullRequestStep(Strict):
     step: Literal["open_pull_request"]
     deployment: Name
@@ -54,7 +62,7 @@ class OpenPullRequestStep(Strict):
 
 
 PipelineStep = Annotated[
-    UpdateDatasetStep | RetrainStep | RegressionTestStep | OpenPullRequestStep,
+    UpdateDatasetStep | RetrainStep | RegressionTestStep | ArenaStep | OpenPullRequestStep,
     Field(discriminator="step"),
 ]
 

@@ -181,6 +181,7 @@ class _Resolver:
                 "EvalSuite": "evals",
                 "Deployment": "deployments",
                 "Experiment": "experiments",
+                "Arena": "arenas",
             }.get(kind, "")
             self._diag(
                 spec,
@@ -461,6 +462,7 @@ class _Resolver:
                     ("suite", "EvalSuite"),
                     ("against", "Deployment"),
                     ("deployment", "Deployment"),
+                    ("arena", "Arena"),
                 ):
                     value = getattr(step, field_name, None)
                     if value:

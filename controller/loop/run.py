@@ -23,6 +23,7 @@ from typing import Any
 from rich.console import Console
 from ruamel.yaml import YAML
 
+from controller.apply.arena import ArenaRunner
 from controller.apply.engine import Applier, fault_point, gate_name
 from controller.apply.evaluate import Evaluator
 from controller.apply.prepare import Preparer
@@ -113,6 +114,7 @@ class Steps:
     branch_prefix: str
     reviewers: tuple[str, ...]
     labels: tuple[str, ...]
+    arena: str | None = None
 
     @classmethod
     def of(cls, name: str, spec: dict[str, Any]) -> Steps:
@@ -134,6 +136,7 @@ class Steps:
             branch_prefix=pr.get("branch_prefix") or "llmops/pipeline/",
             reviewers=tuple(pr.get("reviewers") or ()),
             labels=tuple(pr.get("labels") or ()),
+            arena=(by_step.get("arena") or {}).get("arena"),
         )
 
 
@@ -372,6 +375,14 @@ class PipelineRun:
             gates = {
                 gate_name(g): {"passed": g.passed, "detail": g.detail} for g in comparison.gates
             }
+            if self.steps.arena:
+                arena = ArenaRunner(loaded, registry, self.console).run(self.steps.arena)
+                gates.update(
+                    {
+                        f"arena {self.steps.arena}: {name}": verdict.model_dump()
+                        for name, verdict in arena.gates.items()
+                    }
+                )
             for name, gate in gates.items():
                 mark = "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]"
                 self.console.print(f"  gate {name}: {mark} ({gate['detail']})")
