@@ -201,7 +201,13 @@ class ArenaRunner(ApplyStep):
         chosen = choose_prompts(
             self.prompts(spec), int(spec["battles_per_pair"]), int(spec["generation"]["seed"])
         )
-        generation = dict(spec["generation"])
+        # Answers and verdicts belong to the code that produced them and to the trust of
+        # the ref that ran it: a pull request's are never read back on main.
+        generation = {
+            **spec["generation"],
+            "code": self.code_digest("arena"),
+            "namespace": self.namespace,
+        }
         keys = {
             (c.label, p.id): answer_key(p.text, c.identity, generation)
             for c in contenders
@@ -215,6 +221,8 @@ class ArenaRunner(ApplyStep):
             judge_version, judge_path = self._model(judge_spec["model"])
             judge_label = f"{judge_version.model.name}@{judge_version.number}"
             judge_identity = {
+                "code": generation["code"],
+                "namespace": self.namespace,
                 "model": version_identity(judge_version),
                 "rubric": judge_spec["rubric"],
                 "max_new_tokens": judge_spec.get("max_new_tokens", 48),

@@ -26,6 +26,19 @@ class ApplyStep:
         self.root = loaded.root
         self.trust: TrustContext | None = None  # set by the Applier: the ref it applies for
 
+    @property
+    def namespace(self) -> str:
+        """'' for results a trusted ref produces; a suffix that keeps an untrusted ref's
+        results (evaluations, arena answers and votes, scans) where a trusted apply never
+        looks (the trust boundary in docs/architecture.md)."""
+        return "" if self.trust is None or self.trust.trusted else ".untrusted"
+
+    def code_digest(self, runner: str) -> str:
+        """The code digest of a runner as this process runs it (controller/load/code.py)."""
+        from controller.load.code import code_identities
+
+        return code_identities(cache_dir=self.registry.paths.cache)[runner].digest
+
     def provenance(self, code: str) -> dict[str, Any]:
         """What a result stored now records: the commit, code digest, ref and trust."""
         if self.trust is None:

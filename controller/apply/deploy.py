@@ -187,7 +187,9 @@ class Deployer(ApplyStep):
 
         manifests = kserve.render_manifests(release, spec["kserve"].get("storage_uri"))
         try:
-            rollout = kserve.rollout(kserve.api_client(), manifests)
+            rollout = kserve.rollout(
+                kserve.api_client(), manifests, force=bool(spec["kserve"].get("force_conflicts"))
+            )
         except kserve.RolloutFailed as err:
             raise DeployError(str(err)) from err
         self.console.print(f"  {name}: {release.model_version} ready at {rollout.url}")

@@ -365,7 +365,11 @@ def scan_version(applier: Applier, version: Any, options: dict[str, Any]) -> Sca
         version,
         base_of(applier.registry, version),
         probes,
-        {k: options[k] for k in ("top_k", "spread_k", "weightwatcher") if k in options},
+        {
+            **{k: options[k] for k in ("top_k", "spread_k", "weightwatcher") if k in options},
+            # an untrusted ref's scan is stored apart (controller/apply/context.py namespace)
+            **({"namespace": applier.namespace} if applier.namespace else {}),
+        },
     )
     summary = outcome.summary()
     applier.console.print(

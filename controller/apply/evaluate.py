@@ -78,9 +78,14 @@ class Evaluator(ApplyStep):
         return out
 
     def results_dir(self, suite: str, version: VersionRow) -> Path:
+        """Results by suite digest and the evaluate runner's code digest: results computed
+        by other code, or by an untrusted ref, are never read back as these."""
         digest = self.digest(suite).removeprefix("sha256:")[:16]
+        code = self.code_digest("evaluate").removeprefix("sha256:")[:8]
         folder = self.registry.paths.evaluations(suite)
-        return folder / f"{version.model.name}@{version.number}" / digest
+        return (
+            folder / f"{version.model.name}@{version.number}" / f"{digest}-{code}{self.namespace}"
+        )
 
     def run(self, suite_name: str, model_ref: str, force: bool = False) -> EvalOutcome:
         suite = self.suite(suite_name)

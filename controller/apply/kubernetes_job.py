@@ -119,7 +119,8 @@ class JobStatus:
     name: str
     succeeded: bool
     failed: bool
-    message: str
+    message: str  # "<reason>: <message>" from the Job's terminal condition
+    reason: str = ""  # the condition's reason: BackoffLimitExceeded, DeadlineExceeded, ...
 
 
 def api_client(host: str | None = None) -> client.ApiClient:
@@ -149,16 +150,30 @@ def submit(api: client.ApiClient, job: client.V1Job) -> str:
 def wait(
     api: client.ApiClient, namespace: str, name: str, timeout_s: float, poll_s: float = 5.0
 ) -> JobStatus:
-    """Poll the Job's status until Complete or Failed (or the timeout)."""
+    """Poll the Job's status until Complete or Failed (or the timeout).
+
+    Polling rather than a watch: a watch that the API server closes (or a proxy cuts) must
+    be resumed from its resourceVersion, and a read every few seconds costs no more here.
+    """
+    from kubernetes.client.rest import ApiException
+
     batch = client.BatchV1Api(api)
     deadline = time.monotonic() + timeout_s
     while True:
-        job = batch.read_namespaced_job_status(name, namespace)
+        try:
+            job = batch.read_namespaced_job_status(name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                raise JobFailed(
+                    f"Job {namespace}/{name} is gone (deleted while llmops waited for it)"
+                ) from err
+            raise JobFailed(f"cannot read Job {namespace}/{name}: {err.status} {err.reason}") from err
         status = job.status
         for condition in status.conditions or []:
             if condition.type in TERMINAL and condition.status == "True":
                 ok = condition.type == "Complete"
-                return JobStatus(name, ok, not ok, condition.message or condition.reason or "")
+                said = ": ".join(p for p in (condition.reason, condition.message) if p)
+                return JobStatus(name, ok, not ok, said, condition.reason or "")
         if time.monotonic() > deadline:
             raise JobFailed(
                 f"Job {namespace}/{name} did not finish in {timeout_s:.0f} s; "
