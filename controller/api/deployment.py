@@ -21,6 +21,16 @@ class KServeTarget(Strict):
     storage_uri: str | None = Field(
         default=None, description="Where the cluster reads the weights (pvc://, s3://)."
     )
+    deployment_mode: Literal["Serverless", "RawDeployment"] | None = Field(
+        default=None,
+        description="KServe's deployment mode (its annotation); the cluster's default if unset. "
+        "Canary traffic needs Serverless.",
+    )
+    force_conflicts: bool = Field(
+        default=False,
+        description="Take fields another field manager set on the InferenceService "
+        "(server-side apply's force); by default such a conflict fails the apply.",
+    )
 
     @model_validator(mode="after")
     def _replicas(self) -> KServeTarget:

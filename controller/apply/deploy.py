@@ -183,8 +183,16 @@ class Deployer(ApplyStep):
 
     def _deploy_kserve(self, name: str, spec: dict[str, Any], release: Any) -> dict[str, Any]:
         """Apply the manifests and wait for Ready: where the new revision serves."""
-        from runners.deploy import kserve
+        from runners.deploy import images, kserve
 
+        if not spec["kserve"].get("image"):
+            # The serving image `llmops images build --push` pushed, by digest, if any.
+            image = images.pushed(self.registry.paths.root, "serve")
+            if image:
+                from dataclasses import replace
+
+                target = {**release.spec["kserve"], "image": image}
+                release = replace(release, spec={**release.spec, "kserve": target})
         manifests = kserve.render_manifests(release, spec["kserve"].get("storage_uri"))
         try:
             rollout = kserve.rollout(

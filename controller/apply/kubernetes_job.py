@@ -7,6 +7,7 @@ Rendered with the official client's models; submitted and watched with its Batch
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from runners.errors import LlmopsError
 
 MANAGED_BY = "llmops"
 TERMINAL = ("Complete", "Failed")
+DEFAULT_RUNNER_IMAGE = "ghcr.io/llmops/runner:0.1.0"  # Executor.image's default
+RUNNER_UID = 10001  # the runner image's user (runners/deploy/images.py)
 
 
 class JobFailed(LlmopsError):
@@ -37,6 +40,17 @@ def job_name(run_id: str, digest: str) -> str:
 def _in_volume(path: str, state_root: Path, mount: str) -> str:
     relative = Path(path).resolve().relative_to(state_root.resolve())
     return f"{mount.rstrip('/')}/{relative.as_posix()}"
+
+
+def runner_image(executor: dict[str, Any], state_root: Path) -> str:
+    """The executor's image; when the spec keeps the default, the runner image that
+    `llmops images build --push` pushed from this state folder, named by digest."""
+    from runners.deploy import images
+
+    image = executor.get("image") or DEFAULT_RUNNER_IMAGE
+    if image == DEFAULT_RUNNER_IMAGE:
+        return images.pushed(state_root, "runner") or image
+    return image
 
 
 def render_job(
@@ -61,7 +75,7 @@ def render_job(
     }
     container = client.V1Container(
         name="train",
-        image=executor.get("image"),
+        image=runner_image(executor, state_root),
         command=["python", "-m", "runners.train", _in_volume(str(job_file), state_root, mount)],
         env=[
             client.V1EnvVar(name="HF_HUB_OFFLINE", value="1"),
@@ -86,6 +100,12 @@ def render_job(
                 metadata=client.V1ObjectMeta(labels=labels),
                 spec=client.V1PodSpec(
                     restart_policy="Never",
+                    # The runner image's user; fsGroup gives it the state volume.
+                    security_context=client.V1PodSecurityContext(
+                        run_as_non_root=True,
+                        run_as_user=RUNNER_UID,
+                        fs_group=RUNNER_UID,
+                    ),
                     containers=[container],
                     volumes=[
                         client.V1Volume(
@@ -142,9 +162,11 @@ def submit(api: client.ApiClient, job: client.V1Job) -> str:
     except ApiException as err:
         if err.status == 409:
             return "exists"
-        raise JobFailed(
-            f"cannot create Job {job.metadata.name}: {err.status} {err.reason}"
-        ) from err
+        try:
+            detail = json.loads(err.body or "{}").get("message") or err.reason
+        except ValueError:
+            detail = err.body or err.reason
+        raise JobFailed(f"cannot create Job {job.metadata.name}: {err.status} {detail}") from err
 
 
 def wait(
@@ -167,7 +189,9 @@ def wait(
                 raise JobFailed(
                     f"Job {namespace}/{name} is gone (deleted while llmops waited for it)"
                 ) from err
-            raise JobFailed(f"cannot read Job {namespace}/{name}: {err.status} {err.reason}") from err
+            raise JobFailed(
+                f"cannot read Job {namespace}/{name}: {err.status} {err.reason}"
+            ) from err
         status = job.status
         for condition in status.conditions or []:
             if condition.type in TERMINAL and condition.status == "True":

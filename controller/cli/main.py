@@ -26,6 +26,7 @@ from controller.cli.common import (
 from controller.cli.data import data_app
 from controller.cli.evaluate import bless_command, eval_app
 from controller.cli.history import history_command
+from controller.cli.images import images_app
 from controller.cli.inspect import inspect_command
 from controller.cli.models import models_app
 from controller.cli.pipeline import pipeline_app
@@ -33,6 +34,7 @@ from controller.cli.report import report_command
 from controller.cli.serve import serve_command
 from controller.cli.status import drift_command, status_command
 from controller.cli.train import train_command
+from controller.cli.ui import ui_command
 from controller.load.diagnostics import has_errors
 from controller.report.terminal import print_diagnostics, print_plan
 from controller.schemas import stale_schemas, write_schemas
@@ -65,6 +67,7 @@ app.add_typer(pipeline_app, name="pipeline")
 app.command("train")(train_command)
 app.add_typer(eval_app, name="eval")
 app.add_typer(arena_app, name="arena")
+app.add_typer(images_app, name="images")
 app.command("bless")(bless_command)
 app.command("apply")(apply_command)
 app.command("history")(history_command)
@@ -73,6 +76,7 @@ app.command("report")(report_command)
 app.command("status")(status_command)
 app.command("drift")(drift_command)
 app.command("serve")(serve_command)
+app.command("ui")(ui_command)
 OverrideOption = Annotated[
     list[str] | None,
     typer.Option(

@@ -9,7 +9,7 @@ from controller.api import FOLDER_KIND, Resource
 from controller.load.diagnostics import Diagnostic
 from controller.load.parse_cache import ParseCache
 from controller.load.validate import validate_document
-from controller.load.yaml_source import YamlDocument, parse_documents
+from controller.load.yaml_source import YamlDocument, parse_documents, size_diagnostic
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 SPECS_DIR = "specs"
@@ -102,6 +102,10 @@ def load_specs(
     for path in discover(root, paths):
         shown = display_path(path, root)
         try:
+            too_big = size_diagnostic(path.stat().st_size, shown)
+            if too_big:  # refused before reading: a spec file is untrusted input
+                result.diagnostics.append(too_big)
+                continue
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             result.diagnostics.append(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent
+from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from controller.load.diagnostics import Diagnostic
 
@@ -48,17 +52,209 @@ class YamlDocument:
         return node_position(self.tree, loc, key=key, default=(self.line, self.col))
 
 
-def _yaml() -> YAML:
+@dataclass(frozen=True)
+class YamlLimits:
+    """What one spec file may cost to read; checked before any Python object is built.
+
+    Specs come from pull requests, forks included, so a file is untrusted input: a YAML alias
+    bomb (a few hundred bytes whose aliases expand to billions of nodes) or a huge file must
+    fail fast with a located diagnostic instead of exhausting time and memory.
+    """
+
+    max_file_bytes: int = 1024 * 1024
+    max_documents: int = 1000
+    max_depth: int = 64
+    max_scalar_chars: int = 256 * 1024
+    # What aliases may add to a document: each use counts the nodes and characters of what
+    # it references (its own aliases included), so the sum bounds the expanded document.
+    max_alias_nodes: int = 100_000
+    max_alias_chars: int = 4 * 1024 * 1024
+
+
+LIMITS = YamlLimits()
+_DOCUMENT_MARKER = re.compile(r"^---(?=[ \t\r\n]|$)", re.MULTILINE)
+
+
+class YamlLimitError(MarkedYAMLError):
+    """A spec file exceeds a YamlLimits bound; carries the hint that says what to do."""
+
+    def __init__(self, problem: str, mark: Any, hint: str) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+        self.hint = hint
+
+
+class _BoundedComposer(Composer):
+    """ruamel's composer, counting what each node would expand to before it is constructed.
+
+    An alias returns the node it references (shared, so composing a bomb is cheap); its
+    weight, (nodes, characters) of the expanded subtree, is memoised per node, so counting is
+    linear in the file while the budget applies to the expansion.
+    """
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        self.warn_double_anchors = False  # legal YAML (the later anchor wins); no stderr noise
+        self.limits: YamlLimits = getattr(loader, "llmops_limits", LIMITS)
+        self._weights: dict[int, tuple[int, int]] = {}
+        self._alias_nodes = 0
+        self._alias_chars = 0
+        self._documents = 0
+
+    def compose_document(self: Any) -> Any:
+        self._documents += 1
+        if self._documents > self.limits.max_documents:
+            mark = self.parser.peek_event().start_mark
+            raise YamlLimitError(
+                f"more than {self.limits.max_documents} YAML documents in one file",
+                mark,
+                "split the documents over several files under specs/",
+            )
+        self._weights = {}
+        self._alias_nodes = self._alias_chars = 0
+        return super().compose_document()
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        if isinstance(event, AliasEvent):
+            node = super().compose_node(parent, index)
+            weight = self._weights.get(id(node))
+            if weight is None:
+                raise YamlLimitError(
+                    f"alias *{event.anchor} refers to a node that contains it (a cycle)",
+                    event.start_mark,
+                    "specs are trees: write the value out instead of a recursive alias",
+                )
+            self._alias_nodes += weight[0]
+            self._alias_chars += weight[1]
+            if (
+                self._alias_nodes > self.limits.max_alias_nodes
+                or self._alias_chars > self.limits.max_alias_chars
+            ):
+                raise YamlLimitError(
+                    f"YAML aliases expand this document beyond {self.limits.max_alias_nodes:,}"
+                    f" nodes or {self.limits.max_alias_chars:,} characters"
+                    f" (alias *{event.anchor}: {self._alias_nodes:,} nodes so far)",
+                    event.start_mark,
+                    "this looks like an alias bomb; write the values out or use fewer aliases",
+                )
+            return node
+        node = super().compose_node(parent, index)
+        self._weights[id(node)] = self._weight(node)
+        return node
+
+    def _weight(self, node: Any) -> tuple[int, int]:
+        if isinstance(node, ScalarNode):
+            size = len(node.value) if isinstance(node.value, str) else 0
+            if size > self.limits.max_scalar_chars:
+                raise YamlLimitError(
+                    f"a scalar of {size:,} characters (at most {self.limits.max_scalar_chars:,})",
+                    node.start_mark,
+                    "keep large text in a data file and reference its path from the spec",
+                )
+            return 1, size
+        nodes, chars = 1, 0
+        if isinstance(node, SequenceNode):
+            children: list[Any] = list(node.value)
+        elif isinstance(node, MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        for child in children:
+            n, c = self._weights.get(id(child), (1, 0))
+            nodes += n
+            chars += c
+        return nodes, chars
+
+
+def _yaml(limits: YamlLimits = LIMITS) -> YAML:
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
+    yaml.Composer = _BoundedComposer
+    yaml.max_depth = limits.max_depth
+    yaml.llmops_limits = limits  # type: ignore[attr-defined]
     return yaml
 
 
-def parse_documents(text: str, file: str) -> tuple[list[YamlDocument], list[Diagnostic]]:
-    """Parse every document of a YAML file; syntax errors become diagnostics, never exceptions."""
+def flow_depth_position(text: str, max_depth: int) -> tuple[int, int] | None:
+    """1-based (line, col) where flow brackets nest deeper than `max_depth`, else None.
+
+    ruamel's scanner is quadratic in flow nesting ('[[[[...' of 5,000 takes seconds before
+    the composer sees a node), so flow depth is counted in one pass over the text first.
+    Quoted strings and comments are skipped; it is a bound, not a parser, so brackets in
+    plain scalars count too (a real spec never leaves 64 of them open).
+    """
+    depth, line, col, quote, prev = 0, 1, 0, "", "\n"
+    chars = iter(text)
+    for ch in chars:
+        col += 1
+        if ch == "\n":
+            line, col = line + 1, 0
+            prev = ch
+            continue
+        if quote:
+            if quote == '"' and ch == "\\":
+                next(chars, "")
+                col += 1
+            elif ch == quote:
+                quote = ""
+        elif ch == "#" and prev in " \t\n":
+            for skipped in chars:  # a comment runs to the end of the line
+                if skipped == "\n":
+                    line, col, ch = line + 1, 0, "\n"
+                    break
+        elif ch in "'\"" and prev in " \t\n[{,:-":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            if depth > max_depth:
+                return line, col
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+        prev = ch
+    return None
+
+
+def size_diagnostic(size: int, file: str, limits: YamlLimits = LIMITS) -> Diagnostic | None:
+    """A diagnostic for a spec file over the size limit (checked before reading it)."""
+    if size <= limits.max_file_bytes:
+        return None
+    return Diagnostic(
+        file,
+        1,
+        1,
+        "",
+        f"spec file is {size:,} bytes (at most {limits.max_file_bytes:,})",
+        "specs are small YAML files; keep data in data files and reference them by path",
+    )
+
+
+def parse_documents(
+    text: str, file: str, limits: YamlLimits = LIMITS
+) -> tuple[list[YamlDocument], list[Diagnostic]]:
+    """Parse every document of a YAML file; syntax errors become diagnostics, never exceptions.
+
+    The file's size, documents, nesting depth, scalars and alias expansion are bounded by
+    `limits` while composing, before any object is built (see YamlLimits).
+    """
     documents: list[YamlDocument] = []
+    size = len(text) if len(text) > limits.max_file_bytes else len(text.encode("utf-8", "replace"))
+    too_big = size_diagnostic(size, file, limits)
+    if too_big:
+        return documents, [too_big]
+    markers = _DOCUMENT_MARKER.finditer(text)
+    for count, marker in enumerate(markers, start=1):  # counted before parsing: cheap
+        if count > limits.max_documents:
+            line = text.count("\n", 0, marker.start()) + 1
+            problem = f"more than {limits.max_documents} YAML documents in one file"
+            hint = "split the documents over several files under specs/"
+            return documents, [Diagnostic(file, line, 1, "", problem, hint)]
+    deep = flow_depth_position(text, limits.max_depth)
+    if deep:
+        problem = f"nesting deeper than {limits.max_depth} levels"
+        hint = "flatten the structure; no spec field nests this deep"
+        return documents, [Diagnostic(file, deep[0], deep[1], "", problem, hint)]
     try:
-        for index, tree in enumerate(_yaml().load_all(text)):
+        for index, tree in enumerate(_yaml(limits).load_all(text)):
             if tree is None:
                 continue
             line, col = _start(tree)
@@ -68,7 +264,12 @@ def parse_documents(text: str, file: str) -> tuple[list[YamlDocument], list[Diag
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = (err.problem or err.context or "invalid YAML").strip()
         hint = "fix the YAML syntax here; specs are YAML 1.2"
-        if "duplicate key" in problem or "found duplicate key" in str(err):
+        if isinstance(err, YamlLimitError):
+            documents, hint = [], err.hint  # the file is refused whole, not half-validated
+        elif "maximum depth" in problem:
+            documents, problem = [], f"nesting deeper than {limits.max_depth} levels"
+            hint = "flatten the structure; no spec field nests this deep"
+        elif "duplicate key" in problem or "found duplicate key" in str(err):
             problem = f"duplicate key: {problem}"
             hint = "each key may appear once in a mapping; remove or rename one of them"
         return documents, [Diagnostic(file, line, col, "", problem, hint)]

@@ -7,6 +7,7 @@ registry versions and aliases, prepared datasets, evaluation results, serving pr
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from controller.plan.types import DesiredState, ObservedState
 from controller.state.lockfile import (
@@ -64,21 +65,48 @@ def live_deployment(paths: StatePaths, name: str) -> LiveDeployment:
     )
 
 
+def live_kserve(spec: dict[str, Any], name: str) -> LiveDeployment | None:
+    """The deployment's InferenceService as the cluster's API server reports it; None when
+    no cluster is configured or it does not answer (then nothing is known either way)."""
+    from runners.deploy import kserve
+    from runners.deploy.release import DeployError
+
+    namespace = (spec.get("kserve") or {}).get("namespace") or "default"
+    try:
+        api = kserve.api_client()
+        api.configuration.retries = 0
+        rollout = kserve.status(api, namespace, name)
+    except DeployError:
+        return None
+    if rollout is None:
+        return LiveDeployment(False, None, None, None, False)
+    return LiveDeployment(True, rollout.model_version, rollout.url, None, rollout.ready)
+
+
 def observe_deployments(
     observed: ObservedState, desired: DesiredState, registry: Registry
 ) -> ObservedState:
-    """A local deployment whose process died, or which serves another version than its
-    model reference names now (an alias moved), is observed as drifted: the plan redeploys."""
+    """A local deployment whose process died, a KServe deployment whose InferenceService is
+    gone from the cluster, or one that serves another version than its model reference names
+    now (an alias moved), is observed as drifted: the plan redeploys."""
     resources = dict(observed.resources)
     for address, want in desired.resources.items():
         have = resources.get(address)
-        if want.kind != "Deployment" or have is None or want.spec.get("target") != "local":
+        target_kind = want.spec.get("target")
+        if want.kind != "Deployment" or have is None or target_kind not in ("local", "kserve"):
             continue
-        live = live_deployment(registry.paths, want.name)
+        if target_kind == "kserve":
+            found = live_kserve(dict(want.spec), want.name)
+            if found is None:
+                continue  # no cluster answers: nothing is known either way
+            live = found
+        else:
+            live = live_deployment(registry.paths, want.name)
         target = registry.find(str(want.spec["model"]))
         expected = f"{target.model.name}@{target.number}" if target else None
         if not live.running:
-            note = f"not running (was {have.outputs.get('version', 'deployed')})"
+            gone = "InferenceService missing" if target_kind == "kserve" else "not running"
+            note = f"{gone} (was {have.outputs.get('version', 'deployed')})"
         elif expected and live.version != expected:
             note = f"serves {live.version}; {want.spec['model']} is {expected}"
         else:
@@ -179,6 +207,33 @@ def find_drift(lock: LockFile, registry: Registry) -> list[Drift]:
                         f"results of {outputs.subject} on {outputs.suite}",
                         "missing",
                         "llmops apply",
+                    )
+                )
+        elif isinstance(outputs, DeploymentOutputs) and outputs.target == "kserve":
+            found = live_kserve(entry.spec, key.name)
+            namespace = (entry.spec.get("kserve") or {}).get("namespace") or "default"
+            if found is None:
+                continue
+            if not found.running:
+                drift.append(
+                    Drift(
+                        address,
+                        f"{version} serving",
+                        f"no InferenceService {namespace}/{key.name}",
+                        "llmops apply re-applies it",
+                    )
+                )
+            elif found.version != version:
+                drift.append(
+                    Drift(address, f"{version} serving", f"{found.version} serving", "llmops apply")
+                )
+            elif not found.ready:
+                drift.append(
+                    Drift(
+                        address,
+                        f"{version} ready",
+                        "InferenceService not Ready",
+                        f"kubectl -n {namespace} describe inferenceservice {key.name}",
                     )
                 )
         elif isinstance(outputs, DeploymentOutputs) and outputs.target == "local":

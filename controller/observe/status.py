@@ -86,6 +86,25 @@ def resource_status(
         outputs = entry.outputs if entry else None
         summary = summarize(outputs)
         live = None
+        if resource.kind == "Deployment" and resource.spec.get("target") == "kserve":
+            from controller.observe.drift import live_kserve
+
+            found = live_kserve(dict(resource.spec), resource.name)
+            if found is None:
+                summary += "; live: no cluster answers"
+            else:
+                live = {
+                    "running": found.running,
+                    "ready": found.ready,
+                    "version": found.version,
+                    "endpoint": found.endpoint,
+                }
+                summary += (
+                    f"; live: {found.version} at {found.endpoint}, "
+                    + ("ready" if found.ready else "not ready")
+                    if found.running
+                    else "; live: no InferenceService"
+                )
         if resource.kind == "Deployment" and resource.spec.get("target") == "local":
             process = live_deployment(paths, resource.name)
             live = {

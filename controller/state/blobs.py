@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -28,6 +29,54 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._verified: dict[str, list[int]] | None = None
+
+    # A blob handed to a loader is checked against its digest first (`check`): hashed once,
+    # then trusted while its size, mtime and inode stay what they were when it was hashed
+    # (`verified.json`). Something that rewrites a blob and restores its mtime defeats the
+    # fast path; `llmops models verify` re-hashes everything.
+    VERIFIED = "verified.json"
+
+    def _stamp(self, path: Path) -> list[int]:
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+    def _verified_stamps(self) -> dict[str, list[int]]:
+        if self._verified is None:
+            try:
+                data = json.loads((self.root / self.VERIFIED).read_text())
+                self._verified = data if isinstance(data, dict) else {}
+            except (OSError, ValueError):
+                self._verified = {}
+        return self._verified
+
+    def _remember(self, stamps: dict[str, list[int]]) -> None:
+        known = self._verified_stamps()
+        known.update(stamps)
+        tmp = self.root / f".{self.VERIFIED}.{os.getpid()}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(known))
+            os.replace(tmp, self.root / self.VERIFIED)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # the cache only saves time
+
+    def check(self, sha256: str, size: int | None = None) -> str | None:
+        """None when the blob holds its digest's bytes; otherwise what is wrong with it."""
+        path = self.path(sha256)
+        try:
+            stamp = self._stamp(path)
+        except OSError:
+            return "missing from the blob store"
+        if size is not None and stamp[0] != size:
+            return f"{stamp[0]} bytes where {size} were stored"
+        if self._verified_stamps().get(sha256) == stamp:
+            return None
+        actual = hash_file(path).sha256
+        if actual != sha256:
+            return f"its content now hashes to sha256:{actual[:12]}"
+        self._remember({sha256: stamp})
+        return None
 
     def path(self, sha256: str) -> Path:
         return self.root / "sha256" / sha256[:2] / sha256
@@ -64,6 +113,7 @@ class BlobStore:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 tmp.chmod(0o444)
                 os.replace(tmp, final)
+                self._remember({sha: self._stamp(final)})  # hashed while written
             return Blob(sha, size)
         finally:
             tmp.unlink(missing_ok=True)

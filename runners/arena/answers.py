@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.errors import InvalidInput
+from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
 
 DEFAULT_MAX_NEW_TOKENS = 128
 
@@ -96,7 +97,7 @@ def generate_answers(
     hf_logging.disable_progress_bar()
     max_new, temperature, top_p, seed, stop = _settings(generation)
     tokenizer = AutoTokenizer.from_pretrained(
-        str(_tokenizer_folder(model_path)), padding_side="left"
+        str(_tokenizer_folder(model_path)), padding_side="left", **SAFE_TOKENIZER
     )
     if not getattr(tokenizer, "chat_template", None):
         raise InvalidInput(
@@ -107,7 +108,7 @@ def generate_answers(
         tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = "auto" if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype, **SAFE_MODEL)
     model.to(device).eval()
     sampling: dict[str, Any] = (
         {"do_sample": True, "temperature": temperature, "top_p": top_p}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runners.arena.outcomes import Winner
+from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
 
 Verdict = Literal["A", "B", "tie", "both_bad"]
 
@@ -87,7 +88,7 @@ class PairwiseJudge:
         self.torch = torch
         self.rubric = rubric
         self.max_new_tokens = max_new_tokens
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), **SAFE_TOKENIZER)
         if not getattr(self.tokenizer, "chat_template", None):
             from runners.errors import InvalidInput
 
@@ -97,7 +98,9 @@ class PairwiseJudge:
             )
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = "auto" if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(model_path), dtype=dtype, **SAFE_MODEL
+        )
         self.model.to(self.device).eval()
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.data.rows import KEY_FIELD, Row, content_hash
+from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
 
 PARAPHRASE_PROMPT = (
     "Rewrite the following customer question in different words, keeping its meaning. "
@@ -59,8 +60,8 @@ class Generator:
 
         torch.manual_seed(seed)
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_path))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), **SAFE_TOKENIZER)
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), **SAFE_MODEL)
         self.model.eval()
 
     def __call__(self, prompt: str, max_new_tokens: int = 48) -> str:

@@ -17,6 +17,7 @@ from runners.data.rows import Row, content_hash
 from runners.data.splits import SPLITS, assign
 from runners.data.stats import length_stats, plot_histogram, token_lengths
 from runners.errors import LlmopsError
+from runners.weights import SAFE_TOKENIZER
 
 MAX_BAD_ROWS_SHOWN = 20
 
@@ -73,7 +74,7 @@ def _tokenizer(path: Path | None) -> Callable[[str], int] | None:
         return None
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **SAFE_TOKENIZER)
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runners.data.rows import CANONICAL_FIELDS, Row, check_row
+
+# Data files come from pull requests too: a line (JSONL) or a row's text (any format) over
+# this many characters is a bad row, read and skipped in bounded chunks, never held whole.
+MAX_ROW_CHARS = 1024 * 1024
 
 
 @dataclass
@@ -46,16 +51,17 @@ def _records(path: Path, shown: str, fmt: str, loaded: Loaded) -> list[tuple[int
     """(line or row number, record) pairs; JSON syntax errors are bad rows."""
     if fmt == "jsonl":
         out = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    out.append((number, json.loads(line.rstrip("\r\n"))))
-                except json.JSONDecodeError as err:
-                    loaded.bad.append(
-                        BadRow(shown, number, f"invalid JSON: {err.msg} (column {err.colno})")
-                    )
+        for number, line in _bounded_lines(path, shown, loaded):
+            if not line.strip():
+                continue
+            try:
+                out.append((number, json.loads(line.rstrip("\r\n"))))
+            except json.JSONDecodeError as err:
+                loaded.bad.append(
+                    BadRow(shown, number, f"invalid JSON: {err.msg} (column {err.colno})")
+                )
+            except RecursionError:
+                loaded.bad.append(BadRow(shown, number, "JSON nested too deeply"))
         return out
     import datasets
 
@@ -76,7 +82,35 @@ def _records(path: Path, shown: str, fmt: str, loaded: Loaded) -> list[tuple[int
         first = 1
     else:
         raise ValueError(f"unknown file format '{fmt}'")
-    return [(index + first, record) for index, record in enumerate(table)]
+    out = []
+    for index, record in enumerate(table):
+        size = sum(len(v) for v in record.values() if isinstance(v, str))
+        if size > MAX_ROW_CHARS:
+            loaded.bad.append(BadRow(shown, index + first, _too_long(size)))
+        else:
+            out.append((index + first, record))
+    return out
+
+
+def _too_long(size: int | str) -> str:
+    return f"row of {size} characters (at most {MAX_ROW_CHARS:,}); split or shorten it"
+
+
+def _bounded_lines(path: Path, shown: str, loaded: Loaded) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file; a line over MAX_ROW_CHARS is a bad row, skipped."""
+    with path.open(encoding="utf-8") as handle:
+        number = 0
+        while True:
+            line = handle.readline(MAX_ROW_CHARS + 1)
+            if not line:
+                return
+            number += 1
+            if len(line) <= MAX_ROW_CHARS or line.endswith("\n"):
+                yield number, line
+                continue
+            while line and not line.endswith("\n"):  # skip the rest of the long line
+                line = handle.readline(MAX_ROW_CHARS)
+            loaded.bad.append(BadRow(shown, number, _too_long(f"over {MAX_ROW_CHARS:,}")))
 
 
 def read_source(path: Path, shown: str, fmt: str, declared: str, mapping: dict[str, str]) -> Loaded:

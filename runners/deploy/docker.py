@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -125,10 +126,16 @@ def _place(source: Path, dest: Path) -> None:
     skips nothing and follows nothing, so a link into the blob store would break."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     real = source.resolve()
-    try:
-        os.link(real, dest)
-    except OSError:
-        shutil.copyfile(real, dest)
+    # COPY keeps the mode, and the image runs as a non-root user: a file only its owner may
+    # read (safetensors writes 0600) is copied and made readable rather than linked.
+    if real.stat().st_mode & stat.S_IROTH:
+        try:
+            os.link(real, dest)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(real, dest)
+    dest.chmod(0o644)
 
 
 def _model_files(model_dir: Path) -> list[Path]:
@@ -227,13 +234,21 @@ def run_command(release: Release, tag: str) -> str:
     return " ".join(parts)
 
 
+ENGINES = ("docker", "podman")
+
+
 def _engine(docker: str) -> str | None:
-    """None when a Docker engine answers, else why not."""
+    """None when a Docker engine (docker, or podman, which takes the same commands) answers,
+    else why not."""
     if shutil.which(docker) is None:
         return f"no '{docker}' command on PATH"
+    # podman's `info` has no ServerVersion; its own version field says it answers.
+    field = (
+        "{{.Version.Version}}" if Path(docker).name.startswith("podman") else "{{.ServerVersion}}"
+    )
     try:
         probe = subprocess.run(
-            [docker, "info", "--format", "{{.ServerVersion}}"],
+            [docker, "info", "--format", field],
             capture_output=True,
             text=True,
             timeout=30,
@@ -247,14 +262,27 @@ def _engine(docker: str) -> str | None:
     return None
 
 
-def build(context: Path, tag: str | None = None, docker: str = "docker") -> BuildResult:
-    """`docker build` the context where an engine answers; otherwise say how to build it."""
+def find_engine(docker: str | None = None) -> tuple[str | None, str]:
+    """(command, "") for `docker`, or the first of docker and podman that answers;
+    (None, why not) when none does."""
+    whys = []
+    for candidate in (docker,) if docker else ENGINES:
+        why = _engine(candidate)
+        if why is None:
+            return candidate, ""
+        whys.append(why)
+    return None, "; ".join(whys)
+
+
+def build(context: Path, tag: str | None = None, docker: str | None = None) -> BuildResult:
+    """Build the context with `docker`, or with docker or podman, whichever answers;
+    otherwise say how to build it. The image id is the digest of its config."""
     manifest_path = context / MANIFEST
     if not manifest_path.is_file():
         raise DeployError(f"{context} is not an llmops build context (no {MANIFEST}); render it")
     tag = tag or json.loads(manifest_path.read_text(encoding="utf-8"))["tag"]
-    why = _engine(docker)
-    if why is not None:
+    engine, why = find_engine(docker)
+    if engine is None:
         return BuildResult(
             built=False,
             tag=tag,
@@ -265,13 +293,13 @@ def build(context: Path, tag: str | None = None, docker: str = "docker") -> Buil
             ),
         )
     done = subprocess.run(
-        [docker, "build", "-t", tag, str(context)], capture_output=True, text=True, check=False
+        [engine, "build", "-t", tag, str(context)], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-20:])
-        raise DeployError(f"docker build -t {tag} {context} failed:\n{tail}")
+        raise DeployError(f"{engine} build -t {tag} {context} failed:\n{tail}")
     inspect = subprocess.run(
-        [docker, "image", "inspect", "--format", "{{.Id}}", tag],
+        [engine, "image", "inspect", "--format", "{{.Id}}", tag],
         capture_output=True,
         text=True,
         check=False,

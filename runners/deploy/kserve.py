@@ -1,11 +1,14 @@
 """Runner `deploy`, target kserve: a ServingRuntime and an InferenceService, rolled out.
 
 Manifests are built with the kserve SDK's models and the kubernetes client's; they are
-applied by server-side apply (field manager "llmops", force), and the rollout waits for the
-InferenceService's Ready condition. A rollout that fails (Ready False, a failed model load,
-or no Ready in time) re-applies the InferenceService that was Ready before, waits for it,
-and reports both. The ServingRuntime's name carries a digest of its spec, so changing the
-image makes a new runtime instead of changing the one the serving revision came from.
+applied by server-side apply (field manager "llmops", strict field validation, no force: a
+field another manager set is a conflict that is reported, not overwritten), and the rollout
+waits for the InferenceService's Ready condition, judged only once the status describes the
+applied spec (Serverless: a new Knative revision; RawDeployment: status.observedGeneration).
+A rollout that fails (Ready False, a failed model load, or no Ready in time) re-applies the
+InferenceService that was Ready before, waits for it, and reports both. The ServingRuntime's
+name carries a digest of its spec, so changing the image makes a new runtime instead of
+changing the one the serving revision came from.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ LABEL_DEPLOYMENT = "llmops.dev/deployment"
 ANNOTATION_VERSION = "llmops.dev/model-version"
 # A digest of everything that shapes the predictor's pods; a change means a new revision.
 ANNOTATION_TEMPLATE = "llmops.dev/template"
+# KServe's deployment mode: Serverless (Knative revisions, canary traffic) or RawDeployment
+# (a Kubernetes Deployment, no revisions; KServe 0.15+ also calls it Standard).
+ANNOTATION_MODE = "serving.kserve.io/deploymentMode"
+RAW_MODES = ("RawDeployment", "Standard")
 OWN_PREFIXES = ("llmops.dev/", "app.kubernetes.io/")
 # KServe's modelStatus.transitionStatus values that no amount of waiting will fix.
 TERMINAL_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
@@ -64,6 +71,10 @@ class RolloutFailed(DeployError):
         self.reason = reason
         self.rolled_back = rolled_back
         self.restored_version = restored_version
+
+
+class FieldConflict(DeployError):
+    """Another field manager owns fields llmops applies with different values."""
 
 
 class _NotReady(Exception):
@@ -84,6 +95,8 @@ class Rollout:
     revision: str | None
     previous_revision: str | None
     traffic: list[dict[str, Any]] = field(default_factory=list)
+    ready: bool = True
+    deployment_mode: str | None = None
 
 
 def to_manifest(obj: Any) -> dict[str, Any]:
@@ -209,6 +222,15 @@ def render_inference_service(
         ),
     )
     annotations = {ANNOTATION_VERSION: release.model_version}
+    mode = target.get("deployment_mode")
+    if mode:
+        annotations[ANNOTATION_MODE] = mode
+    if mode in RAW_MODES and target.get("canary_traffic_percent") is not None:
+        raise DeployError(
+            f"deployment {release.name}: canary_traffic_percent needs KServe's Serverless mode "
+            "(Knative revisions split traffic); RawDeployment has one Deployment and no "
+            "revisions, so drop the canary or set kserve.deployment_mode: Serverless"
+        )
     # The canary percentage routes traffic between revisions; it does not make one.
     shape = {k: v for k, v in to_manifest(predictor).items() if k != "canaryTrafficPercent"}
     annotations[ANNOTATION_TEMPLATE] = _digest({"predictor": shape, **annotations})
@@ -256,7 +278,14 @@ def _api_error(err: Exception, what: str, api: client.ApiClient) -> DeployError:
         403: "the account needs RBAC rights on serving.kserve.io inferenceservices and "
         "servingruntimes (get, list, patch, delete)",
         404: "is KServe installed? its serving.kserve.io CRDs are missing",
+        422: "the cluster's KServe CRD schema refuses the named field",
     }.get(err.status or 0, "")
+    if "failed to create typed patch object" in str(detail):
+        # Server-side apply checks the object against the CRD's schema before admission.
+        hint = (
+            "the manifest does not fit the InferenceService/ServingRuntime schema installed "
+            "on the cluster (the named field); is its KServe older than llmops expects?"
+        )
     return DeployError(f"cannot {what}: {err.status} {detail}" + (f"; {hint}" if hint else ""))
 
 
@@ -270,11 +299,18 @@ def _where(manifest: dict[str, Any]) -> tuple[str, str, str, str, str]:
     return group, version, meta["namespace"], PLURALS[manifest["kind"]], meta["name"]
 
 
-def apply(api: client.ApiClient, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Server-side apply of one object; returns the object as the server stored it."""
+def apply(api: client.ApiClient, manifest: dict[str, Any], force: bool = False) -> dict[str, Any]:
+    """Server-side apply of one object; returns the object as the server stored it.
+
+    Without `force` a field that another manager set to another value is a conflict, raised
+    as FieldConflict naming the manager and the fields, and nothing is changed.
+    """
+    from kubernetes.client.exceptions import ApiException
+
     group, version, namespace, plural, name = _where(manifest)
+    what = f"{manifest['kind']} {namespace}/{name}"
     try:
-        return _custom(api).patch_namespaced_custom_object(
+        response = _custom(api).patch_namespaced_custom_object(
             group,
             version,
             namespace,
@@ -282,13 +318,30 @@ def apply(api: client.ApiClient, manifest: dict[str, Any]) -> dict[str, Any]:
             name,
             body=manifest,
             field_manager=FIELD_MANAGER,
-            force=True,
+            force=force,
             # Unknown fields are errors rather than silently dropped.
             field_validation="Strict",
             _content_type=APPLY_PATCH,
+            # kubernetes 37 maps only a 200 answer to an object; an apply that creates the
+            # object answers 201, which it would return as None.
+            _preload_content=False,
         )
+        return json.loads(response.data)
+    except ApiException as err:
+        if err.status == 409:
+            try:
+                detail = json.loads(err.body or "{}").get("message") or err.reason
+            except ValueError:
+                detail = err.body or err.reason
+            raise FieldConflict(
+                f"cannot apply {what}: another field manager changed fields llmops sets "
+                f"({detail}); llmops does not overwrite them. Undo that change (or move it "
+                "into the Deployment spec), or set kserve.force_conflicts: true in the "
+                "Deployment spec to let llmops take them"
+            ) from err
+        raise _api_error(err, f"apply {what}", api) from err
     except Exception as err:
-        raise _api_error(err, f"apply {manifest['kind']} {namespace}/{name}", api) from err
+        raise _api_error(err, f"apply {what}", api) from err
 
 
 def _get(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
@@ -340,10 +393,25 @@ def _as_applied(live: dict[str, Any]) -> dict[str, Any]:
             "name": meta["name"],
             "namespace": meta["namespace"],
             "labels": _own(meta.get("labels")),
-            "annotations": _own(meta.get("annotations")),
+            # The deployment mode too: KServe refuses to change it, and dropping the
+            # annotation would ask for the cluster's default.
+            "annotations": _own(meta.get("annotations"))
+            | {k: v for k, v in (meta.get("annotations") or {}).items() if k == ANNOTATION_MODE},
         },
         "spec": copy.deepcopy(live["spec"]),
     }
+
+
+def _is_raw(obj: dict[str, Any]) -> bool:
+    """RawDeployment (no revisions): from the annotation, else the mode KServe reports."""
+    mode = (obj["metadata"].get("annotations") or {}).get(ANNOTATION_MODE) or (
+        obj.get("status") or {}
+    ).get("deploymentMode")
+    return mode in RAW_MODES
+
+
+def _observed(obj: dict[str, Any]) -> int:
+    return int((obj.get("status") or {}).get("observedGeneration") or 0)
 
 
 def _stale_revision(before: dict[str, Any] | None, manifest: dict[str, Any]) -> str | None:
@@ -364,11 +432,15 @@ def wait_ready(
     timeout_s: float,
     poll_s: float = 5.0,
     stale_revision: str | None = None,
+    generation: int | None = None,
 ) -> dict[str, Any]:
     """Poll until Ready True; raise _NotReady on Ready False, a failed load or the timeout.
 
-    Conditions are judged only once the predictor has moved past `stale_revision`. KServe
-    reports Unknown while a rollout is in progress and False when it failed.
+    Conditions are judged only once they describe the applied spec: in RawDeployment mode
+    once status.observedGeneration reaches `generation` (the one the apply made); in
+    Serverless mode once the predictor has moved past `stale_revision`, since KServe copies
+    Knative's observedGeneration there. KServe reports Unknown while a rollout is in
+    progress and False when it failed.
     """
     deadline = time.monotonic() + timeout_s
     last = "no status yet"
@@ -376,9 +448,12 @@ def wait_ready(
         obj = _get(api, namespace, name)
         if obj is None:
             raise _NotReady("NotFound", f"InferenceService {namespace}/{name} is gone")
-        fresh = stale_revision is None or (
-            _predictor(obj).get("latestCreatedRevision") not in (None, stale_revision)
-        )
+        if _is_raw(obj):
+            fresh = generation is None or _observed(obj) >= generation
+        else:
+            fresh = stale_revision is None or (
+                _predictor(obj).get("latestCreatedRevision") not in (None, stale_revision)
+            )
         if fresh:
             ready = _condition(obj, "Ready") or {}
             if ready.get("status") == "True":
@@ -392,6 +467,11 @@ def wait_ready(
             if ready.get("status") == "False":
                 raise _NotReady(ready.get("reason") or "NotReady", ready.get("message") or "")
             last = ready.get("reason") or ready.get("message") or "Ready is Unknown"
+        elif _is_raw(obj):
+            last = (
+                f"status describes generation {_observed(obj) or 'none'}, "
+                f"not the applied {generation}"
+            )
         else:
             last = f"the new revision is not created yet (latest is {stale_revision})"
         if time.monotonic() >= deadline:
@@ -410,6 +490,9 @@ def summary(obj: dict[str, Any]) -> Rollout:
         revision=predictor.get("latestReadyRevision"),
         previous_revision=predictor.get("previousRolledoutRevision"),
         traffic=list(predictor.get("traffic") or []),
+        ready=_is_ready(obj),
+        deployment_mode=(meta.get("annotations") or {}).get(ANNOTATION_MODE)
+        or (obj.get("status") or {}).get("deploymentMode"),
     )
 
 
@@ -464,11 +547,13 @@ def rollout(
     manifests: list[dict[str, Any]],
     timeout_s: float = 900.0,
     poll_s: float = 5.0,
+    force: bool = False,
 ) -> Rollout:
     """Apply the runtime and the InferenceService, wait for Ready, roll back on failure.
 
     The rollback target is the InferenceService as it was before, if it was Ready then;
     a canary percentage in the new spec keeps the previous revision serving the rest.
+    `force` takes fields another field manager set (server-side apply's force).
     """
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for manifest in manifests:
@@ -484,10 +569,13 @@ def rollout(
     before = _get(api, namespace, name)
     previous = _as_applied(before) if before is not None and _is_ready(before) else None
     for runtime in by_kind.get("ServingRuntime", []):
-        apply(api, runtime)
-    apply(api, isvc)
+        apply(api, runtime, force)
+    stored = apply(api, isvc, force)
+    generation = (stored.get("metadata") or {}).get("generation")
     try:
-        live = wait_ready(api, namespace, name, timeout_s, poll_s, _stale_revision(before, isvc))
+        live = wait_ready(
+            api, namespace, name, timeout_s, poll_s, _stale_revision(before, isvc), generation
+        )
     except _NotReady as failure:
         raise _roll_back(api, isvc, before, previous, failure, timeout_s, poll_s) from None
     keep = {_runtime_of(isvc)} | ({_runtime_of(previous)} if previous else set())
@@ -518,9 +606,18 @@ def _roll_back(
         )
     old_version = previous["metadata"]["annotations"].get(ANNOTATION_VERSION)
     failed_view = _get(api, namespace, name) or before
-    apply(api, previous)
+    stored = apply(api, previous, force=True)  # the spec llmops had applied before
+    generation = (stored.get("metadata") or {}).get("generation")
     try:
-        wait_ready(api, namespace, name, timeout_s, poll_s, _stale_revision(failed_view, previous))
+        wait_ready(
+            api,
+            namespace,
+            name,
+            timeout_s,
+            poll_s,
+            _stale_revision(failed_view, previous),
+            generation,
+        )
     except _NotReady as again:
         return RolloutFailed(
             f"{head}. Rolling back to {old_version} failed too: {again}; {look}",

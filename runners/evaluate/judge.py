@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
+
 PROMPT = (
     "You are grading an answer.\n\nRubric: {rubric}\n\nQuestion: {question}\n"
     "Reference answer: {reference}\nAnswer to grade: {answer}\n\n"
@@ -32,8 +34,8 @@ class Judge:
             raise ValueError("metric 'judge' needs the judge model's folder")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_path))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), **SAFE_TOKENIZER)
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), **SAFE_MODEL)
         self.config = config
 
     def score(self, question: str, reference: str, answer: str) -> tuple[float | None, str]:

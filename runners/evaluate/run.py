@@ -200,6 +200,8 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
         dtype="float32",
         device="cpu",
         batch_size=inputs.batch_size,
+        trust_remote_code=False,
+        use_safetensors=True,
     )
     judge = None
     results: list[TaskResult] = []

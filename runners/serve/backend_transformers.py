@@ -13,6 +13,7 @@ from runners.serve.generation import (
     StopScanner,
     finish_reason,
 )
+from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
 
 
 class TransformersBackend:
@@ -26,7 +27,7 @@ class TransformersBackend:
         hf_logging.disable_progress_bar()
 
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **SAFE_TOKENIZER)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(
                 f"the tokenizer in {model_dir} has no chat template; save one with the model "
@@ -34,7 +35,7 @@ class TransformersBackend:
             )
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = "auto" if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, **SAFE_MODEL)
         self.model.to(self.device).eval()
         self.context_length: int | None = getattr(
             self.model.config, "max_position_embeddings", None

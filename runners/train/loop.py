@@ -17,6 +17,7 @@ import torch
 from runners.train.data import Example, build_examples, collate, micro_batches, pack, read_rows
 from runners.train.job import TrainError, TrainJob, UnhealthyRun
 from runners.train.log import LOG_FILE, append_record, truncate_log
+from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
 
 FAULT_ENV = "LLMOPS_FAULT_EXIT_AFTER_STEP"  # fault injection: hard exit, as a kill would
 KEEP_CHECKPOINTS = 2
@@ -61,10 +62,11 @@ def load_model(job: TrainJob) -> tuple[Any, Any]:
     if precision == "fp16" and not torch.cuda.is_available():
         raise TrainError("fp16 training needs a GPU; use precision 'fp32' or 'bf16' on a CPU")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    tokenizer = AutoTokenizer.from_pretrained(job.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(job.base_model, **SAFE_TOKENIZER)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": job.trust_remote_code}
+    kwargs: dict[str, Any] = {"dtype": dtype, **SAFE_MODEL}
+    kwargs["trust_remote_code"] = job.trust_remote_code
     if method == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -264,7 +266,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     if latest is not None:
         trainable = torch.load(latest / "trainable.pt", weights_only=True)
         model.load_state_dict(trainable, strict=False)
-        saved = torch.load(latest / "optimizer.pt", weights_only=False)
+        saved = torch.load(latest / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"])

@@ -1,376 +1,47 @@
-"""KServe target: server-side apply, waiting for Ready, canary, rollback and delete, against an
-API server on 127.0.0.1 that answers the calls made as Kubernetes and KServe document them.
+"""KServe target against a real Kubernetes API server (tests/envtest.py) with KServe's own
+CRDs installed by server-side apply: apply, no-op, update, schema and strict-field refusals,
+another field manager's conflict, Ready judged for the applied generation or revision,
+canary, rollback, RawDeployment and Serverless, delete.
 
-The stand-in keeps custom objects in memory and plays KServe's controller: a change to the
-predictor's pods makes a new Knative revision; for a few reads the status is still the old
-one, then it is in progress (Ready Unknown), then Ready, or failed as KServe reports a failed
-model load, or stuck.
+The API server runs no controllers, so `Controller` below plays KServe's: it reads the
+InferenceService and patches its status subresource the way KServe reports a rollout
+(Serverless: a new Knative revision per pod-template change; RawDeployment: observedGeneration).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import yaml
+from kubernetes import client
 
 from controller.api.deployment import DeploymentSpec
 from runners.deploy import kserve
-from runners.deploy.kserve import RolloutFailed
+from runners.deploy.kserve import FieldConflict, RolloutFailed
 from runners.deploy.release import DeployError, Release
-from tests.servers import serve
+from tests import envtest
 
 NOW = "2026-11-25T12:00:00Z"
+NAME = "support-assistant"
 
 
-def not_found(message: str) -> tuple[int, dict[str, Any]]:
-    return 404, {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": "NotFound",
-        "code": 404,
-    }
+@pytest.fixture
+def kube() -> Iterator[tuple[Any, str]]:
+    """The API server's client and a fresh namespace for the test."""
+    api = envtest.cluster().client()
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    envtest.ensure_namespace(api, namespace)
+    yield api, namespace
 
 
-class FakeKServe:
-    """serving.kserve.io custom objects with a simulated KServe controller.
-
-    `outcome(isvc)` decides how a new revision ends: "ready", "load-failed",
-    "ingress-failed" or "stuck". `lag` reads show the status from before an apply;
-    `progress` reads show the new revision in progress.
-    """
-
-    def __init__(
-        self,
-        outcome: Callable[[dict[str, Any]], str] | None = None,
-        lag: int = 1,
-        progress: int = 2,
-        installed: bool = True,
-    ) -> None:
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.requests: list[dict[str, Any]] = []
-        self.outcome = outcome or (lambda isvc: "ready")
-        self.lag = lag
-        self.progress = progress
-        self.installed = installed
-        self.revisions: dict[tuple[str, str], dict[str, Any]] = {}
-        self.lock = threading.Lock()
-
-    # --- the simulated KServe controller -------------------------------------------
-
-    @staticmethod
-    def _pods(isvc: dict[str, Any]) -> Any:
-        predictor = {
-            k: v for k, v in isvc["spec"]["predictor"].items() if k != "canaryTrafficPercent"
-        }
-        return predictor, isvc["metadata"].get("annotations")
-
-    def _applied_isvc(self, key: tuple[str, str], before: Any, obj: dict[str, Any]) -> None:
-        track = self.revisions.setdefault(
-            key,
-            {
-                "count": 0,
-                "pending": None,
-                "failed": False,
-                "rolled": None,
-                "prev": None,
-                "ready": None,
-            },
-        )
-        if before is not None and self._pods(before) == self._pods(obj):
-            return  # routing only: Knative keeps the revision
-        track["count"] += 1
-        name = f"{key[1]}-predictor-{track['count']:05d}"
-        track["pending"] = {"revision": name, "reads": 0}
-        track["failed"] = False
-
-    def _status(self, key: tuple[str, str], obj: dict[str, Any]) -> None:
-        track = self.revisions[key]
-        pending = track["pending"]
-        if pending is not None:
-            pending["reads"] += 1
-            if pending["reads"] <= self.lag:
-                return
-            revision = pending["revision"]
-            if pending["reads"] <= self.lag + self.progress:
-                obj["status"] = self._in_progress(obj, track, revision)
-                return
-            outcome = self.outcome(obj)
-            if outcome == "stuck":
-                obj["status"] = self._in_progress(obj, track, revision)
-                return
-            track["pending"] = None
-            if outcome != "ready":
-                # Knative keeps serving the last ready revision; the status stays failed.
-                obj["status"] = self._failed(obj, track, revision, outcome)
-                track["failed"] = True
-                return
-            track["ready"] = revision
-        if track["ready"] is not None and not track["failed"]:
-            obj["status"] = self._ready(obj, track)
-
-    def _components(self, track: dict[str, Any], created: str) -> dict[str, Any]:
-        return {
-            "latestCreatedRevision": created,
-            "latestReadyRevision": track["ready"],
-            "latestRolledoutRevision": track["rolled"],
-            "previousRolledoutRevision": track["prev"],
-            "traffic": [{"revisionName": track["rolled"], "percent": 100, "latestRevision": True}]
-            if track["rolled"]
-            else [],
-        }
-
-    def _in_progress(self, obj: dict[str, Any], track: dict[str, Any], rev: str) -> dict:
-        status = copy.deepcopy(obj.get("status") or {})
-        status["conditions"] = [
-            {
-                "type": "Ready",
-                "status": "Unknown",
-                "reason": "RevisionMissing",
-                "message": f'Configuration "{rev[: -len("-00001")]}" is waiting for a '
-                "Revision to become ready.",
-                "lastTransitionTime": NOW,
-            }
-        ]
-        status.setdefault("components", {})["predictor"] = self._components(track, rev)
-        status["modelStatus"] = {
-            "transitionStatus": "InProgress",
-            "states": {"activeModelState": "Pending", "targetModelState": "Loading"},
-        }
-        return status
-
-    def _failed(self, obj: dict[str, Any], track: dict[str, Any], rev: str, how: str) -> dict:
-        status = copy.deepcopy(obj.get("status") or {})
-        status.setdefault("components", {})["predictor"] = self._components(track, rev)
-        if how == "load-failed":
-            message = (
-                f'Revision "{rev}" failed with message: Container failed with: '
-                "OSError: /mnt/models does not appear to have a file named config.json."
-            )
-            reason = "RevisionFailed"
-            status["modelStatus"] = {
-                "transitionStatus": "BlockedByFailedLoad",
-                "states": {"activeModelState": "Loaded", "targetModelState": "FailedToLoad"},
-                "lastFailureInfo": {
-                    "reason": "ModelLoadFailed",
-                    "message": message,
-                    "modelRevisionName": rev,
-                },
-            }
-        else:
-            reason, message = "IngressNotConfigured", "Ingress has not yet been reconciled."
-        status["conditions"] = [
-            {
-                "type": "Ready",
-                "status": "False",
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": NOW,
-            }
-        ]
-        return status
-
-    def _ready(self, obj: dict[str, Any], track: dict[str, Any]) -> dict[str, Any]:
-        revision = track["ready"]
-        canary = obj["spec"]["predictor"].get("canaryTrafficPercent")
-        if revision != track["rolled"] and (canary is None or canary == 100 or not track["rolled"]):
-            track["prev"], track["rolled"] = track["rolled"], revision
-        components = self._components(track, revision)
-        if revision != track["rolled"]:
-            components["traffic"] = [
-                {
-                    "revisionName": revision,
-                    "percent": canary,
-                    "latestRevision": True,
-                    "tag": "latest",
-                },
-                {
-                    "revisionName": track["rolled"],
-                    "percent": 100 - canary,
-                    "latestRevision": False,
-                    "tag": "prev",
-                },
-            ]
-        name, namespace = obj["metadata"]["name"], obj["metadata"]["namespace"]
-        return {
-            "url": f"http://{name}.{namespace}.example.com",
-            "conditions": [
-                {"type": t, "status": "True", "lastTransitionTime": NOW}
-                for t in ("IngressReady", "PredictorReady", "Ready")
-            ],
-            "components": {"predictor": components},
-            "modelStatus": {
-                "transitionStatus": "UpToDate",
-                "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"},
-            },
-        }
-
-    # --- the API server ------------------------------------------------------------
-
-    def handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _handle(self) -> None:
-                url = urlsplit(self.path)
-                query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                record = {
-                    "method": self.command,
-                    "path": url.path,
-                    "query": query,
-                    "content_type": self.headers.get("Content-Type"),
-                    "body": yaml.safe_load(raw) if raw else None,
-                }
-                with fake.lock:
-                    fake.requests.append(record)
-                    status, body = fake.answer(record)
-                self._send(status, body)
-
-            do_GET = do_PATCH = do_DELETE = _handle
-
-        return Handler
-
-    def answer(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        parts = request["path"].strip("/").split("/")
-        # /apis/serving.kserve.io/{version}/namespaces/{ns}/{plural}[/{name}]
-        if (
-            not self.installed
-            or parts[:2] != ["apis", "serving.kserve.io"]
-            or len(parts) not in (6, 7)
-            or parts[3] != "namespaces"
-            or parts[5] not in ("inferenceservices", "servingruntimes")
-        ):
-            return not_found("the server could not find the requested resource")
-        version, namespace, plural = parts[2], parts[4], parts[5]
-        name = parts[6] if len(parts) == 7 else None
-        kind = "InferenceService" if plural == "inferenceservices" else "ServingRuntime"
-        key = (plural, namespace, name or "")
-        method = request["method"]
-        if method == "GET" and name is None:
-            selector = request["query"].get("labelSelector", "")
-            wanted = dict(pair.split("=", 1) for pair in selector.split(",") if pair)
-            items = [
-                obj
-                for (p, ns, _), obj in sorted(self.objects.items())
-                if p == plural
-                and ns == namespace
-                and wanted.items() <= (obj["metadata"].get("labels") or {}).items()
-            ]
-            return 200, {
-                "apiVersion": f"serving.kserve.io/{version}",
-                "kind": f"{kind}List",
-                "metadata": {"resourceVersion": "100"},
-                "items": items,
-            }
-        if name is None:
-            return 405, {"kind": "Status", "code": 405, "reason": "MethodNotAllowed"}
-        if method == "GET":
-            obj = self.objects.get(key)
-            if obj is None:
-                return not_found(f'{plural}.serving.kserve.io "{name}" not found')
-            if plural == "inferenceservices":
-                self._status((namespace, name), obj)
-            return 200, obj
-        if method == "DELETE":
-            obj = self.objects.pop(key, None)
-            if obj is None:
-                return not_found(f'{plural}.serving.kserve.io "{name}" not found')
-            self.revisions.pop((namespace, name), None)
-            return 200, {
-                "kind": "Status",
-                "apiVersion": "v1",
-                "status": "Success",
-                "details": {"name": name, "group": "serving.kserve.io", "kind": plural},
-            }
-        return self._apply(request, key, kind)
-
-    def _apply(
-        self, request: dict[str, Any], key: tuple[str, str, str], kind: str
-    ) -> tuple[int, dict[str, Any]]:
-        if request["content_type"] != "application/apply-patch+yaml":
-            return 415, {
-                "kind": "Status",
-                "code": 415,
-                "reason": "UnsupportedMediaType",
-                "message": "the body of the request was in an unknown format - "
-                "accepted media types include: application/json-patch+json, "
-                "application/merge-patch+json, application/apply-patch+yaml",
-            }
-        manager = request["query"].get("fieldManager")
-        if not manager:
-            return 400, {
-                "kind": "Status",
-                "code": 400,
-                "reason": "BadRequest",
-                "message": 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required '
-                "value: is required for apply patch",
-            }
-        body = request["body"]
-        meta = body.get("metadata", {})
-        if body.get("kind") != kind or (meta.get("namespace"), meta.get("name")) != key[1:]:
-            return 400, {
-                "kind": "Status",
-                "code": 400,
-                "reason": "BadRequest",
-                "message": "the object does not match the URL",
-            }
-        before = self.objects.get(key)
-        if before is None:
-            obj = {
-                "apiVersion": body["apiVersion"],
-                "kind": kind,
-                "metadata": {
-                    "name": key[2],
-                    "namespace": key[1],
-                    "uid": f"uid-{len(self.requests)}",
-                    "generation": 1,
-                    "resourceVersion": str(len(self.requests)),
-                    "creationTimestamp": NOW,
-                    "managedFields": [{"manager": manager, "operation": "Apply"}],
-                },
-                "spec": {},
-            }
-        else:
-            obj = before
-            previous = copy.deepcopy(before)
-        # One field manager owns every field, so its apply is the object's new content.
-        changed = before is None or body["spec"] != obj["spec"]
-        obj["metadata"]["labels"] = meta.get("labels") or {}
-        obj["metadata"]["annotations"] = meta.get("annotations") or {}
-        obj["spec"] = copy.deepcopy(body["spec"])
-        if before is not None and changed:
-            obj["metadata"]["generation"] += 1
-        self.objects[key] = obj
-        if kind == "InferenceService":
-            self._applied_isvc(key[1:], None if before is None else previous, obj)
-        return (201 if before is None else 200), obj
-
-
-def release(version: str, **kserve_fields: Any) -> Release:
+def release(namespace: str, version: str, **kserve_fields: Any) -> Release:
     target = {
-        "namespace": "llm",
+        "namespace": namespace,
         "min_replicas": 1,
         "max_replicas": 3,
         "storage_uri": f"pvc://llmops-models/support-assistant/{version}",
@@ -378,167 +49,357 @@ def release(version: str, **kserve_fields: Any) -> Release:
     spec = DeploymentSpec(
         model="support-assistant@champion", target="kserve", kserve=target | kserve_fields
     ).model_dump()
-    return Release("support-assistant", f"support-assistant@{version}", spec, ["Hello?"])
+    return Release(NAME, f"support-assistant@{version}", spec, ["Hello?"])
 
 
-def broken_storage(isvc: dict[str, Any]) -> str:
-    uri = isvc["spec"]["predictor"]["model"]["storageUri"]
-    return "load-failed" if uri.endswith("/broken") else "ready"
-
-
-def patches(fake: FakeKServe, plural: str) -> list[dict[str, Any]]:
-    return [r for r in fake.requests if r["method"] == "PATCH" and f"/{plural}/" in r["path"]]
-
-
-def go(url: str, rel: Release, **options: Any) -> kserve.Rollout:
-    return kserve.rollout(
-        kserve.api_client(url), kserve.render_manifests(rel), poll_s=0.01, **options
+def read(api: Any, namespace: str, plural: str = "inferenceservices", name: str = NAME) -> dict:
+    version = "v1beta1" if plural == "inferenceservices" else "v1alpha1"
+    return client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "serving.kserve.io", version, namespace, plural, name
     )
 
 
-def test_first_rollout_applies_both_objects_and_waits_for_ready() -> None:
-    fake = FakeKServe(lag=1, progress=3)
-    with serve(fake.handler()) as url:
-        result = go(url, release("1"), timeout_s=30)
-    runtime, isvc = kserve.render_manifests(release("1"))
-    (runtime_patch,) = patches(fake, "servingruntimes")
-    (isvc_patch,) = patches(fake, "inferenceservices")
-    for patch, manifest in ((runtime_patch, runtime), (isvc_patch, isvc)):
-        assert patch["content_type"] == "application/apply-patch+yaml"
-        assert patch["query"] == {
-            "fieldManager": "llmops",
-            "force": "true",
-            "fieldValidation": "Strict",
+def patch_status(api: Any, namespace: str, status: dict[str, Any], name: str = NAME) -> None:
+    client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+        "serving.kserve.io", "v1beta1", namespace, "inferenceservices", name, {"status": status}
+    )
+
+
+class Controller:
+    """KServe's controller, played on the real API server by patching status.
+
+    `outcome(isvc)` decides how the applied spec ends: "ready", "load-failed" or "stuck".
+    `delay_s` holds each new generation back before reporting it.
+    """
+
+    def __init__(
+        self,
+        api: Any,
+        namespace: str,
+        outcome: Callable[[dict[str, Any]], str] | None = None,
+        delay_s: float = 0.0,
+        name: str = NAME,
+    ) -> None:
+        self.api, self.namespace, self.name = api, namespace, name
+        self.outcome = outcome or (lambda isvc: "ready")
+        self.delay_s = delay_s
+        self.seen: dict[str, Any] = {"generation": 0, "template": None, "count": 0}
+        self.ready: str | None = None
+        self.rolled: str | None = None
+        self.prev: str | None = None
+        self.reported: list[tuple[int, float]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.first_seen: dict[int, float] = {}
+        try:  # carry on from what an earlier controller reported
+            isvc = read(api, namespace, name=name)
+        except client.ApiException:
+            return
+        predictor = ((isvc.get("status") or {}).get("components") or {}).get("predictor") or {}
+        created = predictor.get("latestCreatedRevision")
+        self.seen.update(
+            generation=isvc["metadata"]["generation"],
+            template=(isvc["metadata"].get("annotations") or {}).get(kserve.ANNOTATION_TEMPLATE),
+            count=int(created.rsplit("-", 1)[1]) if created else 0,
+        )
+        self.ready = predictor.get("latestReadyRevision")
+        self.rolled = predictor.get("latestRolledoutRevision")
+        self.prev = predictor.get("previousRolledoutRevision")
+
+    def __enter__(self) -> Controller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.step()
+            except client.ApiException as err:
+                if err.status not in (404, 409):
+                    raise
+            self.stop.wait(0.05)
+
+    def step(self) -> None:
+        isvc = read(self.api, self.namespace, name=self.name)
+        generation = isvc["metadata"]["generation"]
+        if generation == self.seen["generation"]:
+            return
+        since = self.first_seen.setdefault(generation, time.monotonic())
+        if time.monotonic() - since < self.delay_s:
+            return
+        annotations = isvc["metadata"].get("annotations") or {}
+        raw = annotations.get(kserve.ANNOTATION_MODE) == "RawDeployment"
+        template = annotations.get(kserve.ANNOTATION_TEMPLATE)
+        if template != self.seen["template"]:
+            self.seen["count"] += 1
+        self.seen.update(generation=generation, template=template)
+        revision = None if raw else f"{self.name}-predictor-{self.seen['count']:05d}"
+        outcome = self.outcome(isvc)
+        if outcome == "stuck":
+            status = self.status(isvc, revision, "Unknown", "RevisionMissing", raw)
+        elif outcome == "load-failed":
+            status = self.status(isvc, revision, "False", "RevisionFailed", raw)
+            status["modelStatus"] = {
+                "transitionStatus": "BlockedByFailedLoad",
+                "lastFailureInfo": {
+                    "reason": "ModelLoadFailed",
+                    "message": "OSError: /mnt/models does not appear to have a file named "
+                    "config.json.",
+                },
+            }
+        else:
+            status = self.status(isvc, revision, "True", None, raw)
+        patch_status(self.api, self.namespace, status, self.name)
+        self.reported.append((generation, time.monotonic()))
+
+    def status(
+        self, isvc: dict, revision: str | None, ready: str, reason: str | None, raw: bool
+    ) -> dict:
+        condition = {"type": "Ready", "status": ready, "lastTransitionTime": NOW}
+        if reason:
+            condition["reason"] = reason
+        status: dict[str, Any] = {
+            "conditions": [condition],
+            "url": f"http://{self.name}.{self.namespace}.example.com",
+            "modelStatus": {"transitionStatus": "UpToDate" if ready == "True" else "InProgress"},
         }
-        assert patch["body"] == manifest
-    assert fake.requests.index(runtime_patch) < fake.requests.index(isvc_patch)
-    assert result.revision == "support-assistant-predictor-00001"
+        if raw:
+            status["observedGeneration"] = isvc["metadata"]["generation"]
+            status["deploymentMode"] = "RawDeployment"
+            return status
+        if ready == "True":
+            canary = isvc["spec"]["predictor"].get("canaryTrafficPercent")
+            self.ready = revision
+            if revision != self.rolled and (canary in (None, 100) or not self.rolled):
+                self.prev, self.rolled = self.rolled, revision
+        traffic = [{"revisionName": self.rolled, "percent": 100, "latestRevision": True}]
+        if self.ready != self.rolled and self.rolled:
+            canary = isvc["spec"]["predictor"]["canaryTrafficPercent"]
+            traffic = [
+                {"revisionName": self.ready, "percent": canary, "latestRevision": True},
+                {"revisionName": self.rolled, "percent": 100 - canary, "latestRevision": False},
+            ]
+        status["components"] = {
+            "predictor": {
+                "latestCreatedRevision": revision,
+                "latestReadyRevision": self.ready,
+                "latestRolledoutRevision": self.rolled,
+                "previousRolledoutRevision": self.prev,
+                "traffic": traffic if self.rolled else [],
+            }
+        }
+        return status
+
+
+def go(api: Any, rel: Release, **options: Any) -> kserve.Rollout:
+    options.setdefault("timeout_s", 30)
+    return kserve.rollout(api, kserve.render_manifests(rel), poll_s=0.05, **options)
+
+
+def test_apply_creates_then_a_second_apply_changes_nothing(kube: tuple[Any, str]) -> None:
+    api, ns = kube
+    with Controller(api, ns):
+        result = go(api, release(ns, "1"))
+    runtime_manifest, isvc_manifest = kserve.render_manifests(release(ns, "1"))
+    isvc = read(api, ns)
+    runtime = read(api, ns, "servingruntimes", runtime_manifest["metadata"]["name"])
+    # Stored as sent: the server's schema kept every field (nothing silently dropped).
+    assert isvc["spec"] == isvc_manifest["spec"]
+    assert runtime["spec"]["containers"] == runtime_manifest["spec"]["containers"]
+    managers = {(m["manager"], m["operation"]) for m in isvc["metadata"]["managedFields"]}
+    assert ("llmops", "Apply") in managers
     assert result.model_version == "support-assistant@1"
-    assert result.url == "http://support-assistant.llm.example.com"
-    assert result.traffic == [
-        {
-            "revisionName": "support-assistant-predictor-00001",
-            "percent": 100,
-            "latestRevision": True,
-        }
-    ]
-    reads = [
-        r
-        for r in fake.requests
-        if r["method"] == "GET" and r["path"].endswith("/support-assistant")
-    ]
-    assert len(reads) >= 1 + 1 + 3 + 1  # before, lag, in progress, ready
+    assert result.revision == f"{NAME}-predictor-00001"
+    assert result.url == f"http://{NAME}.{ns}.example.com" and result.ready
+    versions = (isvc["metadata"]["resourceVersion"], runtime["metadata"]["resourceVersion"])
+
+    again = go(api, release(ns, "1"), timeout_s=5)  # no controller: nothing to wait for
+    assert again.revision == result.revision
+    after = read(api, ns)
+    runtime_after = read(api, ns, "servingruntimes", runtime_manifest["metadata"]["name"])
+    assert (after["metadata"]["resourceVersion"], runtime_after["metadata"]["resourceVersion"]) == (
+        versions
+    )
+    assert after["metadata"]["generation"] == 1
 
 
-def test_update_with_a_canary_waits_for_the_new_revision() -> None:
-    """Right after the apply KServe still shows the old revision Ready; that is not the
-    new version being ready."""
-    fake = FakeKServe(lag=3, progress=2)
-    with serve(fake.handler()) as url:
-        go(url, release("1"), timeout_s=30)
-        result = go(url, release("2", canary_traffic_percent=10), timeout_s=30)
-    last = patches(fake, "inferenceservices")[-1]["body"]
-    assert last["spec"]["predictor"]["canaryTrafficPercent"] == 10
+def test_a_spec_change_updates_it_and_a_canary_splits_traffic(kube: tuple[Any, str]) -> None:
+    api, ns = kube
+    with Controller(api, ns):
+        go(api, release(ns, "1"))
+        result = go(api, release(ns, "2", canary_traffic_percent=10))
+    isvc = read(api, ns)
+    assert isvc["metadata"]["generation"] == 2
+    assert isvc["metadata"]["annotations"][kserve.ANNOTATION_VERSION] == "support-assistant@2"
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert isvc["spec"]["predictor"]["model"]["storageUri"].endswith("/2")
     assert result.model_version == "support-assistant@2"
-    assert result.revision == "support-assistant-predictor-00002"
+    assert result.revision == f"{NAME}-predictor-00002"
     assert {t["revisionName"]: t["percent"] for t in result.traffic} == {
-        "support-assistant-predictor-00002": 10,
-        "support-assistant-predictor-00001": 90,
+        f"{NAME}-predictor-00002": 10,
+        f"{NAME}-predictor-00001": 90,
     }
 
 
-def test_a_routing_only_change_needs_no_new_revision() -> None:
-    fake = FakeKServe()
-    with serve(fake.handler()) as url:
-        go(url, release("1"), timeout_s=30)
-        result = go(url, release("1", canary_traffic_percent=20), timeout_s=30)
-    assert result.revision == "support-assistant-predictor-00001"
-    assert fake.revisions[("llm", "support-assistant")]["count"] == 1
+def test_an_invalid_field_is_refused_by_the_schema_with_its_name(kube: tuple[Any, str]) -> None:
+    api, ns = kube
+    _, isvc = kserve.render_manifests(release(ns, "1"))
+    off_enum = copy.deepcopy(isvc)
+    off_enum["spec"]["predictor"]["scaleMetric"] = "gpu"
+    with pytest.raises(DeployError) as refused:
+        kserve.apply(api, off_enum)
+    assert str(refused.value).startswith(f"cannot apply InferenceService {ns}/{NAME}: 422 ")
+    assert 'spec.predictor.scaleMetric: Unsupported value: "gpu"' in str(refused.value)
+    wrong_type = copy.deepcopy(isvc)
+    wrong_type["spec"]["predictor"]["minReplicas"] = "two"
+    with pytest.raises(DeployError, match=r"\.spec\.predictor\.minReplicas: expected numeric"):
+        kserve.apply(api, wrong_type)
+    unknown = copy.deepcopy(isvc)
+    unknown["spec"]["predictor"]["model"]["storageUrl"] = "pvc://typo"
+    with pytest.raises(DeployError) as undeclared:
+        kserve.apply(api, unknown)
+    assert ".spec.predictor.model.storageUrl: field not declared in schema" in str(undeclared.value)
+    assert "does not fit the InferenceService/ServingRuntime schema" in str(undeclared.value)
+    # Nothing was stored.
+    with pytest.raises(client.ApiException) as missing:
+        read(api, ns)
+    assert missing.value.status == 404
 
 
-@pytest.mark.parametrize(
-    ("how", "reason", "detail"),
-    [
-        ("load-failed", "ModelLoadFailed", "does not appear to have a file named config.json"),
-        ("ingress-failed", "IngressNotConfigured", "Ingress has not yet been reconciled"),
-    ],
-)
-def test_a_failed_update_is_rolled_back(how: str, reason: str, detail: str) -> None:
-    fake = FakeKServe(lambda isvc: how if "/broken" in str(isvc) else "ready")
-    with serve(fake.handler()) as url:
-        go(url, release("1"), timeout_s=30)
-        good = copy.deepcopy(fake.objects[("inferenceservices", "llm", "support-assistant")])
-        bad = release("2", storage_uri="pvc://llmops-models/broken", image="reg.example/x:2")
+def test_another_managers_change_is_a_conflict_not_overwritten(kube: tuple[Any, str]) -> None:
+    api, ns = kube
+    with Controller(api, ns):
+        go(api, release(ns, "1"))
+    # Someone scales it by hand, with their own field manager.
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        "serving.kserve.io",
+        "v1beta1",
+        ns,
+        "inferenceservices",
+        NAME,
+        {
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "metadata": {"name": NAME, "namespace": ns},
+            "spec": {"predictor": {"minReplicas": 5}},
+        },
+        field_manager="ops-console",
+        force=True,
+        _content_type=kserve.APPLY_PATCH,
+    )
+    with pytest.raises(FieldConflict) as conflict:
+        go(api, release(ns, "1"), timeout_s=5)
+    message = str(conflict.value)
+    assert 'conflict with "ops-console"' in message and ".spec.predictor.minReplicas" in message
+    assert "kserve.force_conflicts" in message
+    assert read(api, ns)["spec"]["predictor"]["minReplicas"] == 5
+    # The spec may say to take the fields.
+    with Controller(api, ns):
+        go(api, release(ns, "1"), force=True)
+    assert read(api, ns)["spec"]["predictor"]["minReplicas"] == 1
+
+
+@pytest.mark.parametrize("mode", ["RawDeployment", "Serverless"])
+def test_ready_from_an_older_generation_is_not_the_new_rollout(
+    kube: tuple[Any, str], mode: str
+) -> None:
+    api, ns = kube
+    with Controller(api, ns):
+        go(api, release(ns, "1", deployment_mode=mode))
+    assert read(api, ns)["status"]["conditions"][0]["status"] == "True"
+    # Nothing reports on the new spec: the old Ready is not taken as its own.
+    with pytest.raises(RolloutFailed) as failure:
+        go(api, release(ns, "2", deployment_mode=mode), timeout_s=0.5)
+    assert failure.value.reason == "Timeout"
+    if mode == "RawDeployment":
+        assert "status describes generation 1, not the applied 2" in str(failure.value)
+    else:
+        assert f"the new revision is not created yet (latest is {NAME}-predictor-00001)" in str(
+            failure.value
+        )
+    # With a controller that reports the new generation after a while, the rollout waits.
+    with Controller(api, ns, delay_s=1.0) as controller:
+        start = time.monotonic()
+        result = go(api, release(ns, "3", deployment_mode=mode))
+        done = time.monotonic()
+    generation = read(api, ns)["metadata"]["generation"]
+    reported = dict(controller.reported)
+    assert generation in reported and start < reported[generation] <= done
+    assert result.model_version == "support-assistant@3"
+    if mode == "RawDeployment":
+        assert result.revision is None and result.deployment_mode == "RawDeployment"
+
+
+def test_raw_deployment_has_no_canary(kube: tuple[Any, str]) -> None:
+    _, ns = kube
+    with pytest.raises(DeployError, match="canary_traffic_percent needs KServe's Serverless"):
+        kserve.render_manifests(
+            release(ns, "1", deployment_mode="RawDeployment", canary_traffic_percent=10)
+        )
+
+
+@pytest.mark.parametrize("mode", ["RawDeployment", "Serverless"])
+def test_a_failed_update_is_rolled_back(kube: tuple[Any, str], mode: str) -> None:
+    api, ns = kube
+
+    def outcome(isvc: dict[str, Any]) -> str:
+        uri = isvc["spec"]["predictor"]["model"]["storageUri"]
+        return "load-failed" if uri.endswith("/broken") else "ready"
+
+    with Controller(api, ns, outcome):
+        go(api, release(ns, "1", deployment_mode=mode))
+        good = read(api, ns)
+        bad = release(
+            ns, "2", storage_uri="pvc://m/broken", image="reg.example/x:2", deployment_mode=mode
+        )
         with pytest.raises(RolloutFailed) as failure:
-            go(url, bad, timeout_s=30)
-        live = kserve.status(kserve.api_client(url), "llm", "support-assistant")
+            go(api, bad)
     err = failure.value
     assert err.rolled_back and err.restored_version == "support-assistant@1"
-    assert err.reason == reason
-    assert str(err).startswith(
-        "InferenceService llm/support-assistant (support-assistant@2) did not become Ready: "
-        f"{reason}: "
-    )
-    assert detail in str(err)
+    assert err.reason == "ModelLoadFailed" and "config.json" in str(err)
     assert "Rolled back to support-assistant@1, which is Ready again" in str(err)
-    # The rollback re-applied the spec that was Ready before.
-    isvc_patches = patches(fake, "inferenceservices")
-    assert len(isvc_patches) == 3
-    assert isvc_patches[-1]["body"]["spec"] == good["spec"]
-    assert live is not None and live.model_version == "support-assistant@1"
-    assert live.revision == "support-assistant-predictor-00003"
-    # The new runtime went with the failed version; the old one stays.
-    old_runtime = good["spec"]["predictor"]["model"]["runtime"]
-    runtimes = [key[2] for key in fake.objects if key[0] == "servingruntimes"]
-    assert runtimes == [old_runtime]
+    live = read(api, ns)
+    assert live["spec"] == good["spec"]
+    assert live["metadata"]["annotations"][kserve.ANNOTATION_VERSION] == "support-assistant@1"
+    # The failed version's runtime is pruned; the good one stays.
+    runtimes = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "serving.kserve.io", "v1alpha1", ns, "servingruntimes"
+    )["items"]
+    assert [r["metadata"]["name"] for r in runtimes] == [
+        good["spec"]["predictor"]["model"]["runtime"]
+    ]
 
 
-def test_a_failed_first_rollout_has_nothing_to_roll_back() -> None:
-    fake = FakeKServe(broken_storage)
-    broken = release("1", storage_uri="pvc://llmops-models/broken")
+def test_a_failed_first_rollout_has_nothing_to_roll_back(kube: tuple[Any, str]) -> None:
+    api, ns = kube
     with (
-        serve(fake.handler()) as url,
+        Controller(api, ns, lambda isvc: "load-failed"),
         pytest.raises(RolloutFailed, match="this was its first rollout") as failure,
     ):
-        go(url, broken, timeout_s=30)
+        go(api, release(ns, "1"))
     assert not failure.value.rolled_back
-    assert "kubectl -n llm describe inferenceservice support-assistant" in str(failure.value)
-    assert len(patches(fake, "inferenceservices")) == 1
+    assert f"kubectl -n {ns} describe inferenceservice {NAME}" in str(failure.value)
 
 
-def test_no_ready_in_time_is_a_failure() -> None:
-    fake = FakeKServe(lambda isvc: "stuck")
-    with serve(fake.handler()) as url, pytest.raises(RolloutFailed) as failure:
-        go(url, release("1"), timeout_s=0.2)
-    assert failure.value.reason == "Timeout"
-    assert "not Ready after 0.2 s (RevisionMissing)" in str(failure.value)
-
-
-def test_delete_removes_the_service_and_its_runtimes() -> None:
-    fake = FakeKServe()
-    with serve(fake.handler()) as url:
-        go(url, release("1"), timeout_s=30)
-        api = kserve.api_client(url)
-        runtime = kserve.render_manifests(release("1"))[0]["metadata"]["name"]
-        assert kserve.delete(api, "llm", "support-assistant") == [
-            "InferenceService/llm/support-assistant",
-            f"ServingRuntime/llm/{runtime}",
-        ]
-        assert kserve.delete(api, "llm", "support-assistant") == []
-        assert kserve.status(api, "llm", "support-assistant") is None
-    assert fake.objects == {}
-
-
-def test_a_cluster_without_kserve_is_named() -> None:
-    fake = FakeKServe(installed=False)
-    with serve(fake.handler()) as url, pytest.raises(DeployError, match="is KServe installed"):
-        go(url, release("1"), timeout_s=1)
+def test_delete_removes_the_service_and_its_runtimes(kube: tuple[Any, str]) -> None:
+    api, ns = kube
+    with Controller(api, ns):
+        go(api, release(ns, "1"))
+    runtime = kserve.render_manifests(release(ns, "1"))[0]["metadata"]["name"]
+    assert kserve.delete(api, ns, NAME) == [
+        f"InferenceService/{ns}/{NAME}",
+        f"ServingRuntime/{ns}/{runtime}",
+    ]
+    assert kserve.delete(api, ns, NAME) == []
+    assert kserve.status(api, ns, NAME) is None
 
 
 def test_an_unreachable_api_server_is_named() -> None:
-    with serve(FakeKServe().handler()) as url:
-        pass  # the port is closed again
-    api = kserve.api_client(url)
+    api = kserve.api_client("http://127.0.0.1:9")
     api.configuration.retries = 0
-    with pytest.raises(DeployError, match=f"cannot reach the Kubernetes API at {url}"):
-        kserve.rollout(api, kserve.render_manifests(release("1")), timeout_s=1, poll_s=0.01)
+    with pytest.raises(DeployError, match="cannot reach the Kubernetes API at http://127.0.0.1:9"):
+        kserve.rollout(api, kserve.render_manifests(release("llm", "1")), timeout_s=1, poll_s=0.01)

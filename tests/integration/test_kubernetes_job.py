@@ -1,11 +1,12 @@
-"""Training as a Kubernetes Job: the rendered manifest, and submit/watch against an API server
-on 127.0.0.1 that answers the calls made as the Kubernetes API documents them."""
+"""Training as a Kubernetes Job: the rendered manifest, and submit/watch against a real
+Kubernetes API server (tests/envtest.py). It has no Job controller or nodes, so a test plays
+the Job controller by patching the Job's status subresource as Kubernetes 1.36 requires it
+(a terminal condition only after FailureTarget or SuccessCriteriaMet, with start time)."""
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from controller.apply.kubernetes_job import (
     submit,
     wait,
 )
-from tests.servers import serve
+from tests import envtest
 
 EXECUTOR = {
     "type": "kubernetes",
@@ -89,147 +90,111 @@ def test_job_paths_are_rewritten_into_the_volume(tmp_path: Path) -> None:
     }
 
 
-class FakeBatchApi:
-    """In-memory batch/v1 Jobs: create (201, or 409 when it exists) and read status."""
-
-    def __init__(self, outcome: str, polls_before_done: int = 2) -> None:
-        self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
-        self.requests: list[tuple[str, str]] = []
-        self.reads: dict[str, int] = {}
-        self.outcome = outcome
-        self.polls = polls_before_done
-        self.lock = threading.Lock()
-
-    def handler(self) -> type[BaseHTTPRequestHandler]:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self) -> None:
-                api.requests.append(("POST", self.path))
-                parts = self.path.strip("/").split("/")
-                # /apis/batch/v1/namespaces/{ns}/jobs
-                if parts[:3] != ["apis", "batch", "v1"] or parts[5:] != ["jobs"]:
-                    self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
-                    return
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                key = (parts[4], body["metadata"]["name"])
-                with api.lock:
-                    if key in api.jobs:
-                        self._send(
-                            409,
-                            {
-                                "kind": "Status",
-                                "apiVersion": "v1",
-                                "status": "Failure",
-                                "reason": "AlreadyExists",
-                                "code": 409,
-                                "message": f'jobs "{key[1]}" exists',
-                            },
-                        )
-                        return
-                    body["metadata"].update(
-                        {
-                            "uid": "1234",
-                            "resourceVersion": "1",
-                            "creationTimestamp": "2026-11-25T12:00:00Z",
-                        }
-                    )
-                    body["status"] = {}
-                    api.jobs[key] = body
-                self._send(201, body)
-
-            def do_GET(self) -> None:
-                api.requests.append(("GET", self.path))
-                parts = self.path.strip("/").split("/")
-                # /apis/batch/v1/namespaces/{ns}/jobs/{name}/status
-                key = (parts[4], parts[6]) if len(parts) >= 8 else ("", "")
-                job = api.jobs.get(key)
-                if job is None or parts[7:] != ["status"]:
-                    self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
-                    return
-                count = api.reads[key[1]] = api.reads.get(key[1], 0) + 1
-                if count <= api.polls:
-                    job["status"] = {"active": 1, "startTime": "2026-11-25T12:00:01Z"}
-                elif api.outcome == "Complete":
-                    job["status"] = {
-                        "succeeded": 1,
-                        "conditions": [
-                            {
-                                "type": "Complete",
-                                "status": "True",
-                                "lastTransitionTime": "2026-11-25T12:10:00Z",
-                            }
-                        ],
-                    }
-                else:
-                    job["status"] = {
-                        "failed": 3,
-                        "conditions": [
-                            {
-                                "type": "Failed",
-                                "status": "True",
-                                "reason": "BackoffLimitExceeded",
-                                "message": "Job has reached the specified backoff limit",
-                                "lastTransitionTime": "2026-11-25T12:10:00Z",
-                            }
-                        ],
-                    }
-                self._send(200, job)
-
-        return Handler
+NOW = "2026-11-25T12:00:00Z"
 
 
-def test_submit_is_idempotent_and_wait_sees_completion(tmp_path: Path) -> None:
+@pytest.fixture
+def kube() -> Iterator[tuple[Any, str]]:
+    api = envtest.cluster().client()
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    envtest.ensure_namespace(api, namespace)
+    yield api, namespace
+
+
+def job_in(tmp_path: Path, namespace: str, **executor: Any) -> Any:
+    state = tmp_path / ".llmops"
+    (state / "runs/x").mkdir(parents=True, exist_ok=True)
+    fields = EXECUTOR | {"namespace": namespace} | executor
+    return render_job(state / "runs/x/job.json", "exp/default", DIGEST, fields, state)
+
+
+def finish(api: Any, job: Any, how: str, reason: str, message: str) -> None:
+    """What the Job controller writes when a Job ends."""
     from kubernetes import client
 
-    api = FakeBatchApi("Complete")
-    with serve(api.handler()) as url:
-        k8s = api_client(url)
-        job = render_job(
-            tmp_path / ".llmops/runs/x/job.json",
-            "exp/default",
-            DIGEST,
-            EXECUTOR,
-            tmp_path / ".llmops",
-        )
-        (tmp_path / ".llmops/runs/x").mkdir(parents=True)
-        assert submit(k8s, job) == "created"
-        assert submit(k8s, job) == "exists"
-        status = wait(k8s, "ml", job.metadata.name, timeout_s=30, poll_s=0.01)
+    first = "SuccessCriteriaMet" if how == "Complete" else "FailureTarget"
+    condition = {"status": "True", "reason": reason, "message": message, "lastTransitionTime": NOW}
+    status: dict[str, Any] = {
+        "startTime": NOW,
+        "conditions": [{"type": first, **condition}, {"type": how, **condition}],
+    }
+    if how == "Complete":
+        status |= {"succeeded": 1, "completionTime": NOW}
+    else:
+        status |= {"failed": 3}
+    client.BatchV1Api(api).patch_namespaced_job_status(
+        job.metadata.name, job.metadata.namespace, {"status": status}
+    )
+
+
+def test_submit_creates_once_and_wait_sees_completion(
+    tmp_path: Path, kube: tuple[Any, str]
+) -> None:
+    from kubernetes import client
+
+    api, ns = kube
+    job = job_in(tmp_path, ns)
+    assert submit(api, job) == "created"
+    assert submit(api, job) == "exists"
+    stored = client.BatchV1Api(api).read_namespaced_job(job.metadata.name, ns)
+    (container,) = stored.spec.template.spec.containers
+    assert container.image == EXECUTOR["image"]
+    assert container.command[-1] == "/llmops/runs/x/job.json"
+    assert stored.metadata.labels["llmops.dev/run"] == "default"
+    listed = client.BatchV1Api(api).list_namespaced_job(ns).items
+    assert [j.metadata.name for j in listed] == [job.metadata.name]
+    finish(api, job, "Complete", "CompletionsReached", "Reached expected number of succeeded pods")
+    status = wait(api, ns, job.metadata.name, timeout_s=30, poll_s=0.05)
     assert status.succeeded and not status.failed
-    assert api.requests[0] == ("POST", "/apis/batch/v1/namespaces/ml/jobs")
-    assert len(api.jobs) == 1
-    stored = next(iter(api.jobs.values()))
-    assert stored["spec"]["template"]["spec"]["containers"][0]["image"] == EXECUTOR["image"]
-    assert isinstance(job, client.V1Job)
 
 
-def test_wait_reports_a_failed_job(tmp_path: Path) -> None:
-    api = FakeBatchApi("Failed", polls_before_done=1)
-    with serve(api.handler()) as url:
-        k8s = api_client(url)
-        job = render_job(tmp_path / "job.json", "exp/default", DIGEST, EXECUTOR, tmp_path)
-        submit(k8s, job)
-        status = wait(k8s, "ml", job.metadata.name, timeout_s=30, poll_s=0.01)
-    assert status.failed and "backoff limit" in status.message
+def test_wait_reports_a_failed_job_with_its_reason(tmp_path: Path, kube: tuple[Any, str]) -> None:
+    api, ns = kube
+    job = job_in(tmp_path, ns)
+    submit(api, job)
+    finish(
+        api, job, "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+    )
+    status = wait(api, ns, job.metadata.name, timeout_s=30, poll_s=0.05)
+    assert status.failed and not status.succeeded
+    assert status.reason == "BackoffLimitExceeded"
+    assert status.message == ("BackoffLimitExceeded: Job has reached the specified backoff limit")
 
 
-def test_wait_times_out_with_a_hint(tmp_path: Path) -> None:
-    api = FakeBatchApi("Complete", polls_before_done=10_000)
-    with serve(api.handler()) as url:
-        k8s = api_client(url)
-        job = render_job(tmp_path / "job.json", "exp/default", DIGEST, EXECUTOR, tmp_path)
-        submit(k8s, job)
-        with pytest.raises(JobFailed, match="kubectl -n ml describe job"):
-            wait(k8s, "ml", job.metadata.name, timeout_s=0.05, poll_s=0.01)
+def test_wait_times_out_with_a_hint(tmp_path: Path, kube: tuple[Any, str]) -> None:
+    api, ns = kube
+    job = job_in(tmp_path, ns)
+    submit(api, job)
+    with pytest.raises(JobFailed, match=f"kubectl -n {ns} describe job"):
+        wait(api, ns, job.metadata.name, timeout_s=0.3, poll_s=0.05)
+
+
+def test_a_deleted_job_is_named(tmp_path: Path, kube: tuple[Any, str]) -> None:
+    from kubernetes import client
+
+    api, ns = kube
+    job = job_in(tmp_path, ns)
+    submit(api, job)
+    # Background: the default (orphan) waits for a garbage collector this server does not run.
+    client.BatchV1Api(api).delete_namespaced_job(
+        job.metadata.name, ns, propagation_policy="Background"
+    )
+    with pytest.raises(JobFailed, match="is gone"):
+        wait(api, ns, job.metadata.name, timeout_s=5, poll_s=0.05)
+
+
+def test_an_invalid_job_is_refused_with_the_field(tmp_path: Path, kube: tuple[Any, str]) -> None:
+    api, ns = kube
+    job = job_in(tmp_path, ns, backoff_limit=-1)
+    with pytest.raises(JobFailed) as refused:
+        submit(api, job)
+    assert "422" in str(refused.value)
+    assert "spec.backoffLimit: Invalid value: -1" in str(refused.value)
+
+
+def test_no_cluster_configured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(JobFailed, match="no Kubernetes cluster configured"):
+        api_client()

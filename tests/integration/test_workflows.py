@@ -155,6 +155,44 @@ def test_pull_requests_from_forks_never_apply_and_get_no_secrets() -> None:
         assert job["steps"][0]["with"]["fetch-depth"] == 0
 
 
+FORK_TRIGGERS = {"pull_request", "pull_request_review", "pull_request_review_comment"}
+PRIVILEGED_TRIGGERS = {"pull_request_target", "workflow_run", "issue_comment"}
+
+
+def test_every_job_a_fork_can_start_gets_no_secrets_and_never_applies() -> None:
+    """Every job of every workflow: none runs fork code with secrets or write tokens. Jobs a
+    pull request starts either are guarded to this repository's branches or read only: no
+    secret, no apply, no self-hosted runner, no write permission."""
+    checked = 0
+    for file in FILES:
+        workflow = load(file.name)
+        on = workflow.get("on") or workflow.get(True)
+        triggers = {on} if isinstance(on, str) else set(on)
+        assert not triggers & PRIVILEGED_TRIGGERS, f"{file.name}: {triggers & PRIVILEGED_TRIGGERS}"
+        for name, job in workflow["jobs"].items():
+            checked += 1
+            where = f"{file.name} job {name}"
+            if not triggers & FORK_TRIGGERS:
+                continue
+            text = json.dumps(job)
+            permissions = job.get("permissions", workflow.get("permissions"))
+            assert permissions is not None, f"{where}: set permissions explicitly"
+            writes = permissions == "write-all" or (
+                isinstance(permissions, dict) and "write" in permissions.values()
+            )
+            privileged = (
+                "secrets." in text
+                or "llmops apply" in text
+                or "self-hosted" in json.dumps(job.get("runs-on"))
+                or writes
+            )
+            if privileged:
+                assert job.get("if") == SAME_REPO, f"{where} is privileged; guard it to branches"
+            else:
+                assert "GITHUB_TOKEN" not in text, where
+    assert checked == sum(len(load(f.name)["jobs"]) for f in FILES)
+
+
 def test_main_applies_and_commits_the_lock_one_at_a_time() -> None:
     workflow = load("apply.yml")
     assert workflow["on"]["push"]["branches"] == ["main"]

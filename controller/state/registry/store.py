@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from controller.state.blobs import Blob, BlobStore
@@ -44,6 +47,9 @@ VERSION_FIELDS = (
     "chat_template",
     "size_bytes",
 )
+
+
+REGISTER_ATTEMPTS = 20
 
 
 class RegistryError(LlmopsError):
@@ -192,10 +198,27 @@ class Registry:
 
     # ----- writing -----------------------------------------------------------------------
     def register(self, new: NewVersion) -> VersionRow:
-        """One transaction: the model row, the version, its files, aliases, tags, lineage."""
+        """One transaction: the model row, the version, its files, aliases, tags, lineage.
+
+        Two processes registering the same model at once race for its next number (or for the
+        model row); the loser's transaction is rolled back and tried again, so concurrent
+        writers all get a version (tests/integration/test_registry_concurrency.py).
+        """
         for _, blob in new.files:
             if not self.blobs.exists(blob.sha256, blob.size):
                 raise RegistryError(f"blob {blob.sha256[:12]} is not in the store")
+        for attempt in range(REGISTER_ATTEMPTS):
+            try:
+                return self._register_once(new)
+            except (IntegrityError, OperationalError) as err:
+                text = str(err.orig).lower()
+                raced = "unique" in text or "duplicate key" in text or "locked" in text
+                if not raced or attempt == REGISTER_ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _register_once(self, new: NewVersion) -> VersionRow:
         with self.session() as session:
             model = session.scalar(select(ModelRow).where(ModelRow.name == new.name))
             if model is None:
@@ -329,9 +352,24 @@ class Registry:
 
     # ----- files on disk -----------------------------------------------------------------
     def materialize(self, version: VersionRow) -> Path:
-        """A folder of symlinks into the blob store that transformers can load."""
+        """A folder of symlinks into the blob store that transformers can load.
+
+        Every blob is checked against its recorded sha256 first (BlobStore.check: hashed once,
+        then by size, mtime and inode), so a weight file changed after it was registered is
+        refused rather than loaded.
+        """
         folder = self.paths.views / version.model.name / str(version.number)
-        if folder.is_dir() and all((folder / f.path).exists() for f in version.files):
+        for f in version.files:
+            problem = self.blobs.check(f.sha256, f.size)
+            if problem:
+                raise RegistryError(
+                    f"{version.model.name}@{version.number}: file {f.path} (sha256:"
+                    f"{f.sha256[:12]}) is {problem}; refusing to load a changed model file. "
+                    "Run 'llmops models verify', then pull or train the version again"
+                )
+        if folder.is_dir() and all(
+            self._links_to(folder / f.path, f.sha256) for f in version.files
+        ):
             return folder
         tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -343,6 +381,12 @@ class Registry:
         folder.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, folder)
         return folder
+
+    def _links_to(self, link: Path, sha256: str) -> bool:
+        try:
+            return link.is_symlink() and link.resolve() == self.blobs.path(sha256).resolve()
+        except OSError:
+            return False
 
 
 class DatasetVersions:

@@ -1,0 +1,253 @@
+"""Dashboard, arena pages: leaderboards with interval whiskers, the win-rate matrix, and blind
+voting (two answers in an order random per voter, names shown only after the vote; the vote
+lands in the arena's storage, once per voter and battle)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from controller.ui.app import form_token, render, ui_state, voter_of
+from controller.ui.charts import IntervalBar, heat_colour, whiskers
+from controller.ui.state import UiState
+
+router = APIRouter()
+VOTERS = ("all", "human", "judge")
+CHOICES = {
+    "first": "Answer 1 is better",
+    "second": "Answer 2 is better",
+    "tie": "Tie",
+    "bothbad": "Both are bad",
+}
+
+
+def arena_names(state: UiState) -> list[str]:
+    from controller.state.registry.arena import ArenaStore
+
+    names = {a.split("/", 1)[1] for a in state.entries("Arena")}
+    registry = state.registry()
+    if registry is not None:
+        names.update(ArenaStore(registry).arenas())
+    return sorted(names)
+
+
+def bootstrap_of(state: UiState, name: str) -> dict[str, Any]:
+    """The arena spec's bootstrap settings as the lock file recorded them, else defaults."""
+    entry = state.lock().get(f"Arena/{name}")
+    boot = (entry.spec.get("bootstrap") if entry else None) or {}
+    return {
+        "rounds": int(boot.get("rounds", 1000)),
+        "confidence": float(boot.get("confidence", 0.95)),
+        "seed": int(boot.get("seed", 0)),
+    }
+
+
+@dataclass
+class ArenaView:
+    name: str
+    voters: str
+    board: Any  # runners.arena.ratings.Leaderboard
+    bars: list[IntervalBar]
+    models: list[str]
+    matrix: list[list[tuple[float | None, int, str]]]  # per row model: (rate, battles, colour)
+    battles: int
+    pending: int
+
+
+def arena_view(state: UiState, name: str, voters: str, voter: str) -> ArenaView | None:
+    from controller.apply.arena import votes_of
+    from controller.state.registry.arena import ArenaStore
+    from runners.arena.ratings import leaderboard
+
+    registry = state.registry()
+    if registry is None:
+        return None
+    battles = ArenaStore(registry).battles(name)
+    if not battles:
+        return None
+    votes = votes_of(battles, voters)
+    key = ("board", name, voters, len(votes), sum(len(b.votes) for b in battles))
+    if key not in state.cache:
+        state.cache[key] = leaderboard(votes, **bootstrap_of(state, name)) if votes else None
+    board = state.cache[key]
+    models = [s.model for s in board.standings] if board else []
+    bars = (
+        whiskers([(s.model, s.rating, s.lower, s.upper) for s in board.standings]) if board else []
+    )
+    matrix = [
+        [
+            (
+                board.win_rates.get(a, {}).get(b),
+                board.battle_counts.get(a, {}).get(b, 0),
+                heat_colour(board.win_rates.get(a, {}).get(b)),
+            )
+            for b in models
+        ]
+        for a in models
+    ]
+    return ArenaView(
+        name,
+        voters,
+        board,
+        bars,
+        models,
+        matrix,
+        len(battles),
+        len(pending_battles(battles, voter)),
+    )
+
+
+def pending_battles(battles: list[Any], voter: str) -> list[Any]:
+    """Battles with both answers that this voter has not voted on."""
+    return [
+        b
+        for b in battles
+        if b.answer_a is not None
+        and b.answer_b is not None
+        and not any(v.voter_kind == "human" and v.voter_id == voter for v in b.votes)
+    ]
+
+
+@dataclass
+class Ballot:
+    battle_id: int
+    prompt: str
+    first: str
+    second: str
+
+
+@dataclass
+class Reveal:
+    battle_id: int
+    first: str
+    second: str
+    choice: str
+
+
+def ballot_for(state: UiState, name: str, voter: str) -> tuple[Ballot | None, int]:
+    """The next battle this voter has not voted on, answers in the voter's blind order (no
+    model names), and how many are left."""
+    from controller.apply.arena import blind_order
+    from controller.state.registry.arena import ArenaStore
+
+    registry = state.registry()
+    if registry is None:
+        return None, 0
+    pending = pending_battles(ArenaStore(registry).battles(name), voter)
+    if not pending:
+        return None, 0
+    battle = pending[0]
+    swapped = blind_order(battle.id, voter)
+    first, second = (
+        (battle.answer_b, battle.answer_a) if swapped else (battle.answer_a, battle.answer_b)
+    )
+    return Ballot(battle.id, battle.prompt or "", first or "", second or ""), len(pending)
+
+
+def reveal_for(state: UiState, battle_id: int, voter: str) -> Reveal | None:
+    """The names behind a battle's answers, only once this voter has voted on it."""
+    from controller.apply.arena import blind_order
+    from controller.state.registry.arena import ArenaStore
+
+    registry = state.registry()
+    battle = ArenaStore(registry).battle(battle_id) if registry else None
+    if battle is None:
+        return None
+    mine = next((v for v in battle.votes if v.voter_kind == "human" and v.voter_id == voter), None)
+    if mine is None:
+        return None
+    swapped = blind_order(battle.id, voter)
+    first, second = (
+        (battle.model_b, battle.model_a) if swapped else (battle.model_a, battle.model_b)
+    )
+    return Reveal(battle.id, first, second, str(mine.winner))
+
+
+def winner_of(choice: str, swapped: bool) -> str:
+    """The stored winner for a choice made on the blind page."""
+    if choice == "first":
+        return "model_b" if swapped else "model_a"
+    if choice == "second":
+        return "model_a" if swapped else "model_b"
+    if choice == "tie":
+        return "tie"
+    if choice == "bothbad":
+        return "tie (bothbad)"
+    raise ValueError(f"unknown choice '{choice}'")
+
+
+@router.get("/arena", response_class=HTMLResponse)
+def arenas_page(request: Request) -> HTMLResponse:
+    return render(request, "arenas.html", title="Arena", arenas=arena_names(ui_state(request)))
+
+
+@router.get("/arena/{name}", response_class=HTMLResponse)
+def arena_page(request: Request, name: str, voters: str = "all") -> HTMLResponse:
+    if voters not in VOTERS:
+        raise HTTPException(400, f"voters must be one of {', '.join(VOTERS)}")
+    view = arena_view(ui_state(request), name, voters, voter_of(request))
+    if view is None:
+        raise HTTPException(404, f"arena '{name}' has no battles")
+    return render(request, "arena.html", title=f"Arena {name}", view=view, voter_kinds=VOTERS)
+
+
+@router.get("/arena/{name}/vote", response_class=HTMLResponse)
+def vote_page(
+    request: Request, name: str, revealed: int | None = None, error: str | None = None
+) -> HTMLResponse:
+    state, voter = ui_state(request), voter_of(request)
+    ballot, left = ballot_for(state, name, voter)
+    reveal = reveal_for(state, revealed, voter) if revealed is not None else None
+    return render(
+        request,
+        "vote.html",
+        title=f"Vote in arena {name}",
+        name=name,
+        ballot=ballot,
+        left=left,
+        reveal=reveal,
+        choices=CHOICES,
+        token=form_token(request),
+        error=error,
+    )
+
+
+@router.post("/arena/{name}/vote")
+def cast_vote(
+    request: Request,
+    name: str,
+    battle: int = Form(...),
+    choice: str = Form(...),
+    token: str = Form(...),
+) -> Response:
+    import hmac
+
+    from controller.apply.arena import blind_order
+    from controller.state.registry.arena import AlreadyVoted, ArenaStore
+
+    if not hmac.compare_digest(token, form_token(request)):
+        raise HTTPException(403, "the vote form is stale or from another site; reload the page")
+    if choice not in CHOICES:
+        raise HTTPException(400, f"choice must be one of {', '.join(CHOICES)}")
+    state, voter = ui_state(request), voter_of(request)
+    registry = state.registry()
+    store = ArenaStore(registry) if registry else None
+    found = store.battle(battle) if store else None
+    if store is None or found is None or found.arena != name:
+        raise HTTPException(404, f"no battle {battle} in arena '{name}'")
+    swapped = blind_order(battle, voter)
+    try:
+        store.add_vote(
+            battle,
+            voter_kind="human",
+            voter_id=voter,
+            winner=winner_of(choice, swapped),
+            position="b_first" if swapped else "a_first",
+            detail={"via": "ui"},
+        )
+    except AlreadyVoted:
+        return RedirectResponse(f"/arena/{name}/vote?revealed={battle}&error=already", 303)
+    return RedirectResponse(f"/arena/{name}/vote?revealed={battle}", 303)

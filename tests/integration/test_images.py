@@ -1,0 +1,179 @@
+"""Images built and run for real with podman (tests/podman.py): the serving image from the
+docker target's build context, on a debootstrap base, serving the tiny model; the official
+openai client gets a chat completion through it. Pushed to a real registry (Debian's
+docker-registry), the image is named by digest and pulls back the same."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from controller.api.deployment import DeploymentSpec
+from runners.deploy import docker, images
+from runners.deploy.local import free_port
+from runners.deploy.release import Release
+from tests import podman
+
+KEY = "sk-image-test"
+
+
+def serve_release() -> Release:
+    spec = DeploymentSpec(
+        model="tiny@1",
+        target="docker",
+        api_key={"env": "SUPPORT_KEY"},
+        limits={"max_tokens": 16},
+        collect={"enabled": True, "into": "support-feedback"},
+    ).model_dump()
+    return Release("support-assistant", "tiny@1", spec, ["Hello?"])
+
+
+@pytest.fixture(scope="session")
+def serving_image(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> str:
+    podman.engine()
+    context = docker.render_context(
+        tmp_path_factory.mktemp("serve") / "ctx", serve_release(), tiny_model
+    )
+    tag = f"localhost/llmops-test/support-assistant:{context.digest[7:19]}"
+    podman.build(context.path, tag)
+    return tag
+
+
+def test_the_serving_image_answers_the_openai_client(serving_image: str) -> None:
+    port = free_port()
+    config = json.loads(
+        podman.podman(
+            "run", "--rm", "--entrypoint", "cat", serving_image, "/etc/llmops/serve.json"
+        ).stdout
+    )
+    assert config["model_dir"] == "/mnt/models" and config["name"] == "support-assistant"
+    config["port"] = port
+    name = f"llmops-test-{uuid.uuid4().hex[:8]}"
+    podman.podman(
+        "run",
+        "-d",
+        "--name",
+        name,
+        *podman.run_args(),
+        "-e",
+        f"LLMOPS_SERVE_CONFIG={json.dumps(config)}",
+        "-e",
+        f"SUPPORT_KEY={KEY}",
+        serving_image,
+    )
+    try:
+        ready = False
+        deadline = time.monotonic() + 600  # gives up after minutes; not a timing assertion
+        while time.monotonic() < deadline:
+            state = podman.podman("inspect", "--format", "{{.State.Running}}", name).stdout
+            if state.strip() != "true":
+                break
+            with contextlib.suppress(httpx.TransportError):
+                ready = httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200
+            if ready:
+                break
+            time.sleep(0.5)
+        logs = podman.podman("logs", name, check=False)
+        assert ready, (logs.stdout + logs.stderr)[-3000:]
+        user = podman.podman("exec", name, "id", "-u").stdout.strip()
+        assert user == str(docker.USER_ID)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
+        answer = client.chat.completions.create(
+            model="support-assistant",
+            messages=[{"role": "user", "content": "How do I reset my password?"}],
+            max_tokens=8,
+        )
+        assert answer.choices[0].message.content is not None
+        assert answer.model == "support-assistant"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong"
+            ).chat.completions.create(
+                model="support-assistant", messages=[{"role": "user", "content": "hi"}]
+            )
+    finally:
+        podman.podman("rm", "-f", "-t", "5", name, check=False)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, for push and pull."""
+    if shutil.which("docker-registry") is None:
+        pytest.skip("no docker-registry: 'apt-get install docker-registry' (make engines)")
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'blobs'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
+    with (tmp_path / "registry.log").open("w") as log:
+        process = subprocess.Popen(
+            ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        for _ in range(100):
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/v2/").status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_pushed_image_is_named_by_digest_and_manifests_use_it(
+    serving_image: str, registry: str, tmp_path: Path
+) -> None:
+    from controller.apply.kubernetes_job import DEFAULT_RUNNER_IMAGE, render_job
+
+    image_id = podman.podman("image", "inspect", "--format", "{{.Id}}", serving_image).stdout
+    built = images.Built("serve", serving_image, image_id.strip(), tmp_path)
+    pushed = images.push(built, registry, engine="podman", tls_verify=False)
+    assert pushed.pushed is not None
+    repository, _, digest = pushed.pushed.partition("@")
+    assert repository == f"{registry}/llmops-test/support-assistant"
+    assert digest.startswith("sha256:")
+    # Pulled back by digest, it is the same image.
+    podman.podman("rmi", f"{registry}/{serving_image.split('/', 1)[1]}")
+    podman.podman("pull", "--tls-verify=false", pushed.pushed)
+    pulled = podman.podman("image", "inspect", "--format", "{{.Id}}", pushed.pushed).stdout
+    assert pulled.strip() == built.image_id
+    # Recorded in the state folder, a Job with the default image names it by digest.
+    runner = images.Built("runner", "llmops/runner:x", "sha256:1", tmp_path, pushed.pushed)
+    images.record(tmp_path / "state", [runner])
+    job = render_job(
+        tmp_path / "state/runs/job.json",
+        "exp/default",
+        "sha256:" + "ab" * 32,
+        {"image": DEFAULT_RUNNER_IMAGE},
+        tmp_path / "state",
+    )
+    assert job.spec.template.spec.containers[0].image == pushed.pushed
+
+
+def test_images_build_renders_both_contexts_and_names_a_missing_engine(tmp_path: Path) -> None:
+    from tests.integration.test_apply import llmops
+
+    (tmp_path / "specs").mkdir()
+    done = llmops(tmp_path, "images", "build", "--engine", str(tmp_path / "no-engine"))
+    assert done.returncode == 1
+    assert "no container engine answers here" in done.stderr
+    runner = tmp_path / ".llmops/images/runner"
+    assert (runner / "src/runners/train/__main__.py").is_file()
+    assert (runner / "src/runners/evaluate/run.py").is_file()
+    assert not (runner / "src/controller").exists()
+    requirements = (runner / "requirements.txt").read_text()
+    assert "transformers==" in requirements and "torch" not in requirements
+    assert "USER 10001" in (runner / "Dockerfile").read_text()

@@ -1,0 +1,282 @@
+"""The dashboard in a real browser (Debian's chromium driven by Playwright) over a repository
+after a real apply: every page loads cleanly and offline, the runs page draws both runs'
+curves, the evaluation page draws intervals, and a blind vote moves the leaderboard."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.apply_repo import git
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    # The network is off for the page: any host but the dashboard's fails to resolve.
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+]
+# Pages and a detail page of each kind, as a person would click through them.
+PAGES = {
+    "overview": "/",
+    "models": "/models",
+    "model": "/models/assistant",
+    "version": "/models/assistant/1",
+    "datasets": "/datasets",
+    "dataset": "/datasets/faq",
+    "runs": "/runs",
+    "experiment": "/runs/exp",
+    "evaluations": "/evaluations",
+    "samples": "/evaluations/samples/Evaluation/exp/faster",
+    "arenas": "/arena",
+    "arena": "/arena/duel",
+    "vote": "/arena/duel/vote",
+    "scans": "/scans",
+    "scan": "/scans/1",
+    "deployments": "/deployments",
+    "history": "/history",
+    "history-model": "/history?resource=Model/assistant",
+}
+EXTERNAL = re.compile(r"(?:https?:)?//(?!127\.0\.0\.1|localhost)[a-z0-9.-]+\.[a-z]{2,}", re.I)
+
+
+def _browser_or_skip() -> Any:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed: pip install -e '.[dev]'")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(
+            "chromium is not installed and could not be installed here (make test runs "
+            "'apt-get install chromium' as root)"
+        )
+    return sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _environment() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("LLMOPS_") or k == "LLMOPS_TEST_ARTIFACTS"
+    }
+
+
+@pytest.fixture
+def applied(tmp_path: Path, tiny_model: Path, run_cli: Callable[..., Any]) -> Path:
+    from tests.ui_repo import build_ui_repo
+
+    root = build_ui_repo(tmp_path / "repo", tiny_model)
+    done = run_cli("apply", "--skip-deploy", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    git(root, "add", "llmops.lock")
+    git(root, "commit", "-qm", "apply")
+    return root
+
+
+@pytest.fixture
+def server(applied: Path) -> Iterator[str]:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "controller.cli.main", "ui", "--port", str(port)],
+        cwd=applied,
+        env=_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/static/app.css", timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    said = process.stdout.read() if process.stdout else ""
+                    raise AssertionError(f"llmops ui did not start: {said}") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _artifacts(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("LLMOPS_TEST_ARTIFACTS") or tmp_path / "artifacts") / "ui"
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"dashboard screenshots in {folder}")
+    return folder
+
+
+class Watch:
+    """Console errors, failed requests and every text response a page made."""
+
+    def __init__(self, page: Any) -> None:
+        self.errors: list[str] = []
+        self.bodies: dict[str, str] = {}
+        page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
+        page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: self.errors.append(f"failed: {r.url} {r.failure}"))
+        page.on("response", self._response)
+
+    def _response(self, response: Any) -> None:
+        if response.status >= 400:
+            self.errors.append(f"HTTP {response.status}: {response.url}")
+        kind = response.headers.get("content-type", "")
+        if any(t in kind for t in ("html", "css", "javascript")):
+            with contextlib.suppress(Exception):  # a redirect's body is gone: no text
+                self.bodies[response.url] = response.text()
+
+
+def check_every_page_loads_offline_without_errors(page: Any, url: str, shots: Path) -> None:
+    watch = Watch(page)
+    for name, path in PAGES.items():
+        page.goto(url + path, wait_until="networkidle")
+        assert page.locator("h1").count() == 1, name
+        page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+    assert watch.errors == []
+    served = "\n".join(watch.bodies.values())
+    assert "/static/vendor/uplot/uPlot.iife.min.js" in " ".join(watch.bodies)
+    for address, body in watch.bodies.items():
+        assert not EXTERNAL.findall(body), (
+            f"{address} names an external URL: {EXTERNAL.findall(body)[:3]}"
+        )
+    assert "<h1>" in served
+
+
+def check_runs_page_draws_both_runs(page: Any, url: str) -> None:
+    page.goto(url + "/runs/exp", wait_until="networkidle")
+    counts = page.evaluate(
+        """() => { const u = window.llmopsCharts.loss;
+        return u.series.slice(1).map(
+          (s, i) => [s.label, u.data[i + 1].filter(v => v !== null).length]); }"""
+    )
+    labels = [label for label, _ in counts]
+    assert any(label.startswith("default@") for label in labels), labels
+    assert any(label.startswith("faster@") for label in labels), labels
+    assert all(points >= 4 for _, points in counts), counts  # 4 training steps per run
+    drawn = page.evaluate(
+        "() => { const c = document.querySelector('#chart-loss canvas');"
+        " return c.toDataURL().length; }"
+    )
+    assert drawn > 3000  # a blank canvas of this size encodes to far less
+    page.select_option("#x-axis", "time")
+    page.check("#log-scale")
+    page.fill("#smoothing", "0")
+    xs = page.evaluate("() => window.llmopsCharts.loss.data[0]")
+    assert xs and all(x >= 0 for x in xs)
+    assert page.evaluate("() => window.llmopsCharts.loss.scales.y.distr") == 3
+    assert page.locator("text=Config differences").count() == 1
+    assert page.locator("code", has_text="training.learning_rate").count() == 1
+
+
+def check_evaluation_page_shows_intervals(page: Any, url: str) -> None:
+    page.goto(url + "/evaluations", wait_until="networkidle")
+    bars = page.locator("svg.interval rect.ci")
+    assert bars.count() >= 6  # three metrics per run's evaluation, two runs
+    label = page.locator("svg.interval").first.get_attribute("aria-label") or ""
+    assert re.search(r"in \[.+, .+\]", label), label
+    assert page.locator("ul.gates li.pass").count() >= 2
+
+
+def _ratings(page: Any, url: str) -> dict[str, str]:
+    page.goto(url + "/arena/duel", wait_until="networkidle")
+    rows = page.locator("#leaderboard tbody tr")
+    return {
+        rows.nth(i).get_attribute("data-model"): rows.nth(i).locator("td.rating").inner_text()
+        for i in range(rows.count())
+    }
+
+
+def check_a_blind_vote_moves_the_leaderboard_once(page: Any, url: str, root: Path) -> None:
+    from controller.state.registry.arena import ArenaStore
+    from controller.workspace import open_registry
+
+    before = _ratings(page, url)
+    assert set(before) == {"tiny@1", "mute@1"}
+    assert len(set(before.values())) == 1  # the biased judge tied every battle
+    page.goto(url + "/arena/duel/vote", wait_until="networkidle")
+    html = page.content()
+    for name in ("tiny@1", "mute@1", "tiny", "mute"):
+        assert name not in html, f"the ballot reveals '{name}' before the vote"
+    battle = int(page.locator("#ballot").get_attribute("data-battle") or "0")
+    answers = page.locator("pre.answer").all_inner_texts()
+    # Vote for the model that answers at all (mute says nothing), as a person would.
+    choice = "first" if answers[0] != "(empty answer)" else "second"
+    page.click(f"button[value={choice}]")
+    page.wait_for_load_state("networkidle")
+    revealed = page.locator("#reveal .model-name").all_inner_texts()
+    assert sorted(revealed) == ["mute@1", "tiny@1"]
+    assert revealed[0 if choice == "first" else 1] == "tiny@1"
+    after = _ratings(page, url)
+    assert float(after["tiny@1"]) > float(after["mute@1"]), after
+    # The same voter (same cookie) posting the same battle again is refused, not counted.
+    page.goto(url + "/arena/duel/vote", wait_until="networkidle")
+    token = page.locator("input[name=token]").first.get_attribute("value")
+    again = page.request.post(
+        url + "/arena/duel/vote",
+        form={"battle": str(battle), "choice": "second", "token": token or ""},
+    )
+    assert again.ok and "voted on this battle already" in again.text()
+    votes = [
+        v
+        for b in ArenaStore(open_registry(root)).battles("duel")
+        for v in b.votes
+        if v.voter_kind == "human"
+    ]
+    assert len(votes) == 1 and votes[0].winner in ("model_a", "model_b")
+    assert _ratings(page, url) == after
+
+
+def test_dashboard_in_a_browser(applied: Path, server: str, tmp_path: Path) -> None:
+    """One story over one apply (each step reads what the one before left)."""
+    sync_playwright = _browser_or_skip()
+    shots = _artifacts(tmp_path)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            check_every_page_loads_offline_without_errors(page, server, shots)
+            check_runs_page_draws_both_runs(page, server)
+            check_evaluation_page_shows_intervals(page, server)
+            check_a_blind_vote_moves_the_leaderboard_once(page, server, applied)
+        finally:
+            browser.close()
+    if os.environ.get("LLMOPS_UI_README_SHOTS"):
+        for name in ("experiment", "arena"):
+            shutil.copy(
+                shots / f"{name}.png", Path(os.environ["LLMOPS_UI_README_SHOTS"]) / f"ui-{name}.png"
+            )
+
+
+def test_listening_off_loopback_needs_a_token(tmp_path: Path, run_cli: Callable[..., Any]) -> None:
+    done = run_cli("ui", "--host", "0.0.0.0", "--port", str(_free_port()), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without a token" in done.stderr
+    assert "--token-env" in done.stderr
+    unset = run_cli(
+        "ui", "--host", "0.0.0.0", "--token-env", "LLMOPS_UI_TEST_NO_SUCH_VAR", cwd=tmp_path
+    )
+    assert unset.returncode == 2 and "not set" in unset.stderr
