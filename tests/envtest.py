@@ -11,6 +11,7 @@ patching status. One server per test process (pytest-xdist worker), started on f
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -53,6 +54,15 @@ class Cluster:
                     process.kill()
                     process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the test process dies, even killed, so no
+    API server or etcd outlives a test run (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def _free_port() -> int:
@@ -136,6 +146,7 @@ def start() -> Cluster:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
     cluster = Cluster(f"https://127.0.0.1:{port}", folder / "kubeconfig", folder, processes)
     try:
@@ -167,6 +178,7 @@ def start() -> Cluster:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
             )
         processes[:] = [kas_process, etcd_process]
 

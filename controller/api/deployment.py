@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from controller.api.common import Name, Ref, Resource, SecretRef, Strict
+
+# KServeTarget fields added after its first release; absent from a dump at their defaults.
+NEW_KSERVE_FIELDS = ("deployment_mode", "force_conflicts")
 
 
 class KServeTarget(Strict):
@@ -32,6 +35,16 @@ class KServeTarget(Strict):
         "(server-side apply's force); by default such a conflict fails the apply.",
     )
 
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Fields added after specs were applied leave the dump (and so the spec's digest)
+        unchanged while at their defaults: an upgrade redeploys nothing."""
+        data = handler(self)
+        for key in NEW_KSERVE_FIELDS:
+            if key in data and data[key] == type(self).model_fields[key].default:
+                del data[key]
+        return data
+
     @model_validator(mode="after")
     def _replicas(self) -> KServeTarget:
         if self.max_replicas < self.min_replicas:
@@ -42,6 +55,20 @@ class KServeTarget(Strict):
 class DockerTarget(Strict):
     image: str | None = Field(default=None, description="Tag for the built image.")
     base_image: str = "python:3.11-slim"
+    host: str | None = Field(
+        default=None,
+        description="Where to build and run it: the engine's address (DOCKER_HOST, or "
+        "CONTAINER_HOST for podman: ssh://user@machine/run/podman/podman.sock, tcp://...); "
+        "this machine's engine if unset.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """As KServeTarget: `host`, added later, leaves the digest alone while unset."""
+        data = handler(self)
+        if data.get("host") is None:
+            data.pop("host", None)
+        return data
 
 
 class Limits(Strict):

@@ -16,7 +16,7 @@ from controller.apply.evaluate import Evaluator
 from controller.apply.pull import ensure_model
 from controller.state.lockfile import DeploymentOutputs, LockEntry
 from runners.deploy import local
-from runners.deploy.release import DeployError
+from runners.deploy.release import DeployError, container_config
 
 SERVE_API_KEY_ENV = "LLMOPS_SERVE_API_KEY"
 
@@ -177,9 +177,27 @@ class Deployer(ApplyStep):
 
         folder = self.registry.paths.deployment(name) / "docker"
         context = docker.render_context(folder, release, model_path)
-        outcome = docker.build(context.path, context.tag)
+        host = release.spec["docker"].get("host")
+        outcome = docker.build(context.path, context.tag, host=host)
         self.console.print(f"  {name}: {outcome.message}")
-        return {"image": context.tag, "context_digest": context.digest, "built": outcome.built}
+        details: dict[str, Any] = {
+            "image": context.tag,
+            "context_digest": context.digest,
+            "built": outcome.built,
+        }
+        if not outcome.built:
+            return details
+        # Built where an engine answers: run it there and wait until it is ready.
+        key = self.api_key(name, release.spec)
+        key_env = container_config(release, "docker")["api_key_env"]
+        env = {key_env: key} if key and key_env else {}
+        with self.console.status(f"  starting {context.tag} for {name}"):
+            running = docker.run(release, context.tag, env, host=host)
+        self.console.print(
+            f"  {name}: {running.container} ready at {running.endpoint}/v1 "
+            f"({running.image_id[:19]})"
+        )
+        return details | {"endpoint": f"{running.endpoint}/v1", "image_id": running.image_id}
 
     def _deploy_kserve(self, name: str, spec: dict[str, Any], release: Any) -> dict[str, Any]:
         """Apply the manifests and wait for Ready: where the new revision serves."""
@@ -211,6 +229,12 @@ class Deployer(ApplyStep):
             stopped = local.stop(self.registry.paths.deployment(name))
             if stopped:
                 self.console.print(f"  stopped {name} ({stopped.version}, pid {stopped.pid})")
+        elif target == "docker":
+            from runners.deploy import docker
+
+            host = (recorded.spec.get("docker") or {}).get("host")
+            if docker.stop(name, host=host):
+                self.console.print(f"  stopped {name} (container {docker.container_name(name)})")
         elif target == "kserve":
             from runners.deploy import kserve
 

@@ -209,6 +209,22 @@ def find_drift(lock: LockFile, registry: Registry) -> list[Drift]:
                         "llmops apply",
                     )
                 )
+        elif isinstance(outputs, DeploymentOutputs) and outputs.target == "docker":
+            if not outputs.built:
+                continue  # only the context was rendered: nothing runs
+            from runners.deploy import docker
+
+            host = (entry.spec.get("docker") or {}).get("host")
+            state = docker.container_state(key.name, host=host)
+            if state not in (None, "running"):
+                drift.append(
+                    Drift(
+                        address,
+                        f"{version} serving in container {docker.container_name(key.name)}",
+                        f"container {state}",
+                        "llmops apply starts it again",
+                    )
+                )
         elif isinstance(outputs, DeploymentOutputs) and outputs.target == "kserve":
             found = live_kserve(entry.spec, key.name)
             namespace = (entry.spec.get("kserve") or {}).get("namespace") or "default"

@@ -112,6 +112,7 @@ class DeploymentOutputs(_Outputs):
     image: str | None = None  # docker
     context_digest: str | None = None  # docker
     built: bool | None = None  # docker: whether an engine built the image here
+    image_id: str | None = None  # docker: the built and running image's id (config digest)
     revision: str | None = None  # kserve
     traffic: list[dict[str, Any]] | None = None  # kserve: per revision
 

@@ -237,7 +237,16 @@ def run_command(release: Release, tag: str) -> str:
 ENGINES = ("docker", "podman")
 
 
-def _engine(docker: str) -> str | None:
+def engine_env(docker: str, host: str | None) -> dict[str, str] | None:
+    """The environment that points `docker` at `host` (DOCKER_HOST, or CONTAINER_HOST for
+    podman: ssh://user@machine/run/podman/podman.sock, tcp://...); None for this machine."""
+    if not host:
+        return None
+    name = "CONTAINER_HOST" if Path(docker).name.startswith("podman") else "DOCKER_HOST"
+    return {**os.environ, name: host}
+
+
+def _engine(docker: str, host: str | None = None) -> str | None:
     """None when a Docker engine (docker, or podman, which takes the same commands) answers,
     else why not."""
     if shutil.which(docker) is None:
@@ -253,6 +262,7 @@ def _engine(docker: str) -> str | None:
             text=True,
             timeout=30,
             check=False,
+            env=engine_env(docker, host),
         )
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"'{docker} info' failed: {err}"
@@ -262,26 +272,28 @@ def _engine(docker: str) -> str | None:
     return None
 
 
-def find_engine(docker: str | None = None) -> tuple[str | None, str]:
-    """(command, "") for `docker`, or the first of docker and podman that answers;
-    (None, why not) when none does."""
+def find_engine(docker: str | None = None, host: str | None = None) -> tuple[str | None, str]:
+    """(command, "") for `docker`, or the first of docker and podman that answers (on
+    `host` when given); (None, why not) when none does."""
     whys = []
     for candidate in (docker,) if docker else ENGINES:
-        why = _engine(candidate)
+        why = _engine(candidate, host)
         if why is None:
             return candidate, ""
         whys.append(why)
     return None, "; ".join(whys)
 
 
-def build(context: Path, tag: str | None = None, docker: str | None = None) -> BuildResult:
+def build(
+    context: Path, tag: str | None = None, docker: str | None = None, host: str | None = None
+) -> BuildResult:
     """Build the context with `docker`, or with docker or podman, whichever answers;
     otherwise say how to build it. The image id is the digest of its config."""
     manifest_path = context / MANIFEST
     if not manifest_path.is_file():
         raise DeployError(f"{context} is not an llmops build context (no {MANIFEST}); render it")
     tag = tag or json.loads(manifest_path.read_text(encoding="utf-8"))["tag"]
-    engine, why = find_engine(docker)
+    engine, why = find_engine(docker, host)
     if engine is None:
         return BuildResult(
             built=False,
@@ -292,8 +304,13 @@ def build(context: Path, tag: str | None = None, docker: str | None = None) -> B
                 f"build it with: docker build -t {tag} {context}"
             ),
         )
+    env = engine_env(engine, host)
     done = subprocess.run(
-        [engine, "build", "-t", tag, str(context)], capture_output=True, text=True, check=False
+        [engine, "build", "-t", tag, str(context)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-20:])
@@ -303,6 +320,138 @@ def build(context: Path, tag: str | None = None, docker: str | None = None) -> B
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     image_id = inspect.stdout.strip() or None
     return BuildResult(True, tag, context, f"built {tag} ({image_id or 'id unknown'})", image_id)
+
+
+LABEL_DEPLOYMENT = "llmops.dev/deployment"
+
+
+@dataclass(frozen=True)
+class Running:
+    container: str
+    image_id: str
+    endpoint: str  # http://host:port (the OpenAI routes under /v1)
+
+
+def container_name(deployment: str) -> str:
+    return f"llmops-{deployment}"
+
+
+def _endpoint_host(host: str | None) -> str:
+    """Where the published port is reached: this machine, or the engine's machine."""
+    if not host or host.startswith("unix:"):
+        return "127.0.0.1"
+    from urllib.parse import urlsplit
+
+    return urlsplit(host).hostname or "127.0.0.1"
+
+
+def run(
+    release: Release,
+    tag: str,
+    env: dict[str, str] | None = None,
+    docker: str | None = None,
+    host: str | None = None,
+    extra_args: list[str] | None = None,
+    timeout_s: float = 600.0,
+    poll_s: float = 0.5,
+) -> Running:
+    """Start the image as the deployment's container (replacing an earlier one), with the
+    deployment's port published and its key variable passed, and wait until its readiness
+    route answers 200 (the model loaded and its smoke prompts answered)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    engine, why = find_engine(docker, host)
+    if engine is None:
+        raise DeployError(f"no Docker engine answers here ({why}) to run {tag}")
+    name = container_name(release.name)
+    base_env = engine_env(engine, host) or dict(os.environ)
+    subprocess.run(
+        [engine, "rm", "-f", name], capture_output=True, text=True, check=False, env=base_env
+    )
+    port = int(release.spec["port"])
+    published = "" if host else "127.0.0.1:"
+    args = [engine, "run", "-d", "--name", name, "--label", f"{LABEL_DEPLOYMENT}={release.name}"]
+    args += ["-p", f"{published}{port}:{CONTAINER_PORT}"]
+    # `-e NAME` without a value: the key travels in the environment, not the command line.
+    for key in sorted(env or {}):
+        args += ["-e", key]
+    if release.spec["collect"]["enabled"]:
+        args += ["-v", f"llmops-collect-{release.name}:{CONTAINER_COLLECT_DIR}"]
+    args += [*(extra_args or []), tag]
+    started = subprocess.run(
+        args, capture_output=True, text=True, check=False, env={**base_env, **(env or {})}
+    )
+    if started.returncode != 0:
+        raise DeployError(f"{engine} run {tag} failed: {started.stderr.strip()[-2000:]}")
+    endpoint = f"http://{_endpoint_host(host)}:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = container_state(release.name, engine, host)
+        if status != "running":
+            logs = subprocess.run(
+                [engine, "logs", name], capture_output=True, text=True, check=False, env=base_env
+            )
+            tail = (logs.stdout + logs.stderr).strip().splitlines()[-15:]
+            raise DeployError(
+                f"container {name} ({tag}) stopped ({status}) before it was ready:\n"
+                + "\n".join(tail)
+            )
+        try:
+            with urllib.request.urlopen(f"{endpoint}/v2/health/ready", timeout=5) as answer:
+                if answer.status == 200:
+                    break
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise DeployError(
+                f"container {name} ({tag}) not ready after {timeout_s:g} s; "
+                f"see '{Path(engine).name} logs {name}'"
+            )
+        time.sleep(poll_s)
+    image_id = subprocess.run(
+        [engine, "inspect", "--format", "{{.Image}}", name],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=base_env,
+    ).stdout.strip()
+    return Running(name, image_id, endpoint)
+
+
+def container_state(
+    deployment: str, docker: str | None = None, host: str | None = None
+) -> str | None:
+    """The deployment's container status (running, exited, ...); "missing" when there is
+    none; None when no engine answers (nothing is known)."""
+    engine, _ = find_engine(docker, host)
+    if engine is None:
+        return None
+    done = subprocess.run(
+        [engine, "inspect", "--format", "{{.State.Status}}", container_name(deployment)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=engine_env(engine, host),
+    )
+    return done.stdout.strip() or "missing" if done.returncode == 0 else "missing"
+
+
+def stop(deployment: str, docker: str | None = None, host: str | None = None) -> bool:
+    """Stop and remove the deployment's container; False when there was none."""
+    engine, _ = find_engine(docker, host)
+    if engine is None:
+        return False
+    done = subprocess.run(
+        [engine, "rm", "-f", container_name(deployment)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=engine_env(engine, host),
+    )
+    return done.returncode == 0 and bool(done.stdout.strip())

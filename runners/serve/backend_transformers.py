@@ -1,8 +1,22 @@
-"""Runner `serve`, transformers backend: model.generate with the chat template, streamed."""
+"""Runner `serve`, transformers backend: continuous batching over one model, streamed.
+
+Concurrent requests share forward passes. One scheduler thread owns the model; each
+request's worker thread (admission.py) hands it the prompt and waits. At every step the
+scheduler prefills newly arrived requests one at a time (batch 1, their own cache), merges
+them into the running batch, and runs one decode step for every active sequence: a
+left-padded batch with a 2D attention mask, per-sequence position ids, and one batched KV
+cache (per layer `[batch, kv_heads, length, head_dim]`). A sequence that finishes (EOS,
+max_tokens, a stop string, its deadline, or its client leaving) leaves the batch at once
+(its rows are dropped and all-padding columns trimmed), so its admission slot is free for
+the next request. Sampling (temperature, top_p, seed, min_tokens) is per request.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +28,31 @@ from runners.serve.generation import (
     finish_reason,
 )
 from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
+
+
+@dataclass(eq=False)
+class _Request:
+    ids: list[int]
+    sampling: Sampling
+    emit: Callable[[str], None]
+    control: Control
+    generator: Any = None  # torch.Generator when the request has a seed
+    scanner: StopScanner = field(init=False)
+    generated: list[int] = field(default_factory=list)
+    decoded: str = ""
+    pieces: list[str] = field(default_factory=list)
+    position: int = 0  # position id of the next token fed to the model
+    result: Generation | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.scanner = StopScanner(self.sampling.stop)
+
+    def show(self, text: str) -> None:
+        if text:
+            self.pieces.append(text)
+            self.emit(text)
 
 
 class TransformersBackend:
@@ -42,18 +81,25 @@ class TransformersBackend:
         )
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids: set[int] = set(
+            eos if isinstance(eos, list) else [eos] if eos is not None else []
+        )
+        self.scheduler = Scheduler(self)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         return str(
             self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         )
 
-    def _encode(self, prompt: str, chat: bool) -> Any:
+    def _encode(self, prompt: str, chat: bool) -> list[int]:
         # A chat template writes its own BOS; a raw completion prompt gets the tokenizer's.
-        return self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not chat)
+        return list(self.tokenizer(prompt, add_special_tokens=not chat)["input_ids"])
 
     def count_tokens(self, prompt: str, chat: bool) -> int:
-        return int(self._encode(prompt, chat)["input_ids"].shape[1])
+        return len(self._encode(prompt, chat))
 
     def generate(
         self,
@@ -63,50 +109,236 @@ class TransformersBackend:
         emit: Callable[[str], None],
         control: Control,
     ) -> Generation:
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+        ids = self._encode(prompt, chat) or [self.tokenizer.bos_token_id or self.pad_token_id]
+        request = _Request(ids, sampling, emit, control)
+        if sampling.seed is not None and sampling.temperature > 0:
+            request.generator = self.torch.Generator(self.device).manual_seed(sampling.seed)
+        self.scheduler.submit(request)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        control.raise_if_stopped()
+        assert request.result is not None
+        return request.result
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+
+class Scheduler:
+    """The thread that owns the model and steps every active sequence together."""
+
+    def __init__(self, backend: TransformersBackend) -> None:
+        self.backend = backend
+        self.torch = backend.torch
+        self.condition = threading.Condition()
+        self.inbox: deque[_Request] = deque()
+        self.active: list[_Request] = []
+        self.kv: list[tuple[Any, Any]] = []  # per layer (keys, values), left-padded
+        self.mask: Any = None  # [batch, length] 1 for real tokens, 0 for padding
+        self.last: Any = None  # [batch] the token each sequence feeds next
+        self.thread: threading.Thread | None = None
+        self.closed = False
+        self.steps = 0  # decode steps run (for tests and metrics)
+        self.max_batch_seen = 0
+
+    def submit(self, request: _Request) -> None:
+        with self.condition:
+            if self.closed:
+                raise RuntimeError("the model is shutting down")
+            self.inbox.append(request)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+                self.thread.start()
+            self.condition.notify()
+
+    def close(self) -> None:
+        with self.condition:
+            self.closed = True
+            self.condition.notify()
+
+    def _run(self) -> None:
+        torch = self.torch
+        while True:
+            with self.condition:
+                while not self.inbox and not self.active and not self.closed:
+                    self.condition.wait()
+                if self.closed and not self.inbox and not self.active:
+                    return
+                arrived = list(self.inbox)
+                self.inbox.clear()
+            try:
+                with torch.inference_mode():
+                    for request in arrived:
+                        self._admit(request)
+                    self._leave([i for i, r in enumerate(self.active) if r.control.should_stop()])
+                    if self.active:
+                        self._step()
+            except BaseException as error:  # a failed forward fails its batch, not the server
+                for request in [*arrived, *self.active]:
+                    if not request.done.is_set():
+                        request.error = error
+                        request.done.set()
+                self.active, self.kv, self.mask, self.last = [], [], None, None
+
+    # -- one sequence in, one out ------------------------------------------------------
+
+    def _admit(self, request: _Request) -> None:
+        torch = self.torch
+        from transformers import DynamicCache
+
+        if request.control.should_stop():
+            self._finish(request)
+            return
+        backend = self.backend
+        ids = torch.tensor([request.ids], device=backend.device)
+        cache = DynamicCache(config=backend.model.config)
+        out = backend.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        request.position = len(request.ids)
+        token = self._pick(out.logits[:, -1, :], [request])[0]
+        if self._accept(request, token):
+            self._finish(request)
+            return
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        mask = torch.ones((1, len(request.ids)), dtype=torch.long, device=backend.device)
+        last = torch.tensor([token], device=backend.device)
+        if not self.active:
+            self.kv, self.mask, self.last = kv, mask, last
+        else:
+            length = max(self.mask.shape[1], mask.shape[1])
+            self.kv = [
+                (
+                    torch.cat([_pad_left(k0, length, 2), _pad_left(k1, length, 2)]),
+                    torch.cat([_pad_left(v0, length, 2), _pad_left(v1, length, 2)]),
+                )
+                for (k0, v0), (k1, v1) in zip(self.kv, kv, strict=True)
+            ]
+            self.mask = torch.cat([_pad_left(self.mask, length, 1), _pad_left(mask, length, 1)])
+            self.last = torch.cat([self.last, last])
+        self.active.append(request)
+        self.max_batch_seen = max(self.max_batch_seen, len(self.active))
+
+    def _leave(self, finished: list[int]) -> None:
+        if not finished:
+            return
+        for index in finished:
+            self._finish(self.active[index])
+        gone = set(finished)
+        keep = [i for i in range(len(self.active)) if i not in gone]
+        self.active = [self.active[i] for i in keep]
+        if not self.active:
+            self.kv, self.mask, self.last = [], None, None
+            return
+        rows = self.torch.tensor(keep, device=self.mask.device)
+        mask = self.mask.index_select(0, rows)
+        # Columns that are padding in every remaining row are dead weight: trim them.
+        start = int((mask.sum(dim=0) > 0).nonzero()[0])
+        self.mask = mask[:, start:]
+        self.kv = [
+            (k.index_select(0, rows)[:, :, start:], v.index_select(0, rows)[:, :, start:])
+            for k, v in self.kv
+        ]
+        self.last = self.last.index_select(0, rows)
+
+    def _step(self) -> None:
+        from transformers import DynamicCache
 
         torch = self.torch
-        scanner = StopScanner(sampling.stop)
-        pieces: list[str] = []
-
-        def show(text: str) -> None:
-            if text:
-                pieces.append(text)
-                emit(text)
-
-        class Sink(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                show(scanner.feed(text))
-
-        class Halt(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                stop = scanner.stopped or control.should_stop()
-                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool)
-
-        inputs = self._encode(prompt, chat).to(self.device)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": sampling.max_tokens,
-            "pad_token_id": self.pad_token_id,
-            "streamer": Sink(self.tokenizer, skip_prompt=True, skip_special_tokens=True),
-            "stopping_criteria": StoppingCriteriaList([Halt()]),
-        }
-        if sampling.min_tokens:
-            kwargs["min_new_tokens"] = min(sampling.min_tokens, sampling.max_tokens)
-        if sampling.temperature > 0:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
-        with torch.inference_mode():
-            output = self.model.generate(**inputs, **kwargs)
-        control.raise_if_stopped()
-        show(scanner.flush())
-        generated = int(output.shape[1]) - prompt_tokens
-        return Generation(
-            text="".join(pieces),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=generated,
-            finish_reason=finish_reason(scanner, generated, sampling.max_tokens),
+        backend = self.backend
+        batch = len(self.active)
+        self.mask = torch.cat([self.mask, self.mask.new_ones((batch, 1))], dim=1)
+        positions = torch.tensor(
+            [[r.position] for r in self.active], dtype=torch.long, device=self.mask.device
         )
+        cache = DynamicCache(ddp_cache_data=self.kv, config=backend.model.config)
+        out = backend.model(
+            input_ids=self.last.view(batch, 1),
+            attention_mask=self.mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
+        self.kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self.steps += 1
+        for request in self.active:
+            request.position += 1
+        tokens = self._pick(out.logits[:, -1, :], self.active)
+        self.last = torch.tensor(tokens, device=self.mask.device)
+        self._leave(
+            [
+                i
+                for i, (r, t) in enumerate(zip(self.active, tokens, strict=True))
+                if self._accept(r, t)
+            ]
+        )
+
+    # -- tokens -------------------------------------------------------------------------
+
+    def _pick(self, logits: Any, requests: list[_Request]) -> list[int]:
+        """The next token for each row: greedy at temperature 0, else top-p sampling."""
+        torch = self.torch
+        logits = logits.float()
+        eos = sorted(self.backend.eos_ids)
+        for row, request in enumerate(requests):
+            if eos and len(request.generated) < request.sampling.min_tokens:
+                logits[row, eos] = -float("inf")
+        tokens = logits.argmax(dim=-1).tolist()
+        for row, request in enumerate(requests):
+            sampling = request.sampling
+            if sampling.temperature <= 0:
+                continue
+            probs = torch.softmax(logits[row] / sampling.temperature, dim=-1)
+            if sampling.top_p < 1.0:
+                sorted_probs, order = torch.sort(probs, descending=True)
+                # Keep the smallest prefix whose mass reaches top_p (always the first token).
+                drop = sorted_probs.cumsum(0) - sorted_probs >= sampling.top_p
+                sorted_probs[drop] = 0.0
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+            tokens[row] = int(torch.multinomial(probs, 1, generator=request.generator))
+        return tokens
+
+    def _accept(self, request: _Request, token: int) -> bool:
+        """Take one generated token; True when the request is finished."""
+        request.generated.append(token)
+        if token in self.backend.eos_ids:
+            return True
+        text = self.backend.tokenizer.decode(request.generated, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            request.show(request.scanner.feed(text[len(request.decoded) :]))
+            request.decoded = text
+        if request.scanner.stopped or len(request.generated) >= request.sampling.max_tokens:
+            return True
+        limit = self.backend.context_length
+        if limit is not None and request.position + 1 >= limit:
+            return True
+        return request.control.should_stop()
+
+    def _finish(self, request: _Request) -> None:
+        if request.done.is_set():
+            return
+        scanner = request.scanner
+        if not request.control.cancelled.is_set() and not scanner.stopped:
+            text = self.backend.tokenizer.decode(request.generated, skip_special_tokens=True)
+            request.show(scanner.feed(text[len(request.decoded) :]))
+            request.decoded = text
+        request.show(scanner.flush())
+        generated = len(request.generated)
+        request.result = Generation(
+            text="".join(request.pieces),
+            prompt_tokens=len(request.ids),
+            completion_tokens=generated,
+            finish_reason=finish_reason(scanner, generated, request.sampling.max_tokens),
+        )
+        request.done.set()
+
+
+def _pad_left(tensor: Any, length: int, dim: int) -> Any:
+    """Zeros before `tensor` along `dim` up to `length` (masked positions: never attended)."""
+    import torch
+
+    missing = length - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)

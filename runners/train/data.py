@@ -17,6 +17,8 @@ IGNORE = -100
 class Example:
     input_ids: list[int]
     labels: list[int]
+    # A packed row: the lengths of the whole examples it holds, in order (None: one example).
+    segments: list[int] | None = None
 
     @property
     def trained_tokens(self) -> int:
@@ -106,19 +108,43 @@ def build_examples(
 
 
 def pack(examples: list[Example], max_len: int) -> list[Example]:
-    """Concatenate examples and cut into blocks of max_len: no padding is computed."""
-    ids: list[int] = []
-    labels: list[int] = []
-    for example in examples:
-        ids += example.input_ids
-        labels += example.labels
-    blocks = [
-        Example(ids[i : i + max_len], labels[i : i + max_len]) for i in range(0, len(ids), max_len)
-    ]
-    return [b for b in blocks if b.trained_tokens > 0]
+    """Whole examples into rows of at most max_len tokens (first fit, longest first).
+
+    No example is cut or crosses a row, and each keeps its own positions and attention:
+    `collate` restarts position_ids at every example, which transformers reads as packed
+    sequences (a block-diagonal causal mask on sdpa/eager, varlen on flash attention) when
+    the forward has no attention mask and no cache (`use_cache=False`, as the loop calls it). The
+    first label of each example is ignored, as it is unpacked (nothing predicts it there).
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids)):
+        size = len(examples[i].input_ids)
+        for index, left in enumerate(room):
+            if size <= left:
+                rows[index].append(i)
+                room[index] -= size
+                break
+        else:
+            rows.append([i])
+            room.append(max_len - size)
+    packed = []
+    # Rows and the examples in them keep the data's order (examples that fit one per row
+    # train exactly as unpacked).
+    for members in sorted(sorted(r) for r in rows):
+        row = [examples[i] for i in members]
+        ids: list[int] = []
+        labels: list[int] = []
+        for example in row:
+            ids += example.input_ids
+            labels += [IGNORE, *example.labels[1:]]
+        packed.append(Example(ids, labels, [len(e.input_ids) for e in row]))
+    return [p for p in packed if p.trained_tokens > 0]
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; packed rows get position_ids restarting at each example instead
+    of an attention mask (transformers then keeps attention within each example)."""
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -128,7 +154,20 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         input_ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         attention[row, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+    if not any(e.segments for e in examples):
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+    positions = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        lengths = list(example.segments or [len(example.input_ids)])
+        if width > sum(lengths):
+            lengths.append(width - sum(lengths))  # the padding: a segment of its own
+        positions[row] = torch.cat([torch.arange(n) for n in lengths])
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
+
+
+def real_tokens(examples: list[Example]) -> int:
+    """Tokens a batch computes that are not padding."""
+    return sum(len(e.input_ids) for e in examples)
 
 
 def micro_batches(

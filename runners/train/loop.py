@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from runners.train.data import Example, build_examples, collate, micro_batches, pack, read_rows
+from runners.train.data import (
+    Example,
+    build_examples,
+    collate,
+    micro_batches,
+    pack,
+    read_rows,
+    real_tokens,
+)
 from runners.train.job import TrainError, TrainJob, UnhealthyRun
 from runners.train.log import LOG_FILE, append_record, truncate_log
 from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
@@ -216,7 +224,7 @@ def _evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int)
             batch = collate(examples[i : i + batch_size], pad_id)
             batch = {k: v.to(_device()) for k, v in batch.items()}
             n = int((batch["labels"][:, 1:] != -100).sum())
-            total += float(model(**batch).loss) * n
+            total += float(model(**batch, use_cache=False).loss) * n
             tokens += n
     model.train()
     return total / max(tokens, 1)
@@ -300,10 +308,10 @@ def train(job: TrainJob) -> dict[str, Any]:
             for _ in range(accumulation):
                 _, examples = next(batches)
                 batch = {k: v.to(_device()) for k, v in collate(examples, pad_id).items()}
-                loss = model(**batch).loss / accumulation
+                loss = model(**batch, use_cache=False).loss / accumulation
                 loss.backward()
                 loss_sum += loss.detach().item()
-                tokens += int(batch["attention_mask"].sum())
+                tokens += real_tokens(examples)
             health.loss(step, loss_sum)
             grad_norm = health.gradients(step, model)
             torch.nn.utils.clip_grad_norm_(params, 1.0)

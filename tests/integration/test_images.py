@@ -177,3 +177,41 @@ def test_images_build_renders_both_contexts_and_names_a_missing_engine(tmp_path:
     requirements = (runner / "requirements.txt").read_text()
     assert "transformers==" in requirements and "torch" not in requirements
     assert "USER 10001" in (runner / "Dockerfile").read_text()
+
+
+def test_the_docker_target_runs_the_image_and_sees_it_stop(serving_image: str) -> None:
+    """runners/deploy/docker.py's run, state and stop, on podman with a published port."""
+    port = free_port()
+    base = serve_release()
+    rel = Release(base.name, base.model_version, base.spec | {"port": port}, base.smoke_prompts)
+    extra = [
+        "-v",
+        f"{podman.site_packages()}:{podman.HOST_SITE}:ro",
+        "-e",
+        f"PYTHONPATH=/opt/llmops/src:{podman.HOST_SITE}",
+    ]
+    try:
+        running = docker.run(
+            rel, serving_image, {"SUPPORT_KEY": KEY}, docker="podman", extra_args=extra
+        )
+        assert running.endpoint == f"http://127.0.0.1:{port}"
+        image_id = podman.podman("image", "inspect", "--format", "{{.Id}}", serving_image).stdout
+        assert running.image_id == image_id.strip()
+        # The key went through the environment, not the command line.
+        config = podman.podman(
+            "inspect", "--format", "{{json .Config.CreateCommand}}", running.container
+        )
+        assert KEY not in config.stdout
+        client = openai.OpenAI(base_url=f"{running.endpoint}/v1", api_key=KEY)
+        answer = client.chat.completions.create(
+            model="support-assistant", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+        assert answer.choices
+        assert docker.container_state(rel.name, "podman") == "running"
+        podman.podman("stop", "-t", "5", running.container)
+        assert docker.container_state(rel.name, "podman") == "exited"
+        assert docker.stop(rel.name, "podman")
+        assert docker.container_state(rel.name, "podman") == "missing"
+    finally:
+        podman.podman("rm", "-f", docker.container_name(rel.name), check=False)
+        podman.podman("volume", "rm", "-f", f"llmops-collect-{rel.name}", check=False)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from runners.train import log as train_log
-from runners.train.data import IGNORE, build_examples, pack, sft_example, to_messages
+from runners.train.data import IGNORE, build_examples, collate, pack, sft_example, to_messages
 from runners.train.job import TrainError, TrainJob, UnhealthyRun
 from runners.train.loop import FAULT_ENV, train
 
@@ -99,15 +99,63 @@ def test_multi_turn_chat_trains_only_assistant_turns(tiny_model: Path) -> None:
     assert "bye" not in trained and "hi" not in trained.replace("hello", "")
 
 
-def test_packing_leaves_no_padding(tiny_model: Path) -> None:
+def test_packing_keeps_examples_whole_in_fewer_rows(tiny_model: Path) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    examples = build_examples(tokenizer, ROWS, "instruction", "sft", 64)
-    packed = pack(examples, 64)
-    assert len(packed) < len(examples)
-    assert all(len(p.input_ids) == 64 for p in packed[:-1])
+    examples = build_examples(tokenizer, ROWS, "instruction", "sft", 128)
+    packed = pack(examples, 128)  # about 36 tokens each: three to a row
+    assert len(packed) <= len(examples) // 3
+    assert all(len(p.input_ids) <= 128 for p in packed)
     assert sum(len(p.input_ids) for p in packed) == sum(len(e.input_ids) for e in examples)
+    whole = {tuple(e.input_ids) for e in examples}
+    for row in packed:
+        assert row.segments and sum(row.segments) == len(row.input_ids)
+        start = 0
+        for size in row.segments:
+            assert tuple(row.input_ids[start : start + size]) in whole
+            assert row.labels[start] == IGNORE  # nothing in its own example predicts it
+            start += size
+
+
+def test_packed_rows_give_the_loss_of_the_same_examples_padded(tiny_model: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    rows = [{**r, "response": r["response"] * (1 + i % 3)} for i, r in enumerate(ROWS[:12])]
+    examples = build_examples(tokenizer, rows, "instruction", "sft", 192)
+    packed = pack(examples, 192)
+    assert len(packed) < len(examples) and max(len(p.segments or []) for p in packed) >= 3
+    pad = tokenizer.pad_token_id
+    with torch.no_grad():
+        # Without a cache, as in training: transformers reads packed rows only then.
+        padded_loss = model(**collate(examples, pad), use_cache=False).loss
+        packed_loss = model(**collate(packed, pad), use_cache=False).loss
+        # The same rows without restarting positions attend across examples: not the same.
+        batch = collate(packed, pad)
+        leaky = model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
+    assert abs(float(packed_loss - padded_loss)) < 1e-5
+    assert abs(float(leaky - padded_loss)) > 1e-4  # the random tiny model barely attends
+
+
+def test_examples_one_per_row_train_the_same_packed_or_not(
+    tiny_model: Path, data: dict[str, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    longest = max(
+        len(e.input_ids) for e in build_examples(tokenizer, ROWS, "instruction", "sft", 512)
+    )
+    assert len(
+        pack(build_examples(tokenizer, ROWS, "instruction", "sft", longest), longest)
+    ) == len(ROWS)
+    plain = train(job(tiny_model, data, tmp_path / "plain", max_seq_len=longest))
+    packed = train(job(tiny_model, data, tmp_path / "packed", max_seq_len=longest, packing=True))
+    assert plain["steps"] == packed["steps"]
+    assert losses(tmp_path / "packed") == pytest.approx(losses(tmp_path / "plain"), rel=1e-4)
 
 
 def test_same_spec_twice_gives_identical_losses(
