@@ -14,6 +14,7 @@ from controller.apply.context import ApplyStep
 from controller.apply.pull import ensure_model
 from controller.plan.types import DesiredResource
 from controller.state import dvc
+from controller.state.provenance import Provenance, accepts
 from controller.state.registry.schema import DatasetVersionRow
 from controller.state.registry.store import Registry
 from runners.data import PrepareError, PrepareInputs, prepare
@@ -49,6 +50,18 @@ class Preparer(ApplyStep):
         resource = self.resource(name)
         if not force:
             hit = self.registry.datasets.by_resource(name, resource.digest)
+            if hit is not None and self.trust is not None:
+                # The trust boundary (controller/state/provenance.py): a version an untrusted
+                # ref prepared is reused only under the rule; otherwise it is prepared again.
+                ok, why = accepts(
+                    self.trust,
+                    Provenance.from_dict((hit.stats or {}).get("provenance")),
+                    resource.code_version,
+                    resource.code_files,
+                )
+                if not ok:
+                    self.console.print(f"  {name}@{hit.version[7:19]} {why}: preparing again")
+                    hit = None
             if hit is not None:
                 folder = version_dir(self.registry, name, hit.version)
                 if not (folder / "stats.json").is_file():
@@ -89,7 +102,7 @@ class Preparer(ApplyStep):
             result.version,
             resource.digest,
             result.splits,
-            {**result.stats, "resource": recorded},
+            {**result.stats, "resource": recorded, **self.provenance(resource.code_version)},
             md5,
         )
         return PrepareOutcome("prepared", row, folder)

@@ -76,6 +76,11 @@ def test_a_branch_cannot_plant_a_model_for_main(repo: Path, tmp_path: Path) -> N
     planted = provenance(repo, "assistant@1")
     assert planted is not None
     assert (planted.ref, planted.trusted, planted.commit) == ("feature", False, poisoned_commit)
+    # The dataset the branch prepared records where it came from too; its code (runners/data)
+    # is main's at a commit main will contain, so main may reuse it under the rule.
+    (dataset,) = Registry.open(StatePaths.for_repo(repo)).datasets.history("faq")
+    recorded = Provenance.from_dict(dataset.stats.get("provenance"))
+    assert recorded is not None and (recorded.ref, recorded.trusted) == ("feature", False)
 
     # The pull request's report says main will not trust it.
     git(repo, "add", "llmops.lock")
