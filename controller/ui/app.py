@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,18 @@ class Gate(BaseHTTPMiddleware):
         return response
 
 
+def _warm(state: UiState) -> None:
+    """Pay the one-time costs (the plan behind the overview, scipy for the ratings) at start,
+    not on the first person's first page."""
+    try:
+        import runners.arena.ratings  # noqa: F401
+        from controller.ui.overview import cached_overview
+
+        cached_overview(state)
+    except Exception:  # a page shows the same problem when it is asked for
+        return
+
+
 def create_app(root: Path, token: str | None = None, secret: bytes | None = None) -> FastAPI:
     """The dashboard over the repository at `root`."""
     from controller.ui import (
@@ -133,6 +146,8 @@ def create_app(root: Path, token: str | None = None, secret: bytes | None = None
     for module in (overview, models, datasets, runs, evaluations, arena, scans, deployments):
         app.include_router(module.router)
     app.include_router(history.router)
+
+    threading.Thread(target=_warm, args=(app.state.ui,), daemon=True).start()
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:
