@@ -47,6 +47,12 @@ class ArenaJudge(Strict):
     model: Ref
     rubric: str = Field(min_length=1)
     max_new_tokens: int = Field(default=48, ge=1, le=1024)
+    mode: Literal["generate", "likelihood"] = Field(
+        default="generate",
+        description="generate: parse the verdict from the judge's reply; likelihood: take "
+        "the verdict ([[A]], [[B]], [[C]], [[D]]) the judge finds most likely, for judges "
+        "too small to follow the format.",
+    )
 
 
 class Bootstrap(Strict):

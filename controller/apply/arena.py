@@ -226,6 +226,7 @@ class ArenaRunner(ApplyStep):
                 "model": version_identity(judge_version),
                 "rubric": judge_spec["rubric"],
                 "max_new_tokens": judge_spec.get("max_new_tokens", 48),
+                "mode": judge_spec.get("mode", "generate"),
             }
         store = self.store
         battle_ids = []
@@ -310,7 +311,10 @@ class ArenaRunner(ApplyStep):
             return 0, 0
         self.console.print(f"  judging {len(todo)} battle(s) in both orders with {judge_label}")
         judge = PairwiseJudge(
-            judge_path, judge_spec["rubric"], int(judge_spec.get("max_new_tokens", 48))
+            judge_path,
+            judge_spec["rubric"],
+            int(judge_spec.get("max_new_tokens", 48)),
+            mode=judge_spec.get("mode", "generate"),
         )
         unparseable = 0
         for number, battle in enumerate(todo, 1):

@@ -81,13 +81,20 @@ def combine(first_order: Verdict | None, second_order: Verdict | None) -> Winner
 class PairwiseJudge:
     """A local causal LM prompted with `PAIRWISE_PROMPT` through its chat template, greedy."""
 
-    def __init__(self, model_path: Path, rubric: str, max_new_tokens: int = 48) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        rubric: str,
+        max_new_tokens: int = 48,
+        mode: Literal["generate", "likelihood"] = "generate",
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
         self.rubric = rubric
         self.max_new_tokens = max_new_tokens
+        self.mode = mode
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), **SAFE_TOKENIZER)
         if not getattr(self.tokenizer, "chat_template", None):
             from runners.errors import InvalidInput
@@ -116,6 +123,8 @@ class PairwiseJudge:
             return_dict=True,
             return_tensors="pt",
         ).to(self.device)
+        if self.mode == "likelihood":
+            return self._likeliest(inputs["input_ids"])
         with self.torch.inference_mode():
             out = self.model.generate(
                 **inputs,
@@ -130,6 +139,31 @@ class PairwiseJudge:
             out[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True
         )
         return parse_verdict(text), text
+
+
+    def _likeliest(self, prompt_ids: Any) -> tuple[Verdict, str]:
+        """The verdict the judge finds most likely after 'Verdict: [[': for judges too small
+        to follow the output format, the choice is read from their likelihoods (as
+        multiple-choice evaluation does) instead of parsed from free text."""
+        torch = self.torch
+        prefix = self.tokenizer.encode("Verdict: [[", add_special_tokens=False)
+        scores: dict[str, float] = {}
+        for letter in LETTERS:
+            option = self.tokenizer.encode(f"{letter}]]", add_special_tokens=False)
+            ids = torch.cat(
+                [prompt_ids[0], torch.tensor(prefix + option, device=self.device)]
+            ).unsqueeze(0)
+            with torch.inference_mode():
+                logits = self.model(ids).logits[0, -len(option) - 1 : -1].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            target = torch.tensor(option, device=self.device)
+            scores[letter] = float(logprobs.gather(1, target.unsqueeze(1)).sum())
+        best = max(scores, key=lambda k: scores[k])
+        raw = "likelihood " + ", ".join(f"[[{k}]] {v:.3f}" for k, v in scores.items())
+        return _WORDS[best.lower()], raw
+
+
+LETTERS = ("A", "B", "C", "D")
 
 
 @dataclass

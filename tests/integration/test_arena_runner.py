@@ -94,3 +94,19 @@ def test_answer_key_is_stable_and_covers_its_inputs() -> None:
     assert key != answer_key("p", "sha256:abd", {"max_new_tokens": 8, "temperature": 0})
     assert key != answer_key("p ", "sha256:abc", {"max_new_tokens": 8, "temperature": 0})
     assert key != answer_key("p", "sha256:abc", {"max_new_tokens": 9, "temperature": 0})
+
+
+def test_a_likelihood_judge_always_gives_a_verdict_and_its_bias_cancels(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from tests.tiny import make_scripted_model
+
+    # After "[" this model predicts "B" (a bigram table): it always prefers position B.
+    biased = make_scripted_model(tiny_model, tmp_path / "judge", "[B")
+    judge = PairwiseJudge(biased, "Prefer correct answers.", mode="likelihood")
+    verdict, raw = judge.verdict("How do I reset my password?", "Use Settings.", "No idea.")
+    assert verdict == "B" and raw.startswith("likelihood [[A]]")
+    scores = dict(part.rsplit(" ", 1) for part in raw.removeprefix("likelihood ").split(", "))
+    assert float(scores["[[B]]"]) > max(float(scores[k]) for k in ("[[A]]", "[[C]]", "[[D]]"))
+    judged = judge_battle(judge, "How do I reset my password?", "Use Settings.", "No idea.")
+    assert judged.winner == "tie" and judged.unparseable == 0
