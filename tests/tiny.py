@@ -148,3 +148,34 @@ def make_scripted_model(tiny: Path, folder: Path, reply: str) -> Path:
             model.lm_head.weight[following, dim] = 10.0
     model.save_pretrained(folder)
     return _copy_tokenizer(tiny, folder)
+
+
+def duel_arena(limit: int, battles: int, rounds: int) -> str:
+    """An Arena spec: tiny against mute, judged by `judge` (see add_duel_contenders)."""
+    return f"""
+apiVersion: llmops/v1
+kind: Arena
+metadata: {{name: duel}}
+spec:
+  models: [tiny, mute]
+  prompts: {{type: file, path: data/eval.jsonl, field: question, limit: {limit}}}
+  battles_per_pair: {battles}
+  generation: {{max_new_tokens: 6}}
+  judge:
+    model: judge
+    rubric: "Prefer the answer that answers the question."
+    max_new_tokens: 16
+  human_votes: true
+  bootstrap: {{rounds: {rounds}, seed: 0}}
+"""
+
+
+def add_duel_contenders(tiny: Path, root: Path) -> None:
+    """The duel's other models with their specs: `mute` (answers nothing) and `judge` (answers
+    "Verdict: A" whatever it is shown: biased to the first position)."""
+    make_mute_model(tiny, root / "models/mute")
+    make_scripted_model(tiny, root / "models/judge", "Verdict: A")
+    for name in ("mute", "judge"):
+        (root / f"specs/models/{name}.yaml").write_text(
+            model_spec(name, {"type": "local", "path": f"models/{name}"})
+        )

@@ -7,21 +7,9 @@ from pathlib import Path
 
 from tests.apply_repo import build_repo, git
 from tests.conftest import PROJECT_ROOT
-from tests.tiny import make_mute_model, make_scripted_model, model_spec
+from tests.tiny import add_duel_contenders, duel_arena
 
-ARENA = """
-apiVersion: llmops/v1
-kind: Arena
-metadata: {name: duel}
-spec:
-  models: [tiny, mute]
-  prompts: {type: file, path: data/eval.jsonl, field: question, limit: 6}
-  battles_per_pair: 4
-  generation: {max_new_tokens: 6}
-  judge: {model: judge, rubric: "Prefer the answer that answers the question.", max_new_tokens: 16}
-  human_votes: true
-  bootstrap: {rounds: 100, seed: 0}
-"""
+ARENA = duel_arena(limit=6, battles=4, rounds=100)
 
 EXTRA = """  variants:
     faster: {training.learning_rate: 3.0e-3}
@@ -32,12 +20,7 @@ EXTRA = """  variants:
 def build_ui_repo(root: Path, tiny_model: Path) -> Path:
     """The repository, committed in two commits (so history has a timeline)."""
     build_repo(root, tiny_model, deploy_port=None)
-    make_mute_model(tiny_model, root / "models/mute")
-    make_scripted_model(tiny_model, root / "models/judge", "Verdict: A")
-    for name in ("mute", "judge"):
-        (root / f"specs/models/{name}.yaml").write_text(
-            model_spec(name, {"type": "local", "path": f"models/{name}"})
-        )
+    add_duel_contenders(tiny_model, root)
     (root / "specs/arenas").mkdir(parents=True, exist_ok=True)
     (root / "specs/arenas/duel.yaml").write_text(ARENA)
     experiment = root / "specs/experiments/exp.yaml"

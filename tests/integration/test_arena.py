@@ -17,21 +17,9 @@ from controller.state.lockfile import ArenaOutputs, read_lock
 from controller.state.registry.arena import AlreadyVoted, ArenaStore
 from controller.workspace import open_registry
 from tests.conftest import PROJECT_ROOT
-from tests.tiny import make_mute_model, make_scripted_model, model_spec
+from tests.tiny import add_duel_contenders, duel_arena, model_spec
 
-ARENA = """
-apiVersion: llmops/v1
-kind: Arena
-metadata: {name: duel}
-spec:
-  models: [tiny, mute]
-  prompts: {type: file, path: data/eval.jsonl, field: question, limit: 8}
-  battles_per_pair: 6
-  generation: {max_new_tokens: 6}
-  judge: {model: judge, rubric: "Prefer the answer that answers the question.", max_new_tokens: 16}
-  human_votes: true
-  bootstrap: {rounds: 200, seed: 0}
-"""
+ARENA = duel_arena(limit=8, battles=6, rounds=200)
 GATES = """
   gates:
     - {candidate: tiny, baseline: mute, margin: 0, voters: human}
@@ -45,13 +33,10 @@ def repo(tmp_path: Path, tiny_model: Path) -> Path:
     for folder in ("specs/models", "specs/arenas", "data", "models"):
         (root / folder).mkdir(parents=True)
     shutil.copytree(tiny_model, root / "models/tiny")
-    make_mute_model(tiny_model, root / "models/mute")
-    # A judge that answers "Verdict: A" whatever it is shown: biased to the first position.
-    make_scripted_model(tiny_model, root / "models/judge", "Verdict: A")
-    for name in ("tiny", "mute", "judge"):
-        (root / f"specs/models/{name}.yaml").write_text(
-            model_spec(name, {"type": "local", "path": f"models/{name}"})
-        )
+    (root / "specs/models/tiny.yaml").write_text(
+        model_spec("tiny", {"type": "local", "path": "models/tiny"})
+    )
+    add_duel_contenders(tiny_model, root)  # mute, and a judge biased to position A
     (root / "specs/arenas/duel.yaml").write_text(ARENA)
     rows = (PROJECT_ROOT / "data/evals/support-faq-eval.jsonl").read_text().splitlines()[:8]
     (root / "data/eval.jsonl").write_text("\n".join(rows) + "\n")
