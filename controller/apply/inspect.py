@@ -75,10 +75,7 @@ def base_of(registry: Registry, version: VersionRow) -> VersionRow | None:
     base_id = version.lineage.base_version_id if version.lineage else None
     if base_id is None:
         return None
-    return next(
-        (v for m in registry.models() for v in m.versions if v.id == base_id),
-        None,
-    )
+    return registry.by_id(base_id)
 
 
 class Inspector:

@@ -262,11 +262,11 @@ class Registry:
             for alias in new.aliases:
                 self._set_alias(session, model, alias, version)
             version_id = version.id
-        found = self._by_id(version_id)
+        found = self.by_id(version_id)
         assert found is not None
         return found
 
-    def _by_id(self, version_id: int) -> VersionRow | None:
+    def by_id(self, version_id: int) -> VersionRow | None:
         with self.sessions() as session:
             return session.scalar(
                 select(VersionRow).options(*_eager()).where(VersionRow.id == version_id)
