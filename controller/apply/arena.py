@@ -303,9 +303,8 @@ class ArenaRunner(ApplyStep):
 
         todo = [
             b
-            for b in (store.battle(i) for i in battle_ids)
-            if b is not None
-            and not any(v.voter_kind == "judge" and v.voter_id == judge_label for v in b.votes)
+            for b in store.by_ids(battle_ids)
+            if not any(v.voter_kind == "judge" and v.voter_id == judge_label for v in b.votes)
         ]
         if not todo:
             return 0, 0

@@ -178,9 +178,9 @@ class ArenaStore:
             return [self._record(row, answers) for row in rows]
 
     def battle(self, battle_id: int) -> BattleRecord | None:
-        return next((b for b in self._by_ids([battle_id])), None)
+        return next((b for b in self.by_ids([battle_id])), None)
 
-    def _by_ids(self, ids: list[int]) -> list[BattleRecord]:
+    def by_ids(self, ids: list[int]) -> list[BattleRecord]:
         with self.registry.sessions() as session:
             rows = session.scalars(
                 select(ArenaBattleRow)
