@@ -19,6 +19,7 @@ from runners.serve.generation import (
     Backend,
     Control,
     Generation,
+    GenerationCancelled,
     GenerationTimeout,
     Sampling,
 )
@@ -140,6 +141,12 @@ class Engine:
         def work() -> Generation:
             try:
                 result = self.backend.generate(prompt, chat, sampling, emit, control)
+            except (GenerationCancelled, GenerationTimeout) as stopped:
+                # Tokens made for a client that left (or ran out of time) cost the same
+                # compute: counting them shows when an abandoned generation really stopped.
+                GENERATED_TOKENS.inc(stopped.completion_tokens)
+                raise
+            else:
                 PROMPT_TOKENS.inc(result.prompt_tokens)
                 GENERATED_TOKENS.inc(result.completion_tokens)
                 return result
@@ -154,9 +161,13 @@ class Engine:
         job = Job(control, queue, asyncio.wrap_future(submitted))
         self.jobs.add(job)
 
-        def finished(_: object) -> None:
+        def finished(future: asyncio.Future[Generation]) -> None:
             release()
             self.jobs.discard(job)
+            if not future.cancelled():
+                # A stream whose client left never awaits its result; read the exception
+                # here, or asyncio logs "exception was never retrieved" with a traceback.
+                future.exception()
 
         job.future.add_done_callback(finished)
         return job

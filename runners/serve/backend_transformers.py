@@ -117,7 +117,7 @@ class TransformersBackend:
         request.done.wait()
         if request.error is not None:
             raise request.error
-        control.raise_if_stopped()
+        control.raise_if_stopped(len(request.generated))
         assert request.result is not None
         return request.result
 

@@ -27,6 +27,33 @@ class Limits(_Strict):
     timeout_s: float = Field(default=60.0, gt=0)
     max_concurrency: int = Field(default=4, ge=1)
     max_queue: int = Field(default=16, ge=0)
+    # Slow-loris defence (connections.py). uvicorn times out only idle keep-alive
+    # connections, so these bound how long a client may take to *send* its request.
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds from a request's first byte (or the connection opening) to the "
+        "end of its headers; then the connection gets 408 and is closed.",
+    )
+    read_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds from a request's first byte to the end of its body.",
+    )
+    max_pending_connections: int = Field(
+        default=128,
+        ge=1,
+        description="Connections still sending a request; beyond it the oldest is closed.",
+    )
+
+    @model_validator(mode="after")
+    def _timeouts_nest(self) -> Limits:
+        if self.read_timeout_s < self.header_timeout_s:
+            raise ValueError(
+                f"read_timeout_s ({self.read_timeout_s:g}) covers the headers too, so it "
+                f"must be at least header_timeout_s ({self.header_timeout_s:g})"
+            )
+        return self
 
 
 class Collect(_Strict):

@@ -12,11 +12,19 @@ from typing import Literal, Protocol
 FinishReason = Literal["stop", "length"]
 
 
-class GenerationTimeout(Exception):
+class _Stopped(Exception):
+    """A generation ended early; `completion_tokens` were computed before it did."""
+
+    def __init__(self, completion_tokens: int = 0) -> None:
+        super().__init__()
+        self.completion_tokens = completion_tokens
+
+
+class GenerationTimeout(_Stopped):
     """The request ran past the deployment's timeout_s."""
 
 
-class GenerationCancelled(Exception):
+class GenerationCancelled(_Stopped):
     """The client went away or the server is stopping."""
 
 
@@ -46,11 +54,11 @@ class Control:
             return True
         return False
 
-    def raise_if_stopped(self) -> None:
+    def raise_if_stopped(self, completion_tokens: int = 0) -> None:
         if self.timed_out:
-            raise GenerationTimeout()
+            raise GenerationTimeout(completion_tokens)
         if self.cancelled.is_set():
-            raise GenerationCancelled()
+            raise GenerationCancelled(completion_tokens)
 
 
 @dataclass

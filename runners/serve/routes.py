@@ -18,6 +18,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from openai.types.chat import chat_completion_chunk as chunk_types
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from runners.serve.admission import Engine, Job, timeout_error
 from runners.serve.collect import Collector
@@ -227,8 +228,8 @@ def openai_errors(
     async def wrapped(*args: Any, **kwargs: Any) -> Response:
         try:
             return await handler(*args, **kwargs)
-        except APIError:
-            raise
+        except (APIError, ClientDisconnect):
+            raise  # ClientDisconnect: the body never fully arrived; server.py answers 499
         except GenerationTimeout:
             raise timeout_error(args[0].config.limits.timeout_s) from None
         except Exception as err:

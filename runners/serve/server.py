@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from runners.serve import ports
-from runners.serve.config import ConfigError, ServeConfig
+from runners.serve.config import ConfigError, Limits, ServeConfig
 
 EXIT_OK, EXIT_MODEL, EXIT_PORT = 0, 3, 4
 
@@ -69,7 +69,7 @@ def _in_thread(fn: Callable[[], Any]) -> asyncio.Future[Any]:
     return future
 
 
-def _uvicorn_server(app: Any, grace_s: int) -> Any:
+def _uvicorn_server(app: Any, grace_s: int, protocol: type[asyncio.Protocol]) -> Any:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -86,6 +86,8 @@ def _uvicorn_server(app: Any, grace_s: int) -> Any:
             lifespan="off",
             timeout_graceful_shutdown=grace_s,
             timeout_keep_alive=65,
+            http=protocol,
+            ws="none",  # no route is a websocket: an upgrade is one more path for a slow client
         )
     )
 
@@ -94,6 +96,24 @@ async def _quiet_503(request: Any, exc: Exception) -> Any:
     from fastapi.responses import JSONResponse
 
     return JSONResponse({"error": str(exc)}, status_code=503)
+
+
+async def _client_gone(request: Any, exc: Exception) -> Any:
+    # The connection closed before the whole body arrived (the client left, or
+    # connections.py cut it for being too slow): nobody reads this answer, but without a
+    # handler Starlette logs a traceback for every such request. 499 is nginx's
+    # "client closed request", and what the metrics count it as.
+    from fastapi.responses import Response
+
+    return Response(status_code=499)
+
+
+def _protocol(limits: Limits) -> type[asyncio.Protocol]:
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    from runners.serve.connections import guarded_protocol
+
+    return guarded_protocol(AutoHTTPProtocol, limits)
 
 
 def run(config: ServeConfig) -> int:
@@ -112,6 +132,7 @@ async def _serve(config: ServeConfig, api_key: str | None) -> int:
     from kserve.model_server import app
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.rest.server import RESTServer
+    from starlette.requests import ClientDisconnect
 
     from runners.serve.collect import Collector
     from runners.serve.metrics import MetricsMiddleware
@@ -156,12 +177,14 @@ async def _serve(config: ServeConfig, api_key: str | None) -> int:
     # kserve logs a traceback for every 503 while loading; a readiness probe polls that often.
     app.add_exception_handler(ServerNotReady, _quiet_503)
     app.add_exception_handler(ModelNotReady, _quiet_503)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, key=api_key)
     app.add_middleware(MetricsMiddleware)
 
     primary = bind(config.host, config.port, reuse_port=False, field="port")
-    servers = [_uvicorn_server(app, grace_s)]
+    protocol = _protocol(limits)  # one for both listeners: they share the pending cap
+    servers = [_uvicorn_server(app, grace_s, protocol)]
     tasks = [asyncio.create_task(servers[0].serve(sockets=[primary]))]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -215,7 +238,7 @@ async def _serve(config: ServeConfig, api_key: str | None) -> int:
             say(config, str(err))
             return await shut_down(EXIT_PORT)
         claimed = True
-        servers.append(_uvicorn_server(app, grace_s))
+        servers.append(_uvicorn_server(app, grace_s, protocol))
         tasks.append(asyncio.create_task(servers[-1].serve(sockets=[public])))
         model.ready = True
         where += f" and http://{config.host}:{config.public_port} (public, shared)"

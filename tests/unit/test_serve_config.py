@@ -34,6 +34,9 @@ def test_defaults_match_the_deployment_contract() -> None:
         "timeout_s": 60.0,
         "max_concurrency": 4,
         "max_queue": 16,
+        "header_timeout_s": 10.0,
+        "read_timeout_s": 30.0,
+        "max_pending_connections": 128,
     }
     assert not cfg.collect.enabled and cfg.smoke.prompts == ["Hello!"]
     assert cfg.api_key() is None
@@ -53,6 +56,17 @@ def test_defaults_match_the_deployment_contract() -> None:
         ({"collect": {"sample_rate": 2}}, "collect.sample_rate: Input should be less than or"),
         ({"smoke": {"prompts": []}}, "smoke.prompts: List should have at least 1 item"),
         ({"api_key_env": "not a var"}, "api_key_env: String should match pattern"),
+        ({"limits": {"header_timeout_s": 0}}, "limits.header_timeout_s: Input should be greater"),
+        ({"limits": {"read_timeout_s": -1}}, "limits.read_timeout_s: Input should be greater"),
+        (
+            {"limits": {"max_pending_connections": 0}},
+            "limits.max_pending_connections: Input should be greater than or equal to 1",
+        ),
+        (
+            {"limits": {"header_timeout_s": 40}},
+            "limits: read_timeout_s (30) covers the headers too, so it must be at least "
+            "header_timeout_s (40)",
+        ),
     ],
 )
 def test_each_bad_field_is_named(change: dict, expected: str) -> None:
