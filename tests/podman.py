@@ -1,48 +1,50 @@
-"""podman for image tests: the engine, a base image built from Debian packages, the host's
-site-packages for the heavy Python dependencies.
+"""podman for image tests: the engine, a base image built from Debian packages, honest builds
+of the rendered contexts, a local image registry.
 
 No container registry is reachable here, so the base image the Dockerfiles name
 (`python:3.11-slim`) is made with debootstrap (bookworm's python3 is 3.11) and imported under
 that name. The rootfs tarball is cached in ~/.cache/llmops/rootfs, so a second run on the
 same machine skips debootstrap; podman's own storage keeps the imported base and the built
-layers between runs.
+layers between runs, so a warm build of an unchanged context takes seconds.
 
-Installing torch inside an image is the slow part (and download.pytorch.org, which the
-rendered Dockerfile names, is not reachable here): the tests build the rendered Dockerfile
-without its two `pip install` steps and mount this checkout's virtualenv site-packages
-read-only into the container instead (same CPython 3.11 ABI, same glibc as bookworm).
+The rendered Dockerfiles are built as they are, `pip install` steps included: torch comes
+from where `runners.deploy.docker.torch_source` says (here the wheelhouse pip is configured
+with, bind-mounted into the build; download.pytorch.org is not reachable), the requirements
+from PyPI.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
 import subprocess
-import sysconfig
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOTFS_CACHE = Path.home() / ".cache" / "llmops" / "rootfs" / "bookworm-python3.tar"
 BASE_IMAGE = "docker.io/library/python:3.11-slim"
 CONTAINERS_CONF = Path(__file__).resolve().parents[2] / "shared/tools/podman/containers.conf"
-HOST_SITE = "/opt/host-site"
 PACKAGES = "python3,python3-pip,python3-venv,python-is-python3,ca-certificates"
+# The official python:3.11-slim installs with pip as root; bookworm's own python3 refuses to
+# (PEP 668's EXTERNALLY-MANAGED) unless told, so the imported base is told.
+BASE_ENV = ("PIP_CERT=/etc/ssl/certs/ca-certificates.crt", "PIP_BREAK_SYSTEM_PACKAGES=1")
 
 
-def site_packages() -> Path:
-    return Path(sysconfig.get_paths()["purelib"])
-
-
-def podman(*args: str, check: bool = True, timeout: float = 1200) -> subprocess.CompletedProcess:
+def podman(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
     done = subprocess.run(
         ["podman", *args], capture_output=True, text=True, timeout=timeout, check=False
     )
     if check and done.returncode != 0:
         raise RuntimeError(
-            f"podman {' '.join(args[:3])} exited {done.returncode}: {done.stderr[-3000:]}"
+            f"podman {' '.join(args[:3])} exited {done.returncode}: "
+            f"{done.stdout[-2000:]}{done.stderr[-3000:]}"
         )
     return done
 
@@ -58,23 +60,29 @@ def engine() -> None:
         pytest.skip(f"podman does not answer here: {probe.stderr.strip()[-300:]}")
 
 
-def base_image() -> str:
-    """The base image the Dockerfiles name, imported from a debootstrap rootfs (cached).
-    Under a file lock: two pytest-xdist workers make it once."""
-    engine()
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """One pytest-xdist worker at a time: the other then finds the work done (cached)."""
     ROOTFS_CACHE.parent.mkdir(parents=True, exist_ok=True)
-    with (ROOTFS_CACHE.parent / ".lock").open("w") as lock:
+    with (ROOTFS_CACHE.parent / f".{name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def base_image() -> str:
+    """The base image the Dockerfiles name, imported from a debootstrap rootfs (cached)."""
+    engine()
+    with _locked("base"):
         return _base_image()
 
 
 def _base_image() -> str:
-    if podman("image", "exists", BASE_IMAGE, check=False).returncode == 0:
+    found = podman("image", "inspect", "--format", "{{json .Config.Env}}", BASE_IMAGE, check=False)
+    if found.returncode == 0 and all(env in found.stdout for env in BASE_ENV):
         return BASE_IMAGE
     if not ROOTFS_CACHE.is_file():
         if shutil.which("debootstrap") is None or os.geteuid() != 0:
             pytest.skip("no base image and no debootstrap (as root) to make one")
-        ROOTFS_CACHE.parent.mkdir(parents=True, exist_ok=True)
         rootfs = Path(tempfile.mkdtemp(prefix="llmops-rootfs-"))
         try:
             subprocess.run(
@@ -92,43 +100,55 @@ def _base_image() -> str:
             part.rename(ROOTFS_CACHE)
         finally:
             shutil.rmtree(rootfs, ignore_errors=True)
-    podman(
-        "import",
-        "--change",
-        'CMD ["/bin/bash"]',
-        "--change",
-        "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt",
-        str(ROOTFS_CACHE),
-        BASE_IMAGE,
-    )
+    changes = ["--change", 'CMD ["/bin/bash"]']
+    for env in BASE_ENV:
+        changes += ["--change", f"ENV {env}"]
+    podman("import", *changes, str(ROOTFS_CACHE), BASE_IMAGE)
     return BASE_IMAGE
 
 
-def without_pip(context: Path) -> Path:
-    """The context's Dockerfile minus its pip installs (the packages are mounted instead)."""
-    lines = (context / "Dockerfile").read_text().splitlines()
-    kept = [
-        line for line in lines if not line.startswith(("RUN pip install", "COPY requirements.txt"))
-    ]
-    path = context / "Dockerfile.mounted-packages"
-    path.write_text("\n".join(kept) + "\n")
-    return path
-
-
 def build(context: Path, tag: str) -> str:
-    """Build the context (its Dockerfile without the pip steps); returns the image id."""
+    """Build the rendered context as it is (its pip installs too); returns the image id.
+    Layers already built by an earlier test or run are reused."""
     base_image()
-    podman("build", "--pull=never", "-f", str(without_pip(context)), "-t", tag, str(context))
+    began = time.monotonic()
+    with _locked("build"):
+        podman("build", "--pull=never", "-t", tag, str(context))
+    print(f"built {tag} in {time.monotonic() - began:.0f} s")
     return podman("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
 
 
 def run_args() -> list[str]:
-    """What every test container gets: host networking, the host's packages read-only."""
-    return [
-        "--network",
-        "host",
-        "-v",
-        f"{site_packages()}:{HOST_SITE}:ro",
-        "-e",
-        f"PYTHONPATH=/opt/llmops/src:{HOST_SITE}",
-    ]
+    """What a test container gets: host networking, so its server is on 127.0.0.1."""
+    return ["--network", "host"]
+
+
+@contextlib.contextmanager
+def registry(folder: Path) -> Iterator[str]:
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, for push and pull; skips
+    where it is not installed."""
+    from runners.deploy.local import free_port
+
+    if shutil.which("docker-registry") is None:
+        pytest.skip("no docker-registry: 'apt-get install docker-registry' (make engines)")
+    port = free_port()
+    config = folder / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage: {{filesystem: {{rootdirectory: {folder / 'blobs'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
+    with (folder / "registry.log").open("w") as log:
+        process = subprocess.Popen(
+            ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        for _ in range(100):
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/v2/").status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from controller.api.common import Name, Ref, Resource, SecretRef, Strict
 
@@ -71,12 +78,61 @@ class DockerTarget(Strict):
         return data
 
 
+# Limits fields added after its first release; absent from a dump at their defaults.
+NEW_LIMITS_FIELDS = ("header_timeout_s", "read_timeout_s", "max_pending_connections")
+
+
+# Mirrors runners/serve/config.py `Limits` (same defaults and bounds; a unit test checks):
+# the controller's API does not import the runners.
 class Limits(Strict):
+    """What the serving runtime allows: request size, tokens, time, concurrency, slow clients."""
+
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     max_tokens: int = Field(default=512, ge=1)
     timeout_s: float = Field(default=60.0, gt=0)
     max_concurrency: int = Field(default=4, ge=1)
     max_queue: int = Field(default=16, ge=0)
+    # Slow-loris defence: how long a client may take to *send* its request.
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds from a request's first byte (or the connection opening) to the "
+        "end of its headers; then the connection gets 408 and is closed.",
+    )
+    read_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        # Checked even when unset, so a header_timeout_s above the default is caught too.
+        validate_default=True,
+        description="Seconds from a request's first byte to the end of its body.",
+    )
+    max_pending_connections: int = Field(
+        default=128,
+        ge=1,
+        description="Connections still sending a request; beyond it the oldest is closed.",
+    )
+
+    @field_validator("read_timeout_s")
+    @classmethod
+    def _timeouts_nest(cls, value: float, info: ValidationInfo) -> float:
+        # A field validator rather than a model one, so the diagnostic points at the field.
+        header = info.data.get("header_timeout_s")  # absent when itself invalid
+        if header is not None and value < header:
+            raise ValueError(
+                f"read_timeout_s ({value:g}) covers the headers too, so it must be at least "
+                f"header_timeout_s ({header:g}); raise read_timeout_s or lower header_timeout_s"
+            )
+        return value
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """As KServeTarget: the slow-loris limits, added later, leave the dump (and so every
+        deployment's digest and rendered config) unchanged while at their defaults."""
+        data = handler(self)
+        for key in NEW_LIMITS_FIELDS:
+            if key in data and data[key] == type(self).model_fields[key].default:
+                del data[key]
+        return data
 
 
 class Collect(Strict):

@@ -16,7 +16,7 @@ from controller.apply.evaluate import Evaluator
 from controller.apply.pull import ensure_model
 from controller.state.lockfile import DeploymentOutputs, LockEntry
 from runners.deploy import local
-from runners.deploy.release import DeployError, container_config
+from runners.deploy.release import DeployError, Release, container_config
 
 SERVE_API_KEY_ENV = "LLMOPS_SERVE_API_KEY"
 
@@ -176,9 +176,15 @@ class Deployer(ApplyStep):
         from runners.deploy import docker
 
         folder = self.registry.paths.deployment(name) / "docker"
-        context = docker.render_context(folder, release, model_path)
+        # The key is checked before minutes of building, not after.
+        key = self.api_key(name, release.spec)
+        torch = docker.torch_source()
+        context = docker.render_context(folder, release, model_path, torch=torch)
         host = release.spec["docker"].get("host")
-        outcome = docker.build(context.path, context.tag, host=host)
+        with self.console.status(
+            f"  building {context.tag} for {name} (torch: {torch.describe()})"
+        ):
+            outcome = docker.build(context.path, context.tag, host=host)
         self.console.print(f"  {name}: {outcome.message}")
         details: dict[str, Any] = {
             "image": context.tag,
@@ -188,11 +194,17 @@ class Deployer(ApplyStep):
         if not outcome.built:
             return details
         # Built where an engine answers: run it there and wait until it is ready.
-        key = self.api_key(name, release.spec)
         key_env = container_config(release, "docker")["api_key_env"]
         env = {key_env: key} if key and key_env else {}
         with self.console.status(f"  starting {context.tag} for {name}"):
             running = docker.run(release, context.tag, env, host=host)
+        if outcome.image_id and running.image_id != outcome.image_id:
+            # Another build retagged the image between our build and run.
+            raise DeployError(
+                f"Deployment {name}: container {running.container} runs {running.image_id}, "
+                f"not the image just built ({outcome.image_id}); another build moved the tag "
+                f"{context.tag}; apply again"
+            )
         self.console.print(
             f"  {name}: {running.container} ready at {running.endpoint}/v1 "
             f"({running.image_id[:19]})"
@@ -201,16 +213,9 @@ class Deployer(ApplyStep):
 
     def _deploy_kserve(self, name: str, spec: dict[str, Any], release: Any) -> dict[str, Any]:
         """Apply the manifests and wait for Ready: where the new revision serves."""
-        from runners.deploy import images, kserve
+        from runners.deploy import kserve
 
-        if not spec["kserve"].get("image"):
-            # The serving image `llmops images build --push` pushed, by digest, if any.
-            image = images.pushed(self.registry.paths.root, "serve")
-            if image:
-                from dataclasses import replace
-
-                target = {**release.spec["kserve"], "image": image}
-                release = replace(release, spec={**release.spec, "kserve": target})
+        release = with_pushed_image(release, self.registry.paths.root)
         manifests = kserve.render_manifests(release, spec["kserve"].get("storage_uri"))
         try:
             rollout = kserve.rollout(
@@ -240,6 +245,22 @@ class Deployer(ApplyStep):
 
             namespace = (recorded.spec.get("kserve") or {}).get("namespace") or "default"
             kserve.delete(kserve.api_client(), namespace, name)
+
+
+def with_pushed_image(release: Release, state_root: Path) -> Release:
+    """The release for KServe: a spec that keeps the default runtime image names the serving
+    image `llmops images build --push` pushed from this state folder, by digest, if any."""
+    from dataclasses import replace
+
+    from runners.deploy import images
+
+    if release.spec["kserve"].get("image"):
+        return release
+    image = images.pushed(state_root, "serve")
+    if not image:
+        return release
+    target = {**release.spec["kserve"], "image": image}
+    return replace(release, spec={**release.spec, "kserve": target})
 
 
 def chat_check(port: int, name: str, key: str | None) -> str | None:

@@ -83,31 +83,52 @@ def live_kserve(spec: dict[str, Any], name: str) -> LiveDeployment | None:
     return LiveDeployment(True, rollout.model_version, rollout.url, None, rollout.ready)
 
 
+def live_docker(spec: dict[str, Any], name: str) -> LiveDeployment | None:
+    """The deployment's container as its engine (on `docker.host`) reports it; None when no
+    engine answers there (then nothing is known either way)."""
+    from runners.deploy import docker
+
+    info = docker.inspect_container(name, host=(spec.get("docker") or {}).get("host"))
+    if info is None:
+        return None
+    running = info.status == "running"
+    return LiveDeployment(running, info.version, None, None, running)
+
+
 def observe_deployments(
     observed: ObservedState, desired: DesiredState, registry: Registry
 ) -> ObservedState:
-    """A local deployment whose process died, a KServe deployment whose InferenceService is
-    gone from the cluster, or one that serves another version than its model reference names
-    now (an alias moved), is observed as drifted: the plan redeploys."""
+    """A local deployment whose process died, a docker deployment whose container stopped or
+    is gone, a KServe deployment whose InferenceService is gone from the cluster, or one that
+    serves another version than its model reference names now (an alias moved), is observed
+    as drifted: the plan redeploys."""
     resources = dict(observed.resources)
     for address, want in desired.resources.items():
         have = resources.get(address)
         target_kind = want.spec.get("target")
-        if want.kind != "Deployment" or have is None or target_kind not in ("local", "kserve"):
+        if want.kind != "Deployment" or have is None:
             continue
         if target_kind == "kserve":
             found = live_kserve(dict(want.spec), want.name)
-            if found is None:
-                continue  # no cluster answers: nothing is known either way
-            live = found
+        elif target_kind == "docker" and have.outputs.get("built"):
+            # Only a context rendered where no engine answered has nothing running to check.
+            found = live_docker(dict(want.spec), want.name)
+        elif target_kind == "local":
+            found = live_deployment(registry.paths, want.name)
         else:
-            live = live_deployment(registry.paths, want.name)
+            continue
+        if found is None:
+            continue  # no cluster or engine answers: nothing is known either way
+        live = found
         target = registry.find(str(want.spec["model"]))
         expected = f"{target.model.name}@{target.number}" if target else None
         if not live.running:
-            gone = "InferenceService missing" if target_kind == "kserve" else "not running"
+            gone = {"kserve": "InferenceService missing", "docker": "container not running"}.get(
+                target_kind, "not running"
+            )
             note = f"{gone} (was {have.outputs.get('version', 'deployed')})"
-        elif expected and live.version != expected:
+        # A container started before llmops labelled them says nothing of its version.
+        elif expected and live.version != expected and (live.version or target_kind != "docker"):
             note = f"serves {live.version}; {want.spec['model']} is {expected}"
         else:
             continue

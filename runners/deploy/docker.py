@@ -2,21 +2,27 @@
 
 The context holds a Dockerfile, .dockerignore, the runtime's config, pinned requirements, the
 project modules the runtime imports, the model's files (symlinks from the blob store
-dereferenced: hard links where possible, copies otherwise) and manifest.json listing every
-file with its sha256 and the context's digest. Rendering is deterministic: the same inputs
+dereferenced: hard links where possible, copies otherwise), the torch wheel when torch comes
+from a local wheelhouse (`torch_source`), and manifest.json listing every file with its sha256
+and the context's digest. Rendering is deterministic: the same inputs
 give the same bytes. Without a model folder the context builds the runtime image that KServe
 runs, the weights coming from the storageUri instead.
 """
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import json
 import os
+import platform
+import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +37,13 @@ from runners.deploy.release import (
     image_tag,
 )
 
-TORCH = "torch==2.13.0"
+TORCH_VERSION = "2.13.0"
+TORCH = f"torch=={TORCH_VERSION}"
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+# Where an image build gets torch (see torch_source): a folder holding the wheel, or an index.
+WHEELS_ENV = "LLMOPS_TORCH_WHEELS"
+INDEX_ENV = "LLMOPS_TORCH_INDEX_URL"
+CONTEXT_WHEELS = "wheels"
 ENTRY = "runners.serve"
 MANIFEST = "manifest.json"
 CONFIG_PATH = "/etc/llmops/serve.json"
@@ -63,18 +74,139 @@ class BuildResult:
     image_id: str | None = None
 
 
-def dockerfile(release: Release, with_model: bool) -> str:
-    base = release.spec["docker"]["base_image"]
+@dataclass(frozen=True)
+class TorchSource:
+    """Where an image build gets torch: a wheel from a local wheelhouse, taken into the build
+    context and bind-mounted into the one RUN that installs it (so it adds no layer of its
+    own), or a PyTorch package index (the CPU one by default, so no CUDA build comes in)."""
+
+    index_url: str = TORCH_INDEX
+    wheel: Path | None = None
+
+    def describe(self) -> str:
+        return f"wheel {self.wheel}" if self.wheel else f"index {self.index_url}"
+
+    def manifest(self) -> dict[str, str]:
+        return {"wheel": self.wheel.name} if self.wheel else {"index": self.index_url}
+
+    def run_line(self) -> str:
+        if self.wheel is None:
+            return f"RUN pip install --index-url {self.index_url} {TORCH}"
+        # torch's own dependencies (sympy, networkx, ...) come from the default index.
+        return (
+            f"RUN --mount=type=bind,source={CONTEXT_WHEELS},target=/tmp/{CONTEXT_WHEELS} "
+            f"pip install /tmp/{CONTEXT_WHEELS}/{self.wheel.name}"
+        )
+
+
+_WHEEL = re.compile(
+    r"^torch-(?P<version>[^-+]+)(?P<local>\+[^-]+)?-(?P<py>[^-]+)-[^-]+-(?P<plat>.+)\.whl$"
+)
+
+
+def _find_wheel(folders: list[Path]) -> Path | None:
+    """The pinned torch wheel for this Python and machine in `folders`, a CPU build first
+    (a CUDA one would pull gigabytes of nvidia packages into the image)."""
+    python = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    found = []
+    for folder in folders:
+        for path in sorted(folder.glob("torch-*.whl")) if folder.is_dir() else []:
+            match = _WHEEL.match(path.name)
+            if (
+                match
+                and match["version"] == TORCH_VERSION
+                and match["py"] == python
+                and match["plat"].startswith("manylinux")
+                and match["plat"].endswith(platform.machine())
+            ):
+                found.append((match["local"] != "+cpu", path))
+    return min(found)[1] if found else None
+
+
+def _pip_find_links(environ: Mapping[str, str]) -> list[Path]:
+    """The local folders pip on this machine is configured to find wheels in (PIP_FIND_LINKS,
+    find-links in pip's config files): where this machine's own torch came from."""
+    values = [environ.get("PIP_FIND_LINKS", "")]
+    home = Path(environ.get("HOME") or Path.home())
+    files = [
+        *(
+            Path(d) / "pip" / "pip.conf"
+            for d in environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(":")
+        ),
+        Path("/etc/pip.conf"),
+        home / ".pip" / "pip.conf",
+        Path(environ.get("XDG_CONFIG_HOME") or home / ".config") / "pip" / "pip.conf",
+        Path(sys.prefix) / "pip.conf",
+    ]
+    if environ.get("PIP_CONFIG_FILE"):
+        files.append(Path(environ["PIP_CONFIG_FILE"]))
+    for path in files:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path, encoding="utf-8")
+        except (OSError, configparser.Error):
+            continue
+        for section in ("global", "install"):
+            values.append(parser.get(section, "find-links", fallback=""))
+    folders = []
+    for value in values:
+        for item in value.split():
+            item = item.removeprefix("file://")
+            if item.startswith("/") and Path(item) not in folders:
+                folders.append(Path(item))
+    return folders
+
+
+def torch_source(environ: Mapping[str, str] | None = None) -> TorchSource:
+    """Where builds on this machine get torch. LLMOPS_TORCH_WHEELS (folders, ':'-separated)
+    names a wheelhouse that must hold the pinned CPU wheel; LLMOPS_TORCH_INDEX_URL an index;
+    otherwise the wheelhouse pip here is configured with when it holds the wheel (a machine
+    without download.pytorch.org), else the PyTorch CPU index (a machine with the internet)."""
+    environ = os.environ if environ is None else environ
+    given = environ.get(WHEELS_ENV, "").strip()
+    if given:
+        folders = [Path(p) for p in given.split(os.pathsep) if p]
+        wheel = _find_wheel(folders)
+        if wheel is None:
+            raise DeployError(
+                f"{WHEELS_ENV}={given} holds no {TORCH} wheel for this Python and machine "
+                f"(torch-{TORCH_VERSION}+cpu-cp{sys.version_info.major}{sys.version_info.minor}"
+                f"-*-manylinux*_{platform.machine()}.whl); put it there "
+                f"('pip download --no-deps --index-url {TORCH_INDEX} -d DIR {TORCH}') "
+                f"or unset {WHEELS_ENV}"
+            )
+        return TorchSource(wheel=wheel)
+    index = environ.get(INDEX_ENV, "").strip()
+    if index:
+        return TorchSource(index_url=index)
+    wheel = _find_wheel(_pip_find_links(environ))
+    return TorchSource(wheel=wheel) if wheel else TorchSource()
+
+
+# Shared by the serving and runner images, so both reuse one torch layer (layers are cached
+# by the instructions before them): only the lines after torch differ.
+PYTHON_ENV = (
+    "ENV PYTHONDONTWRITEBYTECODE=1 \\",
+    "    PYTHONUNBUFFERED=1 \\",
+    "    PIP_NO_CACHE_DIR=1 \\",
+    "    PIP_DISABLE_PIP_VERSION_CHECK=1 \\",
+    "    HF_HUB_OFFLINE=1 \\",
+    "    HF_DATASETS_OFFLINE=1",
+)
+
+
+def base_lines(base: str, torch: TorchSource) -> list[str]:
+    """FROM, the environment and torch: the slow layers, first so they are cached longest."""
+    return [f"FROM {base}", *PYTHON_ENV, torch.run_line()]
+
+
+def dockerfile(release: Release, with_model: bool, torch: TorchSource | None = None) -> str:
+    torch = torch or TorchSource()
     lines = [
         "# syntax=docker/dockerfile:1",
         f"# llmops serving image: deployment {release.name}, model {release.model_version}.",
         "# Rendered by llmops (runners/deploy/docker.py); edits are overwritten.",
-        f"FROM {base}",
-        "ENV PYTHONDONTWRITEBYTECODE=1 \\",
-        "    PYTHONUNBUFFERED=1 \\",
-        "    PIP_NO_CACHE_DIR=1 \\",
-        "    PIP_DISABLE_PIP_VERSION_CHECK=1 \\",
-        "    HF_HUB_OFFLINE=1",
+        *base_lines(release.spec["docker"]["base_image"], torch),
     ]
     if release.spec["runtime"] == "llama-cpp":
         # PyPI has only an sdist of llama-cpp-python: it compiles, for any x86-64 CPU.
@@ -85,10 +217,11 @@ def dockerfile(release: Release, with_model: bool) -> str:
             'ENV CMAKE_ARGS="-DGGML_NATIVE=OFF"',
         ]
     lines += [
-        # torch first and from the CPU index, so the requirements never pull a CUDA build.
-        f"RUN pip install --index-url {TORCH_INDEX} {TORCH}",
+        # The requirements after torch, so they never pull a CUDA build of it.
         "COPY requirements.txt /opt/llmops/requirements.txt",
         "RUN pip install -r /opt/llmops/requirements.txt",
+        f"RUN useradd --system --uid {USER_ID} --create-home --home-dir /home/llmops llmops \\",
+        f" && mkdir -p {CONTAINER_COLLECT_DIR} && chown {USER_ID} {CONTAINER_COLLECT_DIR}",
     ]
     # The weights change with every version, the code with llmops releases: weights first,
     # so a new version rebuilds only its own layers and a code change skips the copy.
@@ -96,8 +229,6 @@ def dockerfile(release: Release, with_model: bool) -> str:
         lines.append(f"COPY model/ {CONTAINER_MODEL_DIR}/")
     lines += [
         "COPY src/ /opt/llmops/src/",
-        f"RUN useradd --system --uid {USER_ID} --create-home --home-dir /home/llmops llmops \\",
-        f" && mkdir -p {CONTAINER_COLLECT_DIR} && chown {USER_ID} {CONTAINER_COLLECT_DIR}",
         # The runtime reads its config from the file the variable names (or the JSON itself,
         # so `docker run -e LLMOPS_SERVE_CONFIG=...` can replace it).
         f"COPY serve.json {CONFIG_PATH}",
@@ -111,6 +242,12 @@ def dockerfile(release: Release, with_model: bool) -> str:
         f"CMD {json.dumps(['python', '-m', ENTRY])}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def place_torch(staging: Path, torch: TorchSource) -> None:
+    """The wheelhouse's torch wheel into the context, where the Dockerfile mounts it from."""
+    if torch.wheel is not None:
+        _place(torch.wheel, staging / CONTEXT_WHEELS / torch.wheel.name)
 
 
 def _sha256(path: Path) -> str:
@@ -168,13 +305,16 @@ def render_context(
     release: Release,
     model_dir: Path | None,
     source_root: Path | None = None,
+    torch: TorchSource | None = None,
 ) -> Context:
     """Write the build context for `release` into `out` (replacing an earlier context there).
 
     `model_dir` None renders the runtime-only image (weights from KServe's storageUri).
     `source_root` holds the `runners` package; by default the one this module comes from.
+    `torch` says where the build gets torch; by default `torch_source()`.
     """
     root = source_root or Path(__file__).resolve().parents[2]
+    torch = torch or torch_source()
     image = runtime_modules.collect(root, ENTRY, release.spec["runtime"])
     config = container_config(release, "docker")
     tag = image_tag(release)
@@ -183,7 +323,7 @@ def render_context(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         texts = {
-            "Dockerfile": dockerfile(release, model_dir is not None),
+            "Dockerfile": dockerfile(release, model_dir is not None, torch),
             ".dockerignore": DOCKERIGNORE,
             "serve.json": json.dumps(config, sort_keys=True, indent=2) + "\n",
             "requirements.txt": "".join(f"{pin}\n" for pin in image.requirements),
@@ -192,6 +332,7 @@ def render_context(
             (staging / name).write_text(text, encoding="utf-8")
         for relative in image.files:
             _place(root / relative, staging / "src" / relative)
+        place_torch(staging, torch)
         if model_dir is not None:
             for path in _model_files(model_dir):
                 _place(path, staging / "model" / path.relative_to(model_dir))
@@ -207,6 +348,7 @@ def render_context(
             "deployment": release.name,
             "model_version": release.model_version,
             "runtime": release.spec["runtime"],
+            "torch": torch.manifest(),
             "tag": tag,
             "digest": f"sha256:{digest}",
             "build": f"docker build -t {tag} .",
@@ -304,6 +446,13 @@ def build(
                 f"build it with: docker build -t {tag} {context}"
             ),
         )
+    image_id = build_image(engine, context, tag, host) or None
+    return BuildResult(True, tag, context, f"built {tag} ({image_id or 'id unknown'})", image_id)
+
+
+def build_image(engine: str, context: Path, tag: str, host: str | None = None) -> str:
+    """`engine build -t tag context`; the image's id. A failure names where torch came from,
+    the step most likely to fail on a machine with a partial view of the internet."""
     env = engine_env(engine, host)
     done = subprocess.run(
         [engine, "build", "-t", tag, str(context)],
@@ -313,8 +462,24 @@ def build(
         env=env,
     )
     if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-20:])
-        raise DeployError(f"{engine} build -t {tag} {context} failed:\n{tail}")
+        # pip's complaint is on stdout (the step's output), the engine's verdict on stderr.
+        lines = (done.stdout.strip().splitlines() + done.stderr.strip().splitlines())[-25:]
+        try:
+            torch = json.loads((context / MANIFEST).read_text(encoding="utf-8")).get("torch", {})
+        except (OSError, ValueError):
+            torch = {}
+        hint = (
+            f"torch came from {', '.join(f'{k} {v}' for k, v in torch.items())}; where that "
+            f"is unreachable, set {WHEELS_ENV}=DIR (a folder holding the {TORCH} CPU wheel) "
+            f"or {INDEX_ENV}=URL (a mirror of {TORCH_INDEX}) and render again"
+            if torch
+            else ""
+        )
+        raise DeployError(
+            f"{Path(engine).name} build -t {tag} {context} failed:\n"
+            + "\n".join(lines)
+            + (f"\n{hint}" if hint else "")
+        )
     inspect = subprocess.run(
         [engine, "image", "inspect", "--format", "{{.Id}}", tag],
         capture_output=True,
@@ -322,11 +487,18 @@ def build(
         check=False,
         env=env,
     )
-    image_id = inspect.stdout.strip() or None
-    return BuildResult(True, tag, context, f"built {tag} ({image_id or 'id unknown'})", image_id)
+    return image_digest(inspect.stdout)
+
+
+def image_digest(text: str) -> str:
+    """An image id as 'sha256:<hex>' (docker prints it so, podman without the prefix)."""
+    text = text.strip()
+    return text if not text or text.startswith("sha256:") else f"sha256:{text}"
 
 
 LABEL_DEPLOYMENT = "llmops.dev/deployment"
+# What the container serves, read back by drift (the lock says what it should serve).
+LABEL_VERSION = "llmops.dev/model-version"
 
 
 @dataclass(frozen=True)
@@ -372,11 +544,13 @@ def run(
     name = container_name(release.name)
     base_env = engine_env(engine, host) or dict(os.environ)
     subprocess.run(
-        [engine, "rm", "-f", name], capture_output=True, text=True, check=False, env=base_env
+        [engine, "rm", "-f", "-v", name], capture_output=True, text=True, check=False, env=base_env
     )
     port = int(release.spec["port"])
-    published = "" if host else "127.0.0.1:"
+    # On this machine (no host, or a local socket) the port is for this machine only.
+    published = "127.0.0.1:" if _endpoint_host(host) == "127.0.0.1" else ""
     args = [engine, "run", "-d", "--name", name, "--label", f"{LABEL_DEPLOYMENT}={release.name}"]
+    args += ["--label", f"{LABEL_VERSION}={release.model_version}"]
     args += ["-p", f"{published}{port}:{CONTAINER_PORT}"]
     # `-e NAME` without a value: the key travels in the environment, not the command line.
     for key in sorted(env or {}):
@@ -420,8 +594,39 @@ def run(
         text=True,
         check=False,
         env=base_env,
-    ).stdout.strip()
-    return Running(name, image_id, endpoint)
+    ).stdout
+    return Running(name, image_digest(image_id), endpoint)
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    status: str  # running, exited, ...; "missing" when there is no container
+    version: str | None = None  # the model version it serves (its label)
+    image_id: str | None = None
+
+
+def inspect_container(
+    deployment: str, docker: str | None = None, host: str | None = None
+) -> ContainerInfo | None:
+    """The deployment's container as the engine reports it; None when no engine answers
+    (nothing is known either way)."""
+    engine, _ = find_engine(docker, host)
+    if engine is None:
+        return None
+    form = f'{{{{.State.Status}}}}\t{{{{index .Config.Labels "{LABEL_VERSION}"}}}}\t{{{{.Image}}}}'
+    done = subprocess.run(
+        [engine, "inspect", "--type", "container", "--format", form, container_name(deployment)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=engine_env(engine, host),
+    )
+    fields = done.stdout.strip().split("\t")
+    if done.returncode != 0 or not fields[0]:
+        return ContainerInfo("missing")
+    version = fields[1] if len(fields) > 1 and fields[1] not in ("", "<no value>") else None
+    image = image_digest(fields[2]) if len(fields) > 2 and fields[2] else None
+    return ContainerInfo(fields[0], version, image)
 
 
 def container_state(
@@ -429,17 +634,8 @@ def container_state(
 ) -> str | None:
     """The deployment's container status (running, exited, ...); "missing" when there is
     none; None when no engine answers (nothing is known)."""
-    engine, _ = find_engine(docker, host)
-    if engine is None:
-        return None
-    done = subprocess.run(
-        [engine, "inspect", "--format", "{{.State.Status}}", container_name(deployment)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=engine_env(engine, host),
-    )
-    return done.stdout.strip() or "missing" if done.returncode == 0 else "missing"
+    info = inspect_container(deployment, docker, host)
+    return info.status if info else None
 
 
 def stop(deployment: str, docker: str | None = None, host: str | None = None) -> bool:
@@ -448,7 +644,7 @@ def stop(deployment: str, docker: str | None = None, host: str | None = None) ->
     if engine is None:
         return False
     done = subprocess.run(
-        [engine, "rm", "-f", container_name(deployment)],
+        [engine, "rm", "-f", "-v", container_name(deployment)],
         capture_output=True,
         text=True,
         check=False,

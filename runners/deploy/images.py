@@ -1,11 +1,12 @@
 """Runner `deploy`, images: llmops' own images, built from this checkout and pushed.
 
-Two images: the runner (what a Kubernetes Job runs: `python -m runners.train JOB`, and the
-evaluation code) and the serving runtime without weights (what KServe's ServingRuntime runs,
-the weights coming from the storageUri). Both contexts are rendered like the docker target's
-(runtime_modules.py: the project modules the entry imports, requirements pinned to the
-versions installed here), tagged with the code version, built with docker or podman
-(whichever answers) and pushed; a pushed image is named by its digest.
+Two images: the runner (what a Kubernetes Job runs: `python -m runners.train JOB` and
+`python -m runners.evaluate JOB`) and the serving runtime without weights (what KServe's
+ServingRuntime runs, the weights coming from the storageUri). Both contexts are rendered like
+the docker target's (runtime_modules.py: the project modules the entry imports, requirements
+pinned to the versions installed here; torch from `docker.torch_source`), tagged with the code
+version, built with docker or podman (whichever answers) and pushed; a pushed image is named
+by its digest.
 """
 
 from __future__ import annotations
@@ -35,22 +36,20 @@ class Built:
     pushed: str | None = None  # REGISTRY/REPOSITORY@sha256:... once pushed
 
 
-def runner_dockerfile(base: str = "python:3.11-slim") -> str:
+def runner_dockerfile(
+    base: str = "python:3.11-slim", torch: docker.TorchSource | None = None
+) -> str:
     lines = [
-        "# llmops runner image: training and evaluation jobs (python -m runners.train JOB).",
+        "# syntax=docker/dockerfile:1",
+        "# llmops runner image: training and evaluation jobs (python -m runners.train JOB,",
+        "# python -m runners.evaluate JOB).",
         "# Rendered by llmops (runners/deploy/images.py); edits are overwritten.",
-        f"FROM {base}",
-        "ENV PYTHONDONTWRITEBYTECODE=1 \\",
-        "    PYTHONUNBUFFERED=1 \\",
-        "    PIP_NO_CACHE_DIR=1 \\",
-        "    PIP_DISABLE_PIP_VERSION_CHECK=1 \\",
-        "    HF_HUB_OFFLINE=1 \\",
-        "    HF_DATASETS_OFFLINE=1",
-        f"RUN pip install --index-url {docker.TORCH_INDEX} {docker.TORCH}",
+        # The same first layers as the serving image's: one torch layer serves both.
+        *docker.base_lines(base, torch or docker.TorchSource()),
         "COPY requirements.txt /opt/llmops/requirements.txt",
         "RUN pip install -r /opt/llmops/requirements.txt",
-        "COPY src/ /opt/llmops/src/",
         f"RUN useradd --system --uid {docker.USER_ID} --create-home --home-dir /home/llmops llmops",
+        "COPY src/ /opt/llmops/src/",
         "ENV PYTHONPATH=/opt/llmops/src",
         # The Job's pod gives the state volume to this user with fsGroup.
         f"USER {docker.USER_ID}",
@@ -60,9 +59,13 @@ def runner_dockerfile(base: str = "python:3.11-slim") -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_runner_context(out: Path, source_root: Path | None = None) -> docker.Context:
-    """The runner image's build context in `out` (replacing an earlier one there)."""
+def render_runner_context(
+    out: Path, source_root: Path | None = None, torch: docker.TorchSource | None = None
+) -> docker.Context:
+    """The runner image's build context in `out` (replacing an earlier one there); torch
+    from `torch`, by default `docker.torch_source()`."""
     root = source_root or Path(__file__).resolve().parents[2]
+    torch = torch or docker.torch_source()
     files: set[str] = set()
     requirements: set[str] = set()
     for entry in RUNNER_ENTRIES:
@@ -74,7 +77,7 @@ def render_runner_context(out: Path, source_root: Path | None = None) -> docker.
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         texts = {
-            "Dockerfile": runner_dockerfile(),
+            "Dockerfile": runner_dockerfile(torch=torch),
             ".dockerignore": docker.DOCKERIGNORE,
             "requirements.txt": "".join(f"{pin}\n" for pin in sorted(requirements, key=str.lower)),
         }
@@ -82,6 +85,7 @@ def render_runner_context(out: Path, source_root: Path | None = None) -> docker.
             (staging / name).write_text(text, encoding="utf-8")
         for relative in sorted(files):
             docker._place(root / relative, staging / "src" / relative)
+        docker.place_torch(staging, torch)
         hashes = {
             p.relative_to(staging).as_posix(): docker._sha256(p)
             for p in sorted(staging.rglob("*"))
@@ -92,6 +96,7 @@ def render_runner_context(out: Path, source_root: Path | None = None) -> docker.
         ).hexdigest()
         manifest = {
             "image": "runner",
+            "torch": torch.manifest(),
             "digest": f"sha256:{digest}",
             "files": [{"path": p, "sha256": s} for p, s in sorted(hashes.items())],
         }
@@ -124,9 +129,7 @@ def build(context: Path, tag: str, name: str, engine: str | None = None) -> Buil
             f"no container engine answers here ({why}); the {name} context is at {context}: "
             f"docker build -t {tag} {context}"
         )
-    _run([found, "build", "-t", tag, str(context)], f"building {tag}")
-    image_id = _run([found, "image", "inspect", "--format", "{{.Id}}", tag], "inspect").stdout
-    return Built(name, tag, image_id.strip(), context)
+    return Built(name, tag, docker.build_image(found, context, tag), context)
 
 
 def push(built: Built, registry: str, engine: str | None = None, tls_verify: bool = True) -> Built:

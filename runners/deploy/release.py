@@ -20,6 +20,17 @@ CONTAINER_COLLECT_DIR = "/var/lib/llmops/collect"
 # A Kubernetes secret's key reaches the container as this variable.
 SECRET_KEY_ENV = "LLMOPS_API_KEY"
 SMOKE_MAX_TOKENS = 16
+# The Deployment spec's `limits` the runtime's config takes (runners/serve/config.py `Limits`).
+LIMIT_FIELDS = (
+    "max_body_bytes",
+    "max_tokens",
+    "timeout_s",
+    "max_concurrency",
+    "max_queue",
+    "header_timeout_s",
+    "read_timeout_s",
+    "max_pending_connections",
+)
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -86,10 +97,9 @@ def container_config(release: Release, target: str) -> dict[str, Any]:
         "port": CONTAINER_PORT,
         "public_port": None,
         "api_key_env": api_key_env(release, target),
-        "limits": {
-            key: spec["limits"][key]
-            for key in ("max_body_bytes", "max_tokens", "timeout_s", "max_concurrency", "max_queue")
-        },
+        # A spec's dump leaves out the slow-loris limits at their defaults (so adding them
+        # changed no digest); absent here too, the runtime's equal defaults apply.
+        "limits": {key: spec["limits"][key] for key in LIMIT_FIELDS if key in spec["limits"]},
         "collect": {
             "enabled": bool(collect["enabled"]),
             "sample_rate": collect["sample_rate"],

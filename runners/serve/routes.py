@@ -68,6 +68,13 @@ async def read_json(request: Request) -> dict[str, Any]:
     return data
 
 
+async def client_gone(request: Request) -> None:
+    """Returns when the client disconnects. Called once the body has been read, when the
+    server's receive() has nothing more to give until the connection closes."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
@@ -177,6 +184,34 @@ class Service:
     async def result(self, job: Job) -> Generation:
         return await job.result()
 
+    async def answer(self, job: Job, request: Request) -> Generation:
+        """A non-streamed request's result, or ClientDisconnect once its client has left.
+
+        Starlette runs a plain handler to its end whatever the client does, so without this
+        a request whose client hung up would hold its batching slot until max_tokens or
+        timeout_s, generating for nobody. A stream stops when its response sees the client
+        gone; a plain handler's only sign is the ASGI `http.disconnect` message, so the
+        generation races it.
+        """
+        generation = asyncio.ensure_future(self.result(job))
+        gone = asyncio.ensure_future(client_gone(request))
+        try:
+            await asyncio.wait({generation, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not generation.done() and gone.exception() is not None:
+                return await generation  # cannot watch the client: answer as before
+        finally:
+            gone.cancel()
+            if gone.done() and not gone.cancelled():
+                gone.exception()  # retrieved, or asyncio logs it with a traceback
+            if not generation.done():
+                # Stops the generation at its next step (Job.result sets the cancel flag
+                # when cancelled); the slot frees when its thread returns.
+                job.control.cancelled.set()
+                generation.cancel()
+        if generation.done():  # also when both finished at once: the answer is ready
+            return generation.result()
+        raise ClientDisconnect()
+
     def record(
         self, id: str, messages: list[dict[str, str]], result: Generation, kind: str
     ) -> None:
@@ -229,7 +264,9 @@ def openai_errors(
         try:
             return await handler(*args, **kwargs)
         except (APIError, ClientDisconnect):
-            raise  # ClientDisconnect: the body never fully arrived; server.py answers 499
+            # ClientDisconnect: the body never fully arrived, or the client left before the
+            # answer was ready; server.py answers 499 to nobody.
+            raise
         except GenerationTimeout:
             raise timeout_error(args[0].config.limits.timeout_s) from None
         except Exception as err:
@@ -318,7 +355,7 @@ async def _chat(service: Service, request: Request, started: float) -> Response:
             return out
 
         return streaming(service.stream(job, chunks, record), service.headers)
-    result = await service.result(job)
+    result = await service.answer(job, request)
     record(result)
     body = dump(chat_completion(id, name, fingerprint, created, result))
     return JSONResponse(body, headers=service.headers)
@@ -354,7 +391,7 @@ async def _complete(service: Service, request: Request, started: float) -> Respo
             return out
 
         return streaming(service.stream(job, chunks, record), service.headers)
-    result = await service.result(job)
+    result = await service.answer(job, request)
     record(result)
     completion = text_completion(
         id, name, fingerprint, created, result.text, result.finish_reason, result

@@ -1,14 +1,14 @@
 """Images built and run for real with podman (tests/podman.py): the serving image from the
-docker target's build context, on a debootstrap base, serving the tiny model; the official
-openai client gets a chat completion through it. Pushed to a real registry (Debian's
-docker-registry), the image is named by digest and pulls back the same."""
+docker target's build context as rendered (its pip installs too), on a debootstrap base,
+serving the tiny model; the official openai client gets a chat completion through it. Pushed
+to a real registry (Debian's docker-registry), the image is named by digest and pulls back the
+same; `llmops images build --push` builds and pushes both of llmops' images, and the Job and
+KServe manifests name them by digest."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -107,30 +107,8 @@ def test_the_serving_image_answers_the_openai_client(serving_image: str) -> None
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[str]:
-    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, for push and pull."""
-    if shutil.which("docker-registry") is None:
-        pytest.skip("no docker-registry: 'apt-get install docker-registry' (make engines)")
-    port = free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        "version: 0.1\n"
-        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'blobs'}}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n"
-    )
-    with (tmp_path / "registry.log").open("w") as log:
-        process = subprocess.Popen(
-            ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        for _ in range(100):
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/v2/").status_code == 200:
-                    break
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with podman.registry(tmp_path) as address:
+        yield address
 
 
 def test_a_pushed_image_is_named_by_digest_and_manifests_use_it(
@@ -184,19 +162,11 @@ def test_the_docker_target_runs_the_image_and_sees_it_stop(serving_image: str) -
     port = free_port()
     base = serve_release()
     rel = Release(base.name, base.model_version, base.spec | {"port": port}, base.smoke_prompts)
-    extra = [
-        "-v",
-        f"{podman.site_packages()}:{podman.HOST_SITE}:ro",
-        "-e",
-        f"PYTHONPATH=/opt/llmops/src:{podman.HOST_SITE}",
-    ]
     try:
-        running = docker.run(
-            rel, serving_image, {"SUPPORT_KEY": KEY}, docker="podman", extra_args=extra
-        )
+        running = docker.run(rel, serving_image, {"SUPPORT_KEY": KEY}, docker="podman")
         assert running.endpoint == f"http://127.0.0.1:{port}"
         image_id = podman.podman("image", "inspect", "--format", "{{.Id}}", serving_image).stdout
-        assert running.image_id == image_id.strip()
+        assert running.image_id == f"sha256:{image_id.strip()}"
         # The key went through the environment, not the command line.
         config = podman.podman(
             "inspect", "--format", "{{json .Config.CreateCommand}}", running.container
@@ -215,3 +185,78 @@ def test_the_docker_target_runs_the_image_and_sees_it_stop(serving_image: str) -
     finally:
         podman.podman("rm", "-f", docker.container_name(rel.name), check=False)
         podman.podman("volume", "rm", "-f", f"llmops-collect-{rel.name}", check=False)
+
+
+def test_images_build_pushes_both_images_and_the_manifests_name_them(
+    registry: str, tmp_path: Path
+) -> None:
+    """`llmops images build --push`: both images from this checkout, built with podman as
+    rendered, pushed; a Job and a KServe ServingRuntime that keep the default image name the
+    pushed images by digest, and each pulls back as the image that was built."""
+    from controller.apply.deploy import with_pushed_image
+    from controller.apply.kubernetes_job import DEFAULT_RUNNER_IMAGE, render_job
+    from runners.deploy import kserve
+    from tests.integration.test_apply import llmops
+
+    podman.base_image()
+    (tmp_path / "specs").mkdir()
+    began = time.monotonic()
+    done = llmops(
+        tmp_path,
+        "images",
+        "build",
+        "--push",
+        registry,
+        "--engine",
+        "podman",
+        "--no-tls-verify",
+        "--json",
+    )
+    print(f"llmops images build --push: {time.monotonic() - began:.0f} s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    built = {item["name"]: item for item in report["images"]}
+    assert set(built) == {"runner", "serve"}
+    state = tmp_path / ".llmops"
+    for name, repository in (
+        ("runner", images.RUNNER_REPOSITORY),
+        ("serve", images.SERVE_REPOSITORY),
+    ):
+        item = built[name]
+        assert item["tag"].startswith(f"{repository}:")
+        assert item["pushed"].startswith(f"{registry}/{repository}@sha256:")
+        assert images.pushed(state, name) == item["pushed"]
+        # Pulled back by digest (the local copy gone first), it is the image that was built.
+        podman.podman("rmi", f"{registry}/{item['tag']}")
+        podman.podman("pull", "--tls-verify=false", item["pushed"])
+        pulled = podman.podman("image", "inspect", "--format", "{{.Id}}", item["pushed"]).stdout
+        assert docker.image_digest(pulled) == docker.image_digest(item["image_id"])
+    # The runner runs the evaluation entry as well as training's.
+    usage = podman.podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        built["runner"]["pushed"],
+        "python",
+        "-m",
+        "runners.evaluate",
+        check=False,
+    )
+    assert usage.returncode == 2 and "usage: python -m runners.evaluate JOB.json" in usage.stderr
+    job = render_job(
+        state / "runs/job.json",
+        "exp/default",
+        "sha256:" + "ab" * 32,
+        {"image": DEFAULT_RUNNER_IMAGE},
+        state,
+    )
+    assert job.spec.template.spec.containers[0].image == built["runner"]["pushed"]
+    spec = DeploymentSpec(model="tiny@1", target="kserve").model_dump()
+    release = with_pushed_image(Release("assistant", "tiny@1", spec, []), state)
+    runtime, _ = kserve.render_manifests(release, "pvc://models/tiny")
+    assert runtime["kind"] == "ServingRuntime"
+    (container,) = runtime["spec"]["containers"]
+    assert container["image"] == built["serve"]["pushed"]
+    for item in built.values():
+        podman.podman("rmi", item["pushed"], f"localhost/{item['tag']}", check=False)

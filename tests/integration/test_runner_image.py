@@ -1,16 +1,19 @@
-"""The runner image trains the tiny model in a container, and the result registers.
+"""The runner image trains the tiny model in a container, and the result registers; it
+evaluates the tiny model in a container, and the results read back as a local evaluation's.
 
 `llmops apply` with the Kubernetes executor submits the training Job to a real API server
 (tests/envtest.py). That server has no nodes, so `Kubelet` below does a node's part: it runs
 the Job's container, exactly as the Job names it (image, command, env, the state volume at
 its mount path, the pod's user and fsGroup), with podman, then writes the Job's terminal
 status. The image is the runner image rendered from this checkout (runners/deploy/images.py)
-and built with podman (tests/podman.py: the heavy packages mounted from this virtualenv).
+and built with podman as rendered, its pip installs included (tests/podman.py).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import subprocess
 import threading
 import uuid
@@ -18,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from runners.deploy import images
 from tests import envtest, podman
-from tests.apply_repo import build_repo, git
+from tests.apply_repo import SPECS, build_repo, git
+from tests.conftest import PROJECT_ROOT
 from tests.integration.test_apply import llmops
 
 NOW = "2026-11-25T12:00:00Z"
@@ -141,3 +146,80 @@ def test_the_runner_image_trains_in_a_container_and_the_model_registers(
     assert json.loads(result_file.read_text())["status"] == "succeeded"
     jobs = client.BatchV1Api(api).list_namespaced_job(namespace).items
     assert [j.status.succeeded for j in jobs] == [1]
+
+
+def test_the_runner_image_evaluates_like_a_local_evaluation(
+    runner_image: str, tmp_path: Path, tiny_model: Path
+) -> None:
+    """`python -m runners.evaluate JOB` in the runner image, offline, on a mounted state
+    folder (as a Job's volume), as the image's user: its results folder reads back with the
+    same metrics and per-sample rows as the evaluation run here."""
+    from controller.api.evalsuite import EvalSuiteSpec
+    from runners.evaluate.job import EvalJob
+    from runners.evaluate.run import evaluate, load_samples
+
+    state = tmp_path / "state"
+    shutil.copytree(tiny_model, state / "models/tiny/1")
+    (state / "data").mkdir()
+    rows = (PROJECT_ROOT / "data/evals/support-faq-eval.jsonl").read_text().splitlines()[:6]
+    (state / "data/eval.jsonl").write_text("\n".join(rows) + "\n")
+    suite = EvalSuiteSpec(**yaml.safe_load(SPECS["specs/evals/smoke.yaml"])["spec"]).model_dump()
+    mount = "/llmops"
+
+    def job(root: str, out: str) -> EvalJob:
+        return EvalJob(
+            suite_name="smoke",
+            suite=suite,
+            task_data={task["name"]: f"{root}/data/eval.jsonl" for task in suite["tasks"]},
+            model=f"{root}/models/tiny/1",
+            output=f"{root}/evaluations/smoke/{out}",
+            batch_size=4,
+        )
+
+    job(mount, "container").save(state / "job.json")
+    # The image's user (uid 10001) owns nothing here: the folder is opened to it, as the
+    # pod's fsGroup opens a volume.
+    subprocess.run(["chmod", "-R", "a+rwX", str(state)], check=True)
+    ran = podman.podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        f"{state}:{mount}",
+        runner_image,
+        "python",
+        "-m",
+        "runners.evaluate",
+        f"{mount}/job.json",
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-3000:]
+    inside = state / "evaluations/smoke/container"
+    assert json.loads((inside / "result.json").read_text())["status"] == "succeeded"
+
+    here = evaluate(job(str(state), "local").inputs(report=lambda _: None))
+    there = json.loads((inside / "results.json").read_text())
+    assert there["suite"] == "smoke" and set(there["metrics"]) == set(here["metrics"])
+    assert {"answers/rouge_l", "ppl/perplexity"} <= set(there["metrics"])
+    for metric, value in here["metrics"].items():
+        assert math.isclose(there["metrics"][metric], value, rel_tol=1e-4), metric
+    ours, theirs = load_samples(state / "evaluations/smoke/local"), load_samples(inside)
+    assert theirs.keys() == ours.keys()
+    for metric in ours:
+        assert theirs[metric].keys() == ours[metric].keys()
+    # A job it cannot read is a one-line error and exit 2, no traceback.
+    bad = podman.podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        runner_image,
+        "python",
+        "-m",
+        "runners.evaluate",
+        "/nowhere/job.json",
+        check=False,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "cannot read the evaluation job /nowhere/job.json" in bad.stderr

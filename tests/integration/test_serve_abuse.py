@@ -216,3 +216,49 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation_and_frees_the_slot
     reply = normal_request(server)
     assert reply.status_code == 200, reply.text
     assert metric(server, "llmops_serve_requests_total", route="/v1/chat/completions", status="499")
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/chat/completions", CHAT),
+        ("/v1/completions", {"model": NAME, "prompt": "How do I reset it?"}),
+    ],
+    ids=["chat", "completion"],
+)
+def test_a_client_that_leaves_a_non_streamed_request_stops_its_generation(
+    server: Runtime, route: str, body: dict[str, object]
+) -> None:
+    """Starlette never cancels a handler whose client left, so without watching for the
+    disconnect a plain (non-streamed) request would generate all LONG tokens for nobody."""
+    generated = "llmops_serve_generated_tokens_total"
+    gone_before = metric(server, "llmops_serve_requests_total", route=route, status="499")
+    before = metric(server, generated)
+    payload = json.dumps({**body, "max_tokens": LONG, "min_tokens": LONG})
+    sock = connect(server)
+    sock.sendall(
+        f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+        + f"Content-Length: {len(payload)}\r\n\r\n{payload}".encode()
+    )
+    give_up = time.monotonic() + BOUND_S
+    while metric(server, "llmops_serve_in_flight") != 1 and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert metric(server, "llmops_serve_in_flight") == 1  # generating, in the only slot
+    time.sleep(0.5)  # well into its LONG tokens
+    sock.close()  # the client gives up before the answer
+
+    left = time.monotonic()
+    give_up = left + BOUND_S
+    while metric(server, "llmops_serve_in_flight") != 0 and time.monotonic() < give_up:
+        time.sleep(0.1)
+    assert metric(server, "llmops_serve_in_flight") == 0
+    made = metric(server, generated) - before
+    assert made < LONG / 2, f"{made:g} of {LONG} tokens made for a client that left"
+    time.sleep(1.0)
+    assert metric(server, generated) - before == made  # and it stays stopped
+    # max_concurrency 1, max_queue 0: a request now is admitted at once, not refused 429.
+    reply = normal_request(server)
+    assert reply.status_code == 200, reply.text
+    gone = metric(server, "llmops_serve_requests_total", route=route, status="499")
+    assert gone == gone_before + 1  # counted as nginx's "client closed request"
+    assert "Traceback" not in server.stderr()

@@ -43,6 +43,25 @@ def test_container_config_follows_the_spec() -> None:
     assert (config["host"], config["port"], config["model_dir"]) == ("0.0.0.0", 8080, "/mnt/models")
 
 
+@pytest.mark.parametrize("target", ["docker", "kserve"])
+def test_slow_client_limits_reach_the_runtime_config(target: str) -> None:
+    from runners.serve.config import parse_config
+
+    limits = {"header_timeout_s": 4.5, "read_timeout_s": 12, "max_pending_connections": 32}
+    release = Release("a", "m@1", spec(limits={"max_queue": 0, **limits}), [])
+    config = container_config(release, target)
+    served = parse_config(json.dumps(config), "test").limits
+    assert (served.header_timeout_s, served.read_timeout_s) == (4.5, 12.0)
+    assert (served.max_pending_connections, served.max_queue) == (32, 0)
+    # Unset, they are left out of the config (the spec's dump omits them, so the rendered
+    # image and ServingRuntime stay as before) and the runtime's equal defaults apply.
+    default = container_config(Release("a", "m@1", spec(), []), target)["limits"]
+    assert not set(limits) & set(default)
+    runtime = parse_config(json.dumps({**config, "limits": default}), "test").limits
+    assert (runtime.header_timeout_s, runtime.read_timeout_s) == (10.0, 30.0)
+    assert runtime.max_pending_connections == 128
+
+
 def test_no_smoke_prompts_leaves_the_runtime_default() -> None:
     from runners.serve.config import parse_config
 
