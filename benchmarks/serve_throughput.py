@@ -393,6 +393,9 @@ def llama_cpp_server(gguf: Path, tmp: Path) -> Server:
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", NAME,
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(N_CTX), "--verbose", "False",
+        # By default a new request cuts the stream being generated (interrupt_requests):
+        # concurrent clients would see broken streams, not a queue.
+        "--interrupt_requests", "False",
     ]  # fmt: skip
     log = tmp / "llama-cpp-python.log"
     # Its server defaults to repeat_penalty 1.1 (OpenAI has none; llmops applies none):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,11 +30,12 @@ from controller.state.registry.schema import VersionRow
 from controller.state.registry.store import NewVersion
 from runners.errors import LlmopsError
 from runners.pull.metadata import inspect_folder
-from runners.train import TrainJob
+from runners.train import TrainJob, runlock
 from runners.train.curves import plot_runs
 from runners.train.log import LOG_FILE, LogError, first_last_eval, read_log, training_steps
 
 TRAINING_FILES = (LOG_FILE, "curves.png", "result.json", "job.json")
+STOP_GRACE_S = 30.0  # an orphaned trainer's time to die on SIGTERM before SIGKILL
 
 
 class TrainFailed(LlmopsError):
@@ -76,22 +79,8 @@ class Trainer(ApplyStep):
         config = dict(resource.spec)
         name = config.get("register_as") or experiment
         run_dir = self.run_dir(resource)
-        if not force:
-            for existing in self.registry.all_by(name, resource.digest):
-                if not self.registry.has_files(existing):
-                    continue
-                ok, why = self.reusable(existing, resource.code_version, resource.code_files)
-                if not ok:
-                    self.console.print(
-                        f"  not reusing {name}@{existing.number}: {why}; training again"
-                    )
-                    continue
-                result = (
-                    json.loads((run_dir / "result.json").read_text())
-                    if (run_dir / "result.json").is_file()
-                    else {}
-                )
-                return TrainOutcome("cached", run, existing, result, run_dir)
+        if not force and (cached := self._cached(name, resource, run, run_dir)) is not None:
+            return cached
         base_version, base_path = ensure_model(
             config["base_model"],
             dict(self.desired.resources),
@@ -120,7 +109,16 @@ class Trainer(ApplyStep):
         if executor.get("type", "local") == "kubernetes":
             result = self._run_kubernetes(job, run_dir, resource.digest, executor)
         else:
-            result = self._run_local(job, run_dir)
+            fd, waited = self._claim(run_dir)
+            try:
+                # Another llmops process trained this run meanwhile: its version is the result.
+                if waited and not force:
+                    cached = self._cached(name, resource, run, run_dir)
+                    if cached is not None:
+                        return cached
+                result = self._run_local(job, run_dir, fd)
+            finally:
+                runlock.release(fd)
         version = self._register(
             name,
             resource,
@@ -134,8 +132,58 @@ class Trainer(ApplyStep):
         )
         return TrainOutcome("trained", run, version, result, run_dir)
 
-    def _run_local(self, job: TrainJob, run_dir: Path) -> dict[str, Any]:
-        """The runner in its own process: a crash there never takes state here with it."""
+    def _cached(
+        self, name: str, resource: DesiredResource, run: str, run_dir: Path
+    ) -> TrainOutcome | None:
+        """A registered version of this run (same digest, files present, reusable)."""
+        for existing in self.registry.all_by(name, resource.digest):
+            if not self.registry.has_files(existing):
+                continue
+            ok, why = self.reusable(existing, resource.code_version, resource.code_files)
+            if not ok:
+                self.console.print(f"  not reusing {name}@{existing.number}: {why}; training again")
+                continue
+            result = (
+                json.loads((run_dir / "result.json").read_text())
+                if (run_dir / "result.json").is_file()
+                else {}
+            )
+            return TrainOutcome("cached", run, existing, result, run_dir)
+        return None
+
+    def _claim(self, run_dir: Path) -> tuple[int, bool]:
+        """The run folder's lock, taken before this apply starts a trainer there (and handed
+        to it). A trainer whose apply was killed still holds it: stopped here (SIGTERM, then
+        SIGKILL), so two processes never write one run, and the new one resumes from the last
+        checkpoint. One a live llmops process started is waited for; True when that happened
+        (the run may be registered now)."""
+        stopping: int | None = None
+        since = 0.0
+        waited = False
+        while (fd := runlock.try_lock(run_dir)) is None:
+            found = runlock.holder(run_dir)
+            if found is not None and found.orphaned():
+                if stopping != found.pid:
+                    self.console.print(
+                        f"  stopping training process {found.describe()}: the apply that "
+                        f"started it was killed, and it still writes {run_dir}"
+                    )
+                    _signal(found.pid, signal.SIGTERM)
+                    stopping, since = found.pid, time.monotonic()
+                elif time.monotonic() - since > STOP_GRACE_S:
+                    _signal(found.pid, signal.SIGKILL)
+            elif not waited:
+                self.console.print(
+                    f"  waiting for the training process that writes {run_dir} "
+                    f"({found.describe() if found else 'holder unknown'})"
+                )
+                waited = True
+            time.sleep(0.2)
+        return fd, waited
+
+    def _run_local(self, job: TrainJob, run_dir: Path, lock_fd: int) -> dict[str, Any]:
+        """The runner in its own process: a crash there never takes state here with it. It
+        inherits the run folder's lock (`lock_fd`, held by this apply) and keeps it for life."""
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "result.json").unlink(missing_ok=True)
         job.save(run_dir / "job.json")
@@ -158,7 +206,14 @@ class Trainer(ApplyStep):
                 [sys.executable, "-m", "runners.train", str(run_dir / "job.json")],
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
+                pass_fds=(lock_fd,),
+                env={
+                    **os.environ,
+                    runlock.FD_ENV: str(lock_fd),
+                    runlock.PARENT_ENV: str(os.getpid()),
+                },
             )
+            runlock.record(lock_fd, process.pid, os.getpid())
             while process.poll() is None:
                 time.sleep(0.5)
                 try:
@@ -309,3 +364,12 @@ class Trainer(ApplyStep):
         target = self.registry.paths.runs(experiment) / "curves.png"
         plot_runs({o.run: o.run_dir / LOG_FILE for o in outcomes}, target, experiment)
         return target
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    """Signal a trainer left running; checked first, so a recycled pid is never hit. SIGCONT
+    after it: a stopped process (Ctrl-Z, a debugger) acts on SIGTERM only once continued."""
+    if runlock.is_training_process(pid):
+        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+            os.kill(pid, sig)
+            os.kill(pid, signal.SIGCONT)

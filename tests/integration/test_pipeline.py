@@ -274,32 +274,6 @@ def test_a_candidate_that_fails_a_gate_opens_no_pull_request(loop: dict) -> None
     assert status["runs"][-1]["status"] == "failed"
 
 
-POINTS = ("update_dataset", "retrain", "regression_test", "open_pull_request")
-
-
-def test_killed_after_each_step_converges_to_one_pull_request_and_one_training(
-    loop: dict,
-) -> None:
-    root, port, fake = loop["root"], loop["port"], loop["fake"]
-    assert llmops(root, "apply").returncode == 0
-    commit_lock(root)
-    chat(port, 60)
-    for step in POINTS:
-        killed = llmops(root, "pipeline", "run", "retrain",
-                        env={**loop["env"], "LLMOPS_FAULT_KILL": f"after:pipeline/{step}"})
-        assert killed.returncode == 137, (step, killed.stdout[-1000:], killed.stderr[-1000:])
-        status = json.loads(llmops(root, "pipeline", "status", "retrain", "--json").stdout)
-        assert step in status["current"]["steps"], status
-    record = run_pipeline(loop)
-    assert record["status"] == "succeeded", record
-    assert len(fake.pull_requests) == 1
-    runs = list((root / ".llmops/runs/exp/default").iterdir())
-    # One run folder for the base training, one for the retrain on the new data.
-    assert len(runs) == 2, runs
-    again = run_pipeline(loop)
-    assert again["status"] == "skipped"
-
-
 def test_a_rollout_that_fails_its_check_is_proposed_for_revert(
     loop: dict, tiny_model: Path
 ) -> None:

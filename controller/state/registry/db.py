@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -12,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from runners.errors import RetryableError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK_KEY = 0x6C6C6D6F7073  # "llmops": PostgreSQL advisory lock of the migrations
 
 
 class RegistryUnavailable(RetryableError):
@@ -66,11 +70,40 @@ def migrate(engine: Engine) -> None:
     from alembic import command
     from alembic.config import Config
 
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+    with _migration_lock(engine):
+        if current_revision(engine) == head_revision():  # another process migrated meanwhile
+            return
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """One migration at a time: processes opening a new registry at once (apply beside the
+    dashboard, parallel writers) would otherwise both create its tables ("table already
+    exists"), since SQLite runs DDL outside the transaction. SQLite: a file lock beside the
+    database; PostgreSQL: an advisory lock, held by one connection for the migration."""
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if not database or database == ":memory:":
+            yield
+            return
+        with FileLock(f"{database}.migrate.lock"):
+            yield
+    elif engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                conn.commit()
+    else:
+        yield
 
 
 def open_session_factory(url: str) -> sessionmaker[Session]:
