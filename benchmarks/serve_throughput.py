@@ -7,11 +7,13 @@ run on the same model and prompts:
     static batches of 8 (left-padded, greedy), in this process while the servers sit idle;
   - llama-cpp-python's own OpenAI server on the GGUF, and llmops' llama-cpp backend, when
     `llama_cpp` is importable (its server needs the `server` extra).
-Servers take turns (on 2 cores no two may compete for the CPU): one warm-up request, then N
-streamed chat completions (fixed prompts, temperature 0) at each concurrency, in rounds
-that alternate between servers. Prints output tokens/s (usage.completion_tokens),
-requests/s, p50 and p99 latency, p50 time to first token, errors, and ratios against plain
-`generate` (and llama-cpp-python when present).
+llama-cpp-python's server runs with `--interrupt_requests False` (by default a new request
+cuts the stream being generated). Servers take turns (on 2 cores no two may compete for the
+CPU): one warm-up request, then N streamed chat completions (fixed prompts, temperature 0)
+at each concurrency, in rounds that alternate between servers. Prints output tokens/s
+(usage.completion_tokens), requests/s, p50 and p99 latency, p50 time to first token, errors,
+and ratios: llmops (transformers) against plain `generate`, llama-cpp-python and the llama-cpp
+backend; llmops (llama-cpp) against llama-cpp-python.
 
     python benchmarks/serve_throughput.py [--quick] [--requests 32] [--rounds 2]
         [--concurrency 1 8 32] [--max-tokens 32] [--model-dir FOLDER] [--tiny]
@@ -440,13 +442,17 @@ def report(servers: list[Server], plain: dict[str, Summary], levels: list[int]) 
     bases += [(s.label, s.results) for s in servers if s.label == "llama-cpp-python"]
     for target in [s for s in servers if s is not ours and s.label != "llama-cpp-python"]:
         bases.append((target.label, target.results))
-    if ours is None:
-        return
-    for label, results in bases:
+    pairs = [(ours, label, results) for label, results in bases] if ours else []
+    # The llama.cpp backend against llama-cpp-python's server: same GGUF, same library.
+    by_label = {s.label: s for s in servers}
+    if "llmops (llama-cpp)" in by_label and "llama-cpp-python" in by_label:
+        base_server = by_label["llama-cpp-python"]
+        pairs.append((by_label["llmops (llama-cpp)"], base_server.label, base_server.results))
+    for server, label, results in pairs:
         for c in levels:
-            mine, base = ours.results[c], results[c]
+            mine, base = server.results[c], results[c]
             print(
-                f"  {ours.label} / {label} at {c} client(s): "
+                f"  {server.label} / {label} at {c} client(s): "
                 f"tok/s {ratio(mine.tokens_per_s, base.tokens_per_s):.2f}x, "
                 f"p50 {ratio(mine.p50_s, base.p50_s):.2f}x, "
                 f"ttft {ratio(mine.ttft_p50_s, base.ttft_p50_s):.2f}x"

@@ -49,6 +49,11 @@ echo "question: $QUESTION"
   --api-key "$SUPPORT_ASSISTANT_API_KEY" --model support-assistant --rating up
 took request
 
+stage "does it know the product? 10 training-set questions, keyword check"
+"$PYTHON" examples/openai_app/facts_check.py data/support-faq/fact-checks.jsonl \
+  --base-url "$endpoint" --api-key "$SUPPORT_ASSISTANT_API_KEY" --model support-assistant
+took facts
+
 printf '\ndemo finished in %d s\n' "$(( $(date +%s) - demo_start ))"
 echo "report:   $STATE/reports/report.md"
 echo "serving:  $endpoint (key in $STATE/demo-api-key; 'llmops status' shows the process)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -90,8 +91,10 @@ def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
         result = run_demo(root, timeout=1500)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         out = result.stdout
-        for stage in ("validate", "plan", "apply", "report", "request"):
+        for stage in ("validate", "plan", "apply", "report", "request", "facts"):
             assert f"({stage}: " in out
+        # The keyword check ran against the deployment (2 training steps teach no facts).
+        assert re.search(r"^facts: \d+/10 answers contain the fact that matters$", out, re.M)
         assert "report:   .llmops/reports/report.md" in out
         answer = next(line for line in out.splitlines() if line.startswith("answer: "))
         assert len(answer) > len("answer: ")

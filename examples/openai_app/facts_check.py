@@ -1,0 +1,87 @@
+"""Example application: does the deployed model know the product's facts? A keyword check.
+
+    python examples/openai_app/facts_check.py data/support-faq/fact-checks.jsonl \
+        --base-url http://127.0.0.1:8000/v1 --api-key ... [--min 7]
+
+Each line of the checks file is {"question": ..., "keywords": [...]}: the answer passes when
+it contains every keyword (case-insensitive). The questions come from the training set, so
+this shows whether fine-tuning taught the model its facts, not whether it generalises (the
+evaluation suite's held-out questions do that). Greedy decoding, so a rerun gives the same
+answers. Exit 0, or 1 when fewer than --min answers pass or the deployment cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from openai import APIError, OpenAI
+
+
+def read_checks(path: Path) -> list[dict]:
+    checks = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            question, keywords = row["question"], row["keywords"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise SystemExit(
+                f"{path}:{number}: expected {{\"question\": ..., \"keywords\": [...]}} ({err})"
+            ) from None
+        if not isinstance(question, str) or not keywords or not isinstance(keywords, list):
+            raise SystemExit(f"{path}:{number}: 'question' must be text, 'keywords' a list")
+        checks.append({"question": question, "keywords": [str(k) for k in keywords]})
+    return checks
+
+
+def passes(answer: str, keywords: list[str]) -> bool:
+    text = answer.lower()
+    return all(keyword.lower() in text for keyword in keywords)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checks", type=Path)
+    parser.add_argument(
+        "--base-url", default=os.environ.get("LLMOPS_BASE_URL", "http://127.0.0.1:8000/v1")
+    )
+    parser.add_argument(
+        "--api-key", default=os.environ.get("LLMOPS_API_KEY", "none"), help="or LLMOPS_API_KEY"
+    )
+    parser.add_argument("--model", default=os.environ.get("LLMOPS_MODEL"), help="the deployment")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--min", type=int, default=0, help="fail below this many passes")
+    args = parser.parse_args(argv)
+
+    checks = read_checks(args.checks)
+    client = OpenAI(base_url=args.base_url, api_key=args.api_key)
+    passed = 0
+    try:
+        model = args.model or client.models.list().data[0].id
+        for check in checks:
+            reply = client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": check["question"]}],
+                max_tokens=args.max_tokens,
+                temperature=0.0,
+            )
+            answer = (reply.choices[0].message.content or "").replace("\n", " ").strip()
+            ok = passes(answer, check["keywords"])
+            passed += ok
+            mark = "pass" if ok else "miss"
+            print(f"{mark}  {check['question']}  [{', '.join(check['keywords'])}]")
+            print(f"      {answer[:160]}")
+    except APIError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 1
+    print(f"facts: {passed}/{len(checks)} answers contain the fact that matters")
+    return 0 if passed >= args.min else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
