@@ -18,12 +18,12 @@ import codecs
 import ctypes
 import os
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runners.serve.batching import SchedulerThread
 from runners.serve.generation import (
     Control,
     Generation,
@@ -187,37 +187,18 @@ class LlamaCppBackend:
         return cached
 
 
-class _Scheduler:
+class _Scheduler(SchedulerThread[_Request]):
     """The thread that owns the llama.cpp context and steps every running sequence together."""
 
+    thread_name = "llama-batcher"
+
     def __init__(self, backend: LlamaCppBackend) -> None:
+        super().__init__()
         self.backend = backend
         self.lib = backend.lib
-        self.condition = threading.Condition()
-        self.inbox: deque[_Request] = deque()
-        self.active: list[_Request] = []
         self.free = list(range(backend.sequences))
         self.batch = self.lib.llama_batch_init(max(PREFILL_BATCH, backend.sequences), 0, 1)
         self.memory = self.lib.llama_get_memory(backend.context.ctx)
-        self.thread: threading.Thread | None = None
-        self.closed = False
-        self.steps = 0  # decode steps run (for tests and metrics)
-        self.max_batch_seen = 0
-
-    def submit(self, request: _Request) -> None:
-        with self.condition:
-            if self.closed:
-                raise RuntimeError("the model is shutting down")
-            self.inbox.append(request)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="llama-batcher", daemon=True)
-                self.thread.start()
-            self.condition.notify()
-
-    def close(self) -> None:
-        with self.condition:
-            self.closed = True
-            self.condition.notify()
 
     def _run(self) -> None:
         while True:

@@ -14,12 +14,12 @@ the next request. Sampling (temperature, top_p, seed, min_tokens) is per request
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runners.serve.batching import SchedulerThread
 from runners.serve.generation import (
     Control,
     Generation,
@@ -125,37 +125,16 @@ class TransformersBackend:
         self.scheduler.close()
 
 
-class Scheduler:
+class Scheduler(SchedulerThread[_Request]):
     """The thread that owns the model and steps every active sequence together."""
 
     def __init__(self, backend: TransformersBackend) -> None:
+        super().__init__()
         self.backend = backend
         self.torch = backend.torch
-        self.condition = threading.Condition()
-        self.inbox: deque[_Request] = deque()
-        self.active: list[_Request] = []
         self.kv: list[tuple[Any, Any]] = []  # per layer (keys, values), left-padded
         self.mask: Any = None  # [batch, length] 1 for real tokens, 0 for padding
         self.last: Any = None  # [batch] the token each sequence feeds next
-        self.thread: threading.Thread | None = None
-        self.closed = False
-        self.steps = 0  # decode steps run (for tests and metrics)
-        self.max_batch_seen = 0
-
-    def submit(self, request: _Request) -> None:
-        with self.condition:
-            if self.closed:
-                raise RuntimeError("the model is shutting down")
-            self.inbox.append(request)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
-                self.thread.start()
-            self.condition.notify()
-
-    def close(self) -> None:
-        with self.condition:
-            self.closed = True
-            self.condition.notify()
 
     def _run(self) -> None:
         torch = self.torch
