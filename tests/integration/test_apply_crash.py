@@ -273,6 +273,7 @@ def test_killed_across_pull_prepare_and_training_converges(repo: Path) -> None:
     tally.converged()
 
 
+@pytest.mark.hardening
 def test_killed_across_evaluation_and_promotion_converges(repo: Path) -> None:
     tally = Tally("evaluate, promote", repo)
     for point in EVALUATE_POINTS:
@@ -365,6 +366,7 @@ def serving_processes(root: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.hardening
 def test_killed_around_a_local_deployment_converges_to_one_server(
     deploy_repo: tuple[Path, int],
 ) -> None:

@@ -36,6 +36,7 @@ def one_line_error(stderr: str) -> None:
     assert "Traceback" not in stderr and "bug" not in stderr.lower(), stderr
 
 
+@pytest.mark.hardening
 def test_two_pipeline_runs_at_once_one_fails_clearly_the_other_finishes(
     loop: dict,  # noqa: F811
 ) -> None:
@@ -116,6 +117,7 @@ def background(root: Path, *args: str, ready: str) -> Iterator[subprocess.Popen]
         process.wait(timeout=30)
 
 
+@pytest.mark.hardening
 def test_apply_while_the_dashboard_serves_both_work(repo: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -145,6 +147,7 @@ def test_apply_while_the_dashboard_serves_both_work(repo: Path) -> None:
     print(f"\nconcurrency: apply while the dashboard served {len(answers)} pages: all 200")
 
 
+@pytest.mark.hardening
 def test_apply_while_llmops_serve_holds_the_port_fails_that_deployment_clearly(
     repo: Path,
 ) -> None:

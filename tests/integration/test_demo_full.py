@@ -6,6 +6,7 @@ so `make test` leaves it out (marker demo_full); `make test-demo` and .ci/run ru
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +30,12 @@ def test_full_demo_improves_rouge_l_and_passes_every_gate(tmp_path: Path) -> Non
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         answer = next(line for line in result.stdout.splitlines() if line.startswith("answer: "))
         assert answer[len("answer: ") :].strip(), "the deployed model answered with nothing"
+        # The keyword check of 10 training-set facts, asked of the deployed model.
+        facts = re.search(
+            r"^facts: (\d+)/10 answers contain the fact that matters$", result.stdout, re.M
+        )
+        assert facts, result.stdout[-3000:]
+        print(f"\n{facts.group(0)}")
 
         # Read as JSON: the lock file is the committed record, whatever reads it in Python.
         lock = json.loads((root / "llmops.lock").read_text())["resources"]
