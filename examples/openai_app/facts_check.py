@@ -7,7 +7,9 @@ Each line of the checks file is {"question": ..., "keywords": [...]}: the answer
 it contains every keyword (case-insensitive). The questions come from the training set, so
 this shows whether fine-tuning taught the model its facts, not whether it generalises (the
 evaluation suite's held-out questions do that). Greedy decoding, so a rerun gives the same
-answers. Exit 0, or 1 when fewer than --min answers pass or the deployment cannot be reached.
+answers. Each answer is rated (up when it passes, down when not) through /v1/feedback, so a
+wrong answer never becomes a training row when the deployment's traffic is collected.
+Exit 0, or 1 when fewer than --min answers pass or the deployment cannot be reached.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+import httpx
 from openai import APIError, OpenAI
 
 
@@ -31,7 +34,7 @@ def read_checks(path: Path) -> list[dict]:
             question, keywords = row["question"], row["keywords"]
         except (ValueError, KeyError, TypeError) as err:
             raise SystemExit(
-                f"{path}:{number}: expected {{\"question\": ..., \"keywords\": [...]}} ({err})"
+                f'{path}:{number}: expected {{"question": ..., "keywords": [...]}} ({err})'
             ) from None
         if not isinstance(question, str) or not keywords or not isinstance(keywords, list):
             raise SystemExit(f"{path}:{number}: 'question' must be text, 'keywords' a list")
@@ -42,6 +45,16 @@ def read_checks(path: Path) -> list[dict]:
 def passes(answer: str, keywords: list[str]) -> bool:
     text = answer.lower()
     return all(keyword.lower() in text for keyword in keywords)
+
+
+def rate(base_url: str, api_key: str, reply_id: str, rating: str) -> None:
+    response = httpx.post(
+        f"{base_url.rstrip('/')}/feedback",
+        json={"id": reply_id, "rating": rating},
+        headers={"Authorization": f"Bearer {api_key}"},
+    )
+    if response.status_code != 200:  # a deployment that collects nothing has no feedback route
+        print(f"      (feedback not recorded: HTTP {response.status_code})")
 
 
 def main(argv: list[str]) -> int:
@@ -73,6 +86,9 @@ def main(argv: list[str]) -> int:
             answer = (reply.choices[0].message.content or "").replace("\n", " ").strip()
             ok = passes(answer, check["keywords"])
             passed += ok
+            # Rated like a user would: a thumbs-down keeps a wrong answer out of the data the
+            # deployment collects for retraining (the production loop drops those rows).
+            rate(args.base_url, args.api_key, reply.id, "up" if ok else "down")
             mark = "pass" if ok else "miss"
             print(f"{mark}  {check['question']}  [{', '.join(check['keywords'])}]")
             print(f"      {answer[:160]}")
