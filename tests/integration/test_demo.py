@@ -86,6 +86,15 @@ def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
     text = arena.read_text()
     assert "battles_per_pair: 10" in text
     arena.write_text(text.replace("battles_per_pair: 10", "battles_per_pair: 2"))
+    # Two of the ten fact checks; and time enough for an answer while the other test worker
+    # trains beside this one on 2 cores (both using every core, a 64-token answer has been
+    # seen to take over the deployment's 60 s).
+    checks = root / "data/support-faq/fact-checks.jsonl"
+    checks.write_text("".join(checks.read_text().splitlines(keepends=True)[:2]))
+    deployment = root / "specs/deployments/support-assistant.yaml"
+    text = deployment.read_text()
+    assert "timeout_s: 60," in text
+    deployment.write_text(text.replace("timeout_s: 60,", "timeout_s: 600,"))
     commit(root)
     try:
         result = run_demo(root, timeout=1500)
@@ -94,7 +103,7 @@ def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
         for stage in ("validate", "plan", "apply", "report", "request", "facts"):
             assert f"({stage}: " in out
         # The keyword check ran against the deployment (2 training steps teach no facts).
-        assert re.search(r"^facts: \d+/10 answers contain the fact that matters$", out, re.M)
+        assert re.search(r"^facts: \d+/2 answers contain the fact that matters$", out, re.M)
         assert "report:   .llmops/reports/report.md" in out
         answer = next(line for line in out.splitlines() if line.startswith("answer: "))
         assert len(answer) > len("answer: ")
