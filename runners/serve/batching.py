@@ -8,13 +8,14 @@ loop, which takes requests from `inbox` and steps everything active together.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from typing import Any, Generic, TypeVar
 
 R = TypeVar("R")
 
 
-class SchedulerThread(Generic[R]):
+class SchedulerThread(ABC, Generic[R]):
     """Inbox, wake-ups and shutdown; a backend's subclass implements `_run`."""
 
     thread_name = "batcher"
@@ -43,5 +44,6 @@ class SchedulerThread(Generic[R]):
             self.closed = True
             self.condition.notify()
 
+    @abstractmethod
     def _run(self) -> Any:
-        raise NotImplementedError
+        """The backend's loop: admit from `inbox`, step `active`, return once `closed`."""

@@ -27,7 +27,7 @@ def _h11() -> type[Any]:
 
 
 def _httptools() -> type[Any]:
-    pytest.importorskip("httptools")
+    pytest.importorskip("httptools", reason="httptools is not installed; h11 is tested either way")
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     return HttpToolsProtocol
