@@ -23,10 +23,15 @@ class RegistryUnavailable(RetryableError):
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # busy_timeout first: switching a new database to WAL needs a brief exclusive lock, and
+    # several processes opening it at once (parallel writers, apply beside the dashboard)
+    # must wait for each other rather than fail with "database is locked".
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # WAL is a property of the file: set it once, not on every connection.
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
 
 
