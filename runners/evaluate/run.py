@@ -35,7 +35,10 @@ class EvalInputs:
     model_path: Path
     out: Path
     judge_path: Path | None = None
-    batch_size: int = 8
+    batch_size: int = 8  # log-likelihood requests per forward pass (lm-eval's batches)
+    # generate_until answers decoding together (continuous batching); 0: lm-eval's own
+    # static batches of batch_size, kept as the baseline benchmarks/eval_throughput.py measures
+    generation_concurrency: int = 32
     report: Any = print
 
 
@@ -178,7 +181,6 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import yaml  # PyYAML ships with lm-eval, whose task files it writes
-    from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
@@ -195,14 +197,52 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
         (out / "tasks" / f"{spec['task']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         names[task["name"]] = spec["task"]
     manager = TaskManager(include_path=str(out / "tasks"))
-    lm = HFLM(
-        pretrained=str(inputs.model_path),
-        dtype="float32",
-        device="cpu",
-        batch_size=inputs.batch_size,
-        trust_remote_code=False,
-        use_safetensors=True,
-    )
+    model_args: dict[str, Any] = {
+        "pretrained": str(inputs.model_path),
+        "dtype": "float32",
+        "device": "cpu",
+        "batch_size": inputs.batch_size,
+        "trust_remote_code": False,
+        "use_safetensors": True,
+    }
+    if inputs.generation_concurrency > 0:
+        from runners.evaluate.batched import ContinuousBatchingHFLM
+
+        lm: HFLM = ContinuousBatchingHFLM(concurrency=inputs.generation_concurrency, **model_args)
+    else:
+        lm = HFLM(**model_args)
+    try:
+        results = _run_tasks(inputs, names, manager, lm)
+    finally:
+        close = getattr(lm, "close", None)
+        if close is not None:
+            close()
+    summary = {
+        "suite": inputs.suite_name,
+        "metrics": {f"{r.task}/{k}": v for r in results for k, v in r.metrics.items()},
+        "tasks": {
+            r.task: {
+                "samples": len(r.samples),
+                "seconds": round(r.seconds, 3),
+                "judge_unparsed": sum(
+                    1 for row in r.samples if tuple(row["metrics"].get("judge", ())) == (0.0, 0.0)
+                ),
+            }
+            for r in results
+        },
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+def _run_tasks(
+    inputs: EvalInputs, names: dict[str, str], manager: Any, lm: Any
+) -> list[TaskResult]:
+    """Each task through lm-eval on the loaded model, then llmops' metrics per sample."""
+    from lm_eval import simple_evaluate
+
+    out = inputs.out
+    tasks = inputs.suite["tasks"]
     judge = None
     results: list[TaskResult] = []
     for task in tasks:
@@ -267,22 +307,7 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
         with (out / f"samples-{task['name']}.jsonl").open("w", encoding="utf-8") as handle:
             for row in samples:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    summary = {
-        "suite": inputs.suite_name,
-        "metrics": {f"{r.task}/{k}": v for r in results for k, v in r.metrics.items()},
-        "tasks": {
-            r.task: {
-                "samples": len(r.samples),
-                "seconds": round(r.seconds, 3),
-                "judge_unparsed": sum(
-                    1 for row in r.samples if tuple(row["metrics"].get("judge", ())) == (0.0, 0.0)
-                ),
-            }
-            for r in results
-        },
-    }
-    (out / "results.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    return summary
+    return results
 
 
 def load_samples(folder: Path) -> dict[str, dict[str, tuple[float, float]]]:

@@ -65,25 +65,37 @@ class TransformersBackend:
 
         hf_logging.disable_progress_bar()
 
-        self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **SAFE_TOKENIZER)
-        if not getattr(self.tokenizer, "chat_template", None):
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **SAFE_TOKENIZER)
+        if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 f"the tokenizer in {model_dir} has no chat template; save one with the model "
                 "(tokenizer.chat_template) so chat requests can be rendered"
             )
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = "auto" if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, **SAFE_MODEL)
-        self.model.to(self.device).eval()
-        self.context_length: int | None = getattr(
-            self.model.config, "max_position_embeddings", None
-        )
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
-        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = "auto" if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, **SAFE_MODEL)
+        self._adopt(model.to(device).eval(), tokenizer)
+
+    @classmethod
+    def around(cls, model: Any, tokenizer: Any) -> TransformersBackend:
+        """A backend on a model something else loaded (the evaluation runner's lm-eval model)."""
+        backend = cls.__new__(cls)
+        backend._adopt(model, tokenizer)
+        return backend
+
+    def _adopt(self, model: Any, tokenizer: Any) -> None:
+        import torch
+
+        self.torch = torch
+        self.tokenizer = tokenizer
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.context_length: int | None = getattr(model.config, "max_position_embeddings", None)
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
+        eos = getattr(model.generation_config, "eos_token_id", None)
         if eos is None:
-            eos = self.tokenizer.eos_token_id
+            eos = tokenizer.eos_token_id
         self.eos_ids: set[int] = set(
             eos if isinstance(eos, list) else [eos] if eos is not None else []
         )
@@ -110,6 +122,17 @@ class TransformersBackend:
         control: Control,
     ) -> Generation:
         ids = self._encode(prompt, chat) or [self.tokenizer.bos_token_id or self.pad_token_id]
+        return self.generate_ids(ids, sampling, emit, control)
+
+    def generate_ids(
+        self,
+        ids: list[int],
+        sampling: Sampling,
+        emit: Callable[[str], None] = lambda _: None,
+        control: Control | None = None,
+    ) -> Generation:
+        """Generate after prompt token ids; blocks while the scheduler batches it with others."""
+        control = control or Control()
         request = _Request(ids, sampling, emit, control)
         if sampling.seed is not None and sampling.temperature > 0:
             request.generator = self.torch.Generator(self.device).manual_seed(sampling.seed)

@@ -104,8 +104,7 @@ class Service:
         if self.model.backend is None or self.engine is None:
             raise APIError(
                 503,
-                "the model is not ready (still loading); "
-                "retry when /v2/health/ready answers 200",
+                "the model is not ready (still loading); retry when /v2/health/ready answers 200",
                 type="server_error",
                 code="model_not_ready",
                 headers={"Retry-After": "5"},
