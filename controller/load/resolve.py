@@ -27,8 +27,9 @@ from controller.plan.types import DesiredResource, DesiredState, Estimate
 Loc = tuple[str | int, ...]
 
 
-# Reference throughput on the 2-core reference machine (see docs/architecture.md).
-TRAIN_TOKENS_PER_S = {"lora": 300.0, "qlora": 300.0, "full": 120.0}
+# Reference throughput on the 2-core reference machine (see docs/architecture.md); full
+# fine-tuning measured on SmolLM2-135M at about 210 tokens/s (README, Performance).
+TRAIN_TOKENS_PER_S = {"lora": 300.0, "qlora": 300.0, "full": 210.0}
 GENERATE_TOKENS_PER_S = 30.0
 PREPARE_ROWS_PER_S = 500.0
 BYTES_PER_TOKEN = 4.0

@@ -7,8 +7,10 @@ Each line of the checks file is {"question": ..., "keywords": [...]}: the answer
 it contains every keyword (case-insensitive). The questions come from the training set, so
 this shows whether fine-tuning taught the model its facts, not whether it generalises (the
 evaluation suite's held-out questions do that). Greedy decoding, so a rerun gives the same
-answers. Each answer is rated (up when it passes, down when not) through /v1/feedback, so a
-wrong answer never becomes a training row when the deployment's traffic is collected.
+answers. Questions go `--concurrency` at a time (the deployment batches them; keep it within
+its max_concurrency); answers print in the file's order. Each answer is rated (up when it
+passes, down when not) through /v1/feedback, so a wrong answer never becomes a training row
+when the deployment's traffic is collected.
 Exit 0, or 1 when fewer than --min answers pass or the deployment cannot be reached.
 """
 
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -68,6 +71,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--model", default=os.environ.get("LLMOPS_MODEL"), help="the deployment")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=4, help="questions at a time")
     parser.add_argument("--min", type=int, default=0, help="fail below this many passes")
     args = parser.parse_args(argv)
 
@@ -76,19 +80,24 @@ def main(argv: list[str]) -> int:
     passed = 0
     try:
         model = args.model or client.models.list().data[0].id
-        for check in checks:
+
+        def ask(check: dict) -> tuple[str, str]:
             reply = client.chat.completions.create(
                 model=model,
                 messages=[{"role": "user", "content": check["question"]}],
                 max_tokens=args.max_tokens,
                 temperature=0.0,
             )
-            answer = (reply.choices[0].message.content or "").replace("\n", " ").strip()
+            return reply.id, (reply.choices[0].message.content or "").replace("\n", " ").strip()
+
+        with ThreadPoolExecutor(max(1, args.concurrency)) as pool:
+            replies = list(pool.map(ask, checks))
+        for check, (reply_id, answer) in zip(checks, replies, strict=True):
             ok = passes(answer, check["keywords"])
             passed += ok
             # Rated like a user would: a thumbs-down keeps a wrong answer out of the data the
             # deployment collects for retraining (the production loop drops those rows).
-            rate(args.base_url, args.api_key, reply.id, "up" if ok else "down")
+            rate(args.base_url, args.api_key, reply_id, "up" if ok else "down")
             mark = "pass" if ok else "miss"
             print(f"{mark}  {check['question']}  [{', '.join(check['keywords'])}]")
             print(f"      {answer[:160]}")

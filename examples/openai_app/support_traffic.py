@@ -62,9 +62,7 @@ def main(argv: list[str]) -> int:
         sent[kind] += 1
         if (index + 1) % 20 == 0:
             print(f"  {index + 1}/{args.count} questions asked", flush=True)
-    print(
-        f"sent {args.count} questions: {sent['corrected']} corrected, {sent['down']} rated down"
-    )
+    print(f"sent {args.count} questions: {sent['corrected']} corrected, {sent['down']} rated down")
     return 0
 
 

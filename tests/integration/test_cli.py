@@ -40,7 +40,7 @@ def test_validate_demo_repository_exits_0(demo: Path) -> None:
 
 
 def test_misspelt_field_exits_2_with_position_and_hint(demo: Path) -> None:
-    spec = demo / "specs/experiments/support-lora.yaml"
+    spec = demo / "specs/experiments/support-finetune.yaml"
     lines = spec.read_text().splitlines()
     index = next(i for i, line in enumerate(lines) if "learning_rate:" in line)
     lines[index] = lines[index].replace("learning_rate:", "learning_rat:")
@@ -48,7 +48,7 @@ def test_misspelt_field_exits_2_with_position_and_hint(demo: Path) -> None:
     result = run("validate", cwd=demo)
     assert result.returncode == 2
     column = lines[index].index("learning_rat") + 1
-    assert f"specs/experiments/support-lora.yaml:{index + 1}:{column}" in result.stderr
+    assert f"specs/experiments/support-finetune.yaml:{index + 1}:{column}" in result.stderr
     assert "spec.training.learning_rat" in result.stderr
     assert "did you mean 'learning_rate'" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -64,6 +64,16 @@ def test_validate_json_lists_diagnostics(demo: Path) -> None:
 
 
 def test_plan_json_then_lock_then_nothing_to_do(demo: Path) -> None:
+    spec = demo / "specs/experiments/support-finetune.yaml"
+    text = spec.read_text()
+    assert "  control:" in text
+    spec.write_text(
+        text.replace(
+            "  control:",
+            "  variants:\n    lora:\n      training.learning_rate: 5.0e-4\n  control:",
+            1,
+        )
+    )
     first = run("plan", "--json", cwd=demo)
     assert first.returncode == 3, first.stderr
     payload = json.loads(first.stdout)
@@ -72,8 +82,8 @@ def test_plan_json_then_lock_then_nothing_to_do(demo: Path) -> None:
         "Model/smollm2-135m-instruct",
         "Dataset/support-faq",
         "EvalSuite/support-regression",
-        "Experiment/support-lora/default",
-        "Experiment/support-lora/lr-high",
+        "Experiment/support-finetune/default",
+        "Experiment/support-finetune/lora",
         "Deployment/support-assistant",
         "Pipeline/support-retrain",
     } <= addresses
@@ -89,7 +99,6 @@ def test_plan_json_then_lock_then_nothing_to_do(demo: Path) -> None:
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Nothing to do" in second.stdout
 
-    spec = demo / "specs/experiments/support-lora.yaml"
     spec.write_text(
         spec.read_text().replace("training.learning_rate: 5.0e-4", "training.learning_rate: 4.0e-4")
     )
@@ -98,16 +107,16 @@ def test_plan_json_then_lock_then_nothing_to_do(demo: Path) -> None:
     pending = {
         a["address"]: a for a in json.loads(third.stdout)["actions"] if a["action"] != "noop"
     }
-    assert set(pending) == {"Experiment/support-lora/lr-high", "Evaluation/support-lora/lr-high"}
-    assert pending["Experiment/support-lora/lr-high"]["action"] == "retrain"
+    assert set(pending) == {"Experiment/support-finetune/lora", "Evaluation/support-finetune/lora"}
+    assert pending["Experiment/support-finetune/lora"]["action"] == "retrain"
     assert (
         "training.learning_rate: 0.0005 -> 0.0004"
-        in (pending["Experiment/support-lora/lr-high"]["reason"])
+        in (pending["Experiment/support-finetune/lora"]["reason"])
     )
 
 
 def test_plan_override_on_the_command_line(demo: Path) -> None:
-    result = run("plan", "--json", "-o", "support-lora:training.seed=3", cwd=demo)
+    result = run("plan", "--json", "-o", "support-finetune:training.seed=3", cwd=demo)
     assert result.returncode == 3
     result = run("plan", "-o", "training.sed=3", cwd=demo)
     assert result.returncode == 2

@@ -1,6 +1,6 @@
 """The README's demo (scripts/demo.sh, what `make demo` runs) on a copy of this repository,
 with a smaller training and evaluation budget so the suite stays fast: validate, plan,
-apply (real SmolLM2: pull, prepare, LoRA, evaluate with gates, promote, deploy), report,
+apply (real SmolLM2: pull, prepare, fine-tune, evaluate with gates, promote, deploy), report,
 and a request to the deployed model with feedback collected."""
 
 from __future__ import annotations
@@ -74,11 +74,10 @@ def stop_servers(root: Path) -> None:
 @pytest.mark.slow
 def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
     root = copy_demo(tmp_path / "demo")
-    experiment = root / "specs/experiments/support-lora.yaml"
-    text = experiment.read_text().replace("epochs: 1", "epochs: 1\n    max_steps: 2")
-    # One run instead of two: the lr-high variant adds time, not coverage.
-    text = text.replace("  variants:\n    lr-high:\n      training.learning_rate: 5.0e-4\n", "")
-    assert "variants" not in text
+    experiment = root / "specs/experiments/support-finetune.yaml"
+    text = experiment.read_text()
+    assert text.count("    epochs: 3\n") == 1
+    text = text.replace("    epochs: 3\n", "    epochs: 3\n    max_steps: 2\n")
     experiment.write_text(text)
     suite = root / "specs/evals/support-regression.yaml"
     suite.write_text(suite.read_text().replace("      metrics:", "      limit: 3\n      metrics:"))
@@ -110,7 +109,7 @@ def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
         assert "feedback: " in out
 
         report = (root / ".llmops/reports/report.md").read_text()
-        assert "#### `Evaluation/support-lora/default`: support-assistant@1 against" in report
+        assert "#### `Evaluation/support-finetune/default`: support-assistant@1 against" in report
         assert "smollm2-135m-instruct@1" in report
         lock = json.loads((root / "llmops.lock").read_text())["resources"]
         assert lock["Deployment/support-assistant"]["outputs"]["version"] == "support-assistant@1"

@@ -120,17 +120,18 @@ def test_url_source_with_same_bytes_shares_blobs(
     assert usage["logical_bytes"] == 2 * usage["stored_bytes"]
 
 
-def test_demo_lora_experiment_trains_and_registers(pulled: dict[str, Any]) -> None:
-    """The demo's LoRA run on SmolLM2, shortened to 15 steps to keep the suite fast."""
+def test_demo_experiment_trains_and_registers(pulled: dict[str, Any]) -> None:
+    """The demo's default run (full fine-tuning) on SmolLM2, shortened to 15 steps to keep
+    the suite fast."""
     result = pulled["cli"](
         "train",
-        "support-lora",
+        "support-finetune",
         "--variant",
         "default",
         "-o",
-        "support-lora:training.max_steps=15",
+        "support-finetune:training.max_steps=15",
         "-o",
-        "support-lora:training.eval_interval=5",
+        "support-finetune:training.eval_interval=5",
         "--json",
     )
     assert result.returncode == 0, result.stderr
@@ -138,7 +139,7 @@ def test_demo_lora_experiment_trains_and_registers(pulled: dict[str, Any]) -> No
     assert run["status"] == "trained" and run["steps"] == 15
     assert run["final_eval_loss"] < run["first_eval_loss"]
     shown = json.loads(pulled["cli"]("models", "show", run["ref"], "--json").stdout)
-    assert shown["lineage"]["experiment_run"] == "support-lora/default"
+    assert shown["lineage"]["experiment_run"] == "support-finetune/default"
     assert shown["lineage"]["dataset_version"].startswith("sha256:")
-    assert shown["tags"]["kind"] == "merged"
+    assert shown["tags"]["kind"] == "full"
     assert shown["parameters"] == pulled["list"][0]["parameters"]

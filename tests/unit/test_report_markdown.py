@@ -313,11 +313,11 @@ def test_desired_evaluations_name_the_gates_their_suite_will_decide() -> None:
     loaded = load_desired(PROJECT_ROOT)
     assert loaded.desired is not None
     planned = desired_evaluations(loaded.desired)
-    assert planned["Evaluation/support-lora/control"].gates == ()
-    default = planned["Evaluation/support-lora/default"]
+    assert planned["Evaluation/support-finetune/control"].gates == ()
+    default = planned["Evaluation/support-finetune/default"]
     assert (default.suite, default.subject) == (
         "support-regression",
-        "Experiment/support-lora/default",
+        "Experiment/support-finetune/default",
     )
     assert default.gates == (
         "faq-answers/rouge_l max_drop 0.02",
