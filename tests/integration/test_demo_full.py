@@ -1,6 +1,7 @@
 """The README's demo at its full budget (scripts/demo.sh on an unchanged copy of the specs but
 for the deployment's port): the fine-tune beats the base model on ROUGE-L with a 95% interval
-above zero, every gate passes, and the deployed model answers. About 10 minutes on 2 cores,
+above zero, every gate passes, and the deployed model answers and knows at least 6 of the 10
+checked facts. About 9 minutes on 2 cores,
 so `make test` leaves it out (marker demo_full); `make test-demo` and .ci/run run it."""
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def test_full_demo_improves_rouge_l_and_passes_every_gate(tmp_path: Path) -> Non
         )
         assert facts, result.stdout[-3000:]
         print(f"\n{facts.group(0)}")
+        stages = re.findall(r"^   \((\w+): (\d+) s\)$", result.stdout, re.M)
+        print("stages: " + ", ".join(f"{name} {seconds} s" for name, seconds in stages))
+        # Measured 7/10 here (the base model: 0/10); one borderline answer may flip on
+        # another CPU's arithmetic. A run that teaches nothing fails this.
+        assert int(facts.group(1)) >= 6, result.stdout[-3000:]
 
         # Read as JSON: the lock file is the committed record, whatever reads it in Python.
         lock = json.loads((root / "llmops.lock").read_text())["resources"]
