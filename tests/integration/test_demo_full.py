@@ -1,6 +1,6 @@
 """The README's demo at its full budget (scripts/demo.sh on an unchanged copy of the specs but
 for the deployment's port): the fine-tune beats the base model on ROUGE-L with a 95% interval
-above zero, every gate passes, and the deployed model answers and knows at least 6 of the 10
+above zero, every gate passes, and the deployed model answers and knows at least 5 of the 10
 checked facts. About 9 minutes on 2 cores,
 so `make test` leaves it out (marker demo_full); `make test-demo` and .ci/run run it."""
 
@@ -39,9 +39,10 @@ def test_full_demo_improves_rouge_l_and_passes_every_gate(tmp_path: Path) -> Non
         print(f"\n{facts.group(0)}")
         stages = re.findall(r"^   \((\w+): (\d+) s\)$", result.stdout, re.M)
         print("stages: " + ", ".join(f"{name} {seconds} s" for name, seconds in stages))
-        # Measured 7/10 here (the base model: 0/10); one borderline answer may flip on
-        # another CPU's arithmetic. A run that teaches nothing fails this.
-        assert int(facts.group(1)) >= 6, result.stdout[-3000:]
+        # Measured 7/10 here (the base model and the old one-epoch LoRA: 0/10). Training
+        # on another machine's thread count sums in another order and may flip a borderline
+        # answer or two; a run that teaches nothing fails this.
+        assert int(facts.group(1)) >= 5, result.stdout[-3000:]
 
         # Read as JSON: the lock file is the committed record, whatever reads it in Python.
         lock = json.loads((root / "llmops.lock").read_text())["resources"]
