@@ -7,7 +7,7 @@ run, one after the other, in this process:
     left-padded prompts, each decoding until its longest answer is done), which is what the
     runner did before continuous batching (`generation_concurrency=0`);
   - llmops: the same runner with generate_until through the serving scheduler
-    (`generation_concurrency`, default 32 answers in flight).
+    (`generation_concurrency`, default 64 answers in flight).
 Both load the model the same way and score log-likelihoods through lm-eval's batches of 8.
 Prints samples/s per task and in all, the ratio, and whether the metrics agree (greedy
 answers are compared text for text).
@@ -46,8 +46,15 @@ def run(model: Path, out: Path, concurrency: int) -> tuple[float, dict, dict[str
     suite, data = demo_suite()
     start = time.perf_counter()
     summary = evaluate(
-        EvalInputs("bench", suite, data, model, out, generation_concurrency=concurrency,
-                   report=lambda _: None)
+        EvalInputs(
+            "bench",
+            suite,
+            data,
+            model,
+            out,
+            generation_concurrency=concurrency,
+            report=lambda _: None,
+        )
     )
     seconds = time.perf_counter() - start
     outputs = {}
@@ -60,7 +67,7 @@ def run(model: Path, out: Path, concurrency: int) -> tuple[float, dict, dict[str
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=1, help="runs of each, best kept")
     args = parser.parse_args()
     if args.model:
@@ -81,11 +88,16 @@ def main() -> None:
     print(f"model {model}; suite {SUITE.relative_to(ROOT)}; best of {args.repeat}")
     print(f"{'runner':<34}{'task':<16}{'samples':>8}{'seconds':>9}{'samples/s':>11}")
     for label, (seconds, summary, _) in results.items():
-        name = ("lm-eval static batches of 8" if label == "static"
-                else f"continuous batching, {args.concurrency} in flight")
+        name = (
+            "lm-eval static batches of 8"
+            if label == "static"
+            else f"continuous batching, {args.concurrency} in flight"
+        )
         for task, info in summary["tasks"].items():
-            print(f"{name:<34}{task:<16}{info['samples']:>8}{info['seconds']:>9.1f}"
-                  f"{info['samples'] / info['seconds']:>11.2f}")
+            print(
+                f"{name:<34}{task:<16}{info['samples']:>8}{info['seconds']:>9.1f}"
+                f"{info['samples'] / info['seconds']:>11.2f}"
+            )
         total = sum(info["samples"] for info in summary["tasks"].values())
         print(f"{name:<34}{'all (with load)':<16}{total:>8}{seconds:>9.1f}{total / seconds:>11.2f}")
     static_s, static, static_out = results["static"]
@@ -94,11 +106,14 @@ def main() -> None:
         if any(text is not None for text in static_out[task]):
             ratio = info["seconds"] / batched["tasks"][task]["seconds"]
             same = sum(a == b for a, b in zip(static_out[task], batched_out[task], strict=True))
-            print(f"{task}: generation samples/s ratio continuous/static {ratio:.2f}x; "
-                  f"identical answers {same}/{len(static_out[task])}")
+            print(
+                f"{task}: generation samples/s ratio continuous/static {ratio:.2f}x; "
+                f"identical answers {same}/{len(static_out[task])}"
+            )
     print(f"whole suite samples/s ratio continuous/static: {static_s / batched_s:.2f}x")
     worst = max(
-        (abs((batched["metrics"][k] or 0) - (v or 0)), k) for k, v in static["metrics"].items()
+        (abs((batched["metrics"][k] or 0) - (v or 0)), k)
+        for k, v in static["metrics"].items()
         if k.split("/")[1] not in ("latency", "throughput")
     )
     print(f"largest metric difference (latency aside): {worst[0]:.3g} ({worst[1]})")

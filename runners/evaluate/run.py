@@ -38,7 +38,7 @@ class EvalInputs:
     batch_size: int = 8  # log-likelihood requests per forward pass (lm-eval's batches)
     # generate_until answers decoding together (continuous batching); 0: lm-eval's own
     # static batches of batch_size, kept as the baseline benchmarks/eval_throughput.py measures
-    generation_concurrency: int = 32
+    generation_concurrency: int = 64
     report: Any = print
 
 

@@ -2,8 +2,9 @@
 
 Concurrent requests share forward passes. One scheduler thread owns the model; each
 request's worker thread (admission.py) hands it the prompt and waits. At every step the
-scheduler prefills newly arrived requests one at a time (batch 1, their own cache), merges
-them into the running batch, and runs one decode step for every active sequence: a
+scheduler prefills newly arrived requests together (left-padded, up to PREFILL_ROWS per
+forward pass, so a burst reads the weights once rather than once per prompt), merges them
+into the running batch, and runs one decode step for every active sequence: a
 left-padded batch with a 2D attention mask, per-sequence position ids, and one batched KV
 cache (per layer `[batch, kv_heads, length, head_dim]`). A sequence that finishes (EOS,
 max_tokens, a stop string, its deadline, or its client leaving) leaves the batch at once
@@ -28,6 +29,8 @@ from runners.serve.generation import (
     finish_reason,
 )
 from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
+
+PREFILL_ROWS = 16  # prompts prefilled in one forward pass, at most
 
 
 @dataclass(eq=False)
@@ -171,8 +174,7 @@ class Scheduler(SchedulerThread[_Request]):
                 self.inbox.clear()
             try:
                 with torch.inference_mode():
-                    for request in arrived:
-                        self._admit(request)
+                    self._admit(arrived)
                     self._leave([i for i, r in enumerate(self.active) if r.control.should_stop()])
                     if self.active:
                         self._step()
@@ -185,25 +187,62 @@ class Scheduler(SchedulerThread[_Request]):
 
     # -- one sequence in, one out ------------------------------------------------------
 
-    def _admit(self, request: _Request) -> None:
+    def _admit(self, requests: list[_Request]) -> None:
+        """Prefill new requests and merge them into the running batch. Requests that arrive
+        together are prefilled together, left-padded (up to PREFILL_ROWS at a time): one
+        forward pass reads the weights once for all of them instead of once per prompt."""
+        live = []
+        for request in requests:
+            if request.control.should_stop():
+                self._finish(request)
+            else:
+                live.append(request)
+        for start in range(0, len(live), PREFILL_ROWS):
+            self._prefill(live[start : start + PREFILL_ROWS])
+
+    def _prefill(self, group: list[_Request]) -> None:
         torch = self.torch
         from transformers import DynamicCache
 
-        if request.control.should_stop():
-            self._finish(request)
-            return
         backend = self.backend
-        ids = torch.tensor([request.ids], device=backend.device)
+        width = max(len(r.ids) for r in group)
+        ids = torch.full((len(group), width), backend.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, request in enumerate(group):
+            ids[row, width - len(request.ids) :] = torch.tensor(request.ids)
+            mask[row, width - len(request.ids) :] = 1
+        ids, mask = ids.to(backend.device), mask.to(backend.device)
         cache = DynamicCache(config=backend.model.config)
-        out = backend.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-        request.position = len(request.ids)
-        token = self._pick(out.logits[:, -1, :], [request])[0]
-        if self._accept(request, token):
-            self._finish(request)
+        out = backend.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        tokens = self._pick(out.logits[:, -1, :], group)
+        keep = []
+        for row, (request, token) in enumerate(zip(group, tokens, strict=True)):
+            request.position = len(request.ids)
+            if self._accept(request, token):
+                self._finish(request)
+            else:
+                keep.append(row)
+        if not keep:
             return
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
-        mask = torch.ones((1, len(request.ids)), dtype=torch.long, device=backend.device)
-        last = torch.tensor([token], device=backend.device)
+        rows = torch.tensor(keep, device=mask.device)
+        mask = mask.index_select(0, rows)
+        start = int((mask.sum(dim=0) > 0).nonzero()[0])  # columns no kept row uses
+        mask = mask[:, start:]
+        kv = [
+            (
+                layer.keys.index_select(0, rows)[:, :, start:],
+                layer.values.index_select(0, rows)[:, :, start:],
+            )
+            for layer in cache.layers
+        ]
+        last = torch.tensor([tokens[row] for row in keep], device=mask.device)
         if not self.active:
             self.kv, self.mask, self.last = kv, mask, last
         else:
@@ -217,7 +256,7 @@ class Scheduler(SchedulerThread[_Request]):
             ]
             self.mask = torch.cat([_pad_left(self.mask, length, 1), _pad_left(mask, length, 1)])
             self.last = torch.cat([self.last, last])
-        self.active.append(request)
+        self.active.extend(group[row] for row in keep)
         self.max_batch_seen = max(self.max_batch_seen, len(self.active))
 
     def _leave(self, finished: list[int]) -> None:
