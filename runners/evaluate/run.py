@@ -197,10 +197,15 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
         (out / "tasks" / f"{spec['task']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         names[task["name"]] = spec["task"]
     manager = TaskManager(include_path=str(out / "tasks"))
+    import torch
+
+    gpu = torch.cuda.is_available()
     model_args: dict[str, Any] = {
         "pretrained": str(inputs.model_path),
-        "dtype": "float32",
-        "device": "cpu",
+        # On a GPU the model's own dtype (as serving loads it); on CPUs float32, where half
+        # precision is slow or unsupported.
+        "dtype": "auto" if gpu else "float32",
+        "device": "cuda" if gpu else "cpu",
         "batch_size": inputs.batch_size,
         "trust_remote_code": False,
         "use_safetensors": True,
