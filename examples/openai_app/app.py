@@ -9,24 +9,16 @@ Prints the answer, then (with --rating or --correction) sends feedback to /v1/fe
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-import httpx
+from deployment import add_connection_arguments, send_feedback
 from openai import APIError, OpenAI
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question")
-    parser.add_argument(
-        "--base-url", default=os.environ.get("LLMOPS_BASE_URL", "http://127.0.0.1:8000/v1")
-    )
-    parser.add_argument(
-        "--api-key", default=os.environ.get("LLMOPS_API_KEY", "none"), help="or LLMOPS_API_KEY"
-    )
-    parser.add_argument("--model", default=os.environ.get("LLMOPS_MODEL"), help="the deployment")
-    parser.add_argument("--max-tokens", type=int, default=64)
+    add_connection_arguments(parser)
     parser.add_argument("--rating", choices=["up", "down"])
     parser.add_argument("--correction", help="the answer you expected")
     args = parser.parse_args(argv)
@@ -47,11 +39,7 @@ def main(argv: list[str]) -> int:
 
     if args.rating or args.correction:
         feedback = {"id": reply.id, "rating": args.rating or "down", "correction": args.correction}
-        response = httpx.post(
-            f"{args.base_url.rstrip('/')}/feedback",
-            json=feedback,
-            headers={"Authorization": f"Bearer {args.api_key}"},
-        )
+        response = send_feedback(args.base_url, args.api_key, feedback)
         if response.status_code != 200:
             print(f"feedback refused: {response.json()['error']['message']}", file=sys.stderr)
             return 1

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+from deployment import add_connection_arguments, send_feedback
 from openai import APIError, OpenAI
 
 
@@ -51,11 +50,7 @@ def passes(answer: str, keywords: list[str]) -> bool:
 
 
 def rate(base_url: str, api_key: str, reply_id: str, rating: str) -> None:
-    response = httpx.post(
-        f"{base_url.rstrip('/')}/feedback",
-        json={"id": reply_id, "rating": rating},
-        headers={"Authorization": f"Bearer {api_key}"},
-    )
+    response = send_feedback(base_url, api_key, {"id": reply_id, "rating": rating})
     if response.status_code != 200:  # a deployment that collects nothing has no feedback route
         print(f"      (feedback not recorded: HTTP {response.status_code})")
 
@@ -63,14 +58,7 @@ def rate(base_url: str, api_key: str, reply_id: str, rating: str) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checks", type=Path)
-    parser.add_argument(
-        "--base-url", default=os.environ.get("LLMOPS_BASE_URL", "http://127.0.0.1:8000/v1")
-    )
-    parser.add_argument(
-        "--api-key", default=os.environ.get("LLMOPS_API_KEY", "none"), help="or LLMOPS_API_KEY"
-    )
-    parser.add_argument("--model", default=os.environ.get("LLMOPS_MODEL"), help="the deployment")
-    parser.add_argument("--max-tokens", type=int, default=64)
+    add_connection_arguments(parser)
     parser.add_argument("--concurrency", type=int, default=4, help="questions at a time")
     parser.add_argument("--min", type=int, default=0, help="fail below this many passes")
     args = parser.parse_args(argv)

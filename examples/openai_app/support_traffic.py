@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-import httpx
+from deployment import send_feedback
 from openai import APIError, OpenAI
 
 FAQ = Path(__file__).resolve().parents[2] / "data" / "support-faq" / "faq.jsonl"
@@ -50,12 +50,7 @@ def main(argv: list[str]) -> int:
             verdict, kind = {"rating": "down"}, "down"
         else:
             verdict, kind = {"rating": "down", "correction": row["answer"]}, "corrected"
-        response = httpx.post(
-            f"{args.base_url.rstrip('/')}/feedback",
-            json={"id": reply.id, **verdict},
-            headers={"Authorization": f"Bearer {args.api_key}"},
-            timeout=30,
-        )
+        response = send_feedback(args.base_url, args.api_key, {"id": reply.id, **verdict})
         if response.status_code != 200:
             print(f"feedback refused: {response.text[:200]}", file=sys.stderr)
             return 1

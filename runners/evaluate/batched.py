@@ -33,18 +33,6 @@ class ContinuousBatchingHFLM(HFLM):
     def __init__(self, *args: Any, concurrency: int = 64, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.concurrency = max(1, concurrency)
-        self._engine: TransformersBackend | None = None
-
-    @property
-    def engine(self) -> TransformersBackend:
-        if self._engine is None:
-            self._engine = TransformersBackend.around(self.model, self.tokenizer)
-        return self._engine
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
@@ -55,9 +43,11 @@ class ContinuousBatchingHFLM(HFLM):
             desc="Running generate_until requests (continuous batching)",
         )
 
+        engine = TransformersBackend(self.model, self.tokenizer)
+
         def run(job: tuple[list[int], Sampling, list[str]]) -> str:
             ids, sampling, until = job
-            text = self.engine.generate_ids(ids, sampling).text
+            text = engine.generate_ids(ids, sampling).text
             progress.update(1)
             # The scheduler already stopped at the first stop string; this keeps HFLM's exact
             # post-processing (e.g. a stop string that only appears once special tokens go).
@@ -70,7 +60,7 @@ class ContinuousBatchingHFLM(HFLM):
             progress.close()
             # The scheduler thread's OpenMP workers would otherwise keep spinning beside the
             # main thread's and slow the log-likelihood tasks that follow (measured ~15%).
-            self.close()
+            engine.close()
         for request, answer in zip(requests, answers, strict=True):
             self.cache_hook.add_partial("generate_until", request.args, answer)
         return answers

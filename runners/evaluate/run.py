@@ -216,12 +216,7 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
         lm: HFLM = ContinuousBatchingHFLM(concurrency=inputs.generation_concurrency, **model_args)
     else:
         lm = HFLM(**model_args)
-    try:
-        results = _run_tasks(inputs, names, manager, lm)
-    finally:
-        close = getattr(lm, "close", None)
-        if close is not None:
-            close()
+    results = _run_tasks(inputs, names, manager, lm)
     summary = {
         "suite": inputs.suite_name,
         "metrics": {f"{r.task}/{k}": v for r in results for k, v in r.metrics.items()},

@@ -61,32 +61,9 @@ class _Request:
 class TransformersBackend:
     kind = "transformers"
 
-    def __init__(self, model_dir: Path) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **SAFE_TOKENIZER)
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                f"the tokenizer in {model_dir} has no chat template; save one with the model "
-                "(tokenizer.chat_template) so chat requests can be rendered"
-            )
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = "auto" if device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, **SAFE_MODEL)
-        self._adopt(model.to(device).eval(), tokenizer)
-
-    @classmethod
-    def around(cls, model: Any, tokenizer: Any) -> TransformersBackend:
-        """A backend on a model something else loaded (the evaluation runner's lm-eval model)."""
-        backend = cls.__new__(cls)
-        backend._adopt(model, tokenizer)
-        return backend
-
-    def _adopt(self, model: Any, tokenizer: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        """A backend on a loaded model (`load` reads one from a folder; the evaluation runner
+        passes the model lm-eval loaded)."""
         import torch
 
         self.torch = torch
@@ -103,6 +80,25 @@ class TransformersBackend:
             eos if isinstance(eos, list) else [eos] if eos is not None else []
         )
         self.scheduler = Scheduler(self)
+
+    @classmethod
+    def load(cls, model_dir: Path) -> TransformersBackend:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **SAFE_TOKENIZER)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"the tokenizer in {model_dir} has no chat template; save one with the model "
+                "(tokenizer.chat_template) so chat requests can be rendered"
+            )
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = "auto" if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, **SAFE_MODEL)
+        return cls(model.to(device).eval(), tokenizer)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         return str(
@@ -222,27 +218,8 @@ class Scheduler(SchedulerThread[_Request]):
             logits_to_keep=1,
         )
         tokens = self._pick(out.logits[:, -1, :], group)
-        keep = []
-        for row, (request, token) in enumerate(zip(group, tokens, strict=True)):
-            request.position = len(request.ids)
-            if self._accept(request, token):
-                self._finish(request)
-            else:
-                keep.append(row)
-        if not keep:
-            return
-        rows = torch.tensor(keep, device=mask.device)
-        mask = mask.index_select(0, rows)
-        start = int((mask.sum(dim=0) > 0).nonzero()[0])  # columns no kept row uses
-        mask = mask[:, start:]
-        kv = [
-            (
-                layer.keys.index_select(0, rows)[:, :, start:],
-                layer.values.index_select(0, rows)[:, :, start:],
-            )
-            for layer in cache.layers
-        ]
-        last = torch.tensor([tokens[row] for row in keep], device=mask.device)
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        last = torch.tensor(tokens, device=mask.device)
         if not self.active:
             self.kv, self.mask, self.last = kv, mask, last
         else:
@@ -256,7 +233,18 @@ class Scheduler(SchedulerThread[_Request]):
             ]
             self.mask = torch.cat([_pad_left(self.mask, length, 1), _pad_left(mask, length, 1)])
             self.last = torch.cat([self.last, last])
-        self.active.extend(group[row] for row in keep)
+        first = len(self.active)
+        self.active.extend(group)
+        for request in group:
+            request.position = len(request.ids)
+        # Requests done after their first token leave as any finished sequence does.
+        self._leave(
+            [
+                first + row
+                for row, (request, token) in enumerate(zip(group, tokens, strict=True))
+                if self._accept(request, token)
+            ]
+        )
         self.max_batch_seen = max(self.max_batch_seen, len(self.active))
 
     def _leave(self, finished: list[int]) -> None:

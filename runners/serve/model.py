@@ -29,7 +29,7 @@ def load_backend(config: ServeConfig) -> Backend:
         assert config.model_dir is not None
         if not config.model_dir.is_dir():
             raise ValueError(f"{config.model_dir} is not a folder")
-        return TransformersBackend(config.model_dir)
+        return TransformersBackend.load(config.model_dir)
     except Exception as err:  # any library error here means "these files do not load"
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ModelFailed(

@@ -31,7 +31,7 @@ MAX_TOKENS = [5, 30, 17, 40, 9]
 def backend(tiny_model: Path) -> Any:
     from runners.serve.backend_transformers import TransformersBackend
 
-    loaded = TransformersBackend(tiny_model)
+    loaded = TransformersBackend.load(tiny_model)
     yield loaded
     loaded.close()
 
