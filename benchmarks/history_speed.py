@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from controller.history import history, snapshot
+from controller.history.git_reader import history, snapshot
 from controller.state.lockfile import LOCK_FILE, LockFile, write_lock
 
 ENV = {

@@ -19,15 +19,11 @@ from controller.cli.common import (
     fail,
     resolve_root,
 )
-from controller.history import (
+from controller.history.changes import EntryDiff, Evidence, FieldChange, HistoryError, Served
+from controller.history.git_reader import (
     CommitInfo,
-    EntryDiff,
-    Evidence,
-    FieldChange,
     GitHistory,
-    HistoryError,
     ResourceChange,
-    Served,
     Snapshot,
     history,
     snapshot,

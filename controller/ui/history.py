@@ -1,4 +1,4 @@
-"""Dashboard, history page: a resource's timeline from git (controller/history.py): each
+"""Dashboard, history page: a resource's timeline from git (controller/history/): each
 commit that changed its spec or lock entry, with author, pull request, digests and what a
 deployment served."""
 
@@ -27,7 +27,7 @@ class Timeline:
 
 
 def timeline(state: UiState, resource: str | None) -> Timeline:
-    from controller.history import history
+    from controller.history.git_reader import history
 
     if not resource:
         return Timeline(None)

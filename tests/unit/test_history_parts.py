@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from controller.history import (
+from controller.history.changes import (
     FieldChange,
     HistoryError,
     Target,
