@@ -40,7 +40,3 @@ class TrainJob:
     @classmethod
     def load(cls, path: Path) -> TrainJob:
         return cls(**json.loads(path.read_text()))
-
-    def option(self, key: str, default: Any = None) -> Any:
-        value = self.training.get(key, default)
-        return default if value is None else value

@@ -9,6 +9,7 @@ import random
 import shutil
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,11 @@ from runners.train.data import (
 )
 from runners.train.job import TrainError, TrainJob, UnhealthyRun
 from runners.train.log import LOG_FILE, append_record, truncate_log
+from runners.train.options import (
+    EarlyStoppingOptions,
+    HealthOptions,
+    TrainingOptions,
+)
 from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
 
 FAULT_ENV = "LLMOPS_FAULT_EXIT_AFTER_STEP"  # fault injection: hard exit, as a kill would
@@ -57,40 +63,37 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(job: TrainJob) -> tuple[Any, Any]:
+def _setup_model(job: TrainJob, opts: TrainingOptions) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    method = job.option("method", "lora")
-    precision = job.option("precision", "fp32")
-    if method == "qlora" and not torch.cuda.is_available():
+    if opts.method == "qlora" and not torch.cuda.is_available():
         raise TrainError(
             "QLoRA needs a CUDA GPU (4-bit weights via bitsandbytes); this "
             "machine has none. Use method 'lora' here"
         )
-    if precision == "fp16" and not torch.cuda.is_available():
+    if opts.precision == "fp16" and not torch.cuda.is_available():
         raise TrainError("fp16 training needs a GPU; use precision 'fp32' or 'bf16' on a CPU")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[opts.precision]
     tokenizer = AutoTokenizer.from_pretrained(job.base_model, **SAFE_TOKENIZER)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     kwargs: dict[str, Any] = {"dtype": dtype, **SAFE_MODEL}
     kwargs["trust_remote_code"] = job.trust_remote_code
-    if method == "qlora":
+    if opts.method == "qlora":
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
         )
     model = AutoModelForCausalLM.from_pretrained(job.base_model, **kwargs)
-    if method in ("lora", "qlora"):
+    if opts.adapts:
         from peft import LoraConfig, get_peft_model
 
-        lora = job.option("lora", {})
         config = LoraConfig(
-            r=lora.get("r", 8),
-            lora_alpha=lora.get("alpha", 16),
-            lora_dropout=lora.get("dropout", 0.05),
-            target_modules=lora.get("target_modules", ["q_proj", "v_proj"]),
+            r=opts.lora.r,
+            lora_alpha=opts.lora.alpha,
+            lora_dropout=opts.lora.dropout,
+            target_modules=list(opts.lora.target_modules),
             task_type="CAUSAL_LM",
         )
         try:
@@ -102,26 +105,36 @@ def load_model(job: TrainJob) -> tuple[Any, Any]:
     return model.to(_device()), tokenizer
 
 
-def _examples(job: TrainJob, tokenizer: Any, path: str | None) -> list[Example]:
+def _examples(
+    job: TrainJob, opts: TrainingOptions, tokenizer: Any, path: str | None
+) -> list[Example]:
     if not path:
         return []
-    max_len = int(job.option("max_seq_len", 256))
     try:
         examples = build_examples(
-            tokenizer, read_rows(Path(path)), job.format, job.option("objective", "sft"), max_len
+            tokenizer, read_rows(Path(path)), job.format, opts.objective, opts.max_seq_len
         )
     except (ValueError, KeyError) as err:
         raise TrainError(f"cannot build training examples from {path}: {err}") from err
-    return pack(examples, max_len) if job.option("packing", False) else examples
+    return pack(examples, opts.max_seq_len) if opts.packing else examples
+
+
+def _setup_data(
+    job: TrainJob, opts: TrainingOptions, tokenizer: Any
+) -> tuple[list[Example], list[Example]]:
+    train_examples = _examples(job, opts, tokenizer, job.train_file)
+    if not train_examples:
+        raise TrainError(f"{job.train_file} has no trainable examples")
+    return train_examples, _examples(job, opts, tokenizer, job.eval_file)
 
 
 class Health:
     """Stops the run on NaN/inf loss, loss spikes, exploding gradients or weights."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        self.max_grad = float(cfg.get("max_grad_norm", 1e3))
-        self.max_weight = float(cfg.get("max_weight_abs", 1e3))
-        self.spike = float(cfg.get("loss_spike_factor", 10.0))
+    def __init__(self, options: HealthOptions) -> None:
+        self.max_grad = options.max_grad_norm
+        self.max_weight = options.max_weight_abs
+        self.spike = options.loss_spike_factor
         self.recent: deque[float] = deque(maxlen=20)
 
     def loss(self, step: int, loss: float) -> None:
@@ -230,79 +243,136 @@ def _evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int)
     return total / max(tokens, 1)
 
 
-def train(job: TrainJob) -> dict[str, Any]:
-    """Run (or resume) the job; returns the result record also written to result.json."""
+@dataclass(frozen=True)
+class _Schedule:
+    """How many optimiser steps the run takes, derived from the data and the options."""
+
+    per_epoch: int  # micro-batches in one pass over the data
+    total_steps: int
+    warmup_steps: int
+
+
+def _schedule(opts: TrainingOptions, examples: int) -> _Schedule:
+    per_epoch = math.ceil(examples / opts.batch_size)
+    total = opts.max_steps or max(
+        1, math.ceil(opts.epochs * per_epoch / opts.gradient_accumulation)
+    )
+    warmup = opts.warmup_steps or math.ceil(opts.warmup_ratio * total)
+    return _Schedule(per_epoch, total, warmup)
+
+
+def _setup_optimizer(
+    model: Any, opts: TrainingOptions, schedule: _Schedule
+) -> tuple[list[Any], Any, Any]:
     from transformers import get_scheduler
 
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
+    scheduler = get_scheduler(
+        opts.scheduler,
+        optimizer,
+        num_warmup_steps=schedule.warmup_steps,
+        num_training_steps=schedule.total_steps,
+    )
+    return params, optimizer, scheduler
+
+
+def _resume(
+    out: Path, opts: TrainingOptions, model: Any, optimizer: Any, scheduler: Any
+) -> tuple[int, dict[str, Any]]:
+    """Load the last checkpoint when there is one: (the step it reached, its state)."""
+    latest = _latest_checkpoint(out / "checkpoints") if opts.resume else None
+    log_path = out / LOG_FILE
+    if latest is None:
+        if log_path.exists():
+            log_path.unlink()
+        return 0, {"best_eval": None, "evals_without_improvement": 0}
+    trainable = torch.load(latest / "trainable.pt", weights_only=True)
+    model.load_state_dict(trainable, strict=False)
+    saved = torch.load(latest / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    random.setstate(saved["python_rng"])
+    state = json.loads((latest / "state.json").read_text())
+    start_step = int(state["step"])
+    truncate_log(log_path, start_step)
+    return start_step, state
+
+
+def train(job: TrainJob) -> dict[str, Any]:
+    """Run (or resume) the job; returns the result record also written to result.json."""
+    opts = TrainingOptions.from_mapping(job.training)
     out = Path(job.output)
     out.mkdir(parents=True, exist_ok=True)
-    seed = int(job.option("seed", 0))
-    _seed_everything(seed)
-    model, tokenizer = load_model(job)
-    train_examples = _examples(job, tokenizer, job.train_file)
-    eval_examples = _examples(job, tokenizer, job.eval_file)
-    if not train_examples:
-        raise TrainError(f"{job.train_file} has no trainable examples")
-    batch_size = int(job.option("batch_size", 8))
-    accumulation = int(job.option("gradient_accumulation", 1))
-    per_epoch = math.ceil(len(train_examples) / batch_size)
-    max_steps = job.option("max_steps")
-    total_steps = (
-        int(max_steps)
-        if max_steps
-        else max(1, math.ceil(float(job.option("epochs", 1.0)) * per_epoch / accumulation))
+    _seed_everything(opts.seed)
+    model, tokenizer = _setup_model(job, opts)
+    train_examples, eval_examples = _setup_data(job, opts, tokenizer)
+    schedule = _schedule(opts, len(train_examples))
+    params, optimizer, scheduler = _setup_optimizer(model, opts, schedule)
+    start_step, state = _resume(out, opts, model, optimizer, scheduler)
+    progress = _train_steps(
+        opts,
+        out,
+        schedule,
+        (model, params, optimizer, scheduler),
+        (train_examples, eval_examples, tokenizer.pad_token_id),
+        start_step,
+        state,
     )
-    warmup = int(job.option("warmup_steps", 0)) or math.ceil(
-        float(job.option("warmup_ratio", 0.0)) * total_steps
+    final_eval = (
+        _evaluate(model, eval_examples, opts.batch_size, tokenizer.pad_token_id)
+        if eval_examples
+        else None
     )
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=float(job.option("learning_rate", 2e-4)),
-        weight_decay=float(job.option("weight_decay", 0.0)),
+    return _finish(
+        job,
+        opts,
+        model,
+        tokenizer,
+        out,
+        progress,
+        schedule.total_steps,
+        final_eval,
+        len(train_examples),
     )
-    scheduler = get_scheduler(
-        job.option("scheduler", "linear"),
-        optimizer,
-        num_warmup_steps=warmup,
-        num_training_steps=total_steps,
-    )
-    checkpoints = out / "checkpoints"
-    start_step, state = 0, {"best_eval": None, "evals_without_improvement": 0}
-    latest = _latest_checkpoint(checkpoints) if job.option("resume", True) else None
-    log_path = out / LOG_FILE
-    if latest is not None:
-        trainable = torch.load(latest / "trainable.pt", weights_only=True)
-        model.load_state_dict(trainable, strict=False)
-        saved = torch.load(latest / "optimizer.pt", weights_only=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
-        random.setstate(saved["python_rng"])
-        state = json.loads((latest / "state.json").read_text())
-        start_step = int(state["step"])
-        truncate_log(log_path, start_step)
-    elif log_path.exists():
-        log_path.unlink()
 
-    health = Health(job.option("health", {}))
-    eval_interval = job.option("eval_interval")
-    checkpoint_interval = job.option("checkpoint_interval")
-    early = job.option("early_stopping")
+
+@dataclass(frozen=True)
+class _Progress:
+    """Where the step loop stopped."""
+
+    step: int
+    last_loss: float
+    stopped_early: bool
+
+
+def _train_steps(
+    opts: TrainingOptions,
+    out: Path,
+    schedule: _Schedule,
+    training: tuple[Any, list[Any], Any, Any],
+    data: tuple[list[Example], list[Example], int],
+    start_step: int,
+    state: dict[str, Any],
+) -> _Progress:
+    model, params, optimizer, scheduler = training
+    train_examples, eval_examples, pad_id = data
+    accumulation = opts.gradient_accumulation
+    health = Health(opts.health)
+    early = opts.early_stopping
     fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
-    pad_id = tokenizer.pad_token_id
-    batches = micro_batches(train_examples, batch_size, seed, start_step * accumulation)
+    batches = micro_batches(train_examples, opts.batch_size, opts.seed, start_step * accumulation)
     model.train()
-    stopped_early = False
-    last_loss = float("nan")
-    with log_path.open("a") as log:
+    step, last_loss, stopped_early = start_step, float("nan"), False
+    with (out / LOG_FILE).open("a") as log:
         if start_step:
             append_record(log, {"event": "resumed", "step": start_step})
-        elif eval_examples and eval_interval:
+        elif eval_examples and opts.eval_interval:
             # The untrained model's eval loss: the curve starts where training starts.
-            initial = _evaluate(model, eval_examples, batch_size, pad_id)
+            initial = _evaluate(model, eval_examples, opts.batch_size, pad_id)
             append_record(log, {"step": 0, "eval_loss": initial})
-        for step in range(start_step + 1, total_steps + 1):
+        for step in range(start_step + 1, schedule.total_steps + 1):
             began = time.perf_counter()
             loss_sum, tokens = 0.0, 0
             for _ in range(accumulation):
@@ -323,7 +393,7 @@ def train(job: TrainJob) -> dict[str, Any]:
             last_loss = loss_sum
             record = {
                 "step": step,
-                "epoch": round(step * accumulation / per_epoch, 4),
+                "epoch": round(step * accumulation / schedule.per_epoch, 4),
                 "loss": loss_sum,
                 "lr": scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm,
@@ -331,39 +401,30 @@ def train(job: TrainJob) -> dict[str, Any]:
                 "tokens_per_s": tokens / elapsed if elapsed else 0.0,
                 "memory_mb": round(_memory_mb(), 1),
             }
-            if eval_examples and eval_interval and step % int(eval_interval) == 0:
-                record["eval_loss"] = _evaluate(model, eval_examples, batch_size, pad_id)
-                best = state.get("best_eval")
-                delta = float((early or {}).get("min_delta", 0.0))
-                if best is None or record["eval_loss"] < best - delta:
-                    state["best_eval"], state["evals_without_improvement"] = (
-                        record["eval_loss"],
-                        0,
-                    )
-                else:
-                    state["evals_without_improvement"] += 1
+            if eval_examples and opts.eval_interval and step % opts.eval_interval == 0:
+                record["eval_loss"] = _evaluate(model, eval_examples, opts.batch_size, pad_id)
+                _track_best(state, record["eval_loss"], early)
             append_record(log, record)
-            if checkpoint_interval and step % int(checkpoint_interval) == 0:
-                _save_checkpoint(checkpoints, step, model, optimizer, scheduler, state)
+            if opts.checkpoint_interval and step % opts.checkpoint_interval == 0:
+                _save_checkpoint(out / "checkpoints", step, model, optimizer, scheduler, state)
             if fault_step and step == fault_step:
                 os._exit(137)
-            if early and state["evals_without_improvement"] >= int(early.get("patience", 3)):
+            if early and state["evals_without_improvement"] >= early.patience:
                 stopped_early = True
                 append_record(log, {"event": "early_stop", "step": step})
                 break
-    final_eval = _evaluate(model, eval_examples, batch_size, pad_id) if eval_examples else None
-    return _finish(
-        job,
-        model,
-        tokenizer,
-        out,
-        step,
-        total_steps,
-        last_loss,
-        final_eval,
-        stopped_early,
-        len(train_examples),
-    )
+    return _Progress(step, last_loss, stopped_early)
+
+
+def _track_best(
+    state: dict[str, Any], eval_loss: float, early: EarlyStoppingOptions | None
+) -> None:
+    best = state.get("best_eval")
+    delta = early.min_delta if early else 0.0
+    if best is None or eval_loss < best - delta:
+        state["best_eval"], state["evals_without_improvement"] = eval_loss, 0
+    else:
+        state["evals_without_improvement"] += 1
 
 
 def _package_versions() -> dict[str, str]:
@@ -380,14 +441,13 @@ def _package_versions() -> dict[str, str]:
 
 def _finish(
     job: TrainJob,
+    opts: TrainingOptions,
     model: Any,
     tokenizer: Any,
     out: Path,
-    step: int,
+    progress: _Progress,
     total: int,
-    last_loss: float,
     final_eval: float | None,
-    stopped_early: bool,
     examples: int,
 ) -> dict[str, Any]:
     from runners.train.curves import plot_run
@@ -395,14 +455,13 @@ def _finish(
     model_dir = out / "model"
     tmp = out / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    method = job.option("method", "lora")
-    if method in ("lora", "qlora") and job.option("merge", False):
+    if opts.adapts and opts.merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(tmp, safe_serialization=True)
         model_kind = "merged"
     else:
         model.save_pretrained(tmp, safe_serialization=True)
-        model_kind = "adapter" if method in ("lora", "qlora") else "full"
+        model_kind = "adapter" if opts.adapts else "full"
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp, model_dir)
@@ -410,14 +469,14 @@ def _finish(
     result = {
         "status": "succeeded",
         "run_id": job.run_id,
-        "steps": step,
+        "steps": progress.step,
         "planned_steps": total,
-        "final_loss": last_loss,
+        "final_loss": progress.last_loss,
         "final_eval_loss": final_eval,
-        "stopped_early": stopped_early,
+        "stopped_early": progress.stopped_early,
         "examples": examples,
         "model_kind": model_kind,
-        "seed": int(job.option("seed", 0)),
+        "seed": opts.seed,
         "packages": _package_versions(),
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
