@@ -118,8 +118,9 @@ def battle_key(prompt: Prompt, key_a: str, key_b: str, judge: dict[str, Any] | N
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def votes_of(battles: list[BattleRecord], voters: str = "all") -> list[Vote]:
-    return [v for b in battles for v in b.vote_objects(voters)]
+def votes_of(battles: list[BattleRecord], voters: str = "all", human: bool = True) -> list[Vote]:
+    """The counted votes; `human=False` (an arena with `human_votes: false`) drops people's."""
+    return [v for b in battles for v in b.vote_objects(voters) if human or v.voter_kind != "human"]
 
 
 class ArenaRunner(ApplyStep):
@@ -341,7 +342,9 @@ class ArenaRunner(ApplyStep):
             "seed": int(boot.get("seed", 0)),
         }
         return {
-            voters: leaderboard(votes_of(battles, voters), **kwargs)
+            voters: leaderboard(
+                votes_of(battles, voters, human=bool(spec.get("human_votes"))), **kwargs
+            )
             for voters in ("all", "judge", "human")
         }
 
@@ -355,7 +358,9 @@ class ArenaRunner(ApplyStep):
             candidate, baseline = labels[gate["candidate"]], labels[gate["baseline"]]
             # 'task/metric rule' like an evaluation's gates, so reports and statuses read both
             name = f"rating/{gate['candidate']} not_worse_than {gate['baseline']}"
-            votes = votes_of(battles, gate.get("voters", "all"))
+            votes = votes_of(
+                battles, gate.get("voters", "all"), human=bool(spec.get("human_votes"))
+            )
             pair = [v for v in votes if {v.model_a, v.model_b} == {candidate, baseline}]
             if not pair:
                 out[name] = GateVerdict(

@@ -25,6 +25,7 @@ from controller.apply.train import Trainer
 from controller.load.desired import Loaded
 from controller.plan.address import Address
 from controller.plan.types import Action, ActionKind, Plan
+from controller.report.terminal import gate_line
 from controller.state.lockfile import (
     ArenaOutputs,
     ComparisonRow,
@@ -415,8 +416,7 @@ def apply_evaluation(applier: Applier, address: Address) -> EvaluationOutputs:
         },
     )
     for gate in comparison.gates:
-        mark = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
-        applier.console.print(f"  gate {gate_name(gate)}: {mark} ({gate.detail})")
+        applier.console.print("  " + gate_line(gate_name(gate), gate.passed, gate.detail))
     applier._outputs[address] = outputs
     return outputs
 
@@ -437,8 +437,7 @@ def apply_arena(applier: Applier, address: Address) -> ArenaOutputs:
         )
     outputs = result.outputs()
     for name, gate in result.gates.items():
-        mark = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
-        applier.console.print(f"  gate {name}: {mark} ({gate.detail})")
+        applier.console.print("  " + gate_line(name, gate.passed, gate.detail))
     if outputs.failed_gates:
         applier._record(address, outputs)  # the report shows the leaderboard that failed
         raise GateFailed(f"arena '{address.name}' failed gate(s) {', '.join(outputs.failed_gates)}")

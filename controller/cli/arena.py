@@ -1,4 +1,5 @@
-"""CLI `llmops arena run|leaderboard|vote|import|export`: thin commands over apply/arena."""
+"""CLI `llmops arena run|leaderboard|vote|voters|import|export`: thin commands over
+apply/arena."""
 
 from __future__ import annotations
 
@@ -21,12 +22,18 @@ from controller.cli.common import (
     open_registry_or_fail,
     resolve_root,
 )
+from controller.report.terminal import gate_line
 
 arena_app = typer.Typer(
     help="Pairwise battles between models: run, vote, leaderboards, FastChat logs.",
     no_args_is_help=True,
 )
 Voters = Annotated[str, typer.Option("--voters", help="Whose votes count: all, judge or human.")]
+voters_app = typer.Typer(
+    help="Who may vote on the dashboard: one key per person, made here, never by a browser.",
+    no_args_is_help=True,
+)
+arena_app.add_typer(voters_app, name="voters")
 
 
 def print_board(board: Any, title: str) -> None:
@@ -73,8 +80,7 @@ def run(
         )
         print_board(result.boards["all"], f"arena {name}")
         for gate_name, gate in result.gates.items():
-            mark = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
-            console.print(f"gate {gate_name}: {mark} ({gate.detail})")
+            console.print(gate_line(gate_name, gate.passed, gate.detail))
     if outputs.failed_gates:
         raise typer.Exit(Exit.FAILED)
 
@@ -103,7 +109,7 @@ def leaderboard_command(
             + (f" (arenas with battles: {', '.join(known)})" if known else ""),
         )
     boot = _bootstrap(top, name)
-    board = leaderboard(votes_of(battles, voters), **boot)
+    board = leaderboard(votes_of(battles, voters, human=_human_votes(top, name)), **boot)
     if as_json:
         console.print_json(json.dumps(board.as_dict()))
         return
@@ -124,6 +130,16 @@ def _bootstrap(top: Path, name: str) -> dict[str, Any]:
     }
 
 
+def _human_votes(top: Path, name: str) -> bool:
+    """Whether the arena's spec takes human votes (`human_votes: true`); an arena with no spec
+    (filled by import) keeps the votes its log brought."""
+    from controller.workspace import load
+
+    loaded = load(top)
+    resource = loaded.desired.resources.get(f"Arena/{name}") if loaded.desired else None
+    return True if resource is None else bool(resource.spec.get("human_votes"))
+
+
 def default_voter() -> str:
     try:
         return getpass.getuser()
@@ -142,10 +158,20 @@ def vote(
 ) -> None:
     """Vote blind in the terminal: two answers in random order, names shown after the vote."""
     from controller.apply.arena import blind_order
-    from controller.state.registry.arena import ArenaStore
+    from controller.state.registry.arena import AlreadyVoted, ArenaStore
 
     top = resolve_root(root)
+    resource = load_or_exit(top).desired.resources.get(f"Arena/{name}")
+    if resource is None or not resource.spec.get("human_votes"):
+        raise fail(
+            f"arena '{name}' does not take human votes: its spec needs 'human_votes: true'"
+            + ("" if resource else " (there is no Arena spec of that name)"),
+            Exit.INVALID,
+        )
     store = ArenaStore(open_registry_or_fail(top))
+    # The terminal voter is the OS user (or --voter): whoever runs this can write the state
+    # folder anyway. Votes share one namespace with the dashboard's voter names, so a person
+    # voting in both places under one name still counts once per battle.
     who = voter or default_voter()
     pending = [
         b
@@ -185,17 +211,79 @@ def vote(
             winner = "model_a" if swapped else "model_b"
         else:
             winner = picked
-        store.add_vote(
-            battle.id,
-            voter_kind="human",
-            voter_id=who,
-            winner=winner,
-            position="b_first" if swapped else "a_first",
-        )
+        try:
+            store.add_vote(
+                battle.id,
+                voter_kind="human",
+                voter_id=who,
+                winner=winner,
+                position="b_first" if swapped else "a_first",
+                detail={"via": "cli"},
+            )
+        except AlreadyVoted:
+            console.print(f"{who} has voted on battle {battle.id} already; not counted again")
+            continue
         cast += 1
         shown = (battle.model_b, battle.model_a) if swapped else (battle.model_a, battle.model_b)
         console.print(f"Answer 1 was {shown[0]}, answer 2 was {shown[1]}.")
     console.print(f"{cast} vote(s) stored for {who}")
+
+
+def _voter_keys(root: Path | None):  # type: ignore[no-untyped-def]
+    from controller.state.paths import StatePaths
+    from controller.state.voters import VoterKeys
+
+    return VoterKeys(StatePaths.for_repo(resolve_root(root)).root)
+
+
+@voters_app.command("add")
+def voters_add(
+    name: Annotated[str, typer.Argument(help="The person's name, as votes will record it.")],
+    replace: Annotated[
+        bool, typer.Option("--replace", help="A new key for an existing voter (voids the old).")
+    ] = False,
+    root: RootOption = None,
+) -> None:
+    """Make a voter key and print it once: the person signs in on the dashboard's vote page
+    with it. Votes are recorded under NAME, one per battle."""
+    from controller.state.voters import VoterError
+
+    try:
+        key = _voter_keys(root).add(name, replace=replace)
+    except VoterError as err:
+        raise fail(str(err), Exit.INVALID) from err
+    err_console.print(
+        f"voter key for {name} (shown once; give it to {name} only, "
+        "who pastes it on the dashboard's vote page):"
+    )
+    print(key)
+
+
+@voters_app.command("list")
+def voters_list(root: RootOption = None, as_json: JsonOption = False) -> None:
+    """The voters who hold a key (the keys themselves are not stored)."""
+    names = _voter_keys(root).names()
+    if as_json:
+        print(json.dumps(names))
+        return
+    for name in names:
+        console.print(name)
+    if not names:
+        err_console.print("no voters; add one with 'llmops arena voters add NAME'")
+
+
+@voters_app.command("rm")
+def voters_rm(
+    name: Annotated[str, typer.Argument(help="Voter name.")], root: RootOption = None
+) -> None:
+    """Void a voter's key; the votes already cast stay."""
+    from controller.state.voters import VoterError
+
+    try:
+        _voter_keys(root).remove(name)
+    except VoterError as err:
+        raise fail(str(err), Exit.INVALID) from err
+    console.print(f"removed voter {name}; their key no longer signs in")
 
 
 @arena_app.command("import")

@@ -20,6 +20,7 @@ from controller.cli.common import (
     resolve_root,
     unknown,
 )
+from controller.report.terminal import gate_line
 
 eval_app = typer.Typer(
     help="Evaluate models on suites, compare them, decide gates.", no_args_is_help=True
@@ -60,8 +61,7 @@ def print_comparison(comparison) -> None:  # type: ignore[no-untyped-def]
         )
     console.print(table)
     for gate in comparison.gates:
-        mark = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
-        console.print(f"gate {gate.metric} {gate.rule}: {mark} ({gate.detail})")
+        console.print(gate_line(f"{gate.metric} {gate.rule}", gate.passed, gate.detail))
 
 
 @eval_app.command("run")

@@ -269,22 +269,63 @@ def remove(
 def gc(
     root: RootOption = None,
     dry_run: Annotated[bool, typer.Option(help="Only report.")] = False,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            min=0,
+            help="Keep unreferenced files written in the last N minutes: a pull or training "
+            "run outside apply registers its files only after storing them.",
+        ),
+    ] = 60.0,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Fail (exit 4) when an apply is running.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete stored files no version references."""
+    """Delete stored files no version references, once older than --grace minutes.
+
+    Runs under the apply mutex: it waits for a running apply (or pipeline run), or exits 4
+    with --no-wait, so it never deletes what an apply has stored and not yet registered."""
+    from controller.state.apply_mutex import ApplyBusy, exclusive_apply
+    from controller.state.paths import StatePaths
     from controller.state.registry.maintenance import collect_garbage
 
-    report = collect_garbage(open_registry_or_fail(resolve_root(root)), dry_run=dry_run)
+    top = resolve_root(root)
+    registry = open_registry_or_fail(top)
+
+    def waiting(who: str) -> None:
+        err_console.print(f"waiting for a running apply to finish ({who}) ...")
+
+    try:
+        with exclusive_apply(StatePaths.for_repo(top).root, wait=not no_wait, on_wait=waiting):
+            report = collect_garbage(registry, dry_run=dry_run, grace_s=grace * 60)
+    except ApplyBusy as err:
+        err_console.print(f"error: {err}", style="red", soft_wrap=True)
+        raise typer.Exit(Exit.BUSY) from err
     if as_json:
         print(
             json.dumps(
-                {"removed": report.removed, "freed_bytes": report.freed, "dry_run": dry_run},
+                {
+                    "removed": report.removed,
+                    "freed_bytes": report.freed,
+                    "kept_young": report.kept_young,
+                    "grace_minutes": grace,
+                    "dry_run": dry_run,
+                },
                 indent=2,
             )
         )
         return
     verb = "would free" if dry_run else "freed"
-    console.print(f"{len(report.removed)} unreferenced blob(s); {verb} {_size(report.freed)}")
+    young = (
+        f"; kept {report.kept_young} written in the last {grace:g} min (--grace)"
+        if report.kept_young
+        else ""
+    )
+    console.print(
+        f"{len(report.removed)} unreferenced blob(s); {verb} {_size(report.freed)}{young}"
+    )
 
 
 @models_app.command("verify")

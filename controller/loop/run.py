@@ -35,6 +35,7 @@ from controller.plan.address import Address
 from controller.plan.planner import plan
 from controller.report.inputs import gather_report_inputs
 from controller.report.markdown import render_report
+from controller.report.terminal import gate_line
 from controller.state import git
 from controller.state.apply_mutex import ApplyBusy, exclusive_apply
 from controller.state.dvc import DvcError
@@ -384,8 +385,7 @@ class PipelineRun:
                     }
                 )
             for name, gate in gates.items():
-                mark = "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]"
-                self.console.print(f"  gate {name}: {mark} ({gate['detail']})")
+                self.console.print("  " + gate_line(name, gate["passed"], gate["detail"]))
             outputs = {"candidate": trained.ref, "baseline": served, "gates": gates}
             failed = sorted(n for n, g in gates.items() if not g["passed"])
             if failed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -19,6 +20,14 @@ ACTION_STYLE: dict[ActionKind, str] = {
     ActionKind.DELETE: "red",
     ActionKind.NOOP: "dim",
 }
+
+
+def gate_line(name: str, passed: bool, detail: str) -> str:
+    """One gate's verdict for a terminal: `gate NAME: pass|FAIL (detail)`, as rich markup.
+
+    Names and details come from specs and results, so they are escaped, never read as markup."""
+    mark = "[green]pass[/green]" if passed else "[red]FAIL[/red]"
+    return f"gate {escape(name)}: {mark} ({escape(detail)})"
 
 
 def print_diagnostics(console: Console, diagnostics: list[Diagnostic]) -> None:

@@ -6,11 +6,16 @@ import hashlib
 import json
 import os
 import shutil
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 4 << 20
+# A file in blobs/tmp older than this whose writer is gone is an abandoned write; anything
+# younger, or of a live process, may be another writer's half-written blob.
+STALE_TMP_S = 3600
 Progress = Callable[[int], None]
 
 
@@ -92,7 +97,9 @@ class BlobStore:
         """Store `source` (copied, never moved); a blob that exists already is not rewritten."""
         tmp_dir = self.root / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_dir / f"{os.getpid()}-{source.name}.part"
+        # pid first (the stale sweep checks it is gone), then a unique part: two threads or two
+        # hosts sharing the folder never write to the same tmp file
+        tmp = tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}-{source.name}.part"
         digest = hashlib.sha256()
         size = 0
         try:
@@ -109,6 +116,7 @@ class BlobStore:
             final = self.path(sha)
             if self.exists(sha, size):
                 tmp.unlink()
+                self._touch(sha)
             else:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 tmp.chmod(0o444)
@@ -122,12 +130,32 @@ class BlobStore:
         """Store bytes (an answer, a scan report) the way `put` stores a file."""
         tmp_dir = self.root / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        staged = tmp_dir / f"{os.getpid()}-{name}.in"
+        staged = tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}-{name}.in"
         try:
             staged.write_bytes(data)
             return self.put(staged)
         finally:
             staged.unlink(missing_ok=True)
+
+    def _touch(self, sha256: str) -> None:
+        """Mark a blob found already stored as just written: the writer is about to register
+        it, and gc never deletes a blob younger than its grace period (an unreferenced blob
+        stored long ago would otherwise be deleted between this put and that registration)."""
+        path = self.path(sha256)
+        try:
+            trusted = self._verified_stamps().get(sha256) == self._stamp(path)
+            os.utime(path)
+            if trusted:  # the content did not change: keep the fast path of `check`
+                self._remember({sha256: self._stamp(path)})
+        except OSError:
+            return  # gone meanwhile: the registration reports the missing blob
+
+    def age_s(self, sha256: str) -> float | None:
+        """Seconds since the blob was last written (or found present by a put); None if gone."""
+        try:
+            return time.time() - self.path(sha256).stat().st_mtime
+        except OSError:
+            return None
 
     def read_text(self, sha256: str) -> str:
         return self.path(sha256).read_text(encoding="utf-8")
@@ -164,8 +192,41 @@ class BlobStore:
                 if len(path.name) == 64:
                     yield Blob(path.name, path.stat().st_size)
 
-    def clean_tmp(self) -> None:
-        shutil.rmtree(self.root / "tmp", ignore_errors=True)
+    def clean_tmp(self, older_than_s: float = STALE_TMP_S) -> list[str]:
+        """Remove abandoned tmp files: older than `older_than_s` and written by a process that
+        is gone. Each writer removes its own tmp files itself (put's `finally`); this never
+        empties the folder under a writer that is still at work. Returns the names removed."""
+        folder = self.root / "tmp"
+        if not folder.is_dir():
+            return []
+        removed = []
+        now = time.time()
+        for entry in folder.iterdir():
+            try:
+                if now - entry.lstat().st_mtime < older_than_s or _alive(entry.name):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry.name)
+            except OSError:
+                continue  # another sweep got there first
+        return removed
+
+
+def _alive(name: str) -> bool:
+    """Whether the process whose pid starts a tmp file's name still runs on this host."""
+    pid = name.split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's live process (or an odd pid): leave it alone
+    return True
 
 
 def hash_file(path: Path, progress: Progress | None = None) -> Blob:

@@ -1,6 +1,8 @@
 """Dashboard, arena pages: leaderboards with interval whiskers, the win-rate matrix, and blind
 voting (two answers in an order random per voter, names shown only after the vote; the vote
-lands in the arena's storage, once per voter and battle)."""
+lands in the arena's storage, once per voter and battle). A voter is the holder of a voter key
+the operator made (`llmops arena voters add NAME`), never a cookie the browser made up; an
+arena whose spec says `human_votes: false` takes no human votes and counts none."""
 
 from __future__ import annotations
 
@@ -10,11 +12,15 @@ from typing import Any
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from controller.ui.app import form_token, render, ui_state, voter_of
+from controller.ui.app import form_token, render, ui_state
 from controller.ui.charts import IntervalBar, heat_colour, whiskers
 from controller.ui.state import UiState
 
 router = APIRouter()
+# The browser keeps the voter key it signed in with; the server maps it to a name each time,
+# so a removed key stops voting at once.
+KEY_COOKIE = "llmops_voter_key"
+SIGN_IN = "sign in with your voter key (the operator makes one: 'llmops arena voters add NAME')"
 VOTERS = ("all", "human", "judge")
 CHOICES = {
     "first": "Answer 1 is better",
@@ -32,6 +38,20 @@ def arena_names(state: UiState) -> list[str]:
     if registry is not None:
         names.update(ArenaStore(registry).arenas())
     return sorted(names)
+
+
+def human_votes_of(state: UiState, name: str) -> bool | None:
+    """The applied Arena spec's `human_votes` (lock file); None when the arena has no spec
+    (battles from an imported log)."""
+    entry = state.lock().get(f"Arena/{name}")
+    return None if entry is None else bool(entry.spec.get("human_votes"))
+
+
+def signed_in(request: Request) -> str | None:
+    """The voter whose key this browser signed in with; None without a (valid) key."""
+    from controller.state.voters import VoterKeys
+
+    return VoterKeys(ui_state(request).paths.root).identify(request.cookies.get(KEY_COOKIE))
 
 
 def bootstrap_of(state: UiState, name: str) -> dict[str, Any]:
@@ -57,7 +77,7 @@ class ArenaView:
     pending: int
 
 
-def arena_view(state: UiState, name: str, voters: str, voter: str) -> ArenaView | None:
+def arena_view(state: UiState, name: str, voters: str, voter: str | None) -> ArenaView | None:
     from controller.apply.arena import votes_of
     from controller.state.registry.arena import ArenaStore
     from runners.arena.ratings import leaderboard
@@ -68,7 +88,8 @@ def arena_view(state: UiState, name: str, voters: str, voter: str) -> ArenaView 
     battles = ArenaStore(registry).battles(name)
     if not battles:
         return None
-    votes = votes_of(battles, voters)
+    # imported arenas (no spec) keep the human votes their log brought
+    votes = votes_of(battles, voters, human=human_votes_of(state, name) is not False)
     key = ("board", name, voters, len(votes), sum(len(b.votes) for b in battles))
     if key not in state.cache:
         state.cache[key] = leaderboard(votes, **bootstrap_of(state, name)) if votes else None
@@ -96,7 +117,7 @@ def arena_view(state: UiState, name: str, voters: str, voter: str) -> ArenaView 
         models,
         matrix,
         len(battles),
-        len(pending_battles(battles, voter)),
+        len(pending_battles(battles, voter)) if voter else 0,
     )
 
 
@@ -188,7 +209,7 @@ def arenas_page(request: Request) -> HTMLResponse:
 def arena_page(request: Request, name: str, voters: str = "all") -> HTMLResponse:
     if voters not in VOTERS:
         raise HTTPException(400, f"voters must be one of {', '.join(VOTERS)}")
-    view = arena_view(ui_state(request), name, voters, voter_of(request))
+    view = arena_view(ui_state(request), name, voters, signed_in(request))
     if view is None:
         raise HTTPException(404, f"arena '{name}' has no battles")
     return render(request, "arena.html", title=f"Arena {name}", view=view, voter_kinds=VOTERS)
@@ -198,14 +219,17 @@ def arena_page(request: Request, name: str, voters: str = "all") -> HTMLResponse
 def vote_page(
     request: Request, name: str, revealed: int | None = None, error: str | None = None
 ) -> HTMLResponse:
-    state, voter = ui_state(request), voter_of(request)
-    ballot, left = ballot_for(state, name, voter)
-    reveal = reveal_for(state, revealed, voter) if revealed is not None else None
+    state, voter = ui_state(request), signed_in(request)
+    open_to_people = human_votes_of(state, name) is True
+    ballot, left = ballot_for(state, name, voter) if voter and open_to_people else (None, 0)
+    reveal = reveal_for(state, revealed, voter) if voter and revealed is not None else None
     return render(
         request,
         "vote.html",
         title=f"Vote in arena {name}",
         name=name,
+        voter=voter,
+        open_to_people=open_to_people,
         ballot=ballot,
         left=left,
         reveal=reveal,
@@ -213,6 +237,28 @@ def vote_page(
         token=form_token(request),
         error=error,
     )
+
+
+def _check_form(request: Request, token: str) -> None:
+    import hmac
+
+    if not hmac.compare_digest(token, form_token(request)):
+        raise HTTPException(403, "the form is stale or from another site; reload the page")
+
+
+@router.post("/arena/{name}/voter")
+def sign_in(request: Request, name: str, key: str = Form(...), token: str = Form(...)) -> Response:
+    """Sign this browser in with a voter key; the key, not the browser, is the voter."""
+    from controller.state.voters import VoterKeys
+
+    _check_form(request, token)
+    if VoterKeys(ui_state(request).paths.root).identify(key.strip()) is None:
+        raise HTTPException(403, f"unknown or removed voter key; {SIGN_IN}")
+    response = RedirectResponse(f"/arena/{name}/vote", 303)
+    response.set_cookie(
+        KEY_COOKIE, key.strip(), max_age=365 * 24 * 3600, httponly=True, samesite="strict"
+    )
+    return response
 
 
 @router.post("/arena/{name}/vote")
@@ -223,16 +269,20 @@ def cast_vote(
     choice: str = Form(...),
     token: str = Form(...),
 ) -> Response:
-    import hmac
-
     from controller.apply.arena import blind_order
     from controller.state.registry.arena import AlreadyVoted, ArenaStore
 
-    if not hmac.compare_digest(token, form_token(request)):
-        raise HTTPException(403, "the vote form is stale or from another site; reload the page")
+    _check_form(request, token)
     if choice not in CHOICES:
         raise HTTPException(400, f"choice must be one of {', '.join(CHOICES)}")
-    state, voter = ui_state(request), voter_of(request)
+    state = ui_state(request)
+    if human_votes_of(state, name) is not True:
+        raise HTTPException(
+            403, f"arena '{name}' does not take human votes (its spec has no 'human_votes: true')"
+        )
+    voter = signed_in(request)
+    if voter is None:
+        raise HTTPException(403, f"votes need a voter: {SIGN_IN}")
     registry = state.registry()
     store = ArenaStore(registry) if registry else None
     found = store.battle(battle) if store else None
@@ -240,13 +290,14 @@ def cast_vote(
         raise HTTPException(404, f"no battle {battle} in arena '{name}'")
     swapped = blind_order(battle, voter)
     try:
+        # one row per (battle, voter name): the registry's unique constraint refuses a second
         store.add_vote(
             battle,
             voter_kind="human",
             voter_id=voter,
             winner=winner_of(choice, swapped),
             position="b_first" if swapped else "a_first",
-            detail={"via": "ui"},
+            detail={"via": "ui", "voter": "key"},
         )
     except AlreadyVoted:
         return RedirectResponse(f"/arena/{name}/vote?revealed={battle}&error=already", 303)

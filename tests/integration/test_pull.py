@@ -185,7 +185,7 @@ def test_cli_rm_refuses_a_deployed_version(repo: Path, run_cli: Callable[..., ob
     assert "used by deployment d (tiny@base)" in refused.stderr
     forced = run_cli("models", "rm", "tiny@1", "--force", cwd=repo)
     assert forced.returncode == 0, forced.stderr
-    gc = json.loads(run_cli("models", "gc", "--json", cwd=repo).stdout)
+    gc = json.loads(run_cli("models", "gc", "--grace", "0", "--json", cwd=repo).stdout)
     assert gc["removed"] and gc["freed_bytes"] > 0
     listed = json.loads(run_cli("models", "list", "--json", cwd=repo).stdout)
     assert listed == []

@@ -107,7 +107,7 @@ def test_refs_aliases_and_removal(registry: Registry, tmp_path: Path) -> None:
     assert registry.find("m@champion") is None
     with pytest.raises(RegistryError):
         registry.remove("m", 3)
-    report = collect_garbage(registry)
+    report = collect_garbage(registry, grace_s=0)  # just written: no grace period
     assert len(report.removed) == 1 and report.freed == 1
     assert len(list(registry.blobs)) == 2
 

@@ -217,7 +217,15 @@ def check_a_blind_vote_moves_the_leaderboard_once(page: Any, url: str, root: Pat
     before = _ratings(page, url)
     assert set(before) == {"tiny@1", "mute@1"}
     assert len(set(before.values())) == 1  # the biased judge tied every battle
+    # A voter is the holder of a key the operator made, not whoever the browser says it is.
+    from controller.state.paths import StatePaths
+    from controller.state.voters import VoterKeys
+
+    key = VoterKeys(StatePaths.for_repo(root).root).add("tester")
     page.goto(url + "/arena/duel/vote", wait_until="networkidle")
+    page.fill("#voter-key", key)
+    page.click("#signin button")
+    page.wait_for_load_state("networkidle")
     html = page.content()
     for name in ("tiny@1", "mute@1", "tiny", "mute"):
         assert name not in html, f"the ballot reveals '{name}' before the vote"
@@ -232,7 +240,7 @@ def check_a_blind_vote_moves_the_leaderboard_once(page: Any, url: str, root: Pat
     assert revealed[0 if choice == "first" else 1] == "tiny@1"
     after = _ratings(page, url)
     assert float(after["tiny@1"]) > float(after["mute@1"]), after
-    # The same voter (same cookie) posting the same battle again is refused, not counted.
+    # The same voter (same key) posting the same battle again is refused, not counted.
     page.goto(url + "/arena/duel/vote", wait_until="networkidle")
     token = page.locator("input[name=token]").first.get_attribute("value")
     again = page.request.post(

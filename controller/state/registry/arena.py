@@ -58,8 +58,18 @@ class BattleRecord:
                 question_id=self.question_id,
             )
             for v in self.votes
-            if v.winner is not None and (voter_kind in (None, "all") or v.voter_kind == voter_kind)
+            if v.winner is not None
+            and counted(v)
+            and (voter_kind in (None, "all") or v.voter_kind == voter_kind)
         ]
+
+
+def counted(vote: VoteRecord) -> bool:
+    """Whether a stored vote counts. Dashboard votes from before voter keys carry only a
+    browser-made cookie as their voter (clearing it voted again), so they are kept, shown,
+    never counted; dashboard votes now name a voter key's holder (detail voter=key)."""
+    detail = vote.detail or {}
+    return not (detail.get("via") == "ui" and detail.get("voter") != "key")
 
 
 class ArenaStore:

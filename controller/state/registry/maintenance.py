@@ -146,18 +146,39 @@ def disk_usage(registry: Registry) -> tuple[list[Usage], int, int]:
     return rows, stored, logical
 
 
+# gc never deletes a blob younger than this: a writer outside apply (`llmops models pull`, a
+# pipeline's training) stores its blobs first and registers them after, and its blobs are
+# unreferenced until then. Longer than the longest pull or training run is safe.
+GC_GRACE_S = 3600.0
+
+
 @dataclass
 class GcReport:
     removed: list[str] = field(default_factory=list)
     freed: int = 0
+    kept_young: int = 0  # unreferenced, but written within the grace period
+    tmp_removed: list[str] = field(default_factory=list)
 
 
-def collect_garbage(registry: Registry, dry_run: bool = False) -> GcReport:
-    """Delete blobs no version references (and their rows); keep everything referenced."""
+def collect_garbage(
+    registry: Registry, dry_run: bool = False, grace_s: float = GC_GRACE_S
+) -> GcReport:
+    """Delete blobs no version references (and their rows) once older than `grace_s`; keep
+    everything referenced, and everything written recently (it may be about to be).
+
+    The caller holds the apply mutex, so no apply registers meanwhile; writers outside apply
+    are covered by the grace period: a put refreshes the blob's modification time even when
+    the bytes were stored already, and the age is read again just before each deletion."""
     referenced = registry.referenced_blobs()
     report = GcReport()
     for blob in list(registry.blobs):
         if blob.sha256 in referenced:
+            continue
+        age = registry.blobs.age_s(blob.sha256)
+        if age is None:
+            continue  # deleted meanwhile by another gc
+        if age < grace_s:
+            report.kept_young += 1
             continue
         report.removed.append(blob.sha256)
         report.freed += blob.size
@@ -165,5 +186,5 @@ def collect_garbage(registry: Registry, dry_run: bool = False) -> GcReport:
             registry.blobs.delete(blob.sha256)
             registry.forget_blob(blob.sha256)
     if not dry_run:
-        registry.blobs.clean_tmp()
+        report.tmp_removed = registry.blobs.clean_tmp()
     return report
