@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -398,11 +397,6 @@ class ArenaRunner(ApplyStep):
         tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
         tmp.replace(target)
         return target
-
-
-def blind_order(battle_id: int, voter_id: str) -> bool:
-    """Whether a voter sees model_b's answer first: random per (battle, voter), repeatable."""
-    return random.Random(f"{battle_id}:{voter_id}").random() < 0.5
 
 
 def import_battles(registry: Any, arena: str, battles: list[Any]) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from controller.cli.common import (
@@ -157,7 +158,7 @@ def vote(
     root: RootOption = None,
 ) -> None:
     """Vote blind in the terminal: two answers in random order, names shown after the vote."""
-    from controller.apply.arena import blind_order
+    from controller.apply.blind_vote import ballot, cast, pending_battles, revealed_models
     from controller.state.registry.arena import AlreadyVoted, ArenaStore
 
     top = resolve_root(root)
@@ -173,27 +174,18 @@ def vote(
     # folder anyway. Votes share one namespace with the dashboard's voter names, so a person
     # voting in both places under one name still counts once per battle.
     who = voter or default_voter()
-    pending = [
-        b
-        for b in store.battles(name)
-        if b.answer_a is not None
-        and b.answer_b is not None
-        and not any(v.voter_kind == "human" and v.voter_id == who for v in b.votes)
-    ]
+    pending = pending_battles(store.battles(name), who)
     if not pending:
         console.print(f"nothing to vote on in arena '{name}' for {who}")
         return
-    choices = {"1": "first", "2": "second", "t": "tie", "b": "tie (bothbad)"}
-    cast = 0
+    choices = {"1": "first", "2": "second", "t": "tie", "b": "bothbad"}
+    stored = 0
     for battle in pending[:count]:
-        swapped = blind_order(battle.id, who)
-        first, second = (
-            (battle.answer_b, battle.answer_a) if swapped else (battle.answer_a, battle.answer_b)
-        )
+        shown = ballot(battle, who)
         console.rule(f"battle {battle.id}")
-        console.print(f"[bold]Prompt[/bold]\n{battle.prompt}\n")
-        console.print(f"[bold]Answer 1[/bold]\n{first}\n")
-        console.print(f"[bold]Answer 2[/bold]\n{second}\n")
+        console.print(f"[bold]Prompt[/bold]\n{escape(shown.prompt)}\n")
+        console.print(f"[bold]Answer 1[/bold]\n{escape(shown.first)}\n")
+        console.print(f"[bold]Answer 2[/bold]\n{escape(shown.second)}\n")
         answer = (
             typer.prompt("Better answer: 1, 2, t (tie), b (both bad), s (skip), q (quit)")
             .strip()
@@ -204,29 +196,16 @@ def vote(
         if answer not in choices:
             console.print("skipped")
             continue
-        picked = choices[answer]
-        if picked == "first":
-            winner = "model_b" if swapped else "model_a"
-        elif picked == "second":
-            winner = "model_a" if swapped else "model_b"
-        else:
-            winner = picked
         try:
-            store.add_vote(
-                battle.id,
-                voter_kind="human",
-                voter_id=who,
-                winner=winner,
-                position="b_first" if swapped else "a_first",
-                detail={"via": "cli"},
-            )
+            cast(store, battle.id, who, choices[answer], via="cli")
         except AlreadyVoted:
             console.print(f"{who} has voted on battle {battle.id} already; not counted again")
             continue
-        cast += 1
-        shown = (battle.model_b, battle.model_a) if swapped else (battle.model_a, battle.model_b)
-        console.print(f"Answer 1 was {shown[0]}, answer 2 was {shown[1]}.")
-    console.print(f"{cast} vote(s) stored for {who}")
+        stored += 1
+        models = revealed_models(store.battle(battle.id), who)
+        if models:
+            console.print(f"Answer 1 was {models[0]}, answer 2 was {models[1]}.")
+    console.print(f"{stored} vote(s) stored for {who}")
 
 
 def _voter_keys(root: Path | None):  # type: ignore[no-untyped-def]

@@ -12,6 +12,15 @@ from typing import Any
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from controller.apply.blind_vote import (
+    CHOICES,
+    Ballot,
+    ballot,
+    cast,
+    pending_battles,
+    revealed_models,
+)
+from controller.state.registry.arena import AlreadyVoted, ArenaStore
 from controller.ui.app import form_token, render, ui_state
 from controller.ui.charts import IntervalBar, heat_colour, whiskers
 from controller.ui.state import UiState
@@ -22,16 +31,9 @@ router = APIRouter()
 KEY_COOKIE = "llmops_voter_key"
 SIGN_IN = "sign in with your voter key (the operator makes one: 'llmops arena voters add NAME')"
 VOTERS = ("all", "human", "judge")
-CHOICES = {
-    "first": "Answer 1 is better",
-    "second": "Answer 2 is better",
-    "tie": "Tie",
-    "bothbad": "Both are bad",
-}
 
 
 def arena_names(state: UiState) -> list[str]:
-    from controller.state.registry.arena import ArenaStore
 
     names = {a.split("/", 1)[1] for a in state.entries("Arena")}
     registry = state.registry()
@@ -79,7 +81,6 @@ class ArenaView:
 
 def arena_view(state: UiState, name: str, voters: str, voter: str | None) -> ArenaView | None:
     from controller.apply.arena import votes_of
-    from controller.state.registry.arena import ArenaStore
     from runners.arena.ratings import leaderboard
 
     registry = state.registry()
@@ -121,25 +122,6 @@ def arena_view(state: UiState, name: str, voters: str, voter: str | None) -> Are
     )
 
 
-def pending_battles(battles: list[Any], voter: str) -> list[Any]:
-    """Battles with both answers that this voter has not voted on."""
-    return [
-        b
-        for b in battles
-        if b.answer_a is not None
-        and b.answer_b is not None
-        and not any(v.voter_kind == "human" and v.voter_id == voter for v in b.votes)
-    ]
-
-
-@dataclass
-class Ballot:
-    battle_id: int
-    prompt: str
-    first: str
-    second: str
-
-
 @dataclass
 class Reveal:
     battle_id: int
@@ -151,53 +133,19 @@ class Reveal:
 def ballot_for(state: UiState, name: str, voter: str) -> tuple[Ballot | None, int]:
     """The next battle this voter has not voted on, answers in the voter's blind order (no
     model names), and how many are left."""
-    from controller.apply.arena import blind_order
-    from controller.state.registry.arena import ArenaStore
-
     registry = state.registry()
     if registry is None:
         return None, 0
     pending = pending_battles(ArenaStore(registry).battles(name), voter)
-    if not pending:
-        return None, 0
-    battle = pending[0]
-    swapped = blind_order(battle.id, voter)
-    first, second = (
-        (battle.answer_b, battle.answer_a) if swapped else (battle.answer_a, battle.answer_b)
-    )
-    return Ballot(battle.id, battle.prompt or "", first or "", second or ""), len(pending)
+    return (ballot(pending[0], voter), len(pending)) if pending else (None, 0)
 
 
 def reveal_for(state: UiState, battle_id: int, voter: str) -> Reveal | None:
     """The names behind a battle's answers, only once this voter has voted on it."""
-    from controller.apply.arena import blind_order
-    from controller.state.registry.arena import ArenaStore
-
     registry = state.registry()
     battle = ArenaStore(registry).battle(battle_id) if registry else None
-    if battle is None:
-        return None
-    mine = next((v for v in battle.votes if v.voter_kind == "human" and v.voter_id == voter), None)
-    if mine is None:
-        return None
-    swapped = blind_order(battle.id, voter)
-    first, second = (
-        (battle.model_b, battle.model_a) if swapped else (battle.model_a, battle.model_b)
-    )
-    return Reveal(battle.id, first, second, str(mine.winner))
-
-
-def winner_of(choice: str, swapped: bool) -> str:
-    """The stored winner for a choice made on the blind page."""
-    if choice == "first":
-        return "model_b" if swapped else "model_a"
-    if choice == "second":
-        return "model_a" if swapped else "model_b"
-    if choice == "tie":
-        return "tie"
-    if choice == "bothbad":
-        return "tie (bothbad)"
-    raise ValueError(f"unknown choice '{choice}'")
+    shown = revealed_models(battle, voter) if battle is not None else None
+    return Reveal(battle_id, *shown) if shown else None
 
 
 @router.get("/arena", response_class=HTMLResponse)
@@ -269,8 +217,6 @@ def cast_vote(
     choice: str = Form(...),
     token: str = Form(...),
 ) -> Response:
-    from controller.apply.arena import blind_order
-    from controller.state.registry.arena import AlreadyVoted, ArenaStore
 
     _check_form(request, token)
     if choice not in CHOICES:
@@ -288,17 +234,9 @@ def cast_vote(
     found = store.battle(battle) if store else None
     if store is None or found is None or found.arena != name:
         raise HTTPException(404, f"no battle {battle} in arena '{name}'")
-    swapped = blind_order(battle, voter)
     try:
         # one row per (battle, voter name): the registry's unique constraint refuses a second
-        store.add_vote(
-            battle,
-            voter_kind="human",
-            voter_id=voter,
-            winner=winner_of(choice, swapped),
-            position="b_first" if swapped else "a_first",
-            detail={"via": "ui", "voter": "key"},
-        )
+        cast(store, battle, voter, choice, via="ui")
     except AlreadyVoted:
         return RedirectResponse(f"/arena/{name}/vote?revealed={battle}&error=already", 303)
     return RedirectResponse(f"/arena/{name}/vote?revealed={battle}", 303)

@@ -11,9 +11,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.apply.arena import blind_order
+from controller.apply.blind_vote import blind_order, pending_battles, winner_of
 from controller.ui.app import TOKEN_COOKIE, VOTER_COOKIE, create_app, is_loopback
-from controller.ui.arena import pending_battles, winner_of
 from controller.ui.deployments import collected_counts, summarize_metrics
 from controller.ui.evaluations import compare_samples, per_sample
 from controller.ui.models import demote_headings
