@@ -45,22 +45,70 @@ def split_ref(ref: str) -> tuple[str, str | None]:
 
 
 def _relative_path(value: str) -> str:
+    """The lexical half of the path rule; resolution (symlinks) is checked where the root is known.
+
+    Refused: empty or padded, absolute ('/', '~', 'C:'), NUL or control characters, backslashes
+    (a separator on Windows, an escape elsewhere) and any '..' part, even one that stays inside:
+    a path reads the same on every machine and can be checked without touching the disk.
+    """
     if not value or value.strip() != value:
         raise ValueError("a path must be non-empty and have no leading or trailing spaces")
-    if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value):
+    if "\x00" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("a path cannot contain NUL or control characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:  # lone surrogates, e.g. from a YAML "\ud800" escape
+        raise ValueError("a path must be valid UTF-8 text") from err
+    if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", value):
         raise ValueError(
             "absolute paths are not allowed; write the path relative to the repository root"
         )
-    if "\x00" in value:
-        raise ValueError("a path cannot contain NUL characters")
+    if "\\" in value:
+        raise ValueError("a path cannot contain '\\'; separate folders with '/'")
+    if ".." in value.split("/"):
+        raise ValueError(
+            "a path with '..' leaves the repository; write it from the repository root"
+        )
     return value
 
 
 RepoPath = Annotated[
     str,
     AfterValidator(_relative_path),
-    Field(description="A path relative to the repository root; it may not leave the repository."),
+    Field(
+        description="A path relative to the repository root, with no '..'; after symlinks are "
+        "resolved it must still be inside the repository."
+    ),
 ]
+
+PackageFile = Annotated[
+    str,
+    AfterValidator(_relative_path),
+    Field(
+        pattern=r"^[A-Za-z0-9._/-]+$",
+        description="Path of the file inside the package's folder, with no '..'.",
+    ),
+]
+
+
+def preset_entry(entry: Any) -> Any:
+    """A defaults-list entry names presets by group and option; Hydra joins both onto the
+    presets folder, so each must be a plain name path with no '..' (it would load YAML from
+    anywhere on the machine)."""
+    parts = [entry] if not isinstance(entry, dict) else [*entry.keys(), *entry.values()]
+    for part in parts:
+        for text in part if isinstance(part, list) else [part]:
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                raise ValueError("a defaults entry is 'group/option' or {group: option}")
+            bad = any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in text)
+            if bad or "\\" in text or ".." in text.split("/"):
+                raise ValueError(  # repr: the text may hold characters no terminal shows
+                    f"preset {text!r} must stay in specs/experiments/_presets/: no '..', "
+                    "backslashes or control characters"
+                )
+    return entry
 
 
 class SecretRef(Strict):

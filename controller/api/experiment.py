@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from controller.api.common import Name, Ref, RepoPath, Resource, Strict
+from controller.api.common import Name, Ref, RepoPath, Resource, Strict, preset_entry
 
 DEFAULT_RUN = "default"
 
@@ -140,7 +140,13 @@ class ExperimentDocument(ExperimentSpec):
     base_model: Ref | None = None  # type: ignore[assignment]
     dataset: Ref | None = None  # type: ignore[assignment]
 
-    defaults: list[Any] = Field(
+    defaults: list[
+        Annotated[
+            Any,
+            AfterValidator(preset_entry),
+            Field(description="A preset: 'group/option' or {group: option}, no '..'."),
+        ]
+    ] = Field(
         default_factory=list,
         description="Hydra defaults list: presets from specs/experiments/_presets/<group>/.",
     )

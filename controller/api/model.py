@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, SerializerFunctionWrapHandler, model_serializer
 
-from controller.api.common import Name, RepoPath, Resource, Strict
+from controller.api.common import Name, PackageFile, RepoPath, Resource, Strict
+from runners.pull.urls import DEFAULT_MAX_BYTES, url_problem
 
 
 class LocalDirSource(Strict):
-    """A folder in the repository (or a path it links to) with config, tokenizer and weights."""
+    """A folder in the repository with config, tokenizer and weights; links stay inside it."""
 
     type: Literal["local"]
     path: RepoPath
@@ -29,9 +30,7 @@ class PythonPackageSource(Strict):
     type: Literal["python-package"]
     package: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     version: str = Field(description="The exact package version the weights come from.")
-    file: str = Field(
-        pattern=r"^[A-Za-z0-9._/-]+$", description="Path of the file inside the package."
-    )
+    file: PackageFile
 
 
 class HubSource(Strict):
@@ -47,12 +46,43 @@ class HubSource(Strict):
     )
 
 
+def _fetchable_url(value: str) -> str:
+    problem = url_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 class UrlSource(Strict):
-    """An HTTP(S) or S3 URL to a single file (GGUF or safetensors), verified by sha256."""
+    """An HTTPS URL to a single GGUF file, verified by sha256 and capped in size.
+
+    Plain http is accepted for 127.0.0.1 and localhost only (a local mirror, the tests)."""
 
     type: Literal["url"]
-    url: str = Field(pattern=r"^(https?|s3)://\S+$")
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    url: Annotated[str, AfterValidator(_fetchable_url)] = Field(
+        pattern=r"^(https?|s3)://\S+$",
+        description="An https URL with no credentials or signatures (user@, X-Amz-Signature=, "
+        "sig=, token=): it is copied into plans, llmops.lock and the model card. Download a "
+        "private file outside llmops and name it with a gguf source instead.",
+    )
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the file (sha256sum); the download is refused when it differs.",
+    )
+    max_bytes: int = Field(
+        default=DEFAULT_MAX_BYTES,
+        gt=0,
+        description="Largest download accepted, checked on the declared and the received "
+        "size across redirects (20 GiB by default).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_default_cap(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`max_bytes`, added later, leaves the source's digest alone at its default."""
+        data = handler(self)
+        if data.get("max_bytes") == DEFAULT_MAX_BYTES:
+            data.pop("max_bytes", None)
+        return data
 
 
 class ExperimentSource(Strict):

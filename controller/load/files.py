@@ -9,8 +9,46 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CACHE_NAME = "file-digests.json"
+# controller.state.paths.STATE_DIR: the embedded state folder (blobs, registry) lives in the
+# repository; loading sits below the state layer, so the name is repeated here.
+STATE_FOLDER = ".llmops"
 CHUNK = 1 << 20
 ROW_COUNTED = {".jsonl", ".txt", ".csv", ".tsv"}
+
+
+def _under(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def path_escape(root: Path, relative: str, *, folder_only: bool = False) -> str | None:
+    """Why `relative` leaves the repository once symlinks are resolved; None when it stays.
+
+    The spec types refuse '..' and absolute paths; this is the half that needs the disk: the
+    path itself and, for a folder, every symlink inside it (they may point anywhere, and
+    whatever reads the folder follows them). The state folder is refused too: its blobs and
+    registry are not spec inputs. `folder_only` keeps a folder's symlinks inside that folder.
+    """
+    base = root.resolve()
+    state = base / STATE_FOLDER
+    target = (root / relative).resolve()
+    if not _under(target, base):
+        return f"path '{relative}' leaves the repository"
+    if _under(target, state):
+        return f"path '{relative}' is inside the state folder {STATE_FOLDER}/"
+    if not target.is_dir():
+        return None
+    limit = target if folder_only else base
+    for current, dirs, files in os.walk(target):
+        for name in sorted([*dirs, *files]):
+            entry = Path(current) / name
+            if not entry.is_symlink():
+                continue
+            resolved = entry.resolve()
+            if not _under(resolved, limit) or _under(resolved, state):
+                shown = (Path(relative) / entry.relative_to(target)).as_posix()
+                where = "its folder" if folder_only else "the repository"
+                return f"'{shown}' is a symlink out of {where}"
+    return None
 
 
 @dataclass(frozen=True)

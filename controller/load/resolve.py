@@ -16,7 +16,7 @@ from controller.api.model import ExperimentSource, GgufFileSource, LocalDirSourc
 from controller.load.code import CodeTable, code_identities
 from controller.load.compose import Override, Run, compose_experiment
 from controller.load.diagnostics import Diagnostic, did_you_mean
-from controller.load.files import FileDigests, FileInfo
+from controller.load.files import FileDigests, FileInfo, path_escape
 from controller.load.loader import LoadedSpec
 from controller.load.validate import format_loc
 from controller.plan.address import Address
@@ -200,19 +200,29 @@ class _Resolver:
             self.edges.append(Edge(source, f"{kind}/{name}", digest_input, spec, loc))
         return True
 
-    def _path(
-        self, spec: LoadedSpec, loc: Loc, relative: str, owner: str, required: bool = True
-    ) -> None:
-        target = (self.root / relative).resolve()
-        try:
-            target.relative_to(self.root.resolve())
-        except ValueError:
+    def _escapes(self, spec: LoadedSpec, loc: Loc, relative: str, folder_only: bool) -> bool:
+        """Report a path that leaves the repository (or its folder) through a symlink."""
+        problem = path_escape(self.root, relative, folder_only=folder_only)
+        if problem:
             self._diag(
                 spec,
                 loc,
-                f"path '{relative}' leaves the repository",
-                "keep data and models inside the repository, e.g. under data/",
+                problem,
+                "keep data and models inside the repository, e.g. under data/, as files or "
+                "symlinks that point inside it",
             )
+        return problem is not None
+
+    def _path(
+        self,
+        spec: LoadedSpec,
+        loc: Loc,
+        relative: str,
+        owner: str,
+        required: bool = True,
+        folder_only: bool = False,
+    ) -> None:
+        if self._escapes(spec, loc, relative, folder_only):
             return
         info = self.files.info(relative)
         if info is None:
@@ -244,7 +254,8 @@ class _Resolver:
             )
             source = spec.resource.spec.source
             if isinstance(source, LocalDirSource | GgufFileSource):
-                self._path(spec, ("spec", "source", "path"), source.path, address)
+                # A model folder's symlinks stay in it: the pull copies what they point at.
+                self._path(spec, ("spec", "source", "path"), source.path, address, folder_only=True)
             if isinstance(source, ExperimentSource):
                 exp_loc: Loc = ("spec", "source", "experiment")
                 if self._named_ref(spec, exp_loc, source.experiment, "Experiment", address, True):
@@ -356,7 +367,12 @@ class _Resolver:
                 self._model_ref(spec, ("spec", "base_model"), cfg.base_model, address)
                 self._named_ref(spec, ("spec", "dataset"), cfg.dataset, "Dataset", address, True)
                 probes = cfg.inspect.probes if cfg.inspect else None
-                if probes and self.files.info(probes) is None:
+                probes_loc: Loc = ("spec", "inspect", "probes")
+                if (
+                    probes
+                    and not self._escapes(spec, probes_loc, probes, False)
+                    and self.files.info(probes) is None
+                ):
                     # Checked, not digested: a scan's probes never retrain the run.
                     self._diag(
                         spec,

@@ -98,9 +98,13 @@ def data_loc(plain: Any, loc: Loc) -> Loc:
     node = plain
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
-        if (isinstance(node, dict) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        ):
+        # A union tag can share its name with a field (UrlSource's tag 'url' and its 'url'):
+        # a part that is followed by more cannot be a scalar field, so it is the tag.
+        if (
+            isinstance(node, dict)
+            and part in node
+            and (last or isinstance(node[part], dict | list))
+        ) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
             out.append(part)
             node = node[part]
         elif last:
@@ -209,10 +213,16 @@ def _field_hint(kind: str, raw_loc: Loc) -> str:
         nxt: list[dict[str, Any]] = []
         for n in nodes:
             for b in _branches(n, defs):
+                if isinstance(part, str) and _const_tag(b) == part:
+                    nxt = [b]  # a union tag (which may also be a field's name) picks its branch
+                    break
                 if isinstance(part, str) and part in b.get("properties", {}):
                     nxt.append(b["properties"][part])
                 elif isinstance(part, int) and "items" in b:
                     nxt.append(b["items"])
+            else:
+                continue
+            break
         nodes = nxt or nodes
     for n in nodes:
         desc = n.get("description") or _deref(n, defs).get("description")

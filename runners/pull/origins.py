@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.pull.fetch import FetchOptions, PullError
+from runners.pull.urls import DEFAULT_MAX_BYTES
 
 WEIGHT_FILES = (
     "*.safetensors",
@@ -22,13 +23,48 @@ WEIGHT_FILES = (
 )
 
 
+# The embedded state folder (controller.state.paths.STATE_DIR): blobs and registry, never a source.
+STATE_FOLDER = ".llmops"
+
+
+def _under(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
 def _inside(root: Path, relative: str) -> Path:
+    """The source path, resolved; refused when it leaves the repository or enters its state."""
+    base = root.resolve()
     path = (root / relative).resolve()
-    try:
-        path.relative_to(root.resolve())
-    except ValueError as err:
-        raise PullError(f"path '{relative}' leaves the repository") from err
+    if not _under(path, base):
+        raise PullError(f"path '{relative}' leaves the repository")
+    if _under(path, base / STATE_FOLDER):
+        raise PullError(f"path '{relative}' is inside the state folder {STATE_FOLDER}/")
     return path
+
+
+def _folder_files(folder: Path, shown: str) -> list[tuple[Path, Path]]:
+    """(file to read, path in the model) for each file; a symlink must resolve in `folder`.
+
+    What a symlink points at is copied as a plain file, so a link out of the folder would
+    carry a file from elsewhere on the machine (or a blob of another model) into the store.
+    """
+    files: list[tuple[Path, Path]] = []
+    for current, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in sorted(dirs) if d != ".git"]
+        for name in sorted([*dirs, *names]):
+            entry = Path(current) / name
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not _under(target, folder):
+                    raise PullError(
+                        f"'{shown}/{entry.relative_to(folder).as_posix()}' is a symlink out of "
+                        "the model folder; copy the file into the folder or link inside it"
+                    )
+                if name in names and target.is_file():
+                    files.append((target, entry.relative_to(folder)))
+            elif name in names and entry.is_file():
+                files.append((entry, entry.relative_to(folder)))
+    return files
 
 
 def fetch_local(source: dict[str, Any], dest: Path, options: FetchOptions) -> dict[str, Any]:
@@ -38,11 +74,11 @@ def fetch_local(source: dict[str, Any], dest: Path, options: FetchOptions) -> di
             f"'{source['path']}' is not a folder; a local source is a folder with "
             "config.json, tokenizer files and weights"
         )
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and ".git" not in path.parts:
-            target = dest / path.relative_to(folder)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+    # Every link is checked before anything is copied: a refused pull leaves nothing behind.
+    for path, relative in _folder_files(folder, source["path"]):
+        target = dest / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
     if not (dest / "config.json").is_file():
         raise PullError(f"'{source['path']}' has no config.json")
     return {}
@@ -72,7 +108,25 @@ def package_file(source: dict[str, Any]) -> Path:
             f"installed {package} is {dist.version} but the Model spec pins {wanted}; install "
             f"'{package}=={wanted}' or change 'version' in the spec"
         )
-    path = Path(str(dist.locate_file(source["file"])))
+    file = str(source["file"])
+    parts = file.split("/")
+    root = Path(str(dist.locate_file(""))).resolve()
+    path = Path(str(dist.locate_file(file)))
+    if (
+        file.startswith(("/", "~"))
+        or "\\" in file
+        or ".." in parts
+        or not _under(path.resolve(), root)
+    ):
+        raise PullError(
+            f"'{file}' is not inside the package's folder; write the file's path inside the "
+            f"installed package, e.g. {package.replace('-', '_')}/model.gguf"
+        )
+    listed = {str(p) for p in dist.files or []}
+    if dist.files is not None and file not in listed:
+        raise PullError(
+            f"'{file}' is not a file the package {package} {wanted} installed (its RECORD)"
+        )
     if not path.is_file():
         raise PullError(f"package {package} {wanted} has no file '{source['file']}'")
     return path
@@ -145,10 +199,21 @@ def fetch_url(source: dict[str, Any], dest: Path, options: FetchOptions) -> dict
             "s3:// sources need an S3 client, which is not installed here; "
             "use an HTTPS URL (for example a presigned one)"
         )
+    if not source.get("sha256"):
+        raise PullError(
+            "a URL source needs sha256: without it any bytes the server sends are imported; "
+            "add 'sha256:' (sha256sum of the file) to the Model spec"
+        )
     name = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "model"
     downloads = dest.parent / (dest.name + "-download")
     downloads.mkdir(parents=True, exist_ok=True)
-    path = download(url, downloads / name, source.get("sha256"), options.report)
+    path = download(
+        url,
+        downloads / name,
+        source["sha256"],
+        options.report,
+        max_bytes=int(source.get("max_bytes") or DEFAULT_MAX_BYTES),
+    )
     if path.suffix.lower() == ".gguf":
         from runners.pull.gguf import convert_gguf
 
