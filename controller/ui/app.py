@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from controller.ui.state import UiState
+from runners.serve.request_origin import FORM, JSON, RequestOriginMiddleware
 
 HERE = Path(__file__).parent
 VOTER_COOKIE = "llmops_voter"
@@ -142,6 +143,10 @@ def create_app(root: Path, token: str | None = None, secret: bytes | None = None
     app.state.token = token
     app.state.secret = secret or secrets.token_bytes(32)
     app.add_middleware(Gate)
+    # Outermost: another site's page (a cross-origin post, a DNS-rebinding name for
+    # 127.0.0.1) is refused before the token check and before a voter cookie is handed out.
+    # The vote form posts form-encoded bodies from this origin; nothing else takes bodies.
+    app.add_middleware(RequestOriginMiddleware, body_types=(FORM, JSON), json_errors=False)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     for module in (overview, models, datasets, runs, evaluations, arena, scans, deployments):
         app.include_router(module.router)

@@ -36,13 +36,26 @@ class DeploymentView:
     collected: dict[str, int] = field(default_factory=dict)
 
 
-def live_metrics(base_url: str, timeout: float = 0.5) -> dict[str, float]:
-    """The runtime's llmops_serve_* counters and gauges, summed over labels except status."""
+def live_metrics(
+    base_url: str, timeout: float = 0.5, key_env: str | None = None
+) -> dict[str, float]:
+    """The runtime's llmops_serve_* counters and gauges, summed over labels except status.
+
+    A runtime with an API key guards /metrics with it too: the key is read from the variable
+    the spec's `api_key: {env: NAME}` names, when this process has it."""
+    import os
+
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{base_url.rstrip('/')}/metrics", timeout=timeout).text
-    return summarize_metrics(text_string_to_metric_families(text))
+    key = os.environ.get(key_env) if key_env else None
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    answer = httpx.get(f"{base_url.rstrip('/')}/metrics", timeout=timeout, headers=headers)
+    if answer.status_code == 401:
+        where = f"export {key_env} for 'llmops ui'" if key_env else "it needs the API key"
+        raise PermissionError(f"the runtime's /metrics needs its API key: {where}")
+    answer.raise_for_status()
+    return summarize_metrics(text_string_to_metric_families(answer.text))
 
 
 def summarize_metrics(families: Any) -> dict[str, float]:
@@ -115,7 +128,10 @@ def list_deployments(state: UiState) -> list[DeploymentView]:
             }
             if process.running and process.endpoint:
                 try:
-                    view.metrics = live_metrics(process.endpoint.removesuffix("/v1"))
+                    key_env = (spec.get("api_key") or {}).get("env")
+                    view.metrics = live_metrics(
+                        process.endpoint.removesuffix("/v1"), key_env=key_env
+                    )
                 except Exception as err:  # any failure is shown, not raised
                     view.metrics_error = f"{type(err).__name__}: {err}"
         collect = spec.get("collect") or {}

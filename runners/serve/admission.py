@@ -129,8 +129,51 @@ class Engine:
 
     async def start(self, prompt: str, chat: bool, sampling: Sampling, started: float) -> Job:
         """Admit and start a generation; `started` (monotonic) is when the request arrived."""
+        return await self.admit(lambda: (prompt, chat, sampling), started, prepare_in_thread=False)
+
+    async def admit(
+        self,
+        prepare: Callable[[], tuple[str, bool, Sampling]],
+        started: float,
+        prepare_in_thread: bool = True,
+    ) -> Job:
+        """Admit, then `prepare` (render and tokenise the prompt, decide the sampling) in a
+        generation thread, then start the generation.
+
+        Preparing after admission means a request refused with 429 cost no tokenising, and
+        no more prompts are being tokenised at once than there are generation slots."""
         deadline = started + self.timeout_s
         release = await self.gate.enter(deadline - time.monotonic())
+        loop = asyncio.get_running_loop()
+        if not prepare_in_thread:
+            prompt, chat, sampling = prepare()
+        else:
+            try:
+                submitted_prepare = self.executor.submit(prepare)
+            except BaseException:
+                release()
+                raise
+            try:
+                prompt, chat, sampling = await asyncio.wrap_future(submitted_prepare)
+            except BaseException:
+                # A refused prompt, or the client left: the slot is free once the thread is.
+                if submitted_prepare.done():
+                    release()
+                else:
+                    submitted_prepare.add_done_callback(
+                        lambda _: loop.call_soon_threadsafe(release)
+                    )
+                raise
+        return self._run(prompt, chat, sampling, deadline, release)
+
+    def _run(
+        self,
+        prompt: str,
+        chat: bool,
+        sampling: Sampling,
+        deadline: float,
+        release: Callable[[], None],
+    ) -> Job:
         loop = asyncio.get_running_loop()
         control = Control(deadline=deadline)
         queue: asyncio.Queue[object] = asyncio.Queue()

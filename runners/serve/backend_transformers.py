@@ -71,6 +71,14 @@ class TransformersBackend:
         self.model = model
         self.device = next(model.parameters()).device
         self.context_length: int | None = getattr(model.config, "max_position_embeddings", None)
+        # The most characters one token spells (byte-level and sentencepiece token strings
+        # are at least as long as the text they decode to): routes.py refuses a prompt too
+        # long for the context by its length, before tokenising it.
+        try:
+            longest = max((len(token) for token in tokenizer.get_vocab()), default=0)
+        except Exception:  # a tokenizer without a vocabulary listing: routes.py's fallback
+            longest = 0
+        self.max_token_chars: int | None = longest or None
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
         eos = getattr(model.generation_config, "eos_token_id", None)

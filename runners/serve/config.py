@@ -45,6 +45,16 @@ class Limits(_Strict):
         ge=1,
         description="Connections still sending a request; beyond it the oldest is closed.",
     )
+    # Each accepted /v1/feedback call is a row that may become training data.
+    feedback_per_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Feedback calls per second one client address may make, sustained; "
+        "beyond it 429 with Retry-After.",
+    )
+    feedback_burst: int = Field(
+        default=30, ge=1, description="Feedback calls one client address may make at once."
+    )
 
     @model_validator(mode="after")
     def _timeouts_nest(self) -> Limits:
@@ -89,6 +99,16 @@ class ServeConfig(_Strict):
         description="The deployment's state folder: with `name`, who may share public_port.",
     )
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names, besides loopback ones, a connection to a loopback address "
+        "may name (request_origin.py): e.g. a name in /etc/hosts for 127.0.0.1.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins (https://app.example) whose pages may call this server "
+        "from a browser; any other Origin is refused with 403.",
+    )
     limits: Limits = Field(default_factory=Limits)
     collect: Collect = Field(default_factory=Collect)
     smoke: Smoke = Field(default_factory=Smoke)

@@ -9,7 +9,16 @@ from typing import Any
 from runners.serve.errors import APIError
 from runners.serve.metrics import REJECTED
 
-PROTECTED = ("/v1/", "/openai/v1/")
+# Deny by default: with a key configured, every path needs it except liveness and
+# readiness, which probes (kubelet, docker HEALTHCHECK, the local rollout) call without one.
+# kserve's own routes (/v2/models/*, /v2/repository/.../unload, /metrics, /openapi.json)
+# and any route a later kserve adds are therefore guarded without being listed.
+OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready"})
+OPEN_METHODS = frozenset({"GET", "HEAD"})
+
+
+def is_open(scope: dict) -> bool:
+    return scope["path"] in OPEN_PATHS and scope["method"] in OPEN_METHODS
 
 
 class BodyTooLarge(APIError):
@@ -31,14 +40,15 @@ async def send_error(send: Any, error: APIError) -> None:
 
 
 class ApiKeyMiddleware:
-    """With a key configured, /v1 and /openai/v1 need `Authorization: Bearer <key>`."""
+    """With a key configured, every route but liveness and readiness needs
+    `Authorization: Bearer <key>` (a Prometheus scraper of /metrics sends it too)."""
 
     def __init__(self, app: Any, key: str | None) -> None:
         self.app = app
         self.key = key.encode() if key else None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if self.key is None or scope["type"] != "http" or not scope["path"].startswith(PROTECTED):
+        if self.key is None or scope["type"] != "http" or is_open(scope):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")

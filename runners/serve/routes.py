@@ -25,6 +25,7 @@ from runners.serve.collect import Collector
 from runners.serve.config import ServeConfig
 from runners.serve.errors import APIError, error_body, from_validation
 from runners.serve.generation import Generation, GenerationCancelled, GenerationTimeout, Sampling
+from runners.serve.metrics import REJECTED
 from runners.serve.middleware import json_error
 from runners.serve.model import ServeModel
 from runners.serve.protocol import (
@@ -39,8 +40,12 @@ from runners.serve.protocol import (
     now,
     text_completion,
 )
+from runners.serve.throttle import ClientBuckets, retry_after
 
 VERSION_HEADER = "X-LLMOps-Model-Version"
+# For a backend that does not say how many characters its longest token spells: generous,
+# so a real prompt is never refused by the character pre-check, only a flood.
+FALLBACK_CHARS_PER_TOKEN = 128
 Req = TypeVar("Req", bound=BaseModel)
 
 
@@ -88,6 +93,8 @@ class Service:
         self.collector = collector
         self.engine: Engine | None = None
         self.headers = {VERSION_HEADER: config.model_version}
+        limits = config.limits
+        self.feedback_buckets = ClientBuckets(limits.feedback_per_s, limits.feedback_burst)
 
     def start_engine(self) -> None:
         assert self.model.backend is not None
@@ -157,28 +164,52 @@ class Service:
             min_tokens=min(req.min_tokens, max_tokens),
         )
 
-    async def prepare(
+    def check_length(self, characters: int) -> None:
+        """400 for a prompt whose characters alone cannot fit the context, before anything
+        tokenises it: no token spells more characters than the vocabulary's longest, so
+        `characters / longest` tokens is the least the prompt can take."""
+        backend = self.model.backend
+        context = backend.context_length if backend is not None else None
+        if context is None:
+            return
+        longest = getattr(backend, "max_token_chars", None) or FALLBACK_CHARS_PER_TOKEN
+        if characters > context * longest:
+            raise APIError(
+                400,
+                f"this model's context is {context} tokens; the prompt's {characters} "
+                f"characters take at least {-(-characters // longest)} of them: shorten it",
+                param="messages",
+                code="context_length_exceeded",
+            )
+
+    def preparer(
         self, req: ChatRequest | CompletionRequest, prompt: str | None
-    ) -> tuple[str, Sampling, bool]:
-        """Render and measure the prompt off the event loop; decide the sampling."""
+    ) -> Callable[[], tuple[str, bool, Sampling]]:
+        """The work of rendering and measuring the prompt and deciding the sampling, to run in
+        a generation thread once admitted (Engine.admit); a hopeless length is refused now."""
         backend = self.model.backend
         assert backend is not None
         chat = prompt is None
+        if prompt is None:
+            assert isinstance(req, ChatRequest)
+            self.check_length(sum(len(m.get("content") or "") for m in req.messages))
+        else:
+            self.check_length(len(prompt))
 
-        def render() -> tuple[str, int]:
-            text = backend.chat_prompt(req.messages) if prompt is None else prompt  # type: ignore[union-attr]
-            return text, backend.count_tokens(text, chat)
+        def prepare() -> tuple[str, bool, Sampling]:
+            try:
+                text = backend.chat_prompt(req.messages) if prompt is None else prompt  # type: ignore[union-attr]
+                tokens = backend.count_tokens(text, chat)
+            except Exception as err:  # jinja's TemplateError and friends: the messages' fault
+                raise APIError(
+                    400,
+                    f"the model's chat template rejected the messages: {err}",
+                    param="messages",
+                    code="invalid_messages",
+                ) from None
+            return text, chat, self.sampling(req, tokens)
 
-        try:
-            text, tokens = await asyncio.to_thread(render)
-        except Exception as err:  # jinja's TemplateError and friends: the messages' fault
-            raise APIError(
-                400,
-                f"the model's chat template rejected the messages: {err}",
-                param="messages",
-                code="invalid_messages",
-            ) from None
-        return text, self.sampling(req, tokens), chat
+        return prepare
 
     async def result(self, job: Job) -> Generation:
         return await job.result()
@@ -211,9 +242,11 @@ class Service:
             return generation.result()
         raise ClientDisconnect()
 
-    def record(
+    async def record(
         self, id: str, messages: list[dict[str, str]], result: Generation, kind: str
     ) -> None:
+        """Collect the interaction; redaction and the file lock run in a thread, off the
+        event loop, which keeps answering other requests meanwhile."""
         if self.collector is None:
             return
         usage = {
@@ -222,7 +255,9 @@ class Service:
             "total_tokens": result.prompt_tokens + result.completion_tokens,
         }
         try:
-            self.collector.interaction(id, messages, result.text, usage, kind)
+            await asyncio.to_thread(
+                self.collector.interaction, id, messages, result.text, usage, kind
+            )
         except OSError as err:  # a full disk must not fail the request the user already got
             print(f"llmops-serve: could not collect {id}: {err}", file=sys.stderr, flush=True)
 
@@ -230,7 +265,7 @@ class Service:
         self,
         job: Job,
         chunks: Callable[[str | None, Generation | None], list[dict[str, Any]]],
-        on_done: Callable[[Generation], None],
+        on_done: Callable[[Generation], Awaitable[None]],
     ) -> AsyncIterator[str]:
         """SSE: each piece, then the finish (and usage) chunks and [DONE]; errors as an event."""
         try:
@@ -248,7 +283,7 @@ class Service:
         except Exception as err:  # headers are sent: the error travels as an event
             yield sse(error_body(f"generation failed: {err}", "server_error"))
             return
-        on_done(result)
+        await on_done(result)
         for payload in chunks(None, result):
             yield sse(payload)
         yield "data: [DONE]\n\n"
@@ -301,10 +336,24 @@ def register_routes(app: FastAPI, service: Service) -> None:
 
     @router.post("/feedback")
     async def feedback(request: Request) -> Response:
+        # Before reading the body: a flood costs a dictionary look-up per call.
+        wait = service.feedback_buckets.take(request.client.host if request.client else None)
+        if wait:
+            REJECTED.labels("feedback_rate").inc()
+            raise APIError(
+                429,
+                f"too much feedback from this client: at most {config.limits.feedback_burst} "
+                f"at once and {config.limits.feedback_per_s:g} per second; retry later",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": retry_after(wait)},
+            )
         req = parse(FeedbackRequest, await read_json(request))
         recorded = service.collector is not None
         if service.collector is not None:
-            service.collector.feedback(req.id, req.verdict(), req.correction, req.comment)
+            await asyncio.to_thread(
+                service.collector.feedback, req.id, req.verdict(), req.correction, req.comment
+            )
         message = (
             "feedback recorded"
             if recorded
@@ -331,13 +380,12 @@ async def _chat(service: Service, request: Request, started: float) -> Response:
     req = parse(ChatRequest, await read_json(request))
     service.check_model(req.model)
     req.check_supported()
-    prompt, sampling, chat = await service.prepare(req, None)
-    job = await engine.start(prompt, chat, sampling, started)
+    job = await engine.admit(service.preparer(req, None), started)
     id, created = new_id("chatcmpl"), now()
     name, fingerprint = service.config.name, service.config.model_version
 
-    def record(result: Generation) -> None:
-        service.record(id, req.messages, result, "chat")
+    async def record(result: Generation) -> None:
+        await service.record(id, req.messages, result, "chat")
 
     if req.stream:
 
@@ -355,7 +403,7 @@ async def _chat(service: Service, request: Request, started: float) -> Response:
 
         return streaming(service.stream(job, chunks, record), service.headers)
     result = await service.answer(job, request)
-    record(result)
+    await record(result)
     body = dump(chat_completion(id, name, fingerprint, created, result))
     return JSONResponse(body, headers=service.headers)
 
@@ -367,13 +415,12 @@ async def _complete(service: Service, request: Request, started: float) -> Respo
     service.check_model(req.model)
     req.check_supported()
     text = req.text()
-    prompt, sampling, chat = await service.prepare(req, text)
-    job = await engine.start(prompt, chat, sampling, started)
+    job = await engine.admit(service.preparer(req, text), started)
     id, created = new_id("cmpl"), now()
     name, fingerprint = service.config.name, service.config.model_version
 
-    def record(result: Generation) -> None:
-        service.record(id, [{"role": "user", "content": text}], result, "completion")
+    async def record(result: Generation) -> None:
+        await service.record(id, [{"role": "user", "content": text}], result, "completion")
 
     if req.stream:
 
@@ -391,7 +438,7 @@ async def _complete(service: Service, request: Request, started: float) -> Respo
 
         return streaming(service.stream(job, chunks, record), service.headers)
     result = await service.answer(job, request)
-    record(result)
+    await record(result)
     completion = text_completion(
         id, name, fingerprint, created, result.text, result.finish_reason, result
     )

@@ -135,9 +135,10 @@ async def _serve(config: ServeConfig, api_key: str | None) -> int:
     from starlette.requests import ClientDisconnect
 
     from runners.serve.collect import Collector
-    from runners.serve.metrics import MetricsMiddleware
+    from runners.serve.metrics import REJECTED, MetricsMiddleware
     from runners.serve.middleware import ApiKeyMiddleware, BodyLimitMiddleware
     from runners.serve.model import ModelFailed, ServeModel
+    from runners.serve.request_origin import RequestOriginMiddleware
     from runners.serve.routes import Service, register_routes
 
     class ReadinessDataPlane(DataPlane):
@@ -180,6 +181,14 @@ async def _serve(config: ServeConfig, api_key: str | None) -> int:
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, key=api_key)
+    # Outside the key check: a browser page on another site is refused before it can learn
+    # anything from a 401, and a keyless local server is covered too.
+    app.add_middleware(
+        RequestOriginMiddleware,
+        allowed_hosts=config.allowed_hosts,
+        allowed_origins=config.allowed_origins,
+        on_refuse=lambda code: REJECTED.labels(code).inc(),
+    )
     app.add_middleware(MetricsMiddleware)
 
     primary = bind(config.host, config.port, reuse_port=False, field="port")

@@ -172,7 +172,8 @@ def test_a_body_sent_too_slowly_is_cut_without_a_traceback(server: Runtime) -> N
     sock = connect(server)
     body = json.dumps({**CHAT, "max_tokens": 4}).encode()
     sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body[:10]
     )
@@ -192,7 +193,8 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation_and_frees_the_slot
     body = json.dumps({**CHAT, "max_tokens": LONG, "min_tokens": LONG, "stream": True})
     sock = connect(server)
     sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
     )
     seen = b""
@@ -237,7 +239,7 @@ def test_a_client_that_leaves_a_non_streamed_request_stops_its_generation(
     payload = json.dumps({**body, "max_tokens": LONG, "min_tokens": LONG})
     sock = connect(server)
     sock.sendall(
-        f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+        f"POST {route} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode()
         + f"Content-Length: {len(payload)}\r\n\r\n{payload}".encode()
     )
     give_up = time.monotonic() + BOUND_S

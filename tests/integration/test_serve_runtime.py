@@ -56,6 +56,11 @@ def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {KEY}"}
 
 
+def auth_json() -> dict[str, str]:
+    """A raw body as every client library sends one (others are refused with 415)."""
+    return {**auth(), "Content-Type": "application/json"}
+
+
 def greedy(runtime: Runtime, max_tokens: int = 16, **extra: Any) -> Any:
     return client(runtime).chat.completions.create(
         model=NAME, messages=USER, max_tokens=max_tokens, temperature=0, **extra
@@ -153,7 +158,7 @@ def test_each_bad_input_is_a_clear_openai_error_and_the_server_keeps_serving(
 ) -> None:
     url = f"{server.url}/v1/chat/completions"
 
-    malformed = httpx.post(url, content=b'{"model": "x", "messages": [', headers=auth())
+    malformed = httpx.post(url, content=b'{"model": "x", "messages": [', headers=auth_json())
     assert malformed.status_code == 400
     assert malformed.json()["error"]["code"] == "invalid_json"
     assert "not valid JSON" in malformed.json()["error"]["message"]
@@ -164,11 +169,11 @@ def test_each_bad_input_is_a_clear_openai_error_and_the_server_keeps_serving(
     assert f"serves '{NAME}'" in unknown.value.message
 
     big = json.dumps({"model": NAME, "messages": [{"role": "user", "content": "x" * 9000}]})
-    too_long = httpx.post(url, content=big, headers=auth())
+    too_long = httpx.post(url, content=big, headers=auth_json())
     assert too_long.status_code == 413
     assert "limit of 8192 bytes" in too_long.json()["error"]["message"]
     chunked = httpx.post(
-        url, content=iter([big[:5000].encode(), big[5000:].encode()]), headers=auth()
+        url, content=iter([big[:5000].encode(), big[5000:].encode()]), headers=auth_json()
     )
     assert "content-length" not in chunked.request.headers
     assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
@@ -205,7 +210,7 @@ def test_each_bad_input_is_a_clear_openai_error_and_the_server_keeps_serving(
 
 
 def _samples(runtime: Runtime) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"{runtime.url}/metrics").text
+    text = httpx.get(f"{runtime.url}/metrics", headers=auth()).text
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -216,7 +221,8 @@ def _samples(runtime: Runtime) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 def test_health_readiness_and_metrics(server: Runtime) -> None:
     assert httpx.get(f"{server.url}/").json() == {"status": "alive"}
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
-    assert httpx.get(f"{server.url}/v2/models/{NAME}/ready").json()["ready"] is True
+    ready = httpx.get(f"{server.url}/v2/models/{NAME}/ready", headers=auth())
+    assert ready.json()["ready"] is True
     ok = ("llmops_serve_requests_total", (("route", "/v1/chat/completions"), ("status", "200")))
     bad = ("llmops_serve_requests_total", (("route", "/v1/chat/completions"), ("status", "400")))
     tokens = ("llmops_serve_generated_tokens_total", ())
@@ -236,6 +242,7 @@ def test_kserve_tensor_protocols_point_to_the_openai_routes(server: Runtime) -> 
     refused = httpx.post(
         f"{server.url}/v2/models/{NAME}/infer",
         json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]},
+        headers=auth(),
     )
     assert refused.status_code == 501
     assert "POST /openai/v1/chat/completions" in refused.text

@@ -37,7 +37,10 @@ def test_defaults_match_the_deployment_contract() -> None:
         "header_timeout_s": 10.0,
         "read_timeout_s": 30.0,
         "max_pending_connections": 128,
+        "feedback_per_s": 1.0,
+        "feedback_burst": 30,
     }
+    assert (cfg.allowed_hosts, cfg.allowed_origins) == ([], [])
     assert not cfg.collect.enabled and cfg.smoke.prompts == ["Hello!"]
     assert cfg.api_key() is None
 
