@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from controller.api.common import Name, Ref, RepoPath, Resource, Strict
+from runners.evaluate.placeholders import field_name_problem, problems
 
 Metric = Literal[
     "perplexity",
@@ -57,15 +58,39 @@ class Task(Strict):
     lm_eval_task: str | None = Field(
         default=None, description="A built-in lm-eval task name (type lm_eval); data must be local."
     )
-    prompt: str = Field(default="{question}", description="Prompt template over the row's fields.")
-    target: str = Field(default="answer", description="Row field holding the reference.")
+    prompt: str = Field(
+        default="{question}",
+        description="Prompt text; {field} inserts the row's field, {{ and }} are literal braces. "
+        "Nothing else is a template: no expressions, attribute access or statements.",
+    )
+    target: str = Field(
+        default="answer", description="Row field holding the reference (a field name)."
+    )
     choices: str = Field(
-        default="choices", description="Row field with the options (multiple_choice)."
+        default="choices",
+        description="Row field with the options (multiple_choice; a field name).",
     )
     chat_template: bool = Field(default=True, description="Wrap the prompt in the chat template.")
     metrics: list[Metric] = Field(min_length=1)
     generation: Generation = Field(default_factory=Generation)
     limit: int | None = Field(default=None, ge=1, description="Only the first N rows.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _placeholders_only(cls, value: str) -> str:
+        """Suite text reaches no template engine (issue 27); say so where it would have."""
+        found = problems(value)
+        if found:
+            raise ValueError(f"{found[0].message}; {found[0].hint}")
+        return value
+
+    @field_validator("target", "choices")
+    @classmethod
+    def _field_name(cls, value: str) -> str:
+        problem = field_name_problem(value)
+        if problem:
+            raise ValueError(f"{problem}; name the row's field, e.g. 'answer'")
+        return value
 
     @model_validator(mode="after")
     def _data_or_builtin(self) -> Task:

@@ -14,18 +14,27 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf, grammar_parser
+from omegaconf.errors import GrammarParseError, OmegaConfBaseException
+from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
 from pydantic import ValidationError
 
 from controller.api.experiment import DEFAULT_RUN, ExperimentSpec
 from controller.load.diagnostics import Diagnostic, did_you_mean
 from controller.load.loader import LoadedSpec
+from controller.load.secrets import SECRET_HINT, find_secret
 from controller.load.validate import format_loc, schema_fields
+from controller.load.yaml_source import Loc, parse_documents, walk_strings
 
 PRESETS_DIR = Path("specs/experiments/_presets")
 COMMAND_LINE = "<command line>"
 DOCUMENT_ONLY_FIELDS = ("defaults", "variants", "sweep")
+RESOLVER_HINT = (
+    "resolvers (oc.env, oc.decode, hydra:, ...) can read the environment of the job that runs "
+    "llmops, and what they return lands in plans, pull-request comments and llmops.lock; "
+    "refer to other fields only (${training.lora.r}), write the value, or escape a literal "
+    "'${' as '\\${'"
+)
 
 
 @dataclass(frozen=True)
@@ -95,10 +104,24 @@ def compose_experiment(
     name = spec.name
     mine = [o for o in overrides if o.experiment in (None, name)]
     base_doc = {k: v for k, v in document.items() if k not in DOCUMENT_ONLY_FIELDS}
+    # Nothing is composed or resolved while any text calls a resolver: hydra resolves a
+    # preset's defaults list while composing, OmegaConf the values when the runs are built.
+    refused = _resolver_calls_in_spec(spec, mine)
+    if document.get("defaults") or mine:
+        refused += _resolver_calls_in_presets(root)
+    if refused:
+        return [], refused
     try:
         base = _compose_base(base_doc, document.get("defaults", []), root, mine)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         return [], [_compose_diag(spec, err, root)]
+    composed = OmegaConf.to_container(base, resolve=False)
+    for loc, value in walk_strings(composed):
+        calls = resolver_calls(value)
+        if calls:  # whatever brought it in, it is never resolved
+            line, col = spec.position(("spec", "defaults"))
+            where = format_loc(("spec", *loc))
+            return [], [_resolver_diag(spec.doc.file, line, col, where, calls)]
 
     runs: list[Run] = []
     diagnostics: list[Diagnostic] = []
@@ -125,7 +148,8 @@ def compose_experiment(
             )
             continue
         assert isinstance(resolved, dict)
-        problems = _validate_run(spec, run_name, resolved, changes, loc, mine)
+        problems = _secrets_in_run(spec, run_name, resolved, changes, loc)
+        problems += _validate_run(spec, run_name, resolved, changes, loc, mine)
         for problem in problems:
             # An error in the shared part shows up in every run; report it once.
             key = (
@@ -142,6 +166,107 @@ def compose_experiment(
             canonical = ExperimentSpec.model_validate(resolved).model_dump(mode="json")
             runs.append(Run(name, run_name, canonical, dict(changes)))
     return runs, diagnostics
+
+
+def resolver_calls(value: str) -> list[str]:
+    """The resolvers `value` calls ('${oc.env:X}' -> ['oc.env']), nested calls included; none
+    for plain text, escaped '\\${' and references to other fields ('${training.lora.r}')."""
+    if "${" not in value:
+        return []
+    try:
+        tree = grammar_parser.parse(value)
+    except GrammarParseError:
+        return []  # not an interpolation OmegaConf can resolve either: it fails on its own
+    names: list[str] = []
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, OmegaConfGrammarParser.InterpolationResolverContext):
+            names.append(node.resolverName().getText())
+        stack.extend(getattr(node, "children", None) or [])
+    return sorted(set(names))
+
+
+def _resolver_diag(file: str, line: int, col: int, where: str, calls: list[str]) -> Diagnostic:
+    called = ", ".join(f"'{c}'" for c in calls)
+    return Diagnostic(
+        file,
+        line,
+        col,
+        where,
+        f"interpolation calls the resolver {called}; only references to other fields are resolved",
+        RESOLVER_HINT,
+    )
+
+
+def _resolver_calls_in_spec(spec: LoadedSpec, overrides: list[Override]) -> list[Diagnostic]:
+    """Resolver calls in the Experiment document (variants and sweeps included) and in the
+    command line's overrides."""
+    found = []
+    for loc, value in walk_strings(spec.doc.data["spec"], ("spec",)):
+        calls = resolver_calls(value)
+        if calls:
+            line, col = spec.position(loc)
+            found.append(_resolver_diag(spec.doc.file, line, col, format_loc(loc), calls))
+    for override in overrides:
+        calls = resolver_calls(override.value)
+        if calls:
+            found.append(_resolver_diag(COMMAND_LINE, 1, 1, f"-o {override.text}", [*calls]))
+    return found
+
+
+def _resolver_calls_in_presets(root: Path) -> list[Diagnostic]:
+    """Resolver calls in any preset file (presets are not spec documents, so not scanned as
+    specs; a defaults list or an override may pick any of them)."""
+    presets = root / PRESETS_DIR
+    if not presets.is_dir():
+        return []
+    found = []
+    for path in sorted(presets.rglob("*.yaml")):
+        shown = path.relative_to(root).as_posix()
+        documents, _ = parse_documents(path.read_text(encoding="utf-8", errors="replace"), shown)
+        for document in documents:
+            for loc, value in walk_strings(document.data):
+                calls = resolver_calls(value)
+                if calls:
+                    line, col = document.position(loc)
+                    found.append(_resolver_diag(shown, line, col, format_loc(loc), calls))
+    return found
+
+
+def _secrets_in_run(
+    spec: LoadedSpec,
+    run_name: str,
+    resolved: dict[str, Any],
+    changes: dict[str, Any],
+    loc: tuple[str | int, ...],
+) -> list[Diagnostic]:
+    """Token-shaped values in the composed run: the raw-text check sees each file alone, and a
+    preset, an override or a reference can bring a secret into a field the plan shows."""
+    found = []
+    suffix = f" (run '{run_name}')" if run_name != DEFAULT_RUN else ""
+    for path, value in walk_strings(resolved):
+        field = path[-1] if path else None
+        label = find_secret(value, field if isinstance(field, str) else None)
+        if not label:
+            continue
+        dotted = ".".join(str(p) for p in path)
+        where: Loc = ("spec", *path)
+        for key in changes:
+            if dotted == key or dotted.startswith(key + "."):
+                where = (*loc, key)
+        line, col = spec.position(where)
+        found.append(
+            Diagnostic(
+                spec.doc.file,
+                line,
+                col,
+                format_loc(("spec", *path)),
+                f"{label} in the composed value of this field{suffix}",
+                SECRET_HINT,
+            )
+        )
+    return found
 
 
 def _compose_base(

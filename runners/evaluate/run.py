@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -14,13 +15,18 @@ from typing import Any
 from runners.errors import LlmopsError
 from runners.evaluate.compare import aggregate
 from runners.evaluate.metrics import keyword_recall, rouge_l, token_f1
+from runners.evaluate.placeholders import (
+    PlaceholderError,
+    Template,
+    as_text,
+    field_name_problem,
+)
 
 LM_EVAL_METRICS = {
     "exact_match": "exact_match",
     "accuracy": "acc",
     "word_perplexity": "word_perplexity",
 }
-_FIELD = re.compile(r"\{(\w+)\}")
 
 
 class EvalError(LlmopsError):
@@ -50,16 +56,90 @@ class TaskResult:
     seconds: float = 0.0
 
 
-def jinja(template: str) -> str:
-    """'{question}' (the spec's format) -> '{{question}}' (lm-eval's Jinja)."""
-    return _FIELD.sub(r"{{\1}}", template)
+class _Text:
+    """lm-eval's doc_to_text: the suite's prompt with the row's fields, as plain text."""
+
+    def __init__(self, template: str, what: str) -> None:
+        self.template = _template(template, what)
+
+    def __call__(self, doc: dict[str, Any]) -> str:
+        try:
+            return self.template(doc)
+        except PlaceholderError as err:
+            raise EvalError(str(err)) from err
+
+    def __repr__(self) -> str:
+        return f"llmops prompt {self.template.text!r}"
+
+
+class _Target(_Text):
+    """lm-eval's doc_to_target, read as its own templates read it: a string of digits is a
+    choice's index, a bracketed list is a list (parsed as a literal, never evaluated)."""
+
+    def __init__(self, template: str, what: str, choices: bool) -> None:
+        super().__init__(template, what)
+        self.choices = choices
+
+    def __call__(self, doc: dict[str, Any]) -> Any:
+        text = super().__call__(doc)
+        if self.choices and text.isascii() and text.isdigit():
+            return int(text)
+        if len(text) >= 2 and text[0] == "[" and text[-1] == "]":
+            try:
+                return ast.literal_eval(text)
+            except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+                return text
+        return text
+
+
+class _Choices:
+    """lm-eval's doc_to_choice: the row field holding the options (a list)."""
+
+    def __init__(self, field: str) -> None:
+        self.field = _field(field, "choices")
+
+    def __call__(self, doc: dict[str, Any]) -> list[Any]:
+        if self.field not in doc:
+            raise EvalError(f"a row has no field '{self.field}' (the task's choices)")
+        value = doc[self.field]
+        if isinstance(value, list):
+            return value
+        try:  # a list written as text, e.g. "['yes', 'no']": a literal, never code
+            parsed = ast.literal_eval(as_text(value))
+        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as err:
+            raise EvalError(
+                f"field '{self.field}' holds {as_text(value)[:60]!r}, not a list of choices"
+            ) from err
+        if not isinstance(parsed, list | tuple):
+            raise EvalError(f"field '{self.field}' holds {as_text(value)[:60]!r}, not a list")
+        return list(parsed)
+
+    def __repr__(self) -> str:
+        return f"llmops choices field {self.field!r}"
+
+
+def _template(text: str, what: str) -> Template:
+    try:
+        return Template.of(text, what)
+    except PlaceholderError as err:
+        raise EvalError(str(err)) from err
+
+
+def _field(name: str, what: str) -> str:
+    problem = field_name_problem(name)
+    if problem:
+        raise EvalError(f"{what}: {problem}; name the row's field, e.g. 'answer'")
+    return name
 
 
 def task_name(suite: str, task: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", f"llmops_{suite}_{task}")
 
 
-def task_yaml(suite: str, task: dict[str, Any], data: Path) -> dict[str, Any]:
+def task_config(suite: str, task: dict[str, Any], data: Path) -> dict[str, Any]:
+    """lm-eval's TaskConfig for one suite task. Prompt, target and choices are Python callables
+    over the row (runners/evaluate/placeholders.py): lm-eval renders strings here with an
+    unsandboxed Jinja environment, and suite text is never given to it."""
     kind = task["type"]
     out: dict[str, Any] = {
         "task": task_name(suite, task["name"]),
@@ -68,7 +148,7 @@ def task_yaml(suite: str, task: dict[str, Any], data: Path) -> dict[str, Any]:
         "test_split": "test",
         "output_type": kind,
     }
-    target = "{{" + task.get("target", "answer") + "}}"
+    target = "{" + _field(task.get("target", "answer"), "target") + "}"
     if kind == "generate_until":
         generation = task.get("generation") or {}
         kwargs: dict[str, Any] = {
@@ -80,8 +160,8 @@ def task_yaml(suite: str, task: dict[str, Any], data: Path) -> dict[str, Any]:
             {"do_sample": True, "temperature": temperature} if temperature else {"do_sample": False}
         )
         out.update(
-            doc_to_text=jinja(task.get("prompt", "{question}")),
-            doc_to_target=target,
+            doc_to_text=_Text(task.get("prompt", "{question}"), "prompt"),
+            doc_to_target=_Target(target, "target", choices=False),
             generation_kwargs=kwargs,
             metric_list=[
                 {
@@ -95,15 +175,15 @@ def task_yaml(suite: str, task: dict[str, Any], data: Path) -> dict[str, Any]:
         )
     elif kind == "multiple_choice":
         out.update(
-            doc_to_text=jinja(task.get("prompt", "{question}")),
-            doc_to_choice="{{" + task.get("choices", "choices") + "}}",
-            doc_to_target=target,
+            doc_to_text=_Text(task.get("prompt", "{question}"), "prompt"),
+            doc_to_choice=_Choices(task.get("choices", "choices")),
+            doc_to_target=_Target(target, "target", choices=True),
             metric_list=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
         )
     elif kind == "loglikelihood_rolling":
         out.update(
             doc_to_text="",
-            doc_to_target=jinja(task.get("prompt", "{text}")),
+            doc_to_target=_Target(task.get("prompt", "{text}"), "prompt", choices=False),
             metric_list=[
                 {"metric": "word_perplexity"},
                 {"metric": "byte_perplexity"},
@@ -112,13 +192,20 @@ def task_yaml(suite: str, task: dict[str, Any], data: Path) -> dict[str, Any]:
         )
     elif kind == "loglikelihood":
         out.update(
-            doc_to_text=jinja(task.get("prompt", "{question}")),
-            doc_to_target=" " + target,
+            doc_to_text=_Text(task.get("prompt", "{question}"), "prompt"),
+            doc_to_target=_Target(" " + target, "target", choices=False),
             metric_list=[{"metric": "perplexity"}, {"metric": "acc"}],
         )
     else:
         raise EvalError(f"task type '{kind}' has no custom task form")
     return out
+
+
+def build_task(suite: str, task: dict[str, Any], data: Path) -> Any:
+    """The lm-eval task object for one suite task over local rows (loads the rows)."""
+    from lm_eval.api.task import ConfigurableTask
+
+    return ConfigurableTask(config=task_config(suite, task, data))
 
 
 def _limited(path: Path, limit: int | None, folder: Path) -> Path:
@@ -180,23 +267,24 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
     """Run every task; write samples-<task>.jsonl and results.json into inputs.out."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    import yaml  # PyYAML ships with lm-eval, whose task files it writes
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     out = inputs.out
     (out / "tasks").mkdir(parents=True, exist_ok=True)
     tasks = inputs.suite["tasks"]
-    names = {}
+    # Every suite task's prompt, target and choices are checked before the model loads.
     for task in tasks:
-        if task["type"] == "lm_eval":
-            names[task["name"]] = task["lm_eval_task"]
-            continue
-        data = _limited(inputs.task_data[task["name"]], task.get("limit"), out / "tasks")
-        spec = task_yaml(inputs.suite_name, task, data)
-        (out / "tasks" / f"{spec['task']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-        names[task["name"]] = spec["task"]
-    manager = TaskManager(include_path=str(out / "tasks"))
+        if task["type"] != "lm_eval":
+            task_config(inputs.suite_name, task, Path(os.devnull))
+    names: dict[str, str] = {}
+    for task in tasks:
+        names[task["name"]] = (
+            task["lm_eval_task"]
+            if task["type"] == "lm_eval"
+            else task_name(inputs.suite_name, task["name"])
+        )
+    manager = TaskManager()
     import torch
 
     gpu = torch.cuda.is_available()
@@ -250,9 +338,14 @@ def _run_tasks(
         inputs.report(f"{inputs.suite_name}/{task['name']}: {task['type']} through lm-eval")
         began = time.perf_counter()
         try:
+            if task["type"] == "lm_eval":
+                selected: Any = name
+            else:
+                data = _limited(inputs.task_data[task["name"]], task.get("limit"), out / "tasks")
+                selected = build_task(inputs.suite_name, task, data)
             raw = simple_evaluate(
                 model=lm,
-                tasks=[name],
+                tasks=[selected],
                 task_manager=manager,
                 log_samples=True,
                 apply_chat_template=bool(
