@@ -14,7 +14,7 @@ from controller.plan.types import DesiredState, ObservedState, Plan
 from controller.state.dvc import restore_missing
 from controller.state.lockfile import LOCK_FILE, LockFileError, read_lock
 from controller.state.paths import StatePaths
-from controller.state.provenance import TrustContext
+from controller.state.provenance import TrustContext, trust_context
 from controller.state.registry.store import Registry
 
 
@@ -44,12 +44,16 @@ def observe(
     trusted `trust`, results only untrusted refs produced (and the trust rule refuses) are
     not observed: the plan recomputes them.
 
+    Without `trust`, the checked-out ref's (trust_context): plan, status and the dashboard on
+    main then see what main's apply would, not what a pull request's job stored.
+
     Raises LockFileError (with a diagnostic) or RegistryUnavailable.
     """
     path = lock_path or root / LOCK_FILE
     observed = observed_from_lock(read_lock(path), source=path.name)
     if desired is not None and registry_exists(root):
         registry = open_registry(root)
+        trust = trust or trust_context(root)
         observed = observe_registry(observed, desired, registry, trust)
         observed = observe_deployments(observed, desired, registry)
         observed = observe_arenas(observed, desired, registry)

@@ -118,8 +118,13 @@ class Evaluator(ApplyStep):
                 report=lambda text: self.console.print(f"  {text}"),
             )
         )
+        # The row says who measured it, so main never counts a branch's numbers as its own.
         self.registry.add_metrics(
-            version.id, suite_name, self.digest(suite_name), summary["metrics"]
+            version.id,
+            suite_name,
+            self.digest(suite_name),
+            summary["metrics"],
+            self.provenance(self.code_digest("evaluate")).get("provenance"),
         )
         return EvalOutcome("evaluated", ref, version, folder, summary)
 

@@ -46,6 +46,15 @@ def apply_command(
             "or those in LLMOPS_PROTECTED_REFS); a trusted apply does not reuse untrusted ones.",
         ),
     ] = None,
+    allow_shared_state: Annotated[
+        bool,
+        typer.Option(
+            "--allow-shared-state",
+            help="Let an untrusted ref apply against a state folder a trusted apply uses "
+            "(marked by state.json); refused otherwise, since a pull request's job would then "
+            "write main's state (also LLMOPS_ALLOW_SHARED_STATE=1).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Carry out the plan: pull, prepare, train, evaluate, promote, deploy; write llmops.lock.
@@ -59,14 +68,22 @@ def apply_command(
     from controller.state.apply_mutex import ApplyBusy, exclusive_apply
     from controller.state.lockfile import LOCK_FILE, LockFileError
     from controller.state.paths import StatePaths
-    from controller.state.provenance import trust_context
+    from controller.state.provenance import (
+        check_state_folder,
+        mark_state_trusted,
+        trust_context,
+    )
     from controller.workspace import observe
 
     top = resolve_root(root)
     loaded = load_or_exit(top)
+    trust = trust_context(top, ref)
+    state_root = StatePaths.for_repo(top).root
+    # Before the registry is opened (opening migrates it, a write): a pull request's job that
+    # was given main's state folder stops here with the fix in the message.
+    check_state_folder(trust, state_root, allow_shared_state)
     registry = open_registry_or_fail(top)
     out = err_console if as_json else console
-    trust = trust_context(top, ref)
     out.print(
         f"ref: {trust.ref or 'unknown'} ({'trusted' if trust.trusted else 'untrusted'}: "
         + (
@@ -80,7 +97,9 @@ def apply_command(
         err_console.print(f"waiting for another apply to finish ({who}) ...")
 
     try:
-        with exclusive_apply(StatePaths.for_repo(top).root, wait=not no_wait, on_wait=waiting):
+        with exclusive_apply(state_root, wait=not no_wait, on_wait=waiting):
+            if trust.trusted:
+                mark_state_trusted(state_root, trust)
             # Planned only once the lock is held: whatever the other apply did is seen here.
             try:
                 the_plan = plan(loaded.desired, observe(top, loaded.desired, trust=trust))

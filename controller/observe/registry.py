@@ -204,5 +204,8 @@ def observe_registry(
             (d for a, d in resource.inputs.items() if kinds[a] in ("Experiment", "Model")), ""
         )
         evaluations[address] = (resource.digest, subject, suite)
-    return merge_evaluations(observed, registry.evaluated(), evaluations)
+    # On a trusted ref only metrics a trusted ref wrote make an evaluation done: a pull
+    # request's numbers are its own (the trust boundary, docs/architecture.md).
+    trusted_only = trust is not None and trust.trusted
+    return merge_evaluations(observed, registry.evaluated(trusted_only), evaluations)
 

@@ -4,7 +4,7 @@ The one module that runs git as a subprocess: resolving refs (`rev-parse`), read
 as of a commit (`show <ref>:<path>`) and listing uncommitted changes (`status
 --porcelain`). Small typed functions; every failure is a `GitError` whose message names the
 repository, what was asked and what to do. (History reads whole logs through GitPython in
-controller/history.py.)
+controller/history/.)
 """
 
 from __future__ import annotations
@@ -55,6 +55,16 @@ def head_commit(root: Path) -> str | None:
     except GitError:
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def commit_of(root: Path, rev: str) -> str | None:
+    """The commit `rev` names (a sha, `HEAD^2`), or None when the repository has no such
+    commit."""
+    try:
+        out = _git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except GitError:
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def short_head(root: Path) -> str | None:

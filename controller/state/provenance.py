@@ -18,12 +18,20 @@ untrusted one, only when
 Otherwise the result is recomputed, and the new, trusted result is the one promoted and
 deployed. A result recorded before provenance existed is accepted and named by
 `llmops models verify`.
+
+The commit recorded is the one a merge can put on main: on a pull request GitHub checks out
+a synthetic merge commit (refs/pull/N/merge) that never becomes an ancestor of main, so the
+pull request's head (`LLMOPS_COMMIT`, else HEAD's second parent) is recorded instead. A state
+folder a trusted apply used is marked (`state.json`), and an untrusted apply refuses such a
+folder unless it is the checkout's own or `--allow-shared-state` says the sharing is meant.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,15 +40,22 @@ from typing import Any
 from controller.load.code import runners_source
 from controller.state.git import (
     blob_bytes,
+    commit_of,
     current_branch,
     head_commit,
     is_ancestor,
     top_level,
 )
+from runners.errors import InvalidInput
 
 PROTECTED_REFS_ENV = "LLMOPS_PROTECTED_REFS"
 DEFAULT_PROTECTED = ("main", "master")
 UNTRUSTED_NAMESPACE = "untrusted"  # the registry tag value results from untrusted refs carry
+TRUSTED_NAMESPACE = "trusted"
+COMMIT_ENV = "LLMOPS_COMMIT"  # the commit to record, when HEAD is not it (a pull request's head)
+ALLOW_SHARED_ENV = "LLMOPS_ALLOW_SHARED_STATE"
+STATE_MARK = "state.json"  # in a state folder: {"trusted": true} once a trusted apply used it
+SYNTHETIC_MERGE = re.compile(r"refs/pull/[^/]+/merge")
 
 
 @dataclass(frozen=True)
@@ -112,7 +127,86 @@ def trust_context(
     protected = protected_refs(env)
     pull_request = bool(env.get("GITHUB_HEAD_REF")) and not ref
     trusted = bool(name) and name in protected and not pull_request
-    return TrustContext(root, name, head_commit(root), trusted, protected)
+    return TrustContext(root, name, recorded_commit(root, env), trusted, protected)
+
+
+def recorded_commit(root: Path, environ: Mapping[str, str] | None = None) -> str | None:
+    """The commit results record: `LLMOPS_COMMIT` when set (the workflow exports the pull
+    request's head), else HEAD, except that a synthetic merge commit (GITHUB_REF is
+    refs/pull/N/merge and HEAD has a second parent) records that second parent, the pull
+    request's head: a merge puts it on main, while the merge commit itself never lands there,
+    so a result recorded at it could never pass the trust rule's reachability check."""
+    env = os.environ if environ is None else environ
+    explicit = env.get(COMMIT_ENV, "").strip()
+    if explicit:
+        found = commit_of(root, explicit)
+        if found is None:
+            raise InvalidInput(
+                f"{COMMIT_ENV}={explicit} is not a commit of this checkout; fetch it "
+                "(actions/checkout with fetch-depth: 0) or unset it"
+            )
+        return found
+    head = head_commit(root)
+    if head and SYNTHETIC_MERGE.fullmatch(env.get("GITHUB_REF", "")):
+        return commit_of(root, "HEAD^2") or head
+    return head
+
+
+def state_marked_trusted(state_root: Path) -> bool:
+    """Whether a trusted apply has used this state folder (its `state.json` says so)."""
+    try:
+        data = json.loads((state_root / STATE_MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("trusted") is True
+
+
+def mark_state_trusted(state_root: Path, context: TrustContext) -> None:
+    """Record that a trusted apply uses this folder, so an untrusted one finds out (once:
+    the mark is never removed, and writing it again would only churn)."""
+    if state_marked_trusted(state_root):
+        return
+    state_root.mkdir(parents=True, exist_ok=True)
+    tmp = state_root / f".{STATE_MARK}.{os.getpid()}"
+    tmp.write_text(
+        json.dumps({"trusted": True, "ref": context.ref, "commit": context.commit}) + "\n",
+        encoding="utf-8",
+    )
+    os.replace(tmp, state_root / STATE_MARK)
+
+
+class SharedStateRefused(InvalidInput):
+    """An untrusted apply was pointed at a state folder trusted applies use."""
+
+
+def check_state_folder(
+    context: TrustContext,
+    state_root: Path,
+    allow_shared: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse an untrusted apply against a state folder marked trusted: on a self-hosted
+    runner that means the pull request's job got main's LLMOPS_STATE_DIR, and the branch's
+    code would run with write access to what main promotes and deploys. The checkout's own
+    `.llmops/` (a developer's working copy) is theirs to mix; `--allow-shared-state` (or
+    LLMOPS_ALLOW_SHARED_STATE=1) says the sharing is meant (docs/architecture.md, "Trust
+    boundary")."""
+    env = os.environ if environ is None else environ
+    allowed = allow_shared or env.get(ALLOW_SHARED_ENV, "").lower() in ("1", "true", "yes")
+    if context.trusted or allowed or not state_marked_trusted(state_root):
+        return
+    try:
+        state_root.resolve().relative_to(context.root.resolve())
+        return
+    except ValueError:
+        pass
+    raise SharedStateRefused(
+        f"the state folder {state_root} is marked trusted (a trusted apply uses it: "
+        f"{state_root / STATE_MARK}) and this apply is for the untrusted ref "
+        f"'{context.ref}'; give pull requests their own LLMOPS_STATE_DIR and OS user "
+        "(README, 'What a self-hosted runner must be set up like'), or pass "
+        "--allow-shared-state if sharing main's state with this ref is meant"
+    )
 
 
 def accepts(

@@ -41,17 +41,38 @@ def list_evaluations(state: UiState) -> list[EvaluationView]:
     return views
 
 
-def results_folder(state: UiState, suite: str, ref: str) -> Path | None:
-    """Where the evaluate runner kept `ref`'s results on `suite`: the folder of the suite's
-    recorded digest, else the newest one."""
+UNTRUSTED_SUFFIX = ".untrusted"  # the evaluate step's folder suffix for an untrusted ref
+
+
+def results_folder(
+    state: UiState, suite: str, ref: str, trusted: bool | None = None
+) -> Path | None:
+    """Where the evaluate runner kept `ref`'s results on `suite` (`<suite digest>-<code
+    digest>[.untrusted]`): the newest folder of the suite's recorded digest, else the newest
+    one. On a trusted ref (`trusted`, default: the checked-out ref's) only folders a trusted
+    apply wrote count, so a pull request's apply on a shared state folder never supplies
+    main's samples; on an untrusted ref its own folders come first."""
+    if trusted is None:
+        from controller.state.provenance import trust_context
+
+        trusted = trust_context(state.root).trusted
     top = state.paths.evaluations(suite) / ref
+    found = [
+        p.parent
+        for p in top.glob("*/results.json")
+        if not (trusted and p.parent.name.endswith(UNTRUSTED_SUFFIX))
+    ]
+    if not found:
+        return None
     entry = state.lock().get(f"EvalSuite/{suite}")
-    if entry is not None:
-        folder = top / entry.digest.removeprefix("sha256:")[:16]
-        if (folder / "results.json").is_file():
-            return folder
-    found = sorted(top.glob("*/results.json"), key=lambda p: p.stat().st_mtime)
-    return found[-1].parent if found else None
+    digest = entry.digest.removeprefix("sha256:")[:16] if entry is not None else ""
+
+    def rank(folder: Path) -> tuple[bool, bool, float]:
+        own = folder.name.endswith(UNTRUSTED_SUFFIX) != trusted
+        recorded = bool(digest) and folder.name.startswith(f"{digest}-")
+        return recorded, own, (folder / "results.json").stat().st_mtime
+
+    return max(found, key=rank)
 
 
 def per_sample(value: float, weight: float) -> float:

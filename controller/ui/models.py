@@ -135,12 +135,18 @@ def model_detail(state: UiState, name: str, limit: int | None = PAGE_SIZE) -> Mo
         for alias in session.scalars(select(AliasRow).where(AliasRow.model_id == model.id)):
             aliases[alias.version_id].append(alias.name)
         metrics: dict[int, dict[str, float]] = defaultdict(dict)
-        for version_id, suite, metric, value in session.execute(
-            select(MetricRow.version_id, MetricRow.suite, MetricRow.name, MetricRow.value)
+        for version_id, suite, metric, value, namespace in session.execute(
+            select(
+                MetricRow.version_id,
+                MetricRow.suite,
+                MetricRow.name,
+                MetricRow.value,
+                MetricRow.namespace,
+            )
             .where(MetricRow.version_id.in_(ids))
             .order_by(MetricRow.id)
         ):
-            metrics[version_id][f"{suite}: {metric}"] = value
+            metrics[version_id][f"{metric_suite(suite, namespace)}: {metric}"] = value
         lines = [
             VersionLine(
                 number=row.number,
@@ -209,10 +215,16 @@ def version_detail(state: UiState, name: str, number: int) -> VersionDetail | No
         tags={t.key: t.value for t in row.tags},
         lineage={k: v for k, v in lineage.items() if v},
         files=[(f.path, f.size, f.sha256) for f in row.files],
-        metrics=sorted((m.suite, m.name, m.value) for m in row.metrics),
+        metrics=sorted((metric_suite(m.suite, m.namespace), m.name, m.value) for m in row.metrics),
         card_html=card,
         scans=len(ScanStore(registry).for_version(row.id)),
     )
+
+
+def metric_suite(suite: str, namespace: str | None) -> str:
+    """A metric's suite as the pages show it: numbers a ref main does not trust (a pull
+    request's apply on a shared state folder) are labelled, never shown as main's."""
+    return suite if namespace in (None, "trusted") else f"{suite} (untrusted)"
 
 
 def demote_headings(html: str, by: int = 2) -> str:

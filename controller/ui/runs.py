@@ -177,5 +177,5 @@ def experiment_page(
         view=view,
         curves=CURVES,
         axes=X_AXES,
-        chart_data=json.dumps(view.series),
+        chart_data=view.series,
     )

@@ -171,6 +171,14 @@ class MetricRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+    # Who wrote the number (migration 0004): 'trusted' or 'untrusted' (a ref main does not
+    # trust, e.g. a pull request), the runner's code digest, the commit and the ref.
+    namespace: Mapped[str] = mapped_column(
+        String(16), default="trusted", server_default="trusted", index=True
+    )
+    code_digest: Mapped[str | None] = mapped_column(String(80))
+    git_commit: Mapped[str | None] = mapped_column(String(64))
+    ref: Mapped[str | None] = mapped_column(String(255))
 
     version: Mapped[VersionRow] = relationship(back_populates="metrics")
 

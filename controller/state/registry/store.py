@@ -6,7 +6,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,7 @@ VERSION_FIELDS = (
 
 
 REGISTER_ATTEMPTS = 20
+TRUSTED, UNTRUSTED = "trusted", "untrusted"  # metric namespaces, as provenance.py names them
 
 
 class RegistryError(LlmopsError):
@@ -182,15 +183,18 @@ class Registry:
                     out.setdefault(address, []).append(version.spec_digest)
         return out
 
-    def evaluated(self) -> set[tuple[str, str]]:
-        """(version spec digest, suite digest) pairs that have evaluation metrics."""
+    def evaluated(self, trusted_only: bool = False) -> set[tuple[str, str]]:
+        """(version spec digest, suite digest) pairs that have evaluation metrics; with
+        `trusted_only`, only metrics a trusted ref wrote (what main may count as done)."""
+        query = (
+            select(VersionRow.spec_digest, MetricRow.suite_digest)
+            .join(MetricRow, MetricRow.version_id == VersionRow.id)
+            .where(MetricRow.suite != "training")
+        )
+        if trusted_only:
+            query = query.where(MetricRow.namespace == TRUSTED)
         with self.sessions() as session:
-            rows = session.execute(
-                select(VersionRow.spec_digest, MetricRow.suite_digest)
-                .join(MetricRow, MetricRow.version_id == VersionRow.id)
-                .where(MetricRow.suite != "training")
-                .distinct()
-            ).all()
+            rows = session.execute(query.distinct()).all()
         return {(a, b) for a, b in rows if a and b}
 
     def has_files(self, version: VersionRow) -> bool:
@@ -299,8 +303,18 @@ class Registry:
                 row.card = card
 
     def add_metrics(
-        self, version_id: int, suite: str, suite_digest: str, values: dict[str, float]
+        self,
+        version_id: int,
+        suite: str,
+        suite_digest: str,
+        values: dict[str, float],
+        provenance: Mapping[str, Any] | None = None,
     ) -> None:
+        """Store measured values with who produced them (`provenance`: commit, code, ref and
+        trusted, as controller/state/provenance.py records it; none: a trusted caller such as
+        `llmops eval` or the pipeline, which run main's code)."""
+        recorded = provenance or {}
+        trusted = not recorded or bool(recorded.get("trusted"))
         with self.session() as session:
             for name, value in values.items():
                 if value is None or value != value:  # missing or NaN: nothing was measured
@@ -312,6 +326,10 @@ class Registry:
                         suite_digest=suite_digest,
                         name=name,
                         value=float(value),
+                        namespace=TRUSTED if trusted else UNTRUSTED,
+                        code_digest=recorded.get("code") or None,
+                        git_commit=recorded.get("commit"),
+                        ref=recorded.get("ref"),
                     )
                 )
 
