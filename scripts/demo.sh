@@ -11,11 +11,11 @@ STATE=${LLMOPS_STATE_DIR:-.llmops}
 QUESTION=${DEMO_QUESTION:-"How do I reset my password?"}
 mkdir -p "$STATE"
 
-# The deployment requires an API key from SUPPORT_ASSISTANT_API_KEY; the demo makes one once.
-if [ -z "${SUPPORT_ASSISTANT_API_KEY:-}" ]; then
+# The deployment requires an API key from LLMOPS_KEY_SUPPORT_ASSISTANT; the demo makes one once.
+if [ -z "${LLMOPS_KEY_SUPPORT_ASSISTANT:-}" ]; then
   [ -s "$STATE/demo-api-key" ] || "$PYTHON" -c 'import secrets; print("sk-demo-" + secrets.token_hex(16))' > "$STATE/demo-api-key"
-  SUPPORT_ASSISTANT_API_KEY=$(cat "$STATE/demo-api-key")
-  export SUPPORT_ASSISTANT_API_KEY
+  LLMOPS_KEY_SUPPORT_ASSISTANT=$(cat "$STATE/demo-api-key")
+  export LLMOPS_KEY_SUPPORT_ASSISTANT
 fi
 
 demo_start=$(date +%s)
@@ -46,12 +46,12 @@ rows = json.load(sys.stdin)["resources"]
 print(next(r["outputs"]["endpoint"] for r in rows if r["address"] == "Deployment/support-assistant"))')
 echo "question: $QUESTION"
 "$PYTHON" examples/openai_app/app.py "$QUESTION" --base-url "$endpoint" \
-  --api-key "$SUPPORT_ASSISTANT_API_KEY" --model support-assistant --rating up
+  --api-key "$LLMOPS_KEY_SUPPORT_ASSISTANT" --model support-assistant --rating up
 took request
 
 stage "does it know the product? 10 training-set questions, keyword check"
 "$PYTHON" examples/openai_app/facts_check.py data/support-faq/fact-checks.jsonl \
-  --base-url "$endpoint" --api-key "$SUPPORT_ASSISTANT_API_KEY" --model support-assistant
+  --base-url "$endpoint" --api-key "$LLMOPS_KEY_SUPPORT_ASSISTANT" --model support-assistant
 took facts
 
 printf '\ndemo finished in %d s\n' "$(( $(date +%s) - demo_start ))"

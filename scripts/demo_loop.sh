@@ -11,10 +11,10 @@ PYTHON=${PYTHON:-.venv/bin/python}
 STATE=${LLMOPS_STATE_DIR:-.llmops}
 COUNT=${DEMO_TRAFFIC:-220}
 
-if [ -z "${SUPPORT_ASSISTANT_API_KEY:-}" ]; then
+if [ -z "${LLMOPS_KEY_SUPPORT_ASSISTANT:-}" ]; then
   [ -s "$STATE/demo-api-key" ] || { echo "run 'make demo' first: it deploys support-assistant" >&2; exit 2; }
-  SUPPORT_ASSISTANT_API_KEY=$(cat "$STATE/demo-api-key")
-  export SUPPORT_ASSISTANT_API_KEY
+  LLMOPS_KEY_SUPPORT_ASSISTANT=$(cat "$STATE/demo-api-key")
+  export LLMOPS_KEY_SUPPORT_ASSISTANT
 fi
 endpoint=$("$LLMOPS" status --json | "$PYTHON" -c '
 import json, sys
@@ -28,7 +28,7 @@ fi
 start=$(date +%s)
 printf '\n== %s questions to %s, with ratings and corrections\n' "$COUNT" "$endpoint"
 "$PYTHON" examples/openai_app/support_traffic.py --base-url "$endpoint" \
-  --api-key "$SUPPORT_ASSISTANT_API_KEY" --count "$COUNT"
+  --api-key "$LLMOPS_KEY_SUPPORT_ASSISTANT" --count "$COUNT"
 
 printf '\n== the pipeline: collected rows -> dataset -> retrain -> regression test -> pull request\n'
 "$LLMOPS" pipeline run support-retrain

@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.conftest import PROJECT_ROOT
 from tests.tiny import model_spec
 
-API_KEY_ENV = "TINY_ASSISTANT_KEY"
+API_KEY_ENV = "LLMOPS_KEY_TINY_ASSISTANT"
 
 SPECS = {
     "specs/datasets/faq.yaml": """

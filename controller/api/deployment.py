@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import (
@@ -14,6 +15,36 @@ from pydantic import (
 )
 
 from controller.api.common import Name, Ref, Resource, SecretRef, Strict
+
+# A Deployment's key comes from a variable with this prefix only: a spec names one variable
+# of the apply environment, and any other (a CI token, a cloud key) must never be copied into
+# a runtime or sent to a container engine. Mirrored in docs/spec-reference.md.
+KEY_ENV_PREFIX = "LLMOPS_KEY_"
+KEY_ENV_PATTERN = rf"^{KEY_ENV_PREFIX}[A-Z0-9_]+$"
+
+
+class ApiKeyRef(SecretRef):
+    """Where a Deployment's key comes from: a LLMOPS_KEY_* variable or a Kubernetes secret."""
+
+    env: str | None = Field(
+        default=None,
+        # In the JSON schema for editors; the validator below says what to do instead.
+        json_schema_extra={"pattern": KEY_ENV_PATTERN},
+        description=f"Name of an environment variable holding the key; it must start with "
+        f"{KEY_ENV_PREFIX} (e.g. {KEY_ENV_PREFIX}SUPPORT_ASSISTANT).",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _key_variable(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(KEY_ENV_PATTERN, value):
+            raise ValueError(
+                f"api_key names {value}, which is not a key variable: only {KEY_ENV_PREFIX}"
+                "<NAME> variables (uppercase) may be named, so a spec cannot hand any other "
+                "variable of the apply environment (a CI token, a cloud key) to a runtime"
+            )
+        return value
+
 
 # KServeTarget fields added after its first release; absent from a dump at their defaults.
 NEW_KSERVE_FIELDS = ("deployment_mode", "force_conflicts")
@@ -66,7 +97,8 @@ class DockerTarget(Strict):
         default=None,
         description="Where to build and run it: the engine's address (DOCKER_HOST, or "
         "CONTAINER_HOST for podman: ssh://user@machine/run/podman/podman.sock, tcp://...); "
-        "this machine's engine if unset.",
+        "this machine's engine if unset. An api_key goes to another machine's engine only "
+        "when its address is listed in LLMOPS_REMOTE_ENGINES where apply runs.",
     )
 
     @model_serializer(mode="wrap")
@@ -79,7 +111,13 @@ class DockerTarget(Strict):
 
 
 # Limits fields added after its first release; absent from a dump at their defaults.
-NEW_LIMITS_FIELDS = ("header_timeout_s", "read_timeout_s", "max_pending_connections")
+NEW_LIMITS_FIELDS = (
+    "header_timeout_s",
+    "read_timeout_s",
+    "max_pending_connections",
+    "feedback_per_s",
+    "feedback_burst",
+)
 
 
 # Mirrors runners/serve/config.py `Limits` (same defaults and bounds; a unit test checks):
@@ -110,6 +148,16 @@ class Limits(Strict):
         default=128,
         ge=1,
         description="Connections still sending a request; beyond it the oldest is closed.",
+    )
+    # Each accepted /v1/feedback call is a row that may become training data.
+    feedback_per_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Feedback calls per second one client address may make, sustained; "
+        "beyond it 429 with Retry-After.",
+    )
+    feedback_burst: int = Field(
+        default=30, ge=1, description="Feedback calls one client address may make at once."
     )
 
     @field_validator("read_timeout_s")
@@ -155,7 +203,11 @@ class DeploymentSpec(Strict):
     target: Literal["local", "docker", "kserve"] = "local"
     runtime: Literal["transformers", "llama-cpp"] = "transformers"
     port: int = Field(default=8000, ge=1, le=65535)
-    api_key: SecretRef | None = Field(default=None, description="Clients must send this key.")
+    api_key: ApiKeyRef | None = Field(
+        default=None,
+        description=f"Clients must send this key: {{env: {KEY_ENV_PREFIX}NAME}} (a variable "
+        "where apply runs) or {secret: k8s-secret/key} (target kserve).",
+    )
     kserve: KServeTarget = Field(default_factory=KServeTarget)
     docker: DockerTarget = Field(default_factory=DockerTarget)
     limits: Limits = Field(default_factory=Limits)

@@ -5,17 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from controller.api import split_ref
+from controller.api.deployment import KEY_ENV_PATTERN, KEY_ENV_PREFIX
 from controller.apply.context import ApplyStep
 from controller.apply.evaluate import Evaluator
 from controller.apply.pull import ensure_model
 from controller.state.lockfile import DeploymentOutputs, LockEntry
-from runners.deploy import local
+from runners.deploy import environment, local
 from runners.deploy.release import DeployError, Release, container_config
 
 SERVE_API_KEY_ENV = "LLMOPS_SERVE_API_KEY"
@@ -42,6 +44,12 @@ class Deployer(ApplyStep):
                 "secret, which only target kserve can read; use {env: VARIABLE} for "
                 f"target {spec['target']}"
             )
+        if not re.fullmatch(KEY_ENV_PATTERN, ref["env"]):
+            # Validate refuses such specs; this guards specs that reach here another way.
+            raise DeployError(
+                f"Deployment {name}: api_key names {ref['env']}, which is not a key variable "
+                f"({KEY_ENV_PREFIX}<NAME>); rename the variable and the spec's api_key.env"
+            )
         value = os.environ.get(ref["env"])
         if not value:
             raise DeployError(
@@ -62,11 +70,14 @@ class Deployer(ApplyStep):
         for task in suite["tasks"]:
             if task["type"] != "generate_until" or task["name"] not in data:
                 continue
+            # {field} placeholders only: str.format would let a suite walk `{row.__class__}`.
+            from runners.evaluate.placeholders import fill
+
             prompts = []
             with data[task["name"]].open(encoding="utf-8") as handle:
                 for line in handle:
                     if line.strip():
-                        prompts.append(task["prompt"].format_map(json.loads(line)))
+                        prompts.append(fill(task["prompt"], json.loads(line)))
                     if len(prompts) == count:
                         break
             return prompts
@@ -176,8 +187,10 @@ class Deployer(ApplyStep):
         from runners.deploy import docker
 
         folder = self.registry.paths.deployment(name) / "docker"
-        # The key is checked before minutes of building, not after.
+        # The key is checked before minutes of building, not after, and so is where it goes.
         key = self.api_key(name, release.spec)
+        if key:
+            environment.check_key_destination(name, release.spec["docker"].get("host"))
         torch = docker.torch_source()
         context = docker.render_context(folder, release, model_path, torch=torch)
         host = release.spec["docker"].get("host")

@@ -28,6 +28,7 @@ from controller.state.paths import StatePaths
 from controller.state.provenance import UNTRUSTED_NAMESPACE
 from controller.state.registry.schema import VersionRow
 from controller.state.registry.store import NewVersion
+from runners.deploy import environment
 from runners.errors import LlmopsError
 from runners.pull.metadata import inspect_folder
 from runners.train import TrainJob, runlock
@@ -207,11 +208,13 @@ class Trainer(ApplyStep):
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 pass_fds=(lock_fd,),
-                env={
-                    **os.environ,
-                    runlock.FD_ENV: str(lock_fd),
-                    runlock.PARENT_ENV: str(os.getpid()),
-                },
+                # Training runs model and data code: apply's tokens and keys stay out.
+                env=environment.minimal(
+                    {runlock.FD_ENV: str(lock_fd), runlock.PARENT_ENV: str(os.getpid())},
+                    # Crash tests' switches (runners/train/loop.py FAULT_ENV, read there;
+                    # importing it here would load torch into apply).
+                    keep=("LLMOPS_FAULT_EXIT_AFTER_STEP", runlock.KEEP_ORPHAN_ENV),
+                ),
             )
             runlock.record(lock_fd, process.pid, os.getpid())
             while process.poll() is None:
@@ -340,7 +343,8 @@ class Trainer(ApplyStep):
                     "base_version_id": base.id,
                     "dataset_version": dataset_version,
                     "experiment_run": f"{experiment}/{run}",
-                    "git_commit": head_commit(self.root),
+                    # The pull request's head rather than GitHub's synthetic merge commit.
+                    "git_commit": self.trust.commit if self.trust else head_commit(self.root),
                     "config_digest": resource.digest,
                     "packages": result.get("packages", {}),
                     "seeds": {"training": result.get("seed")},
@@ -352,7 +356,13 @@ class Trainer(ApplyStep):
             metrics["train/final_eval_loss"] = result["final_eval_loss"]
         if first_eval is not None:
             metrics["train/first_eval_loss"] = first_eval
-        self.registry.add_metrics(version.id, "training", resource.digest, metrics)
+        self.registry.add_metrics(
+            version.id,
+            "training",
+            resource.digest,
+            metrics,
+            self.provenance(resource.code_version).get("provenance"),
+        )
         version = self.registry.find(f"{name}@{version.number}") or version
         self.registry.set_card(
             version.id, render_card(version, base_ref=f"{base.model.name}@{base.number}")

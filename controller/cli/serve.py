@@ -30,6 +30,7 @@ def serve_command(
     """Serve the deployment's model here, in the foreground, with its limits, key and
     collection settings: the same runtime `apply` starts for target local."""
     from controller.apply.deploy import SERVE_API_KEY_ENV, Deployer
+    from runners.deploy import environment
 
     top = resolve_root(root)
     loaded = load_or_exit(top)
@@ -50,7 +51,8 @@ def serve_command(
     console.print(
         f"serving {ref} as '{deployment}' at http://{host}:{config['port']}/v1 (Ctrl-C stops)"
     )
-    env = {**os.environ, **({SERVE_API_KEY_ENV: key} if key else {})}
+    # The runtime runs model code: only its key and the minimal environment, as under apply.
+    env = environment.minimal({SERVE_API_KEY_ENV: key} if key else {})
     sys.stdout.flush()
     try:
         os.execve(sys.executable, [sys.executable, "-m", "runners.serve", str(path)], env)

@@ -50,6 +50,7 @@ def find_secret(value: str, field: str | int | None = None) -> str | None:
 
 SECRET_HINT = (
     "never write secrets in specs (they end up in git history); store it in an environment "
-    "variable or a Kubernetes secret and reference it, e.g. api_key: {env: SUPPORT_API_KEY} "
+    "variable or a Kubernetes secret and reference it, e.g. "
+    "api_key: {env: LLMOPS_KEY_SUPPORT_ASSISTANT} "
     "or api_key: {secret: llm-keys/support}; then rotate the exposed one"
 )

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from runners.deploy import runtime_modules
+from runners.deploy import environment, runtime_modules
 from runners.deploy.release import (
     CONTAINER_COLLECT_DIR,
     CONTAINER_MODEL_DIR,
@@ -521,6 +521,32 @@ def _endpoint_host(host: str | None) -> str:
     return urlsplit(host).hostname or "127.0.0.1"
 
 
+def run_args(
+    engine: str,
+    release: Release,
+    tag: str,
+    env: Mapping[str, str] | None = None,
+    host: str | None = None,
+    extra_args: list[str] | None = None,
+) -> list[str]:
+    """The `engine run` command for the deployment's container. The container's environment
+    is the image's own (its ENV lines) plus the names in `env` only (the key, under the
+    runtime's variable): the engine copies nothing else from the environment it is run in."""
+    name = container_name(release.name)
+    port = int(release.spec["port"])
+    # On this machine (no host, or a local socket) the port is for this machine only.
+    published = "127.0.0.1:" if _endpoint_host(host) == "127.0.0.1" else ""
+    args = [engine, "run", "-d", "--name", name, "--label", f"{LABEL_DEPLOYMENT}={release.name}"]
+    args += ["--label", f"{LABEL_VERSION}={release.model_version}"]
+    args += ["-p", f"{published}{port}:{CONTAINER_PORT}"]
+    # `-e NAME` without a value: the key travels in the environment, not the command line.
+    for key in sorted(env or {}):
+        args += ["-e", key]
+    if release.spec["collect"]["enabled"]:
+        args += ["-v", f"llmops-collect-{release.name}:{CONTAINER_COLLECT_DIR}"]
+    return [*args, *(extra_args or []), tag]
+
+
 def run(
     release: Release,
     tag: str,
@@ -533,31 +559,24 @@ def run(
 ) -> Running:
     """Start the image as the deployment's container (replacing an earlier one), with the
     deployment's port published and its key variable passed, and wait until its readiness
-    route answers 200 (the model loaded and its smoke prompts answered)."""
+    route answers 200 (the model loaded and its smoke prompts answered). A key goes to an
+    engine on another machine only when the operator trusts it (environment.py)."""
     import time
     import urllib.error
     import urllib.request
 
+    if env:  # before anything reaches the engine
+        environment.check_key_destination(release.name, host)
     engine, why = find_engine(docker, host)
     if engine is None:
         raise DeployError(f"no Docker engine answers here ({why}) to run {tag}")
+    args = run_args(engine, release, tag, env, host, extra_args)
     name = container_name(release.name)
     base_env = engine_env(engine, host) or dict(os.environ)
     subprocess.run(
         [engine, "rm", "-f", "-v", name], capture_output=True, text=True, check=False, env=base_env
     )
     port = int(release.spec["port"])
-    # On this machine (no host, or a local socket) the port is for this machine only.
-    published = "127.0.0.1:" if _endpoint_host(host) == "127.0.0.1" else ""
-    args = [engine, "run", "-d", "--name", name, "--label", f"{LABEL_DEPLOYMENT}={release.name}"]
-    args += ["--label", f"{LABEL_VERSION}={release.model_version}"]
-    args += ["-p", f"{published}{port}:{CONTAINER_PORT}"]
-    # `-e NAME` without a value: the key travels in the environment, not the command line.
-    for key in sorted(env or {}):
-        args += ["-e", key]
-    if release.spec["collect"]["enabled"]:
-        args += ["-v", f"llmops-collect-{release.name}:{CONTAINER_COLLECT_DIR}"]
-    args += [*(extra_args or []), tag]
     started = subprocess.run(
         args, capture_output=True, text=True, check=False, env={**base_env, **(env or {})}
     )

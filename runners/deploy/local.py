@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from runners.deploy import environment
 from runners.deploy.release import DeployError
 from runners.serve import ports
 from runners.serve.server import EXIT_PORT
@@ -113,7 +114,10 @@ def start(
     env: dict[str, str],
     config_digest: str,
 ) -> tuple[subprocess.Popen[bytes], ProcessState]:
-    """Start `python -m runners.serve` detached from this process (it outlives apply)."""
+    """Start `python -m runners.serve` detached from this process (it outlives apply).
+
+    It sees a minimal environment plus `env` (its key under its own variable): it runs model
+    code for as long as it serves, so apply's tokens and other keys never reach it."""
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     config_path = folder / f"config-{stamp}-{config['port']}.json"
@@ -125,7 +129,7 @@ def start(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
+            env=environment.minimal(env),
             start_new_session=True,  # Ctrl-C on apply must not stop the served model
         )
     state = ProcessState(

@@ -60,7 +60,7 @@ def release(**fields: Any) -> Release:
         model="tiny@1",
         target="docker",
         port=8000,
-        api_key={"env": "SUPPORT_KEY"},
+        api_key={"env": "LLMOPS_KEY_SUPPORT"},
         collect={"enabled": True, "into": "support-feedback"},
         **fields,
     ).model_dump()
@@ -88,7 +88,7 @@ def test_context_holds_the_model_as_files(tmp_path: Path, model_dir: Path) -> No
     assert {f["path"]: f["sha256"] for f in manifest["files"]} == context.files
     assert manifest["tag"] == "llmops/support-assistant:tiny-1"
     assert manifest["run"] == (
-        "docker run --rm -p 8000:8080 -e SUPPORT_KEY "
+        "docker run --rm -p 8000:8080 -e LLMOPS_KEY_SUPPORT "
         "-v llmops-collect-support-assistant:/var/lib/llmops/collect "
         "llmops/support-assistant:tiny-1"
     )
@@ -223,7 +223,7 @@ def test_the_runtime_accepts_the_config(tmp_path: Path, model_dir: Path) -> None
     config = load_config([str(context.path / "serve.json")])
     assert config.name == "support-assistant" and config.model_version == "tiny@1"
     assert (config.host, config.port, str(config.model_dir)) == ("0.0.0.0", 8080, "/mnt/models")
-    assert config.api_key_env == "SUPPORT_KEY"
+    assert config.api_key_env == "LLMOPS_KEY_SUPPORT"
     assert config.smoke.prompts == ['Say "hi" to $HOME']
 
 
@@ -318,7 +318,7 @@ def test_the_context_serves_its_model(tmp_path: Path, model_dir: Path) -> None:
         **os.environ,
         "PYTHONPATH": str(context.path / "src"),
         "LLMOPS_SERVE_CONFIG": json.dumps(config),
-        "SUPPORT_KEY": "test-key",
+        "LLMOPS_KEY_SUPPORT": "test-key",
         "HF_HUB_OFFLINE": "1",
     }
     log = tmp_path / "serve.log"
@@ -351,7 +351,7 @@ def test_the_context_serves_its_model(tmp_path: Path, model_dir: Path) -> None:
         process.wait(timeout=60)
 
 
-KEY_ENV = "TINY_DOCKER_KEY"
+KEY_ENV = "LLMOPS_KEY_TINY_DOCKER"
 KEY = "sk-docker-0123456789"
 
 

@@ -31,7 +31,7 @@ def serve_release() -> Release:
     spec = DeploymentSpec(
         model="tiny@1",
         target="docker",
-        api_key={"env": "SUPPORT_KEY"},
+        api_key={"env": "LLMOPS_KEY_SUPPORT"},
         limits={"max_tokens": 16},
         collect={"enabled": True, "into": "support-feedback"},
     ).model_dump()
@@ -68,7 +68,7 @@ def test_the_serving_image_answers_the_openai_client(serving_image: str) -> None
         "-e",
         f"LLMOPS_SERVE_CONFIG={json.dumps(config)}",
         "-e",
-        f"SUPPORT_KEY={KEY}",
+        f"LLMOPS_KEY_SUPPORT={KEY}",
         serving_image,
     )
     try:
@@ -163,7 +163,7 @@ def test_the_docker_target_runs_the_image_and_sees_it_stop(serving_image: str) -
     base = serve_release()
     rel = Release(base.name, base.model_version, base.spec | {"port": port}, base.smoke_prompts)
     try:
-        running = docker.run(rel, serving_image, {"SUPPORT_KEY": KEY}, docker="podman")
+        running = docker.run(rel, serving_image, {"LLMOPS_KEY_SUPPORT": KEY}, docker="podman")
         assert running.endpoint == f"http://127.0.0.1:{port}"
         image_id = podman.podman("image", "inspect", "--format", "{{.Id}}", serving_image).stdout
         assert running.image_id == f"sha256:{image_id.strip()}"

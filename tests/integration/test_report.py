@@ -161,7 +161,7 @@ def kserve_repo(root: Path) -> Path:
         "canary_traffic_percent: 10, storage_uri: 'pvc://models/support-assistant'}",
     )
     text = text.replace(
-        "api_key: {env: SUPPORT_ASSISTANT_API_KEY}", "api_key: {secret: keys/support}"
+        "api_key: {env: LLMOPS_KEY_SUPPORT_ASSISTANT}", "api_key: {secret: keys/support}"
     )
     spec_file.write_text(text)
     base = load_desired(root)

@@ -169,7 +169,7 @@ def test_rendering_is_deterministic() -> None:
     ("change", "message"),
     [
         ({"storage_uri": None}, "needs kserve.storage_uri"),
-        ({"api_key": {"env": "SUPPORT_KEY"}}, "store the key in a Kubernetes secret"),
+        ({"api_key": {"env": "LLMOPS_KEY_SUPPORT"}}, "store the key in a Kubernetes secret"),
         ({"name": "1st-assistant"}, "must start with a letter"),
         ({"name": "a" * 48}, "at most 47 characters"),
     ],

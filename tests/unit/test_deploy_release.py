@@ -24,14 +24,14 @@ def test_container_config_follows_the_spec() -> None:
         "support-assistant",
         "support-assistant@2",
         spec(
-            api_key={"env": "SUPPORT_KEY"},
+            api_key={"env": "LLMOPS_KEY_SUPPORT"},
             limits={"max_tokens": 128, "max_concurrency": 2},
             collect={"enabled": True, "sample_rate": 0.5, "into": "support-feedback"},
         ),
         ["Hi"],
     )
     config = container_config(release, "docker")
-    assert config["api_key_env"] == "SUPPORT_KEY"
+    assert config["api_key_env"] == "LLMOPS_KEY_SUPPORT"
     assert config["limits"]["max_tokens"] == 128 and config["limits"]["max_concurrency"] == 2
     assert config["collect"] == {
         "enabled": True,
