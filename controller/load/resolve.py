@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import graphlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from controller.api import split_ref
 from controller.api.arena import FilePrompts
-from controller.api.dataset import DatasetSource, FileSource
+from controller.api.dataset import DatasetSource, FileSource, Source, Step
 from controller.api.evalsuite import DatasetData, FileData
 from controller.api.experiment import DEFAULT_RUN, ExperimentSpec
 from controller.api.model import ExperimentSource, GgufFileSource, LocalDirSource
+from controller.api.pipeline import PipelineStep
 from controller.load.code import CodeTable, code_identities
 from controller.load.compose import Override, Run, compose_experiment
 from controller.load.diagnostics import Diagnostic, did_you_mean
@@ -85,6 +87,11 @@ class _Resolver:
         self.row_files: dict[str, list[str]] = {}  # a dataset's own source files
         self.runs: dict[str, list[Run]] = {}
         self.nodes: dict[str, tuple[str, str, dict[str, Any], LoadedSpec]] = {}
+        # Gathered for the checks (see CHECKS): set by check() before any runs, or by an
+        # earlier kind's check for a later one.
+        self.models: dict[str, str] = {}  # registered_names()
+        self.collect_stores: dict[str, LoadedSpec] = {}  # collect.into -> its Deployment
+        self.suite_files: dict[str, dict[str, str]] = {}  # EvalSuite -> its data files
         self._index(specs)
 
     # ----- indexing -----------------------------------------------------------------------
@@ -171,9 +178,8 @@ class _Resolver:
                 run_address = Address("Experiment", produced_by.name, run.name)
                 self.edges.append(Edge(source, str(run_address), False, spec, loc))
 
-    def _named_ref(
-        self, spec: LoadedSpec, loc: Loc, ref: str, kind: str, source: str, digest_input: bool
-    ) -> bool:
+    def _known(self, spec: LoadedSpec, loc: Loc, ref: str, kind: str) -> str | None:
+        """The spec name `ref` names among `kind`'s specs; None, and a diagnostic, if none."""
         name, _selector = split_ref(ref)
         known = self.by_kind.get(kind, {})
         if name not in known:
@@ -190,6 +196,15 @@ class _Resolver:
                 f"unknown {kind} '{name}'",
                 did_you_mean(name, known) or f"declare it in specs/{folder}/",
             )
+            return None
+        return name
+
+    def _named_ref(
+        self, spec: LoadedSpec, loc: Loc, ref: str, kind: str, source: str, digest_input: bool
+    ) -> bool:
+        """Check a reference to a spec and make `source` wait for it (each run of an Experiment)."""
+        name = self._known(spec, loc, ref, kind)
+        if name is None:
             return False
         if kind == "Experiment":
             for run in self.runs.get(name, []):
@@ -199,6 +214,20 @@ class _Resolver:
         else:
             self.edges.append(Edge(source, f"{kind}/{name}", digest_input, spec, loc))
         return True
+
+    def _node(
+        self,
+        spec: LoadedSpec,
+        address: str | None = None,
+        kind: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> str:
+        """Add a resource to the graph (by default the spec itself, its fields as its data)."""
+        address = address or spec.address
+        if data is None:
+            data = spec.resource.spec.model_dump(mode="json")
+        self.nodes[address] = (kind or spec.kind, spec.name, data, spec)
+        return address
 
     def _escapes(self, spec: LoadedSpec, loc: Loc, relative: str, folder_only: bool) -> bool:
         """Report a path that leaves the repository (or its folder) through a symlink."""
@@ -238,262 +267,18 @@ class _Resolver:
         self.file_infos[Path(relative).as_posix()] = info
 
     def check(self) -> None:
+        """Check every spec and add its resources and edges, kind by kind in CHECKS' order."""
         self.models = self.registered_names()
-        collect_stores = {
+        self.collect_stores = {
             s.resource.spec.collect.into: s
             for s in self.specs("Deployment")
             if s.resource.spec.collect.into
         }
-        for spec in self.specs("Model"):
-            address = spec.address
-            self.nodes[address] = (
-                "Model",
-                spec.name,
-                spec.resource.spec.model_dump(mode="json"),
-                spec,
-            )
-            source = spec.resource.spec.source
-            if isinstance(source, LocalDirSource | GgufFileSource):
-                # A model folder's symlinks stay in it: the pull copies what they point at.
-                self._path(spec, ("spec", "source", "path"), source.path, address, folder_only=True)
-            if isinstance(source, ExperimentSource):
-                exp_loc: Loc = ("spec", "source", "experiment")
-                if self._named_ref(spec, exp_loc, source.experiment, "Experiment", address, True):
-                    runs = {r.name for r in self.runs.get(source.experiment, [])}
-                    if runs and source.run not in runs:
-                        self._diag(
-                            spec,
-                            ("spec", "source", "run"),
-                            f"experiment '{source.experiment}' has no run '{source.run}'",
-                            did_you_mean(source.run, runs) or f"runs: {', '.join(sorted(runs))}",
-                        )
-                    self.edges = [
-                        e
-                        for e in self.edges
-                        if not (
-                            e.source == address
-                            and Address.parse(e.target).kind == "Experiment"
-                            and Address.parse(e.target).run != source.run
-                        )
-                    ]
-
-        suite_files: dict[str, dict[str, str]] = {}
-        for spec in self.specs("EvalSuite"):
-            address = spec.address
-            self.nodes[address] = (
-                "EvalSuite",
-                spec.name,
-                spec.resource.spec.model_dump(mode="json"),
-                spec,
-            )
-            suite = spec.resource.spec
-            for i, task in enumerate(suite.tasks):
-                loc: Loc = ("spec", "tasks", i, "data")
-                if isinstance(task.data, FileData):
-                    self._path(spec, (*loc, "path"), task.data.path, address)
-                elif isinstance(task.data, DatasetData):
-                    self._named_ref(
-                        spec, (*loc, "dataset"), task.data.dataset, "Dataset", address, True
-                    )
-            if suite.judge:
-                self._model_ref(spec, ("spec", "judge", "model"), suite.judge.model, address)
-            if suite.baseline:
-                self._path(spec, ("spec", "baseline"), suite.baseline, address, required=False)
-            suite_files[spec.name] = {
-                k: v
-                for k, v in self.file_inputs.get(address, {}).items()
-                if not (suite.baseline and k == f"file:{suite.baseline}")
-            }
-
-        for spec in self.specs("Dataset"):
-            address = spec.address
-            self.nodes[address] = (
-                "Dataset",
-                spec.name,
-                spec.resource.spec.model_dump(mode="json"),
-                spec,
-            )
-            ds = spec.resource.spec
-            for i, src in enumerate(ds.sources):
-                loc = ("spec", "sources", i)
-                if isinstance(src, FileSource):
-                    self._path(spec, (*loc, "path"), src.path, address)
-                    self.row_files.setdefault(address, []).append(Path(src.path).as_posix())
-                elif isinstance(src, DatasetSource):
-                    self._named_ref(spec, (*loc, "dataset"), src.dataset, "Dataset", address, True)
-                elif src.store not in collect_stores:
-                    self._diag(
-                        spec,
-                        (*loc, "store"),
-                        f"no Deployment collects into '{src.store}'",
-                        did_you_mean(src.store, collect_stores)
-                        or "set collect.into on a Deployment",
-                    )
-            if ds.tokenizer:
-                self._model_ref(spec, ("spec", "tokenizer"), ds.tokenizer, address)
-            for i, step in enumerate(ds.steps):
-                loc = ("spec", "steps", i)
-                tok = getattr(step, "tokenizer", None)
-                if tok:
-                    self._model_ref(spec, (*loc, "tokenizer"), tok, address)
-                model = getattr(step, "model", None)
-                if model:
-                    self._model_ref(spec, (*loc, "model"), model, address)
-                if getattr(step, "step", "") == "decontaminate":
-                    wanted = step.suites or sorted(suite_files)
-                    for j, suite_name in enumerate(step.suites):
-                        if suite_name not in suite_files:
-                            self._diag(
-                                spec,
-                                (*loc, "suites", j),
-                                f"unknown EvalSuite '{suite_name}'",
-                                did_you_mean(suite_name, suite_files),
-                            )
-                    for suite_name in wanted:
-                        self.file_inputs.setdefault(address, {}).update(
-                            suite_files.get(suite_name, {})
-                        )
-
-        for spec in self.specs("Experiment"):
-            doc = spec.resource.spec
-            runs = self.runs.get(spec.name, [])
-            control = doc.control
-            for run in runs:
-                address = f"Experiment/{spec.name}/{run.name}"
-                cfg = ExperimentSpec.model_validate(run.config)
-                # A scan nobody asked for is not part of the spec (older lock files lack it).
-                config = {k: v for k, v in run.config.items() if k != "inspect" or v}
-                self.nodes[address] = ("Experiment", spec.name, config, spec)
-                self._model_ref(spec, ("spec", "base_model"), cfg.base_model, address)
-                self._named_ref(spec, ("spec", "dataset"), cfg.dataset, "Dataset", address, True)
-                probes = cfg.inspect.probes if cfg.inspect else None
-                probes_loc: Loc = ("spec", "inspect", "probes")
-                if (
-                    probes
-                    and not self._escapes(spec, probes_loc, probes, False)
-                    and self.files.info(probes) is None
-                ):
-                    # Checked, not digested: a scan's probes never retrain the run.
-                    self._diag(
-                        spec,
-                        ("spec", "inspect", "probes"),
-                        f"'{probes}' does not exist",
-                        "check the path; it is relative to the repository root",
-                    )
-                if cfg.eval_suite:
-                    ok = self._named_ref(
-                        spec, ("spec", "eval_suite"), cfg.eval_suite, "EvalSuite", address, False
-                    )
-                    if ok:
-                        self.edges.pop()  # training does not wait for the suite
-                        evaluation = f"Evaluation/{spec.name}/{run.name}"
-                        self.nodes[evaluation] = (
-                            "Evaluation",
-                            spec.name,
-                            {"suite": cfg.eval_suite, "subject": address},
-                            spec,
-                        )
-                        self.edges.append(
-                            Edge(
-                                evaluation,
-                                f"EvalSuite/{cfg.eval_suite}",
-                                True,
-                                spec,
-                                ("spec", "eval_suite"),
-                            )
-                        )
-                        self.edges.append(Edge(evaluation, address, True, spec, ("spec",)))
-            if control and control.run:
-                names = {r.name for r in runs}
-                if runs and control.run not in names:
-                    self._diag(
-                        spec,
-                        ("spec", "control", "run"),
-                        f"no run '{control.run}' in this experiment",
-                        did_you_mean(control.run, names) or f"runs: {', '.join(sorted(names))}",
-                    )
-            elif runs:
-                default = ExperimentSpec.model_validate(runs[0].config)
-                control_model = control.model if control and control.model else default.base_model
-                loc = ("spec", "control", "model") if control else ("spec", "base_model")
-                if default.eval_suite and control_model:
-                    evaluation = f"Evaluation/{spec.name}/control"
-                    self.nodes[evaluation] = (
-                        "Evaluation",
-                        spec.name,
-                        {"suite": default.eval_suite, "subject": f"model:{control_model}"},
-                        spec,
-                    )
-                    self.edges.append(
-                        Edge(
-                            evaluation,
-                            f"EvalSuite/{default.eval_suite}",
-                            True,
-                            spec,
-                            ("spec", "eval_suite"),
-                        )
-                    )
-                    self._model_ref(spec, loc, control_model, evaluation)
-
-        for spec in self.specs("Deployment"):
-            address = spec.address
-            dep = spec.resource.spec
-            self.nodes[address] = ("Deployment", spec.name, dep.model_dump(mode="json"), spec)
-            self._model_ref(spec, ("spec", "model"), dep.model, address)
-            if dep.smoke_suite:
-                # The readiness check reads the suite at rollout; a new suite alone is no rollout.
-                self._named_ref(
-                    spec, ("spec", "smoke_suite"), dep.smoke_suite, "EvalSuite", address, False
-                )
-        self._check_local_ports()
-
-        for spec in self.specs("Arena"):
-            address = spec.address
-            arena = spec.resource.spec
-            self.nodes[address] = ("Arena", spec.name, arena.model_dump(mode="json"), spec)
-            for i, ref in enumerate(arena.models):
-                self._model_ref(spec, ("spec", "models", i), ref, address)
-            if arena.judge:
-                self._model_ref(spec, ("spec", "judge", "model"), arena.judge.model, address)
-            prompts = arena.prompts
-            if isinstance(prompts, FilePrompts):
-                self._path(spec, ("spec", "prompts", "path"), prompts.path, address)
-            else:
-                self._named_ref(
-                    spec, ("spec", "prompts", "dataset"), prompts.dataset, "Dataset", address, True
-                )
-
-        for spec in self.specs("Pipeline"):
-            address = spec.address
-            self.nodes[address] = (
-                "Pipeline",
-                spec.name,
-                spec.resource.spec.model_dump(mode="json"),
-                spec,
-            )
-            for i, step in enumerate(spec.resource.spec.steps):
-                loc = ("spec", "steps", i)
-                for field_name, kind in (
-                    ("dataset", "Dataset"),
-                    ("experiment", "Experiment"),
-                    ("suite", "EvalSuite"),
-                    ("against", "Deployment"),
-                    ("deployment", "Deployment"),
-                    ("arena", "Arena"),
-                ):
-                    value = getattr(step, field_name, None)
-                    if value:
-                        self._named_ref(spec, (*loc, field_name), value, kind, address, False)
-                run = getattr(step, "run", None)
-                experiment = getattr(step, "experiment", None)
-                names = {r.name for r in self.runs.get(experiment or "", [])}
-                if experiment and names and run not in names:
-                    self._diag(
-                        spec,
-                        (*loc, "run"),
-                        f"experiment '{experiment}' has no run '{run}'",
-                        did_you_mean(str(run), names),
-                    )
+        for kind, check_spec in CHECKS.items():
+            for spec in self.specs(kind):
+                check_spec(self, spec)
+            if kind in CHECKS_AFTER:
+                CHECKS_AFTER[kind](self)
 
     def _check_local_ports(self) -> None:
         """Two local Deployments on one port would share it (SO_REUSEPORT) or fail to start."""
@@ -630,6 +415,263 @@ class _Resolver:
                     seconds += n * 0.2
             return Estimate("samples", samples, seconds) if samples else None
         return None
+
+
+# ----- checks, one per kind ---------------------------------------------------------------
+# Each checks one spec: it adds the spec's resources (`_node`), the edges of its references
+# and its file inputs, and reports what is wrong as diagnostics.
+
+
+def _check_model(r: _Resolver, spec: LoadedSpec) -> None:
+    """A Model: its local folder or file, or the experiment run that trains it."""
+    address = r._node(spec)
+    source = spec.resource.spec.source
+    if isinstance(source, LocalDirSource | GgufFileSource):
+        # A model folder's symlinks stay in it: the pull copies what they point at.
+        r._path(spec, ("spec", "source", "path"), source.path, address, folder_only=True)
+    if isinstance(source, ExperimentSource):
+        _model_from_run(r, spec, source, address)
+
+
+def _model_from_run(r: _Resolver, spec: LoadedSpec, source: ExperimentSource, address: str) -> None:
+    """A Model an experiment trains waits for its one run, not for the experiment's others."""
+    loc: Loc = ("spec", "source", "experiment")
+    name = r._known(spec, loc, source.experiment, "Experiment")
+    if name is None:
+        return
+    runs = {run.name for run in r.runs.get(source.experiment, [])}
+    if runs and source.run not in runs:
+        r._diag(
+            spec,
+            ("spec", "source", "run"),
+            f"experiment '{source.experiment}' has no run '{source.run}'",
+            did_you_mean(source.run, runs) or f"runs: {', '.join(sorted(runs))}",
+        )
+    if source.run in {run.name for run in r.runs.get(name, [])}:
+        r.edges.append(Edge(address, f"Experiment/{name}/{source.run}", True, spec, loc))
+
+
+def _check_eval_suite(r: _Resolver, spec: LoadedSpec) -> None:
+    """An EvalSuite: its tasks' data (files or Datasets), its judge and its baseline."""
+    address = r._node(spec)
+    suite = spec.resource.spec
+    for i, task in enumerate(suite.tasks):
+        loc: Loc = ("spec", "tasks", i, "data")
+        if isinstance(task.data, FileData):
+            r._path(spec, (*loc, "path"), task.data.path, address)
+        elif isinstance(task.data, DatasetData):
+            r._named_ref(spec, (*loc, "dataset"), task.data.dataset, "Dataset", address, True)
+    if suite.judge:
+        r._model_ref(spec, ("spec", "judge", "model"), suite.judge.model, address)
+    if suite.baseline:
+        r._path(spec, ("spec", "baseline"), suite.baseline, address, required=False)
+    # For a Dataset's decontaminate step (checked later): the suite's data, not its baseline.
+    r.suite_files[spec.name] = {
+        k: v
+        for k, v in r.file_inputs.get(address, {}).items()
+        if not (suite.baseline and k == f"file:{suite.baseline}")
+    }
+
+
+def _check_dataset(r: _Resolver, spec: LoadedSpec) -> None:
+    """A Dataset: its sources, its tokenizer and its steps."""
+    address = r._node(spec)
+    ds = spec.resource.spec
+    for i, src in enumerate(ds.sources):
+        _dataset_source(r, spec, ("spec", "sources", i), src, address)
+    if ds.tokenizer:
+        r._model_ref(spec, ("spec", "tokenizer"), ds.tokenizer, address)
+    for i, step in enumerate(ds.steps):
+        _dataset_step(r, spec, ("spec", "steps", i), step, address)
+
+
+def _dataset_source(r: _Resolver, spec: LoadedSpec, loc: Loc, src: Source, address: str) -> None:
+    """A file (its rows count in the estimate), another Dataset, or a collected-data store."""
+    if isinstance(src, FileSource):
+        r._path(spec, (*loc, "path"), src.path, address)
+        r.row_files.setdefault(address, []).append(Path(src.path).as_posix())
+    elif isinstance(src, DatasetSource):
+        r._named_ref(spec, (*loc, "dataset"), src.dataset, "Dataset", address, True)
+    elif src.store not in r.collect_stores:
+        r._diag(
+            spec,
+            (*loc, "store"),
+            f"no Deployment collects into '{src.store}'",
+            did_you_mean(src.store, r.collect_stores) or "set collect.into on a Deployment",
+        )
+
+
+def _dataset_step(r: _Resolver, spec: LoadedSpec, loc: Loc, step: Step, address: str) -> None:
+    """A step's models; a decontaminate step's suites, whose files become the Dataset's inputs."""
+    tok = getattr(step, "tokenizer", None)
+    if tok:
+        r._model_ref(spec, (*loc, "tokenizer"), tok, address)
+    model = getattr(step, "model", None)
+    if model:
+        r._model_ref(spec, (*loc, "model"), model, address)
+    if getattr(step, "step", "") == "decontaminate":
+        wanted = step.suites or sorted(r.suite_files)
+        for j, suite_name in enumerate(step.suites):
+            if suite_name not in r.suite_files:
+                r._diag(
+                    spec,
+                    (*loc, "suites", j),
+                    f"unknown EvalSuite '{suite_name}'",
+                    did_you_mean(suite_name, r.suite_files),
+                )
+        for suite_name in wanted:
+            r.file_inputs.setdefault(address, {}).update(r.suite_files.get(suite_name, {}))
+
+
+def _check_experiment(r: _Resolver, spec: LoadedSpec) -> None:
+    """An Experiment: each run (a resource of its own) and the control's evaluation."""
+    runs = r.runs.get(spec.name, [])
+    for run in runs:
+        _check_run(r, spec, run)
+    _check_control(r, spec, runs)
+
+
+def _check_run(r: _Resolver, spec: LoadedSpec, run: Run) -> None:
+    """A run: its base model, dataset and probes, and the evaluation of what it trains."""
+    address = f"Experiment/{spec.name}/{run.name}"
+    cfg = ExperimentSpec.model_validate(run.config)
+    # A scan nobody asked for is not part of the spec (older lock files lack it).
+    config = {k: v for k, v in run.config.items() if k != "inspect" or v}
+    r._node(spec, address, "Experiment", config)
+    r._model_ref(spec, ("spec", "base_model"), cfg.base_model, address)
+    r._named_ref(spec, ("spec", "dataset"), cfg.dataset, "Dataset", address, True)
+    probes = cfg.inspect.probes if cfg.inspect else None
+    probes_loc: Loc = ("spec", "inspect", "probes")
+    if probes and not r._escapes(spec, probes_loc, probes, False) and r.files.info(probes) is None:
+        # Checked, not digested: a scan's probes never retrain the run.
+        r._diag(
+            spec,
+            ("spec", "inspect", "probes"),
+            f"'{probes}' does not exist",
+            "check the path; it is relative to the repository root",
+        )
+    suite_loc: Loc = ("spec", "eval_suite")
+    # Training does not wait for the suite (no edge run -> suite); the run's evaluation does.
+    if cfg.eval_suite and r._known(spec, suite_loc, cfg.eval_suite, "EvalSuite") is not None:
+        evaluation = _evaluation(r, spec, run.name, cfg.eval_suite, address)
+        r.edges.append(Edge(evaluation, address, True, spec, ("spec",)))
+
+
+def _check_control(r: _Resolver, spec: LoadedSpec, runs: list[Run]) -> None:
+    """A control run must exist; a control model is evaluated on the default run's suite."""
+    control = spec.resource.spec.control
+    if control and control.run:
+        names = {run.name for run in runs}
+        if runs and control.run not in names:
+            r._diag(
+                spec,
+                ("spec", "control", "run"),
+                f"no run '{control.run}' in this experiment",
+                did_you_mean(control.run, names) or f"runs: {', '.join(sorted(names))}",
+            )
+        return
+    if not runs:
+        return
+    default = ExperimentSpec.model_validate(runs[0].config)
+    control_model = control.model if control and control.model else default.base_model
+    loc: Loc = ("spec", "control", "model") if control else ("spec", "base_model")
+    if default.eval_suite and control_model:
+        evaluation = _evaluation(r, spec, "control", default.eval_suite, f"model:{control_model}")
+        r._model_ref(spec, loc, control_model, evaluation)
+
+
+def _evaluation(r: _Resolver, spec: LoadedSpec, label: str, suite: str, subject: str) -> str:
+    """Add `Evaluation/<experiment>/<label>` of `subject` on `suite`, waiting for the suite."""
+    address = f"Evaluation/{spec.name}/{label}"
+    r._node(spec, address, "Evaluation", {"suite": suite, "subject": subject})
+    r.edges.append(Edge(address, f"EvalSuite/{suite}", True, spec, ("spec", "eval_suite")))
+    return address
+
+
+def _check_deployment(r: _Resolver, spec: LoadedSpec) -> None:
+    """A Deployment: its model and its smoke suite."""
+    address = r._node(spec)
+    dep = spec.resource.spec
+    r._model_ref(spec, ("spec", "model"), dep.model, address)
+    if dep.smoke_suite:
+        # The readiness check reads the suite at rollout; a new suite alone is no rollout.
+        r._named_ref(spec, ("spec", "smoke_suite"), dep.smoke_suite, "EvalSuite", address, False)
+
+
+def _check_arena(r: _Resolver, spec: LoadedSpec) -> None:
+    """An Arena: its models, its judge and its prompts (a file or a Dataset)."""
+    address = r._node(spec)
+    arena = spec.resource.spec
+    for i, ref in enumerate(arena.models):
+        r._model_ref(spec, ("spec", "models", i), ref, address)
+    if arena.judge:
+        r._model_ref(spec, ("spec", "judge", "model"), arena.judge.model, address)
+    prompts = arena.prompts
+    if isinstance(prompts, FilePrompts):
+        r._path(spec, ("spec", "prompts", "path"), prompts.path, address)
+    else:
+        r._named_ref(
+            spec, ("spec", "prompts", "dataset"), prompts.dataset, "Dataset", address, True
+        )
+
+
+# A pipeline step's fields that name a spec, and the kind they name.
+PIPELINE_REFS = (
+    ("dataset", "Dataset"),
+    ("experiment", "Experiment"),
+    ("suite", "EvalSuite"),
+    ("against", "Deployment"),
+    ("deployment", "Deployment"),
+    ("arena", "Arena"),
+)
+
+
+def _check_pipeline(r: _Resolver, spec: LoadedSpec) -> None:
+    """A Pipeline: the specs its steps name (ordering only: a pipeline reruns nothing)."""
+    address = r._node(spec)
+    for i, step in enumerate(spec.resource.spec.steps):
+        _pipeline_step(r, spec, ("spec", "steps", i), step, address)
+
+
+def _pipeline_step(
+    r: _Resolver, spec: LoadedSpec, loc: Loc, step: PipelineStep, address: str
+) -> None:
+    """A step's references, and its experiment's run."""
+    for field_name, kind in PIPELINE_REFS:
+        value = getattr(step, field_name, None)
+        if value:
+            r._named_ref(spec, (*loc, field_name), value, kind, address, False)
+    run = getattr(step, "run", None)
+    experiment = getattr(step, "experiment", None)
+    names = {each.name for each in r.runs.get(experiment or "", [])}
+    if experiment and names and run not in names:
+        r._diag(
+            spec,
+            (*loc, "run"),
+            f"experiment '{experiment}' has no run '{run}'",
+            did_you_mean(str(run), names),
+        )
+
+
+# The checks, in the order they run. The order is part of the result: diagnostics come out
+# kind by kind in it (specs by name within a kind), the edges are added in it (a cycle is
+# reported from the first edge found), and later kinds read what earlier ones gathered on the
+# resolver: `models` and `collect_stores` are set by check() before any check runs,
+# `suite_files` by the EvalSuites before the Datasets' decontaminate steps read it.
+CHECKS: dict[str, Callable[[_Resolver, LoadedSpec], None]] = {
+    "Model": _check_model,
+    "EvalSuite": _check_eval_suite,
+    "Dataset": _check_dataset,
+    "Experiment": _check_experiment,
+    "Deployment": _check_deployment,
+    "Arena": _check_arena,
+    "Pipeline": _check_pipeline,
+}
+
+# Checks across all the specs of a kind, run right after that kind's own checks.
+CHECKS_AFTER: dict[str, Callable[[_Resolver], None]] = {
+    "Deployment": _Resolver._check_local_ports,
+}
 
 
 def resolve(
