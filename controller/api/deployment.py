@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     Field,
     SerializerFunctionWrapHandler,
     ValidationInfo,
@@ -13,6 +14,7 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from controller.api.common import Name, Ref, Resource, SecretRef, Strict
 
@@ -153,11 +155,14 @@ class Limits(Strict):
     feedback_per_s: float = Field(
         default=1.0,
         gt=0,
-        description="Feedback calls per second one client address may make, sustained; "
-        "beyond it 429 with Retry-After.",
+        description="Feedback calls per second one client address may make to a keyless "
+        "runtime, sustained; beyond it 429 with Retry-After (with a key, the key's holder is "
+        "not throttled by address).",
     )
     feedback_burst: int = Field(
-        default=30, ge=1, description="Feedback calls one client address may make at once."
+        default=30,
+        ge=1,
+        description="Feedback calls one client address may make at once to a keyless runtime.",
     )
 
     @field_validator("read_timeout_s")
@@ -198,9 +203,27 @@ class Collect(Strict):
         return self
 
 
+# The deploy targets a spec may name: the built-in ones; controller/targets/base.py `register`
+# adds any other (a team's own target, a test's double), so a new target changes no model here.
+TARGET_KINDS: list[str] = ["local", "docker", "kserve"]
+
+
+def _known_target(value: str) -> str:
+    if value not in TARGET_KINDS:
+        *first, last = (f"'{kind}'" for kind in TARGET_KINDS)
+        expected = f"{', '.join(first)} or {last}" if first else last
+        # The literal's own error, so validate words it (and suggests a name) as for any enum.
+        raise PydanticCustomError(
+            "literal_error", "Input should be {expected}", {"expected": expected}
+        )
+    return value
+
+
 class DeploymentSpec(Strict):
     model: Ref
-    target: Literal["local", "docker", "kserve"] = "local"
+    target: Annotated[
+        str, AfterValidator(_known_target), Field(json_schema_extra={"enum": TARGET_KINDS})
+    ] = "local"
     runtime: Literal["transformers", "llama-cpp"] = "transformers"
     port: int = Field(default=8000, ge=1, le=65535)
     api_key: ApiKeyRef | None = Field(

@@ -49,11 +49,14 @@ class Limits(_Strict):
     feedback_per_s: float = Field(
         default=1.0,
         gt=0,
-        description="Feedback calls per second one client address may make, sustained; "
-        "beyond it 429 with Retry-After.",
+        description="Feedback calls per second one client address may make to a keyless "
+        "runtime, sustained; beyond it 429 with Retry-After (with a key, the key's holder is "
+        "not throttled by address).",
     )
     feedback_burst: int = Field(
-        default=30, ge=1, description="Feedback calls one client address may make at once."
+        default=30,
+        ge=1,
+        description="Feedback calls one client address may make at once to a keyless runtime.",
     )
 
     @model_validator(mode="after")

@@ -178,3 +178,15 @@ def test_feedback_beyond_the_rate_answers_429(keyless: Runtime) -> None:
     assert int(refused.headers["retry-after"]) >= 1
     stored = [r for r in rows(keyless) if r["id"] == "chatcmpl-flood"]
     assert len(stored) == statuses.count(200)
+
+
+def test_a_keyed_application_sending_its_users_feedback_is_not_throttled(keyed: Runtime) -> None:
+    """With a key, the caller is the application the key was given to; it relays many users'
+    feedback from one address, so the per-address bucket does not apply."""
+    body = {"id": "chatcmpl-app", "rating": "up"}
+    auth = {"Authorization": f"Bearer {KEY}"}
+    statuses = [
+        httpx.post(f"{keyed.url}/v1/feedback", json=body, headers=auth, timeout=30).status_code
+        for _ in range(60)
+    ]
+    assert set(statuses) == {200}, statuses
