@@ -54,7 +54,7 @@ class Deployment:
     target: str
     endpoint: str | None
     api_key_env: str | None
-    running: bool | None  # local targets only
+    running: bool | None  # targets whose live state is read on this host (local)
 
     def openai(self, api_key: str | None = None) -> Any:
         """An official `openai.OpenAI` client for this deployment (key from its env var)."""
@@ -137,7 +137,7 @@ class Client:
         return out
 
     def deployments(self) -> list[Deployment]:
-        from controller.observe.drift import live_deployment
+        from controller.targets.base import target_for
 
         out = []
         for address, entry in self._lock().entries("Deployment"):
@@ -146,11 +146,13 @@ class Client:
             assert isinstance(outputs, DeploymentOutputs)
             key = entry.spec.get("api_key") or {}
             target = outputs.target
-            running = (
-                live_deployment(StatePaths.for_repo(self.root), name).running
-                if target == "local"
+            kind = target_for(target) if target else None
+            live = (
+                kind.live(name, entry.spec, StatePaths.for_repo(self.root))
+                if kind and kind.live_is_local
                 else None
             )
+            running = live.running if live else None
             out.append(
                 Deployment(
                     name=name,

@@ -1,9 +1,13 @@
-"""Workspace: string the stages together for the CLI and the client: load the specs, observe
-the lock file, registry and deployments, and plan."""
+"""Workspace: string the stages together for the CLI, the client and the production loop: load
+the specs, observe the lock file, registry and deployments, plan, and apply (one service that
+`llmops apply` and the loop share, reporting through apply hooks)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
 
 from controller.load.desired import Loaded, load_desired
 from controller.observe.applied import observed_from_lock
@@ -11,11 +15,16 @@ from controller.observe.drift import observe_arenas, observe_deployments, observ
 from controller.observe.registry import observe_registry
 from controller.plan.planner import plan
 from controller.plan.types import DesiredState, ObservedState, Plan
+from controller.state.apply_mutex import exclusive_apply
 from controller.state.dvc import restore_missing
 from controller.state.lockfile import LOCK_FILE, LockFileError, read_lock
 from controller.state.paths import StatePaths
-from controller.state.provenance import TrustContext, trust_context
+from controller.state.provenance import TrustContext, mark_state_trusted, trust_context
 from controller.state.registry.store import Registry
+
+if TYPE_CHECKING:  # annotations only: plan and validate never load apply's engine
+    from controller.apply.engine import ApplyReport
+    from controller.apply.hooks import ApplyHooks
 
 
 def registry_exists(root: Path) -> bool:
@@ -73,3 +82,69 @@ def make_plan(
         loaded.diagnostics.append(err.diagnostic)
         return loaded, None
     return loaded, plan(loaded.desired, observed)
+
+
+def plan_and_apply(
+    loaded: Loaded,
+    registry: Registry,
+    hooks: ApplyHooks,
+    *,
+    trust: TrustContext | None = None,
+    lock_path: Path | None = None,
+    skip_deploy: bool = False,
+    skip_promote: bool = False,
+) -> ApplyReport:
+    """Plan against what is observed now and carry the plan out; the caller holds the apply
+    lock. Raises LockFileError for a lock file that cannot be read."""
+    # Lazily: the engine loads every runner's client (evaluation, deploy targets, Kubernetes);
+    # plan, validate and status import this module and never need it.
+    from controller.apply.engine import Applier
+
+    assert loaded.desired is not None
+    lock = lock_path or loaded.root / LOCK_FILE
+    the_plan = plan(loaded.desired, observe(loaded.root, loaded.desired, lock, trust=trust))
+    hooks.planned(the_plan)
+    applier = Applier(
+        loaded,
+        registry,
+        hooks_console(hooks),
+        lock,
+        skip_deploy=skip_deploy,
+        hooks=hooks,
+        skip_promote=skip_promote,
+        trust=trust,
+    )
+    return applier.apply(the_plan)
+
+
+def apply_workspace(
+    loaded: Loaded,
+    registry: Registry,
+    trust: TrustContext,
+    hooks: ApplyHooks,
+    *,
+    wait: bool = True,
+    skip_deploy: bool = False,
+) -> ApplyReport:
+    """`llmops apply`: under the state folder's apply lock (waiting for another apply, or
+    ApplyBusy), plan once the lock is held (whatever the other apply did is seen) and apply.
+
+    A trusted ref marks the state folder as main's; an untrusted one never moves an alias in
+    the shared registry (main's deployments resolve `model@alias`, so promotion is main's)."""
+    state_root = registry.paths.root
+    with exclusive_apply(state_root, wait=wait, on_wait=hooks.waiting):
+        if trust.trusted:
+            mark_state_trusted(state_root, trust)
+        return plan_and_apply(
+            loaded,
+            registry,
+            hooks,
+            trust=trust,
+            skip_deploy=skip_deploy,
+            skip_promote=not trust.trusted,
+        )
+
+
+def hooks_console(hooks: ApplyHooks) -> Console:
+    """The console apply's steps print their details on: the hooks' own when they have one."""
+    return getattr(hooks, "console", None) or Console(quiet=True)

@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from controller.api import split_ref
 from controller.api.deployment import KEY_ENV_PATTERN, KEY_ENV_PREFIX
 from controller.apply.context import ApplyStep
 from controller.apply.evaluate import Evaluator
+from controller.apply.hooks import ConsoleProgress
 from controller.apply.pull import ensure_model
 from controller.state.lockfile import DeploymentOutputs, LockEntry
-from runners.deploy import environment, local
-from runners.deploy.release import DeployError, Release, container_config
-
-SERVE_API_KEY_ENV = "LLMOPS_SERVE_API_KEY"
+from controller.targets.base import DeployProgress, DeployRequest, target_for
+from controller.targets.local import SERVE_API_KEY_ENV
+from runners.deploy.release import DeployError, Release
 
 
 class Deployer(ApplyStep):
-    """Rolls Deployment specs out: local processes, docker build contexts, KServe."""
+    """Rolls Deployment specs out through their target (controller/targets): works out the
+    target-neutral runtime config and release, then hands them to `target_for(spec.target)`."""
+
+    progress: DeployProgress | None = None  # the apply's hooks, set by the Applier
+
+    def _reporter(self) -> DeployProgress:
+        return self.progress or ConsoleProgress(self.console)
 
     def spec(self, name: str) -> dict[str, Any]:
         resource = self.desired.resources.get(f"Deployment/{name}")
@@ -37,7 +40,7 @@ class Deployer(ApplyStep):
         if not ref:
             return None
         if ref.get("secret"):
-            if spec["target"] == "kserve":
+            if target_for(spec["target"]).reads_secret_keys:
                 return None  # the cluster reads it from the Secret
             raise DeployError(
                 f"Deployment {name}: api_key {{secret: {ref['secret']}}} names a Kubernetes "
@@ -127,50 +130,7 @@ class Deployer(ApplyStep):
 
     def deploy(self, name: str) -> DeploymentOutputs:
         spec = self.spec(name)
-        target = spec["target"]
-        if target == "local":
-            return self._deploy_local(name, spec)
-        release, model_path = self.release(name, spec)
-        if target == "docker":
-            details = self._deploy_docker(name, release, model_path)
-        else:
-            details = self._deploy_kserve(name, spec, release)
-        return DeploymentOutputs(version=release.model_version, target=target, **details)
-
-    def _deploy_local(self, name: str, spec: dict[str, Any]) -> DeploymentOutputs:
-        config, ref = self.runtime_config(name, spec)
-        key = self.api_key(name, spec)
-        env = {SERVE_API_KEY_ENV: key} if key else {}
-        # The key's hash is part of the digest so rotating it restarts the server.
-        digest = hashlib.sha256(
-            json.dumps(
-                {"config": config, "key": hashlib.sha256((key or "").encode()).hexdigest()},
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()
-
-        def check(port: int) -> str | None:
-            return chat_check(port, name, key)
-
-        folder = self.registry.paths.deployment(name)
-        with self.console.status(f"  starting {ref} for {name}") as status:
-            state, happened = local.rollout(
-                name,
-                ref,
-                config,
-                folder,
-                env,
-                digest,
-                check=check,
-                tick=lambda s: status.update(f"  starting {ref} for {name} ({s:.0f} s)"),
-            )
-        self.console.print(f"  {name}: {happened} {ref} at {state.endpoint}/v1 (pid {state.pid})")
-        return DeploymentOutputs(version=ref, target="local", endpoint=f"{state.endpoint}/v1")
-
-    def release(self, name: str, spec: dict[str, Any]) -> tuple[Any, Path]:
-        """The target-neutral description docker and KServe render from, and the model folder."""
-        from runners.deploy.release import Release
-
+        target = target_for(spec["target"])
         config, ref = self.runtime_config(name, spec)
         gguf = config["gguf_path"]
         release = Release(
@@ -180,121 +140,20 @@ class Deployer(ApplyStep):
             smoke_prompts=config["smoke"]["prompts"],
             gguf_file=Path(gguf).name if gguf else None,
         )
-        return release, Path(config["model_dir"])
-
-    def _deploy_docker(self, name: str, release: Any, model_path: Path) -> dict[str, Any]:
-        """Render the build context and build where an engine answers: the image's outputs."""
-        from runners.deploy import docker
-
-        folder = self.registry.paths.deployment(name) / "docker"
-        # The key is checked before minutes of building, not after, and so is where it goes.
-        key = self.api_key(name, release.spec)
-        if key:
-            environment.check_key_destination(name, release.spec["docker"].get("host"))
-        torch = docker.torch_source()
-        context = docker.render_context(folder, release, model_path, torch=torch)
-        host = release.spec["docker"].get("host")
-        with self.console.status(
-            f"  building {context.tag} for {name} (torch: {torch.describe()})"
-        ):
-            outcome = docker.build(context.path, context.tag, host=host)
-        self.console.print(f"  {name}: {outcome.message}")
-        details: dict[str, Any] = {
-            "image": context.tag,
-            "context_digest": context.digest,
-            "built": outcome.built,
-        }
-        if not outcome.built:
-            return details
-        # Built where an engine answers: run it there and wait until it is ready.
-        key_env = container_config(release, "docker")["api_key_env"]
-        env = {key_env: key} if key and key_env else {}
-        with self.console.status(f"  starting {context.tag} for {name}"):
-            running = docker.run(release, context.tag, env, host=host)
-        if outcome.image_id and running.image_id != outcome.image_id:
-            # Another build retagged the image between our build and run.
-            raise DeployError(
-                f"Deployment {name}: container {running.container} runs {running.image_id}, "
-                f"not the image just built ({outcome.image_id}); another build moved the tag "
-                f"{context.tag}; apply again"
-            )
-        self.console.print(
-            f"  {name}: {running.container} ready at {running.endpoint}/v1 "
-            f"({running.image_id[:19]})"
+        request = DeployRequest(
+            name=name,
+            spec=spec,
+            version=ref,
+            runtime=config,
+            release=release,
+            model_path=Path(config["model_dir"]),
+            paths=self.registry.paths,
+            api_key=lambda: self.api_key(name, spec),
         )
-        return details | {"endpoint": f"{running.endpoint}/v1", "image_id": running.image_id}
-
-    def _deploy_kserve(self, name: str, spec: dict[str, Any], release: Any) -> dict[str, Any]:
-        """Apply the manifests and wait for Ready: where the new revision serves."""
-        from runners.deploy import kserve
-
-        release = with_pushed_image(release, self.registry.paths.root)
-        manifests = kserve.render_manifests(release, spec["kserve"].get("storage_uri"))
-        try:
-            rollout = kserve.rollout(
-                kserve.api_client(), manifests, force=bool(spec["kserve"].get("force_conflicts"))
-            )
-        except kserve.RolloutFailed as err:
-            raise DeployError(str(err)) from err
-        self.console.print(f"  {name}: {release.model_version} ready at {rollout.url}")
-        return {"endpoint": rollout.url, "revision": rollout.revision, "traffic": rollout.traffic}
+        return target.deploy(request, self._reporter())
 
     def stop(self, name: str, recorded: LockEntry) -> None:
         """Stop what the lock entry says was deployed (its spec, not today's: it was removed)."""
         assert isinstance(recorded.outputs, DeploymentOutputs)
-        target = recorded.outputs.target or "local"
-        if target == "local":
-            stopped = local.stop(self.registry.paths.deployment(name))
-            if stopped:
-                self.console.print(f"  stopped {name} ({stopped.version}, pid {stopped.pid})")
-        elif target == "docker":
-            from runners.deploy import docker
-
-            host = (recorded.spec.get("docker") or {}).get("host")
-            if docker.stop(name, host=host):
-                self.console.print(f"  stopped {name} (container {docker.container_name(name)})")
-        elif target == "kserve":
-            from runners.deploy import kserve
-
-            namespace = (recorded.spec.get("kserve") or {}).get("namespace") or "default"
-            kserve.delete(kserve.api_client(), namespace, name)
-
-
-def with_pushed_image(release: Release, state_root: Path) -> Release:
-    """The release for KServe: a spec that keeps the default runtime image names the serving
-    image `llmops images build --push` pushed from this state folder, by digest, if any."""
-    from dataclasses import replace
-
-    from runners.deploy import images
-
-    if release.spec["kserve"].get("image"):
-        return release
-    image = images.pushed(state_root, "serve")
-    if not image:
-        return release
-    target = {**release.spec["kserve"], "image": image}
-    return replace(release, spec={**release.spec, "kserve": target})
-
-
-def chat_check(port: int, name: str, key: str | None) -> str | None:
-    """One real chat completion through the OpenAI route; None when it answers."""
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        response = httpx.post(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            json={
-                "model": name,
-                "messages": [{"role": "user", "content": "Hello"}],
-                "max_tokens": 8,
-            },
-            headers=headers,
-            timeout=120,
-        )
-    except httpx.HTTPError as err:
-        return f"request failed: {err}"
-    if response.status_code != 200:
-        return f"HTTP {response.status_code}: {response.text[:200]}"
-    choices = response.json().get("choices") or []
-    if not choices:
-        return "the answer has no choices"
-    return None
+        target = target_for(recorded.outputs.target or "local")
+        target.stop(name, recorded.spec, self.registry.paths, self._reporter())

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from controller.apply.context import ApplyStep
 from controller.apply.evaluate import Evaluator
+from controller.apply.hooks import ApplyHooks, ConsoleHooks
 from controller.apply.prepare import Preparer
 from controller.apply.pull import pull_model
 from controller.apply.train import Trainer
@@ -125,16 +126,16 @@ class Applier(ApplyStep):
         console: Console,
         lock_path: Path,
         skip_deploy: bool = False,
-        on_result: Callable[[ActionResult], None] | None = None,
+        hooks: ApplyHooks | None = None,
         skip_promote: bool = False,
         trust: TrustContext | None = None,
     ) -> None:
         super().__init__(loaded, registry, console)
+        self.hooks: ApplyHooks = hooks or ConsoleHooks(console)
         self.trust = trust
         self.lock_path = lock_path
         self.skip_deploy = skip_deploy
         self.skip_promote = skip_promote
-        self.on_result = on_result or (lambda result: None)
         self.lock = read_lock(lock_path)
         self.evaluator = Evaluator(loaded, registry, console)
         self.trainer = Trainer(loaded, registry, console)
@@ -187,7 +188,7 @@ class Applier(ApplyStep):
             elif result.status == "applied":
                 changed.add(action.address)
             report.results.append(result)
-            self.on_result(result)
+            self.hooks.post_action(result)
         return report
 
     def _promotes(self, address: str) -> bool:
@@ -212,12 +213,11 @@ class Applier(ApplyStep):
         handler = HANDLERS[address.kind]
         started = time.monotonic()
         verb = "recording" if action.kind == ActionKind.NOOP else str(action.kind)
-        self.console.print(f"[bold]{verb}[/bold] {action.address}")
+        self.hooks.pre_action(action.address, verb)
         fault_point(f"before:{action.address}")
         try:
             outputs = handler(self, address)
         except LlmopsError as err:
-            self.console.print(f"  [red]failed[/red]: {err}")
             return ActionResult(
                 action.address,
                 str(action.kind),
@@ -230,7 +230,6 @@ class Applier(ApplyStep):
         self._record(address, outputs)
         status: Status = "recorded" if action.kind == ActionKind.NOOP else "applied"
         seconds = time.monotonic() - started
-        self.console.print(f"  [green]{status}[/green] {action.address} in {seconds:.1f} s")
         return ActionResult(
             action.address,
             str(action.kind),
@@ -248,7 +247,7 @@ class Applier(ApplyStep):
     def _delete(self, action: Action) -> ActionResult:
         started = time.monotonic()
         address = Address.parse(action.address)
-        self.console.print(f"[bold]delete[/bold] {action.address}")
+        self.hooks.pre_action(action.address, "delete")
         entry = self.lock.get(address)
         if address.kind == "Deployment" and entry is not None:
             self.deployer.stop(address.name, entry)
@@ -286,6 +285,7 @@ class Applier(ApplyStep):
             from controller.apply.deploy import Deployer
 
             self._deployer = Deployer(self.loaded, self.registry, self.console)
+            self._deployer.progress = self.hooks
             self._deployer.trust = self.trust
         return self._deployer
 

@@ -62,26 +62,20 @@ def apply_command(
     Exit 0 when everything applied, 1 when an action failed (a gate, a job), 2 for invalid
     specs, 4 when another apply holds the lock and --no-wait was given.
     """
-    from controller.apply.engine import Applier
-    from controller.plan.planner import plan
-    from controller.report.terminal import print_plan
-    from controller.state.apply_mutex import ApplyBusy, exclusive_apply
+    from controller.apply.hooks import ConsoleHooks
+    from controller.report.terminal import print_diagnostics
+    from controller.state.apply_mutex import ApplyBusy
     from controller.state.lockfile import LOCK_FILE, LockFileError
     from controller.state.paths import StatePaths
-    from controller.state.provenance import (
-        check_state_folder,
-        mark_state_trusted,
-        trust_context,
-    )
-    from controller.workspace import observe
+    from controller.state.provenance import check_state_folder, trust_context
+    from controller.workspace import apply_workspace
 
     top = resolve_root(root)
     loaded = load_or_exit(top)
     trust = trust_context(top, ref)
-    state_root = StatePaths.for_repo(top).root
     # Before the registry is opened (opening migrates it, a write): a pull request's job that
     # was given main's state folder stops here with the fix in the message.
-    check_state_folder(trust, state_root, allow_shared_state)
+    check_state_folder(trust, StatePaths.for_repo(top).root, allow_shared_state)
     registry = open_registry_or_fail(top)
     out = err_console if as_json else console
     out.print(
@@ -92,36 +86,14 @@ def apply_command(
             else "results are kept apart; main will not promote or deploy them)"
         )
     )
-
-    def waiting(who: str) -> None:
-        err_console.print(f"waiting for another apply to finish ({who}) ...")
-
+    hooks = ConsoleHooks(out, wait_console=err_console, show_plan=not as_json)
     try:
-        with exclusive_apply(state_root, wait=not no_wait, on_wait=waiting):
-            if trust.trusted:
-                mark_state_trusted(state_root, trust)
-            # Planned only once the lock is held: whatever the other apply did is seen here.
-            try:
-                the_plan = plan(loaded.desired, observe(top, loaded.desired, trust=trust))
-            except LockFileError as err:
-                from controller.report.terminal import print_diagnostics
-
-                print_diagnostics(err_console, [err.diagnostic])
-                raise typer.Exit(Exit.INVALID) from err
-            if not as_json:
-                print_plan(console, the_plan)
-            # An untrusted ref never moves an alias in the shared registry: main's deployments
-            # resolve `model@alias`, so a promotion is main's business (as in the loop's runs).
-            applier = Applier(
-                loaded,
-                registry,
-                out,
-                top / LOCK_FILE,
-                skip_deploy=skip_deploy,
-                skip_promote=not trust.trusted,
-                trust=trust,
-            )
-            report = applier.apply(the_plan)
+        report = apply_workspace(
+            loaded, registry, trust, hooks, wait=not no_wait, skip_deploy=skip_deploy
+        )
+    except LockFileError as err:
+        print_diagnostics(err_console, [err.diagnostic])
+        raise typer.Exit(Exit.INVALID) from err
     except ApplyBusy as err:
         err_console.print(f"error: {err}", style="red")
         raise typer.Exit(Exit.BUSY) from err

@@ -29,7 +29,8 @@ def serve_command(
 ) -> None:
     """Serve the deployment's model here, in the foreground, with its limits, key and
     collection settings: the same runtime `apply` starts for target local."""
-    from controller.apply.deploy import SERVE_API_KEY_ENV, Deployer
+    from controller.apply.deploy import Deployer
+    from controller.targets.local import SERVE_API_KEY_ENV
     from runners.deploy import environment
 
     top = resolve_root(root)

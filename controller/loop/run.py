@@ -24,15 +24,15 @@ from rich.console import Console
 from ruamel.yaml import YAML
 
 from controller.apply.arena import ArenaRunner
-from controller.apply.engine import Applier, fault_point, gate_name
+from controller.apply.engine import fault_point, gate_name
 from controller.apply.evaluate import Evaluator
+from controller.apply.hooks import ConsoleHooks
 from controller.apply.prepare import Preparer
 from controller.apply.train import Trainer
 from controller.load.desired import Loaded, load_desired
 from controller.loop import window as windows
 from controller.loop.trigger import decide
 from controller.plan.address import Address
-from controller.plan.planner import plan
 from controller.report.inputs import gather_report_inputs
 from controller.report.markdown import render_report
 from controller.report.terminal import gate_line
@@ -42,7 +42,7 @@ from controller.state.dvc import DvcError
 from controller.state.lockfile import LOCK_FILE, DeploymentOutputs, read_lock
 from controller.state.paths import STATE_DIR_ENV, StatePaths
 from controller.state.registry.store import Registry
-from controller.workspace import load, observe
+from controller.workspace import load, plan_and_apply
 from runners.errors import InvalidInput, LlmopsError
 
 STEPS = ("update_dataset", "retrain", "regression_test", "open_pull_request")
@@ -470,12 +470,9 @@ class PipelineRun:
         """Record everything on the branch's lock file (no promotion, no deploy: those follow
         the merge), commit, push and open or update the pull request."""
         assert loaded.desired is not None
-        observed = observe(worktree, loaded.desired)
-        applier = Applier(
-            loaded, registry, self.console, worktree / LOCK_FILE, skip_deploy=True,
-            skip_promote=True,
+        report = plan_and_apply(
+            loaded, registry, ConsoleHooks(self.console), skip_deploy=True, skip_promote=True
         )
-        report = applier.apply(plan(loaded.desired, observed))
         if report.failed:
             raise PipelineFailed(
                 "recording the branch's results failed: "

@@ -7,7 +7,6 @@ registry versions and aliases, prepared datasets, evaluation results, serving pr
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from controller.plan.types import DesiredState, ObservedState
 from controller.state.lockfile import (
@@ -18,8 +17,8 @@ from controller.state.lockfile import (
     LockFile,
     ModelOutputs,
 )
-from controller.state.paths import StatePaths
 from controller.state.registry.store import Registry
+from controller.targets.base import target_for
 
 
 @dataclass(frozen=True)
@@ -38,63 +37,6 @@ class Drift:
         }
 
 
-@dataclass(frozen=True)
-class LiveDeployment:
-    """What a local deployment's managed process is doing now."""
-
-    running: bool
-    version: str | None
-    endpoint: str | None
-    pid: int | None
-    ready: bool
-
-
-def live_deployment(paths: StatePaths, name: str) -> LiveDeployment:
-    from runners.deploy import local
-
-    state = local.read_state(paths.deployment(name))
-    if state is None:
-        return LiveDeployment(False, None, None, None, False)
-    running = local.is_serving_process(state.pid)
-    return LiveDeployment(
-        running,
-        state.version,
-        f"{state.endpoint}/v1",
-        state.pid,
-        running and local.is_ready(state.port),
-    )
-
-
-def live_kserve(spec: dict[str, Any], name: str) -> LiveDeployment | None:
-    """The deployment's InferenceService as the cluster's API server reports it; None when
-    no cluster is configured or it does not answer (then nothing is known either way)."""
-    from runners.deploy import kserve
-    from runners.deploy.release import DeployError
-
-    namespace = (spec.get("kserve") or {}).get("namespace") or "default"
-    try:
-        api = kserve.api_client()
-        api.configuration.retries = 0
-        rollout = kserve.status(api, namespace, name)
-    except DeployError:
-        return None
-    if rollout is None:
-        return LiveDeployment(False, None, None, None, False)
-    return LiveDeployment(True, rollout.model_version, rollout.url, None, rollout.ready)
-
-
-def live_docker(spec: dict[str, Any], name: str) -> LiveDeployment | None:
-    """The deployment's container as its engine (on `docker.host`) reports it; None when no
-    engine answers there (then nothing is known either way)."""
-    from runners.deploy import docker
-
-    info = docker.inspect_container(name, host=(spec.get("docker") or {}).get("host"))
-    if info is None:
-        return None
-    running = info.status == "running"
-    return LiveDeployment(running, info.version, None, None, running)
-
-
 def observe_deployments(
     observed: ObservedState, desired: DesiredState, registry: Registry
 ) -> ObservedState:
@@ -105,30 +47,17 @@ def observe_deployments(
     resources = dict(observed.resources)
     for address, want in desired.resources.items():
         have = resources.get(address)
-        target_kind = want.spec.get("target")
         if want.kind != "Deployment" or have is None:
             continue
-        if target_kind == "kserve":
-            found = live_kserve(dict(want.spec), want.name)
-        elif target_kind == "docker" and have.outputs.get("built"):
-            # Only a context rendered where no engine answered has nothing running to check.
-            found = live_docker(dict(want.spec), want.name)
-        elif target_kind == "local":
-            found = live_deployment(registry.paths, want.name)
-        else:
-            continue
-        if found is None:
-            continue  # no cluster or engine answers: nothing is known either way
-        live = found
-        target = registry.find(str(want.spec["model"]))
-        expected = f"{target.model.name}@{target.number}" if target else None
+        target = target_for(want.spec.get("target"))
+        live = target.observed_live(want.name, want.spec, have.outputs, registry.paths)
+        if live is None:
+            continue  # nothing runs, or no cluster or engine answers: nothing is known
+        serving = registry.find(str(want.spec["model"]))
+        expected = f"{serving.model.name}@{serving.number}" if serving else None
         if not live.running:
-            gone = {"kserve": "InferenceService missing", "docker": "container not running"}.get(
-                target_kind, "not running"
-            )
-            note = f"{gone} (was {have.outputs.get('version', 'deployed')})"
-        # A container started before llmops labelled them says nothing of its version.
-        elif expected and live.version != expected and (live.version or target_kind != "docker"):
+            note = f"{target.missing()} (was {have.outputs.get('version', 'deployed')})"
+        elif expected and target.version_drift(live, expected):
             note = f"serves {live.version}; {want.spec['model']} is {expected}"
         else:
             continue
@@ -230,66 +159,8 @@ def find_drift(lock: LockFile, registry: Registry) -> list[Drift]:
                         "llmops apply",
                     )
                 )
-        elif isinstance(outputs, DeploymentOutputs) and outputs.target == "docker":
-            if not outputs.built:
-                continue  # only the context was rendered: nothing runs
-            from runners.deploy import docker
-
-            host = (entry.spec.get("docker") or {}).get("host")
-            state = docker.container_state(key.name, host=host)
-            if state not in (None, "running"):
-                drift.append(
-                    Drift(
-                        address,
-                        f"{version} serving in container {docker.container_name(key.name)}",
-                        f"container {state}",
-                        "llmops apply starts it again",
-                    )
-                )
-        elif isinstance(outputs, DeploymentOutputs) and outputs.target == "kserve":
-            found = live_kserve(entry.spec, key.name)
-            namespace = (entry.spec.get("kserve") or {}).get("namespace") or "default"
-            if found is None:
-                continue
-            if not found.running:
-                drift.append(
-                    Drift(
-                        address,
-                        f"{version} serving",
-                        f"no InferenceService {namespace}/{key.name}",
-                        "llmops apply re-applies it",
-                    )
-                )
-            elif found.version != version:
-                drift.append(
-                    Drift(address, f"{version} serving", f"{found.version} serving", "llmops apply")
-                )
-            elif not found.ready:
-                drift.append(
-                    Drift(
-                        address,
-                        f"{version} ready",
-                        "InferenceService not Ready",
-                        f"kubectl -n {namespace} describe inferenceservice {key.name}",
-                    )
-                )
-        elif isinstance(outputs, DeploymentOutputs) and outputs.target == "local":
-            live = live_deployment(registry.paths, key.name)
-            if not live.running:
-                drift.append(
-                    Drift(address, f"{version} serving", "not running", "llmops apply restarts it")
-                )
-            elif live.version != version:
-                drift.append(
-                    Drift(address, f"{version} serving", f"{live.version} serving", "llmops apply")
-                )
-            elif not live.ready:
-                drift.append(
-                    Drift(
-                        address,
-                        f"{version} ready",
-                        f"running (pid {live.pid}) but not ready",
-                        "see its log under .llmops/deployments/; llmops apply replaces it",
-                    )
-                )
+        elif isinstance(outputs, DeploymentOutputs) and outputs.target:
+            target = target_for(outputs.target)
+            for found in target.drift(key.name, entry.spec, outputs, registry.paths):
+                drift.append(Drift(address, found.expected, found.actual, found.fix))
     return drift

@@ -1,12 +1,12 @@
 """Observation, status: each desired resource's state (applied, pending, not applied,
-orphaned), what it produced according to the lock file, and a local deployment's process."""
+orphaned), what it produced according to the lock file, and what a deployment's target says
+serves now."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.observe.drift import live_deployment
 from controller.plan.types import DesiredState
 from controller.state.lockfile import (
     ArenaOutputs,
@@ -18,6 +18,7 @@ from controller.state.lockfile import (
     Outputs,
 )
 from controller.state.paths import StatePaths
+from controller.targets.base import target_for
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class ResourceStatus:
     digest: str
     summary: str
     outputs: dict[str, Any] = field(default_factory=dict)
-    live: dict[str, Any] | None = None  # a local deployment's process
+    live: dict[str, Any] | None = None  # a deployment's runtime, as its target reports it
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -86,40 +87,10 @@ def resource_status(
         outputs = entry.outputs if entry else None
         summary = summarize(outputs)
         live = None
-        if resource.kind == "Deployment" and resource.spec.get("target") == "kserve":
-            from controller.observe.drift import live_kserve
-
-            found = live_kserve(dict(resource.spec), resource.name)
-            if found is None:
-                summary += "; live: no cluster answers"
-            else:
-                live = {
-                    "running": found.running,
-                    "ready": found.ready,
-                    "version": found.version,
-                    "endpoint": found.endpoint,
-                }
-                summary += (
-                    f"; live: {found.version} at {found.endpoint}, "
-                    + ("ready" if found.ready else "not ready")
-                    if found.running
-                    else "; live: no InferenceService"
-                )
-        if resource.kind == "Deployment" and resource.spec.get("target") == "local":
-            process = live_deployment(paths, resource.name)
-            live = {
-                "running": process.running,
-                "ready": process.ready,
-                "version": process.version,
-                "endpoint": process.endpoint,
-                "pid": process.pid,
-            }
-            summary += (
-                f"; live: {process.version} at {process.endpoint}, "
-                + ("ready" if process.ready else "not ready")
-                if process.running
-                else "; live: not running"
-            )
+        if resource.kind == "Deployment":
+            target = target_for(resource.spec.get("target"))
+            live, words = target.status(resource.name, resource.spec, paths)
+            summary += words
         rows.append(
             ResourceStatus(
                 address,

@@ -41,6 +41,7 @@ from controller.state.lockfile import (
 from controller.state.paths import StatePaths
 from controller.state.registry.db import RegistryUnavailable
 from controller.state.registry.store import Registry
+from controller.targets.base import target_for
 
 ASSETS_DIR = "report-assets"  # beside the report: images it links to
 
@@ -240,21 +241,11 @@ def manifest_diffs(
 
 
 def _manifests(name: str, spec: Mapping[str, Any] | None, version: str | None) -> list[str]:
-    """A KServe deployment's manifests as YAML lines; [] for other targets or a spec that
-    does not render."""
-    if not spec or spec.get("target") != "kserve":
+    """A deployment's manifests as YAML lines, as its target renders them; [] for targets
+    that apply none."""
+    if not spec:
         return []
-    import yaml
-
-    from runners.deploy import kserve
-    from runners.deploy.release import DeployError, Release
-
-    try:
-        release = Release(name, version or str(spec["model"]), dict(spec))
-        manifests = kserve.render_manifests(release, (spec.get("kserve") or {}).get("storage_uri"))
-    except (DeployError, KeyError, ValueError):
-        return []
-    return yaml.safe_dump_all(manifests, sort_keys=False).splitlines(keepends=True)
+    return target_for(spec.get("target")).manifest_lines(name, spec, version or str(spec["model"]))
 
 
 def gather_report_inputs(

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import Any, get_type_hints
 
 from pydantic import (
     BaseModel,
@@ -107,7 +107,7 @@ class EvaluationOutputs(_Outputs):
 
 class DeploymentOutputs(_Outputs):
     version: str = ""  # the model version served
-    target: Literal["", "local", "docker", "kserve"] = ""
+    target: str = ""  # a deploy target's kind (controller/targets), "" before targets existed
     endpoint: str | None = None
     image: str | None = None  # docker
     context_digest: str | None = None  # docker

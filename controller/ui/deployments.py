@@ -96,7 +96,7 @@ def collected_counts(store: Path) -> dict[str, int]:
 
 def list_deployments(state: UiState) -> list[DeploymentView]:
     from controller.load.desired import load_desired
-    from controller.observe.drift import live_deployment
+    from controller.targets.base import target_for
 
     loaded = load_desired(state.root, cache_dir=state.paths.cache)
     specs = {
@@ -118,8 +118,9 @@ def list_deployments(state: UiState) -> list[DeploymentView]:
             applied=name in applied,
             live=None,
         )
-        if view.target == "local":
-            process = live_deployment(state.paths, name)
+        kind = target_for(view.target) if view.target else None
+        process = kind.live(name, spec, state.paths) if kind and kind.live_is_local else None
+        if process is not None:
             view.live = {
                 "running": process.running,
                 "ready": process.ready,

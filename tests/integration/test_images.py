@@ -193,8 +193,8 @@ def test_images_build_pushes_both_images_and_the_manifests_name_them(
     """`llmops images build --push`: both images from this checkout, built with podman as
     rendered, pushed; a Job and a KServe ServingRuntime that keep the default image name the
     pushed images by digest, and each pulls back as the image that was built."""
-    from controller.apply.deploy import with_pushed_image
     from controller.apply.kubernetes_job import DEFAULT_RUNNER_IMAGE, render_job
+    from controller.targets.kserve import with_pushed_image
     from runners.deploy import kserve
     from tests.integration.test_apply import llmops
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.apply.deploy import SERVE_API_KEY_ENV, chat_check
+from controller.targets.local import SERVE_API_KEY_ENV, chat_check
 from runners.deploy import local
 from tests.integration.test_deploy_local import runtime_config
 

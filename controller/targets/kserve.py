@@ -1,0 +1,150 @@
+"""Deploy targets, kserve: an InferenceService and ServingRuntime applied with server-side
+apply, waited on until Ready and rolled back on failure (runners/deploy/kserve)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from controller.state.lockfile import DeploymentOutputs
+from controller.state.paths import StatePaths
+from controller.targets.base import (
+    DeployProgress,
+    DeployRequest,
+    DriftFinding,
+    LiveDeployment,
+    Target,
+    register,
+)
+from runners.deploy import images
+from runners.deploy.release import DeployError, Release
+
+
+def _namespace(spec: Mapping[str, Any]) -> str:
+    return (spec.get("kserve") or {}).get("namespace") or "default"
+
+
+class KServeTarget(Target):
+    kind = "kserve"
+    reads_secret_keys = True
+
+    def deploy(self, request: DeployRequest, progress: DeployProgress) -> DeploymentOutputs:
+        """Apply the manifests and wait for Ready: where the new revision serves."""
+        from runners.deploy import kserve  # lazily: the kubernetes client is heavy
+
+        spec = request.spec
+        release = with_pushed_image(request.release, request.paths.root)
+        manifests = kserve.render_manifests(release, spec["kserve"].get("storage_uri"))
+        try:
+            rollout = kserve.rollout(
+                kserve.api_client(), manifests, force=bool(spec["kserve"].get("force_conflicts"))
+            )
+        except kserve.RolloutFailed as err:
+            raise DeployError(str(err)) from err
+        progress.note(f"  {request.name}: {release.model_version} ready at {rollout.url}")
+        return DeploymentOutputs(
+            version=release.model_version,
+            target=self.kind,
+            endpoint=rollout.url,
+            revision=rollout.revision,
+            traffic=rollout.traffic,
+        )
+
+    def stop(
+        self, name: str, spec: Mapping[str, Any], paths: StatePaths, progress: DeployProgress
+    ) -> None:
+        from runners.deploy import kserve
+
+        kserve.delete(kserve.api_client(), _namespace(spec), name)
+
+    def live(self, name: str, spec: Mapping[str, Any], paths: StatePaths) -> LiveDeployment | None:
+        """The InferenceService as the cluster's API server reports it; None when no cluster
+        is configured or it does not answer (then nothing is known either way)."""
+        from runners.deploy import kserve
+
+        try:
+            api = kserve.api_client()
+            api.configuration.retries = 0
+            rollout = kserve.status(api, _namespace(spec), name)
+        except DeployError:
+            return None
+        if rollout is None:
+            return LiveDeployment(False, None, None, None, False)
+        return LiveDeployment(True, rollout.model_version, rollout.url, None, rollout.ready)
+
+    def missing(self) -> str:
+        return "InferenceService missing"
+
+    def drift(
+        self, name: str, spec: Mapping[str, Any], outputs: DeploymentOutputs, paths: StatePaths
+    ) -> list[DriftFinding]:
+        version, namespace = outputs.version, _namespace(spec)
+        found = self.live(name, spec, paths)
+        if found is None:
+            return []
+        if not found.running:
+            return [
+                DriftFinding(
+                    f"{version} serving",
+                    f"no InferenceService {namespace}/{name}",
+                    "llmops apply re-applies it",
+                )
+            ]
+        if found.version != version:
+            return [DriftFinding(f"{version} serving", f"{found.version} serving", "llmops apply")]
+        if not found.ready:
+            return [
+                DriftFinding(
+                    f"{version} ready",
+                    "InferenceService not Ready",
+                    f"kubectl -n {namespace} describe inferenceservice {name}",
+                )
+            ]
+        return []
+
+    def status(
+        self, name: str, spec: Mapping[str, Any], paths: StatePaths
+    ) -> tuple[dict[str, Any] | None, str]:
+        found = self.live(name, spec, paths)
+        if found is None:
+            return None, "; live: no cluster answers"
+        words = (
+            f"; live: {found.version} at {found.endpoint}, "
+            + ("ready" if found.ready else "not ready")
+            if found.running
+            else "; live: no InferenceService"
+        )
+        return found.as_dict(with_pid=False), words
+
+    def manifest_lines(self, name: str, spec: Mapping[str, Any], version: str) -> list[str]:
+        """The InferenceService and ServingRuntime as YAML lines; [] for a spec that does not
+        render."""
+        import yaml
+
+        from runners.deploy import kserve
+
+        try:
+            release = Release(name, version, dict(spec))
+            manifests = kserve.render_manifests(
+                release, (spec.get("kserve") or {}).get("storage_uri")
+            )
+        except (DeployError, KeyError, ValueError):
+            return []
+        return yaml.safe_dump_all(manifests, sort_keys=False).splitlines(keepends=True)
+
+
+def with_pushed_image(release: Release, state_root: Path) -> Release:
+    """The release for KServe: a spec that keeps the default runtime image names the serving
+    image `llmops images build --push` pushed from this state folder, by digest, if any."""
+    if release.spec["kserve"].get("image"):
+        return release
+    image = images.pushed(state_root, "serve")
+    if not image:
+        return release
+    target = {**release.spec["kserve"], "image": image}
+    return replace(release, spec={**release.spec, "kserve": target})
+
+
+register(KServeTarget())
