@@ -4,56 +4,20 @@ could post, and still serves its own pages and its own form posts."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import PROJECT_ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.ui_repo import dashboard_server
 
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("repo")
     (root / "specs").mkdir()
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS_")}
-    env["PYTHONPATH"] = str(PROJECT_ROOT)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli.main", "ui", "--port", str(port)],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                httpx.get(url + "/favicon.ico", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    said = process.stdout.read() if process.stdout else ""
-                    raise AssertionError(f"llmops ui did not start: {said}") from None
-                time.sleep(0.2)
+    with dashboard_server(root) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 VOTE = "/arena/duel/vote"

@@ -4,12 +4,7 @@ an arena whose spec says `human_votes: false` takes no human votes and counts no
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,21 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.ui_repo import dashboard_server, server_environment
+
 BATTLES = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _environment() -> dict[str, str]:
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("LLMOPS_DEBUG", "LLMOPS_ROOT", "LLMOPS_STATE_DIR", "LLMOPS_REGISTRY_URL")
-    }
 
 
 def _seed(root: Path) -> None:
@@ -75,31 +58,8 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
     root = tmp_path_factory.mktemp("votes") / "repo"
     root.mkdir()
     _seed(root)
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli.main", "ui", "--port", str(port)],
-        cwd=root,
-        env={**_environment(), "LLMOPS_ROOT": str(root)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/arena", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "the dashboard did not start"
-            time.sleep(0.3)
+    with dashboard_server(root, server_environment(LLMOPS_ROOT=str(root)), "/arena") as url:
         yield url, root
-    finally:
-        server.terminate()
-        server.wait(20)
 
 
 def _human_votes(root: Path, arena: str) -> list[Any]:

@@ -8,18 +8,14 @@ import contextlib
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.apply_repo import git
+from tests.ui_repo import dashboard_server, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -68,20 +64,6 @@ def _browser_or_skip() -> Any:
     return sync_playwright
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _environment() -> dict[str, str]:
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("LLMOPS_") or k == "LLMOPS_TEST_ARTIFACTS"
-    }
-
-
 @pytest.fixture
 def applied(tmp_path: Path, tiny_model: Path, run_cli: Callable[..., Any]) -> Path:
     from tests.ui_repo import build_ui_repo
@@ -96,31 +78,8 @@ def applied(tmp_path: Path, tiny_model: Path, run_cli: Callable[..., Any]) -> Pa
 
 @pytest.fixture
 def server(applied: Path) -> Iterator[str]:
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli.main", "ui", "--port", str(port)],
-        cwd=applied,
-        env=_environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(url + "/static/app.css", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    said = process.stdout.read() if process.stdout else ""
-                    raise AssertionError(f"llmops ui did not start: {said}") from None
-                time.sleep(0.2)
+    with dashboard_server(applied) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def _artifacts(tmp_path: Path) -> Path:
@@ -280,7 +239,7 @@ def test_dashboard_in_a_browser(applied: Path, server: str, tmp_path: Path) -> N
 
 
 def test_listening_off_loopback_needs_a_token(tmp_path: Path, run_cli: Callable[..., Any]) -> None:
-    done = run_cli("ui", "--host", "0.0.0.0", "--port", str(_free_port()), cwd=tmp_path)
+    done = run_cli("ui", "--host", "0.0.0.0", "--port", str(free_port()), cwd=tmp_path)
     assert done.returncode == 2
     assert "refusing to listen on 0.0.0.0 without a token" in done.stderr
     assert "--token-env" in done.stderr
