@@ -8,7 +8,7 @@ same machine skips debootstrap; podman's own storage keeps the imported base and
 layers between runs, so a warm build of an unchanged context takes seconds.
 
 The rendered Dockerfiles are built as they are, `pip install` steps included: torch comes
-from where `runners.deploy.docker.torch_source` says (here the wheelhouse pip is configured
+from where `runners.deploy.docker_context.torch_source` says (here the wheelhouse pip is configured
 with, bind-mounted into the build; download.pytorch.org is not reachable), the requirements
 from PyPI.
 """

@@ -1,5 +1,6 @@
 """Deploy targets, docker: a build context, an image built and a container run where an engine
-answers (runners/deploy/docker); without one, the rendered context is the result."""
+answers (runners/deploy/docker_context, docker_engine); without one, the rendered context is
+the result."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from controller.targets.base import (
     Target,
     register,
 )
-from runners.deploy import environment
+from runners.deploy import docker_context, docker_engine, environment
 from runners.deploy.release import DeployError, container_config
 
 
@@ -29,8 +30,6 @@ class DockerTarget(Target):
 
     def deploy(self, request: DeployRequest, progress: DeployProgress) -> DeploymentOutputs:
         """Render the build context and build where an engine answers: the image's outputs."""
-        from runners.deploy import docker  # lazily: only docker deployments need it
-
         name, release = request.name, request.release
         folder = request.paths.deployment(name) / "docker"
         host = _host(release.spec)
@@ -38,10 +37,10 @@ class DockerTarget(Target):
         key = request.api_key()
         if key:
             environment.check_key_destination(name, host)
-        torch = docker.torch_source()
-        context = docker.render_context(folder, release, request.model_path, torch=torch)
+        torch = docker_context.torch_source()
+        context = docker_context.render_context(folder, release, request.model_path, torch=torch)
         with progress.working(f"  building {context.tag} for {name} (torch: {torch.describe()})"):
-            outcome = docker.build(context.path, context.tag, host=host)
+            outcome = docker_engine.build(context.path, context.tag, host=host)
         progress.note(f"  {name}: {outcome.message}")
         details: dict[str, Any] = {
             "image": context.tag,
@@ -61,13 +60,11 @@ class DockerTarget(Target):
         key: str | None,
     ) -> dict[str, Any]:
         """Built where an engine answers: run it there and wait until it is ready."""
-        from runners.deploy import docker
-
         name, release = request.name, request.release
         key_env = container_config(release, "docker")["api_key_env"]
         env = {key_env: key} if key and key_env else {}
         with progress.working(f"  starting {tag} for {name}"):
-            running = docker.run(release, tag, env, host=_host(release.spec))
+            running = docker_engine.run(release, tag, env, host=_host(release.spec))
         if image_id and running.image_id != image_id:
             # Another build retagged the image between our build and run.
             raise DeployError(
@@ -84,17 +81,13 @@ class DockerTarget(Target):
     def stop(
         self, name: str, spec: Mapping[str, Any], paths: StatePaths, progress: DeployProgress
     ) -> None:
-        from runners.deploy import docker
-
-        if docker.stop(name, host=_host(spec)):
-            progress.note(f"  stopped {name} (container {docker.container_name(name)})")
+        if docker_engine.stop(name, host=_host(spec)):
+            progress.note(f"  stopped {name} (container {docker_engine.container_name(name)})")
 
     def live(self, name: str, spec: Mapping[str, Any], paths: StatePaths) -> LiveDeployment | None:
         """The container as its engine (on `docker.host`) reports it; None when no engine
         answers there (then nothing is known either way)."""
-        from runners.deploy import docker
-
-        info = docker.inspect_container(name, host=_host(spec))
+        info = docker_engine.inspect_container(name, host=_host(spec))
         if info is None:
             return None
         running = info.status == "running"
@@ -118,14 +111,12 @@ class DockerTarget(Target):
     ) -> list[DriftFinding]:
         if not outputs.built:
             return []  # only the context was rendered: nothing runs
-        from runners.deploy import docker
-
-        state = docker.container_state(name, host=_host(spec))
+        state = docker_engine.container_state(name, host=_host(spec))
         if state in (None, "running"):
             return []
         return [
             DriftFinding(
-                f"{outputs.version} serving in container {docker.container_name(name)}",
+                f"{outputs.version} serving in container {docker_engine.container_name(name)}",
                 f"container {state}",
                 "llmops apply starts it again",
             )

@@ -1,5 +1,6 @@
 """Deploy targets, kserve: an InferenceService and ServingRuntime applied with server-side
-apply, waited on until Ready and rolled back on failure (runners/deploy/kserve)."""
+apply, waited on until Ready and rolled back on failure (runners/deploy/kserve_manifests,
+kserve_rollout)."""
 
 from __future__ import annotations
 
@@ -32,16 +33,19 @@ class KServeTarget(Target):
 
     def deploy(self, request: DeployRequest, progress: DeployProgress) -> DeploymentOutputs:
         """Apply the manifests and wait for Ready: where the new revision serves."""
-        from runners.deploy import kserve  # lazily: the kubernetes client is heavy
+        # lazily: the kubernetes client is heavy
+        from runners.deploy import kserve_manifests, kserve_rollout
 
         spec = request.spec
         release = with_pushed_image(request.release, request.paths.root)
-        manifests = kserve.render_manifests(release, spec["kserve"].get("storage_uri"))
+        manifests = kserve_manifests.render_manifests(release, spec["kserve"].get("storage_uri"))
         try:
-            rollout = kserve.rollout(
-                kserve.api_client(), manifests, force=bool(spec["kserve"].get("force_conflicts"))
+            rollout = kserve_rollout.rollout(
+                kserve_rollout.api_client(),
+                manifests,
+                force=bool(spec["kserve"].get("force_conflicts")),
             )
-        except kserve.RolloutFailed as err:
+        except kserve_rollout.RolloutFailed as err:
             raise DeployError(str(err)) from err
         progress.note(f"  {request.name}: {release.model_version} ready at {rollout.url}")
         return DeploymentOutputs(
@@ -55,19 +59,19 @@ class KServeTarget(Target):
     def stop(
         self, name: str, spec: Mapping[str, Any], paths: StatePaths, progress: DeployProgress
     ) -> None:
-        from runners.deploy import kserve
+        from runners.deploy import kserve_rollout
 
-        kserve.delete(kserve.api_client(), _namespace(spec), name)
+        kserve_rollout.delete(kserve_rollout.api_client(), _namespace(spec), name)
 
     def live(self, name: str, spec: Mapping[str, Any], paths: StatePaths) -> LiveDeployment | None:
         """The InferenceService as the cluster's API server reports it; None when no cluster
         is configured or it does not answer (then nothing is known either way)."""
-        from runners.deploy import kserve
+        from runners.deploy import kserve_rollout
 
         try:
-            api = kserve.api_client()
+            api = kserve_rollout.api_client()
             api.configuration.retries = 0
-            rollout = kserve.status(api, _namespace(spec), name)
+            rollout = kserve_rollout.status(api, _namespace(spec), name)
         except DeployError:
             return None
         if rollout is None:
@@ -123,11 +127,11 @@ class KServeTarget(Target):
         render."""
         import yaml
 
-        from runners.deploy import kserve
+        from runners.deploy import kserve_manifests
 
         try:
             release = Release(name, version, dict(spec))
-            manifests = kserve.render_manifests(
+            manifests = kserve_manifests.render_manifests(
                 release, (spec.get("kserve") or {}).get("storage_uri")
             )
         except (DeployError, KeyError, ValueError):

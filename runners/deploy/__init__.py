@@ -2,9 +2,10 @@
 
 The interface is plain data: a `Release` (deployment name, `DeploymentSpec.model_dump()`,
 model version, smoke prompts). `runners.deploy.local` starts and swaps serving processes on
-this machine; `runners.deploy.docker` renders and builds a build context;
-`runners.deploy.kserve` renders, applies, waits for, rolls back and deletes KServe objects.
-Never imports the controller.
+this machine; `runners.deploy.docker_context` renders a build context and
+`runners.deploy.docker_engine` builds, runs and stops it; `runners.deploy.kserve_manifests`
+renders KServe objects and `runners.deploy.kserve_rollout` applies, waits for, rolls back and
+deletes them. Never imports the controller.
 """
 
 from runners.deploy.release import DeployError, Release, container_config

@@ -4,9 +4,9 @@ Two images: the runner (what a Kubernetes Job runs: `python -m runners.train JOB
 `python -m runners.evaluate JOB`) and the serving runtime without weights (what KServe's
 ServingRuntime runs, the weights coming from the storageUri). Both contexts are rendered like
 the docker target's (runtime_modules.py: the project modules the entry imports, requirements
-pinned to the versions installed here; torch from `docker.torch_source`), tagged with the code
-version, built with docker or podman (whichever answers) and pushed; a pushed image is named
-by its digest.
+pinned to the versions installed here; torch from `docker_context.torch_source`), tagged with
+the code version, built with docker or podman (whichever answers, docker_engine.py) and
+pushed; a pushed image is named by its digest.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from runners.deploy import docker, runtime_modules
+from runners.deploy import docker_context, docker_engine, runtime_modules
 from runners.deploy.release import DeployError, Release
 
 RUNNER_ENTRIES = ("runners.train", "runners.evaluate")
@@ -37,7 +37,7 @@ class Built:
 
 
 def runner_dockerfile(
-    base: str = "python:3.11-slim", torch: docker.TorchSource | None = None
+    base: str = "python:3.11-slim", torch: docker_context.TorchSource | None = None
 ) -> str:
     lines = [
         "# syntax=docker/dockerfile:1",
@@ -45,14 +45,15 @@ def runner_dockerfile(
         "# python -m runners.evaluate JOB).",
         "# Rendered by llmops (runners/deploy/images.py); edits are overwritten.",
         # The same first layers as the serving image's: one torch layer serves both.
-        *docker.base_lines(base, torch or docker.TorchSource()),
+        *docker_context.base_lines(base, torch or docker_context.TorchSource()),
         "COPY requirements.txt /opt/llmops/requirements.txt",
         "RUN pip install -r /opt/llmops/requirements.txt",
-        f"RUN useradd --system --uid {docker.USER_ID} --create-home --home-dir /home/llmops llmops",
+        f"RUN useradd --system --uid {docker_context.USER_ID} --create-home "
+        "--home-dir /home/llmops llmops",
         "COPY src/ /opt/llmops/src/",
         "ENV PYTHONPATH=/opt/llmops/src",
         # The Job's pod gives the state volume to this user with fsGroup.
-        f"USER {docker.USER_ID}",
+        f"USER {docker_context.USER_ID}",
         "WORKDIR /home/llmops",
         'CMD ["python", "-m", "runners.train", "--help"]',
     ]
@@ -60,12 +61,12 @@ def runner_dockerfile(
 
 
 def render_runner_context(
-    out: Path, source_root: Path | None = None, torch: docker.TorchSource | None = None
-) -> docker.Context:
+    out: Path, source_root: Path | None = None, torch: docker_context.TorchSource | None = None
+) -> docker_context.Context:
     """The runner image's build context in `out` (replacing an earlier one there); torch
-    from `torch`, by default `docker.torch_source()`."""
+    from `torch`, by default `docker_context.torch_source()`."""
     root = source_root or Path(__file__).resolve().parents[2]
-    torch = torch or docker.torch_source()
+    torch = torch or docker_context.torch_source()
     files: set[str] = set()
     requirements: set[str] = set()
     for entry in RUNNER_ENTRIES:
@@ -78,16 +79,16 @@ def render_runner_context(
     try:
         texts = {
             "Dockerfile": runner_dockerfile(torch=torch),
-            ".dockerignore": docker.DOCKERIGNORE,
+            ".dockerignore": docker_context.DOCKERIGNORE,
             "requirements.txt": "".join(f"{pin}\n" for pin in sorted(requirements, key=str.lower)),
         }
         for name, text in texts.items():
             (staging / name).write_text(text, encoding="utf-8")
         for relative in sorted(files):
-            docker._place(root / relative, staging / "src" / relative)
-        docker.place_torch(staging, torch)
+            docker_context._place(root / relative, staging / "src" / relative)
+        docker_context.place_torch(staging, torch)
         hashes = {
-            p.relative_to(staging).as_posix(): docker._sha256(p)
+            p.relative_to(staging).as_posix(): docker_context._sha256(p)
             for p in sorted(staging.rglob("*"))
             if p.is_file()
         }
@@ -100,17 +101,17 @@ def render_runner_context(
             "digest": f"sha256:{digest}",
             "files": [{"path": p, "sha256": s} for p, s in sorted(hashes.items())],
         }
-        (staging / docker.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        docker._swap_in(staging, out)
+        (staging / docker_context.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        docker_context._swap_in(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return docker.Context(path=out, tag="", digest=f"sha256:{digest}", files=hashes)
+    return docker_context.Context(path=out, tag="", digest=f"sha256:{digest}", files=hashes)
 
 
-def render_serve_context(out: Path, release: Release) -> docker.Context:
+def render_serve_context(out: Path, release: Release) -> docker_context.Context:
     """The serving runtime's context without weights (KServe reads them from storageUri)."""
-    return docker.render_context(out, release, None)
+    return docker_context.render_context(out, release, None)
 
 
 def _run(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
@@ -123,18 +124,18 @@ def _run(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
 
 def build(context: Path, tag: str, name: str, engine: str | None = None) -> Built:
     """Build `context` as `tag` with docker or podman, whichever answers."""
-    found, why = docker.find_engine(engine)
+    found, why = docker_engine.find_engine(engine)
     if found is None:
         raise DeployError(
             f"no container engine answers here ({why}); the {name} context is at {context}: "
             f"docker build -t {tag} {context}"
         )
-    return Built(name, tag, docker.build_image(found, context, tag), context)
+    return Built(name, tag, docker_engine.build_image(found, context, tag), context)
 
 
 def push(built: Built, registry: str, engine: str | None = None, tls_verify: bool = True) -> Built:
     """Push to REGISTRY (host[:port][/path]); returns the image named by its digest there."""
-    found, why = docker.find_engine(engine)
+    found, why = docker_engine.find_engine(engine)
     if found is None:
         raise DeployError(f"no container engine answers here ({why}) to push {built.tag}")
     first, _, rest = built.tag.partition("/")

@@ -25,7 +25,7 @@ import pytest
 from dockerfile_parse import DockerfileParser
 
 from controller.api.deployment import DeploymentSpec
-from runners.deploy import docker
+from runners.deploy import docker_context, docker_engine
 from runners.deploy.local import free_port
 from runners.deploy.release import DeployError, Release
 from tests import podman
@@ -77,7 +77,7 @@ def instructions(context: Path) -> list[tuple[str, str]]:
 
 
 def test_context_holds_the_model_as_files(tmp_path: Path, model_dir: Path) -> None:
-    context = docker.render_context(tmp_path / "ctx", release(), model_dir)
+    context = docker_context.render_context(tmp_path / "ctx", release(), model_dir)
     for link in model_dir.iterdir():
         copied = context.path / "model" / link.name
         assert copied.is_file() and not copied.is_symlink()
@@ -97,8 +97,8 @@ def test_context_holds_the_model_as_files(tmp_path: Path, model_dir: Path) -> No
 
 
 def test_dockerfile_instructions(tmp_path: Path, model_dir: Path) -> None:
-    context = docker.render_context(
-        tmp_path / "ctx", release(), model_dir, torch=docker.TorchSource()
+    context = docker_context.render_context(
+        tmp_path / "ctx", release(), model_dir, torch=docker_context.TorchSource()
     )
     steps = instructions(context.path)
     names = [name for name, _ in steps]
@@ -160,9 +160,9 @@ def test_torch_from_a_wheelhouse_goes_into_the_context_and_is_mounted(
     tmp_path: Path, model_dir: Path
 ) -> None:
     house = wheelhouse(tmp_path / "wheels", WHEEL)
-    torch = docker.torch_source({"LLMOPS_TORCH_WHEELS": str(house)})
-    assert torch == docker.TorchSource(wheel=house / WHEEL)
-    context = docker.render_context(tmp_path / "ctx", release(), model_dir, torch=torch)
+    torch = docker_context.torch_source({"LLMOPS_TORCH_WHEELS": str(house)})
+    assert torch == docker_context.TorchSource(wheel=house / WHEEL)
+    context = docker_context.render_context(tmp_path / "ctx", release(), model_dir, torch=torch)
     steps = instructions(context.path)
     assert steps[2] == (
         "RUN",
@@ -172,8 +172,8 @@ def test_torch_from_a_wheelhouse_goes_into_the_context_and_is_mounted(
     assert context.files[f"wheels/{WHEEL}"] == sha256(house / WHEEL)
     assert json.loads((context.path / "manifest.json").read_text())["torch"] == {"wheel": WHEEL}
     assert not any(value.startswith("wheels") for name, value in steps if name == "COPY")
-    index = docker.render_context(
-        tmp_path / "ctx2", release(), model_dir, torch=docker.TorchSource()
+    index = docker_context.render_context(
+        tmp_path / "ctx2", release(), model_dir, torch=docker_context.TorchSource()
     )
     assert index.digest != context.digest
 
@@ -189,19 +189,25 @@ def test_where_torch_comes_from(tmp_path: Path) -> None:
         WHEEL.replace("cp311-cp311", "cp310-cp310"),
     )
     # A named wheelhouse: the CPU build of the pinned version for this Python.
-    assert docker.torch_source({**bare, "LLMOPS_TORCH_WHEELS": str(house)}).wheel == house / WHEEL
+    assert (
+        docker_context.torch_source({**bare, "LLMOPS_TORCH_WHEELS": str(house)}).wheel
+        == house / WHEEL
+    )
     (house / WHEEL).unlink()
-    assert docker.torch_source({**bare, "LLMOPS_TORCH_WHEELS": str(house)}).wheel == house / cuda
+    assert (
+        docker_context.torch_source({**bare, "LLMOPS_TORCH_WHEELS": str(house)}).wheel
+        == house / cuda
+    )
     empty = wheelhouse(tmp_path / "empty")
     with pytest.raises(DeployError) as refused:
-        docker.torch_source({**bare, "LLMOPS_TORCH_WHEELS": str(empty)})
+        docker_context.torch_source({**bare, "LLMOPS_TORCH_WHEELS": str(empty)})
     assert str(refused.value).startswith(f"LLMOPS_TORCH_WHEELS={empty} holds no torch==2.13.0")
     assert "pip download --no-deps --index-url https://download.pytorch.org/whl/cpu" in str(
         refused.value
     )
     # An index of one's own (a mirror).
     mirror = {**bare, "LLMOPS_TORCH_INDEX_URL": "https://mirror.example/whl/cpu"}
-    assert docker.torch_source(mirror) == docker.TorchSource(
+    assert docker_context.torch_source(mirror) == docker_context.TorchSource(
         index_url="https://mirror.example/whl/cpu"
     )
     # Neither: the wheelhouse pip is configured with, when it holds the wheel ...
@@ -209,17 +215,17 @@ def test_where_torch_comes_from(tmp_path: Path) -> None:
     config.parent.mkdir(parents=True)
     cpu = wheelhouse(tmp_path / "cpu", WHEEL)
     config.write_text(f"[global]\nfind-links = file://{cpu}\n")
-    assert docker.torch_source(bare).wheel == cpu / WHEEL
-    assert docker.torch_source({**bare, "PIP_FIND_LINKS": str(empty)}).wheel == cpu / WHEEL
+    assert docker_context.torch_source(bare).wheel == cpu / WHEEL
+    assert docker_context.torch_source({**bare, "PIP_FIND_LINKS": str(empty)}).wheel == cpu / WHEEL
     # ... else the PyTorch CPU index.
     config.write_text(f"[install]\nfind-links = {empty} https://example.com/links\n")
-    assert docker.torch_source(bare) == docker.TorchSource()
+    assert docker_context.torch_source(bare) == docker_context.TorchSource()
 
 
 def test_the_runtime_accepts_the_config(tmp_path: Path, model_dir: Path) -> None:
     from runners.serve.config import load_config
 
-    context = docker.render_context(tmp_path / "ctx", release(), model_dir)
+    context = docker_context.render_context(tmp_path / "ctx", release(), model_dir)
     config = load_config([str(context.path / "serve.json")])
     assert config.name == "support-assistant" and config.model_version == "tiny@1"
     assert (config.host, config.port, str(config.model_dir)) == ("0.0.0.0", 8080, "/mnt/models")
@@ -228,7 +234,7 @@ def test_the_runtime_accepts_the_config(tmp_path: Path, model_dir: Path) -> None
 
 
 def test_only_serving_code_and_pinned_requirements(tmp_path: Path, model_dir: Path) -> None:
-    context = docker.render_context(tmp_path / "ctx", release(), model_dir)
+    context = docker_context.render_context(tmp_path / "ctx", release(), model_dir)
     src = context.path / "src" / "runners"
     assert (src / "serve" / "__main__.py").is_file() and (src / "serve" / "config.py").is_file()
     assert not (src / "train").exists() and not (src / "deploy").exists()
@@ -239,20 +245,22 @@ def test_only_serving_code_and_pinned_requirements(tmp_path: Path, model_dir: Pa
 
 
 def test_rendering_is_deterministic(tmp_path: Path, model_dir: Path) -> None:
-    first = docker.render_context(tmp_path / "a", release(), model_dir)
-    second = docker.render_context(tmp_path / "b", release(), model_dir)
+    first = docker_context.render_context(tmp_path / "a", release(), model_dir)
+    second = docker_context.render_context(tmp_path / "b", release(), model_dir)
     assert first.digest == second.digest and first.files == second.files
     for relative in [*first.files, "manifest.json"]:
         assert (first.path / relative).read_bytes() == (second.path / relative).read_bytes()
     (first.path / "stale.txt").write_text("left from before")
-    again = docker.render_context(tmp_path / "a", release(), model_dir)
+    again = docker_context.render_context(tmp_path / "a", release(), model_dir)
     assert again.digest == first.digest and not (first.path / "stale.txt").exists()
-    other = docker.render_context(tmp_path / "c", release(limits={"max_tokens": 64}), model_dir)
+    other = docker_context.render_context(
+        tmp_path / "c", release(limits={"max_tokens": 64}), model_dir
+    )
     assert other.digest != first.digest
 
 
 def test_runtime_only_context_has_no_model(tmp_path: Path) -> None:
-    context = docker.render_context(tmp_path / "ctx", release(), None)
+    context = docker_context.render_context(tmp_path / "ctx", release(), None)
     assert not (context.path / "model").exists()
     assert ("COPY", "model/ /mnt/models/") not in instructions(context.path)
 
@@ -261,15 +269,15 @@ def test_a_folder_that_is_not_a_context_is_left_alone(tmp_path: Path, model_dir:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(DeployError, match="is not an llmops build context"):
-        docker.render_context(tmp_path / "mine", release(), model_dir)
+        docker_context.render_context(tmp_path / "mine", release(), model_dir)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     with pytest.raises(DeployError, match="does not exist; pull the model first"):
-        docker.render_context(tmp_path / "ctx", release(), tmp_path / "missing")
+        docker_context.render_context(tmp_path / "ctx", release(), tmp_path / "missing")
 
 
 def test_build_without_a_docker_command(tmp_path: Path) -> None:
-    context = docker.render_context(tmp_path / "ctx", release(), None)
-    result = docker.build(context.path, docker=str(tmp_path / "no-such-docker"))
+    context = docker_context.render_context(tmp_path / "ctx", release(), None)
+    result = docker_engine.build(context.path, docker=str(tmp_path / "no-such-docker"))
     assert not result.built
     assert result.message == (
         f"no Docker engine answers here (no '{tmp_path / 'no-such-docker'}' command on PATH); "
@@ -280,7 +288,7 @@ def test_build_without_a_docker_command(tmp_path: Path) -> None:
 
 def test_build_when_the_engine_does_not_answer(tmp_path: Path) -> None:
     """The docker CLI installed but no daemon: `docker info` fails as it does then."""
-    context = docker.render_context(tmp_path / "ctx", release(), None)
+    context = docker_context.render_context(tmp_path / "ctx", release(), None)
     cli = tmp_path / "bin" / "docker"
     cli.parent.mkdir()
     cli.write_text(
@@ -293,14 +301,14 @@ def test_build_when_the_engine_does_not_answer(tmp_path: Path) -> None:
         "echo unexpected >&2; exit 2\n"
     )
     cli.chmod(0o755)
-    result = docker.build(context.path, tag="x:1", docker=str(cli))
+    result = docker_engine.build(context.path, tag="x:1", docker=str(cli))
     assert not result.built
     assert "exited 1: Cannot connect to the Docker daemon" in result.message
     assert result.message.endswith(f"build it with: docker build -t x:1 {context.path}")
 
 
 def test_renders_from_the_checkout_by_default(tmp_path: Path) -> None:
-    context = docker.render_context(tmp_path / "ctx", release(), None)
+    context = docker_context.render_context(tmp_path / "ctx", release(), None)
     ours = PROJECT_ROOT / "runners" / "serve" / "config.py"
     assert sha256(context.path / "src" / "runners" / "serve" / "config.py") == sha256(ours)
 
@@ -309,7 +317,7 @@ def test_the_context_serves_its_model(tmp_path: Path, model_dir: Path) -> None:
     """What the image would run, run here: only the context's code on the path (the
     checkout's runners cannot be imported), its serve.json with this machine's paths and
     port, its copy of the model. Proves the copied code is complete and the weights load."""
-    context = docker.render_context(tmp_path / "ctx", release(), model_dir)
+    context = docker_context.render_context(tmp_path / "ctx", release(), model_dir)
     config = json.loads((context.path / "serve.json").read_text())
     port = free_port()
     config |= {"host": "127.0.0.1", "port": port, "model_dir": str(context.path / "model")}
@@ -391,7 +399,7 @@ def cleaned(name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        podman.podman("rm", "-f", "-v", "-t", "2", docker.container_name(name), check=False)
+        podman.podman("rm", "-f", "-v", "-t", "2", docker_engine.container_name(name), check=False)
         # podman names a short tag localhost/..., its API service docker.io/...
         for registry in ("localhost", "docker.io"):
             podman.podman("rmi", f"{registry}/llmops/{name}:tiny-1", check=False)
@@ -435,13 +443,13 @@ def test_apply_builds_runs_records_heals_and_stops_the_image(
         # The lock file records the image by digest; torch came from where this machine has it.
         lock = json.loads((root / "llmops.lock").read_text())["resources"][address]["outputs"]
         assert lock["image_id"] == f"sha256:{image_id}"
-        assert manifest["torch"] == docker.torch_source().manifest()
+        assert manifest["torch"] == docker_context.torch_source().manifest()
         assert chat(outputs["endpoint"], name) is not None
         assert llmops(root, "drift").returncode == 0
         assert llmops(root, "plan").returncode == 0, "nothing to do"
 
         # The container stops: drift, a plan that redeploys, an apply that starts it again.
-        podman.podman("stop", "-t", "2", docker.container_name(name))
+        podman.podman("stop", "-t", "2", docker_engine.container_name(name))
         drift = llmops(root, "drift", "--json")
         assert drift.returncode == 3, drift.stdout + drift.stderr
         (found,) = json.loads(drift.stdout)["drift"]
@@ -453,7 +461,7 @@ def test_apply_builds_runs_records_heals_and_stops_the_image(
         healed = llmops(root, "apply", "--json")
         print(f"second apply (warm build, run, ready): {time.monotonic() - began:.0f} s")
         assert healed.returncode == 0, healed.stdout[-3000:] + healed.stderr[-3000:]
-        assert docker.container_state(name) == "running"
+        assert docker_engine.container_state(name) == "running"
         assert chat(outputs["endpoint"], name) is not None
         assert llmops(root, "drift").returncode == 0
 
@@ -462,7 +470,7 @@ def test_apply_builds_runs_records_heals_and_stops_the_image(
         git(root, "commit", "-qam", "retire it")
         removed = llmops(root, "apply")
         assert removed.returncode == 0, removed.stderr
-        assert docker.container_state(name) == "missing"
+        assert docker_engine.container_state(name) == "missing"
 
 
 @pytest.fixture
@@ -508,13 +516,13 @@ def test_the_spec_says_where_to_build_and_run(
         assert outputs["built"] and outputs["endpoint"] == f"http://127.0.0.1:{port}/v1"
         # The engine behind that socket made the container (the same storage as podman's here).
         labels = podman.podman(
-            "inspect", "--format", "{{json .Config.Labels}}", docker.container_name(name)
+            "inspect", "--format", "{{json .Config.Labels}}", docker_engine.container_name(name)
         ).stdout
-        assert json.loads(labels)[docker.LABEL_VERSION] == "tiny@1"
-        assert docker.container_state(name, host=engine_socket) == "running"
+        assert json.loads(labels)[docker_engine.LABEL_VERSION] == "tiny@1"
+        assert docker_engine.container_state(name, host=engine_socket) == "running"
         assert chat(outputs["endpoint"], name) is not None
         assert llmops(root, "drift", env={"PATH": path}).returncode == 0
         (root / f"specs/deployments/{name}.yaml").unlink()
         git(root, "commit", "-qam", "retire it")
         assert llmops(root, "apply", env={"PATH": path}).returncode == 0
-        assert docker.container_state(name, host=engine_socket) == "missing"
+        assert docker_engine.container_state(name, host=engine_socket) == "missing"

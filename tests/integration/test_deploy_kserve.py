@@ -21,8 +21,8 @@ import pytest
 from kubernetes import client
 
 from controller.api.deployment import DeploymentSpec
-from runners.deploy import kserve
-from runners.deploy.kserve import FieldConflict, RolloutFailed
+from runners.deploy import kserve_manifests, kserve_rollout
+from runners.deploy.kserve_rollout import FieldConflict, RolloutFailed
 from runners.deploy.release import DeployError, Release
 from tests import envtest
 
@@ -99,7 +99,9 @@ class Controller:
         created = predictor.get("latestCreatedRevision")
         self.seen.update(
             generation=isvc["metadata"]["generation"],
-            template=(isvc["metadata"].get("annotations") or {}).get(kserve.ANNOTATION_TEMPLATE),
+            template=(isvc["metadata"].get("annotations") or {}).get(
+                kserve_manifests.ANNOTATION_TEMPLATE
+            ),
             count=int(created.rsplit("-", 1)[1]) if created else 0,
         )
         self.ready = predictor.get("latestReadyRevision")
@@ -132,8 +134,8 @@ class Controller:
         if time.monotonic() - since < self.delay_s:
             return
         annotations = isvc["metadata"].get("annotations") or {}
-        raw = annotations.get(kserve.ANNOTATION_MODE) == "RawDeployment"
-        template = annotations.get(kserve.ANNOTATION_TEMPLATE)
+        raw = annotations.get(kserve_manifests.ANNOTATION_MODE) == "RawDeployment"
+        template = annotations.get(kserve_manifests.ANNOTATION_TEMPLATE)
         if template != self.seen["template"]:
             self.seen["count"] += 1
         self.seen.update(generation=generation, template=template)
@@ -195,16 +197,18 @@ class Controller:
         return status
 
 
-def go(api: Any, rel: Release, **options: Any) -> kserve.Rollout:
+def go(api: Any, rel: Release, **options: Any) -> kserve_rollout.Rollout:
     options.setdefault("timeout_s", 30)
-    return kserve.rollout(api, kserve.render_manifests(rel), poll_s=0.05, **options)
+    return kserve_rollout.rollout(
+        api, kserve_manifests.render_manifests(rel), poll_s=0.05, **options
+    )
 
 
 def test_apply_creates_then_a_second_apply_changes_nothing(kube: tuple[Any, str]) -> None:
     api, ns = kube
     with Controller(api, ns):
         result = go(api, release(ns, "1"))
-    runtime_manifest, isvc_manifest = kserve.render_manifests(release(ns, "1"))
+    runtime_manifest, isvc_manifest = kserve_manifests.render_manifests(release(ns, "1"))
     isvc = read(api, ns)
     runtime = read(api, ns, "servingruntimes", runtime_manifest["metadata"]["name"])
     # Stored as sent: the server's schema kept every field (nothing silently dropped).
@@ -234,7 +238,10 @@ def test_a_spec_change_updates_it_and_a_canary_splits_traffic(kube: tuple[Any, s
         result = go(api, release(ns, "2", canary_traffic_percent=10))
     isvc = read(api, ns)
     assert isvc["metadata"]["generation"] == 2
-    assert isvc["metadata"]["annotations"][kserve.ANNOTATION_VERSION] == "support-assistant@2"
+    assert (
+        isvc["metadata"]["annotations"][kserve_manifests.ANNOTATION_VERSION]
+        == "support-assistant@2"
+    )
     assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 10
     assert isvc["spec"]["predictor"]["model"]["storageUri"].endswith("/2")
     assert result.model_version == "support-assistant@2"
@@ -247,21 +254,21 @@ def test_a_spec_change_updates_it_and_a_canary_splits_traffic(kube: tuple[Any, s
 
 def test_an_invalid_field_is_refused_by_the_schema_with_its_name(kube: tuple[Any, str]) -> None:
     api, ns = kube
-    _, isvc = kserve.render_manifests(release(ns, "1"))
+    _, isvc = kserve_manifests.render_manifests(release(ns, "1"))
     off_enum = copy.deepcopy(isvc)
     off_enum["spec"]["predictor"]["scaleMetric"] = "gpu"
     with pytest.raises(DeployError) as refused:
-        kserve.apply(api, off_enum)
+        kserve_rollout.apply(api, off_enum)
     assert str(refused.value).startswith(f"cannot apply InferenceService {ns}/{NAME}: 422 ")
     assert 'spec.predictor.scaleMetric: Unsupported value: "gpu"' in str(refused.value)
     wrong_type = copy.deepcopy(isvc)
     wrong_type["spec"]["predictor"]["minReplicas"] = "two"
     with pytest.raises(DeployError, match=r"\.spec\.predictor\.minReplicas: expected numeric"):
-        kserve.apply(api, wrong_type)
+        kserve_rollout.apply(api, wrong_type)
     unknown = copy.deepcopy(isvc)
     unknown["spec"]["predictor"]["model"]["storageUrl"] = "pvc://typo"
     with pytest.raises(DeployError) as undeclared:
-        kserve.apply(api, unknown)
+        kserve_rollout.apply(api, unknown)
     assert ".spec.predictor.model.storageUrl: field not declared in schema" in str(undeclared.value)
     assert "does not fit the InferenceService/ServingRuntime schema" in str(undeclared.value)
     # Nothing was stored.
@@ -289,7 +296,7 @@ def test_another_managers_change_is_a_conflict_not_overwritten(kube: tuple[Any, 
         },
         field_manager="ops-console",
         force=True,
-        _content_type=kserve.APPLY_PATCH,
+        _content_type=kserve_rollout.APPLY_PATCH,
     )
     with pytest.raises(FieldConflict) as conflict:
         go(api, release(ns, "1"), timeout_s=5)
@@ -337,7 +344,7 @@ def test_ready_from_an_older_generation_is_not_the_new_rollout(
 def test_raw_deployment_has_no_canary(kube: tuple[Any, str]) -> None:
     _, ns = kube
     with pytest.raises(DeployError, match="canary_traffic_percent needs KServe's Serverless"):
-        kserve.render_manifests(
+        kserve_manifests.render_manifests(
             release(ns, "1", deployment_mode="RawDeployment", canary_traffic_percent=10)
         )
 
@@ -364,7 +371,10 @@ def test_a_failed_update_is_rolled_back(kube: tuple[Any, str], mode: str) -> Non
     assert "Rolled back to support-assistant@1, which is Ready again" in str(err)
     live = read(api, ns)
     assert live["spec"] == good["spec"]
-    assert live["metadata"]["annotations"][kserve.ANNOTATION_VERSION] == "support-assistant@1"
+    assert (
+        live["metadata"]["annotations"][kserve_manifests.ANNOTATION_VERSION]
+        == "support-assistant@1"
+    )
     # The failed version's runtime is pruned; the good one stays.
     runtimes = client.CustomObjectsApi(api).list_namespaced_custom_object(
         "serving.kserve.io", "v1alpha1", ns, "servingruntimes"
@@ -389,17 +399,19 @@ def test_delete_removes_the_service_and_its_runtimes(kube: tuple[Any, str]) -> N
     api, ns = kube
     with Controller(api, ns):
         go(api, release(ns, "1"))
-    runtime = kserve.render_manifests(release(ns, "1"))[0]["metadata"]["name"]
-    assert kserve.delete(api, ns, NAME) == [
+    runtime = kserve_manifests.render_manifests(release(ns, "1"))[0]["metadata"]["name"]
+    assert kserve_rollout.delete(api, ns, NAME) == [
         f"InferenceService/{ns}/{NAME}",
         f"ServingRuntime/{ns}/{runtime}",
     ]
-    assert kserve.delete(api, ns, NAME) == []
-    assert kserve.status(api, ns, NAME) is None
+    assert kserve_rollout.delete(api, ns, NAME) == []
+    assert kserve_rollout.status(api, ns, NAME) is None
 
 
 def test_an_unreachable_api_server_is_named() -> None:
-    api = kserve.api_client("http://127.0.0.1:9")
+    api = kserve_rollout.api_client("http://127.0.0.1:9")
     api.configuration.retries = 0
     with pytest.raises(DeployError, match="cannot reach the Kubernetes API at http://127.0.0.1:9"):
-        kserve.rollout(api, kserve.render_manifests(release("llm", "1")), timeout_s=1, poll_s=0.01)
+        kserve_rollout.rollout(
+            api, kserve_manifests.render_manifests(release("llm", "1")), timeout_s=1, poll_s=0.01
+        )

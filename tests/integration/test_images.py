@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from controller.api.deployment import DeploymentSpec
-from runners.deploy import docker, images
+from runners.deploy import docker_context, docker_engine, images
 from runners.deploy.local import free_port
 from runners.deploy.release import Release
 from tests import podman
@@ -41,7 +41,7 @@ def serve_release() -> Release:
 @pytest.fixture(scope="session")
 def serving_image(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> str:
     podman.engine()
-    context = docker.render_context(
+    context = docker_context.render_context(
         tmp_path_factory.mktemp("serve") / "ctx", serve_release(), tiny_model
     )
     tag = f"localhost/llmops-test/support-assistant:{context.digest[7:19]}"
@@ -86,7 +86,7 @@ def test_the_serving_image_answers_the_openai_client(serving_image: str) -> None
         logs = podman.podman("logs", name, check=False)
         assert ready, (logs.stdout + logs.stderr)[-3000:]
         user = podman.podman("exec", name, "id", "-u").stdout.strip()
-        assert user == str(docker.USER_ID)
+        assert user == str(docker_context.USER_ID)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
         answer = client.chat.completions.create(
             model="support-assistant",
@@ -158,12 +158,14 @@ def test_images_build_renders_both_contexts_and_names_a_missing_engine(tmp_path:
 
 
 def test_the_docker_target_runs_the_image_and_sees_it_stop(serving_image: str) -> None:
-    """runners/deploy/docker.py's run, state and stop, on podman with a published port."""
+    """runners/deploy/docker_engine.py's run, state and stop, on podman with a published port."""
     port = free_port()
     base = serve_release()
     rel = Release(base.name, base.model_version, base.spec | {"port": port}, base.smoke_prompts)
     try:
-        running = docker.run(rel, serving_image, {"LLMOPS_KEY_SUPPORT": KEY}, docker="podman")
+        running = docker_engine.run(
+            rel, serving_image, {"LLMOPS_KEY_SUPPORT": KEY}, docker="podman"
+        )
         assert running.endpoint == f"http://127.0.0.1:{port}"
         image_id = podman.podman("image", "inspect", "--format", "{{.Id}}", serving_image).stdout
         assert running.image_id == f"sha256:{image_id.strip()}"
@@ -177,13 +179,13 @@ def test_the_docker_target_runs_the_image_and_sees_it_stop(serving_image: str) -
             model="support-assistant", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
         )
         assert answer.choices
-        assert docker.container_state(rel.name, "podman") == "running"
+        assert docker_engine.container_state(rel.name, "podman") == "running"
         podman.podman("stop", "-t", "5", running.container)
-        assert docker.container_state(rel.name, "podman") == "exited"
-        assert docker.stop(rel.name, "podman")
-        assert docker.container_state(rel.name, "podman") == "missing"
+        assert docker_engine.container_state(rel.name, "podman") == "exited"
+        assert docker_engine.stop(rel.name, "podman")
+        assert docker_engine.container_state(rel.name, "podman") == "missing"
     finally:
-        podman.podman("rm", "-f", docker.container_name(rel.name), check=False)
+        podman.podman("rm", "-f", docker_engine.container_name(rel.name), check=False)
         podman.podman("volume", "rm", "-f", f"llmops-collect-{rel.name}", check=False)
 
 
@@ -195,7 +197,7 @@ def test_images_build_pushes_both_images_and_the_manifests_name_them(
     pushed images by digest, and each pulls back as the image that was built."""
     from controller.apply.kubernetes_job import DEFAULT_RUNNER_IMAGE, render_job
     from controller.targets.kserve import with_pushed_image
-    from runners.deploy import kserve
+    from runners.deploy import kserve_manifests
     from tests.integration.test_apply import llmops
 
     podman.base_image()
@@ -230,7 +232,7 @@ def test_images_build_pushes_both_images_and_the_manifests_name_them(
         podman.podman("rmi", f"{registry}/{item['tag']}")
         podman.podman("pull", "--tls-verify=false", item["pushed"])
         pulled = podman.podman("image", "inspect", "--format", "{{.Id}}", item["pushed"]).stdout
-        assert docker.image_digest(pulled) == docker.image_digest(item["image_id"])
+        assert docker_engine.image_digest(pulled) == docker_engine.image_digest(item["image_id"])
     # The runner runs the evaluation entry as well as training's.
     usage = podman.podman(
         "run",
@@ -254,7 +256,7 @@ def test_images_build_pushes_both_images_and_the_manifests_name_them(
     assert job.spec.template.spec.containers[0].image == built["runner"]["pushed"]
     spec = DeploymentSpec(model="tiny@1", target="kserve").model_dump()
     release = with_pushed_image(Release("assistant", "tiny@1", spec, []), state)
-    runtime, _ = kserve.render_manifests(release, "pvc://models/tiny")
+    runtime, _ = kserve_manifests.render_manifests(release, "pvc://models/tiny")
     assert runtime["kind"] == "ServingRuntime"
     (container,) = runtime["spec"]["containers"]
     assert container["image"] == built["serve"]["pushed"]

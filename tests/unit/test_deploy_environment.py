@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from controller.api.deployment import DeploymentSpec
-from runners.deploy import docker, environment
+from runners.deploy import docker_engine, environment
 from runners.deploy.release import DeployError, Release, container_config
 
 APPLY_ENV = {
@@ -62,12 +62,12 @@ def test_the_container_gets_only_the_key_variable(monkeypatch: pytest.MonkeyPatc
         monkeypatch.setenv(name, value)
     rel = release(api_key={"env": "LLMOPS_KEY_SUPPORT"}, port=8123)
     key_env = container_config(rel, "docker")["api_key_env"]
-    args = docker.run_args("podman", rel, "llmops/support:2", {key_env: "sk-1"})
+    args = docker_engine.run_args("podman", rel, "llmops/support:2", {key_env: "sk-1"})
     passed = [args[i + 1] for i, arg in enumerate(args) if arg in ("-e", "--env")]
     assert passed == ["LLMOPS_KEY_SUPPORT"]
     assert not any(a.startswith(("--env-host", "--env-file")) for a in args)
     assert "sk-1" not in " ".join(args)  # the value travels in the engine's environment
-    assert docker.run_args("podman", release(port=8123), "t", {}).count("-e") == 0
+    assert docker_engine.run_args("podman", release(port=8123), "t", {}).count("-e") == 0
 
 
 @pytest.mark.parametrize(
@@ -98,6 +98,6 @@ def test_docker_run_refuses_a_remote_engine_before_reaching_it(
     def no_engine(*args: Any) -> Any:
         raise AssertionError("the engine was asked before the key's destination was checked")
 
-    monkeypatch.setattr(docker, "find_engine", no_engine)
+    monkeypatch.setattr(docker_engine, "find_engine", no_engine)
     with pytest.raises(DeployError, match="another machine's engine"):
-        docker.run(rel, "t", {"LLMOPS_KEY_SUPPORT": "sk-1"}, host="tcp://10.0.0.5:2375")
+        docker_engine.run(rel, "t", {"LLMOPS_KEY_SUPPORT": "sk-1"}, host="tcp://10.0.0.5:2375")

@@ -15,7 +15,7 @@ from jsonschema import Draft7Validator
 from kubernetes import client
 
 from controller.api.deployment import DeploymentSpec
-from runners.deploy.kserve import (
+from runners.deploy.kserve_manifests import (
     ANNOTATION_TEMPLATE,
     render_inference_service,
     render_manifests,

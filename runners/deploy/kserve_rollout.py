@@ -1,64 +1,44 @@
-"""Runner `deploy`, target kserve: a ServingRuntime and an InferenceService, rolled out.
+"""Runner `deploy`, target kserve, rollout: apply the rendered manifests
+(kserve_manifests.py) to a cluster, wait for Ready, roll back, read status and delete.
 
-Manifests are built with the kserve SDK's models and the kubernetes client's; they are
-applied by server-side apply (field manager "llmops", strict field validation, no force: a
-field another manager set is a conflict that is reported, not overwritten), and the rollout
-waits for the InferenceService's Ready condition, judged only once the status describes the
-applied spec (Serverless: a new Knative revision; RawDeployment: status.observedGeneration).
-A rollout that fails (Ready False, a failed model load, or no Ready in time) re-applies the
-InferenceService that was Ready before, waits for it, and reports both. The ServingRuntime's
-name carries a digest of its spec, so changing the image makes a new runtime instead of
-changing the one the serving revision came from.
+Manifests are applied by server-side apply (field manager "llmops", strict field validation,
+no force: a field another manager set is a conflict that is reported, not overwritten), and
+the rollout waits for the InferenceService's Ready condition, judged only once the status
+describes the applied spec (Serverless: a new Knative revision; RawDeployment:
+status.observedGeneration). A rollout that fails (Ready False, a failed model load, or no Ready
+in time) re-applies the InferenceService that was Ready before, waits for it, and reports both.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import kserve
 from kubernetes import client
-from pydantic import BaseModel
+from kubernetes.client.exceptions import ApiException
 
 from runners import kube
-from runners.deploy.release import (
-    CONTAINER_PORT,
-    DeployError,
-    Release,
-    api_key_env,
-    container_config,
-    kserve_name,
+from runners.deploy.kserve_manifests import (
+    ANNOTATION_MODE,
+    ANNOTATION_TEMPLATE,
+    ANNOTATION_VERSION,
+    GROUP,
+    ISVC_VERSION,
+    LABEL_DEPLOYMENT,
+    RAW_MODES,
+    RUNTIME_VERSION,
 )
+from runners.deploy.release import DeployError
 
-GROUP = "serving.kserve.io"
-ISVC_VERSION = "v1beta1"
-RUNTIME_VERSION = "v1alpha1"
 PLURALS = {"InferenceService": "inferenceservices", "ServingRuntime": "servingruntimes"}
 FIELD_MANAGER = "llmops"
 APPLY_PATCH = "application/apply-patch+yaml"
-MODEL_FORMAT = "llmops"
-MODEL_FORMAT_VERSION = "1"
-# The runtime image without weights: `llmops deploy` renders its context with docker.py.
-DEFAULT_IMAGE = "llmops/serve:0.1.0"
-# KServe merges the InferenceService's model container into the runtime's by this name.
-CONTAINER_NAME = "kserve-container"
-LABEL_DEPLOYMENT = "llmops.dev/deployment"
-ANNOTATION_VERSION = "llmops.dev/model-version"
-# A digest of everything that shapes the predictor's pods; a change means a new revision.
-ANNOTATION_TEMPLATE = "llmops.dev/template"
-# KServe's deployment mode: Serverless (Knative revisions, canary traffic) or RawDeployment
-# (a Kubernetes Deployment, no revisions; KServe 0.15+ also calls it Standard).
-ANNOTATION_MODE = "serving.kserve.io/deploymentMode"
-RAW_MODES = ("RawDeployment", "Standard")
 OWN_PREFIXES = ("llmops.dev/", "app.kubernetes.io/")
 # KServe's modelStatus.transitionStatus values that no amount of waiting will fix.
 TERMINAL_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
-
-_SANITIZER = client.ApiClient()
 
 
 class RolloutFailed(DeployError):
@@ -99,161 +79,6 @@ class Rollout:
     deployment_mode: str | None = None
 
 
-def to_manifest(obj: Any) -> dict[str, Any]:
-    """Plain JSON of a manifest built from kserve and kubernetes models.
-
-    kubernetes 37's `sanitize_for_serialization` handles its own (pydantic) models, but for
-    the kserve SDK's models it falls back to their `to_dict()`, which keeps the Python
-    attribute names (`api_version`, `min_replicas`); an API server would drop those keys
-    silently. So kserve models are mapped through their `attribute_map` here.
-    """
-    return _plain(obj)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, list):
-        return [_plain(item) for item in obj]
-    if isinstance(obj, dict):
-        return {key: _plain(value) for key, value in obj.items()}
-    if not isinstance(obj, BaseModel) and hasattr(type(obj), "attribute_map"):
-        return {
-            obj.attribute_map[attr]: _plain(value)
-            for attr in obj.openapi_types
-            if (value := getattr(obj, attr)) is not None
-        }
-    return _SANITIZER.sanitize_for_serialization(obj)
-
-
-def _digest(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _labels(release: Release) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/managed-by": "llmops",
-        "app.kubernetes.io/component": "serve",
-        LABEL_DEPLOYMENT: release.name,
-    }
-
-
-def render_runtime(release: Release) -> kserve.V1alpha1ServingRuntime:
-    """The llmops ServingRuntime for one release: image, entry point, port, readiness."""
-    image = release.spec["kserve"].get("image") or DEFAULT_IMAGE
-    container = client.V1Container(
-        name=CONTAINER_NAME,
-        image=image,
-        command=["python", "-m", "runners.serve"],
-        env=[client.V1EnvVar(name="HF_HUB_OFFLINE", value="1")],
-        ports=[client.V1ContainerPort(container_port=CONTAINER_PORT, protocol="TCP")],
-        # Ready means loaded and the smoke prompts answered, which the runtime checks
-        # before its readiness route says so.
-        readiness_probe=client.V1Probe(
-            http_get=client.V1HTTPGetAction(path="/v2/health/ready", port=CONTAINER_PORT),
-            period_seconds=10,
-            failure_threshold=3,
-        ),
-    )
-    spec = kserve.V1alpha1ServingRuntimeSpec(
-        supported_model_formats=[
-            kserve.V1alpha1SupportedModelFormat(
-                name=MODEL_FORMAT, version=MODEL_FORMAT_VERSION, auto_select=False
-            )
-        ],
-        # The runtime answers KServe's v2 health routes and OpenAI's, not v1 predict.
-        protocol_versions=["v2"],
-        containers=[container],
-    )
-    name = f"llmops-{release.name}-{_digest(to_manifest(spec))[:8]}"
-    return kserve.V1alpha1ServingRuntime(
-        api_version=f"{GROUP}/{RUNTIME_VERSION}",
-        kind="ServingRuntime",
-        metadata=client.V1ObjectMeta(
-            name=name, namespace=release.spec["kserve"]["namespace"], labels=_labels(release)
-        ),
-        spec=spec,
-    )
-
-
-def _env(release: Release) -> list[client.V1EnvVar]:
-    config = json.dumps(container_config(release, "kserve"), sort_keys=True)
-    env = [client.V1EnvVar(name="LLMOPS_SERVE_CONFIG", value=config)]
-    key_env = api_key_env(release, "kserve")
-    if key_env:
-        secret, _, key = release.spec["api_key"]["secret"].partition("/")
-        env.append(
-            client.V1EnvVar(
-                name=key_env,
-                value_from=client.V1EnvVarSource(
-                    secret_key_ref=client.V1SecretKeySelector(name=secret, key=key)
-                ),
-            )
-        )
-    return env
-
-
-def render_inference_service(
-    release: Release, runtime_name: str, storage_uri: str | None = None
-) -> kserve.V1beta1InferenceService:
-    """The InferenceService: the model from `storage_uri` served by the llmops runtime."""
-    target = release.spec["kserve"]
-    uri = storage_uri or target.get("storage_uri")
-    if not uri:
-        raise DeployError(
-            f"deployment {release.name}: target kserve needs kserve.storage_uri, where the "
-            "cluster reads the weights (pvc://<claim>/<path>, s3://..., gs://...)"
-        )
-    resources = {"cpu": str(target["cpu"]), "memory": str(target["memory"])}
-    limits = dict(resources)
-    if int(target.get("gpu") or 0):
-        limits["nvidia.com/gpu"] = str(int(target["gpu"]))
-    predictor = kserve.V1beta1PredictorSpec(
-        min_replicas=int(target["min_replicas"]),
-        max_replicas=int(target["max_replicas"]),
-        canary_traffic_percent=target.get("canary_traffic_percent"),
-        model=kserve.V1beta1ModelSpec(
-            name=CONTAINER_NAME,
-            model_format=kserve.V1beta1ModelFormat(name=MODEL_FORMAT, version=MODEL_FORMAT_VERSION),
-            runtime=runtime_name,
-            protocol_version="v2",
-            storage_uri=uri,
-            resources=client.V1ResourceRequirements(requests=resources, limits=limits),
-            env=_env(release),
-        ),
-    )
-    annotations = {ANNOTATION_VERSION: release.model_version}
-    mode = target.get("deployment_mode")
-    if mode:
-        annotations[ANNOTATION_MODE] = mode
-    if mode in RAW_MODES and target.get("canary_traffic_percent") is not None:
-        raise DeployError(
-            f"deployment {release.name}: canary_traffic_percent needs KServe's Serverless mode "
-            "(Knative revisions split traffic); RawDeployment has one Deployment and no "
-            "revisions, so drop the canary or set kserve.deployment_mode: Serverless"
-        )
-    # The canary percentage routes traffic between revisions; it does not make one.
-    shape = {k: v for k, v in to_manifest(predictor).items() if k != "canaryTrafficPercent"}
-    annotations[ANNOTATION_TEMPLATE] = _digest({"predictor": shape, **annotations})
-    return kserve.V1beta1InferenceService(
-        api_version=f"{GROUP}/{ISVC_VERSION}",
-        kind="InferenceService",
-        metadata=client.V1ObjectMeta(
-            name=kserve_name(release),
-            namespace=target["namespace"],
-            labels=_labels(release),
-            annotations=annotations,
-        ),
-        spec=kserve.V1beta1InferenceServiceSpec(predictor=predictor),
-    )
-
-
-def render_manifests(release: Release, storage_uri: str | None = None) -> list[dict[str, Any]]:
-    """[ServingRuntime, InferenceService] as plain dicts, for `--show`, YAML and `rollout`."""
-    runtime = render_runtime(release)
-    isvc = render_inference_service(release, runtime.metadata.name, storage_uri)
-    return [to_manifest(runtime), to_manifest(isvc)]
-
-
 def api_client(host: str | None = None) -> client.ApiClient:
     """The cluster from the pod's service account or the kube config; `host` for tests."""
     try:
@@ -263,8 +88,6 @@ def api_client(host: str | None = None) -> client.ApiClient:
 
 
 def _api_error(err: Exception, what: str, api: client.ApiClient) -> DeployError:
-    from kubernetes.client.exceptions import ApiException
-
     if not isinstance(err, ApiException):
         return DeployError(
             f"cannot reach the Kubernetes API at {api.configuration.host} to {what}: {err}"
@@ -305,8 +128,6 @@ def apply(api: client.ApiClient, manifest: dict[str, Any], force: bool = False) 
     Without `force` a field that another manager set to another value is a conflict, raised
     as FieldConflict naming the manager and the fields, and nothing is changed.
     """
-    from kubernetes.client.exceptions import ApiException
-
     group, version, namespace, plural, name = _where(manifest)
     what = f"{manifest['kind']} {namespace}/{name}"
     try:
@@ -345,8 +166,6 @@ def apply(api: client.ApiClient, manifest: dict[str, Any], force: bool = False) 
 
 
 def _get(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
-    from kubernetes.client.exceptions import ApiException
-
     try:
         return _custom(api).get_namespaced_custom_object(
             GROUP, ISVC_VERSION, namespace, PLURALS["InferenceService"], name
@@ -517,8 +336,6 @@ def _runtimes(api: client.ApiClient, namespace: str, deployment: str) -> list[st
 
 
 def _delete(api: client.ApiClient, kind: str, namespace: str, name: str) -> bool:
-    from kubernetes.client.exceptions import ApiException
-
     version = ISVC_VERSION if kind == "InferenceService" else RUNTIME_VERSION
     try:
         _custom(api).delete_namespaced_custom_object(GROUP, version, namespace, PLURALS[kind], name)
