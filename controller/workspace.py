@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-
 from controller.load.desired import Loaded, load_desired
 from controller.observe.applied import observed_from_lock
 from controller.observe.drift import observe_arenas, observe_deployments, observe_scans
@@ -107,7 +105,7 @@ def plan_and_apply(
     applier = Applier(
         loaded,
         registry,
-        hooks_console(hooks),
+        hooks.console,
         lock,
         skip_deploy=skip_deploy,
         hooks=hooks,
@@ -144,7 +142,3 @@ def apply_workspace(
             skip_promote=not trust.trusted,
         )
 
-
-def hooks_console(hooks: ApplyHooks) -> Console:
-    """The console apply's steps print their details on: the hooks' own when they have one."""
-    return getattr(hooks, "console", None) or Console(quiet=True)

@@ -18,6 +18,7 @@ from controller.state.lockfile import DeploymentOutputs, LockEntry
 from controller.targets.base import DeployProgress, DeployRequest, target_for
 from controller.targets.local import SERVE_API_KEY_ENV
 from runners.deploy.release import DeployError, Release
+from runners.evaluate.placeholders import fill
 
 
 class Deployer(ApplyStep):
@@ -74,8 +75,6 @@ class Deployer(ApplyStep):
             if task["type"] != "generate_until" or task["name"] not in data:
                 continue
             # {field} placeholders only: str.format would let a suite walk `{row.__class__}`.
-            from runners.evaluate.placeholders import fill
-
             prompts = []
             with data[task["name"]].open(encoding="utf-8") as handle:
                 for line in handle:

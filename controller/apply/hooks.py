@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # annotations only: the engine imports this module
 
 
 class ApplyHooks(Protocol):
+    console: Console  # where apply's steps print their details
+
     def waiting(self, holder: str) -> None:
         """Another apply holds the state folder's lock; this one waits for it."""
 

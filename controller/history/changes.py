@@ -8,7 +8,7 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from controller.load.diagnostics import did_you_mean
 from controller.plan.address import Address
@@ -16,9 +16,6 @@ from controller.plan.digest import canonical_json
 from controller.plan.kinds import KINDS, RUN_KINDS
 from controller.plan.planner import flatten
 from runners.errors import InvalidInput
-
-if TYPE_CHECKING:
-    pass
 
 _MERGE_PR = re.compile(r"^Merge pull request #(\d+) from ")
 _SQUASH_PR = re.compile(r"\(#(\d+)\)\s*$")

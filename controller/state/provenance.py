@@ -195,11 +195,8 @@ def check_state_folder(
     allowed = allow_shared or env.get(ALLOW_SHARED_ENV, "").lower() in ("1", "true", "yes")
     if context.trusted or allowed or not state_marked_trusted(state_root):
         return
-    try:
-        state_root.resolve().relative_to(context.root.resolve())
+    if state_root.resolve().is_relative_to(context.root.resolve()):
         return
-    except ValueError:
-        pass
     raise SharedStateRefused(
         f"the state folder {state_root} is marked trusted (a trusted apply uses it: "
         f"{state_root / STATE_MARK}) and this apply is for the untrusted ref "

@@ -8,7 +8,7 @@ branching on the target's name, so a new target is one module that registers its
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,11 +158,6 @@ def target_for(kind: str | None) -> Target:
     if found is None:
         raise DeployError(f"no deploy target '{kind}'; known: {', '.join(sorted(TARGETS))}")
     return found
-
-
-def known_targets() -> Iterator[str]:
-    _load_builtin()
-    return iter(sorted(TARGETS))
 
 
 def _load_builtin() -> None:
