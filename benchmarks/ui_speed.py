@@ -197,7 +197,7 @@ def main() -> None:
     args = parser.parse_args()
     from fastapi.testclient import TestClient
 
-    from controller.ui.app import create_app
+    from controller.ui.server import create_app
 
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.api.deployment import DeploymentSpec
 from controller.state.lockfile import (
     LOCK_FILE,
     DeploymentOutputs,
@@ -17,6 +18,7 @@ from controller.state.lockfile import (
 )
 from controller.state.paths import StatePaths, find_root
 from controller.state.registry.store import Registry
+from controller.targets.base import target_for
 
 
 @dataclass(frozen=True)
@@ -137,14 +139,12 @@ class Client:
         return out
 
     def deployments(self) -> list[Deployment]:
-        from controller.targets.base import target_for
-
         out = []
         for address, entry in self._lock().entries("Deployment"):
             name = address.name
             outputs = entry.outputs
             assert isinstance(outputs, DeploymentOutputs)
-            key = entry.spec.get("api_key") or {}
+            spec = entry.applied_spec(DeploymentSpec)
             target = outputs.target
             kind = target_for(target) if target else None
             live = (
@@ -159,7 +159,7 @@ class Client:
                     version=outputs.version,
                     target=target,
                     endpoint=outputs.endpoint,
-                    api_key_env=key.get("env"),
+                    api_key_env=spec.api_key.env if spec and spec.api_key else None,
                     running=running,
                 )
             )

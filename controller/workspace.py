@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from controller.apply.engine import Applier
 from controller.load.desired import Loaded, load_desired
 from controller.observe.applied import observed_from_lock
 from controller.observe.drift import observe_arenas, observe_deployments, observe_scans
@@ -96,8 +97,6 @@ def plan_and_apply(
     lock. Raises LockFileError for a lock file that cannot be read."""
     # Lazily: the engine loads every runner's client (evaluation, deploy targets, Kubernetes);
     # plan, validate and status import this module and never need it.
-    from controller.apply.engine import Applier
-
     assert loaded.desired is not None
     lock = lock_path or loaded.root / LOCK_FILE
     the_plan = plan(loaded.desired, observe(loaded.root, loaded.desired, lock, trust=trust))

@@ -203,6 +203,41 @@ class Collect(Strict):
         return self
 
 
+# The single `api_key`'s holder, as usage and metrics name it; no client may take the name.
+DEFAULT_CLIENT = "default"
+
+
+class ClientQuotas(Strict):
+    """How much one client may use; a quota left unset does not limit it."""
+
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="API requests (/v1/...) in any 60 seconds; beyond it 429 with Retry-After.",
+    )
+    tokens_per_day: int | None = Field(
+        default=None,
+        ge=1,
+        description="Prompt plus completion tokens per UTC day, counted as responses finish; "
+        "once reached, 429 with Retry-After until midnight UTC.",
+    )
+
+
+class Client(Strict):
+    """An application calling a Deployment with a key of its own: usage and quotas per client."""
+
+    name: Name = Field(description="How usage, metrics and collected rows name the client.")
+    api_key: ApiKeyRef = Field(
+        description=f"The client's key: {{env: {KEY_ENV_PREFIX}NAME}} (a variable where apply "
+        "runs) or {secret: k8s-secret/key} (target kserve)."
+    )
+    quotas: ClientQuotas = Field(default_factory=ClientQuotas)
+
+
+def _key_source(ref: ApiKeyRef) -> str:
+    return f"env {ref.env}" if ref.env else f"secret {ref.secret}"
+
+
 # The deploy targets a spec may name: the built-in ones; controller/targets/base.py `register`
 # adds any other (a team's own target, a test's double), so a new target changes no model here.
 TARGET_KINDS: list[str] = ["local", "docker", "kserve"]
@@ -238,6 +273,51 @@ class DeploymentSpec(Strict):
         default=None, description="EvalSuite whose first prompts decide readiness."
     )
     collect: Collect = Field(default_factory=Collect)
+    clients: list[Client] = Field(
+        default_factory=list,
+        description="Named clients, each with its own key and quotas; `api_key`, when set "
+        f"too, is one more client named '{DEFAULT_CLIENT}', without quotas.",
+    )
+
+    @field_validator("clients")
+    @classmethod
+    def _distinct_clients(cls, clients: list[Client], info: ValidationInfo) -> list[Client]:
+        # A field validator, so the diagnostic points at `clients`. Two clients with one key
+        # source hold one key, and the runtime could not tell them apart.
+        names: dict[str, int] = {}
+        sources: dict[str, str] = {}
+        api_key = info.data.get("api_key")
+        if api_key is not None:
+            sources[_key_source(api_key)] = f"api_key (client '{DEFAULT_CLIENT}')"
+        for index, client in enumerate(clients):
+            if client.name == DEFAULT_CLIENT:
+                raise ValueError(
+                    f"clients[{index}] is named '{DEFAULT_CLIENT}', the name of the holder of "
+                    "api_key; give the client another name"
+                )
+            if client.name in names:
+                raise ValueError(
+                    f"clients[{index}] repeats the name '{client.name}' of "
+                    f"clients[{names[client.name]}]; client names must be unique"
+                )
+            names[client.name] = index
+            source = _key_source(client.api_key)
+            if source in sources:
+                raise ValueError(
+                    f"clients[{index}] ('{client.name}') reads its key from the same {source} "
+                    f"as {sources[source]}; each client needs a key of its own"
+                )
+            sources[source] = f"clients[{index}] ('{client.name}')"
+        return clients
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """As KServeTarget: `clients`, added later, leaves the dump (and so every deployment's
+        digest and rendered config) unchanged while empty."""
+        data = handler(self)
+        if not data.get("clients"):
+            data.pop("clients", None)
+        return data
 
 
 class Deployment(Resource):

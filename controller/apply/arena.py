@@ -13,18 +13,24 @@ import json
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.api import split_ref
+from controller.api.arena import ArenaJudge, ArenaSpec, FilePrompts
 from controller.apply.context import ApplyStep
+from controller.apply.prepare import Preparer
 from controller.apply.pull import ensure_model
 from controller.state.lockfile import ArenaOutputs, GateVerdict, Standing
 from controller.state.registry.arena import ArenaStore, BattleRecord
 from controller.state.registry.schema import VersionRow
 from runners.arena.answers import answer_key, generate_answers
+from runners.arena.fastchat import ImportedBattle
+from runners.arena.judge import PairwiseJudge, judge_battle
 from runners.arena.outcomes import Vote
-from runners.arena.ratings import Leaderboard, leaderboard, rating_difference
 from runners.errors import InvalidInput, LlmopsError
+
+if TYPE_CHECKING:
+    from runners.arena.ratings import Leaderboard
 
 
 class ArenaError(LlmopsError):
@@ -129,19 +135,19 @@ class ArenaRunner(ApplyStep):
     def store(self) -> ArenaStore:
         return ArenaStore(self.registry)
 
-    def spec(self, name: str) -> dict[str, Any]:
+    def spec(self, name: str) -> ArenaSpec:
         resource = self.desired.resources.get(f"Arena/{name}")
         if resource is None:
-            known = sorted(r.name for r in self.desired.resources.values() if r.kind == "Arena")
+            known = sorted(r.name for r, _ in self.desired.specs(ArenaSpec))
             raise InvalidInput(
                 f"no Arena spec named '{name}'"
                 + (f"; arenas: {', '.join(known)}" if known else "; add one under specs/arenas/")
             )
-        return dict(resource.spec)
+        return resource.spec_as(ArenaSpec)
 
-    def contenders(self, spec: dict[str, Any]) -> list[Contender]:
+    def contenders(self, spec: ArenaSpec) -> list[Contender]:
         out = []
-        for ref in spec["models"]:
+        for ref in spec.models:
             version, path = self._model(ref)
             label = f"{version.model.name}@{version.number}"
             out.append(Contender(ref, label, version_identity(version), path))
@@ -159,20 +165,18 @@ class ArenaRunner(ApplyStep):
             ref, dict(self.desired.resources), self.registry, self.root, self.console
         )
 
-    def prompts(self, spec: dict[str, Any]) -> list[Prompt]:
-        source = spec["prompts"]
-        if source["type"] == "file":
-            path = self.root / source["path"]
-            field_name: str | None = source.get("field") or "question"
-            id_field = source.get("id_field") or "id"
+    def prompts(self, spec: ArenaSpec) -> list[Prompt]:
+        source = spec.prompts
+        if isinstance(source, FilePrompts):
+            path = self.root / source.path
+            field_name: str | None = source.field or "question"
+            id_field = source.id_field or "id"
         else:
-            from controller.apply.prepare import Preparer
-
             prepared = Preparer(self.loaded, self.registry, self.console).prepare(
-                split_ref(source["dataset"])[0]
+                split_ref(source.dataset)[0]
             )
-            path = prepared.folder / f"{source['split']}.jsonl"
-            field_name, id_field = source.get("field"), "id"
+            path = prepared.folder / f"{source.split}.jsonl"
+            field_name, id_field = source.field, "id"
         prompts: list[Prompt] = []
         with path.open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, 1):
@@ -188,7 +192,7 @@ class ArenaRunner(ApplyStep):
                     )
                 prompt_id = str(row.get(id_field) or f"row-{number}")
                 prompts.append(Prompt(prompt_id, text))
-        limit = source.get("limit")
+        limit = source.limit
         prompts = prompts[:limit] if limit else prompts
         if not prompts:
             raise ArenaError(f"the prompt set of the arena ({path}) has no rows")
@@ -199,12 +203,12 @@ class ArenaRunner(ApplyStep):
         spec = self.spec(name)
         contenders = self.contenders(spec)
         chosen = choose_prompts(
-            self.prompts(spec), int(spec["battles_per_pair"]), int(spec["generation"]["seed"])
+            self.prompts(spec), spec.battles_per_pair, spec.generation.seed
         )
         # Answers and verdicts belong to the code that produced them and to the trust of
         # the ref that ran it: a pull request's are never read back on main.
         generation = {
-            **spec["generation"],
+            **spec.generation.model_dump(mode="json"),
             "code": self.code_digest("arena"),
             "namespace": self.namespace,
         }
@@ -214,19 +218,19 @@ class ArenaRunner(ApplyStep):
             for p in chosen
         }
         generated = self._answer(contenders, chosen, generation, keys)
-        judge_spec = spec.get("judge")
+        judge_spec = spec.judge
         judge_identity = None
         judge_label = ""
         if judge_spec:
-            judge_version, judge_path = self._model(judge_spec["model"])
+            judge_version, judge_path = self._model(judge_spec.model)
             judge_label = f"{judge_version.model.name}@{judge_version.number}"
             judge_identity = {
                 "code": generation["code"],
                 "namespace": self.namespace,
                 "model": version_identity(judge_version),
-                "rubric": judge_spec["rubric"],
-                "max_new_tokens": judge_spec.get("max_new_tokens", 48),
-                "mode": judge_spec.get("mode", "generate"),
+                "rubric": judge_spec.rubric,
+                "max_new_tokens": judge_spec.max_new_tokens,
+                "mode": judge_spec.mode,
             }
         store = self.store
         battle_ids = []
@@ -296,11 +300,9 @@ class ArenaRunner(ApplyStep):
         store: ArenaStore,
         battle_ids: list[int],
         judge_label: str,
-        judge_spec: dict[str, Any],
+        judge_spec: ArenaJudge,
         judge_path: Path,
     ) -> tuple[int, int]:
-        from runners.arena.judge import PairwiseJudge, judge_battle
-
         todo = [
             b
             for b in store.by_ids(battle_ids)
@@ -311,9 +313,9 @@ class ArenaRunner(ApplyStep):
         self.console.print(f"  judging {len(todo)} battle(s) in both orders with {judge_label}")
         judge = PairwiseJudge(
             judge_path,
-            judge_spec["rubric"],
-            int(judge_spec.get("max_new_tokens", 48)),
-            mode=judge_spec.get("mode", "generate"),
+            judge_spec.rubric,
+            judge_spec.max_new_tokens,
+            mode=judge_spec.mode,
         )
         unparseable = 0
         for number, battle in enumerate(todo, 1):
@@ -333,33 +335,33 @@ class ArenaRunner(ApplyStep):
                 self.console.print(f"    judged {number}/{len(todo)}")
         return len(todo), unparseable
 
-    def boards(self, spec: dict[str, Any], battles: list[BattleRecord]) -> dict[str, Leaderboard]:
-        boot = spec.get("bootstrap") or {}
-        kwargs = {
-            "rounds": int(boot.get("rounds", 1000)),
-            "confidence": float(boot.get("confidence", 0.95)),
-            "seed": int(boot.get("seed", 0)),
-        }
+    def boards(self, spec: ArenaSpec, battles: list[BattleRecord]) -> dict[str, Leaderboard]:
+        from runners.arena.ratings import leaderboard
+
+        boot = spec.bootstrap
         return {
             voters: leaderboard(
-                votes_of(battles, voters, human=bool(spec.get("human_votes"))), **kwargs
+                votes_of(battles, voters, human=spec.human_votes),
+                rounds=boot.rounds,
+                confidence=boot.confidence,
+                seed=boot.seed,
             )
             for voters in ("all", "judge", "human")
         }
 
     def gates(
-        self, spec: dict[str, Any], contenders: list[Contender], battles: list[BattleRecord]
+        self, spec: ArenaSpec, contenders: list[Contender], battles: list[BattleRecord]
     ) -> dict[str, GateVerdict]:
+        from runners.arena.ratings import rating_difference
+
         labels = {c.ref: c.label for c in contenders}
-        boot = spec.get("bootstrap") or {}
+        boot = spec.bootstrap
         out: dict[str, GateVerdict] = {}
-        for gate in spec.get("gates") or []:
-            candidate, baseline = labels[gate["candidate"]], labels[gate["baseline"]]
+        for gate in spec.gates:
+            candidate, baseline = labels[gate.candidate], labels[gate.baseline]
             # 'task/metric rule' like an evaluation's gates, so reports and statuses read both
-            name = f"rating/{gate['candidate']} not_worse_than {gate['baseline']}"
-            votes = votes_of(
-                battles, gate.get("voters", "all"), human=bool(spec.get("human_votes"))
-            )
+            name = f"rating/{gate.candidate} not_worse_than {gate.baseline}"
+            votes = votes_of(battles, gate.voters, human=spec.human_votes)
             pair = [v for v in votes if {v.model_a, v.model_b} == {candidate, baseline}]
             if not pair:
                 out[name] = GateVerdict(
@@ -370,11 +372,11 @@ class ArenaRunner(ApplyStep):
                 votes,
                 candidate,
                 baseline,
-                rounds=int(boot.get("rounds", 1000)),
-                confidence=float(boot.get("confidence", 0.95)),
-                seed=int(boot.get("seed", 0)),
+                rounds=boot.rounds,
+                confidence=boot.confidence,
+                seed=boot.seed,
             )
-            margin = float(gate.get("margin", -50.0))
+            margin = gate.margin
             out[name] = GateVerdict(
                 passed=lower > margin,
                 detail=f"rating difference {estimate:+.0f} [{lower:+.0f}, {upper:+.0f}], "
@@ -464,8 +466,6 @@ def import_battles(registry: Any, arena: str, battles: list[Any]) -> tuple[int, 
 
 def export_battles(battles: list[BattleRecord]) -> list[Any]:
     """One FastChat row per counted vote, answers and unknown fields carried along."""
-    from runners.arena.fastchat import ImportedBattle
-
     return [
         ImportedBattle(
             vote=vote,

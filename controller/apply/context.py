@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
+from controller.load.code import code_identities
 from controller.load.desired import Loaded
 from controller.state.provenance import Provenance, TrustContext, accepts
 from controller.state.registry.schema import VersionRow
@@ -35,8 +36,6 @@ class ApplyStep:
 
     def code_digest(self, runner: str) -> str:
         """The code digest of a runner as this process runs it (controller/load/code.py)."""
-        from controller.load.code import code_identities
-
         return code_identities(cache_dir=self.registry.paths.cache)[runner].digest
 
     def provenance(self, code: str) -> dict[str, Any]:

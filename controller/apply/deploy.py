@@ -9,16 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from controller.api import split_ref
-from controller.api.deployment import KEY_ENV_PATTERN, KEY_ENV_PREFIX
+from controller.api.deployment import KEY_ENV_PATTERN, KEY_ENV_PREFIX, DeploymentSpec
+from controller.api.model import GgufFileSource, ModelSpec, PythonPackageSource
 from controller.apply.context import ApplyStep
 from controller.apply.evaluate import Evaluator
 from controller.apply.hooks import ConsoleProgress
 from controller.apply.pull import ensure_model
+from controller.plan.types import DesiredResource
 from controller.state.lockfile import DeploymentOutputs, LockEntry
 from controller.targets.base import DeployProgress, DeployRequest, target_for
 from controller.targets.local import SERVE_API_KEY_ENV
-from runners.deploy.release import DeployError, Release
+from runners.deploy.release import DeployError, Release, client_key_env
 from runners.evaluate.placeholders import fill
+from runners.pull.origins import package_file
 
 
 class Deployer(ApplyStep):
@@ -30,41 +33,49 @@ class Deployer(ApplyStep):
     def _reporter(self) -> DeployProgress:
         return self.progress or ConsoleProgress(self.console)
 
-    def spec(self, name: str) -> dict[str, Any]:
+    def spec(self, name: str) -> DeploymentSpec:
+        return self._resource(name).spec_as(DeploymentSpec)
+
+    def fields(self, name: str) -> dict[str, Any]:
+        """The spec's JSON form: what the release, the manifests and the lock entry record."""
+        return dict(self._resource(name).fields)
+
+    def _resource(self, name: str) -> DesiredResource:
         resource = self.desired.resources.get(f"Deployment/{name}")
         if resource is None:
             raise DeployError(f"no Deployment spec named '{name}'")
-        return dict(resource.spec)
+        return resource
 
-    def api_key(self, name: str, spec: dict[str, Any]) -> str | None:
-        ref = spec.get("api_key")
-        if not ref:
+    def api_key(self, name: str, spec: DeploymentSpec) -> str | None:
+        ref = spec.api_key
+        if ref is None:
             return None
-        if ref.get("secret"):
-            if target_for(spec["target"]).reads_secret_keys:
+        if ref.secret:
+            if target_for(spec.target).reads_secret_keys:
                 return None  # the cluster reads it from the Secret
             raise DeployError(
-                f"Deployment {name}: api_key {{secret: {ref['secret']}}} names a Kubernetes "
+                f"Deployment {name}: api_key {{secret: {ref.secret}}} names a Kubernetes "
                 "secret, which only target kserve can read; use {env: VARIABLE} for "
-                f"target {spec['target']}"
+                f"target {spec.target}"
             )
-        if not re.fullmatch(KEY_ENV_PATTERN, ref["env"]):
+        env = ref.env or ""
+        if not re.fullmatch(KEY_ENV_PATTERN, env):
             # Validate refuses such specs; this guards specs that reach here another way.
             raise DeployError(
-                f"Deployment {name}: api_key names {ref['env']}, which is not a key variable "
+                f"Deployment {name}: api_key names {env}, which is not a key variable "
                 f"({KEY_ENV_PREFIX}<NAME>); rename the variable and the spec's api_key.env"
             )
-        value = os.environ.get(ref["env"])
+        value = os.environ.get(env)
         if not value:
             raise DeployError(
-                f"Deployment {name}: api_key names the environment variable {ref['env']}, "
-                f"which is not set; export {ref['env']}=<key> and apply again"
+                f"Deployment {name}: api_key names the environment variable {env}, "
+                f"which is not set; export {env}=<key> and apply again"
             )
         return value
 
-    def smoke_prompts(self, spec: dict[str, Any]) -> list[str]:
+    def smoke_prompts(self, spec: DeploymentSpec) -> list[str]:
         """The first prompts of the smoke suite's first generation task (readiness check)."""
-        suite_name = spec.get("smoke_suite")
+        suite_name = spec.smoke_suite
         if not suite_name:
             return []
         evaluator = Evaluator(self.loaded, self.registry, self.console)
@@ -85,69 +96,102 @@ class Deployer(ApplyStep):
             return prompts
         return []
 
-    def gguf_path(self, name: str, spec: dict[str, Any]) -> str | None:
+    def gguf_path(self, name: str, spec: DeploymentSpec) -> str | None:
         """llama.cpp serves the GGUF file a Model spec was imported from."""
-        if spec["runtime"] != "llama-cpp":
+        if spec.runtime != "llama-cpp":
             return None
-        model = self.desired.resources.get(f"Model/{split_ref(spec['model'])[0]}")
-        source = dict(model.spec["source"]) if model else {}
-        if source.get("type") == "gguf":
-            return str(self.root / source["path"])
-        if source.get("type") == "python-package":
-            from runners.pull.origins import package_file
-
-            return str(package_file(source))
+        model = self.desired.resources.get(f"Model/{split_ref(spec.model)[0]}")
+        source = model.spec_as(ModelSpec).source if model else None
+        if isinstance(source, GgufFileSource):
+            return str(self.root / source.path)
+        if isinstance(source, PythonPackageSource):
+            return str(package_file(source.model_dump(mode="json")))
         raise DeployError(
-            f"Deployment {name}: runtime llama-cpp serves GGUF files, and {spec['model']} was "
+            f"Deployment {name}: runtime llama-cpp serves GGUF files, and {spec.model} was "
             "not imported from one; use runtime transformers"
         )
 
-    def runtime_config(self, name: str, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    def runtime_config(self, name: str, spec: DeploymentSpec) -> tuple[dict[str, Any], str]:
         """The runtime's config (runners/serve) for this deployment, and the version served."""
         version, path = ensure_model(
-            spec["model"], dict(self.desired.resources), self.registry, self.root, self.console
+            spec.model, dict(self.desired.resources), self.registry, self.root, self.console
         )
         ref = f"{version.model.name}@{version.number}"
-        collect = dict(spec.get("collect") or {})
+        collect = spec.collect.model_dump(mode="json")
         store = collect.pop("into", None)
         collect["dir"] = str(self.registry.paths.collected(store)) if store else None
         config = {
             "name": name,
             "model_version": ref,
             "model_dir": str(path),
-            "backend": spec["runtime"],
+            "backend": spec.runtime,
             "gguf_path": self.gguf_path(name, spec),
             "host": "127.0.0.1",
-            "public_port": spec["port"],
-            "api_key_env": SERVE_API_KEY_ENV if spec.get("api_key") else None,
-            "limits": dict(spec["limits"]),
+            "public_port": spec.port,
+            "api_key_env": SERVE_API_KEY_ENV if spec.api_key else None,
+            "limits": spec.limits.model_dump(mode="json"),
             "collect": collect,
             # Without a smoke suite the runtime's own greeting prompt checks generation.
             "smoke": {"prompts": self.smoke_prompts(spec) or ["Hello!"], "max_tokens": 16},
         }
+        if spec.clients:  # absent without: configs (and digests) from before clients stay
+            config["clients"] = [
+                {
+                    "name": client.name,
+                    "key_env": client_key_env(client.name),
+                    "quotas": client.quotas.model_dump(mode="json"),
+                }
+                for client in spec.clients
+            ]
         return config, ref
+
+    def client_keys(self, name: str, spec: DeploymentSpec) -> dict[str, str]:
+        """Each named client's key by client name, read where apply runs; as api_key, a
+        {secret: ...} key is left to a target that reads secrets (kserve)."""
+        keys = {}
+        for client in spec.clients:
+            ref = client.api_key
+            if ref.secret:
+                if target_for(spec.target).reads_secret_keys:
+                    continue
+                raise DeployError(
+                    f"Deployment {name}: client {client.name}'s api_key {{secret: {ref.secret}}} "
+                    "names a Kubernetes secret, which only target kserve can read; use "
+                    f"{{env: VARIABLE}} for target {spec.target}"
+                )
+            env = ref.env or ""
+            value = os.environ.get(env) if re.fullmatch(KEY_ENV_PATTERN, env) else None
+            if not value:
+                raise DeployError(
+                    f"Deployment {name}: client {client.name}'s api_key names the environment "
+                    f"variable {env}, which is not set (or not {KEY_ENV_PREFIX}<NAME>); export "
+                    f"{env}=<key> and apply again"
+                )
+            keys[client.name] = value
+        return keys
 
     def deploy(self, name: str) -> DeploymentOutputs:
         spec = self.spec(name)
-        target = target_for(spec["target"])
+        target = target_for(spec.target)
         config, ref = self.runtime_config(name, spec)
         gguf = config["gguf_path"]
         release = Release(
             name,
             ref,
-            spec,
+            self.fields(name),
             smoke_prompts=config["smoke"]["prompts"],
             gguf_file=Path(gguf).name if gguf else None,
         )
         request = DeployRequest(
             name=name,
-            spec=spec,
+            spec=self.fields(name),
             version=ref,
             runtime=config,
             release=release,
             model_path=Path(config["model_dir"]),
             paths=self.registry.paths,
             api_key=lambda: self.api_key(name, spec),
+            client_keys=lambda: self.client_keys(name, spec),
         )
         return target.deploy(request, self._reporter())
 

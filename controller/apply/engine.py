@@ -17,9 +17,16 @@ from typing import Any, Literal
 
 from rich.console import Console
 
+from controller.api.evaluation import EvaluationSpec
+from controller.api.experiment import ExperimentSpec, InspectOptions
+from controller.api.model import ExperimentSource, ModelSpec
+from controller.api.pipeline import PipelineSpec
+from controller.apply.arena import ArenaRunner
 from controller.apply.context import ApplyStep
+from controller.apply.deploy import Deployer
 from controller.apply.evaluate import Evaluator
 from controller.apply.hooks import ApplyHooks, ConsoleHooks
+from controller.apply.inspect import Inspector, base_of, read_probes
 from controller.apply.prepare import Preparer
 from controller.apply.pull import pull_model
 from controller.apply.train import Trainer
@@ -46,6 +53,7 @@ from controller.state.lockfile import (
 from controller.state.provenance import TrustContext
 from controller.state.registry.store import Registry
 from runners.errors import LlmopsError
+from runners.evaluate.run import EvalError
 
 Status = Literal["applied", "recorded", "skipped", "failed"]
 
@@ -56,16 +64,20 @@ class GateFailed(LlmopsError):
 
 @dataclass
 class ActionResult:
-    address: str
+    address: Address
     action: str
     status: Status
     seconds: float = 0.0
     outputs: dict[str, Any] = field(default_factory=dict)
     message: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.address, Address):
+            self.address = Address.parse(self.address)
+
     def as_dict(self) -> dict[str, Any]:
         return {
-            "address": self.address,
+            "address": str(self.address),
             "action": self.action,
             "status": self.status,
             "seconds": round(self.seconds, 2),
@@ -149,10 +161,10 @@ class Applier(ApplyStep):
 
     def apply(self, the_plan: Plan) -> ApplyReport:
         report = ApplyReport()
-        blocked: set[str] = set()
-        changed: set[str] = set()
+        blocked: set[Address] = set()
+        changed: set[Address] = set()
         for action in the_plan.actions:
-            address = Address.parse(action.address)
+            address = action.address
             # A deployment naming `model@alias` has no digest input for the alias: when this
             # apply moved what it depends on, it is rolled out again (a no-op if unchanged).
             moved = address.kind == "Deployment" and bool(
@@ -194,10 +206,8 @@ class Applier(ApplyStep):
     def _promotes(self, address: str) -> bool:
         """A Model an experiment produces: applying it moves its aliases (a promotion)."""
         resource = self.desired.resources.get(address)
-        return (
-            resource is not None
-            and resource.kind == "Model"
-            and resource.spec["source"]["type"] == "experiment"
+        return resource is not None and isinstance(
+            getattr(resource.spec, "source", None), ExperimentSource
         )
 
     def _dependencies(self, address: str) -> tuple[str, ...]:
@@ -246,8 +256,8 @@ class Applier(ApplyStep):
 
     def _delete(self, action: Action) -> ActionResult:
         started = time.monotonic()
-        address = Address.parse(action.address)
-        self.hooks.pre_action(action.address, "delete")
+        address = action.address
+        self.hooks.pre_action(str(address), "delete")
         entry = self.lock.get(address)
         if address.kind == "Deployment" and entry is not None:
             self.deployer.stop(address.name, entry)
@@ -267,23 +277,18 @@ class Applier(ApplyStep):
     def control_ref(self, experiment: str) -> str | None:
         """What the experiment's runs are compared with: a run, a named model or the base."""
         runs = sorted(
-            a
-            for a, r in self.desired.resources.items()
-            if r.kind == "Experiment" and Address.parse(a).name == experiment
+            r.address for r, _ in self.desired.specs(ExperimentSpec) if r.name == experiment
         )
         if not runs:
             return None
-        spec = self.desired.resources[runs[0]].spec
-        control = spec.get("control") or {}
-        if control.get("run"):
-            return self.trainer.train(experiment, control["run"]).ref
-        return control.get("model") or spec.get("base_model")
+        spec = self.desired.resources[runs[0]].spec_as(ExperimentSpec)
+        if spec.control and spec.control.run:
+            return self.trainer.train(experiment, spec.control.run).ref
+        return (spec.control.model if spec.control else None) or spec.base_model
 
     @property
     def deployer(self) -> Any:
         if self._deployer is None:
-            from controller.apply.deploy import Deployer
-
             self._deployer = Deployer(self.loaded, self.registry, self.console)
             self._deployer.progress = self.hooks
             self._deployer.trust = self.trust
@@ -296,12 +301,12 @@ class Applier(ApplyStep):
 @handles("Model")
 def apply_model(applier: Applier, address: Address) -> ModelOutputs:
     resource = applier.desired.resources[str(address)]
-    source = resource.spec["source"]
-    if source["type"] != "experiment":
+    spec = resource.spec_as(ModelSpec)
+    if not isinstance(spec.source, ExperimentSource):
         outcome = pull_model(resource, applier.registry, applier.root, applier.console)
         return ModelOutputs(version=outcome.ref)
     # A model an experiment produces: promote the run's version once its gates pass.
-    run = Address("Experiment", source["experiment"], source["run"])
+    run = Address("Experiment", spec.source.experiment, spec.source.run)
     trained = applier.trainer.train(run.experiment, str(run.run))
     evaluation = run.sibling("Evaluation")
     if str(evaluation) in applier.desired.resources:
@@ -309,9 +314,9 @@ def apply_model(applier: Applier, address: Address) -> ModelOutputs:
         if outputs.failed_gates:
             raise GateFailed(
                 f"{trained.ref} ({run}) failed gate(s) {', '.join(outputs.failed_gates)}; "
-                f"aliases {resource.spec.get('aliases') or []} stay where they are"
+                f"aliases {spec.aliases} stay where they are"
             )
-    aliases = list(resource.spec.get("aliases") or [])
+    aliases = list(spec.aliases)
     for alias in aliases:
         applier.registry.set_alias(trained.version.model.name, alias, trained.version.number)
         applier.console.print(f"  {trained.version.model.name}@{alias} -> {trained.ref}")
@@ -334,8 +339,6 @@ def apply_dataset(applier: Applier, address: Address) -> DatasetOutputs:
 @handles("EvalSuite")
 def apply_evalsuite(applier: Applier, address: Address) -> EvalSuiteOutputs:
     """A suite runs nothing by itself: applying it checks its task data is there."""
-    from runners.evaluate.run import EvalError
-
     suite = applier.evaluator.suite(address.name)
     missing = [str(p) for p in applier.evaluator.task_data(suite).values() if not p.exists()]
     if missing:
@@ -352,22 +355,20 @@ def apply_experiment(applier: Applier, address: Address) -> ExperimentOutputs:
         for k in ("final_loss", "final_eval_loss", "steps", "tokens_per_s")
         if isinstance(result.get(k), int | float)
     }
-    options = applier.desired.resources[str(address)].spec.get("inspect")
+    options = applier.desired.resources[str(address)].spec_as(ExperimentSpec).inspect
     scan = scan_version(applier, outcome.version, options) if options else None
     return ExperimentOutputs(version=outcome.ref, metrics=round_metrics(metrics), scan=scan)
 
 
-def scan_version(applier: Applier, version: Any, options: dict[str, Any]) -> ScanSummary:
+def scan_version(applier: Applier, version: Any, options: InspectOptions) -> ScanSummary:
     """The brain scan an experiment asks for: the trained version against its base."""
-    from controller.apply.inspect import Inspector, base_of, read_probes
-
-    probes = read_probes(applier.root / options["probes"]) if options.get("probes") else None
+    probes = read_probes(applier.root / options.probes) if options.probes else None
     outcome = Inspector(applier.registry, applier.console).scan(
         version,
         base_of(applier.registry, version),
         probes,
         {
-            **{k: options[k] for k in ("top_k", "spread_k", "weightwatcher") if k in options},
+            **options.model_dump(include={"top_k", "spread_k", "weightwatcher"}),
             # an untrusted ref's scan is stored apart (controller/apply/context.py namespace)
             **({"namespace": applier.namespace} if applier.namespace else {}),
         },
@@ -389,9 +390,9 @@ def apply_evaluation(applier: Applier, address: Address) -> EvaluationOutputs:
     done = applier._outputs.get(address)  # already evaluated for a promotion in this apply
     if isinstance(done, EvaluationOutputs):
         return done
-    spec = applier.desired.resources[str(address)].spec
-    suite = spec["suite"]
-    subject = applier.subject_ref(spec["subject"])
+    spec = applier.desired.resources[str(address)].spec_as(EvaluationSpec)
+    suite = spec.suite
+    subject = applier.subject_ref(spec.subject)
     control = None if address.run == "control" else applier.control_ref(address.experiment)
     if control is None or control == subject:
         outcome = applier.evaluator.run(suite, subject)
@@ -423,8 +424,6 @@ def apply_evaluation(applier: Applier, address: Address) -> EvaluationOutputs:
 
 @handles("Arena")
 def apply_arena(applier: Applier, address: Address) -> ArenaOutputs:
-    from controller.apply.arena import ArenaRunner
-
     result = ArenaRunner(applier.loaded, applier.registry, applier.console).run(address.name)
     applier.console.print(
         f"  {len(result.battles)} battle(s): {result.generated} answer(s) generated, "
@@ -451,8 +450,8 @@ def apply_deployment(applier: Applier, address: Address) -> Outputs:
 
 @handles("Pipeline")
 def apply_pipeline(applier: Applier, address: Address) -> PipelineOutputs:
-    spec = applier.desired.resources[str(address)].spec
-    return PipelineOutputs(steps=[s["step"] for s in spec.get("steps") or []])
+    spec = applier.desired.resources[str(address)].spec_as(PipelineSpec)
+    return PipelineOutputs(steps=[s.step for s in spec.steps])
 
 
 def fault_point(point: str) -> None:

@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controller.api import split_ref
+from controller.api.deployment import DeploymentSpec
 from controller.apply.context import ApplyStep
 from controller.apply.prepare import Preparer
 from controller.apply.pull import ensure_model
+from controller.state.lockfile import LOCK_FILE, DeploymentOutputs, read_lock
 from controller.state.registry.schema import VersionRow
 from runners.evaluate.compare import GateResult, MetricComparison, judge_gates, paired_bootstrap
+from runners.evaluate.endpoint import Endpoint
 from runners.evaluate.run import EvalError, EvalInputs, evaluate, load_samples
 
 BASELINES_DIR = Path("evals/baselines")
@@ -57,7 +60,7 @@ class Evaluator(ApplyStep):
         resource = self.desired.resources.get(f"EvalSuite/{name}")
         if resource is None:
             raise EvalError(f"no EvalSuite spec named '{name}'")
-        return dict(resource.spec)
+        return dict(resource.fields)
 
     def digest(self, name: str) -> str:
         return self.desired.resources[f"EvalSuite/{name}"].digest
@@ -87,6 +90,62 @@ class Evaluator(ApplyStep):
             folder / f"{version.model.name}@{version.number}" / f"{digest}-{code}{self.namespace}"
         )
 
+    def _judge_path(self, suite: dict[str, Any]) -> Path | None:
+        """The suite's judge model, pulled if needed; None for a suite without a judge."""
+        judge = suite.get("judge")
+        if not judge:
+            return None
+        return ensure_model(
+            judge["model"], dict(self.desired.resources), self.registry, self.root, self.console
+        )[1]
+
+    def run_served(self, suite_name: str, deployment: str, concurrency: int = 8) -> EvalOutcome:
+        """The suite against what a deployment serves, over its OpenAI-compatible API (lm-eval's
+        local-completions): the served version's tokenizer counts tokens, the endpoint does
+        the rest. Never cached and never recorded as the version's metrics: it measures the
+        deployment as it runs now, beside `run`, which measures the version in process."""
+        suite = self.suite(suite_name)
+        entry = read_lock(self.root / LOCK_FILE).get(f"Deployment/{deployment}")
+        outputs = entry.outputs if entry is not None else None
+        if not isinstance(outputs, DeploymentOutputs) or not outputs.endpoint:
+            raise EvalError(
+                f"deployment '{deployment}' has no endpoint in {LOCK_FILE}; apply it first"
+            )
+        spec = entry.applied_spec(DeploymentSpec) if entry is not None else None
+        key = spec.api_key if spec is not None else None
+        if key is not None and key.env is None:
+            raise EvalError(
+                f"deployment '{deployment}' takes its key from a Kubernetes secret; evaluate it "
+                "where the key is in a LLMOPS_KEY_* variable, or evaluate the version in process"
+            )
+        version, path = ensure_model(
+            outputs.version, dict(self.desired.resources), self.registry, self.root, self.console
+        )
+        ref = f"{version.model.name}@{version.number}"
+        folder = self.results_dir(suite_name, version).with_name(
+            f"served-{deployment}-{self.results_dir(suite_name, version).name}"
+        )
+        endpoint = Endpoint(
+            base_url=outputs.endpoint,
+            model=deployment,
+            tokenizer=path,
+            api_key_env=key.env if key is not None else None,
+            concurrency=concurrency,
+        )
+        summary = evaluate(
+            EvalInputs(
+                suite_name=suite_name,
+                suite=suite,
+                task_data=self.task_data(suite),
+                model_path=path,
+                out=folder,
+                judge_path=self._judge_path(suite),
+                endpoint=endpoint,
+                report=lambda text: self.console.print(f"  {text}"),
+            )
+        )
+        return EvalOutcome("evaluated", ref, version, folder, summary)
+
     def run(self, suite_name: str, model_ref: str, force: bool = False) -> EvalOutcome:
         suite = self.suite(suite_name)
         version, path = ensure_model(
@@ -98,15 +157,6 @@ class Evaluator(ApplyStep):
             return EvalOutcome(
                 "cached", ref, version, folder, json.loads((folder / "results.json").read_text())
             )
-        judge_path = None
-        if suite.get("judge"):
-            judge_path = ensure_model(
-                suite["judge"]["model"],
-                dict(self.desired.resources),
-                self.registry,
-                self.root,
-                self.console,
-            )[1]
         summary = evaluate(
             EvalInputs(
                 suite_name=suite_name,
@@ -114,7 +164,7 @@ class Evaluator(ApplyStep):
                 task_data=self.task_data(suite),
                 model_path=path,
                 out=folder,
-                judge_path=judge_path,
+                judge_path=self._judge_path(suite),
                 report=lambda text: self.console.print(f"  {text}"),
             )
         )

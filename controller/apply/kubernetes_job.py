@@ -17,6 +17,7 @@ from typing import Any
 from kubernetes import client
 
 from runners import kube
+from runners.deploy import images
 from runners.errors import LlmopsError
 
 MANAGED_BY = "llmops"
@@ -45,8 +46,6 @@ def _in_volume(path: str, state_root: Path, mount: str) -> str:
 def runner_image(executor: dict[str, Any], state_root: Path) -> str:
     """The executor's image; when the spec keeps the default, the runner image that
     `llmops images build --push` pushed from this state folder, named by digest."""
-    from runners.deploy import images
-
     image = executor.get("image") or DEFAULT_RUNNER_IMAGE
     if image == DEFAULT_RUNNER_IMAGE:
         return images.pushed(state_root, "runner") or image

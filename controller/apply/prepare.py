@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controller.api import split_ref
+from controller.api.dataset import DatasetSource, DatasetSpec, DecontaminateStep, FileSource
+from controller.api.evalsuite import EvalSuiteSpec
 from controller.apply.context import ApplyStep
 from controller.apply.pull import ensure_model
 from controller.plan.types import DesiredResource
@@ -69,16 +71,16 @@ class Preparer(ApplyStep):
                 if (folder / "stats.json").is_file():
                     self._publish(name, folder, track=False)
                     return PrepareOutcome("cached", hit, folder)
-        spec = dict(resource.spec)
+        spec = resource.spec_as(DatasetSpec)
         work = self.registry.paths.work / f"prepare-{name}"
         shutil.rmtree(work, ignore_errors=True)
         inputs = PrepareInputs(
             name=name,
-            spec=spec,
+            spec=dict(resource.fields),
             sources=self._sources(spec),
             out=work,
             eval_texts=self._eval_texts(name, spec),
-            tokenizer_path=self._model_path(spec["tokenizer"]) if spec.get("tokenizer") else None,
+            tokenizer_path=self._model_path(spec.tokenizer) if spec.tokenizer else None,
             model_paths={ref: self._model_path(ref) for ref in self._step_models(spec)},
             report=lambda text: self.console.print(f"  {text}"),
         )
@@ -93,7 +95,7 @@ class Preparer(ApplyStep):
         md5 = self._publish(name, folder, track=True)
         # The spec and inputs recorded here let a later plan say what changed.
         recorded = {
-            "spec": dict(resource.spec),
+            "spec": dict(resource.fields),
             "inputs": dict(resource.inputs),
             "code_version": resource.code_version,
         }
@@ -149,56 +151,54 @@ class Preparer(ApplyStep):
         dvc.ensure_repo(self.root)
         return dvc.track_and_push(self.root, target)
 
-    def _sources(self, spec: dict[str, Any]) -> list[SourceInput]:
+    def _sources(self, spec: DatasetSpec) -> list[SourceInput]:
         out = []
-        for source in spec["sources"]:
-            kind = source["type"]
-            weight = float(source.get("weight", 1.0))
-            if kind == "file":
+        for source in spec.sources:
+            weight = source.weight
+            if isinstance(source, FileSource):
                 out.append(
                     SourceInput(
                         weight=weight,
-                        path=self.root / source["path"],
-                        shown=source["path"],
-                        file_format=source["format"],
-                        mapping=dict(source.get("mapping") or {}),
+                        path=self.root / source.path,
+                        shown=source.path,
+                        file_format=source.format,
+                        mapping=dict(source.mapping),
                     )
                 )
-            elif kind == "dataset":
-                other = split_ref(source["dataset"])[0]
-                outcome = self.prepare(other)
+            elif isinstance(source, DatasetSource):
+                outcome = self.prepare(split_ref(source.dataset)[0])
                 out.append(SourceInput(weight=weight, rows=read_split(outcome.folder, "train")))
             else:  # collected production data: interactions joined with their feedback
-                store = self.registry.paths.collected(source["store"])
                 loaded = read_collected(
-                    store,
-                    f"collected/{source['store']}",
-                    spec["format"],
-                    dict(source.get("mapping") or {}),
-                    bool(source.get("only_positive_feedback")),
+                    self.registry.paths.collected(source.store),
+                    f"collected/{source.store}",
+                    spec.format,
+                    dict(source.mapping),
+                    source.only_positive_feedback,
                 )
-                if loaded.bad and spec.get("on_bad_rows", "fail") == "fail":
+                if loaded.bad and spec.on_bad_rows == "fail":
                     shown = "\n".join(b.render() for b in loaded.bad[:20])
                     raise PrepareError(
                         f"{len(loaded.bad)} bad row(s) in collected store "
-                        f"'{source['store']}':\n{shown}\n"
+                        f"'{source.store}':\n{shown}\n"
                         "fix them, or set 'on_bad_rows: skip' in the Dataset spec"
                     )
                 out.append(SourceInput(weight=weight, rows=loaded.rows))
                 if not loaded.rows:
-                    self.console.print(f"  collected store '{source['store']}' has no rows yet")
+                    self.console.print(f"  collected store '{source.store}' has no rows yet")
         return out
 
-    def _eval_texts(self, name: str, spec: dict[str, Any]) -> list[str]:
-        steps = [s for s in spec.get("steps") or [] if s["step"] == "decontaminate"]
+    def _eval_texts(self, name: str, spec: DatasetSpec) -> list[str]:
+        steps = [s for s in spec.steps if isinstance(s, DecontaminateStep)]
         if not steps:
             return []
-        wanted = set(steps[0].get("suites") or [])
+        wanted = set(steps[0].suites)
         texts: list[str] = []
         for loaded_spec in self.loaded.specs:
-            if loaded_spec.kind != "EvalSuite" or (wanted and loaded_spec.name not in wanted):
+            suite = loaded_spec.resource.spec
+            if not isinstance(suite, EvalSuiteSpec) or (wanted and loaded_spec.name not in wanted):
                 continue
-            for task in loaded_spec.resource.spec.tasks:
+            for task in suite.tasks:
                 if task.data is None:
                     continue
                 if task.data.type == "file":
@@ -219,12 +219,13 @@ class Preparer(ApplyStep):
         return texts
 
     @staticmethod
-    def _step_models(spec: dict[str, Any]) -> set[str]:
+    def _step_models(spec: DatasetSpec) -> set[str]:
         refs = set()
-        for step in spec.get("steps") or []:
+        for step in spec.steps:
             for key in ("tokenizer", "model"):
-                if step.get(key):
-                    refs.add(step[key])
+                ref = getattr(step, key, None)  # the steps that use a model name it so
+                if ref:
+                    refs.add(ref)
         return refs
 
     def _model_path(self, ref: str) -> Path:

@@ -10,6 +10,8 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from controller.api import split_ref
+from controller.api.model import ExperimentSource, ModelSpec
 from controller.plan.types import DesiredResource
 from controller.report.model_card import render_card
 from controller.state.blobs import Blob
@@ -40,11 +42,12 @@ def pull_model(
     A version whose source and dtype match (only metadata such as aliases changed) becomes a
     new version over the same blobs without fetching anything.
     """
-    spec: dict[str, Any] = dict(resource.spec)
+    spec = resource.spec_as(ModelSpec)
+    source = spec.source.model_dump(mode="json")  # what the runner fetches, and its key
     name = resource.name
-    if spec["source"]["type"] == "experiment":
+    if isinstance(spec.source, ExperimentSource):
         raise PullError(
-            f"{name} is produced by experiment '{spec['source']['experiment']}'; "
+            f"{name} is produced by experiment '{spec.source.experiment}'; "
             "it is registered when that run trains, not pulled"
         )
     if not force:
@@ -52,27 +55,27 @@ def pull_model(
         if existing is not None and registry.has_files(existing):
             registry.materialize(existing)
             return PullOutcome("present", existing)
-    key = source_key(spec["source"], spec.get("dtype", "auto"))
+    key = source_key(source, spec.dtype)
     same_bytes = None if force else registry.find_by(name, source_key=key)
     if same_bytes is not None and registry.has_files(same_bytes):
         files = [(f.path, Blob(f.sha256, f.size)) for f in same_bytes.files]
         metadata = {k: getattr(same_bytes, k) for k in VERSION_FIELDS}
         metadata.update(same_bytes.extra)
-        if spec.get("license"):
-            metadata["license"] = spec["license"]
+        if spec.license:
+            metadata["license"] = spec.license
         return _register(registry, resource, key, files, metadata, "linked")
 
     work = registry.paths.work / f"pull-{name}"
     options = FetchOptions(
         repo_root=repo_root,
-        dtype=spec.get("dtype", "auto"),
-        allow_pickle=bool(spec.get("allow_pickle")),
-        trust_remote_code=bool(spec.get("trust_remote_code")),
-        license=spec.get("license"),
+        dtype=spec.dtype,
+        allow_pickle=spec.allow_pickle,
+        trust_remote_code=spec.trust_remote_code,
+        license=spec.license,
         report=lambda text: console.print(f"  {text}"),
     )
     try:
-        result = fetch(spec["source"], work / "files", options)
+        result = fetch(source, work / "files", options)
         files = _store(registry, result.folder, console)
         return _register(registry, resource, key, files, result.metadata, "imported")
     finally:
@@ -107,7 +110,7 @@ def _register(
     metadata: dict[str, Any],
     status: Literal["linked", "imported"],
 ) -> PullOutcome:
-    spec = resource.spec
+    spec = resource.spec_as(ModelSpec)
     version = registry.register(
         NewVersion(
             name=resource.name,
@@ -115,10 +118,10 @@ def _register(
             metadata=metadata,
             spec_digest=resource.digest,
             source_key=key,
-            source=dict(spec["source"]),
-            aliases=list(spec.get("aliases") or []),
-            description=str(spec.get("description") or ""),
-            trust_remote_code=bool(spec.get("trust_remote_code")),
+            source=spec.source.model_dump(mode="json"),
+            aliases=list(spec.aliases),
+            description=spec.description,
+            trust_remote_code=spec.trust_remote_code,
         )
     )
     registry.set_card(version.id, render_card(version))
@@ -135,13 +138,11 @@ def ensure_model(
     console: Console,
 ) -> tuple[VersionRow, Path]:
     """The registered version a reference names, pulling its Model spec first if needed."""
-    from controller.api import split_ref
-
     version = registry.find(ref)
     if version is None:
         name = split_ref(ref)[0]
         resource = desired.get(f"Model/{name}")
-        if resource is None or resource.spec["source"]["type"] == "experiment":
+        if resource is None or isinstance(resource.spec_as(ModelSpec).source, ExperimentSource):
             raise PullError(f"model '{ref}' is not in the registry; train or pull it first")
         console.print(f"  pulling {name}")
         pull_model(resource, registry, repo_root, console)

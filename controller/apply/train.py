@@ -9,17 +9,18 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from controller.api import split_ref
+from controller.api.dataset import DatasetSpec
+from controller.api.experiment import ExperimentSpec
 from controller.apply.context import ApplyStep
 from controller.apply.prepare import Preparer
 from controller.apply.pull import ensure_model
-from controller.plan.address import Address
 from controller.plan.types import DesiredResource
 from controller.report.model_card import render_card
 from controller.state.blobs import Blob
@@ -60,8 +61,7 @@ def run_folder(paths: StatePaths, resource: DesiredResource, trusted: bool = Tru
     """Where a run trains and keeps its log, curves, checkpoints and result: keyed by the
     run's digest, apart for untrusted refs so a trusted run never resumes from their
     checkpoints."""
-    address = Address.parse(resource.address)
-    experiment, run = address.experiment, str(address.run)
+    experiment, run = resource.address.experiment, str(resource.address.run)
     digest = resource.digest.removeprefix("sha256:")[:16]
     return paths.runs(experiment) / run / (digest if trusted else f"{digest}.{UNTRUSTED_NAMESPACE}")
 
@@ -77,23 +77,23 @@ class Trainer(ApplyStep):
 
     def train(self, experiment: str, run: str, force: bool = False) -> TrainOutcome:
         resource = self.desired.resources[f"Experiment/{experiment}/{run}"]
-        config = dict(resource.spec)
-        name = config.get("register_as") or experiment
+        spec = resource.spec_as(ExperimentSpec)
+        name = spec.register_as or experiment
         run_dir = self.run_dir(resource)
         if not force and (cached := self._cached(name, resource, run, run_dir)) is not None:
             return cached
         base_version, base_path = ensure_model(
-            config["base_model"],
+            spec.base_model,
             dict(self.desired.resources),
             self.registry,
             self.root,
             self.console,
         )
-        dataset_name = split_ref(config["dataset"])[0]
+        dataset_name = split_ref(spec.dataset)[0]
         prepared = Preparer(self.loaded, self.registry, self.console).prepare(dataset_name)
-        dataset_format = self.desired.resources[f"Dataset/{dataset_name}"].spec["format"]
+        dataset = self.desired.resources[f"Dataset/{dataset_name}"].spec_as(DatasetSpec)
         validation = prepared.folder / "validation.jsonl"
-        training = dict(config["training"])
+        training = dict(resource.fields["training"])  # the job's options, as written and locked
         job = TrainJob(
             run_id=f"{experiment}/{run}",
             base_model=str(base_path),
@@ -102,12 +102,12 @@ class Trainer(ApplyStep):
             if validation.is_file() and validation.stat().st_size
             else None,
             output=str(run_dir),
-            format=dataset_format,
+            format=dataset.format,
             training=training,
             trust_remote_code=bool(base_version.trust_remote_code),
         )
         executor = dict(training.get("executor") or {})
-        if executor.get("type", "local") == "kubernetes":
+        if spec.training.executor.type == "kubernetes":
             result = self._run_kubernetes(job, run_dir, resource.digest, executor)
         else:
             fd, waited = self._claim(run_dir)
@@ -247,7 +247,7 @@ class Trainer(ApplyStep):
         from controller.apply.kubernetes_job import manifest, render_job
 
         resource = self.desired.resources[f"Experiment/{experiment}/{run}"]
-        executor = dict(resource.spec["training"].get("executor") or {})
+        executor = dict(resource.fields["training"].get("executor") or {})
         job_file = self.run_dir(resource) / "job.json"
         return manifest(
             render_job(
@@ -259,8 +259,6 @@ class Trainer(ApplyStep):
         self, job: TrainJob, run_dir: Path, digest: str, executor: dict[str, Any]
     ) -> dict[str, Any]:
         """Submit the run as a Job over the shared state volume and wait for it."""
-        from dataclasses import asdict
-
         from controller.apply import kubernetes_job as k8s
 
         state = self.registry.paths.root

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from controller.apply.hooks import ConsoleHooks
 from controller.cli.common import (
     Exit,
     JsonOption,
@@ -17,7 +18,14 @@ from controller.cli.common import (
     open_registry_or_fail,
     resolve_root,
 )
-from controller.plan.address import Address
+from controller.cli.pipeline import github_publisher
+from controller.loop.revert import propose_revert
+from controller.report.terminal import print_diagnostics
+from controller.state.apply_mutex import ApplyBusy
+from controller.state.lockfile import LOCK_FILE, LockFileError
+from controller.state.paths import StatePaths
+from controller.state.provenance import check_state_folder, trust_context
+from controller.workspace import apply_workspace
 
 
 def apply_command(
@@ -62,14 +70,6 @@ def apply_command(
     Exit 0 when everything applied, 1 when an action failed (a gate, a job), 2 for invalid
     specs, 4 when another apply holds the lock and --no-wait was given.
     """
-    from controller.apply.hooks import ConsoleHooks
-    from controller.report.terminal import print_diagnostics
-    from controller.state.apply_mutex import ApplyBusy
-    from controller.state.lockfile import LOCK_FILE, LockFileError
-    from controller.state.paths import StatePaths
-    from controller.state.provenance import check_state_folder, trust_context
-    from controller.workspace import apply_workspace
-
     top = resolve_root(root)
     loaded = load_or_exit(top)
     trust = trust_context(top, ref)
@@ -111,9 +111,7 @@ def apply_command(
         for result in skipped:
             console.print(f"skipped: {result.address} ({result.message})")
     failed_deployments = {
-        address.name: r.message
-        for r in report.failed
-        if (address := Address.parse(r.address)).kind == "Deployment"
+        r.address.name: r.message for r in report.failed if r.address.kind == "Deployment"
     }
     if revert_on_failure and failed_deployments:
         _propose_revert(top, failed_deployments)
@@ -121,9 +119,6 @@ def apply_command(
 
 
 def _propose_revert(top: Any, failures: dict[str, str]) -> None:
-    from controller.cli.pipeline import github_publisher
-    from controller.loop.revert import propose_revert
-
     publish = github_publisher()
     revert = propose_revert(top, failures, publish)
     err_console.print(f"revert: {revert.message}", style="yellow")

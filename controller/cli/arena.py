@@ -12,6 +12,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from controller.api.arena import ArenaSpec, Bootstrap
+from controller.apply.arena import ArenaRunner, export_battles, import_battles, votes_of
+from controller.apply.blind_vote import ballot, cast, pending_battles, revealed_models
 from controller.cli.common import (
     Exit,
     JsonOption,
@@ -24,6 +27,11 @@ from controller.cli.common import (
     resolve_root,
 )
 from controller.report.terminal import gate_line
+from controller.state.paths import StatePaths
+from controller.state.registry.arena import AlreadyVoted, ArenaStore
+from controller.state.voters import VoterError, VoterKeys
+from controller.workspace import load
+from runners.arena.fastchat import preference_rows, read_battles, write_battles
 
 arena_app = typer.Typer(
     help="Pairwise battles between models: run, vote, leaderboards, FastChat logs.",
@@ -54,9 +62,7 @@ def print_board(board: Any, title: str) -> None:
     console.print(table)
 
 
-def _runner(top: Path):  # type: ignore[no-untyped-def]
-    from controller.apply.arena import ArenaRunner
-
+def _runner(top: Path) -> ArenaRunner:
     return ArenaRunner(load_or_exit(top), open_registry_or_fail(top), err_console)
 
 
@@ -94,8 +100,6 @@ def leaderboard_command(
     as_json: JsonOption = False,
 ) -> None:
     """Ratings from every stored vote of the arena, with bootstrap intervals."""
-    from controller.apply.arena import votes_of
-    from controller.state.registry.arena import ArenaStore
     from runners.arena.ratings import leaderboard
 
     if voters not in ("all", "judge", "human"):
@@ -119,26 +123,17 @@ def leaderboard_command(
 
 def _bootstrap(top: Path, name: str) -> dict[str, Any]:
     """The spec's bootstrap settings when the arena has a spec, else the defaults."""
-    from controller.workspace import load
-
     loaded = load(top)
     resource = loaded.desired.resources.get(f"Arena/{name}") if loaded.desired else None
-    boot = (resource.spec.get("bootstrap") if resource else None) or {}
-    return {
-        "rounds": int(boot.get("rounds", 1000)),
-        "confidence": float(boot.get("confidence", 0.95)),
-        "seed": int(boot.get("seed", 0)),
-    }
+    return (resource.spec_as(ArenaSpec).bootstrap if resource else Bootstrap()).model_dump()
 
 
 def _human_votes(top: Path, name: str) -> bool:
     """Whether the arena's spec takes human votes (`human_votes: true`); an arena with no spec
     (filled by import) keeps the votes its log brought."""
-    from controller.workspace import load
-
     loaded = load(top)
     resource = loaded.desired.resources.get(f"Arena/{name}") if loaded.desired else None
-    return True if resource is None else bool(resource.spec.get("human_votes"))
+    return True if resource is None else resource.spec_as(ArenaSpec).human_votes
 
 
 def default_voter() -> str:
@@ -158,12 +153,9 @@ def vote(
     root: RootOption = None,
 ) -> None:
     """Vote blind in the terminal: two answers in random order, names shown after the vote."""
-    from controller.apply.blind_vote import ballot, cast, pending_battles, revealed_models
-    from controller.state.registry.arena import AlreadyVoted, ArenaStore
-
     top = resolve_root(root)
     resource = load_or_exit(top).desired.resources.get(f"Arena/{name}")
-    if resource is None or not resource.spec.get("human_votes"):
+    if resource is None or not resource.spec_as(ArenaSpec).human_votes:
         raise fail(
             f"arena '{name}' does not take human votes: its spec needs 'human_votes: true'"
             + ("" if resource else " (there is no Arena spec of that name)"),
@@ -208,10 +200,7 @@ def vote(
     console.print(f"{stored} vote(s) stored for {who}")
 
 
-def _voter_keys(root: Path | None):  # type: ignore[no-untyped-def]
-    from controller.state.paths import StatePaths
-    from controller.state.voters import VoterKeys
-
+def _voter_keys(root: Path | None) -> VoterKeys:
     return VoterKeys(StatePaths.for_repo(resolve_root(root)).root)
 
 
@@ -225,8 +214,6 @@ def voters_add(
 ) -> None:
     """Make a voter key and print it once: the person signs in on the dashboard's vote page
     with it. Votes are recorded under NAME, one per battle."""
-    from controller.state.voters import VoterError
-
     try:
         key = _voter_keys(root).add(name, replace=replace)
     except VoterError as err:
@@ -256,8 +243,6 @@ def voters_rm(
     name: Annotated[str, typer.Argument(help="Voter name.")], root: RootOption = None
 ) -> None:
     """Void a voter's key; the votes already cast stay."""
-    from controller.state.voters import VoterError
-
     try:
         _voter_keys(root).remove(name)
     except VoterError as err:
@@ -273,9 +258,6 @@ def import_command(
     as_json: JsonOption = False,
 ) -> None:
     """Add battles and their votes from a FastChat-format log (each row once)."""
-    from controller.apply.arena import import_battles
-    from runners.arena.fastchat import read_battles
-
     top = resolve_root(root)
     battles = read_battles(path)
     added, known = import_battles(open_registry_or_fail(top), arena, battles)
@@ -298,10 +280,6 @@ def export_command(
     root: RootOption = None,
 ) -> None:
     """Write the arena's votes as a FastChat battle log or as DPO preference data."""
-    from controller.apply.arena import export_battles
-    from controller.state.registry.arena import ArenaStore
-    from runners.arena.fastchat import preference_rows, write_battles
-
     if kind not in ("fastchat", "dpo"):
         raise fail(f"--format must be fastchat or dpo, not '{kind}'", Exit.INVALID)
     top = resolve_root(root)

@@ -11,7 +11,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from controller.load.desired import Loaded
+from controller.load.diagnostics import did_you_mean
+from controller.report.terminal import print_diagnostics
 from controller.state.paths import find_root
+from controller.state.registry.db import RegistryUnavailable
+from controller.state.registry.store import Registry
+from controller.workspace import load, open_registry
 
 
 class Exit(IntEnum):
@@ -46,22 +52,16 @@ def fail(message: str, code: Exit = Exit.FAILED) -> typer.Exit:
     return typer.Exit(code)
 
 
-def open_registry_or_fail(root: Path):  # type: ignore[no-untyped-def]
+def open_registry_or_fail(root: Path) -> Registry:
     """The repository's registry, or a clear error (exit 1) when it cannot be opened."""
-    from controller.state.registry.db import RegistryUnavailable
-    from controller.workspace import open_registry
-
     try:
         return open_registry(root)
     except RegistryUnavailable as err:
         raise fail(str(err)) from err
 
 
-def load_or_exit(root: Path, overrides: list[str] | None = None):  # type: ignore[no-untyped-def]
+def load_or_exit(root: Path, overrides: list[str] | None = None) -> Loaded:
     """The repository's specs resolved, or their diagnostics printed and exit 2."""
-    from controller.report.terminal import print_diagnostics
-    from controller.workspace import load
-
     loaded = load(root, overrides=overrides)
     if not loaded.ok:
         print_diagnostics(err_console, loaded.diagnostics)
@@ -71,7 +71,5 @@ def load_or_exit(root: Path, overrides: list[str] | None = None):  # type: ignor
 
 def unknown(kind: str, name: str, known: Iterable[str]) -> typer.Exit:
     """Exit 2 for a name that no spec of `kind` has, with a did-you-mean."""
-    from controller.load.diagnostics import did_you_mean
-
     hint = did_you_mean(name, known)
     return fail(f"no {kind} spec named '{name}'" + (f"; {hint}" if hint else ""), Exit.INVALID)

@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from controller.api import split_ref
+from controller.api.dataset import DatasetSpec
+from controller.apply.prepare import Preparer, read_split, version_dir
 from controller.cli.common import (
     JsonOption,
     RootOption,
@@ -20,6 +22,8 @@ from controller.cli.common import (
     resolve_root,
     unknown,
 )
+from runners.data.diff import diff_rows
+from runners.data.splits import SPLITS
 
 data_app = typer.Typer(help="Prepare, inspect and compare dataset versions.", no_args_is_help=True)
 
@@ -62,11 +66,9 @@ def prepare_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Run the dataset's steps, write a version, track it with DVC; cached when unchanged."""
-    from controller.apply.prepare import Preparer
-
     top = resolve_root(root)
     loaded = load_or_exit(top)
-    names = sorted(r.name for r in loaded.desired.resources.values() if r.kind == "Dataset")
+    names = sorted(r.name for r, _ in loaded.desired.specs(DatasetSpec))
     if dataset not in names:
         raise unknown("Dataset", dataset, names)
     preparer = Preparer(loaded, open_registry_or_fail(top), err_console)
@@ -139,10 +141,6 @@ def diff(
     as_json: JsonOption = False,
 ) -> None:
     """Rows added, removed and changed per split, and statistics before and after."""
-    from controller.apply.prepare import read_split, version_dir
-    from runners.data.diff import diff_rows
-    from runners.data.splits import SPLITS
-
     registry = open_registry_or_fail(resolve_root(root))
     versions = []
     for ref in (before, after):

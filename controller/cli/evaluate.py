@@ -9,35 +9,37 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from controller.api.evalsuite import EvalSuiteSpec
+from controller.apply.evaluate import Comparison, Evaluator
 from controller.cli.common import (
     Exit,
     JsonOption,
     RootOption,
     console,
     err_console,
+    fail,
     load_or_exit,
     open_registry_or_fail,
     resolve_root,
     unknown,
 )
 from controller.report.terminal import gate_line
+from runners.errors import LlmopsError
 
 eval_app = typer.Typer(
     help="Evaluate models on suites, compare them, decide gates.", no_args_is_help=True
 )
 
 
-def _evaluator(top: Path, suite: str):  # type: ignore[no-untyped-def]
-    from controller.apply.evaluate import Evaluator
-
+def _evaluator(top: Path, suite: str) -> Evaluator:
     loaded = load_or_exit(top)
-    suites = [r.name for r in loaded.desired.resources.values() if r.kind == "EvalSuite"]
+    suites = [r.name for r, _ in loaded.desired.specs(EvalSuiteSpec)]
     if suite not in suites:
         raise unknown("EvalSuite", suite, suites)
     return Evaluator(loaded, open_registry_or_fail(top), err_console)
 
 
-def print_comparison(comparison) -> None:  # type: ignore[no-untyped-def]
+def print_comparison(comparison: Comparison) -> None:
     table = Table(title=f"{comparison.suite}: {comparison.candidate} vs {comparison.baseline}")
     for column in (
         "metric",
@@ -103,6 +105,61 @@ def run(
             print_comparison(comparison)
     if comparison is not None and not comparison.passed:
         raise typer.Exit(Exit.FAILED)
+
+
+@eval_app.command("served")
+def served(
+    suite: Annotated[str, typer.Argument(help="EvalSuite spec name.")],
+    deployment: Annotated[str, typer.Option("--deployment", help="Deployment name.")],
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Requests in flight.")
+    ] = 8,
+    root: RootOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate what a deployment serves, over its API, beside the same version evaluated in
+    process: the metrics of both and their difference (a runtime that answers differently
+    from its model shows here). The deployment's key variable must be set, as for apply."""
+    top = resolve_root(root)
+    evaluator = _evaluator(top, suite)
+    try:
+        outcome = evaluator.run_served(suite, deployment, concurrency=concurrency)
+    except LlmopsError as err:
+        raise fail(str(err)) from None
+    local = evaluator.run(suite, outcome.ref)
+    rows = {
+        name: (value, local.summary["metrics"].get(name))
+        for name, value in outcome.summary["metrics"].items()
+    }
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "deployment": deployment,
+                    "model": outcome.ref,
+                    "served": outcome.summary["metrics"],
+                    "in_process": local.summary["metrics"],
+                    "results": str(outcome.folder),
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"{suite} on deployment {deployment} ({outcome.ref})")
+    for column in ("metric", "served", "in process", "difference"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, (value, in_process) in rows.items():
+        difference = (
+            f"{value - in_process:+.4g}" if value is not None and in_process is not None else "-"
+        )
+        table.add_row(
+            name,
+            "-" if value is None else f"{value:.4g}",
+            "-" if in_process is None else f"{in_process:.4g}",
+            difference,
+        )
+    console.print(table)
+    console.print(f"per-sample results: {outcome.folder}")
 
 
 @eval_app.command("compare")

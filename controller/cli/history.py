@@ -31,6 +31,9 @@ from controller.history.git_reader import (
 from controller.plan.address import Address
 from controller.plan.digest import canonical_json, short
 from controller.plan.planner import flatten
+from controller.state.paths import StatePaths
+from controller.state.provenance import Provenance
+from controller.state.registry.store import Registry
 from runners.errors import LlmopsError
 
 # Evaluation outputs carry per-metric comparisons; the terminal shows the first few changes.
@@ -123,10 +126,6 @@ def _provenance(ref: str) -> str:
     registry when there is one (history itself reads git only)."""
     if ref in _PROVENANCE:
         return _PROVENANCE[ref]
-    from controller.state.paths import StatePaths
-    from controller.state.provenance import Provenance
-    from controller.state.registry.store import Registry
-
     text = ""
     paths = StatePaths.for_repo(_PROVENANCE.get("") or Path.cwd())
     if "@" in ref and paths.has_registry:

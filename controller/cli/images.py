@@ -15,7 +15,11 @@ from typing import Annotated
 import typer
 
 from controller import __version__
+from controller.api.deployment import DeploymentSpec
 from controller.cli.common import JsonOption, RootOption, console, resolve_root
+from controller.state.paths import StatePaths
+from runners.deploy import images
+from runners.deploy.release import Release
 
 images_app = typer.Typer(
     help="llmops' own images: the runner (training Jobs) and the serving runtime (KServe).",
@@ -39,11 +43,6 @@ def build_command(
     as_json: JsonOption = False,
 ) -> None:
     """Build the runner and serving images; with --push, push them and record their digests."""
-    from controller.api.deployment import DeploymentSpec
-    from controller.state.paths import StatePaths
-    from runners.deploy import images
-    from runners.deploy.release import Release
-
     top = resolve_root(root)
     state = StatePaths.for_repo(top).root
     folder = state / "images"

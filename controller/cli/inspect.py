@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from controller.apply.inspect import Inspector, ScanOutcome, base_of, read_probes
 from controller.cli.common import (
     Exit,
     JsonOption,
@@ -43,8 +44,6 @@ def inspect_command(
     as_json: JsonOption = False,
 ) -> None:
     """Per-layer weights, fine-tuning deltas and activations; exit 1 on an error alarm."""
-    from controller.apply.inspect import Inspector, base_of, read_probes
-
     registry = open_registry_or_fail(resolve_root(root))
     version = registry.find(model)
     if version is None:
@@ -63,7 +62,7 @@ def inspect_command(
         raise typer.Exit(Exit.FAILED)
 
 
-def print_scan(outcome) -> None:  # type: ignore[no-untyped-def]
+def print_scan(outcome: ScanOutcome) -> None:
     result = outcome.result
     title = f"brain scan of {outcome.ref}" + (
         f" against {outcome.against}" if outcome.against else ""

@@ -35,6 +35,7 @@ from controller.cli.serve import serve_command
 from controller.cli.status import drift_command, status_command
 from controller.cli.train import train_command
 from controller.cli.ui import ui_command
+from controller.cli.usage import usage_command
 from controller.load.diagnostics import has_errors
 from controller.report.terminal import print_diagnostics, print_plan
 from controller.schemas import stale_schemas, write_schemas
@@ -77,6 +78,7 @@ app.command("status")(status_command)
 app.command("drift")(drift_command)
 app.command("serve")(serve_command)
 app.command("ui")(ui_command)
+app.command("usage")(usage_command)
 OverrideOption = Annotated[
     list[str] | None,
     typer.Option(

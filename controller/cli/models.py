@@ -12,6 +12,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress
 from rich.table import Table
 
 from controller.api import split_ref
+from controller.api.deployment import DeploymentSpec
+from controller.api.model import ExperimentSource, HubSource, ModelSpec
+from controller.apply.pull import pull_model
 from controller.cli.common import (
     Exit,
     JsonOption,
@@ -24,6 +27,14 @@ from controller.cli.common import (
     resolve_root,
     unknown,
 )
+from controller.load.diagnostics import did_you_mean
+from controller.load.loader import load_specs
+from controller.state.apply_mutex import ApplyBusy, exclusive_apply
+from controller.state.lockfile import LOCK_FILE, DeploymentOutputs, read_lock
+from controller.state.paths import StatePaths
+from controller.state.registry.maintenance import collect_garbage, disk_usage, remove_version
+from controller.state.registry.maintenance import verify as run_verify
+from runners.pull import PullError
 
 models_app = typer.Typer(
     help="Manage local models: the registry and its blob store.", no_args_is_help=True
@@ -99,15 +110,12 @@ def pull(
     as_json: JsonOption = False,
 ) -> None:
     """Import Model specs into the registry; a model already stored is not fetched again."""
-    from controller.apply.pull import pull_model
-    from runners.pull import PullError
-
     top = resolve_root(root)
     loaded = load_or_exit(top)
     models = {
         r.name: r
-        for r in loaded.desired.resources.values()
-        if r.kind == "Model" and r.spec["source"]["type"] != "experiment"
+        for r, spec in loaded.desired.specs(ModelSpec)
+        if not isinstance(spec.source, ExperimentSource)
     }
     wanted = names or sorted(models)
     missing = [n for n in wanted if n not in models]
@@ -190,8 +198,6 @@ def show(
     version = registry.find(ref)
     if version is None:
         names = [m.name for m in registry.models()]
-        from controller.load.diagnostics import did_you_mean
-
         hint = did_you_mean(split_ref(ref)[0], names)
         raise fail(f"no model version '{ref}'" + (f"; {hint}" if hint else ""))
     if path:
@@ -237,13 +243,10 @@ def show(
 def _deployment_refs(root: Path) -> dict[str, list[str]]:
     """Each deployment's model references: what its spec names and what the lock says it
     serves (a spec that no longer loads still has its served version protected)."""
-    from controller.load.loader import load_specs
-    from controller.state.lockfile import LOCK_FILE, DeploymentOutputs, read_lock
-
     refs: dict[str, list[str]] = {}
     for spec in load_specs(root).specs:
-        if spec.kind == "Deployment":
-            refs.setdefault(spec.name, []).append(spec.resource.spec.model)
+        if isinstance(deployment := spec.resource.spec, DeploymentSpec):
+            refs.setdefault(spec.name, []).append(deployment.model)
     for address, entry in read_lock(root / LOCK_FILE).entries("Deployment"):
         if isinstance(entry.outputs, DeploymentOutputs) and entry.outputs.version:
             refs.setdefault(address.name, []).append(entry.outputs.version)
@@ -257,8 +260,6 @@ def remove(
     force: Annotated[bool, typer.Option(help="Remove even if a deployment uses it.")] = False,
 ) -> None:
     """Remove one version (its blobs stay until 'llmops models gc')."""
-    from controller.state.registry.maintenance import remove_version
-
     top = resolve_root(root)
     registry = open_registry_or_fail(top)
     removed = remove_version(registry, ref, _deployment_refs(top), force=force)
@@ -287,10 +288,6 @@ def gc(
 
     Runs under the apply mutex: it waits for a running apply (or pipeline run), or exits 4
     with --no-wait, so it never deletes what an apply has stored and not yet registered."""
-    from controller.state.apply_mutex import ApplyBusy, exclusive_apply
-    from controller.state.paths import StatePaths
-    from controller.state.registry.maintenance import collect_garbage
-
     top = resolve_root(root)
     registry = open_registry_or_fail(top)
 
@@ -335,8 +332,6 @@ def verify(
     as_json: JsonOption = False,
 ) -> None:
     """Re-hash stored files and check them against their sha256. Exit 1 on any problem."""
-    from controller.state.registry.maintenance import verify as run_verify
-
     registry = open_registry_or_fail(resolve_root(root))
     total = sum(b.size for b in registry.blobs)
     with Progress(
@@ -380,8 +375,6 @@ def verify(
 @models_app.command("du")
 def du(root: RootOption = None, as_json: JsonOption = False) -> None:
     """Disk usage per version, with what it shares with others."""
-    from controller.state.registry.maintenance import disk_usage
-
     rows, stored, logical = disk_usage(open_registry_or_fail(resolve_root(root)))
     if as_json:
         print(
@@ -410,14 +403,13 @@ def du(root: RootOption = None, as_json: JsonOption = False) -> None:
 @models_app.command("outdated")
 def outdated(root: RootOption = None, as_json: JsonOption = False) -> None:
     """Hub models whose upstream moved past the pinned revision. Changes nothing."""
-    from controller.load.loader import load_specs
-
     top = resolve_root(root)
     rows = []
     for spec in load_specs(top).specs:
-        if spec.kind != "Model" or spec.resource.spec.source.type != "hub":
+        model = spec.resource.spec
+        if not isinstance(model, ModelSpec) or not isinstance(model.source, HubSource):
             continue
-        source = spec.resource.spec.source
+        source = model.source
         rows.append(
             {
                 "name": spec.name,

@@ -17,6 +17,8 @@ from controller.cli.common import (
     err_console,
     resolve_root,
 )
+from controller.loop.run import PipelineRun, PipelineState
+from controller.state.paths import StatePaths
 
 pipeline_app = typer.Typer(help="The production loop: collected data -> retrain -> pull request.")
 
@@ -24,18 +26,19 @@ pipeline_app = typer.Typer(help="The production loop: collected data -> retrain 
 def github_publisher(base: str = "main") -> Any:
     """Opens or updates a pull request into `base` when GITHUB_TOKEN and GITHUB_REPOSITORY
     are set; None otherwise (branches are still pushed)."""
-    if not (os.environ.get("GITHUB_TOKEN") and os.environ.get("GITHUB_REPOSITORY")):
-        return None
     from controller.publish.pull_requests import (
         open_or_update_pull_request,
         repository_from_environment,
     )
 
+    if not (os.environ.get("GITHUB_TOKEN") and os.environ.get("GITHUB_REPOSITORY")):
+        return None
     context = repository_from_environment()
 
     def publish(
         head: str, title: str, body: str, reviewers: list[str], labels: list[str]
     ) -> dict[str, Any]:
+
         outcome = open_or_update_pull_request(
             context, head, base, title, body, reviewers, labels
         )
@@ -46,13 +49,14 @@ def github_publisher(base: str = "main") -> Any:
 
 def failure_reporter(name: str) -> Any:
     """A failing commit status and an issue for a pipeline run; None without GitHub."""
-    if not (os.environ.get("GITHUB_TOKEN") and os.environ.get("GITHUB_REPOSITORY")):
-        return None
     from controller.publish.pull_requests import report_failed_run, repository_from_environment
 
+    if not (os.environ.get("GITHUB_TOKEN") and os.environ.get("GITHUB_REPOSITORY")):
+        return None
     context = repository_from_environment()
 
     def report_failure(sha: str, message: str) -> None:
+
         title = f"llmops pipeline {name}: regression test failed"
         report_failed_run(context, sha, title, message, pipeline=name)
 
@@ -81,8 +85,6 @@ def run_command(
     """Run the loop: trigger, update_dataset, retrain, regression_test, open_pull_request.
     Exit 0 done or skipped, 1 a step failed (the gate is named), 2 bad spec, 4 already
     running."""
-    from controller.loop.run import PipelineRun
-
     top = resolve_root(root)
     publish = None if dry_run else github_publisher(base)
     report_failure = None if dry_run else failure_reporter(name)
@@ -111,9 +113,6 @@ def status_command(
     as_json: JsonOption = False,
 ) -> None:
     """The pipeline's last completed run, a run in progress or interrupted, and recent runs."""
-    from controller.loop.run import PipelineState
-    from controller.state.paths import StatePaths
-
     top = resolve_root(root)
     state = PipelineState.read(StatePaths.for_repo(top).pipeline(name) / "state.json")
     if as_json:

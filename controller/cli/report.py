@@ -15,6 +15,11 @@ from typing import Annotated
 import typer
 
 from controller.cli.common import Exit, RootOption, console, fail, load_or_exit, resolve_root
+from controller.report.inputs import ASSETS_DIR, gather_report_inputs
+from controller.report.markdown import gate_outcomes, render_report
+from controller.state.git import GitError
+from controller.state.lockfile import LockFileError
+from controller.state.paths import StatePaths
 
 
 def report_command(
@@ -40,12 +45,6 @@ def report_command(
     """Markdown for the pull request: plan, metric tables with intervals and gates, loss
     curves, dataset and deployment changes. Exit 1 when a gate failed; gates of evaluations
     still pending exit 0 and are posted as pending."""
-    from controller.report.inputs import ASSETS_DIR, gather_report_inputs
-    from controller.report.markdown import gate_outcomes, render_report
-    from controller.state.git import GitError
-    from controller.state.lockfile import LockFileError
-    from controller.state.paths import StatePaths
-
     top = resolve_root(root)
     loaded = load_or_exit(top)
     target = output or StatePaths.for_repo(top).reports / "report.md"

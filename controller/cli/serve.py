@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from controller.api.deployment import DeploymentSpec
+from controller.apply.deploy import Deployer
 from controller.cli.common import (
     Exit,
     RootOption,
@@ -19,6 +21,9 @@ from controller.cli.common import (
     resolve_root,
     unknown,
 )
+from controller.targets.local import SERVE_API_KEY_ENV
+from runners.deploy import environment
+from runners.deploy.release import client_key_env
 
 
 def serve_command(
@@ -29,13 +34,9 @@ def serve_command(
 ) -> None:
     """Serve the deployment's model here, in the foreground, with its limits, key and
     collection settings: the same runtime `apply` starts for target local."""
-    from controller.apply.deploy import Deployer
-    from controller.targets.local import SERVE_API_KEY_ENV
-    from runners.deploy import environment
-
     top = resolve_root(root)
     loaded = load_or_exit(top)
-    names = [r.name for r in loaded.desired.resources.values() if r.kind == "Deployment"]
+    names = [r.name for r, _ in loaded.desired.specs(DeploymentSpec)]
     if deployment not in names:
         raise unknown("Deployment", deployment, names)
     registry = open_registry_or_fail(top)
@@ -44,16 +45,20 @@ def serve_command(
     config, ref = deployer.runtime_config(deployment, spec)
     key = deployer.api_key(deployment, spec)
     config.pop("public_port", None)
-    config.update(host=host, port=port or spec["port"])
+    config.update(host=host, port=port or spec.port)
     folder = registry.paths.deployment(deployment)
     folder.mkdir(parents=True, exist_ok=True)
+    config["state_dir"] = str(folder)  # its usage rows go where `llmops usage` reads them
     path = folder / "foreground.json"
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     console.print(
         f"serving {ref} as '{deployment}' at http://{host}:{config['port']}/v1 (Ctrl-C stops)"
     )
     # The runtime runs model code: only its key and the minimal environment, as under apply.
-    env = environment.minimal({SERVE_API_KEY_ENV: key} if key else {})
+    keys = {SERVE_API_KEY_ENV: key} if key else {}
+    clients = deployer.client_keys(deployment, spec)
+    keys |= {client_key_env(client): value for client, value in clients.items()}
+    env = environment.minimal(keys)
     sys.stdout.flush()
     try:
         os.execve(sys.executable, [sys.executable, "-m", "runners.serve", str(path)], env)

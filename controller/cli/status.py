@@ -16,15 +16,15 @@ from controller.cli.common import (
     open_registry_or_fail,
     resolve_root,
 )
+from controller.observe.drift import find_drift
+from controller.observe.status import resource_status
+from controller.state.lockfile import LOCK_FILE, read_lock
+from controller.state.paths import StatePaths
 
 
 def status_command(root: RootOption = None, as_json: JsonOption = False) -> None:
     """Each resource: applied, pending (specs changed since the last apply) or never applied,
     with what it produced; deployments with their live process. Exit 0, or 3 when pending."""
-    from controller.observe.status import resource_status
-    from controller.state.lockfile import LOCK_FILE, read_lock
-    from controller.state.paths import StatePaths
-
     top = resolve_root(root)
     loaded = load_or_exit(top)
     rows = resource_status(loaded.desired, read_lock(top / LOCK_FILE), StatePaths.for_repo(top))
@@ -46,9 +46,6 @@ def status_command(root: RootOption = None, as_json: JsonOption = False) -> None
 def drift_command(root: RootOption = None, as_json: JsonOption = False) -> None:
     """Where the registry, the stores or the serving processes differ from llmops.lock.
     Exit 0 when none, 3 when drift was found."""
-    from controller.observe.drift import find_drift
-    from controller.state.lockfile import LOCK_FILE, read_lock
-
     top = resolve_root(root)
     registry = open_registry_or_fail(top)
     drift = find_drift(read_lock(top / LOCK_FILE), registry)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Annotated
 
 import typer
 from rich.table import Table
+from ruamel.yaml import YAML
 
+from controller.apply.train import Trainer
 from controller.cli.common import (
     Exit,
     JsonOption,
@@ -20,6 +23,7 @@ from controller.cli.common import (
     resolve_root,
     unknown,
 )
+from runners.train.log import LOG_FILE, first_last_eval, mean_tokens_per_s, read_log
 
 
 def train_command(
@@ -38,9 +42,6 @@ def train_command(
     as_json: JsonOption = False,
 ) -> None:
     """Train the experiment's runs (all, or --variant); each result is a registered version."""
-    from controller.apply.train import Trainer
-    from runners.train.log import LOG_FILE, first_last_eval, mean_tokens_per_s, read_log
-
     top = resolve_root(root)
     loaded = load_or_exit(top, override)
     if experiment not in loaded.runs:
@@ -55,10 +56,6 @@ def train_command(
             Exit.INVALID,
         )
     if show_job:
-        import io
-
-        from ruamel.yaml import YAML
-
         stream = io.StringIO()
         YAML().dump_all([trainer.kubernetes_job(experiment, run) for run in wanted], stream)
         print(stream.getvalue(), end="")

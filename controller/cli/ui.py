@@ -34,6 +34,7 @@ def ui_command(
     """A local dashboard: status and plan, models, datasets, runs and curves, evaluations,
     arena with blind voting, brain scans, deployments and history. Read-only except votes."""
     from controller.ui.app import is_loopback
+    from controller.ui.server import create_app
 
     token = None
     if token_env is not None:
@@ -52,8 +53,6 @@ def ui_command(
             Exit.INVALID,
         )
     import uvicorn
-
-    from controller.ui.app import create_app
 
     top = resolve_root(root)
     app = create_app(top, token=token)

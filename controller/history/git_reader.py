@@ -26,6 +26,7 @@ from controller.history.changes import (
     served,
     unknown_message,
 )
+from controller.load.yaml_source import parse_documents
 from controller.plan.digest import canonical_json
 from controller.state.lockfile import LOCK_FILE, LockFileError, parse_lock
 
@@ -317,8 +318,6 @@ class GitHistory:
 
     def _parsed(self, blob: Blob) -> Iterator[tuple[str, dict[str, Any]]]:
         """(file, document) for each document of one spec file; parsed once per content."""
-        from controller.load.yaml_source import parse_documents
-
         if blob.hexsha not in self._docs:
             try:
                 text = blob.data_stream.read().decode("utf-8")

@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from controller.api import split_ref
 from controller.api.arena import FilePrompts
-from controller.api.dataset import DatasetSource, FileSource, Source, Step
+from controller.api.dataset import DatasetSource, DatasetSpec, FileSource, Source, Step
 from controller.api.evalsuite import DatasetData, FileData
+from controller.api.evaluation import EvaluationSpec
 from controller.api.experiment import DEFAULT_RUN, ExperimentSpec
 from controller.api.model import ExperimentSource, GgufFileSource, LocalDirSource
 from controller.api.pipeline import PipelineStep
@@ -59,6 +62,17 @@ class Edge:
     loc: Loc
 
 
+@dataclass(frozen=True)
+class _Node:
+    """A resource in the graph: its typed spec, that spec's JSON form and the file it came from."""
+
+    kind: str
+    name: str
+    model: BaseModel
+    data: dict[str, Any]
+    source: LoadedSpec
+
+
 @dataclass
 class Resolution:
     desired: DesiredState | None
@@ -86,7 +100,7 @@ class _Resolver:
         self.file_infos: dict[str, FileInfo] = {}
         self.row_files: dict[str, list[str]] = {}  # a dataset's own source files
         self.runs: dict[str, list[Run]] = {}
-        self.nodes: dict[str, tuple[str, str, dict[str, Any], LoadedSpec]] = {}
+        self.nodes: dict[str, _Node] = {}
         # Gathered for the checks (see CHECKS): set by check() before any runs, or by an
         # earlier kind's check for a later one.
         self.models: dict[str, str] = {}  # registered_names()
@@ -220,14 +234,14 @@ class _Resolver:
         spec: LoadedSpec,
         address: str | None = None,
         kind: str | None = None,
+        model: BaseModel | None = None,
         data: dict[str, Any] | None = None,
     ) -> str:
-        """Add a resource to the graph (by default the spec itself, its fields as its data)."""
-        address = address or spec.address
-        if data is None:
-            data = spec.resource.spec.model_dump(mode="json")
-        self.nodes[address] = (kind or spec.kind, spec.name, data, spec)
-        return address
+        """Add a resource to the graph (by default the spec itself); `data` is its JSON form."""
+        model = model if model is not None else spec.resource.spec
+        data = data if data is not None else model.model_dump(mode="json")
+        self.nodes[address or spec.address] = _Node(kind or spec.kind, spec.name, model, data, spec)
+        return address or spec.address
 
     def _escapes(self, spec: LoadedSpec, loc: Loc, relative: str, folder_only: bool) -> bool:
         """Report a path that leaves the repository (or its folder) through a symlink."""
@@ -348,23 +362,25 @@ class _Resolver:
             if edge.digest_input:
                 digest_deps.setdefault(edge.source, set()).add(edge.target)
         for address in sorted(self.nodes, key=lambda a: (waves[a], a)):
-            kind, name, spec_data, spec = self.nodes[address]
+            node = self.nodes[address]
+            kind, spec_data = node.kind, node.data
             inputs = {d: resources[d].digest for d in sorted(digest_deps.get(address, ()))}
             inputs.update(self.file_inputs.get(address, {}))
             code = self.code[KINDS[kind].runner]
             resources[address] = DesiredResource(
                 address=address,
                 kind=kind,
-                name=name,
-                spec=spec_data,
+                name=node.name,
+                spec=node.model,
+                fields=spec_data,
                 inputs=dict(sorted(inputs.items())),
                 depends_on=tuple(sorted(deps.get(address, ()))),
                 digest=resource_digest(kind, digested(kind, spec_data), inputs, code.digest),
                 runner=KINDS[kind].runner,
                 code_version=code.digest,
-                file=spec.doc.file,
-                line=spec.doc.line,
-                estimate=self.estimate(kind, spec_data, address),
+                file=node.source.doc.file,
+                line=node.source.doc.line,
+                estimate=self.estimate(node.model, address),
                 code_files=code.files,
             )
         return DesiredState(resources=resources, waves=waves)
@@ -379,12 +395,12 @@ class _Resolver:
                 size += info.size
         return rows, size
 
-    def estimate(self, kind: str, spec: dict[str, Any], address: str) -> Estimate | None:
-        if kind == "Dataset":
+    def estimate(self, spec: BaseModel, address: str) -> Estimate | None:
+        if isinstance(spec, DatasetSpec):
             rows, _ = self._rows_and_bytes(address)
             return Estimate("rows", rows, rows / PREPARE_ROWS_PER_S) if rows else None
-        if kind == "Experiment":
-            cfg = ExperimentSpec.model_validate(spec)
+        if isinstance(spec, ExperimentSpec):
+            cfg = spec
             rows, size = self._rows_and_bytes(f"Dataset/{split_ref(cfg.dataset)[0]}")
             if not rows:
                 return None
@@ -395,8 +411,8 @@ class _Resolver:
             else:
                 tokens = rows * per_row * (t.epochs or 1.0)
             return Estimate("tokens", int(tokens), tokens / TRAIN_TOKENS_PER_S[t.method])
-        if kind == "Evaluation":
-            suite = self.by_kind.get("EvalSuite", {}).get(spec["suite"])
+        if isinstance(spec, EvaluationSpec):
+            suite = self.by_kind.get("EvalSuite", {}).get(spec.suite)
             if suite is None:
                 return None
             samples = 0
@@ -537,7 +553,7 @@ def _check_run(r: _Resolver, spec: LoadedSpec, run: Run) -> None:
     cfg = ExperimentSpec.model_validate(run.config)
     # A scan nobody asked for is not part of the spec (older lock files lack it).
     config = {k: v for k, v in run.config.items() if k != "inspect" or v}
-    r._node(spec, address, "Experiment", config)
+    r._node(spec, address, "Experiment", cfg, config)
     r._model_ref(spec, ("spec", "base_model"), cfg.base_model, address)
     r._named_ref(spec, ("spec", "dataset"), cfg.dataset, "Dataset", address, True)
     probes = cfg.inspect.probes if cfg.inspect else None
@@ -583,7 +599,7 @@ def _check_control(r: _Resolver, spec: LoadedSpec, runs: list[Run]) -> None:
 def _evaluation(r: _Resolver, spec: LoadedSpec, label: str, suite: str, subject: str) -> str:
     """Add `Evaluation/<experiment>/<label>` of `subject` on `suite`, waiting for the suite."""
     address = f"Evaluation/{spec.name}/{label}"
-    r._node(spec, address, "Evaluation", {"suite": suite, "subject": subject})
+    r._node(spec, address, "Evaluation", EvaluationSpec(suite=suite, subject=subject))
     r.edges.append(Edge(address, f"EvalSuite/{suite}", True, spec, ("spec", "eval_suite")))
     return address
 

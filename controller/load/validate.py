@@ -11,13 +11,11 @@ from pydantic import BaseModel, ValidationError
 from controller.api import API_VERSION, KINDS, Resource
 from controller.api.common import NAME_PATTERN, REF_PATTERN
 from controller.load.diagnostics import Diagnostic, did_you_mean
-from controller.load.secrets import SECRET_HINT, find_secret
+from controller.load.secrets import SECRET_FIELD_NAMES, SECRET_HINT, find_secret
 from controller.load.yaml_source import Loc, YamlDocument, walk_strings
 
 
 def _is_secret_field(name: object) -> bool:
-    from controller.load.secrets import SECRET_FIELD_NAMES
-
     return isinstance(name, str) and bool(SECRET_FIELD_NAMES.search(name))
 
 

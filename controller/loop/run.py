@@ -20,9 +20,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from configobj import ConfigObj  # DVC's own config format
 from rich.console import Console
 from ruamel.yaml import YAML
 
+from controller.api.dataset import CollectedSource, DatasetSpec
+from controller.api.deployment import DeploymentSpec
+from controller.api.pipeline import (
+    ArenaStep,
+    OpenPullRequestStep,
+    PipelineSpec,
+    RegressionTestStep,
+    RetrainStep,
+    UpdateDatasetStep,
+)
 from controller.apply.arena import ArenaRunner
 from controller.apply.engine import fault_point, gate_name
 from controller.apply.evaluate import Evaluator
@@ -38,7 +49,7 @@ from controller.report.markdown import render_report
 from controller.report.terminal import gate_line
 from controller.state import git
 from controller.state.apply_mutex import ApplyBusy, exclusive_apply
-from controller.state.dvc import DvcError
+from controller.state.dvc import DvcError, ensure_repo, track_and_push
 from controller.state.lockfile import LOCK_FILE, DeploymentOutputs, read_lock
 from controller.state.paths import STATE_DIR_ENV, StatePaths
 from controller.state.registry.store import Registry
@@ -118,26 +129,35 @@ class Steps:
     arena: str | None = None
 
     @classmethod
-    def of(cls, name: str, spec: dict[str, Any]) -> Steps:
-        by_step = {s["step"]: s for s in spec.get("steps") or []}
+    def of(cls, name: str, spec: PipelineSpec) -> Steps:
+        by_step = {s.step: s for s in spec.steps}
         missing = [s for s in STEPS if s not in by_step]
         if missing:
             raise InvalidInput(
                 f"pipeline {name} has no {', '.join(missing)} step; `llmops pipeline run` "
                 f"runs the loop {' -> '.join(STEPS)}"
             )
-        pr = by_step["open_pull_request"]
+        update, retrain, regression, pr, arena = (
+            by_step["update_dataset"],
+            by_step["retrain"],
+            by_step["regression_test"],
+            by_step["open_pull_request"],
+            by_step.get("arena"),
+        )
+        assert isinstance(update, UpdateDatasetStep) and isinstance(retrain, RetrainStep)
+        assert isinstance(regression, RegressionTestStep)
+        assert isinstance(pr, OpenPullRequestStep)
         return cls(
-            dataset=by_step["update_dataset"]["dataset"],
-            experiment=by_step["retrain"]["experiment"],
-            run=by_step["retrain"].get("run", "default"),
-            suite=by_step["regression_test"]["suite"],
-            against=by_step["regression_test"]["against"],
-            deployment=pr["deployment"],
-            branch_prefix=pr.get("branch_prefix") or "llmops/pipeline/",
-            reviewers=tuple(pr.get("reviewers") or ()),
-            labels=tuple(pr.get("labels") or ()),
-            arena=(by_step.get("arena") or {}).get("arena"),
+            dataset=update.dataset,
+            experiment=retrain.experiment,
+            run=retrain.run,
+            suite=regression.suite,
+            against=regression.against,
+            deployment=pr.deployment,
+            branch_prefix=pr.branch_prefix,
+            reviewers=tuple(pr.reviewers),
+            labels=tuple(pr.labels),
+            arena=arena.arena if isinstance(arena, ArenaStep) else None,
         )
 
 
@@ -178,13 +198,11 @@ class PipelineRun:
         self.desired = self.loaded.desired
         resource = self.desired.resources.get(str(Address("Pipeline", name)))
         if resource is None:
-            known = sorted(
-                r.name for r in self.desired.resources.values() if r.kind == "Pipeline"
-            )
+            known = sorted(r.name for r, _ in self.desired.specs(PipelineSpec))
             raise InvalidInput(
                 f"no Pipeline spec named '{name}' (pipelines: {', '.join(known) or 'none'})"
             )
-        self.spec = dict(resource.spec)
+        self.spec = resource.spec_as(PipelineSpec)
         self.steps = Steps.of(name, self.spec)
 
     # -- what the run is about ------------------------------------------------------------
@@ -193,25 +211,26 @@ class PipelineRun:
         deployment = self.desired.resources.get(
             str(Address("Deployment", self.steps.against))
         )
-        collect = (deployment.spec.get("collect") or {}) if deployment else {}
-        if not collect.get("enabled") or not collect.get("into"):
+        collect = deployment.spec_as(DeploymentSpec).collect if deployment else None
+        if collect is None or not collect.enabled or not collect.into:
             raise InvalidInput(
                 f"deployment {self.steps.against} collects nothing; set collect: "
                 "{enabled: true, into: <store>} in its spec"
             )
-        return str(collect["into"])
+        return collect.into
 
-    def _dataset_spec(self) -> dict[str, Any]:
-        return dict(self.desired.resources[str(Address("Dataset", self.steps.dataset))].spec)
+    def _dataset_spec(self) -> DatasetSpec:
+        address = str(Address("Dataset", self.steps.dataset))
+        return self.desired.resources[address].spec_as(DatasetSpec)
 
     def _only_positive(self) -> bool:
         """The Dataset takes collected rows as its collected sources say (positive only by
         default: a thumbs-down answer is not one to learn from)."""
-        sources = [s for s in self._dataset_spec()["sources"] if s["type"] == "collected"]
-        return all(s.get("only_positive_feedback", True) for s in sources) if sources else True
+        sources = [s for s in self._dataset_spec().sources if isinstance(s, CollectedSource)]
+        return all(s.only_positive_feedback for s in sources) if sources else True
 
     def _base_watermark(self) -> datetime | None:
-        paths = [s.get("path", "") for s in self._dataset_spec()["sources"]]
+        paths = [getattr(s, "path", "") for s in self._dataset_spec().sources]
         return windows.watermark(paths, self.steps.dataset)
 
     def fingerprint(self, watermark: datetime | None) -> str:
@@ -232,7 +251,7 @@ class PipelineRun:
             until = self.now
         window = windows.collected_window(self.paths.collected(store), store, base_mark, until)
         kept = window.kept(self._only_positive())
-        fmt = self._dataset_spec()["format"]
+        fmt = self._dataset_spec().format
         snapshot_text = windows.snapshot_lines(kept, fmt)
         digest = windows.content_digest(snapshot_text)
         last = self.state.last if self.state.last else {}
@@ -258,10 +277,10 @@ class PipelineRun:
             },
         )
         if not resumed:
-            trigger = self.spec["trigger"]
+            trigger = self.spec.trigger
             decision = decide(
-                trigger.get("schedule"),
-                int(trigger.get("min_new_rows") or 0),
+                trigger.schedule,
+                trigger.min_new_rows,
                 new_rows,
                 _time_or_none(last.get("finished")),
                 self.now,
@@ -413,8 +432,6 @@ class PipelineRun:
 
     def _update_dataset(self, worktree: Path, snapshot_text: str, until: datetime) -> str:
         """Write the snapshot, name it in the Dataset spec and track it with DVC."""
-        from controller.state.dvc import ensure_repo, track_and_push
-
         snapshot = windows.snapshot_path(self.steps.dataset, until)
         target = worktree / snapshot
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -433,8 +450,6 @@ class PipelineRun:
     def _pin_remote(self, worktree: Path) -> None:
         """A DVC remote given relative to .dvc/ (the embedded default) means this repository's
         remote, not one inside the worktree: say so in the worktree's .dvc/config.local."""
-        from configobj import ConfigObj  # DVC's own config format
-
         config = worktree / ".dvc" / "config"
         sections = ConfigObj(str(config)) if config.is_file() else {}
         local = []
@@ -455,11 +470,12 @@ class PipelineRun:
         outputs = entry.outputs if entry is not None else None
         if isinstance(outputs, DeploymentOutputs) and outputs.version:
             return outputs.version
-        resource = self.desired.resources[str(Address("Deployment", self.steps.against))]
-        found = registry.find(str(resource.spec["model"]))
+        address = str(Address("Deployment", self.steps.against))
+        model = self.desired.resources[address].spec_as(DeploymentSpec).model
+        found = registry.find(model)
         if found is None:
             raise PipelineFailed(
-                f"deployment {self.steps.against} serves nothing yet ({resource.spec['model']} "
+                f"deployment {self.steps.against} serves nothing yet ({model} "
                 "is not in the registry); run llmops apply first"
             )
         return f"{found.model.name}@{found.number}"

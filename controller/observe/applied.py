@@ -12,7 +12,7 @@ def observed_from_lock(lock: LockFile, source: str = LOCK_FILE) -> ObservedState
             address=str(address),
             kind=entry.kind,
             digest=entry.digest,
-            spec=entry.spec,
+            fields=entry.spec,
             inputs=entry.inputs,
             code_version=entry.code_version,
             outputs=entry.outputs.model_dump(exclude_defaults=True),

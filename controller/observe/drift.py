@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from controller.api.arena import ArenaSpec
+from controller.api.deployment import DeploymentSpec
+from controller.api.experiment import ExperimentSpec
 from controller.plan.types import DesiredState, ObservedState
 from controller.state.lockfile import (
     DatasetOutputs,
@@ -47,18 +50,18 @@ def observe_deployments(
     resources = dict(observed.resources)
     for address, want in desired.resources.items():
         have = resources.get(address)
-        if want.kind != "Deployment" or have is None:
+        if not isinstance(want.spec, DeploymentSpec) or have is None:
             continue
-        target = target_for(want.spec.get("target"))
-        live = target.observed_live(want.name, want.spec, have.outputs, registry.paths)
+        target = target_for(want.spec.target)
+        live = target.observed_live(want.name, want.fields, have.outputs, registry.paths)
         if live is None:
             continue  # nothing runs, or no cluster or engine answers: nothing is known
-        serving = registry.find(str(want.spec["model"]))
+        serving = registry.find(want.spec.model)
         expected = f"{serving.model.name}@{serving.number}" if serving else None
         if not live.running:
             note = f"{target.missing()} (was {have.outputs.get('version', 'deployed')})"
         elif expected and target.version_drift(live, expected):
-            note = f"serves {live.version}; {want.spec['model']} is {expected}"
+            note = f"serves {live.version}; {want.spec.model} is {expected}"
         else:
             continue
         resources[address] = replace(have, digest=f"drifted:{have.digest}", drift=note)
@@ -74,12 +77,12 @@ def observe_arenas(
     resources = dict(observed.resources)
     for address, want in desired.resources.items():
         have = resources.get(address)
-        if want.kind != "Arena" or have is None:
+        if not isinstance(want.spec, ArenaSpec) or have is None:
             continue
         recorded = dict(have.outputs.get("models") or {})
         moved = []
-        for ref in want.spec.get("models") or []:
-            target = registry.find(str(ref))
+        for ref in want.spec.models:
+            target = registry.find(ref)
             now = f"{target.model.name}@{target.number}" if target else None
             if ref in recorded and now != recorded[ref]:
                 moved.append(f"{ref} is {now or 'missing'} (battled {recorded[ref]})")
@@ -96,7 +99,7 @@ def observe_scans(observed: ObservedState, desired: DesiredState) -> ObservedSta
     resources = dict(observed.resources)
     for address, want in desired.resources.items():
         have = resources.get(address)
-        if want.kind != "Experiment" or have is None or not want.spec.get("inspect"):
+        if not isinstance(want.spec, ExperimentSpec) or have is None or not want.spec.inspect:
             continue
         if not have.outputs.get("scan") and not have.drift:
             resources[address] = replace(

@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from controller.api.dataset import DatasetSpec
+from controller.api.evaluation import EvaluationSpec
+from controller.api.experiment import ExperimentSpec
+from controller.api.model import ExperimentSource, ModelSpec
 from controller.plan.address import Address
 from controller.plan.types import DesiredState, ObservedResource, ObservedState
 from controller.state.provenance import Provenance, TrustContext, accepts
@@ -40,7 +44,7 @@ def merge_registry(
             address=address,
             kind="Model",
             digest=digest,
-            spec=locked.spec if locked and locked.digest == digest else {},
+            fields=locked.fields if locked and locked.digest == digest else {},
             inputs=locked.inputs if locked and locked.digest == digest else {},
             code_version=locked.code_version if locked else "",
             outputs={"versions": [n for n, _ in stored]},
@@ -72,7 +76,7 @@ def merge_datasets(
             address=address,
             kind="Dataset",
             digest=match["resource_digest"],
-            spec=match.get("spec") or {},
+            fields=match.get("spec") or {},
             inputs=match.get("inputs") or {},
             code_version=match.get("code_version") or "",
             outputs={"version": match["version"]},
@@ -104,7 +108,7 @@ def merge_runs(
                 address=address,
                 kind="Experiment",
                 digest=f"untrusted:{desired_digest}",
-                spec=locked.spec if locked else {},
+                fields=locked.fields if locked else {},
                 inputs=locked.inputs if locked else {},
                 code_version=locked.code_version if locked else "",
                 drift=refused[address],
@@ -121,7 +125,7 @@ def merge_runs(
             address=address,
             kind="Experiment",
             digest=digest,
-            spec=locked.spec if locked else {},
+            fields=locked.fields if locked else {},
             inputs=locked.inputs if locked else {},
             code_version=locked.code_version if locked else "",
             code_files=locked.code_files if locked else {},
@@ -141,10 +145,9 @@ def refused_runs(
     if trust is None or not trust.trusted:
         return {}
     refused: dict[str, str] = {}
-    for address, resource in desired.resources.items():
-        if resource.kind != "Experiment":
-            continue
-        name = resource.spec.get("register_as") or Address.parse(address).name
+    for resource, spec in desired.specs(ExperimentSpec):
+        address = str(resource.address)
+        name = spec.register_as or resource.name
         reasons = []
         for version in registry.all_by(name, resource.digest):
             recorded = Provenance.from_dict((version.extra or {}).get("provenance"))
@@ -181,23 +184,21 @@ def observe_registry(
     trust: TrustContext | None = None,
 ) -> ObservedState:
     """Everything the registry knows, merged over the lock file's observation."""
-    resources = desired.resources
     models = {
-        a: r.digest
-        for a, r in resources.items()
-        if r.kind == "Model" and r.spec.get("source", {}).get("type") != "experiment"
+        str(r.address): r.digest
+        for r, spec in desired.specs(ModelSpec)
+        if not isinstance(spec.source, ExperimentSource)
     }
     observed = merge_registry(observed, registry.version_digests(), models)
-    datasets = {a: r.digest for a, r in resources.items() if r.kind == "Dataset"}
+    datasets = {str(r.address): r.digest for r, _ in desired.specs(DatasetSpec)}
     observed = merge_datasets(observed, registry.datasets.observed(), datasets)
-    runs = {a: r.digest for a, r in resources.items() if r.kind == "Experiment"}
+    runs = {str(r.address): r.digest for r, _ in desired.specs(ExperimentSpec)}
     observed = merge_runs(
         observed, registry.run_digests(), runs, refused_runs(desired, registry, trust)
     )
     evaluations = {}
-    for address, resource in resources.items():
-        if resource.kind != "Evaluation":
-            continue
+    for resource, _ in desired.specs(EvaluationSpec):
+        address = str(resource.address)
         kinds = {a: (p.kind if (p := Address.try_parse(a)) else None) for a in resource.inputs}
         suite = next((d for a, d in resource.inputs.items() if kinds[a] == "EvalSuite"), "")
         subject = next(

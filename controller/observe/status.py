@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.api.deployment import DeploymentSpec
 from controller.plan.types import DesiredState
 from controller.state.lockfile import (
     ArenaOutputs,
@@ -87,9 +88,9 @@ def resource_status(
         outputs = entry.outputs if entry else None
         summary = summarize(outputs)
         live = None
-        if resource.kind == "Deployment":
-            target = target_for(resource.spec.get("target"))
-            live, words = target.status(resource.name, resource.spec, paths)
+        if isinstance(resource.spec, DeploymentSpec):
+            target = target_for(resource.spec.target)
+            live, words = target.status(resource.name, resource.fields, paths)
             summary += words
         rows.append(
             ResourceStatus(

@@ -7,6 +7,7 @@ string form by hand. Terraform's internal/addrs is the model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import total_ordering
 
 from controller.plan.kinds import KINDS, RUN_KINDS
 
@@ -15,12 +16,15 @@ class AddressError(ValueError):
     """Text that is not a resource address; the message says what one looks like."""
 
 
-@dataclass(frozen=True, order=True)
+@total_ordering
+@dataclass(frozen=True)
 class Address:
     """`Model/base`, `Dataset/faq`, `Experiment/support-lora/default`, `Evaluation/x/control`.
 
     An Experiment or Evaluation address without a run (`Experiment/support-lora`) names the
-    whole experiment: it `contains` every run's address.
+    whole experiment: it `contains` every run's address. An address equals and hashes as its
+    text, so the lock file's and the desired state's maps (keyed by text, as the files are)
+    find a resource by its Address.
     """
 
     kind: str
@@ -57,6 +61,24 @@ class Address:
             return cls.parse(text)
         except AddressError:
             return None
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Address):
+            return self._key() == other._key()
+        if isinstance(other, str):
+            return str(self) == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Address):
+            return NotImplemented
+        return self._key() < other._key()
+
+    def _key(self) -> tuple[str, str, str]:
+        return (self.kind, self.name, self.run or "")
 
     def __str__(self) -> str:
         return f"{self.kind}/{self.name}" + (f"/{self.run}" if self.run is not None else "")

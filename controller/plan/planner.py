@@ -98,9 +98,9 @@ def _decide(want: DesiredResource, have: ObservedResource | None, wave: int, sou
 def describe_changes(want: DesiredResource, have: ObservedResource) -> list[str]:
     """What differs, most direct cause first: spec fields, then inputs, then runner code."""
     changes: list[str] = []
-    if have.spec:
-        before = flatten(have.spec)
-        after = flatten(want.spec)
+    if have.fields:
+        before = flatten(have.fields)
+        after = flatten(want.fields)
         for key in sorted(before.keys() | after.keys()):
             if key not in before:
                 changes.append(f"spec {key} added ({_show(after[key])})")

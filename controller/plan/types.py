@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
+from controller.plan.address import Address
 from controller.plan.kinds import ActionKind
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -23,12 +28,17 @@ class Estimate:
 
 @dataclass(frozen=True)
 class DesiredResource:
-    """One resource the specs ask for, fully resolved, with its digest."""
+    """One resource the specs ask for, fully resolved, with its digest.
 
-    address: str
+    `spec` is the validated model (controller/api) the controller reads as attributes;
+    `fields` is its JSON form, the one that is digested, written to the lock and diffed.
+    """
+
+    address: Address
     kind: str
     name: str
-    spec: Mapping[str, Any]
+    spec: BaseModel
+    fields: Mapping[str, Any]
     inputs: Mapping[str, str]
     depends_on: tuple[str, ...]
     digest: str
@@ -39,26 +49,42 @@ class DesiredResource:
     estimate: Estimate | None = None
     code_files: Mapping[str, str] = field(default_factory=dict)  # what code_version hashes
 
+    def __post_init__(self) -> None:
+        _typed_address(self)
+
+    def spec_as(self, model: type[SpecT]) -> SpecT:
+        """The spec as `model` (e.g. DeploymentSpec); TypeError when this is another kind."""
+        if not isinstance(self.spec, model):
+            raise TypeError(f"{self.address} is a {self.kind}, not a {model.__name__}")
+        return self.spec
+
 
 @dataclass(frozen=True)
 class DesiredState:
     resources: Mapping[str, DesiredResource]
     waves: Mapping[str, int]
 
+    def specs(self, model: type[SpecT]) -> list[tuple[DesiredResource, SpecT]]:
+        """(resource, its spec) for every resource whose spec is a `model`, in apply order."""
+        return [(r, r.spec) for r in self.resources.values() if isinstance(r.spec, model)]
+
 
 @dataclass(frozen=True)
 class ObservedResource:
     """What the lock file (and later the registry and the cluster) says exists."""
 
-    address: str
+    address: Address
     kind: str
     digest: str
-    spec: Mapping[str, Any] = field(default_factory=dict)
+    fields: Mapping[str, Any] = field(default_factory=dict)  # the spec as applied (JSON form)
     inputs: Mapping[str, str] = field(default_factory=dict)
     code_version: str = ""
     outputs: Mapping[str, Any] = field(default_factory=dict)
     drift: str = ""  # set when the world differs from what was applied: why it must be redone
     code_files: Mapping[str, str] = field(default_factory=dict)  # recorded with code_version
+
+    def __post_init__(self) -> None:
+        _typed_address(self)
 
 
 @dataclass(frozen=True)
@@ -76,7 +102,7 @@ class Action:
     """What apply will do to one resource, and why. `reason` is for people only."""
 
     kind: ActionKind
-    address: str
+    address: Address
     resource_kind: str
     runner: str
     before: str | None
@@ -86,10 +112,13 @@ class Action:
     changes: tuple[str, ...] = ()
     estimate: Estimate | None = None
 
+    def __post_init__(self) -> None:
+        _typed_address(self)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "action": self.kind.value,
-            "address": self.address,
+            "address": str(self.address),
             "kind": self.resource_kind,
             "runner": self.runner,
             "wave": self.wave,
@@ -125,3 +154,9 @@ class Plan:
             "summary": self.counts(),
             "actions": [a.as_dict() for a in self.actions],
         }
+
+
+def _typed_address(item: Any) -> None:
+    """Resources and actions hold an Address; text (a lock file key, a test) is parsed once."""
+    if not isinstance(item.address, Address):
+        object.__setattr__(item, "address", Address.parse(item.address))

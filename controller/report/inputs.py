@@ -23,6 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from controller.api.dataset import DatasetSpec
+from controller.api.deployment import DeploymentSpec
+from controller.api.evaluation import EvaluationSpec
+from controller.api.experiment import ExperimentSpec
 from controller.observe.applied import observed_from_lock
 from controller.plan.address import Address
 from controller.plan.planner import plan
@@ -39,9 +43,15 @@ from controller.state.lockfile import (
     read_lock,
 )
 from controller.state.paths import StatePaths
+from controller.state.provenance import Provenance
 from controller.state.registry.db import RegistryUnavailable
 from controller.state.registry.store import Registry
 from controller.targets.base import target_for
+from runners.data.diff import diff_rows
+from runners.data.preparation import read_split
+from runners.data.splits import SPLITS
+from runners.evaluate.compare import judge_gates
+from runners.train.log import LogError, losses, read_log
 
 ASSETS_DIR = "report-assets"  # beside the report: images it links to
 
@@ -78,8 +88,6 @@ def gate_names(suite_spec: Mapping[str, Any]) -> tuple[str, ...]:
 
     The names come from the runner's own judge (runners/evaluate/compare.py) run on no
     results, so they cannot drift from the ones an evaluation writes to the lock file."""
-    from runners.evaluate.compare import judge_gates
-
     return tuple(f"{g.metric} {g.rule}" for g in judge_gates(suite_spec.get("gates") or [], {}, {}))
 
 
@@ -87,30 +95,25 @@ def _control_run(desired: DesiredState, experiment: str) -> str | None:
     """The run an experiment's other runs are compared with, when its control names one (as
     apply reads it: from the experiment's first run)."""
     runs = sorted(
-        a
-        for a, r in desired.resources.items()
-        if r.kind == "Experiment" and Address.parse(a).name == experiment
+        (str(r.address), spec) for r, spec in desired.specs(ExperimentSpec) if r.name == experiment
     )
-    control = (desired.resources[runs[0]].spec.get("control") or {}) if runs else {}
-    return control.get("run")
+    control = runs[0][1].control if runs else None
+    return control.run if control else None
 
 
 def desired_evaluations(desired: DesiredState) -> dict[str, DesiredEvaluation]:
     """Each desired Evaluation's suite, subject and the gates it decides (the control decides
     none: it is what the runs are compared with)."""
     out = {}
-    for address, resource in desired.resources.items():
-        if resource.kind != "Evaluation":
-            continue
-        suite = str(resource.spec["suite"])
+    for resource, spec in desired.specs(EvaluationSpec):
+        address, suite = resource.address, spec.suite
         suite_resource = desired.resources.get(str(Address("EvalSuite", suite)))
-        parsed = Address.parse(address)
-        control = ("control", _control_run(desired, parsed.experiment))
-        judged = parsed.run not in control and suite_resource is not None
-        out[address] = DesiredEvaluation(
+        control = ("control", _control_run(desired, address.experiment))
+        judged = address.run not in control and suite_resource is not None
+        out[str(address)] = DesiredEvaluation(
             suite=suite,
-            subject=str(resource.spec["subject"]),
-            gates=gate_names(suite_resource.spec) if judged and suite_resource else (),
+            subject=spec.subject,
+            gates=gate_names(suite_resource.fields) if judged and suite_resource else (),
         )
     return out
 
@@ -138,8 +141,6 @@ def collect_curves(
     """Loss per step of each run trained for these specs, from the training log registered
     with its model version; its curves.png copied into `assets` (linked relative to
     `relative_to`, the report's folder)."""
-    from runners.train.log import LogError, losses, read_log
-
     if registry is None:
         return {}
     curves = {}
@@ -178,10 +179,6 @@ def dataset_diffs(
 ) -> dict[str, dict[str, Any]]:
     """Rows added, removed and changed between the base's and this branch's dataset versions,
     where both versions are in the local store."""
-    from runners.data.diff import diff_rows
-    from runners.data.preparation import read_split
-    from runners.data.splits import SPLITS
-
     if registry is None:
         return {}
     out = {}
@@ -199,7 +196,7 @@ def dataset_diffs(
         after_dir = registry.paths.dataset_version(name, new.version)
         if not (before_dir.is_dir() and after_dir.is_dir()):
             continue
-        fmt = str(desired.resources[address].spec.get("format") or "text")
+        fmt = desired.resources[address].spec_as(DatasetSpec).format
         out[address] = diff_rows(
             [r for s in SPLITS for r in read_split(before_dir, s)],
             [r for s in SPLITS for r in read_split(after_dir, s)],
@@ -215,10 +212,8 @@ def manifest_diffs(
     """Unified diffs of the KServe manifests a deployment had at the base (its lock entry's
     spec and version) and will have with this branch's spec."""
     out = {}
-    for address in sorted(desired.resources):
-        resource = desired.resources[address]
-        if resource.kind != "Deployment":
-            continue
+    for resource, spec in sorted(desired.specs(DeploymentSpec), key=lambda pair: pair[0].address):
+        address = str(resource.address)
         before = base_lock.get(address)
         if before is not None and before.digest == resource.digest:
             continue
@@ -227,11 +222,10 @@ def manifest_diffs(
             before.spec if before else None,
             getattr(before.outputs, "version", None) if before else None,
         )
-        ref = str(resource.spec["model"])
-        version = registry.find(ref) if registry is not None else None
+        version = registry.find(spec.model) if registry is not None else None
         branch_side = _manifests(
             resource.name,
-            dict(resource.spec),
+            dict(resource.fields),
             f"{version.model.name}@{version.number}" if version else None,
         )
         if base_side or branch_side:
@@ -270,9 +264,7 @@ def gather_report_inputs(
         desired={a: r.digest for a, r in desired.resources.items()},
         curves=collect_curves(registry, desired, head_lock, assets_dir, assets_dir.parent),
         dataset_diffs=dataset_diffs(registry, desired, base_lock.resources, head_lock),
-        deployments={
-            a: str(r.spec["model"]) for a, r in desired.resources.items() if r.kind == "Deployment"
-        },
+        deployments={str(r.address): spec.model for r, spec in desired.specs(DeploymentSpec)},
         manifest_diffs=manifest_diffs(registry, desired, base_lock.resources),
         evaluations=desired_evaluations(desired),
         untrusted=untrusted_results(registry, desired, head_lock),
@@ -283,8 +275,6 @@ def untrusted_results(
     registry: Registry | None, desired: DesiredState, head_lock: Mapping[str, LockEntry]
 ) -> dict[str, str]:
     """Runs this branch shows whose registered version an untrusted ref produced."""
-    from controller.state.provenance import Provenance
-
     out: dict[str, str] = {}
     if registry is None:
         return out

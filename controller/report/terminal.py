@@ -81,7 +81,7 @@ def print_plan(console: Console, plan: Plan, show_noop: bool = False) -> None:
             str(action.wave),
             Text(action.kind.value, style=ACTION_STYLE[action.kind]),
             action.runner,
-            action.address,
+            str(action.address),
             digest,
             estimate,
             action.reason,

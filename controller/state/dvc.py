@@ -12,6 +12,8 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from ruamel.yaml import YAML
+
 from runners.errors import LlmopsError
 
 DEFAULT_REMOTE = "local"
@@ -84,8 +86,6 @@ def pull(root: Path, dvc_file: Path) -> None:
 
 
 def dvc_md5(dvc_file: Path) -> str:
-    from ruamel.yaml import YAML
-
     data = YAML(typ="safe").load(dvc_file.read_text())
     return str(data["outs"][0]["md5"])
 

@@ -28,7 +28,7 @@ from pydantic import (
 
 from controller.load.diagnostics import Diagnostic
 from controller.plan.address import Address
-from controller.plan.types import DesiredResource, DesiredState
+from controller.plan.types import DesiredResource, DesiredState, SpecT
 from runners.errors import InvalidInput
 from runners.evaluate.compare import MetricComparison
 
@@ -198,9 +198,17 @@ class LockEntry(BaseModel):
             digest=resource.digest,
             code_version=resource.code_version,
             inputs=dict(resource.inputs),
-            spec=dict(resource.spec),
+            spec=dict(resource.fields),
             outputs=outputs if outputs is not None else OUTPUTS[resource.kind](),
         )
+
+    def applied_spec(self, model: type[SpecT]) -> SpecT | None:
+        """The spec as applied, read as `model` (e.g. ArenaSpec); None when it does not
+        validate (a shape an older llmops wrote), so callers fall back as for no entry."""
+        try:
+            return model.model_validate(self.spec)
+        except ValidationError:
+            return None
 
     def as_json(self) -> dict[str, Any]:
         """Defaults are left out, so an entry's text changes only where a value does."""

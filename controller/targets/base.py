@@ -72,6 +72,8 @@ class DeployRequest:
     model_path: Path
     paths: StatePaths
     api_key: Callable[[], str | None]  # read only by targets that pass a key on
+    # Named clients' keys by client name (env-sourced ones; a cluster reads secrets itself).
+    client_keys: Callable[[], dict[str, str]] = dict
 
 
 class Target(ABC):
@@ -153,14 +155,8 @@ def unregister(kind: str) -> None:
 
 def target_for(kind: str | None) -> Target:
     """The implementation of a target kind; a deployment without one is local."""
-    _load_builtin()
     found = TARGETS.get(kind or "local")
     if found is None:
         raise DeployError(f"no deploy target '{kind}'; known: {', '.join(sorted(TARGETS))}")
     return found
 
-
-def _load_builtin() -> None:
-    # The built-in targets register on import; importing them here rather than at the top
-    # keeps this module free of them, so they can import it.
-    from controller.targets import docker, kserve, local  # noqa: F401

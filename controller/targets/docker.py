@@ -18,7 +18,7 @@ from controller.targets.base import (
     register,
 )
 from runners.deploy import docker_context, docker_engine, environment
-from runners.deploy.release import DeployError, container_config
+from runners.deploy.release import DeployError, client_key_envs, container_config
 
 
 def _host(spec: Mapping[str, Any]) -> str | None:
@@ -35,7 +35,8 @@ class DockerTarget(Target):
         host = _host(release.spec)
         # The key is checked before minutes of building, not after, and so is where it goes.
         key = request.api_key()
-        if key:
+        clients = request.client_keys()
+        if key or clients:
             environment.check_key_destination(name, host)
         torch = docker_context.torch_source()
         context = docker_context.render_context(folder, release, request.model_path, torch=torch)
@@ -48,7 +49,9 @@ class DockerTarget(Target):
             "built": outcome.built,
         }
         if outcome.built:
-            details |= self._run(request, progress, context.tag, outcome.image_id, key)
+            details |= self._run(
+                request, progress, context.tag, outcome.image_id, key, clients
+            )
         return DeploymentOutputs(version=release.model_version, target=self.kind, **details)
 
     def _run(
@@ -58,11 +61,14 @@ class DockerTarget(Target):
         tag: str,
         image_id: str | None,
         key: str | None,
+        clients: dict[str, str],
     ) -> dict[str, Any]:
         """Built where an engine answers: run it there and wait until it is ready."""
         name, release = request.name, request.release
         key_env = container_config(release, "docker")["api_key_env"]
         env = {key_env: key} if key and key_env else {}
+        key_envs = client_key_envs(release, "docker")
+        env |= {key_envs[client]: value for client, value in clients.items()}
         with progress.working(f"  starting {tag} for {name}"):
             running = docker_engine.run(release, tag, env, host=_host(release.spec))
         if image_id and running.image_id != image_id:

@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from controller.state.lockfile import DeploymentOutputs
 from controller.state.paths import StatePaths
 from controller.targets.base import (
@@ -33,9 +35,9 @@ class KServeTarget(Target):
 
     def deploy(self, request: DeployRequest, progress: DeployProgress) -> DeploymentOutputs:
         """Apply the manifests and wait for Ready: where the new revision serves."""
-        # lazily: the kubernetes client is heavy
         from runners.deploy import kserve_manifests, kserve_rollout
 
+        # lazily: the kubernetes client is heavy
         spec = request.spec
         release = with_pushed_image(request.release, request.paths.root)
         manifests = kserve_manifests.render_manifests(release, spec["kserve"].get("storage_uri"))
@@ -125,8 +127,6 @@ class KServeTarget(Target):
     def manifest_lines(self, name: str, spec: Mapping[str, Any], version: str) -> list[str]:
         """The InferenceService and ServingRuntime as YAML lines; [] for a spec that does not
         render."""
-        import yaml
-
         from runners.deploy import kserve_manifests
 
         try:

@@ -7,8 +7,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from controller.state.lockfile import DeploymentOutputs
 from controller.state.paths import StatePaths
 from controller.targets.base import (
@@ -20,6 +18,7 @@ from controller.targets.base import (
     register,
 )
 from runners.deploy import local
+from runners.deploy.release import client_key_env
 
 # The variable a local runtime reads its key from (its own name, never the spec's).
 SERVE_API_KEY_ENV = "LLMOPS_SERVE_API_KEY"
@@ -33,16 +32,23 @@ class LocalTarget(Target):
         name, ref, config = request.name, request.version, request.runtime
         key = request.api_key()
         env = {SERVE_API_KEY_ENV: key} if key else {}
-        # The key's hash is part of the digest so rotating it restarts the server.
-        digest = hashlib.sha256(
-            json.dumps(
-                {"config": config, "key": hashlib.sha256((key or "").encode()).hexdigest()},
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()
+        clients = request.client_keys()
+        env |= {client_key_env(client): value for client, value in clients.items()}
+        # The keys' hashes are part of the digest so rotating one restarts the server (no
+        # "clients" entry without clients: digests from before clients stay the same).
+        hashed = {"config": config, "key": hashlib.sha256((key or "").encode()).hexdigest()}
+        if clients:
+            hashed["clients"] = {
+                client: hashlib.sha256(value.encode()).hexdigest()
+                for client, value in clients.items()
+            }
+        digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
+        # The rollout's checks need a key the runtime accepts: the single key, else the first
+        # client's (its usage and quota then count the two check requests of a rollout).
+        check_key = key or next(iter(clients.values()), None)
 
         def check(port: int) -> str | None:
-            return chat_check(port, name, key)
+            return chat_check(port, name, check_key)
 
         with progress.working(f"  starting {ref} for {name}") as update:
             state, happened = local.rollout(
@@ -112,6 +118,8 @@ class LocalTarget(Target):
 
 def chat_check(port: int, name: str, key: str | None) -> str | None:
     """One real chat completion through the OpenAI route; None when it answers."""
+    import httpx
+
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.post(

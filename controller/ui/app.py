@@ -1,5 +1,5 @@
-"""Dashboard, application: the FastAPI app, its templates and static files, the token check
-for non-local binds and the voter cookie; pages are routers of the sibling modules."""
+"""Dashboard, shared pieces: templates and static files, rendering, the token check for
+non-local binds and the voter cookie; controller/ui/server.py assembles the app from them."""
 
 from __future__ import annotations
 
@@ -7,18 +7,15 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-import threading
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from controller.ui.state import UiState
-from runners.serve.request_origin import FORM, JSON, RequestOriginMiddleware
 
 HERE = Path(__file__).parent
 VOTER_COOKIE = "llmops_voter"
@@ -110,52 +107,3 @@ class Gate(BaseHTTPMiddleware):
                 samesite="lax",
             )
         return response
-
-
-def _warm(state: UiState) -> None:
-    """Pay the one-time costs (the plan behind the overview, scipy for the ratings) at start,
-    not on the first person's first page."""
-    try:
-        import runners.arena.ratings  # noqa: F401
-        from controller.ui.overview import cached_overview
-
-        cached_overview(state)
-    except Exception:  # a page shows the same problem when it is asked for
-        return
-
-
-def create_app(root: Path, token: str | None = None, secret: bytes | None = None) -> FastAPI:
-    """The dashboard over the repository at `root`."""
-    from controller.ui import (
-        arena,
-        datasets,
-        deployments,
-        evaluations,
-        history,
-        models,
-        overview,
-        runs,
-        scans,
-    )
-
-    app = FastAPI(title="llmops", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.ui = UiState.for_repo(root)
-    app.state.token = token
-    app.state.secret = secret or secrets.token_bytes(32)
-    app.add_middleware(Gate)
-    # Outermost: another site's page (a cross-origin post, a DNS-rebinding name for
-    # 127.0.0.1) is refused before the token check and before a voter cookie is handed out.
-    # The vote form posts form-encoded bodies from this origin; nothing else takes bodies.
-    app.add_middleware(RequestOriginMiddleware, body_types=(FORM, JSON), json_errors=False)
-    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    for module in (overview, models, datasets, runs, evaluations, arena, scans, deployments):
-        app.include_router(module.router)
-    app.include_router(history.router)
-
-    threading.Thread(target=_warm, args=(app.state.ui,), daemon=True).start()
-
-    @app.get("/favicon.ico", include_in_schema=False)
-    def favicon() -> Response:
-        return Response(status_code=204)
-
-    return app

@@ -6,12 +6,15 @@ arena whose spec says `human_votes: false` takes no human votes and counts none.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from controller.api.arena import ArenaSpec, Bootstrap
+from controller.apply.arena import votes_of
 from controller.apply.blind_vote import (
     CHOICES,
     Ballot,
@@ -21,9 +24,11 @@ from controller.apply.blind_vote import (
     revealed_models,
 )
 from controller.state.registry.arena import AlreadyVoted, ArenaStore
+from controller.state.voters import VoterKeys
 from controller.ui.app import form_token, render, ui_state
 from controller.ui.charts import IntervalBar, heat_colour, whiskers
 from controller.ui.state import UiState
+from runners.arena.ratings import leaderboard
 
 router = APIRouter()
 # The browser keeps the voter key it signed in with; the server maps it to a name each time,
@@ -46,25 +51,20 @@ def human_votes_of(state: UiState, name: str) -> bool | None:
     """The applied Arena spec's `human_votes` (lock file); None when the arena has no spec
     (battles from an imported log)."""
     entry = state.lock().get(f"Arena/{name}")
-    return None if entry is None else bool(entry.spec.get("human_votes"))
+    spec = entry.applied_spec(ArenaSpec) if entry else None
+    return None if spec is None else spec.human_votes
 
 
 def signed_in(request: Request) -> str | None:
     """The voter whose key this browser signed in with; None without a (valid) key."""
-    from controller.state.voters import VoterKeys
-
     return VoterKeys(ui_state(request).paths.root).identify(request.cookies.get(KEY_COOKIE))
 
 
 def bootstrap_of(state: UiState, name: str) -> dict[str, Any]:
     """The arena spec's bootstrap settings as the lock file recorded them, else defaults."""
     entry = state.lock().get(f"Arena/{name}")
-    boot = (entry.spec.get("bootstrap") if entry else None) or {}
-    return {
-        "rounds": int(boot.get("rounds", 1000)),
-        "confidence": float(boot.get("confidence", 0.95)),
-        "seed": int(boot.get("seed", 0)),
-    }
+    spec = entry.applied_spec(ArenaSpec) if entry else None
+    return (spec.bootstrap if spec else Bootstrap()).model_dump()
 
 
 @dataclass
@@ -80,9 +80,6 @@ class ArenaView:
 
 
 def arena_view(state: UiState, name: str, voters: str, voter: str | None) -> ArenaView | None:
-    from controller.apply.arena import votes_of
-    from runners.arena.ratings import leaderboard
-
     registry = state.registry()
     if registry is None:
         return None
@@ -188,8 +185,6 @@ def vote_page(
 
 
 def _check_form(request: Request, token: str) -> None:
-    import hmac
-
     if not hmac.compare_digest(token, form_token(request)):
         raise HTTPException(403, "the form is stale or from another site; reload the page")
 
@@ -197,8 +192,6 @@ def _check_form(request: Request, token: str) -> None:
 @router.post("/arena/{name}/voter")
 def sign_in(request: Request, name: str, key: str = Form(...), token: str = Form(...)) -> Response:
     """Sign this browser in with a voter key; the key, not the browser, is the voter."""
-    from controller.state.voters import VoterKeys
-
     _check_form(request, token)
     if VoterKeys(ui_state(request).paths.root).identify(key.strip()) is None:
         raise HTTPException(403, f"unknown or removed voter key; {SIGN_IN}")

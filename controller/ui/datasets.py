@@ -16,6 +16,7 @@ from controller.state.registry.schema import DatasetRow, DatasetVersionRow
 from controller.ui.app import render, ui_state
 from controller.ui.charts import HistogramBar, histogram_bars
 from controller.ui.state import UiState
+from runners.data.diff import diff_rows
 
 router = APIRouter()
 SAMPLE_ROWS = 5
@@ -105,8 +106,6 @@ def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
 
 def dataset_diff(state: UiState, name: str, before: str, after: str) -> dict[str, Any] | None:
     """Rows added, removed and changed between two prepared versions (every split)."""
-    from runners.data.diff import diff_rows
-
     detail = dataset_detail(state, name)
     if detail is None:
         return None

@@ -5,6 +5,7 @@ interactions and feedback verdicts its collection store holds."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from controller.api.deployment import DeploymentSpec
+from controller.load.desired import load_desired
 from controller.state.lockfile import DeploymentOutputs
+from controller.targets.base import target_for
 from controller.ui.app import render, ui_state
 from controller.ui.state import UiState
 
@@ -43,8 +47,6 @@ def live_metrics(
 
     A runtime with an API key guards /metrics with it too: the key is read from the variable
     the spec's `api_key: {env: NAME}` names, when this process has it."""
-    import os
-
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -95,31 +97,30 @@ def collected_counts(store: Path) -> dict[str, int]:
 
 
 def list_deployments(state: UiState) -> list[DeploymentView]:
-    from controller.load.desired import load_desired
-    from controller.targets.base import target_for
-
     loaded = load_desired(state.root, cache_dir=state.paths.cache)
-    specs = {
-        r.name: dict(r.spec)
-        for r in (loaded.desired.resources.values() if loaded.desired else [])
-        if r.kind == "Deployment"
-    }
+    desired = {r.name: r for r, _ in loaded.desired.specs(DeploymentSpec)} if loaded.desired else {}
     applied = {a.split("/", 1)[1]: e for a, e in state.entries("Deployment").items()}
     views = []
-    for name in sorted(set(specs) | set(applied)):
-        spec = specs.get(name) or dict(applied[name].spec)
+    for name in sorted(set(desired) | set(applied)):
+        # Today's spec, else the one a removed deployment was applied with (the lock's).
+        fields = dict(desired[name].fields if name in desired else applied[name].spec)
+        spec = (
+            desired[name].spec_as(DeploymentSpec)
+            if name in desired
+            else applied[name].applied_spec(DeploymentSpec)
+        )
         outputs = applied[name].outputs if name in applied else None
         view = DeploymentView(
             name=name,
-            target=str(spec.get("target", "")),
-            model=str(spec.get("model", "")),
+            target=spec.target if spec else "",
+            model=spec.model if spec else "",
             version=outputs.version if isinstance(outputs, DeploymentOutputs) else None,
             endpoint=outputs.endpoint if isinstance(outputs, DeploymentOutputs) else None,
             applied=name in applied,
             live=None,
         )
         kind = target_for(view.target) if view.target else None
-        process = kind.live(name, spec, state.paths) if kind and kind.live_is_local else None
+        process = kind.live(name, fields, state.paths) if kind and kind.live_is_local else None
         if process is not None:
             view.live = {
                 "running": process.running,
@@ -129,15 +130,14 @@ def list_deployments(state: UiState) -> list[DeploymentView]:
             }
             if process.running and process.endpoint:
                 try:
-                    key_env = (spec.get("api_key") or {}).get("env")
+                    key_env = spec.api_key.env if spec and spec.api_key else None
                     view.metrics = live_metrics(
                         process.endpoint.removesuffix("/v1"), key_env=key_env
                     )
                 except Exception as err:  # any failure is shown, not raised
                     view.metrics_error = f"{type(err).__name__}: {err}"
-        collect = spec.get("collect") or {}
-        if collect.get("enabled"):
-            view.store = str(collect.get("into") or name)
+        if spec and spec.collect.enabled:
+            view.store = spec.collect.into or name
             view.collected = collected_counts(state.paths.collected(view.store))
         views.append(view)
     return views

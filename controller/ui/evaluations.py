@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
 from controller.state.lockfile import EvaluationOutputs
+from controller.state.provenance import trust_context
 from controller.ui.app import render, ui_state
 from controller.ui.charts import IntervalBar, interval_bars
 from controller.ui.state import UiState
@@ -53,8 +54,6 @@ def results_folder(
     apply wrote count, so a pull request's apply on a shared state folder never supplies
     main's samples; on an untrusted ref its own folders come first."""
     if trusted is None:
-        from controller.state.provenance import trust_context
-
         trusted = trust_context(state.root).trusted
     top = state.paths.evaluations(suite) / ref
     found = [

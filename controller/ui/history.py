@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from controller.history.git_reader import history
 from controller.ui.app import render, ui_state
 from controller.ui.state import UiState
 from runners.errors import LlmopsError
@@ -27,8 +28,6 @@ class Timeline:
 
 
 def timeline(state: UiState, resource: str | None) -> Timeline:
-    from controller.history.git_reader import history
-
     if not resource:
         return Timeline(None)
     try:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import func, select
 
+from controller.state.registry.arena import ScanStore
 from controller.state.registry.schema import (
     AliasRow,
     LineageRow,
@@ -180,8 +181,6 @@ class VersionDetail:
 
 def version_detail(state: UiState, name: str, number: int) -> VersionDetail | None:
     from markdown_it import MarkdownIt
-
-    from controller.state.registry.arena import ScanStore
 
     registry = state.registry()
     if registry is None:

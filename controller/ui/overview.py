@@ -11,8 +11,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from controller.load.desired import load_desired
+from controller.load.diagnostics import has_errors
+from controller.observe.drift import find_drift
+from controller.observe.status import resource_status
+from controller.plan.planner import plan
+from controller.state.lockfile import LOCK_FILE, LockFileError
 from controller.ui.app import render, ui_state
 from controller.ui.state import UiState
+from controller.workspace import observe
 
 router = APIRouter()
 
@@ -55,14 +62,6 @@ def cached_overview(state: UiState) -> Overview:
 
 
 def gather_overview(state: UiState) -> Overview:
-    from controller.load.desired import load_desired
-    from controller.load.diagnostics import has_errors
-    from controller.observe.drift import find_drift
-    from controller.observe.status import resource_status
-    from controller.plan.planner import plan
-    from controller.state.lockfile import LOCK_FILE, LockFileError
-    from controller.workspace import observe
-
     out = Overview()
     lock_path = state.root / LOCK_FILE
     if lock_path.is_file():

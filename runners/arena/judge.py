@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runners.arena.outcomes import Winner
+from runners.errors import InvalidInput
 from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
 
 Verdict = Literal["A", "B", "tie", "both_bad"]
@@ -97,8 +98,6 @@ class PairwiseJudge:
         self.mode = mode
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), **SAFE_TOKENIZER)
         if not getattr(self.tokenizer, "chat_template", None):
-            from runners.errors import InvalidInput
-
             raise InvalidInput(
                 f"judge model {model_path}: its tokenizer has no chat template; use an "
                 "instruction-tuned judge or save a template with it (tokenizer.chat_template)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 from collections import Counter
@@ -178,8 +179,6 @@ def _is_ip(text: str) -> bool:
         return True
     if not any(ch.isdigit() for ch in text):  # 'a::b' in code is valid IPv6, but code
         return False
-    import ipaddress
-
     try:
         ipaddress.IPv6Address(text)
     except ValueError:

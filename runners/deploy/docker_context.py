@@ -33,6 +33,7 @@ from runners.deploy.release import (
     CONTAINER_PORT,
     DeployError,
     Release,
+    client_key_envs,
     container_config,
     image_tag,
 )
@@ -362,6 +363,7 @@ def run_command(release: Release, tag: str) -> str:
     key = container_config(release, "docker")["api_key_env"]
     if key:
         parts.append(f"-e {key}")
+    parts += [f"-e {env}" for env in client_key_envs(release, "docker").values()]
     if release.spec["collect"]["enabled"]:
         parts.append(f"-v llmops-collect-{release.name}:{CONTAINER_COLLECT_DIR}")
     parts.append(tag)

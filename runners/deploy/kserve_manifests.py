@@ -21,6 +21,7 @@ from runners.deploy.release import (
     DeployError,
     Release,
     api_key_env,
+    client_key_envs,
     container_config,
     kserve_name,
 )
@@ -132,6 +133,18 @@ def _env(release: Release) -> list[client.V1EnvVar]:
         env.append(
             client.V1EnvVar(
                 name=key_env,
+                value_from=client.V1EnvVarSource(
+                    secret_key_ref=client.V1SecretKeySelector(name=secret, key=key)
+                ),
+            )
+        )
+    # Each named client's key from its secret, under the variable the config names for it.
+    key_envs = client_key_envs(release, "kserve")
+    for entry in release.spec.get("clients") or []:
+        secret, _, key = entry["api_key"]["secret"].partition("/")
+        env.append(
+            client.V1EnvVar(
+                name=key_envs[entry["name"]],
                 value_from=client.V1EnvVarSource(
                     secret_key_ref=client.V1SecretKeySelector(name=secret, key=key)
                 ),

@@ -29,12 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from runners.deploy import environment
 from runners.deploy.release import DeployError
 from runners.serve import ports
-from runners.serve.server import EXIT_PORT
+from runners.serve.ports import EXIT_PORT
 
 STATE_FILE = "state.json"
 READY_PATH = "/v2/health/ready"
@@ -99,6 +97,8 @@ def is_serving_process(pid: int) -> bool:
 
 
 def is_ready(port: int, timeout: float = 2.0) -> bool:
+    import httpx
+
     try:
         response = httpx.get(f"http://127.0.0.1:{port}{READY_PATH}", timeout=timeout)
     except httpx.HTTPError:

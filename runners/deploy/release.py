@@ -19,6 +19,9 @@ CONTAINER_PORT = 8080
 CONTAINER_COLLECT_DIR = "/var/lib/llmops/collect"
 # A Kubernetes secret's key reaches the container as this variable.
 SECRET_KEY_ENV = "LLMOPS_API_KEY"
+# A named client's key reaches a local or KServe runtime as this prefix plus the client's name
+# (upper case, '-' as '_'): llmops' own variable, as SECRET_KEY_ENV is for the single key.
+CLIENT_KEY_ENV_PREFIX = "LLMOPS_CLIENT_KEY_"
 SMOKE_MAX_TOKENS = 16
 # The Deployment spec's `limits` the runtime's config takes (runners/serve/config.py `Limits`).
 LIMIT_FIELDS = (
@@ -82,6 +85,45 @@ def api_key_env(release: Release, target: str) -> str | None:
     return SECRET_KEY_ENV
 
 
+def client_key_env(client: str) -> str:
+    """The variable a local or KServe runtime reads client `client`'s key from."""
+    return CLIENT_KEY_ENV_PREFIX + client.upper().replace("-", "_")
+
+
+def client_key_envs(release: Release, target: str) -> dict[str, str]:
+    """Each client's key variable inside the container, by client name. As api_key_env: on
+    docker an `env` reference is passed through under its own name (`docker run -e NAME`),
+    on KServe a `secret` reference is mounted into client_key_env(name)."""
+    out = {}
+    for client in release.spec.get("clients") or []:
+        name, ref = client["name"], client["api_key"]
+        if target == "kserve" and not ref.get("secret"):
+            raise DeployError(
+                f"deployment {release.name}: client {name}'s api_key.env ({ref['env']}) names "
+                "a variable of this machine, which a KServe pod cannot see; store the key in a "
+                "Kubernetes secret and write api_key: {secret: <secret-name>/<key>}"
+            )
+        if target != "kserve" and not ref.get("env"):
+            raise DeployError(
+                f"deployment {release.name}: client {name}'s api_key {{secret: {ref['secret']}}} "
+                f"names a Kubernetes secret, which only target kserve can read; use "
+                f"{{env: VARIABLE}} for target {target}"
+            )
+        out[name] = client_key_env(name) if target == "kserve" else str(ref["env"])
+    return out
+
+
+def runtime_clients(
+    clients: list[dict[str, Any]], key_envs: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The runtime config's `clients` (runners/serve/config.py): name, key variable, quotas;
+    never a key."""
+    return [
+        {"name": c["name"], "key_env": key_envs[c["name"]], "quotas": dict(c.get("quotas") or {})}
+        for c in clients
+    ]
+
+
 def container_config(release: Release, target: str) -> dict[str, Any]:
     """The runtime's config (runners/serve's contract) for a container of `target`."""
     spec = release.spec
@@ -109,7 +151,15 @@ def container_config(release: Release, target: str) -> dict[str, Any]:
         # Without prompts of its own the runtime's default smoke prompt applies.
         "smoke": {"max_tokens": SMOKE_MAX_TOKENS}
         | ({"prompts": list(release.smoke_prompts)} if release.smoke_prompts else {}),
-    }
+    } | _clients_entry(release, target)
+
+
+def _clients_entry(release: Release, target: str) -> dict[str, Any]:
+    # Absent without clients, so configs and manifests rendered before clients stay the same.
+    clients = release.spec.get("clients") or []
+    if not clients:
+        return {}
+    return {"clients": runtime_clients(clients, client_key_envs(release, target))}
 
 
 def kserve_name(release: Release) -> str:

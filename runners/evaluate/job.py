@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runners.evaluate.endpoint import Endpoint
 from runners.evaluate.run import EvalError, EvalInputs
 
 
@@ -23,6 +24,9 @@ class EvalJob:
     judge_model: str | None = None
     batch_size: int = 8
     meta: dict[str, Any] = field(default_factory=dict)  # for people: model ref, suite digest
+    # Evaluate an OpenAI-compatible endpoint instead of loading `model`, which then only
+    # provides the tokenizer: {base_url, model, api_key_env?, concurrency?, max_length?}
+    endpoint: dict[str, Any] | None = None
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True), encoding="utf-8")
@@ -62,4 +66,16 @@ class EvalJob:
             judge_path=Path(self.judge_model) if self.judge_model else None,
             batch_size=self.batch_size,
             report=report,
+            endpoint=self._endpoint(),
         )
+
+    def _endpoint(self) -> Endpoint | None:
+        if self.endpoint is None:
+            return None
+        try:
+            return Endpoint(tokenizer=Path(self.model), **self.endpoint)
+        except TypeError as err:
+            raise EvalError(
+                f"the evaluation job's endpoint is malformed ({err}); give base_url and model, "
+                "and optionally api_key_env, concurrency and max_length"
+            ) from err

@@ -14,6 +14,8 @@ from typing import Any
 
 from runners.errors import LlmopsError
 from runners.evaluate.compare import aggregate
+from runners.evaluate.endpoint import Endpoint, EndpointError
+from runners.evaluate.judge import Judge
 from runners.evaluate.metrics import keyword_recall, rouge_l, token_f1
 from runners.evaluate.placeholders import (
     PlaceholderError,
@@ -46,6 +48,8 @@ class EvalInputs:
     # static batches of batch_size, kept as the baseline benchmarks/eval_throughput.py measures
     generation_concurrency: int = 64
     report: Any = print
+    # An OpenAI-compatible deployment to evaluate instead of loading model_path (endpoint.py)
+    endpoint: Endpoint | None = None
 
 
 @dataclass
@@ -285,6 +289,12 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
             else task_name(inputs.suite_name, task["name"])
         )
     manager = TaskManager()
+    if inputs.endpoint is not None:
+        try:
+            served = inputs.endpoint.language_model()
+        except EndpointError as err:
+            raise EvalError(str(err)) from err
+        return _summary(inputs, _run_tasks(inputs, names, manager, served))
     import torch
 
     gpu = torch.cuda.is_available()
@@ -305,6 +315,12 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
     else:
         lm = HFLM(**model_args)
     results = _run_tasks(inputs, names, manager, lm)
+    return _summary(inputs, results)
+
+
+def _summary(inputs: EvalInputs, results: list[TaskResult]) -> dict[str, Any]:
+    """results.json: every task's metrics, sample count and time."""
+    out = inputs.out
     summary = {
         "suite": inputs.suite_name,
         "metrics": {f"{r.task}/{k}": v for r in results for k, v in r.metrics.items()},
@@ -364,8 +380,6 @@ def _run_tasks(
         samples = _samples(task, raw["samples"][name], lm.tokenizer)
         if "judge" in task["metrics"]:
             if judge is None:
-                from runners.evaluate.judge import Judge
-
                 judge = Judge(inputs.judge_path, inputs.suite["judge"])
             for row, sample in zip(
                 samples, sorted(raw["samples"][name], key=lambda s: int(s["doc_id"])), strict=True

@@ -25,6 +25,7 @@ from runners.inspect.weights import (
     check_folder,
     is_adapter,
     iter_weight_rows,
+    parse_name,
 )
 
 SCAN_VERSION = 1  # bump when the numbers a scan produces change, so cached scans are redone
@@ -106,8 +107,6 @@ def _layers_changed(
     deltas: list[dict[str, Any]], base_norms: dict[str, float]
 ) -> list[dict[str, Any]]:
     """Per layer: sqrt(sum ||W - W0||^2) / sqrt(sum ||W0||^2) over all of the layer's tensors."""
-    from runners.inspect.weights import parse_name
-
     delta_sq: dict[int, float] = defaultdict(float)
     base_sq: dict[int, float] = defaultdict(float)
     for name, norm in base_norms.items():
@@ -132,8 +131,6 @@ def run_weightwatcher(model: Path, base: Path | None) -> dict[str, Any]:
     except ImportError:
         return {"skipped": WW_MISSING}
     frame = ww.WeightWatcher(model=_load_plain(model, base)).analyze()
-    from runners.inspect.weights import parse_name
-
     layers = []
     for record in frame.to_dict("records"):
         name = str(record.get("longname") or record.get("name") or record.get("layer_id"))

@@ -5,35 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runners.errors import LlmopsError
+from runners.pull import origins
+from runners.pull.metadata import inspect_folder
+from runners.pull.options import FetchOptions, FetchResult, PullError
+
+__all__ = ["FetchOptions", "FetchResult", "PullError", "check_safety", "fetch", "source_key"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-Report = Callable[[str], None]
-
-
-class PullError(LlmopsError):
-    """A permanent problem with a source; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class FetchOptions:
-    repo_root: Path
-    dtype: str = "auto"
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-    license: str | None = None
-    report: Report = print
-
-
-@dataclass
-class FetchResult:
-    folder: Path
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def source_key(source: dict[str, Any], dtype: str) -> str:
@@ -44,9 +25,6 @@ def source_key(source: dict[str, Any], dtype: str) -> str:
 
 def fetch(source: dict[str, Any], dest: Path, options: FetchOptions) -> FetchResult:
     """Materialise the model in `dest` as safetensors + config + tokenizer; return metadata."""
-    from runners.pull import origins
-    from runners.pull.metadata import inspect_folder
-
     kind = source.get("type")
     fetchers = {
         "local": origins.fetch_local,

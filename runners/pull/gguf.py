@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runners.pull.fetch import FetchOptions, PullError
+from runners.pull.options import FetchOptions, PullError
 
 DTYPES = {"auto": "float32", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 

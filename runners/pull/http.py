@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
-from runners.pull.fetch import PullError
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from runners.pull.options import PullError
 from runners.pull.urls import DEFAULT_MAX_BYTES, MAX_REDIRECTS, is_loopback, url_problem
 
 if TYPE_CHECKING:
@@ -52,8 +54,6 @@ def download(
 ) -> Path:
     """Fetch `url` to `target`; an interrupted download resumes from `target.part`."""
     import httpx
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
     problem = url_problem(url)
     if problem:
         raise PullError(f"refusing to download: {problem}")

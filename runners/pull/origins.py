@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from runners.pull.fetch import FetchOptions, PullError
+from runners.pull.gguf import convert_gguf
+from runners.pull.http import download
+from runners.pull.options import FetchOptions, PullError
 from runners.pull.urls import DEFAULT_MAX_BYTES
 
 WEIGHT_FILES = (
@@ -88,8 +90,6 @@ def fetch_gguf_path(source: dict[str, Any], dest: Path, options: FetchOptions) -
     path = _inside(options.repo_root, source["path"])
     if not path.is_file():
         raise PullError(f"GGUF file '{source['path']}' does not exist")
-    from runners.pull.gguf import convert_gguf
-
     return convert_gguf(path, dest, options)
 
 
@@ -136,8 +136,6 @@ def fetch_package(source: dict[str, Any], dest: Path, options: FetchOptions) -> 
     package, wanted = source["package"], source["version"]
     path = package_file(source)
     if path.suffix.lower() == ".gguf":
-        from runners.pull.gguf import convert_gguf
-
         return convert_gguf(path, dest, options) | {"package": f"{package}=={wanted}"}
     raise PullError(f"'{source['file']}' is not a GGUF file; package sources take GGUF files")
 
@@ -179,8 +177,6 @@ def fetch_hub(source: dict[str, Any], dest: Path, options: FetchOptions) -> dict
             shutil.copyfile(path.resolve(), target)
     ggufs = sorted(dest.glob("*.gguf"))
     if not any(dest.glob("*.safetensors")) and ggufs:
-        from runners.pull.gguf import convert_gguf
-
         converted = dest.parent / (dest.name + "-converted")
         converted.mkdir()
         extra = convert_gguf(ggufs[0], converted, options)
@@ -191,8 +187,6 @@ def fetch_hub(source: dict[str, Any], dest: Path, options: FetchOptions) -> dict
 
 
 def fetch_url(source: dict[str, Any], dest: Path, options: FetchOptions) -> dict[str, Any]:
-    from runners.pull.http import download
-
     url: str = source["url"]
     if url.startswith("s3://"):
         raise PullError(
@@ -215,8 +209,6 @@ def fetch_url(source: dict[str, Any], dest: Path, options: FetchOptions) -> dict
         max_bytes=int(source.get("max_bytes") or DEFAULT_MAX_BYTES),
     )
     if path.suffix.lower() == ".gguf":
-        from runners.pull.gguf import convert_gguf
-
         extra = convert_gguf(path, dest, options)
     elif path.suffix.lower() == ".safetensors":
         raise PullError(

@@ -24,6 +24,7 @@ from runners.serve.generation import (
     Sampling,
 )
 from runners.serve.metrics import GENERATED_TOKENS, IN_FLIGHT, PROMPT_TOKENS, QUEUED, REJECTED
+from runners.serve.usage import current_usage
 
 _END = object()
 # How long past the deadline a thread may take to notice it before the client gets its 504.
@@ -133,7 +134,7 @@ class Engine:
 
     async def admit(
         self,
-        prepare: Callable[[], tuple[str, bool, Sampling]],
+        prepare: Callable[[], tuple[str | list[int], bool, Sampling]],
         started: float,
         prepare_in_thread: bool = True,
     ) -> Job:
@@ -168,7 +169,7 @@ class Engine:
 
     def _run(
         self,
-        prompt: str,
+        prompt: str | list[int],  # text, or a completions prompt's token ids
         chat: bool,
         sampling: Sampling,
         deadline: float,
@@ -177,6 +178,9 @@ class Engine:
         loop = asyncio.get_running_loop()
         control = Control(deadline=deadline)
         queue: asyncio.Queue[object] = asyncio.Queue()
+        # The request's usage (accounting.py), taken here in the request's context: the
+        # generation thread does not inherit it.
+        usage = current_usage()
 
         def emit(text: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, text)
@@ -188,10 +192,14 @@ class Engine:
                 # Tokens made for a client that left (or ran out of time) cost the same
                 # compute: counting them shows when an abandoned generation really stopped.
                 GENERATED_TOKENS.inc(stopped.completion_tokens)
+                if usage is not None:
+                    usage.add(0, stopped.completion_tokens)
                 raise
             else:
                 PROMPT_TOKENS.inc(result.prompt_tokens)
                 GENERATED_TOKENS.inc(result.completion_tokens)
+                if usage is not None:  # before the result reaches the event loop
+                    usage.add(result.prompt_tokens, result.completion_tokens)
                 return result
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _END)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runners.serve import constrained
 from runners.serve.batching import SchedulerThread
 from runners.serve.generation import (
     Control,
@@ -31,6 +32,7 @@ from runners.serve.generation import (
     StopScanner,
     finish_reason,
 )
+from runners.serve.logprobs import Piece, TokenLogprob, build
 
 DEFAULT_CONTEXT = 4096  # tokens per sequence
 PREFILL_BATCH = 512  # prompt tokens decoded per llama_decode call
@@ -54,6 +56,10 @@ class _Request:
     last: int = -1  # the token to feed next
     pieces: list[str] = field(default_factory=list)
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of generated tokens
+    prompt_logprobs: list[TokenLogprob] | None = None  # of prompt tokens, with echo
+    matcher: Any = None  # llguidance matcher when the answer is constrained (constrained.py)
+    streamed: int = 0  # logprobs already sent with a piece
     result: Generation | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -64,6 +70,9 @@ class _Request:
     def show(self, text: str) -> None:
         if text:
             self.pieces.append(text)
+            if self.sampling.logprobs is not None:
+                text = Piece(text, self.logprobs[self.streamed :])
+                self.streamed = len(self.logprobs)
             self.emit(text)
 
 
@@ -73,6 +82,7 @@ class LlamaCppBackend:
     def __init__(self, gguf_path: Path, sequences: int = 4, n_ctx: int = DEFAULT_CONTEXT) -> None:
         try:
             import llama_cpp
+            import numpy  # llama-cpp-python's own dependency: logprobs are computed with it
             from llama_cpp import _internals
             from llama_cpp._logger import set_verbose
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -84,6 +94,7 @@ class LlamaCppBackend:
         if not gguf_path.is_file():
             raise ValueError(f"GGUF file {gguf_path} does not exist")
         self.lib = llama_cpp
+        self.np = numpy
         set_verbose(False)  # llama.cpp's load and graph logs: errors only
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
@@ -105,6 +116,7 @@ class LlamaCppBackend:
         self.context_length: int | None = per_sequence
         self.vocab = llama_cpp.llama_model_get_vocab(self.model.model)
         self.n_vocab = self.model.n_vocab()
+        self.vocab_size: int | None = self.n_vocab
         metadata = self.model.metadata()
         template = metadata.get("tokenizer.chat_template")
         if not template:
@@ -120,10 +132,23 @@ class LlamaCppBackend:
         )
         self.pieces: dict[int, bytes] = {}
         self.eog = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
+        self.chat_template: str = template
+        # The same llguidance compiler as the transformers backend (not llama.cpp's GBNF
+        # sampler, which checks every candidate token each step): one schema coverage, the
+        # same 400s and the same compact JSON on both backends.
+        self.grammars = constrained.Grammars(
+            constrained.llama_vocab(self.vocab, self.n_vocab, self.eog)
+        )
         self.scheduler = _Scheduler(self)
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        return str(self.formatter(messages=messages).prompt)  # type: ignore[arg-type]
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        return str(self.formatter(messages=messages, tools=tools).prompt)  # type: ignore[arg-type]
+
+    def compile_constraint(self, constraint: constrained.Constraint) -> Any:
+        """A compiled grammar for Sampling.constraint; APIError 400 when the schema is unusable."""
+        return self.grammars.compile(constraint)
 
     def _tokens(self, prompt: str, chat: bool) -> list[int]:
         # A chat template writes its own BOS; a raw completion prompt gets the model's.
@@ -132,21 +157,52 @@ class LlamaCppBackend:
     def count_tokens(self, prompt: str, chat: bool) -> int:
         return len(self._tokens(prompt, chat))
 
+    def decode(self, ids: list[int]) -> str:
+        return b"".join(self.piece(token) for token in ids).decode("utf-8", errors="replace")
+
+    def spell(self, token: int) -> tuple[str, bytes]:
+        data = self.piece(token)
+        return data.decode("utf-8", errors="replace"), data
+
+    def scores(self, index: int) -> Any:
+        """log_softmax of batch row `index`'s raw logits (llama-cpp-python's own), a copy."""
+        pointer = self.lib.llama_get_logits_ith(self.context.ctx, index)
+        return self.lib.Llama.logits_to_logprobs(
+            self.np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+        )
+
+    def logprob(self, scores: Any, token: int, top: int) -> TokenLogprob:
+        """`token`'s entry under `scores`, with the `top` most likely tokens."""
+        np = self.np
+        if 0 < top < self.n_vocab:
+            best = np.argpartition(-scores, top)[:top]
+        else:
+            best = np.arange(min(top, self.n_vocab))
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return build(
+            [token], [float(scores[token])], [best.tolist()], [scores[best].tolist()], self.spell
+        )[0]
+
     def generate(
         self,
-        prompt: str,
+        prompt: str | list[int],
         chat: bool,
         sampling: Sampling,
         emit: Callable[[str], None],
         control: Control,
     ) -> Generation:
-        tokens = self._tokens(prompt, chat) or [self.model.token_bos()]
+        if isinstance(prompt, list):
+            tokens = list(prompt)
+        else:
+            tokens = self._tokens(prompt, chat) or [self.model.token_bos()]
         if self.context_length is not None and len(tokens) >= self.context_length:
             raise ValueError(
                 f"the prompt is {len(tokens)} tokens; this model's context per request is "
                 f"{self.context_length}: send a shorter prompt"
             )
         request = _Request(tokens, sampling, emit, control)
+        if sampling.constraint is not None:
+            request.matcher = constrained.start(sampling.constraint)
         self.scheduler.submit(request)
         request.done.wait()
         if request.error is not None:
@@ -256,23 +312,43 @@ class _Scheduler(SchedulerThread[_Request]):
             request.sampler = self.backend.sampler(request.sampling)
             starting.append(request)
         rows: list[tuple[int, int, int, bool]] = []
-        owners: list[_Request | None] = []
+        # (request, position) for each row whose logits are read: the last prompt token's,
+        # and with echo every one (position i's logits score token i + 1)
+        owners: list[tuple[_Request, int] | None] = []
         for request in starting:
             last = len(request.tokens) - 1
+            echo = request.sampling.echo
+            if echo:
+                request.prompt_logprobs = build(
+                    request.tokens[:1], [None], [[]], [[]], self.backend.spell
+                )
             for position, token in enumerate(request.tokens):
-                rows.append((token, position, request.seq, position == last))
-                owners.append(request if position == last else None)
+                wanted = position == last or echo
+                rows.append((token, position, request.seq, wanted))
+                owners.append((request, position) if wanted else None)
             request.position = len(request.tokens)
-        sampled: list[tuple[_Request, int]] = []
+        sampled: list[tuple[_Request, int, TokenLogprob | None]] = []
         for start in range(0, len(rows), PREFILL_BATCH):
             chunk = rows[start : start + PREFILL_BATCH]
             self._decode(chunk)
             for index, owner in enumerate(owners[start : start + PREFILL_BATCH]):
-                if owner is not None:
-                    sampled.append((owner, self._sample(owner, index)))
-        for request, token in sampled:
+                if owner is None:
+                    continue
+                request, position = owner
+                if position + 1 < len(request.tokens):
+                    assert request.prompt_logprobs is not None
+                    request.prompt_logprobs.append(
+                        self.backend.logprob(
+                            self.backend.scores(index),
+                            request.tokens[position + 1],
+                            request.sampling.logprobs or 0,
+                        )
+                    )
+                else:
+                    sampled.append((request, *self._sample(request, index)))
+        for request, token, scored in sampled:
             self.active.append(request)
-            if self._accept(request, token):
+            if request.sampling.max_tokens == 0 or self._take(request, token, scored):
                 self._finish_each([request])
         self.max_batch_seen = max(self.max_batch_seen, len(self.active))
 
@@ -282,23 +358,39 @@ class _Scheduler(SchedulerThread[_Request]):
         self.steps += 1
         tokens = [self._sample(request, index) for index, request in enumerate(running)]
         finished = []
-        for request, token in zip(running, tokens, strict=True):
+        for request, (token, scored) in zip(running, tokens, strict=True):
             request.position += 1
-            if self._accept(request, token):
+            if self._take(request, token, scored):
                 finished.append(request)
         self._finish_each(finished)
 
     # -- tokens --------------------------------------------------------------------------
 
-    def _sample(self, request: _Request, index: int) -> int:
+    def _sample(self, request: _Request, index: int) -> tuple[int, TokenLogprob | None]:
+        """The next token, and its logprob entry when asked (read from the logits before
+        min_tokens masks them and the sampler chain reshapes them)."""
         lib, backend = self.lib, self.backend
         ctx = backend.context.ctx
+        top = request.sampling.logprobs
+        scores = backend.scores(index) if top is not None else None
         if request.generated < request.sampling.min_tokens and backend.eog:
             logits = lib.llama_get_logits_ith(ctx, index)
             row = ctypes.cast(logits, ctypes.POINTER(ctypes.c_float))
             for token in backend.eog:
                 row[token] = -float("inf")
-        return int(lib.llama_sampler_sample(request.sampler, ctx, index))
+        if request.matcher is not None:  # the sampler chain reads the masked row
+            row = ctypes.cast(lib.llama_get_logits_ith(ctx, index), ctypes.POINTER(ctypes.c_float))
+            constrained.mask_row(request.matcher, row, backend.n_vocab)
+        token = int(lib.llama_sampler_sample(request.sampler, ctx, index))
+        if scores is None or top is None:
+            return token, None
+        return token, backend.logprob(scores, token, top)
+
+    def _take(self, request: _Request, token: int, scored: TokenLogprob | None) -> bool:
+        """Record the token's logprob when asked, then accept it; True when finished."""
+        if scored is not None:
+            request.logprobs.append(scored)
+        return self._accept(request, token)
 
     def _accept(self, request: _Request, token: int) -> bool:
         """Take one generated token; True when the request is finished."""
@@ -308,6 +400,8 @@ class _Scheduler(SchedulerThread[_Request]):
         request.last = token
         text = request.decoder.decode(self.backend.piece(token))
         request.show(request.scanner.feed(text))
+        if request.matcher is not None and constrained.consume(request.matcher, token):
+            return True  # the JSON is complete
         if request.scanner.stopped or request.generated >= request.sampling.max_tokens:
             return True
         limit = self.backend.context_length
@@ -343,5 +437,7 @@ class _Scheduler(SchedulerThread[_Request]):
             prompt_tokens=len(request.tokens),
             completion_tokens=request.generated,
             finish_reason=finish_reason(scanner, request.generated, request.sampling.max_tokens),
+            logprobs=request.logprobs if request.sampling.logprobs is not None else None,
+            prompt_logprobs=request.prompt_logprobs,
         )
         request.done.set()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runners.serve import constrained
 from runners.serve.batching import SchedulerThread
 from runners.serve.generation import (
     Control,
@@ -28,6 +29,7 @@ from runners.serve.generation import (
     StopScanner,
     finish_reason,
 )
+from runners.serve.logprobs import Piece, TokenLogprob, build, echo_groups, token_bytes
 from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
 
 PREFILL_ROWS = 16  # prompts prefilled in one forward pass, at most
@@ -45,6 +47,10 @@ class _Request:
     decoded: str = ""
     pieces: list[str] = field(default_factory=list)
     position: int = 0  # position id of the next token fed to the model
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of generated tokens
+    prompt_logprobs: list[TokenLogprob] | None = None  # of prompt tokens, with echo
+    streamed: int = 0  # logprobs already sent with a piece
+    matcher: Any = None  # llguidance matcher when the answer is constrained (constrained.py)
     result: Generation | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -55,6 +61,9 @@ class _Request:
     def show(self, text: str) -> None:
         if text:
             self.pieces.append(text)
+            if self.sampling.logprobs is not None:
+                text = Piece(text, self.logprobs[self.streamed :])
+                self.streamed = len(self.logprobs)
             self.emit(text)
 
 
@@ -79,6 +88,9 @@ class TransformersBackend:
         except Exception:  # a tokenizer without a vocabulary listing: routes.py's fallback
             longest = 0
         self.max_token_chars: int | None = longest or None
+        self.vocab_size: int | None = getattr(model.config, "vocab_size", None)
+        self.spelled: dict[int, tuple[str, bytes]] = {}  # token id -> its text, for logprobs
+        self.token_bytes = token_bytes(tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
         eos = getattr(model.generation_config, "eos_token_id", None)
@@ -86,6 +98,9 @@ class TransformersBackend:
             eos = tokenizer.eos_token_id
         self.eos_ids: set[int] = set(
             eos if isinstance(eos, list) else [eos] if eos is not None else []
+        )
+        self.grammars = constrained.Grammars(
+            constrained.hf_tokenizer(tokenizer, int(model.config.vocab_size), self.eos_ids)
         )
         self.scheduler = Scheduler(self)
 
@@ -108,10 +123,23 @@ class TransformersBackend:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, **SAFE_MODEL)
         return cls(model.to(device).eval(), tokenizer)
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str:
         return str(
-            self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            self.tokenizer.apply_chat_template(
+                messages, tools=tools, tokenize=False, add_generation_prompt=True
+            )
         )
+
+    @property
+    def chat_template(self) -> str:
+        template = getattr(self.tokenizer, "chat_template", None)
+        return template if isinstance(template, str) else str(template or "")
+
+    def compile_constraint(self, constraint: constrained.Constraint) -> Any:
+        """A compiled grammar for Sampling.constraint; APIError 400 when the schema is unusable."""
+        return self.grammars.compile(constraint)
 
     def _encode(self, prompt: str, chat: bool) -> list[int]:
         # A chat template writes its own BOS; a raw completion prompt gets the tokenizer's.
@@ -120,14 +148,27 @@ class TransformersBackend:
     def count_tokens(self, prompt: str, chat: bool) -> int:
         return len(self._encode(prompt, chat))
 
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=False))
+
+    def spell(self, token: int) -> tuple[str, bytes]:
+        """A token's text as logprobs show it, special tokens included (as vLLM does)."""
+        spelled = self.spelled.get(token)
+        if spelled is None:
+            text = self.decode([token])
+            spelled = self.spelled[token] = (text, self.token_bytes(token, text))
+        return spelled
+
     def generate(
         self,
-        prompt: str,
+        prompt: str | list[int],
         chat: bool,
         sampling: Sampling,
         emit: Callable[[str], None],
         control: Control,
     ) -> Generation:
+        if isinstance(prompt, list):
+            return self.generate_ids(prompt, sampling, emit, control)
         ids = self._encode(prompt, chat) or [self.tokenizer.bos_token_id or self.pad_token_id]
         return self.generate_ids(ids, sampling, emit, control)
 
@@ -141,6 +182,8 @@ class TransformersBackend:
         """Generate after prompt token ids; blocks while the scheduler batches it with others."""
         control = control or Control()
         request = _Request(ids, sampling, emit, control)
+        if sampling.constraint is not None:
+            request.matcher = constrained.start(sampling.constraint)
         if sampling.seed is not None and sampling.temperature > 0:
             request.generator = self.torch.Generator(self.device).manual_seed(sampling.seed)
         self.scheduler.submit(request)
@@ -201,8 +244,14 @@ class Scheduler(SchedulerThread[_Request]):
                 self._finish(request)
             else:
                 live.append(request)
-        for start in range(0, len(live), PREFILL_ROWS):
-            self._prefill(live[start : start + PREFILL_ROWS])
+        plain = [r for r in live if not r.sampling.echo]
+        for start in range(0, len(plain), PREFILL_ROWS):
+            self._prefill(plain[start : start + PREFILL_ROWS])
+        # echo keeps the logits at every prompt position: such prompts are grouped by size
+        echo = [r for r in live if r.sampling.echo]
+        vocab = self.backend.vocab_size or 1
+        for group in echo_groups([len(r.ids) for r in echo], vocab, PREFILL_ROWS):
+            self._prefill([echo[i] for i in group])
 
     def _prefill(self, group: list[_Request]) -> None:
         torch = self.torch
@@ -223,8 +272,13 @@ class Scheduler(SchedulerThread[_Request]):
             position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
             cache=cache,
             use_cache=True,
-            logits_to_keep=1,
+            # echo scores every prompt token, so it needs the logits at every position
+            logits_to_keep=0 if any(r.sampling.echo for r in group) else 1,
         )
+        for row, request in enumerate(group):
+            if request.sampling.echo:
+                self._score_prompt(request, out.logits[row, width - len(request.ids) :])
+        rows = self._logprob_rows(out.logits[:, -1, :], group)
         tokens = self._pick(out.logits[:, -1, :], group)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         last = torch.tensor(tokens, device=mask.device)
@@ -250,7 +304,7 @@ class Scheduler(SchedulerThread[_Request]):
             [
                 first + row
                 for row, (request, token) in enumerate(zip(group, tokens, strict=True))
-                if self._accept(request, token)
+                if self._take(request, token, rows, row)
             ]
         )
         self.max_batch_seen = max(self.max_batch_seen, len(self.active))
@@ -299,13 +353,14 @@ class Scheduler(SchedulerThread[_Request]):
         self.steps += 1
         for request in self.active:
             request.position += 1
+        rows = self._logprob_rows(out.logits[:, -1, :], self.active)
         tokens = self._pick(out.logits[:, -1, :], self.active)
         self.last = torch.tensor(tokens, device=self.mask.device)
         self._leave(
             [
                 i
                 for i, (r, t) in enumerate(zip(self.active, tokens, strict=True))
-                if self._accept(r, t)
+                if self._take(r, t, rows, i)
             ]
         )
 
@@ -315,6 +370,7 @@ class Scheduler(SchedulerThread[_Request]):
         """The next token for each row: greedy at temperature 0, else top-p sampling."""
         torch = self.torch
         logits = logits.float()
+        constrained.mask_logits(torch, logits, [r.matcher for r in requests])
         eos = sorted(self.backend.eos_ids)
         for row, request in enumerate(requests):
             if eos and len(request.generated) < request.sampling.min_tokens:
@@ -334,9 +390,51 @@ class Scheduler(SchedulerThread[_Request]):
             tokens[row] = int(torch.multinomial(probs, 1, generator=request.generator))
         return tokens
 
+    def _logprob_rows(self, logits: Any, requests: list[_Request]) -> Any:
+        """log_softmax of the raw logits (before _pick masks them in place), or None when no
+        request asked for logprobs."""
+        if all(r.sampling.logprobs is None for r in requests):
+            return None
+        return self.torch.log_softmax(logits.float(), dim=-1)
+
+    def _score_prompt(self, request: _Request, logits: Any) -> None:
+        """echo: each prompt token's logprob given the ones before it; `logits` are the
+        prompt's rows (position i predicts token i + 1)."""
+        torch = self.torch
+        ids = request.ids
+        top = request.sampling.logprobs or 0
+        scores = torch.log_softmax(logits[:-1].float(), dim=-1)
+        chosen = scores.gather(1, torch.tensor(ids[1:], device=scores.device).unsqueeze(1))
+        values, alternatives = scores.topk(top, dim=-1)
+        request.prompt_logprobs = build(
+            ids,
+            [None, *chosen.squeeze(1).tolist()],
+            [[], *alternatives.tolist()],
+            [[], *values.tolist()],
+            self.backend.spell,
+        )
+
+    def _take(self, request: _Request, token: int, rows: Any, row: int) -> bool:
+        """Record the token's logprob when asked, then accept it; True when finished."""
+        if request.sampling.max_tokens == 0:
+            return True  # echo with max_tokens 0: the prompt is scored, nothing is generated
+        top = request.sampling.logprobs
+        if top is not None:
+            values, alternatives = rows[row].topk(top)
+            request.logprobs += build(
+                [token],
+                [float(rows[row, token])],
+                [alternatives.tolist()],
+                [values.tolist()],
+                self.backend.spell,
+            )
+        return self._accept(request, token)
+
     def _accept(self, request: _Request, token: int) -> bool:
         """Take one generated token; True when the request is finished."""
         request.generated.append(token)
+        if request.matcher is not None and constrained.consume(request.matcher, token):
+            return True  # the JSON is complete; _finish shows the text still undecoded
         if token in self.backend.eos_ids:
             return True
         text = self.backend.tokenizer.decode(request.generated, skip_special_tokens=True)
@@ -365,6 +463,8 @@ class Scheduler(SchedulerThread[_Request]):
             prompt_tokens=len(request.ids),
             completion_tokens=generated,
             finish_reason=finish_reason(scanner, generated, request.sampling.max_tokens),
+            logprobs=request.logprobs if request.sampling.logprobs is not None else None,
+            prompt_logprobs=request.prompt_logprobs,
         )
         request.done.set()
 

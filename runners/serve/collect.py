@@ -2,8 +2,8 @@
 
 One file per UTC day, `<dir>/<YYYY-MM-DD>.jsonl`. Writers hold a thread lock and a file
 lock, so requests of this process and of the process replacing it during a rollout never
-interleave lines. PII is redacted with dataset preparation's own redaction
-(runners/data/steps.py).
+interleave lines. Each row names the client whose key sent it ("anonymous" on a keyless
+runtime). PII is redacted with dataset preparation's own redaction (runners/data/steps.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 from filelock import FileLock
 
 from runners.data.steps import PII_PATTERNS, redact_text
+from runners.serve.config import ANONYMOUS_CLIENT
+from runners.serve.usage import current_client
 
 KINDS = list(PII_PATTERNS)
 
@@ -71,6 +73,7 @@ class Collector:
             "deployment": self.deployment,
             "model_version": self.model_version,
             "endpoint": endpoint,
+            "client": current_client() or ANONYMOUS_CLIENT,
             "messages": [{**m, "content": self._redact(m["content"])} for m in messages],
             "response": self._redact(response),
             "prompt": self._redact(prompt),
@@ -88,6 +91,7 @@ class Collector:
             "time": _now(),
             "deployment": self.deployment,
             "model_version": self.model_version,
+            "client": current_client() or ANONYMOUS_CLIENT,
             "rating": rating,
             "correction": self._redact(correction),
             "comment": self._redact(comment),

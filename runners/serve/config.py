@@ -88,6 +88,43 @@ class Smoke(_Strict):
     max_tokens: int = Field(default=16, ge=1)
 
 
+class Embeddings(_Strict):
+    """/v1/embeddings (embeddings.py): off unless enabled; the served model's pooled hidden
+    states, or the embedding model in `model_dir` when set."""
+
+    enabled: bool = False
+    model_dir: Path | None = Field(
+        default=None,
+        description="An embedding model's folder (sentence-transformers or transformers); "
+        "unset: the served model's own hidden states (transformers backend only).",
+    )
+    pooling: Literal["mean", "last"] = "mean"
+    normalize: bool = True
+
+
+# The single `api_key_env`'s holder, and every caller of a keyless runtime, as usage and
+# metrics name them; no client may take either name.
+DEFAULT_CLIENT = "default"
+ANONYMOUS_CLIENT = "anonymous"
+
+
+class Quotas(_Strict):
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, description="API requests (/v1/...) in any 60 seconds."
+    )
+    tokens_per_day: int | None = Field(
+        default=None, ge=1, description="Prompt plus completion tokens per UTC day."
+    )
+
+
+class Client(_Strict):
+    """A named caller: its key is read from `key_env` at startup, never written here."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    key_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    quotas: Quotas = Field(default_factory=Quotas)
+
+
 class ServeConfig(_Strict):
     name: str = Field(pattern=NAME_PATTERN, description="Deployment name = the OpenAI model id.")
     model_version: str = Field(min_length=1)
@@ -112,19 +149,55 @@ class ServeConfig(_Strict):
         description="Web origins (https://app.example) whose pages may call this server "
         "from a browser; any other Origin is refused with 403.",
     )
+    clients: list[Client] = Field(
+        default_factory=list,
+        description="Named clients, each with its own key, quotas and usage; with api_key_env "
+        f"too, that key's holder is the client '{DEFAULT_CLIENT}', without quotas.",
+    )
     limits: Limits = Field(default_factory=Limits)
     collect: Collect = Field(default_factory=Collect)
     smoke: Smoke = Field(default_factory=Smoke)
+    embeddings: Embeddings = Field(default_factory=Embeddings)
 
     @model_validator(mode="after")
     def _consistent(self) -> ServeConfig:
+        if (
+            self.embeddings.enabled
+            and self.backend == "llama-cpp"
+            and self.embeddings.model_dir is None
+        ):
+            # llama.cpp computes embeddings only in a context made for them, apart from the
+            # generation batch; an embedding model of its own is the supported way.
+            raise ValueError(
+                "embeddings.model_dir: backend 'llama-cpp' does not embed with the served "
+                "GGUF; name an embedding model (a sentence-transformers or transformers folder)"
+            )
         if self.backend == "transformers" and self.model_dir is None:
             raise ValueError("backend 'transformers' needs 'model_dir', a transformers folder")
         if self.backend == "llama-cpp" and self.gguf_path is None:
             raise ValueError("backend 'llama-cpp' needs 'gguf_path', the GGUF file to serve")
         if self.public_port is not None and self.public_port == self.port:
             raise ValueError("public_port must differ from port")
+        names: set[str] = set()
+        variables = {self.api_key_env} - {None}
+        for index, client in enumerate(self.clients):
+            if client.name in (DEFAULT_CLIENT, ANONYMOUS_CLIENT) or client.name in names:
+                raise ValueError(
+                    f"clients[{index}]: the name '{client.name}' is taken; names are unique "
+                    f"and '{DEFAULT_CLIENT}' and '{ANONYMOUS_CLIENT}' are reserved"
+                )
+            if client.key_env in variables:
+                raise ValueError(
+                    f"clients[{index}]: key_env {client.key_env} is another client's variable; "
+                    "each client needs a key of its own"
+                )
+            names.add(client.name)
+            variables.add(client.key_env)
         return self
+
+    def keyed(self) -> bool:
+        """Whether every route but liveness and readiness needs a key."""
+        return self.api_key_env is not None or bool(self.clients)
 
     def gguf_file(self) -> Path | None:
         """gguf_path, relative paths taken inside model_dir (KServe mounts weights there)."""
@@ -142,6 +215,27 @@ class ServeConfig(_Strict):
                 "set it to the key clients must send"
             )
         return key
+
+    def client_keys(self) -> dict[str, str]:
+        """Each client's key by name (the api_key's holder as DEFAULT_CLIENT), read from the
+        environment; ConfigError for a variable unset or a key two clients share."""
+        keys = {DEFAULT_CLIENT: key} if (key := self.api_key()) else {}
+        for index, client in enumerate(self.clients):
+            value = os.environ.get(client.key_env, "")
+            if not value:
+                raise ConfigError(
+                    f"clients[{index}].key_env: environment variable {client.key_env} is not "
+                    f"set or empty; set it to the key client '{client.name}' sends"
+                )
+            # Never print the key: name who holds it.
+            same = next((name for name, known in keys.items() if known == value), None)
+            if same is not None:
+                raise ConfigError(
+                    f"clients[{index}].key_env: client '{client.name}' has the same key as "
+                    f"'{same}', so requests could not be told apart; give each its own key"
+                )
+            keys[client.name] = value
+        return keys
 
 
 def _field(loc: tuple[int | str, ...]) -> str:

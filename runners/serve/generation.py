@@ -7,9 +7,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-FinishReason = Literal["stop", "length"]
+from runners.serve.logprobs import TokenLogprob
+
+FinishReason = Literal["stop", "length", "tool_calls"]  # tool_calls: routes only
 
 
 class _Stopped(Exception):
@@ -36,6 +38,12 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     min_tokens: int = 0
+    # Log-probabilities (logprobs.py): None, none; else this many alternatives per token.
+    logprobs: int | None = None
+    echo: bool = False  # also score the prompt's tokens (completions' echo)
+    # Constrained decoding: what the backend's compile_constraint returned (constrained.py),
+    # copied per request; None decodes freely.
+    constraint: Any = None
 
 
 @dataclass
@@ -67,6 +75,8 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
+    logprobs: list[TokenLogprob] | None = None  # generated tokens, when Sampling.logprobs
+    prompt_logprobs: list[TokenLogprob] | None = None  # prompt tokens, when Sampling.echo
 
 
 class Backend(Protocol):
@@ -74,14 +84,23 @@ class Backend(Protocol):
 
     kind: str
     context_length: int | None
+    vocab_size: int | None
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str: ...
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str: ...
+
+    def compile_constraint(self, constraint: Any) -> Any:
+        """constrained.Constraint -> what Sampling.constraint carries; APIError 400 if bad."""
+        ...
 
     def count_tokens(self, prompt: str, chat: bool) -> int: ...
 
+    def decode(self, ids: list[int]) -> str: ...
+
     def generate(
         self,
-        prompt: str,
+        prompt: str | list[int],  # text, or token ids (a completions prompt, as lm-eval sends)
         chat: bool,
         sampling: Sampling,
         emit: Callable[[str], None],

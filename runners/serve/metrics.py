@@ -15,6 +15,7 @@ ROUTES = (
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/feedback",
+    "/v1/embeddings",
 )
 
 REQUESTS = Counter(f"{PREFIX}_requests", "HTTP requests by route and status", ["route", "status"])
@@ -29,6 +30,19 @@ QUEUED = Gauge(f"{PREFIX}_queued", "Requests waiting for a generation slot")
 PROMPT_TOKENS = Counter(f"{PREFIX}_prompt_tokens", "Prompt tokens processed")
 GENERATED_TOKENS = Counter(f"{PREFIX}_generated_tokens", "Tokens generated")
 REJECTED = Counter(f"{PREFIX}_rejected", "Requests refused by a limit", ["reason"])
+# Per client (accounting.py); label values are the configured client names, so they stay few.
+CLIENT_REQUESTS = Counter(f"{PREFIX}_client_requests", "API requests by client", ["client"])
+CLIENT_PROMPT_TOKENS = Counter(
+    f"{PREFIX}_client_prompt_tokens", "Prompt tokens of finished requests by client", ["client"]
+)
+CLIENT_COMPLETION_TOKENS = Counter(
+    f"{PREFIX}_client_completion_tokens",
+    "Completion tokens of finished requests by client",
+    ["client"],
+)
+CLIENT_REFUSED = Counter(
+    f"{PREFIX}_client_refused", "Requests refused by a client's quota", ["client", "quota"]
+)
 
 
 def route_of(path: str) -> str:

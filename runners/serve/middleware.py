@@ -6,8 +6,10 @@ import json
 import secrets
 from typing import Any
 
+from runners.serve.config import DEFAULT_CLIENT
 from runners.serve.errors import APIError
 from runners.serve.metrics import REJECTED
+from runners.serve.usage import CLIENT
 
 # Deny by default: with a key configured, every path needs it except liveness and
 # readiness, which probes (kubelet, docker HEALTHCHECK, the local rollout) call without one.
@@ -39,27 +41,51 @@ async def send_error(send: Any, error: APIError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def identify(given: bytes, keys: list[tuple[str, bytes]]) -> str | None:
+    """The name of the client whose key `given` is. Every key is compared, in constant time
+    each, so how long it takes says nothing about which key (or how much of one) matched."""
+    found = None
+    for name, key in keys:
+        if secrets.compare_digest(given, key):
+            found = name
+    return found
+
+
 class ApiKeyMiddleware:
     """With a key configured, every route but liveness and readiness needs
-    `Authorization: Bearer <key>` (a Prometheus scraper of /metrics sends it too)."""
+    `Authorization: Bearer <key>` (a Prometheus scraper of /metrics sends it too).
 
-    def __init__(self, app: Any, key: str | None) -> None:
+    `key` is the single api_key; `clients` maps client names to keys. The client a key
+    identifies is set in usage.CLIENT for everything that runs for the request, and in the
+    request's state (`request.state.client`)."""
+
+    def __init__(
+        self, app: Any, key: str | None = None, clients: dict[str, str] | None = None
+    ) -> None:
         self.app = app
-        self.key = key.encode() if key else None
+        keys = {**(clients or {}), **({DEFAULT_CLIENT: key} if key else {})}
+        self.keys = [(name, value.encode()) for name, value in keys.items()]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if self.key is None or scope["type"] != "http" or is_open(scope):
+        if not self.keys or scope["type"] != "http" or is_open(scope):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not given.strip():
-            message = "missing API key: send the header 'Authorization: Bearer <key>'"
-        elif not secrets.compare_digest(given.strip(), self.key):
-            message = "invalid API key: check the key this deployment's secret holds"
-        else:
-            await self.app(scope, receive, send)
+        sent = scheme.lower() == b"bearer" and bool(given.strip())
+        client = identify(given.strip(), self.keys) if sent else None
+        if client is not None:
+            scope.setdefault("state", {})["client"] = client
+            token = CLIENT.set(client)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                CLIENT.reset(token)
             return
+        if not sent:
+            message = "missing API key: send the header 'Authorization: Bearer <key>'"
+        else:
+            message = "invalid API key: check the key this deployment's secret holds"
         REJECTED.labels("auth").inc()
         error = APIError(
             401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}

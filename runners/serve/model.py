@@ -8,6 +8,7 @@ from typing import Any
 import kserve
 
 from runners.serve.config import ServeConfig, Smoke
+from runners.serve.embeddings import Embedder, load_embedder
 from runners.serve.generation import Backend, Control, Sampling
 
 
@@ -71,12 +72,21 @@ class ServeModel(kserve.Model):
         super().__init__(config.name)
         self.config = config
         self.backend: Backend | None = None
+        self.embedder: Embedder | None = None  # with embeddings enabled, once loaded
         self.created = int(time.time())
 
     def load(self, ready: bool = True) -> bool:
         """Load and smoke-check; ready=False leaves readiness to the caller (public port)."""
         backend = load_backend(self.config)
         smoke_check(backend, self.config.smoke)
+        if self.config.embeddings.enabled:  # before readiness: /v1/embeddings answers once ready
+            try:
+                self.embedder = load_embedder(self.config.embeddings, backend)
+            except Exception as err:
+                first = (str(err).strip().splitlines() or [""])[0]
+                raise ModelFailed(
+                    f"embedding model failed to load: {type(err).__name__}: {first}"
+                ) from err
         self.backend = backend
         self.ready = ready
         return self.ready

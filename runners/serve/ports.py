@@ -33,6 +33,9 @@ from pathlib import Path
 from runners.errors import LlmopsError
 
 CLAIMS_ENV = "LLMOPS_PORT_CLAIMS"
+# The runtime's exit codes, here (not in server.py) so a supervisor reads them without
+# loading the web framework: 4 means another holder took the public port.
+EXIT_OK, EXIT_MODEL, EXIT_PORT = 0, 3, 4
 
 
 class PortClaimError(LlmopsError):

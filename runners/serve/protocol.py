@@ -25,6 +25,7 @@ from openai.types.chat import (
 from openai.types.chat import chat_completion as chat_types
 from openai.types.chat import chat_completion_chunk as chunk_types
 from openai.types.chat import completion_create_params as chat_params
+from openai.types.completion_choice import Logprobs
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,6 +37,8 @@ from pydantic import (
 
 from runners.serve.errors import APIError
 from runners.serve.generation import FinishReason, Generation
+from runners.serve.logprobs import MAX_TOP
+from runners.serve.structured import history_fields
 
 # Parameters this runtime adds, as vLLM does: at least this many tokens before EOS.
 EXTENSIONS = {"min_tokens"}
@@ -108,19 +111,22 @@ class ChatRequest(_Request):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
-    tools: list[Any] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP)
+    tools: list[Any] | None = None  # checked by structured.plan, which names the bad part
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
     @field_validator("messages")
     @classmethod
-    def _text_only(cls, messages: list[Any]) -> list[dict[str, str]]:
+    def _text_only(cls, messages: list[Any]) -> list[dict[str, Any]]:
         """Plain {role, content} dicts; text parts are joined, other parts refused."""
         out = []
         for index, message in enumerate(messages):
             role = message["role"]
-            if role in ("tool", "function"):
-                raise ValueError(f"messages[{index}]: role '{role}' needs tools, not supported")
+            if role == "function":
+                raise ValueError(f"messages[{index}]: role 'function' is not supported; use tools")
             content = message.get("content")
             if content is None:
                 text = ""
@@ -142,42 +148,67 @@ class ChatRequest(_Request):
                         )
                 parts = [part["text"] for part in parts]
                 text = "".join(parts)
-            out.append({"role": "system" if role == "developer" else role, "content": text})
+            entry = {"role": "system" if role == "developer" else role, "content": text}
+            out.append({**entry, **history_fields(message, index)})
         return out
 
     def requested_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def logprob_request(self) -> tuple[int | None, bool]:
+        """(alternatives per token, or None for no logprobs; score the prompt)."""
+        return (self.top_logprobs or 0) if self.logprobs else None, False
+
     def check_supported(self) -> None:
         self.refuse("only n=1 is supported" if (self.n or 1) > 1 else None, "n")
-        self.refuse("log probabilities are not returned" if self.logprobs else None, "logprobs")
-        self.refuse("tool calling is not supported" if self.tools else None, "tools")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(
+                400,
+                "top_logprobs: set logprobs to true to use top_logprobs",
+                param="top_logprobs",
+                code="invalid_value",
+            )
         self.refuse("function calling is not supported" if self.functions else None, "functions")
-        kind = (self.response_format or {}).get("type", "text")
-        self.refuse(f"'{kind}' is not supported" if kind != "text" else None, "response_format")
 
 
 class CompletionRequest(_Request):
     """openai.types.CompletionCreateParams, the part honoured here."""
 
     OPENAI_KEYS: ClassVar[frozenset[str]] = TEXT_KEYS
-    prompt: str | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
+    # Text, or token ids as lm-eval's local-completions sends them (one prompt per request).
+    prompt: str | list[str] | list[int] | list[list[int]]
+    # OpenAI's default for completions; 0 (only with echo) scores the prompt, generating nothing
+    max_tokens: int | None = Field(default=16, ge=0)
     echo: bool | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP)
     best_of: int | None = None
     suffix: str | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _text_prompt(cls, value: Any) -> Any:
-        if isinstance(value, list) and value and not all(isinstance(v, str) for v in value):
-            raise ValueError("token-id prompts are not supported; send the prompt as text")
-        return value
+    def _prompt_shape(cls, value: Any) -> Any:
+        # One message for every malformed shape, rather than one per branch of the union.
+        def ids(item: Any) -> bool:
+            return isinstance(item, list) and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in item
+            )
 
-    def text(self) -> str:
+        if isinstance(value, str) or (isinstance(value, list) and value == []):
+            return value
+        if isinstance(value, list) and (
+            all(isinstance(v, str) for v in value) or ids(value) or all(ids(v) for v in value)
+        ):
+            return value
+        raise ValueError(
+            "send a string, a list of strings, a list of token ids or a list of token-id lists"
+        )
+
+    def text(self) -> str | list[int]:
+        """The one prompt: its text, or its token ids."""
         if isinstance(self.prompt, str):
             return self.prompt
+        if self.prompt and isinstance(self.prompt[0], int):
+            return list(self.prompt)  # type: ignore[arg-type]
         if len(self.prompt) != 1:
             raise APIError(
                 400,
@@ -190,11 +221,22 @@ class CompletionRequest(_Request):
     def requested_tokens(self) -> int | None:
         return self.max_tokens
 
+    def logprob_request(self) -> tuple[int | None, bool]:
+        """(alternatives per token, or None for no logprobs; score the prompt)."""
+        return self.logprobs, bool(self.echo) and self.logprobs is not None
+
     def check_supported(self) -> None:
         self.refuse("only n=1 is supported" if (self.n or 1) > 1 else None, "n")
         self.refuse("only best_of=1 is supported" if (self.best_of or 1) > 1 else None, "best_of")
-        self.refuse("echo is not supported" if self.echo else None, "echo")
-        self.refuse("log probabilities are not returned" if self.logprobs else None, "logprobs")
+        streamed_echo = self.echo and self.stream
+        self.refuse("echo is not supported with stream" if streamed_echo else None, "echo")
+        if self.max_tokens == 0 and not self.echo:
+            raise APIError(
+                400,
+                "max_tokens: 0 generates nothing; it is only useful with echo (prompt logprobs)",
+                param="max_tokens",
+                code="invalid_value",
+            )
         self.refuse("suffix (insertion) is not supported" if self.suffix else None, "suffix")
 
 
@@ -224,7 +266,12 @@ def usage(result: Generation) -> CompletionUsage:
 
 
 def chat_completion(
-    id: str, model: str, fingerprint: str, created: int, result: Generation
+    id: str,
+    model: str,
+    fingerprint: str,
+    created: int,
+    result: Generation,
+    logprobs: chat_types.ChoiceLogprobs | None = None,
 ) -> ChatCompletion:
     return ChatCompletion(
         id=id,
@@ -237,6 +284,7 @@ def chat_completion(
                 index=0,
                 finish_reason=result.finish_reason,
                 message=ChatCompletionMessage(role="assistant", content=result.text),
+                logprobs=logprobs,
             )
         ],
         usage=usage(result),
@@ -251,13 +299,19 @@ def chat_chunk(
     delta: chunk_types.ChoiceDelta | None = None,
     finish: FinishReason | None = None,
     result: Generation | None = None,
+    logprobs: chat_types.ChoiceLogprobs | None = None,
 ) -> ChatCompletionChunk:
     """A content chunk, the final chunk (finish set) or the usage chunk (result set)."""
     choices = []
     if result is None:
         choices = [
             chunk_types.Choice(
-                index=0, delta=delta or chunk_types.ChoiceDelta(), finish_reason=finish
+                index=0,
+                delta=delta or chunk_types.ChoiceDelta(),
+                finish_reason=finish,
+                logprobs=(
+                    chunk_types.ChoiceLogprobs(content=logprobs.content) if logprobs else None
+                ),
             )
         ]
     return ChatCompletionChunk(
@@ -279,13 +333,14 @@ def text_completion(
     text: str | None,
     finish: FinishReason | None,
     result: Generation | None = None,
+    logprobs: Logprobs | None = None,
 ) -> Completion:
     """A whole completion, a streamed chunk of one (finish None), or the usage chunk (text None)."""
     choices = []
     if text is not None:
         # openai types finish_reason as always set; a streamed chunk carries null until the end.
         make = CompletionChoice if finish is not None else CompletionChoice.model_construct
-        choices = [make(index=0, text=text, finish_reason=finish, logprobs=None)]
+        choices = [make(index=0, text=text, finish_reason=finish, logprobs=logprobs)]
     return Completion(
         id=id,
         object="text_completion",

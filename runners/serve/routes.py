@@ -20,11 +20,13 @@ from openai.types.chat import chat_completion_chunk as chunk_types
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
+from runners.serve import embeddings, structured
 from runners.serve.admission import Engine, Job, timeout_error
 from runners.serve.collect import Collector
 from runners.serve.config import ServeConfig
 from runners.serve.errors import APIError, error_body, from_validation
 from runners.serve.generation import Generation, GenerationCancelled, GenerationTimeout, Sampling
+from runners.serve.logprobs import Streamed, check_prompt_ids
 from runners.serve.metrics import REJECTED
 from runners.serve.middleware import json_error
 from runners.serve.model import ServeModel
@@ -141,7 +143,7 @@ class Service:
                 param=param,
                 code="max_tokens_above_limit",
             )
-        max_tokens = asked or limit
+        max_tokens = limit if asked is None else asked  # 0: echo scoring only
         context = self.model.backend.context_length if self.model.backend else None
         if context is not None and prompt_tokens + max_tokens > context:
             room = context - prompt_tokens
@@ -162,6 +164,8 @@ class Service:
             stop=req.stops(),
             seed=req.seed,
             min_tokens=min(req.min_tokens, max_tokens),
+            logprobs=req.logprob_request()[0],
+            echo=req.logprob_request()[1],
         )
 
     def check_length(self, characters: int) -> None:
@@ -183,8 +187,11 @@ class Service:
             )
 
     def preparer(
-        self, req: ChatRequest | CompletionRequest, prompt: str | None
-    ) -> Callable[[], tuple[str, bool, Sampling]]:
+        self,
+        req: ChatRequest | CompletionRequest,
+        prompt: str | list[int] | None,
+        plan: structured.Plan | None = None,
+    ) -> Callable[[], tuple[str | list[int], bool, Sampling]]:
         """The work of rendering and measuring the prompt and deciding the sampling, to run in
         a generation thread once admitted (Engine.admit); a hopeless length is refused now."""
         backend = self.model.backend
@@ -193,12 +200,19 @@ class Service:
         if prompt is None:
             assert isinstance(req, ChatRequest)
             self.check_length(sum(len(m.get("content") or "") for m in req.messages))
-        else:
+        elif isinstance(prompt, str):
             self.check_length(len(prompt))
 
-        def prepare() -> tuple[str, bool, Sampling]:
+        def prepare() -> tuple[str | list[int], bool, Sampling]:
+            if isinstance(prompt, list):  # token ids: counted as they are
+                return prompt, chat, self.sampling(req, len(prompt))
             try:
-                text = backend.chat_prompt(req.messages) if prompt is None else prompt  # type: ignore[union-attr]
+                if prompt is not None:
+                    text = prompt
+                elif plan is not None:  # tools shown to the model (structured.py)
+                    text = structured.render(backend, req.messages, plan)  # type: ignore[union-attr]
+                else:
+                    text = backend.chat_prompt(req.messages)  # type: ignore[union-attr]
                 tokens = backend.count_tokens(text, chat)
             except Exception as err:  # jinja's TemplateError and friends: the messages' fault
                 raise APIError(
@@ -207,7 +221,10 @@ class Service:
                     param="messages",
                     code="invalid_messages",
                 ) from None
-            return text, chat, self.sampling(req, tokens)
+            sampling = self.sampling(req, tokens)
+            if plan is not None:  # compiled here, off the event loop; a bad schema is a 400
+                sampling.constraint = structured.compile_plan(backend, plan)
+            return text, chat, sampling
 
         return prepare
 
@@ -341,7 +358,7 @@ def register_routes(app: FastAPI, service: Service) -> None:
         # given to, which sends its users' feedback from one address (its quotas are per key).
         wait = (
             service.feedback_buckets.take(request.client.host if request.client else None)
-            if config.api_key_env is None
+            if not config.keyed()
             else 0.0
         )
         if wait:
@@ -368,6 +385,13 @@ def register_routes(app: FastAPI, service: Service) -> None:
         body = {"id": req.id, "object": "feedback", "rating": req.verdict(), "recorded": recorded}
         return JSONResponse({**body, "message": message}, headers=headers)
 
+    @router.post("/embeddings")
+    async def create_embeddings(request: Request) -> Response:
+        embeddings.check_enabled(config)  # 404 before the body is read
+        data = await read_json(request)
+        body = await embeddings.answer(service.model.embedder, config, data)
+        return JSONResponse(body, headers=headers)
+
     app.include_router(router, prefix="/v1")
     app.include_router(router, prefix="/openai/v1")
 
@@ -386,23 +410,39 @@ async def _chat(service: Service, request: Request, started: float) -> Response:
     req = parse(ChatRequest, await read_json(request))
     service.check_model(req.model)
     req.check_supported()
-    job = await engine.admit(service.preparer(req, None), started)
+    plan = structured.plan(req)
+    job = await engine.admit(service.preparer(req, None, plan), started)
     id, created = new_id("chatcmpl"), now()
+    tool_stream = structured.ToolStream(plan) if plan.calls_tools else None
     name, fingerprint = service.config.name, service.config.model_version
 
     async def record(result: Generation) -> None:
         await service.record(id, req.messages, result, "chat")
 
+    logprobs = Streamed(req.logprob_request()[0])
     if req.stream:
 
         def chunks(piece: str | None, result: Generation | None) -> list[dict[str, Any]]:
             if piece is None and result is None:
                 delta = chunk_types.ChoiceDelta(role="assistant", content="")
                 return [dump(chat_chunk(id, name, fingerprint, created, delta))]
+            if result is None and tool_stream is not None:  # text or tool-call deltas
+                deltas = tool_stream.piece(str(piece))
+                return [dump(chat_chunk(id, name, fingerprint, created, d)) for d in deltas]
             if result is None:
+                assert piece is not None
                 delta = chunk_types.ChoiceDelta(content=piece)
-                return [dump(chat_chunk(id, name, fingerprint, created, delta))]
-            out = [dump(chat_chunk(id, name, fingerprint, created, finish=result.finish_reason))]
+                scores = logprobs.chat(logprobs.piece(piece))
+                return [dump(chat_chunk(id, name, fingerprint, created, delta, logprobs=scores))]
+            scores = logprobs.chat(logprobs.rest(result.logprobs))
+            finish = result.finish_reason
+            out = []
+            if tool_stream is not None:
+                deltas = tool_stream.finish()
+                out = [dump(chat_chunk(id, name, fingerprint, created, d)) for d in deltas]
+                finish = "tool_calls" if tool_stream.calls else finish
+            last = chat_chunk(id, name, fingerprint, created, finish=finish, logprobs=scores)
+            out.append(dump(last))
             if req.include_usage():
                 out.append(dump(chat_chunk(id, name, fingerprint, created, result=result)))
             return out
@@ -410,7 +450,11 @@ async def _chat(service: Service, request: Request, started: float) -> Response:
         return streaming(service.stream(job, chunks, record), service.headers)
     result = await service.answer(job, request)
     await record(result)
-    body = dump(chat_completion(id, name, fingerprint, created, result))
+    scores = logprobs.chat(logprobs.rest(result.logprobs))
+    body = dump(chat_completion(id, name, fingerprint, created, result, scores))
+    calls = structured.parse_calls(result.text, plan.names) if plan.calls_tools else None
+    if calls:
+        body = structured.with_calls(body, calls)
     return JSONResponse(body, headers=service.headers)
 
 
@@ -420,10 +464,19 @@ async def _complete(service: Service, request: Request, started: float) -> Respo
     req = parse(CompletionRequest, await read_json(request))
     service.check_model(req.model)
     req.check_supported()
-    text = req.text()
-    job = await engine.admit(service.preparer(req, text), started)
+    prompt = req.text()
+    text = prompt
+    if isinstance(prompt, list):  # token ids: the text they spell is echoed and collected
+        backend = service.model.backend
+        assert backend is not None
+        check_prompt_ids(prompt, backend.vocab_size)
+        text = backend.decode(prompt)
+    assert isinstance(text, str)
+    job = await engine.admit(service.preparer(req, prompt), started)
     id, created = new_id("cmpl"), now()
     name, fingerprint = service.config.name, service.config.model_version
+    top, _ = req.logprob_request()
+    logprobs = Streamed(top, 0 if req.echo else len(text))
 
     async def record(result: Generation) -> None:
         await service.record(id, [{"role": "user", "content": text}], result, "completion")
@@ -434,8 +487,14 @@ async def _complete(service: Service, request: Request, started: float) -> Respo
             if piece is None and result is None:
                 return []
             if result is None:
-                return [dump(text_completion(id, name, fingerprint, created, piece, None))]
-            final = text_completion(id, name, fingerprint, created, "", result.finish_reason)
+                assert piece is not None
+                scores = logprobs.completion(logprobs.piece(piece))
+                chunk = text_completion(id, name, fingerprint, created, piece, None, None, scores)
+                return [dump(chunk)]
+            scores = logprobs.completion(logprobs.rest(result.logprobs))
+            final = text_completion(
+                id, name, fingerprint, created, "", result.finish_reason, None, scores
+            )
             out = [dump(final)]
             if req.include_usage():
                 usage = text_completion(id, name, fingerprint, created, None, None, result)
@@ -445,8 +504,13 @@ async def _complete(service: Service, request: Request, started: float) -> Respo
         return streaming(service.stream(job, chunks, record), service.headers)
     result = await service.answer(job, request)
     await record(result)
+    # echo: the prompt and its tokens' logprobs before the answer's (the first one null)
+    scores = logprobs.completion(
+        logprobs.rest([*(result.prompt_logprobs or []), *(result.logprobs or [])])
+    )
+    shown = text + result.text if req.echo else result.text
     completion = text_completion(
-        id, name, fingerprint, created, result.text, result.finish_reason, result
+        id, name, fingerprint, created, shown, result.finish_reason, result, scores
     )
     return JSONResponse(dump(completion), headers=service.headers)
 

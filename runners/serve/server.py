@@ -23,8 +23,7 @@ from typing import Any
 
 from runners.serve import ports
 from runners.serve.config import ConfigError, Limits, ServeConfig
-
-EXIT_OK, EXIT_MODEL, EXIT_PORT = 0, 3, 4
+from runners.serve.ports import EXIT_MODEL, EXIT_OK, EXIT_PORT
 
 
 def say(config: ServeConfig, message: str) -> None:
@@ -117,11 +116,12 @@ def _protocol(limits: Limits) -> type[asyncio.Protocol]:
 
 
 def run(config: ServeConfig) -> int:
-    api_key = config.api_key()
-    return asyncio.run(_serve(config, api_key))
+    keys = config.client_keys()
+    return asyncio.run(_serve(config, keys))
 
 
-async def _serve(config: ServeConfig, api_key: str | None) -> int:
+async def _serve(config: ServeConfig, keys: dict[str, str]) -> int:
+    """Serve until stopped; `keys` are the clients' keys by name (empty: keyless)."""
     from fastapi.exceptions import FastAPIDeprecationWarning
 
     # kserve's app defaults to ORJSONResponse, which FastAPI now flags on every start.
@@ -134,12 +134,15 @@ async def _serve(config: ServeConfig, api_key: str | None) -> int:
     from kserve.protocol.rest.server import RESTServer
     from starlette.requests import ClientDisconnect
 
+    from runners.serve.accounting import UsageMiddleware
     from runners.serve.collect import Collector
     from runners.serve.metrics import REJECTED, MetricsMiddleware
     from runners.serve.middleware import ApiKeyMiddleware, BodyLimitMiddleware
     from runners.serve.model import ModelFailed, ServeModel
+    from runners.serve.quotas import QuotaBook
     from runners.serve.request_origin import RequestOriginMiddleware
     from runners.serve.routes import Service, register_routes
+    from runners.serve.usage import UsageLog, tokens_today, usage_folder
 
     class ReadinessDataPlane(DataPlane):
         """kserve's server readiness is always true; here it waits for every model."""
@@ -180,7 +183,17 @@ async def _serve(config: ServeConfig, api_key: str | None) -> int:
     app.add_exception_handler(ModelNotReady, _quiet_503)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes)
-    app.add_middleware(ApiKeyMiddleware, key=api_key)
+    # Usage rows go to the deployment's state folder, where `llmops usage` reads them; the
+    # day's tokens so far are read back, so a restart does not reset daily quotas.
+    usage_log = UsageLog(usage_folder(config.state_dir)) if config.state_dir else None
+    daily = any(client.quotas.tokens_per_day for client in config.clients)
+    spent = tokens_today(usage_log.folder) if usage_log and daily else {}
+    book = QuotaBook({client.name: client.quotas for client in config.clients}, spent)
+    # Inside the key check, which tells it the client.
+    app.add_middleware(
+        UsageMiddleware, book=book, log=usage_log, model_version=config.model_version
+    )
+    app.add_middleware(ApiKeyMiddleware, clients=keys)
     # Outside the key check: a browser page on another site is refused before it can learn
     # anything from a 401, and a keyless local server is covered too.
     app.add_middleware(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from runners.train import runlock
 from runners.train.job import TrainError, TrainJob, UnhealthyRun
+from runners.train.loop import train  # torch: only once the run folder is ours
 
 EXIT_BUSY = 4
 
@@ -32,8 +33,6 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_BUSY
-    from runners.train.loop import train  # torch: only once the run folder is ours
-
     try:
         result = train(job)
     except UnhealthyRun as err:

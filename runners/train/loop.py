@@ -10,11 +10,13 @@ import shutil
 import time
 from collections import deque
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from runners.train.curves import plot_run
 from runners.train.data import (
     Example,
     build_examples,
@@ -428,8 +430,6 @@ def _track_best(
 
 
 def _package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for name in ("torch", "transformers", "peft", "accelerate", "tokenizers"):
         try:
@@ -450,8 +450,6 @@ def _finish(
     final_eval: float | None,
     examples: int,
 ) -> dict[str, Any]:
-    from runners.train.curves import plot_run
-
     model_dir = out / "model"
     tmp = out / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -79,7 +79,7 @@ def test_jinja_expression_in_a_prompt_is_literal_text(repo: Path, tmp_path: Path
     # What the model was shown: the row's question, then the payload as plain text.
     from runners.evaluate.run import build_task
 
-    task = load_desired(repo).desired.resources["EvalSuite/suite"].spec["tasks"][0]
+    task = load_desired(repo).desired.resources["EvalSuite/suite"].fields["tasks"][0]
     built = build_task("suite", task, repo / "data/eval.jsonl")
     doc = next(iter(built.test_docs()))
     assert built.doc_to_text(doc) == f"Q: {doc['question']} {{({payload(marker)})}}"

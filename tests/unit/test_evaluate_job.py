@@ -69,3 +69,22 @@ def test_a_suite_that_cannot_run_is_recorded_as_failed(
         "/llmops/data/eval.jsonl, judge model /llmops/models/judge/1 not found; the job's paths "
         "must be as this machine (or container) sees them: mount the state folder there\n"
     )
+
+
+def test_a_job_can_target_an_endpoint_the_model_folder_giving_the_tokenizer(
+    tmp_path: Path,
+) -> None:
+    from runners.evaluate.endpoint import Endpoint
+    from runners.evaluate.run import EvalError
+
+    written = job(tmp_path)
+    written.endpoint = {"base_url": "http://127.0.0.1:8000/v1", "model": "support-assistant"}
+    written.save(tmp_path / "job.json")
+    read = EvalJob.load(tmp_path / "job.json")
+    assert read.inputs().endpoint == Endpoint(
+        "http://127.0.0.1:8000/v1", "support-assistant", Path("/llmops/models/tiny/1")
+    )
+    assert job(tmp_path).inputs().endpoint is None
+    read.endpoint = {"base_url": "http://127.0.0.1:8000/v1", "url": "x"}
+    with pytest.raises(EvalError, match="endpoint is malformed"):
+        read.inputs()

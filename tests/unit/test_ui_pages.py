@@ -12,10 +12,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.apply.blind_vote import blind_order, pending_battles, winner_of
-from controller.ui.app import TOKEN_COOKIE, VOTER_COOKIE, create_app, is_loopback
+from controller.ui.app import TOKEN_COOKIE, VOTER_COOKIE, is_loopback
 from controller.ui.deployments import collected_counts, summarize_metrics
 from controller.ui.evaluations import compare_samples, per_sample
 from controller.ui.models import demote_headings
+from controller.ui.server import create_app
 
 
 def test_a_choice_on_the_blind_page_names_the_model_shown_there() -> None:

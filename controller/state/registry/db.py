@@ -9,6 +9,7 @@ from pathlib import Path
 from filelock import FileLock
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +23,7 @@ class RegistryUnavailable(RetryableError):
     """The registry database cannot be opened; the message says what to do."""
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: object) -> None:
     # busy_timeout first: switching a new database to WAL needs a brief exclusive lock, and
     # several processes opening it at once (parallel writers, apply beside the dashboard)
     # must wait for each other rather than fail with "database is locked".

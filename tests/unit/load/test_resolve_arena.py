@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from controller.api.pipeline import PipelineSpec
 from controller.load.desired import load_desired
 from controller.loop.run import Steps
 
@@ -56,8 +57,8 @@ def test_asking_for_a_scan_changes_no_digest(make_repo: Callable[..., Path]) -> 
     assert before is not None and after is not None
     run = "Experiment/exp/default"
     assert after.resources[run].digest == before.resources[run].digest
-    assert after.resources[run].spec["inspect"]["probes"] == "data/probes.txt"
-    assert "inspect" not in before.resources[run].spec
+    assert after.resources[run].spec.inspect.probes == "data/probes.txt"
+    assert "inspect" not in before.resources[run].fields
     spec.write_text(spec.read_text().replace("data/probes.txt", "data/nope.txt"))
     found = {(d.path, d.message) for d in load_desired(root).diagnostics}
     assert ("spec.inspect.probes", "'data/nope.txt' does not exist") in found
@@ -65,6 +66,7 @@ def test_asking_for_a_scan_changes_no_digest(make_repo: Callable[..., Path]) -> 
 
 def test_a_pipeline_arena_step_names_an_arena() -> None:
     spec = {
+        "trigger": {"min_new_rows": 1},
         "steps": [
             {"step": "update_dataset", "dataset": "faq"},
             {"step": "retrain", "experiment": "exp"},
@@ -73,6 +75,6 @@ def test_a_pipeline_arena_step_names_an_arena() -> None:
             {"step": "open_pull_request", "deployment": "assistant"},
         ]
     }
-    assert Steps.of("loop", spec).arena == "duel"
+    assert Steps.of("loop", PipelineSpec.model_validate(spec)).arena == "duel"
     spec["steps"].pop(3)
-    assert Steps.of("loop", spec).arena is None
+    assert Steps.of("loop", PipelineSpec.model_validate(spec)).arena is None
