@@ -203,6 +203,26 @@ class Collect(Strict):
         return self
 
 
+# Mirrors runners/serve/config.py `Embeddings`, whose `model_dir` the controller fills from
+# `model` (deploy.py `runtime_config`).
+class Embeddings(Strict):
+    """OpenAI's /v1/embeddings on this Deployment; off by default (the route answers 404)."""
+
+    enabled: bool = False
+    model: Ref | None = Field(
+        default=None,
+        description="An embedding model (a Model spec: a sentence-transformers folder or a "
+        "transformers encoder); unset: the served model's own hidden states, pooled "
+        "(runtime transformers only).",
+    )
+    pooling: Literal["mean", "last"] = Field(
+        default="mean",
+        description="How token vectors become one: their mean over the input, or the last "
+        "token's (a sentence-transformers model's own pooling applies instead).",
+    )
+    normalize: bool = Field(default=True, description="Scale each vector to length 1 (L2).")
+
+
 # The single `api_key`'s holder, as usage and metrics name it; no client may take the name.
 DEFAULT_CLIENT = "default"
 
@@ -278,6 +298,18 @@ class DeploymentSpec(Strict):
         description="Named clients, each with its own key and quotas; `api_key`, when set "
         f"too, is one more client named '{DEFAULT_CLIENT}', without quotas.",
     )
+    embeddings: Embeddings = Field(default_factory=Embeddings)
+
+    @field_validator("embeddings")
+    @classmethod
+    def _embeddings_model(cls, value: Embeddings, info: ValidationInfo) -> Embeddings:
+        # A field validator, so the diagnostic points at `embeddings`.
+        if value.enabled and value.model is None and info.data.get("runtime") == "llama-cpp":
+            raise ValueError(
+                "runtime llama-cpp does not embed with the served GGUF; set embeddings.model "
+                "to an embedding model (e.g. a sentence-transformers Model)"
+            )
+        return value
 
     @field_validator("clients")
     @classmethod
@@ -312,11 +344,13 @@ class DeploymentSpec(Strict):
 
     @model_serializer(mode="wrap")
     def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """As KServeTarget: `clients`, added later, leaves the dump (and so every deployment's
-        digest and rendered config) unchanged while empty."""
+        """As KServeTarget: `clients` and `embeddings`, added later, leave the dump (and so
+        every deployment's digest and rendered config) unchanged while empty or default."""
         data = handler(self)
         if not data.get("clients"):
             data.pop("clients", None)
+        if self.embeddings == Embeddings():
+            data.pop("embeddings", None)
         return data
 
 

@@ -143,7 +143,33 @@ class Deployer(ApplyStep):
                 }
                 for client in spec.clients
             ]
+        if spec.embeddings.enabled:  # absent when off: configs from before embeddings stay
+            config["embeddings"] = self.embeddings_config(name, spec)
         return config, ref
+
+    def embeddings_config(self, name: str, spec: DeploymentSpec) -> dict[str, Any]:
+        """The runtime's `embeddings` section; an embedding model is pulled like the served
+        one and read from its registry folder."""
+        settings = spec.embeddings
+        model_dir = None
+        if settings.model is not None:
+            if spec.target != "local":
+                raise DeployError(
+                    f"Deployment {name}: embeddings.model is served by target local only (its "
+                    f"weights are not shipped to a {spec.target} runtime yet); leave it unset "
+                    "to pool the served model's hidden states"
+                )
+            _, path = ensure_model(
+                settings.model, dict(self.desired.resources), self.registry, self.root,
+                self.console,
+            )
+            model_dir = str(path)
+        return {
+            "enabled": True,
+            "model_dir": model_dir,
+            "pooling": settings.pooling,
+            "normalize": settings.normalize,
+        }
 
     def client_keys(self, name: str, spec: DeploymentSpec) -> dict[str, str]:
         """Each named client's key by client name, read where apply runs; as api_key, a

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from controller.apply.engine import ApplyReport
 from controller.apply.hooks import ConsoleHooks
 from controller.cli.common import (
     Exit,
@@ -100,22 +101,28 @@ def apply_command(
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        applied = len(report.applied)
-        skipped = [r for r in report.results if r.status == "skipped"]
-        console.print(
-            f"apply: {applied} applied, {len(report.failed)} failed, {len(skipped)} skipped; "
-            f"{LOCK_FILE} updated" if report.results else "apply: nothing to do"
-        )
-        for result in report.failed:
-            err_console.print(f"failed: {result.address}: {result.message}", style="red")
-        for result in skipped:
-            console.print(f"skipped: {result.address} ({result.message})")
+        _print_summary(report)
     failed_deployments = {
         r.address.name: r.message for r in report.failed if r.address.kind == "Deployment"
     }
     if revert_on_failure and failed_deployments:
         _propose_revert(top, failed_deployments)
     raise typer.Exit(Exit.FAILED if report.failed else Exit.OK)
+
+
+def _print_summary(report: ApplyReport) -> None:
+    """What apply did, then each failure and each skipped action with its reason."""
+    skipped = [r for r in report.results if r.status == "skipped"]
+    console.print(
+        f"apply: {len(report.applied)} applied, {len(report.failed)} failed, "
+        f"{len(skipped)} skipped; {LOCK_FILE} updated"
+        if report.results
+        else "apply: nothing to do"
+    )
+    for result in report.failed:
+        err_console.print(f"failed: {result.address}: {result.message}", style="red")
+    for result in skipped:
+        console.print(f"skipped: {result.address} ({result.message})")
 
 
 def _propose_revert(top: Any, failures: dict[str, str]) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from ruamel.yaml import YAML
 
-from controller.apply.train import Trainer
+from controller.apply.train import Trainer, TrainOutcome
 from controller.cli.common import (
     Exit,
     JsonOption,
@@ -64,29 +64,35 @@ def train_command(
     for run in wanted:
         outcomes.append(trainer.train(experiment, run, force=force))
     overlay = trainer.overlay(experiment, outcomes)
-    rows = []
-    for outcome in outcomes:
-        records = read_log(outcome.run_dir / LOG_FILE)
-        first, last = first_last_eval(records)
-        rows.append(
-            {
-                "run": outcome.run,
-                "status": outcome.status,
-                "ref": outcome.ref,
-                "steps": outcome.result.get("steps"),
-                "final_loss": outcome.result.get("final_loss"),
-                "first_eval_loss": first,
-                "last_eval_loss": last,
-                "final_eval_loss": outcome.result.get("final_eval_loss"),
-                "tokens_per_s": mean_tokens_per_s(records),
-                "run_dir": str(outcome.run_dir),
-            }
-        )
+    rows = [_row(outcome) for outcome in outcomes]
     if as_json:
         print(
             json.dumps({"experiment": experiment, "runs": rows, "curves": str(overlay)}, indent=2)
         )
         return
+    _print_runs(experiment, rows)
+    console.print(f"curves: {overlay}")
+
+
+def _row(outcome: TrainOutcome) -> dict[str, Any]:
+    """One trained run as `llmops train --json` lists it."""
+    records = read_log(outcome.run_dir / LOG_FILE)
+    first, last = first_last_eval(records)
+    return {
+        "run": outcome.run,
+        "status": outcome.status,
+        "ref": outcome.ref,
+        "steps": outcome.result.get("steps"),
+        "final_loss": outcome.result.get("final_loss"),
+        "first_eval_loss": first,
+        "last_eval_loss": last,
+        "final_eval_loss": outcome.result.get("final_eval_loss"),
+        "tokens_per_s": mean_tokens_per_s(records),
+        "run_dir": str(outcome.run_dir),
+    }
+
+
+def _print_runs(experiment: str, rows: list[dict[str, Any]]) -> None:
     table = Table(title=f"{experiment}: training")
     for column in ("run", "status", "registered", "steps", "loss", "eval loss", "tokens/s"):
         table.add_column(column)
@@ -110,4 +116,3 @@ def train_command(
             "-" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:.0f}",
         )
     console.print(table)
-    console.print(f"curves: {overlay}")

@@ -609,6 +609,8 @@ def _check_deployment(r: _Resolver, spec: LoadedSpec) -> None:
     address = r._node(spec)
     dep = spec.resource.spec
     r._model_ref(spec, ("spec", "model"), dep.model, address)
+    if dep.embeddings.enabled and dep.embeddings.model:  # pulled by the deploy like the model
+        r._model_ref(spec, ("spec", "embeddings", "model"), dep.embeddings.model, address)
     if dep.smoke_suite:
         # The readiness check reads the suite at rollout; a new suite alone is no rollout.
         r._named_ref(spec, ("spec", "smoke_suite"), dep.smoke_suite, "EvalSuite", address, False)

@@ -151,7 +151,18 @@ def container_config(release: Release, target: str) -> dict[str, Any]:
         # Without prompts of its own the runtime's default smoke prompt applies.
         "smoke": {"max_tokens": SMOKE_MAX_TOKENS}
         | ({"prompts": list(release.smoke_prompts)} if release.smoke_prompts else {}),
-    } | _clients_entry(release, target)
+    } | _clients_entry(release, target) | _embeddings_entry(release)
+
+
+def _embeddings_entry(release: Release) -> dict[str, Any]:
+    # Absent when off (a spec's dump leaves `embeddings` out then), so earlier configs stay.
+    # A container pools its served model; an embedding model of its own is local-only
+    # (controller/apply/deploy.py refuses one for other targets).
+    settings = release.spec.get("embeddings") or {}
+    if not settings.get("enabled"):
+        return {}
+    keys = ("pooling", "normalize")
+    return {"embeddings": {"enabled": True} | {k: settings[k] for k in keys if k in settings}}
 
 
 def _clients_entry(release: Release, target: str) -> dict[str, Any]:

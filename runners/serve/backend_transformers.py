@@ -9,7 +9,9 @@ left-padded batch with a 2D attention mask, per-sequence position ids, and one b
 cache (per layer `[batch, kv_heads, length, head_dim]`). A sequence that finishes (EOS,
 max_tokens, a stop string, its deadline, or its client leaving) leaves the batch at once
 (its rows are dropped and all-padding columns trimmed), so its admission slot is free for
-the next request. Sampling (temperature, top_p, seed, min_tokens) is per request.
+the next request. Sampling (temperature, top_p, seed, min_tokens) is per request, and so is
+constrained decoding: a row with a JSON schema has its logits masked by its own llguidance
+matcher before sampling (constrained.py), the rows beside it untouched.
 """
 
 from __future__ import annotations

@@ -33,8 +33,6 @@ MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 BATCH_ROWS = 32  # inputs per forward pass: bounds the padded batch's memory
 SENTENCE_TRANSFORMERS_MARKER = "modules.json"
 
-Input = str | list[str] | list[int] | list[list[int]]
-
 
 class EmbeddingRequest(BaseModel):
     """openai.types.EmbeddingCreateParams; an unknown field is a 400 naming it."""
@@ -43,7 +41,7 @@ class EmbeddingRequest(BaseModel):
     KNOWN: ClassVar[frozenset[str]] = OPENAI_KEYS
 
     model: str = Field(min_length=1)
-    # Order matters: a list of ints must not be read as a list of (one-character) strings.
+    # The shape is checked by `_shape` first: one message naming `input` for a wrong one.
     input: list[list[int]] | list[int] | list[str] | str
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
@@ -63,11 +61,21 @@ class EmbeddingRequest(BaseModel):
 
     @field_validator("input", mode="before")
     @classmethod
-    def _no_bools(cls, value: Any) -> Any:
-        # pydantic's lax mode reads true as 1: a token id must be a JSON integer.
-        if isinstance(value, list) and any(isinstance(v, bool) for v in value):
-            raise ValueError("token ids must be integers")
-        return value
+    def _shape(cls, value: Any) -> Any:
+        # Checked here, so a wrong shape is one message naming `input` rather than one per
+        # union branch; and strictly: pydantic's lax mode would read true as token id 1.
+        def ids(item: Any) -> bool:
+            return isinstance(item, list) and all(_is_id(t) for t in item)
+
+        if isinstance(value, str) or (
+            isinstance(value, list)
+            and (all(isinstance(v, str) for v in value) or ids(value) or all(ids(v) for v in value))
+        ):
+            return value
+        raise ValueError(
+            "expected a string, a list of strings, a list of token ids (integers) or a list "
+            "of such lists"
+        )
 
     @field_validator("input")
     @classmethod
@@ -101,6 +109,10 @@ class EmbeddingRequest(BaseModel):
         if self.input and isinstance(self.input[0], int):
             return [list(self.input)]  # type: ignore[arg-type]
         return list(self.input)  # type: ignore[arg-type]
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_request(data: dict[str, Any]) -> EmbeddingRequest:
@@ -147,7 +159,8 @@ def disabled_error() -> APIError:
 class Embedder:
     """Token ids to vectors: a transformers encoder (or a causal LM's base model) pooled by
     mean over the attention mask or by the last token, or a SentenceTransformer's own
-    modules; each batch right-padded, so every real token sees only real tokens before it."""
+    modules; each batch right-padded under an attention mask, so padding changes no real
+    token's state."""
 
     def __init__(
         self,
@@ -182,7 +195,13 @@ class Embedder:
         trained to see a text); 400 naming the input that cannot be embedded."""
         out = []
         for index, item in enumerate(inputs):
-            if isinstance(item, str):
+            if isinstance(item, str) and self.st is not None:
+                # The model's own preprocessing (its special tokens, its max_seq_length), so a
+                # vector equals SentenceTransformer.encode's.
+                features = self.st.preprocess([item])
+                kept = features["attention_mask"][0].bool()
+                ids = features["input_ids"][0][kept].tolist()
+            elif isinstance(item, str):
                 ids = list(self.tokenizer(item, add_special_tokens=True)["input_ids"])
             else:
                 ids = list(item)

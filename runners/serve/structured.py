@@ -9,11 +9,11 @@ templates) the tools are described in a system message, which asks for calls as
     {"tool_calls": [{"name": "<function>", "arguments": {...}}]}
 
 With tool_choice "required" or a named function the answer is constrained to exactly that
-shape (compact JSON, `arguments` valid against the function's `parameters`, one call when
-parallel_tool_calls is false). With "auto" the answer is free: it is read as calls when it
-is that JSON, a single {"name", "arguments"|"parameters"} object, a list of those, or
-<tool_call>...</tool_call> blocks of them, naming only offered functions; anything else is
-text. "auto" arguments are whatever the model wrote (not validated against the schema).
+shape (compact JSON, `arguments` valid against the function's `parameters`; one call for a
+named function or when parallel_tool_calls is false). With "auto" the answer is free: it is
+read as calls when it is that JSON, a single {"name", "arguments"|"parameters"} object, a
+list of those, or <tool_call>...</tool_call> blocks of them, naming only offered functions;
+anything else is text. "auto" arguments are whatever the model wrote (not validated).
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def calls_schema(plan: Plan) -> dict[str, Any]:
         "items": items[0] if len(items) == 1 else {"anyOf": items},
         "minItems": 1,
     }
-    if not plan.parallel:
+    if not plan.parallel or plan.mode == "named":  # a named function is called once
         array["maxItems"] = 1
     return {
         "type": "object",

@@ -88,6 +88,10 @@ def test_the_calls_schema_resolves_each_tools_own_refs() -> None:
     schema = calls_schema(Plan(tools=TOOLS, mode="required", names=["ship", "now"], parallel=False))
     good = {"tool_calls": [{"name": "ship", "arguments": {"to": {"city": "Oslo"}}}]}
     jsonschema.validate(good, schema)
+    twice = {"tool_calls": [{"name": "now", "arguments": {}}] * 2}
+    jsonschema.validate(twice, calls_schema(Plan(tools=TOOLS, mode="required", names=["now"])))
+    with pytest.raises(jsonschema.ValidationError):  # a named function is called once
+        jsonschema.validate(twice, calls_schema(Plan(tools=TOOLS, mode="named", names=["now"])))
     for bad in (
         {"tool_calls": [{"name": "ship", "arguments": {"to": {"town": "Oslo"}}}]},
         {"tool_calls": [{"name": "now", "arguments": {}}, {"name": "now", "arguments": {}}]},
