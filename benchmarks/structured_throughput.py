@@ -162,13 +162,14 @@ def main() -> None:
         else:
             model, label = args.model_dir, str(args.model_dir)
         env = {"LLMOPS_TEST_STRUCTURED_KEY": KEY}
-        cfg = structured_config(model)
+        cfg = structured_config(model, timeout_s=900)
         if args.gguf is not None:
             cfg.update(backend="llama-cpp", gguf_path=args.gguf.name)
         with running(cfg, folder / "run", env=env) as runtime:
             api = OpenAI(base_url=f"{runtime.url}/v1", api_key=KEY, max_retries=0, timeout=600)
             constrained = {"response_format": order_format(ORDER)}
-            _, length = throughput(api, 8, 16, constrained)  # warm-up; the answers' length
+            # warm-up, and the constrained answers' mean length
+            _, length = throughput(api, 8, max(8, args.requests), constrained)
             tokens = max(1, round(length))
             free = {"max_tokens": tokens, "extra_body": {"min_tokens": tokens}}
             print(

@@ -4,10 +4,13 @@ deployment. Small enough that a full apply takes well under a minute on 2 cores.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
+from runners.deploy.local import is_serving_process
 from tests.conftest import PROJECT_ROOT
 from tests.tiny import model_spec
 
@@ -135,3 +138,29 @@ def build_repo(root: Path, tiny_model: Path, deploy_port: int | None = None) -> 
     git(root, "add", "-A")
     git(root, "commit", "-qm", "tiny repository")
     return root
+
+
+def committed_repo(root: Path, tiny_model: Path, specs: dict[str, str], message: str) -> Path:
+    """A repository holding the tiny model as Model `tiny` and `specs` (path -> text),
+    committed on main; the caller stops its runtimes with `stop_runtimes`."""
+    files = {
+        "specs/models/tiny.yaml": model_spec("tiny", {"type": "local", "path": "models/tiny"}),
+        ".gitignore": ".llmops/\n",
+        **specs,
+    }
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    shutil.copytree(tiny_model, root / "models/tiny")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", message)
+    return root
+
+
+def stop_runtimes(root: Path) -> None:
+    """Kill every local runtime the repository's deployments started (a test's teardown)."""
+    for state in (root / ".llmops/deployments").glob("*/state.json"):
+        pid = json.loads(state.read_text())["pid"]
+        if is_serving_process(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,7 @@ class Evaluator(ApplyStep):
         local-completions): the served version's tokenizer counts tokens, the endpoint does
         the rest. Never cached and never recorded as the version's metrics: it measures the
         deployment as it runs now, beside `run`, which measures the version in process."""
-        suite = self.suite(suite_name)
+        self.suite(suite_name)  # an unknown suite is named before anything else
         entry = read_lock(self.root / LOCK_FILE).get(f"Deployment/{deployment}")
         outputs = entry.outputs if entry is not None else None
         if not isinstance(outputs, DeploymentOutputs) or not outputs.endpoint:
@@ -118,21 +119,54 @@ class Evaluator(ApplyStep):
                 f"deployment '{deployment}' takes its key from a Kubernetes secret; evaluate it "
                 "where the key is in a LLMOPS_KEY_* variable, or evaluate the version in process"
             )
+        return self.run_endpoint(
+            suite_name,
+            outputs.endpoint,
+            deployment,
+            outputs.version,
+            key.env if key is not None else None,
+            concurrency,
+            label=f"served-{deployment}",
+        )
+
+    def run_endpoint(
+        self,
+        suite_name: str,
+        base_url: str,
+        served_model: str,
+        tokenizer_ref: str,
+        key_env: str | None = None,
+        concurrency: int = 8,
+        label: str | None = None,
+    ) -> EvalOutcome:
+        """The suite against any OpenAI-compatible endpoint (`base_url` up to /v1) serving
+        `served_model`, whose tokenizer is the registered `tokenizer_ref`'s; the key, if any,
+        is read from the variable `key_env`."""
+        self.suite(suite_name)
         version, path = ensure_model(
-            outputs.version, dict(self.desired.resources), self.registry, self.root, self.console
+            tokenizer_ref, dict(self.desired.resources), self.registry, self.root, self.console
         )
-        ref = f"{version.model.name}@{version.number}"
-        folder = self.results_dir(suite_name, version).with_name(
-            f"served-{deployment}-{self.results_dir(suite_name, version).name}"
-        )
+        place = hashlib.sha256(f"{base_url} {served_model}".encode()).hexdigest()[:12]
+        in_process = self.results_dir(suite_name, version)
+        folder = in_process.with_name(f"{label or 'endpoint-' + place}-{in_process.name}")
         endpoint = Endpoint(
-            base_url=outputs.endpoint,
-            model=deployment,
+            base_url=base_url,
+            model=served_model,
             tokenizer=path,
-            api_key_env=key.env if key is not None else None,
+            api_key_env=key_env,
             concurrency=concurrency,
         )
-        summary = evaluate(
+        summary = self._evaluate(suite_name, path, folder, endpoint)
+        return EvalOutcome(
+            "evaluated", f"{version.model.name}@{version.number}", version, folder, summary
+        )
+
+    def _evaluate(
+        self, suite_name: str, path: Path, folder: Path, endpoint: Endpoint | None = None
+    ) -> dict[str, Any]:
+        """The evaluate runner on the suite: in process on `path`, or against `endpoint`."""
+        suite = self.suite(suite_name)
+        return evaluate(
             EvalInputs(
                 suite_name=suite_name,
                 suite=suite,
@@ -144,10 +178,8 @@ class Evaluator(ApplyStep):
                 report=lambda text: self.console.print(f"  {text}"),
             )
         )
-        return EvalOutcome("evaluated", ref, version, folder, summary)
 
     def run(self, suite_name: str, model_ref: str, force: bool = False) -> EvalOutcome:
-        suite = self.suite(suite_name)
         version, path = ensure_model(
             model_ref, dict(self.desired.resources), self.registry, self.root, self.console
         )
@@ -157,17 +189,7 @@ class Evaluator(ApplyStep):
             return EvalOutcome(
                 "cached", ref, version, folder, json.loads((folder / "results.json").read_text())
             )
-        summary = evaluate(
-            EvalInputs(
-                suite_name=suite_name,
-                suite=suite,
-                task_data=self.task_data(suite),
-                model_path=path,
-                out=folder,
-                judge_path=self._judge_path(suite),
-                report=lambda text: self.console.print(f"  {text}"),
-            )
-        )
+        summary = self._evaluate(suite_name, path, folder)
         # The row says who measured it, so main never counts a branch's numbers as its own.
         self.registry.add_metrics(
             version.id,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -110,56 +110,88 @@ def run(
 @eval_app.command("served")
 def served(
     suite: Annotated[str, typer.Argument(help="EvalSuite spec name.")],
-    deployment: Annotated[str, typer.Option("--deployment", help="Deployment name.")],
+    deployment: Annotated[
+        str | None, typer.Option("--deployment", help="An applied Deployment's name.")
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option("--endpoint", help="Any OpenAI-compatible API root, e.g. http://host/v1."),
+    ] = None,
+    served_model: Annotated[
+        str | None, typer.Option("--served-model", help="With --endpoint: the model to ask for.")
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option("--tokenizer", help="With --endpoint: the registered model whose tokenizer "
+        "the endpoint's model uses (name, name@version or name@alias)."),
+    ] = None,
+    key_env: Annotated[
+        str | None,
+        typer.Option("--key-env", help="With --endpoint: the variable holding its bearer key."),
+    ] = None,
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, help="Requests in flight.")
     ] = 8,
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Evaluate what a deployment serves, over its API, beside the same version evaluated in
-    process: the metrics of both and their difference (a runtime that answers differently
-    from its model shows here). The deployment's key variable must be set, as for apply."""
-    top = resolve_root(root)
-    evaluator = _evaluator(top, suite)
+    """Evaluate what an endpoint serves, over its API (lm-eval's local-completions). With
+    --deployment: an applied deployment, beside the same version evaluated in process (their
+    difference shows a runtime that answers differently from its model); its key variable
+    must be set, as for apply. With --endpoint, --served-model and --tokenizer: any
+    OpenAI-compatible server."""
+    if (deployment is None) == (endpoint is None):
+        raise fail("give --deployment NAME, or --endpoint URL with --served-model", Exit.INVALID)
+    if endpoint is not None and (served_model is None or tokenizer is None):
+        raise fail("--endpoint needs --served-model and --tokenizer", Exit.INVALID)
+    evaluator = _evaluator(resolve_root(root), suite)
     try:
-        outcome = evaluator.run_served(suite, deployment, concurrency=concurrency)
+        if deployment is not None:
+            outcome = evaluator.run_served(suite, deployment, concurrency=concurrency)
+        else:
+            assert endpoint is not None and served_model is not None and tokenizer is not None
+            outcome = evaluator.run_endpoint(
+                suite, endpoint, served_model, tokenizer, key_env, concurrency
+            )
     except LlmopsError as err:
         raise fail(str(err)) from None
-    local = evaluator.run(suite, outcome.ref)
-    rows = {
-        name: (value, local.summary["metrics"].get(name))
-        for name, value in outcome.summary["metrics"].items()
-    }
+    local = evaluator.run(suite, outcome.ref).summary["metrics"] if deployment else {}
+    served_metrics = outcome.summary["metrics"]
     if as_json:
         print(
             json.dumps(
                 {
                     "deployment": deployment,
+                    "endpoint": endpoint,
                     "model": outcome.ref,
-                    "served": outcome.summary["metrics"],
-                    "in_process": local.summary["metrics"],
+                    "served": served_metrics,
+                    "in_process": local or None,
                     "results": str(outcome.folder),
                 },
                 indent=2,
             )
         )
         return
-    table = Table(title=f"{suite} on deployment {deployment} ({outcome.ref})")
-    for column in ("metric", "served", "in process", "difference"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for name, (value, in_process) in rows.items():
-        difference = (
-            f"{value - in_process:+.4g}" if value is not None and in_process is not None else "-"
-        )
-        table.add_row(
-            name,
-            "-" if value is None else f"{value:.4g}",
-            "-" if in_process is None else f"{in_process:.4g}",
-            difference,
-        )
-    console.print(table)
+    _print_served(f"{suite} on {deployment or endpoint} ({outcome.ref})", served_metrics, local)
     console.print(f"per-sample results: {outcome.folder}")
+
+
+def _print_served(title: str, served: dict[str, Any], local: dict[str, Any]) -> None:
+    table = Table(title=title)
+    columns = ("metric", "served", "in process", "difference") if local else ("metric", "served")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, value in served.items():
+        cells = [name, "-" if value is None else f"{value:.4g}"]
+        if local:
+            in_process = local.get(name)
+            both = value is not None and in_process is not None
+            cells += [
+                "-" if in_process is None else f"{in_process:.4g}",
+                f"{value - in_process:+.4g}" if both else "-",
+            ]
+        table.add_row(*cells)
+    console.print(table)
 
 
 @eval_app.command("compare")

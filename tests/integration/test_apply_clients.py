@@ -6,18 +6,14 @@ each used."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 from pathlib import Path
 
 import openai
 import pytest
 
-from runners.deploy.local import free_port, is_serving_process
-from tests.apply_repo import git
+from runners.deploy.local import free_port
+from tests.apply_repo import committed_repo, stop_runtimes
 from tests.integration.test_apply import llmops
-from tests.tiny import model_spec
 
 KEYS = {"LLMOPS_KEY_WEB": "sk-web-0123456789", "LLMOPS_KEY_BATCH": "sk-batch-0123456789"}
 DEPLOYMENT = """
@@ -50,24 +46,15 @@ def repo(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.delenv(name, raising=False)
     for name, value in KEYS.items():
         monkeypatch.setenv(name, value)
-    root = tmp_path / "repo"
     port = free_port()
-    (root / "specs/models").mkdir(parents=True)
-    (root / "specs/deployments").mkdir(parents=True)
-    (root / "specs/models/tiny.yaml").write_text(
-        model_spec("tiny", {"type": "local", "path": "models/tiny"})
+    root = committed_repo(
+        tmp_path / "repo",
+        tiny_model,
+        {"specs/deployments/assistant.yaml": DEPLOYMENT.format(port=port)},
+        "tiny repository with clients",
     )
-    (root / "specs/deployments/assistant.yaml").write_text(DEPLOYMENT.format(port=port))
-    shutil.copytree(tiny_model, root / "models/tiny")
-    (root / ".gitignore").write_text(".llmops/\n")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "tiny repository with clients")
     yield root, port
-    for state in (root / ".llmops/deployments").glob("*/state.json"):
-        pid = json.loads(state.read_text())["pid"]
-        if is_serving_process(pid):
-            os.kill(pid, signal.SIGKILL)
+    stop_runtimes(root)
 
 
 def test_apply_serves_each_client_with_its_key_quota_and_usage(

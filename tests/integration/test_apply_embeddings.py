@@ -5,17 +5,15 @@ runtime config names its registry folder, and /v1/embeddings answers with its ve
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
 import openai
 import pytest
 
-from runners.deploy.local import free_port, is_serving_process
-from tests.apply_repo import git
+from runners.deploy.local import free_port
+from tests.apply_repo import committed_repo, stop_runtimes
 from tests.integration.test_apply import llmops
 from tests.tiny import model_spec
 
@@ -40,31 +38,27 @@ def repo(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
 
     for name in ("LLMOPS_REGISTRY_URL", "LLMOPS_STATE_DIR", "LLMOPS_FAULT_KILL"):
         monkeypatch.delenv(name, raising=False)
-    root = tmp_path / "repo"
     port = free_port()
-    (root / "specs/models").mkdir(parents=True)
-    (root / "specs/deployments").mkdir(parents=True)
-    (root / "specs/models/tiny.yaml").write_text(
-        model_spec("tiny", {"type": "local", "path": "models/tiny"})
-    )
-    (root / "specs/models/embedder.yaml").write_text(
-        model_spec("embedder", {"type": "local", "path": "models/embedder"})
-    )
-    (root / "specs/deployments/assistant.yaml").write_text(DEPLOYMENT.format(port=port))
-    shutil.copytree(tiny_model, root / "models/tiny")
+    embedder_folder = tmp_path / "embedder"
     transformer = Transformer(str(tiny_model))
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     embedder = SentenceTransformer(modules=[transformer, pooling], device="cpu")
-    embedder.save(str(root / "models/embedder"))
-    (root / ".gitignore").write_text(".llmops/\n")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "tiny repository with an embedding model")
+    embedder.save(str(embedder_folder))
+    root = tmp_path / "repo"
+    shutil.copytree(embedder_folder, root / "models/embedder")
+    committed_repo(
+        root,
+        tiny_model,
+        {
+            "specs/models/embedder.yaml": model_spec(
+                "embedder", {"type": "local", "path": "models/embedder"}
+            ),
+            "specs/deployments/assistant.yaml": DEPLOYMENT.format(port=port),
+        },
+        "tiny repository with an embedding model",
+    )
     yield root, port
-    for state in (root / ".llmops/deployments").glob("*/state.json"):
-        pid = json.loads(state.read_text())["pid"]
-        if is_serving_process(pid):
-            os.kill(pid, signal.SIGKILL)
+    stop_runtimes(root)
 
 
 def test_apply_pulls_the_embedding_model_and_serves_its_vectors(repo: tuple[Path, int]) -> None:

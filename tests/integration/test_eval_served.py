@@ -5,18 +5,14 @@ key is not set here, is a clear error."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 from pathlib import Path
 
 import pytest
 
-from runners.deploy.local import free_port, is_serving_process
-from tests.apply_repo import git
+from runners.deploy.local import free_port
+from tests.apply_repo import committed_repo, stop_runtimes
 from tests.conftest import PROJECT_ROOT
 from tests.integration.test_apply import llmops
-from tests.tiny import model_spec
 
 KEY = "sk-served-0123456789"
 SUITE = """
@@ -54,28 +50,22 @@ def repo(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
     for name in ("LLMOPS_REGISTRY_URL", "LLMOPS_STATE_DIR", "LLMOPS_FAULT_KILL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LLMOPS_KEY_ASSISTANT", KEY)
-    root = tmp_path / "repo"
-    for folder in ("specs/models", "specs/evals", "specs/deployments", "data"):
-        (root / folder).mkdir(parents=True)
-    shutil.copytree(tiny_model, root / "models/tiny")
-    (root / "specs/models/tiny.yaml").write_text(
-        model_spec("tiny", {"type": "local", "path": "models/tiny"})
+    source = PROJECT_ROOT / "data/evals"
+    choice = (source / "support-faq-choice.jsonl").read_text().splitlines()[:12]
+    answers = (source / "support-faq-eval.jsonl").read_text().splitlines()[:6]
+    root = committed_repo(
+        tmp_path / "repo",
+        tiny_model,
+        {
+            "specs/evals/suite.yaml": SUITE,
+            "specs/deployments/assistant.yaml": DEPLOYMENT.format(port=free_port()),
+            "data/choice.jsonl": "\n".join(choice) + "\n",
+            "data/eval.jsonl": "\n".join(answers) + "\n",
+        },
+        "a deployment and a suite",
     )
-    (root / "specs/evals/suite.yaml").write_text(SUITE)
-    (root / "specs/deployments/assistant.yaml").write_text(DEPLOYMENT.format(port=free_port()))
-    rows = (PROJECT_ROOT / "data/evals/support-faq-choice.jsonl").read_text().splitlines()[:12]
-    (root / "data/choice.jsonl").write_text("\n".join(rows) + "\n")
-    rows = (PROJECT_ROOT / "data/evals/support-faq-eval.jsonl").read_text().splitlines()[:6]
-    (root / "data/eval.jsonl").write_text("\n".join(rows) + "\n")
-    (root / ".gitignore").write_text(".llmops/\n")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "a deployment and a suite")
     yield root
-    for state in (root / ".llmops/deployments").glob("*/state.json"):
-        pid = json.loads(state.read_text())["pid"]
-        if is_serving_process(pid):
-            os.kill(pid, signal.SIGKILL)
+    stop_runtimes(root)
 
 
 def test_the_served_deployment_scores_as_its_version_in_process(
@@ -96,6 +86,20 @@ def test_the_served_deployment_scores_as_its_version_in_process(
     assert served["ppl/perplexity"] == pytest.approx(local["ppl/perplexity"], rel=1e-4)
     samples = Path(report["results"])
     assert (samples / "results.json").is_file()
+
+    # Any OpenAI-compatible endpoint: the same server named by URL, model and key variable.
+    lock = json.loads((repo / "llmops.lock").read_text())
+    url = lock["resources"]["Deployment/assistant"]["outputs"]["endpoint"]
+    by_url = llmops(
+        repo, "eval", "served", "suite", "--endpoint", url, "--served-model", "assistant",
+        "--tokenizer", "tiny", "--key-env", "LLMOPS_KEY_ASSISTANT", "--json",
+    )  # fmt: skip
+    assert by_url.returncode == 0, by_url.stderr + by_url.stdout
+    endpoint_report = json.loads(by_url.stdout)
+    assert endpoint_report["served"]["choice/accuracy"] == served["choice/accuracy"]
+    assert endpoint_report["in_process"] is None
+    half = llmops(repo, "eval", "served", "suite", "--endpoint", url)
+    assert half.returncode == 2 and "--endpoint needs --served-model" in half.stderr
 
     # Without the key where the command runs, the endpoint refuses nothing silently: it says so.
     monkeypatch.delenv("LLMOPS_KEY_ASSISTANT")
