@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.api.arena import ArenaJudge, ArenaSpec, FilePrompts
 from tests.ui_repo import dashboard_server, server_environment
 
 BATTLES = 3
@@ -46,7 +47,13 @@ def _seed(root: Path) -> None:
             {
                 "kind": "Arena",
                 "digest": f"sha256:{arena}",
-                "spec": {"models": ["good", "bad"], "human_votes": human},
+                # As apply records it: the whole spec, defaults included.
+                "spec": ArenaSpec(
+                    models=["good", "bad"],
+                    prompts=FilePrompts(type="file", path="data/prompts.jsonl"),
+                    judge=ArenaJudge(model="good", rubric="Which answer is better?"),
+                    human_votes=human,
+                ).model_dump(mode="json"),
                 "outputs": {},
             }
         )
