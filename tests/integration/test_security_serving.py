@@ -5,6 +5,8 @@ requests refused, non-JSON bodies refused, feedback throttled."""
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,16 +168,19 @@ def test_same_origin_and_plain_clients_still_work(keyless: Runtime) -> None:
 
 def test_feedback_beyond_the_rate_answers_429(keyless: Runtime) -> None:
     body = {"id": "chatcmpl-flood", "rating": "up"}
-    statuses = [
-        httpx.post(f"{keyless.url}/v1/feedback", json=body, timeout=30).status_code
-        for _ in range(80)
-    ]
+    started = time.monotonic()
+    answers = [httpx.post(f"{keyless.url}/v1/feedback", json=body, timeout=30) for _ in range(80)]
+    elapsed = time.monotonic() - started
+    statuses = [answer.status_code for answer in answers]
     assert statuses[0] == 200
     assert 429 in statuses, statuses
-    refused = httpx.post(f"{keyless.url}/v1/feedback", json=body)
-    assert refused.status_code == 429
-    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-    assert int(refused.headers["retry-after"]) >= 1
+    # The bucket refills while the requests run (slowly, on a loaded runner), so a request
+    # after the first refusal may be accepted again: judge the refusals themselves.
+    refused = [answer for answer in answers if answer.status_code == 429]
+    assert all(r.json()["error"]["code"] == "rate_limit_exceeded" for r in refused)
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+    # At most the burst (30) plus what one call per second refilled while they ran.
+    assert statuses.count(200) <= 30 + math.ceil(elapsed) + 1, (elapsed, statuses)
     stored = [r for r in rows(keyless) if r["id"] == "chatcmpl-flood"]
     assert len(stored) == statuses.count(200)
 
