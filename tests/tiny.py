@@ -179,3 +179,19 @@ def add_duel_contenders(tiny: Path, root: Path) -> None:
         (root / f"specs/models/{name}.yaml").write_text(
             model_spec(name, {"type": "local", "path": f"models/{name}"})
         )
+
+
+def plant_massive_activation(src: Path, dest: Path, plants: list[tuple[int, int]]) -> Path:
+    """A copy of a tiny model where each (token id, dim) of `plants` has embedding value 60:
+    one huge residual dimension on that token, carried through every layer the way attention
+    sinks are in pretrained LLMs (a "massive activation")."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dest)
+    tensors = load_file(str(src / "model.safetensors"))
+    for token, dim in plants:
+        tensors["model.embed_tokens.weight"][token, dim] = 60.0
+    save_file(tensors, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    return dest

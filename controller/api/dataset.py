@@ -8,13 +8,14 @@ from pydantic import Field, model_validator
 
 from controller.api.common import Name, Ref, RepoPath, Resource, Strict
 
-Format = Literal["text", "instruction", "chat", "preference", "qa"]
+Format = Literal["text", "instruction", "chat", "preference", "unpaired", "qa"]
 
 CANONICAL_FIELDS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
     "instruction": ("prompt", "response"),
     "chat": ("messages",),
     "preference": ("prompt", "chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),  # label: true desirable, false undesirable
     "qa": ("question", "answers"),
 }
 

@@ -20,7 +20,10 @@ Metric = Literal[
     "judge",
     "latency",
     "throughput",
+    "preference_accuracy",
+    "logprob_margin",
 ]
+PREFERENCE_METRICS = ("preference_accuracy", "logprob_margin")
 
 
 class FileData(Strict):
@@ -52,8 +55,16 @@ class Task(Strict):
 
     name: Name
     type: Literal[
-        "generate_until", "loglikelihood", "loglikelihood_rolling", "multiple_choice", "lm_eval"
-    ]
+        "generate_until",
+        "loglikelihood",
+        "loglikelihood_rolling",
+        "multiple_choice",
+        "lm_eval",
+        "preference",
+    ] = Field(
+        description="preference: held-out (prompt, chosen, rejected) rows scored by "
+        "log-probability (an adapter against its base: DPO's implicit reward), not via lm-eval."
+    )
     data: TaskData | None = None
     lm_eval_task: str | None = Field(
         default=None, description="A built-in lm-eval task name (type lm_eval); data must be local."
@@ -70,6 +81,12 @@ class Task(Strict):
         default="choices",
         description="Row field with the options (multiple_choice; a field name).",
     )
+    chosen: str = Field(
+        default="chosen", description="Row field with the preferred answer (preference)."
+    )
+    rejected: str = Field(
+        default="rejected", description="Row field with the dispreferred answer (preference)."
+    )
     chat_template: bool = Field(default=True, description="Wrap the prompt in the chat template.")
     metrics: list[Metric] = Field(min_length=1)
     generation: Generation = Field(default_factory=Generation)
@@ -84,7 +101,7 @@ class Task(Strict):
             raise ValueError(f"{found[0].message}; {found[0].hint}")
         return value
 
-    @field_validator("target", "choices")
+    @field_validator("target", "choices", "chosen", "rejected")
     @classmethod
     def _field_name(cls, value: str) -> str:
         problem = field_name_problem(value)
@@ -99,6 +116,22 @@ class Task(Strict):
                 raise ValueError("type 'lm_eval' needs 'lm_eval_task', a built-in task name")
         elif self.data is None:
             raise ValueError(f"type '{self.type}' needs 'data' (a file or a dataset split)")
+        if self.type == "preference":
+            if "prompt" not in self.model_fields_set:
+                self.prompt = "{prompt}"  # preference rows: prompt, chosen, rejected
+            other = [m for m in self.metrics if m not in (*PREFERENCE_METRICS, "latency")]
+            if other:
+                raise ValueError(
+                    f"type 'preference' computes {', '.join(PREFERENCE_METRICS)} (and latency), "
+                    f"not {', '.join(other)}"
+                )
+        else:
+            scored = [m for m in self.metrics if m in PREFERENCE_METRICS]
+            if scored:
+                raise ValueError(
+                    f"{', '.join(scored)} need type 'preference' (rows of prompt, chosen and "
+                    f"rejected); task type '{self.type}' cannot compute them"
+                )
         return self
 
 

@@ -54,12 +54,51 @@ class Executor(Strict):
     timeout_s: int = Field(default=86400, ge=60, description="How long to wait for the Job.")
 
 
+PREFERENCE_OBJECTIVES = ("dpo", "orpo", "kto")
+# Loss variants of trl's trainers each objective accepts; the first is the default.
+PREFERENCE_LOSSES: dict[str, tuple[str, ...]] = {
+    "dpo": ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero"),
+    "orpo": ("orpo",),
+    "kto": ("kto", "apo_zero_unpaired"),
+}
+
+
+class Preference(Strict):
+    """Settings of the preference objectives (dpo, orpo, kto), passed to trl's trainers."""
+
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        le=100,
+        description="dpo/kto: how far the policy may move from the reference (higher: less); "
+        "orpo: the weight of the odds-ratio term (lambda).",
+    )
+    loss_type: str | None = Field(
+        default=None,
+        description="dpo: sigmoid (default), hinge, ipo, robust, bco_pair, sppo_hard, nca_pair, "
+        "apo_zero; kto: kto (default) or apo_zero_unpaired; orpo: orpo.",
+    )
+    label_smoothing: float = Field(
+        default=0.0, ge=0, lt=0.5, description="dpo: probability a pair's label is flipped."
+    )
+    desirable_weight: float = Field(
+        default=1.0, gt=0, description="kto: weight of desirable (label true) completions."
+    )
+    undesirable_weight: float = Field(
+        default=1.0, gt=0, description="kto: weight of undesirable (label false) completions."
+    )
+
+
 class Training(Strict):
     method: Literal["lora", "full", "qlora"] = "lora"
-    objective: Literal["sft", "cpt"] = Field(
-        default="sft", description="sft: loss on response tokens only; cpt: continued pre-training."
+    objective: Literal["sft", "cpt", "dpo", "orpo", "kto"] = Field(
+        default="sft",
+        description="sft: loss on response tokens only; cpt: continued pre-training; "
+        "dpo, orpo, kto: preference training on preference (dpo, orpo, kto) or unpaired "
+        "(kto) rows, settings under 'preference'.",
     )
     lora: Lora = Field(default_factory=Lora)
+    preference: Preference = Field(default_factory=Preference)
     epochs: float | None = Field(default=1.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
     learning_rate: float = Field(default=2e-4, gt=0)
@@ -80,6 +119,50 @@ class Training(Strict):
     merge: bool = Field(default=False, description="Also register merged full weights.")
     health: Health = Field(default_factory=Health)
     executor: Executor = Field(default_factory=Executor)
+
+    @model_validator(mode="after")
+    def _preference_settings(self) -> Training:
+        settings = self.preference
+        if self.objective not in PREFERENCE_OBJECTIVES:
+            if settings != Preference():
+                raise ValueError(
+                    f"'preference' settings apply to objectives {', '.join(PREFERENCE_OBJECTIVES)}"
+                    f", not '{self.objective}'; set training.objective or remove them"
+                )
+            return self
+        allowed = PREFERENCE_LOSSES[self.objective]
+        if settings.loss_type is not None and settings.loss_type not in allowed:
+            raise ValueError(
+                f"preference.loss_type '{settings.loss_type}' is not a loss of objective "
+                f"'{self.objective}'; use one of {', '.join(allowed)}"
+            )
+        if self.objective != "kto" and (
+            settings.desirable_weight != 1.0 or settings.undesirable_weight != 1.0
+        ):
+            raise ValueError(
+                "preference.desirable_weight and undesirable_weight weigh kto's unpaired rows; "
+                f"objective '{self.objective}' has none"
+            )
+        if self.objective != "dpo" and settings.label_smoothing:
+            raise ValueError(
+                f"preference.label_smoothing applies to objective 'dpo', not '{self.objective}'"
+            )
+        if self.method == "qlora":
+            raise ValueError(
+                f"objective '{self.objective}' trains with method 'lora' or 'full'; QLoRA is "
+                "available for sft and cpt"
+            )
+        if self.packing:
+            raise ValueError(
+                f"objective '{self.objective}' trains on whole (prompt, completion) rows; "
+                "set packing to false"
+            )
+        if self.early_stopping is not None:
+            raise ValueError(
+                f"early_stopping is not available for objective '{self.objective}'; remove it "
+                "and set max_steps or epochs"
+            )
+        return self
 
 
 class Control(Strict):

@@ -73,6 +73,7 @@ class ArenaResult:
             battles=len(self.battles),
             votes=dict(sorted(votes.items())),
             unparseable=sum(1 for b in self.battles for v in b.votes if v.winner is None),
+            decided=sum(s.wins for s in self.boards["all"].standings),
             leaderboard=[
                 Standing(
                     model=s.model,

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from rich.console import Console
 
+from controller import installed_version
 from controller.api.evaluation import EvaluationSpec
 from controller.api.experiment import ExperimentSpec, InspectOptions
 from controller.api.model import ExperimentSource, ModelSpec
@@ -31,6 +32,12 @@ from controller.apply.prepare import Preparer
 from controller.apply.pull import pull_model
 from controller.apply.train import Trainer
 from controller.load.desired import Loaded
+from controller.observe.leaderboard import (
+    no_decision_note,
+    outcomes_of,
+    separation_note,
+    shown_ranks,
+)
 from controller.plan.address import Address
 from controller.plan.types import Action, ActionKind, Plan
 from controller.report.terminal import gate_line
@@ -149,6 +156,7 @@ class Applier(ApplyStep):
         self.skip_deploy = skip_deploy
         self.skip_promote = skip_promote
         self.lock = read_lock(lock_path)
+        self.lock.tool = installed_version()  # recorded with the next write
         self.evaluator = Evaluator(loaded, registry, console)
         self.trainer = Trainer(loaded, registry, console)
         self.preparer = Preparer(loaded, registry, console)
@@ -429,12 +437,20 @@ def apply_arena(applier: Applier, address: Address) -> ArenaOutputs:
         f"  {len(result.battles)} battle(s): {result.generated} answer(s) generated, "
         f"{result.judged} judged, {result.unparseable} unparseable verdict(s)"
     )
-    for standing in result.boards["all"].standings:
-        applier.console.print(
-            f"  #{standing.rank} {standing.model}: {standing.rating:.0f} "
-            f"[{standing.lower:.0f}, {standing.upper:.0f}] over {standing.battles} battle(s)"
-        )
     outputs = result.outputs()
+    standings = result.boards["all"].standings
+    ranks = [s.rank for s in standings]
+    outcomes = outcomes_of(standings, outputs.unparseable)
+    applier.console.print(f"  {outcomes.line()}", markup=False)
+    for standing, rank in zip(standings, shown_ranks(ranks, outcomes.decided), strict=True):
+        applier.console.print(
+            f"  {'#' + rank if rank else '–'} {standing.model}: {standing.rating:.0f} "
+            f"[{standing.lower:.0f}, {standing.upper:.0f}] over {standing.battles} battle(s)",
+            markup=False,
+        )
+    note = no_decision_note(outcomes) or separation_note(ranks, outcomes.decided)
+    if note:
+        applier.console.print(f"  {note}", markup=False)
     for name, gate in result.gates.items():
         applier.console.print("  " + gate_line(name, gate.passed, gate.detail))
     if outputs.failed_gates:

@@ -44,6 +44,31 @@ class ScanOutcome:
         return [a for a in self.result.get("alarms") or [] if a.get("severity") == "error"]
 
 
+def stored_summary(result: dict[str, Any], against: str | None, top: int = 10) -> dict[str, Any]:
+    """What the registry keeps of a scan for the dashboard: alarms (one per phenomenon), what
+    the base has too (context), what changed (top modules, layers and neurons), and per
+    picture the cells outside its colour scale."""
+    changes = result.get("changes") or {}
+    return {
+        "against": against,
+        "alarms": result.get("alarms") or [],
+        "context": result.get("context") or [],
+        "changes": {
+            "modules": (changes.get("modules") or [])[:top],
+            "layers": (changes.get("layers") or [])[:top],
+            "neurons": (changes.get("neurons") or [])[:top],
+            "neurons_note": changes.get("neurons_note"),
+        },
+        "clipped": {
+            f"{name}.png": grid["limits"]["text"]
+            for name, grid in (result.get("heatmaps") or {}).items()
+            if (grid.get("limits") or {}).get("text")
+        },
+        "modules_changed": result.get("modules_changed") or [],
+        "layers_changed_most": (result.get("layers_changed_most") or [])[:5],
+    }
+
+
 def read_probes(path: Path) -> list[str]:
     """Probe prompts: one per line of a text file, or 'prompt'/'question' of JSONL rows."""
     if not path.is_file():
@@ -138,12 +163,7 @@ class Inspector:
             digest,
             version.id,
             against.id if against else None,
-            {
-                "against": against_ref,
-                "alarms": result.get("alarms") or [],
-                "modules_changed": result.get("modules_changed") or [],
-                "layers_changed_most": (result.get("layers_changed_most") or [])[:5],
-            },
+            stored_summary(result, against_ref),
             files,
         )
         return ScanOutcome("scanned", ref, against_ref, result, folder)

@@ -370,7 +370,8 @@ class Trainer(ApplyStep):
     def overlay(self, experiment: str, outcomes: list[TrainOutcome]) -> Path:
         """Curves of every run of the experiment in one PNG."""
         target = self.registry.paths.runs(experiment) / "curves.png"
-        plot_runs({o.run: o.run_dir / LOG_FILE for o in outcomes}, target, experiment)
+        logs = {f"run {o.run} → {o.ref}": o.run_dir / LOG_FILE for o in outcomes}
+        plot_runs(logs, target, f"experiment {experiment}")
         return target
 
 

@@ -66,7 +66,9 @@ def apply_command(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Carry out the plan: pull, prepare, train, evaluate, promote, deploy; write llmops.lock.
+    """Carry out the plan: pull, prepare, train, evaluate, promote, deploy.
+
+    Writes llmops.lock.
 
     Exit 0 when everything applied, 1 when an action failed (a gate, a job), 2 for invalid
     specs, 4 when another apply holds the lock and --no-wait was given.

@@ -26,6 +26,12 @@ from controller.cli.common import (
     open_registry_or_fail,
     resolve_root,
 )
+from controller.observe.leaderboard import (
+    no_decision_note,
+    outcomes_of,
+    separation_note,
+    shown_ranks,
+)
 from controller.report.terminal import gate_line
 from controller.state.paths import StatePaths
 from controller.state.registry.arena import AlreadyVoted, ArenaStore
@@ -45,21 +51,28 @@ voters_app = typer.Typer(
 arena_app.add_typer(voters_app, name="voters")
 
 
-def print_board(board: Any, title: str) -> None:
-    table = Table(title=title)
+def print_board(board: Any, title: str, unparseable: int = 0) -> None:
+    """The leaderboard with ranks only where the data separates models, the counted votes
+    by outcome, and a note when no vote was decided or no interval separates models."""
+    outcomes = outcomes_of(board.standings, unparseable)
+    ranks = [s.rank for s in board.standings]
+    table = Table(title=title, caption=escape(outcomes.line()))
     for column in ("rank", "model", "rating", "95% interval", "battles", "win rate", "note"):
         table.add_column(column, justify="left" if column in ("model", "note") else "right")
-    for s in board.standings:
+    for s, rank in zip(board.standings, shown_ranks(ranks, outcomes.decided), strict=True):
         table.add_row(
-            str(s.rank),
-            s.model,
+            rank or "–",
+            escape(s.model),
             f"{s.rating:.0f}",
             f"[{s.lower:.0f}, {s.upper:.0f}]",
             str(s.battles),
             f"{s.win_rate:.0%}",
-            s.flag or "",
+            escape(s.flag or ""),
         )
     console.print(table)
+    note = no_decision_note(outcomes) or separation_note(ranks, outcomes.decided)
+    if note:
+        console.print(escape(note))
 
 
 def _runner(top: Path) -> ArenaRunner:
@@ -72,7 +85,10 @@ def run(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Answer, battle and judge what is not stored yet, then rate. Exit 1 when a gate fails."""
+    """Answer, battle and judge what is not stored yet, then rate.
+
+    Exit 1 when a gate fails.
+    """
     runner = _runner(resolve_root(root))
     result = runner.run(name)
     outputs = result.outputs()
@@ -85,7 +101,7 @@ def run(
             f"{len(result.battles)} battle(s): {result.generated} answer(s) generated, "
             f"{result.judged} battle(s) judged now, {result.unparseable} unparseable verdict(s)"
         )
-        print_board(result.boards["all"], f"arena {name}")
+        print_board(result.boards["all"], f"arena {name}", outputs.unparseable)
         for gate_name, gate in result.gates.items():
             console.print(gate_line(gate_name, gate.passed, gate.detail))
     if outputs.failed_gates:
@@ -118,7 +134,10 @@ def leaderboard_command(
     if as_json:
         console.print_json(json.dumps(board.as_dict()))
         return
-    print_board(board, f"arena {name} ({voters} votes, {board.battles} counted)")
+    unparseable = (
+        sum(1 for b in battles for v in b.votes if v.winner is None) if voters != "human" else 0
+    )
+    print_board(board, f"arena {name} ({voters} votes, {board.battles} counted)", unparseable)
 
 
 def _bootstrap(top: Path, name: str) -> dict[str, Any]:
@@ -152,7 +171,10 @@ def vote(
     count: Annotated[int, typer.Option("--count", min=1, help="Battles to vote on.")] = 10,
     root: RootOption = None,
 ) -> None:
-    """Vote blind in the terminal: two answers in random order, names shown after the vote."""
+    """Vote blind in the terminal: two answers in random order.
+
+    The models' names are shown after the vote.
+    """
     top = resolve_root(root)
     resource = load_or_exit(top).desired.resources.get(f"Arena/{name}")
     if resource is None or not resource.spec_as(ArenaSpec).human_votes:
@@ -212,8 +234,11 @@ def voters_add(
     ] = False,
     root: RootOption = None,
 ) -> None:
-    """Make a voter key and print it once: the person signs in on the dashboard's vote page
-    with it. Votes are recorded under NAME, one per battle."""
+    """Make a voter key and print it once, for the dashboard's vote page.
+
+    The person signs in on the dashboard's vote page with it. Votes are recorded under NAME,
+    one per battle.
+    """
     try:
         key = _voter_keys(root).add(name, replace=replace)
     except VoterError as err:

@@ -135,11 +135,13 @@ def served(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Evaluate what an endpoint serves, over its API (lm-eval's local-completions). With
-    --deployment: an applied deployment, beside the same version evaluated in process (their
-    difference shows a runtime that answers differently from its model); its key variable
-    must be set, as for apply. With --endpoint, --served-model and --tokenizer: any
-    OpenAI-compatible server."""
+    """Evaluate what an endpoint serves, over its API.
+
+    Through lm-eval's local-completions. With --deployment: an applied deployment, beside the
+    same version evaluated in process (their difference shows a runtime that answers
+    differently from its model); its key variable must be set, as for apply. With --endpoint,
+    --served-model and --tokenizer: any OpenAI-compatible server.
+    """
     if (deployment is None) == (endpoint is None):
         raise fail("give --deployment NAME, or --endpoint URL with --served-model", Exit.INVALID)
     if endpoint is not None and (served_model is None or tokenizer is None):
@@ -207,8 +209,10 @@ def compare(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Every metric: baseline, candidate, difference, paired bootstrap interval, p, flips.
-    Exit 1 when a gate fails."""
+    """Every metric: baseline, candidate, difference, bootstrap interval, p, flips.
+
+    The interval is a paired bootstrap. Exit 1 when a gate fails.
+    """
     evaluator = _evaluator(resolve_root(root), suite)
     comparison = evaluator.compare(suite, baseline, candidate)
     if as_json:

@@ -62,8 +62,11 @@ def history_command(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Each change to a resource's spec and lock entry, from git alone: commit, author, PR,
-    digests, metrics, and the model version a deployment served."""
+    """Each change to a resource, from git alone: commit, author, PR, digests.
+
+    Each change to its spec and lock entry, with metrics and the model version a deployment
+    served.
+    """
     try:
         from git import GitCommandError
     except ImportError as err:  # GitPython raises this when no git executable is found

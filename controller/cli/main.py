@@ -12,7 +12,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from controller import __version__
+from controller import installed_version
 from controller.cli.apply import apply_command
 from controller.cli.arena import arena_app
 from controller.cli.common import (
@@ -24,9 +24,11 @@ from controller.cli.common import (
     resolve_root,
 )
 from controller.cli.data import data_app
+from controller.cli.doctor import doctor_command
 from controller.cli.evaluate import bless_command, eval_app
 from controller.cli.history import history_command
 from controller.cli.images import images_app
+from controller.cli.init import init_command
 from controller.cli.inspect import inspect_command
 from controller.cli.models import models_app
 from controller.cli.pipeline import pipeline_app
@@ -42,9 +44,34 @@ from controller.schemas import stale_schemas, write_schemas
 from controller.workspace import load, make_plan
 from runners.errors import LlmopsError
 
+# `llmops --help` lists the commands as a user works, panel by panel, in this order; a
+# command not named here comes last, in the plain "Commands" panel.
+HELP_PANELS: dict[str, tuple[str, ...]] = {
+    "Getting started": (
+        *("init", "validate", "plan", "apply", "status", "drift", "report", "history"),
+    ),
+    "Models and data": ("models", "data", "train", "eval", "bless", "arena", "inspect"),
+    "Serving": ("serve", "ui", "pipeline", "images", "usage"),
+    "This machine and tools": ("doctor", "schemas", "version"),
+}
+HELP_ORDER = [name for names in HELP_PANELS.values() for name in names]
+
 
 class LlmopsGroup(TyperGroup):
-    """Catches llmops' one error base for every command: one line, the error's exit code."""
+    """Catches llmops' one error base for every command: one line, the error's exit code.
+    Lists the commands by HELP_PANELS."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for panel, names in HELP_PANELS.items():
+            for name in names:
+                command = self.commands.get(name)
+                # Unset is None on a group, typer's DefaultPlaceholder on a command.
+                if command is not None and not isinstance(
+                    getattr(command, "rich_help_panel", None), str
+                ):
+                    command.rich_help_panel = panel  # type: ignore[attr-defined]
+        rank = {name: i for i, name in enumerate(HELP_ORDER)}
+        return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -79,6 +106,8 @@ app.command("drift")(drift_command)
 app.command("serve")(serve_command)
 app.command("ui")(ui_command)
 app.command("usage")(usage_command)
+app.command("doctor")(doctor_command)
+app.command("init")(init_command)
 OverrideOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -141,7 +170,10 @@ def plan(
     lock: Annotated[Path | None, typer.Option(help="Lock file to compare with.")] = None,
     all_actions: Annotated[bool, typer.Option("--all", help="Also list unchanged ones.")] = False,
 ) -> None:
-    """Compare specs with the lock file. Exit 0: nothing to do; 2: invalid; 3: changes pending."""
+    """Compare specs with the lock file: what apply would do.
+
+    Exit 0: nothing to do; 2: invalid; 3: changes pending.
+    """
     top = resolve_root(root)
     loaded, the_plan = make_plan(top, override, lock)
     if the_plan is None:
@@ -197,7 +229,28 @@ def schemas(
 @app.command()
 def version() -> None:
     """Print the llmops version."""
-    console.print(__version__)
+    console.print(installed_version())
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(installed_version())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the installed llmops version and exit.",
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 def main() -> None:

@@ -82,9 +82,11 @@ def run_command(
     remote: Annotated[str, typer.Option(help="The git remote branches are pushed to.")] = "origin",
     as_json: JsonOption = False,
 ) -> None:
-    """Run the loop: trigger, update_dataset, retrain, regression_test, open_pull_request.
-    Exit 0 done or skipped, 1 a step failed (the gate is named), 2 bad spec, 4 already
-    running."""
+    """Run the loop: trigger, update data, retrain, regression test, pull request.
+
+    The steps: trigger, update_dataset, retrain, regression_test, open_pull_request. Exit 0
+    done or skipped, 1 a step failed (the gate is named), 2 bad spec, 4 already running.
+    """
     top = resolve_root(root)
     publish = None if dry_run else github_publisher(base)
     report_failure = None if dry_run else failure_reporter(name)

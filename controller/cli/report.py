@@ -42,9 +42,12 @@ def report_command(
     pull: Annotated[int | None, typer.Option("--pull", help="Pull request number.")] = None,
     sha: Annotated[str | None, typer.Option("--sha", help="Head commit for statuses.")] = None,
 ) -> None:
-    """Markdown for the pull request: plan, metric tables with intervals and gates, loss
-    curves, dataset and deployment changes. Exit 1 when a gate failed; gates of evaluations
-    still pending exit 0 and are posted as pending."""
+    """Markdown for the pull request: plan, metrics and gates, curves, changes.
+
+    The plan, metric tables with intervals and gates, loss curves, dataset and deployment
+    changes. Exit 1 when a gate failed; gates of evaluations still pending exit 0 and are
+    posted as pending.
+    """
     top = resolve_root(root)
     loaded = load_or_exit(top)
     target = output or StatePaths.for_repo(top).reports / "report.md"

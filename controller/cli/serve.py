@@ -32,8 +32,11 @@ def serve_command(
     port: Annotated[int | None, typer.Option(help="Port; the spec's port by default.")] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
 ) -> None:
-    """Serve the deployment's model here, in the foreground, with its limits, key and
-    collection settings: the same runtime `apply` starts for target local."""
+    """Serve a deployment's model here, in the foreground.
+
+    With its limits, key and collection settings: the same runtime `apply` starts for
+    target local.
+    """
     top = resolve_root(root)
     loaded = load_or_exit(top)
     names = [r.name for r, _ in loaded.desired.specs(DeploymentSpec)]

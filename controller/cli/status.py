@@ -23,8 +23,11 @@ from controller.state.paths import StatePaths
 
 
 def status_command(root: RootOption = None, as_json: JsonOption = False) -> None:
-    """Each resource: applied, pending (specs changed since the last apply) or never applied,
-    with what it produced; deployments with their live process. Exit 0, or 3 when pending."""
+    """Each resource: applied, pending or never applied, with what it produced.
+
+    Pending: its spec changed since the last apply. Deployments show their live process.
+    Exit 0, or 3 when pending.
+    """
     top = resolve_root(root)
     loaded = load_or_exit(top)
     rows = resource_status(loaded.desired, read_lock(top / LOCK_FILE), StatePaths.for_repo(top))
@@ -44,8 +47,10 @@ def status_command(root: RootOption = None, as_json: JsonOption = False) -> None
 
 
 def drift_command(root: RootOption = None, as_json: JsonOption = False) -> None:
-    """Where the registry, the stores or the serving processes differ from llmops.lock.
-    Exit 0 when none, 3 when drift was found."""
+    """Where the registry, stores or serving processes differ from llmops.lock.
+
+    Exit 0 when none, 3 when drift was found.
+    """
     top = resolve_root(root)
     registry = open_registry_or_fail(top)
     drift = find_drift(read_lock(top / LOCK_FILE), registry)

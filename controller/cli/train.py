@@ -41,7 +41,10 @@ def train_command(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Train the experiment's runs (all, or --variant); each result is a registered version."""
+    """Train the experiment's runs; each result is a registered model version.
+
+    All its runs, or the one --variant names.
+    """
     top = resolve_root(root)
     loaded = load_or_exit(top, override)
     if experiment not in loaded.runs:

@@ -31,8 +31,11 @@ def ui_command(
     ] = None,
     root: RootOption = None,
 ) -> None:
-    """A local dashboard: status and plan, models, datasets, runs and curves, evaluations,
-    arena with blind voting, brain scans, deployments and history. Read-only except votes."""
+    """A local dashboard: status, models, data, runs, evaluations, arenas, history.
+
+    Status and plan, models, datasets, runs and curves, evaluations, arena with blind
+    voting, brain scans, deployments and history. Read-only except votes.
+    """
     from controller.ui.app import is_loopback
     from controller.ui.server import create_app
 

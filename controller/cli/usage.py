@@ -34,9 +34,11 @@ def usage_command(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Requests, prompt and completion tokens per client of a deployment (local target: its
-    runtime records them in the state folder; other targets export them in /metrics).
-    Exit 0, or 2 for an unknown deployment or a bad --since."""
+    """Requests, prompt and completion tokens per client of a deployment.
+
+    The local target's runtime records them in the state folder; other targets export them
+    in /metrics. Exit 0, or 2 for an unknown deployment or a bad --since.
+    """
     top = resolve_root(root)
     try:
         start = parse_since(since) if since is not None else None

@@ -555,7 +555,8 @@ def _check_run(r: _Resolver, spec: LoadedSpec, run: Run) -> None:
     config = {k: v for k, v in run.config.items() if k != "inspect" or v}
     r._node(spec, address, "Experiment", cfg, config)
     r._model_ref(spec, ("spec", "base_model"), cfg.base_model, address)
-    r._named_ref(spec, ("spec", "dataset"), cfg.dataset, "Dataset", address, True)
+    if r._named_ref(spec, ("spec", "dataset"), cfg.dataset, "Dataset", address, True):
+        _check_objective_format(r, spec, cfg)
     probes = cfg.inspect.probes if cfg.inspect else None
     probes_loc: Loc = ("spec", "inspect", "probes")
     if probes and not r._escapes(spec, probes_loc, probes, False) and r.files.info(probes) is None:
@@ -571,6 +572,31 @@ def _check_run(r: _Resolver, spec: LoadedSpec, run: Run) -> None:
     if cfg.eval_suite and r._known(spec, suite_loc, cfg.eval_suite, "EvalSuite") is not None:
         evaluation = _evaluation(r, spec, run.name, cfg.eval_suite, address)
         r.edges.append(Edge(evaluation, address, True, spec, ("spec",)))
+
+
+# Dataset formats each preference objective trains on (runners/train/preference.py FORMATS).
+PREFERENCE_FORMATS = {
+    "dpo": ("preference",),
+    "orpo": ("preference",),
+    "kto": ("unpaired", "preference"),
+}
+
+
+def _check_objective_format(r: _Resolver, spec: LoadedSpec, cfg: ExperimentSpec) -> None:
+    """A preference objective needs a Dataset of its rows: said at validate, not mid-run."""
+    allowed = PREFERENCE_FORMATS.get(cfg.training.objective)
+    dataset = r.by_kind.get("Dataset", {}).get(split_ref(cfg.dataset)[0])
+    if allowed is None or dataset is None:
+        return
+    fmt = dataset.resource.spec.format  # type: ignore[attr-defined]
+    if fmt not in allowed:
+        r._diag(
+            spec,
+            ("spec", "training", "objective"),
+            f"objective '{cfg.training.objective}' trains on {' or '.join(allowed)} rows, but "
+            f"Dataset '{dataset.name}' has format '{fmt}'",
+            f"use a Dataset with format {allowed[0]}, or objective sft",
+        )
 
 
 def _check_control(r: _Resolver, spec: LoadedSpec, runs: list[Run]) -> None:

@@ -209,4 +209,3 @@ def observe_registry(
     # request's numbers are its own (the trust boundary, docs/architecture.md).
     trusted_only = trust is not None and trust.trusted
     return merge_evaluations(observed, registry.evaluated(trusted_only), evaluations)
-

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.api.deployment import DeploymentSpec
+from controller.observe.leaderboard import shown_ranks
 from controller.plan.types import DesiredState
 from controller.state.lockfile import (
     ArenaOutputs,
@@ -44,6 +45,19 @@ class ResourceStatus:
         return out
 
 
+def _arena_top(outputs: ArenaOutputs) -> str:
+    """'; #1 name 1042 [1010, 1071]' only where the data ranks a model first alone."""
+    if outputs.decided == 0:
+        return "; no battle decided (all ties or unparseable), no model ranked"
+    board = outputs.leaderboard
+    ranks = shown_ranks([s.rank for s in board], outputs.decided)
+    if not board or not ranks[0]:
+        return "; no model ranked (the rating intervals do not separate them)" if board else ""
+    top = board[0]
+    first = "#1" if [s.rank for s in board].count(top.rank) == 1 else f"#{ranks[0]} (shared)"
+    return f"; {first} {top.model} {top.rating:.0f} [{top.lower:.0f}, {top.upper:.0f}]"
+
+
 def summarize(outputs: Outputs | None) -> str:
     """One line of what a resource produced."""
     if outputs is None:
@@ -54,10 +68,7 @@ def summarize(outputs: Outputs | None) -> str:
         head = f"{outputs.subject} on {outputs.suite}"
         return head + (f"; gates {total - failed}/{total} pass" if total else "")
     if isinstance(outputs, ArenaOutputs):
-        top = outputs.leaderboard[0] if outputs.leaderboard else None
-        head = f"{outputs.battles} battles" + (
-            f"; #1 {top.model} {top.rating:.0f} [{top.lower:.0f}, {top.upper:.0f}]" if top else ""
-        )
+        head = f"{outputs.battles} battles" + _arena_top(outputs)
         failed, total = len(outputs.failed_gates), len(outputs.gates)
         return head + (f"; gates {total - failed}/{total} pass" if total else "")
     if isinstance(outputs, DatasetOutputs):

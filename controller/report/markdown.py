@@ -10,12 +10,20 @@ while one is pending.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.observe.leaderboard import (
+    Outcomes,
+    no_decision_note,
+    separation_note,
+    shown_ranks,
+)
 from controller.plan.address import Address
 from controller.plan.types import ActionKind, Plan
+from controller.report.escape import cell, code, link_target
 from controller.state.lockfile import (
     ArenaOutputs,
     DatasetOutputs,
@@ -196,37 +204,40 @@ def _plan_section(inputs: ReportInputs) -> list[str]:
         "### Plan",
         "",
         f"{summary or 'no changes'}; {counts.get('noop', 0)} unchanged "
-        f"(specs of `{inputs.head}` against the lock file of `{inputs.base}`).",
+        f"(specs of {code(inputs.head, table=False)} against the lock file of "
+        f"{code(inputs.base, table=False)}).",
         "",
     ]
     if not changed:
         return lines
     lines += ["| action | resource | reason | applied here |", "|---|---|---|---|"]
     for action in changed:
-        reason = action.reason.replace("|", "\\|").replace("\n", "; ")
         done = (
             "yes"
             if applied(inputs, action.address)
             else ("–" if action.kind == ActionKind.DELETE else "not yet")
         )
-        lines.append(f"| {action.kind} | `{action.address}` | {reason} | {done} |")
+        lines.append(
+            f"| {cell(action.kind)} | {code(action.address)} | {cell(action.reason)} | {done} |"
+        )
     return [*lines, ""]
 
 
 def _pending_evaluation(inputs: ReportInputs, address: str) -> list[str]:
     planned = inputs.evaluations.get(address)
-    lines = [f"#### `{address}`: ⏳ pending", ""]
+    lines = [f"#### {code(address, table=False)}: ⏳ pending", ""]
     if planned is None:
         return [*lines, "Not evaluated on these specs yet (`llmops apply` runs it).", ""]
     lines += [
-        f"Not evaluated on these specs yet: `llmops apply` evaluates `{planned.subject}` "
-        f"with suite `{planned.suite}`"
+        "Not evaluated on these specs yet: `llmops apply` evaluates "
+        f"{code(planned.subject, table=False)} "
+        f"with suite {code(planned.suite, table=False)}"
         + (", then these gates are decided:" if planned.gates else "; it decides no gates."),
         "",
     ]
     if planned.gates:
         lines += ["| gate | result |", "|---|---|"]
-        lines += [f"| {name} | ⏳ pending |" for name in sorted(planned.gates)]
+        lines += [f"| {cell(name)} | ⏳ pending |" for name in sorted(planned.gates)]
         lines.append("")
     return lines
 
@@ -246,10 +257,10 @@ def _evaluation_section(inputs: ReportInputs) -> list[str]:
             continue  # unchanged by this pull request
         outputs = entry.outputs
         gates = outputs.gates
-        title = f"#### `{address}`: {outputs.subject}"
+        title = f"#### {code(address, table=False)}: {cell(outputs.subject)}"
         if outputs.baseline:
-            title += f" against {outputs.baseline}"
-        lines += [title, "", f"Suite `{outputs.suite}`.", ""]
+            title += f" against {cell(outputs.baseline)}"
+        lines += [title, "", f"Suite {code(outputs.suite, table=False)}.", ""]
         comparison = outputs.comparison
         if comparison:
             lines += [
@@ -258,12 +269,12 @@ def _evaluation_section(inputs: ReportInputs) -> list[str]:
             ]
             for row in comparison:
                 verdicts = [
-                    ("✅ " if v.passed else "❌ ") + name.partition(" ")[2]
+                    ("✅ " if v.passed else "❌ ") + cell(name.partition(" ")[2])
                     for name, v in sorted(gates.items())
                     if name.partition(" ")[0] == row.metric
                 ]
                 lines.append(
-                    f"| {row.metric} | {fmt(row.baseline)} | {fmt(row.candidate)} | "
+                    f"| {cell(row.metric)} | {fmt(row.baseline)} | {fmt(row.candidate)} | "
                     f"{fmt(row.difference, True)} | "
                     f"[{fmt(row.low, True)}, {fmt(row.high, True)}] | "
                     f"{'<br>'.join(verdicts) or '–'} |"
@@ -271,22 +282,26 @@ def _evaluation_section(inputs: ReportInputs) -> list[str]:
         else:
             lines += ["| metric | value |", "|---|---:|"]
             for metric, value in sorted(outputs.metrics.items()):
-                lines.append(f"| {metric} | {fmt(value)} |")
+                lines.append(f"| {cell(metric)} | {fmt(value)} |")
         failed = outputs.failed_gates
         if gates:
             lines += [
                 "",
                 f"Gates: {len(gates) - len(failed)} passed, {len(failed)} failed"
-                + (f" ({', '.join(failed)})." if failed else "."),
+                + (f" ({cell(', '.join(failed))})." if failed else "."),
             ]
         before = base_entry.outputs if base_entry is not None else None
         if isinstance(before, EvaluationOutputs) and before.metrics:
             shared = sorted(set(before.metrics) & set(outputs.metrics))[:6]
             if shared:
                 changes = ", ".join(
-                    f"{m} {fmt(before.metrics[m])} → {fmt(outputs.metrics[m])}" for m in shared
+                    f"{cell(m)} {fmt(before.metrics[m])} → {fmt(outputs.metrics[m])}"
+                    for m in shared
                 )
-                lines += ["", f"On `{inputs.base}` ({before.subject}): {changes}."]
+                lines += [
+                    "",
+                    f"On {code(inputs.base, table=False)} ({cell(before.subject)}): {changes}.",
+                ]
         lines.append("")
     return ["### Evaluations", "", *lines] if lines else []
 
@@ -298,7 +313,12 @@ def _arena_section(inputs: ReportInputs) -> list[str]:
         entry = applied(inputs, address)
         if entry is None or not isinstance(entry.outputs, ArenaOutputs):
             if address in inputs.desired:
-                lines += [f"#### `{address}`", "", "⏳ not run yet: `llmops apply` runs it.", ""]
+                lines += [
+                    f"#### {code(address, table=False)}",
+                    "",
+                    "⏳ not run yet: `llmops apply` runs it.",
+                    "",
+                ]
             continue
         outputs = entry.outputs
         base_entry = inputs.base_lock.get(address)
@@ -307,26 +327,55 @@ def _arena_section(inputs: ReportInputs) -> list[str]:
             if base_entry is not None and isinstance(base_entry.outputs, ArenaOutputs)
             else {}
         )
-        votes = ", ".join(f"{n} {kind}" for kind, n in outputs.votes.items()) or "no"
+        votes = ", ".join(f"{n} {cell(kind)}" for kind, n in outputs.votes.items()) or "no"
+        board = outputs.leaderboard
+        ranks = [s.rank for s in board]
+        outcomes = (
+            Outcomes(
+                outputs.decided,
+                sum(outputs.votes.values()) - outputs.decided,
+                0,
+                outputs.unparseable,
+            )
+            if outputs.decided is not None
+            else None
+        )
+        if outcomes is not None:
+            counted = (
+                f"{outputs.battles} battle(s), {votes} vote(s): {outputs.decided} decided, "
+                f"{outcomes.ties} tie(s) or both bad"
+            )
+        else:
+            counted = f"{outputs.battles} battle(s), {votes} vote(s)"
         lines += [
-            f"#### `{address}`",
+            f"#### {code(address, table=False)}",
             "",
-            f"{outputs.battles} battle(s), {votes} vote(s)"
+            counted
             + (f", {outputs.unparseable} unparseable verdict(s)" if outputs.unparseable else "")
             + ". Ranks differ only where the 95% intervals do not overlap.",
             "",
+        ]
+        note = (no_decision_note(outcomes) if outcomes is not None else None) or separation_note(
+            ranks, outputs.decided
+        )
+        if note:
+            lines += [f"> ⚠️ {note}", ""]
+        lines += [
             "| rank | model | rating | 95% interval | battles | on base |",
             "|---:|---|---:|---|---:|---:|",
         ]
-        for s in outputs.leaderboard:
+        for s, rank in zip(board, shown_ranks(ranks, outputs.decided), strict=True):
             was = before.get(s.model)
             lines.append(
-                f"| {s.rank} | {s.model} | {s.rating:.0f} | [{s.lower:.0f}, {s.upper:.0f}] | "
+                f"| {rank or '–'} | {cell(s.model)} | {s.rating:.0f} | "
+                f"[{s.lower:.0f}, {s.upper:.0f}] | "
                 f"{s.battles} | {f'{was.rating:.0f}' if was else 'new'} |"
             )
         for name, verdict in sorted(outputs.gates.items()):
             lines.append("")
-            lines.append(f"{'✅' if verdict.passed else '❌'} {name}: {verdict.detail}")
+            lines.append(
+                f"{'✅' if verdict.passed else '❌'} {cell(name)}: {cell(verdict.detail, 1000)}"
+            )
         lines.append("")
     return ["### Arenas", "", *lines] if lines else []
 
@@ -344,11 +393,11 @@ def _scan_section(inputs: ReportInputs) -> list[str]:
         mark = "❌" if errors else ("⚠️" if scan.alarms else "✅")
         layers = ", ".join(str(n) for n in scan.layers_changed_most) or "–"
         lines.append(
-            f"| `{address}` | {outputs.version} vs {scan.against or '–'} | "
-            f"{', '.join(scan.modules_changed) or 'none'} | {layers} | "
+            f"| {code(address)} | {cell(outputs.version)} vs {cell(scan.against or '–')} | "
+            f"{cell(', '.join(scan.modules_changed) or 'none')} | {cell(layers)} | "
             f"{mark} {len(scan.alarms)} |"
         )
-        lines += [f"|  | | | | {alarm} |" for alarm in scan.alarms[:5]]
+        lines += [f"|  | | | | {cell(alarm)} |" for alarm in scan.alarms[:5]]
     if not lines:
         return []
     return [
@@ -376,13 +425,13 @@ def _training_section(inputs: ReportInputs) -> list[str]:
         metrics = outputs.metrics
         curve = inputs.curves.get(address)
         rows.append(
-            f"| `{address}` | {outputs.version or '–'} | {fmt(metrics.get('steps'))} | "
+            f"| {code(address)} | {cell(outputs.version or '–')} | {fmt(metrics.get('steps'))} | "
             f"{fmt(metrics.get('final_loss'))} | {fmt(metrics.get('final_eval_loss'))} | "
             f"{sparkline(curve.losses) if curve else '–'} |"
         )
         if curve and curve.image:
-            where = f" (artifact store: `{curve.blob}`)" if curve.blob else ""
-            images.append(f"![loss curves of {address}]({curve.image}){where}")
+            where = f" (artifact store: {code(curve.blob, table=False)})" if curve.blob else ""
+            images.append(f"![loss curves of {cell(address)}]({link_target(curve.image)}){where}")
     if not rows:
         return []
     return [
@@ -412,7 +461,9 @@ def _dataset_section(inputs: ReportInputs) -> list[str]:
         splits = after.rows
         old_splits = before.rows
         sizes = " / ".join(
-            f"{name} {old_splits.get(name, 0)} → {count}" if old_splits else f"{name} {count}"
+            f"{cell(name)} {old_splits.get(name, 0)} → {count}"
+            if old_splits
+            else f"{cell(name)} {count}"
             for name, count in splits.items()
         )
         diff = inputs.dataset_diffs.get(address) or {}
@@ -421,11 +472,11 @@ def _dataset_section(inputs: ReportInputs) -> list[str]:
             if diff
             else ("new" if base_entry is None else "–")
         )
-        removed = ", ".join(f"{k} {v}" for k, v in sorted(after.removed.items()))
+        removed = ", ".join(f"{cell(k)} {v}" for k, v in sorted(after.removed.items()))
         short = after.version[7:19]
         old_short = before.version[7:19]
         rows.append(
-            f"| `{address}` | {old_short or '–'} → {short} | {sizes} | {change} | "
+            f"| {code(address)} | {cell(old_short or '–')} → {cell(short)} | {sizes} | {change} | "
             f"{removed or '–'} |"
         )
     if not rows:
@@ -449,8 +500,8 @@ def _deployment_section(inputs: ReportInputs) -> list[str]:
         before = entry.outputs if entry is not None else DeploymentOutputs()
         assert isinstance(before, DeploymentOutputs)
         rows.append(
-            f"| `{action.address}` | {action.kind} | {before.version or '–'} | "
-            f"{_after_merge(inputs, action.address)} | {before.target or '–'} |"
+            f"| {code(action.address)} | {cell(action.kind)} | {cell(before.version or '–')} | "
+            f"{cell(_after_merge(inputs, action.address))} | {cell(before.target or '–')} |"
         )
     if not rows:
         return []
@@ -460,15 +511,18 @@ def _deployment_section(inputs: ReportInputs) -> list[str]:
             continue
         changes = [c for c in action.changes if c.startswith("spec ")]
         if changes:
-            details += [f"`{action.address}`: " + "; ".join(changes), ""]
+            details += [
+                f"{code(action.address, table=False)}: " + cell("; ".join(changes), 1000),
+                "",
+            ]
         diff = inputs.manifest_diffs.get(action.address)
         if diff:
             details += [
                 "<details><summary>KServe manifests</summary>",
                 "",
-                "```diff",
+                _fence(diff) + "diff",
                 diff.rstrip("\n"),
-                "```",
+                _fence(diff),
                 "",
                 "</details>",
                 "",
@@ -499,6 +553,12 @@ def _after_merge(inputs: ReportInputs, address: str) -> str:
     return ref
 
 
+def _fence(text: str) -> str:
+    """A backtick fence longer than any run of backticks in `text` (at least three)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
 def _trust_section(inputs: ReportInputs) -> list[str]:
     """Results from a ref main does not trust: shown here, never promoted or deployed by main
     as they are (docs/architecture.md, "Trust boundary")."""
@@ -511,14 +571,17 @@ def _trust_section(inputs: ReportInputs) -> list[str]:
         "came from a commit main contains, with the same runner code).",
         ">",
     ]
-    lines += [f"> - `{address}`: {why}" for address, why in sorted(inputs.untrusted.items())]
+    lines += [
+        f"> - {code(address, table=False)}: {cell(why, 1000)}"
+        for address, why in sorted(inputs.untrusted.items())
+    ]
     return [*lines, ""]
 
 
 def render_report(inputs: ReportInputs) -> str:
     lines = [
         MARKER,
-        f"## llmops: `{inputs.base}` → `{inputs.head}`",
+        f"## llmops: {code(inputs.base, table=False)} → {code(inputs.head, table=False)}",
         "",
         f"**{headline(inputs)}**",
         "",

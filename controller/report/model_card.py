@@ -8,6 +8,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from controller import installed_version
+from controller.report.escape import cell, code
 from controller.state.registry.schema import VersionRow
 
 
@@ -73,7 +75,7 @@ def render_card(version: VersionRow, base_ref: str | None = None) -> str:
         stream.getvalue().rstrip(),
         "---",
         "",
-        f"# {name} (version {version.number})",
+        f"# {cell(name)} (version {version.number})",
         "",
     ]
     if version.model.description:
@@ -83,12 +85,13 @@ def render_card(version: VersionRow, base_ref: str | None = None) -> str:
         "",
         "| | |",
         "|---|---|",
-        f"| architecture | {version.architecture or '-'} ({version.model_type or '-'}) |",
+        f"| architecture | {cell(version.architecture or '-')}"
+        f" ({cell(version.model_type or '-')}) |",
         f"| parameters | {_params(version.parameters)} ({version.parameters or 0:,}) |",
-        f"| dtype | {version.dtype or '-'} |",
-        f"| quantization | {version.quantization or 'none'}"
+        f"| dtype | {cell(version.dtype or '-')} |",
+        f"| quantization | {cell(version.quantization or 'none')}"
         + (
-            f" (source: {version.extra['source_quantization']})"
+            f" (source: {cell(version.extra['source_quantization'])})"
             if version.extra.get("source_quantization")
             else ""
         )
@@ -96,10 +99,11 @@ def render_card(version: VersionRow, base_ref: str | None = None) -> str:
         f"| context length | {version.context_length or '-'} |",
         f"| vocabulary | {version.vocab_size or '-'} |",
         f"| chat template | {'yes' if version.chat_template else 'no'} |",
-        f"| license | {version.license or 'unknown'} |",
+        f"| license | {cell(version.license or 'unknown')} |",
         f"| size on disk | {_size(version.size_bytes)} |",
-        f"| aliases | {', '.join(aliases) or '-'} |",
-        f"| spec digest | `{version.spec_digest or '-'}` |",
+        f"| aliases | {cell(', '.join(aliases) or '-')} |",
+        f"| spec digest | {code(version.spec_digest or '-')} |",
+        f"| registered by | llmops {installed_version()} |",
         "",
         "## Source",
         "",
@@ -111,7 +115,7 @@ def render_card(version: VersionRow, base_ref: str | None = None) -> str:
         "",
         "| file | size | sha256 |",
         "|---|---|---|",
-        *(f"| {f.path} | {_size(f.size)} | `{f.sha256}` |" for f in version.files),
+        *(f"| {cell(f.path)} | {_size(f.size)} | {code(f.sha256)} |" for f in version.files),
         "",
     ]
     lineage = version.lineage
@@ -127,14 +131,14 @@ def render_card(version: VersionRow, base_ref: str | None = None) -> str:
             ("packages", lineage.packages or None),
         ):
             if value:
-                lines.append(f"- {label}: {value}")
+                lines.append(f"- {label}: {cell(value, limit=400)}")
     else:
         lines.append("Imported from its source; no training lineage.")
     lines += ["", "## Evaluation", ""]
     if version.metrics:
         lines += ["| suite | metric | value |", "|---|---|---|"]
         lines += [
-            f"| {m.suite} | {m.name} | {m.value:.4f} |"
+            f"| {cell(m.suite)} | {cell(m.name)} | {m.value:.4f} |"
             for m in sorted(version.metrics, key=lambda m: (m.suite, m.name))
         ]
     else:

@@ -137,6 +137,7 @@ class ArenaOutputs(_Outputs):
     battles: int = 0
     votes: dict[str, int] = Field(default_factory=dict)  # per voter kind, counted votes
     unparseable: int = 0  # judge verdicts kept but not counted
+    decided: int | None = None  # counted votes with a winner (None: an older lock file)
     leaderboard: list[Standing] = Field(default_factory=list)
     gates: dict[str, GateVerdict] = Field(default_factory=dict)
 
@@ -227,6 +228,8 @@ class LockFile(BaseModel):
     # code digest -> what it hashes ({path: sha256, "lib:torch": version}), once per digest an
     # entry's code_version names, so the plan can say which file of a runner changed.
     code: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # The llmops version of the apply that last wrote the file (absent in older lock files).
+    tool: str = Field(default="", alias="llmops")
 
     @model_validator(mode="after")
     def _addresses(self) -> LockFile:
@@ -269,6 +272,8 @@ class LockFile(BaseModel):
             "lockVersion": self.version,
             "resources": {a: self.resources[a].as_json() for a in sorted(self.resources)},
         }
+        if self.tool:
+            data["llmops"] = self.tool
         used = {e.code_version for e in self.resources.values()}
         code = {d: self.code[d] for d in sorted(self.code) if d in used}
         if code:  # only the digests an entry names; absent when none recorded files
@@ -390,9 +395,7 @@ def parse_lock(text: str, shown: str = LOCK_FILE) -> LockFile:
         raise _located(err, text, shown, ()) from err
 
 
-def _located(
-    err: ValidationError, text: str, shown: str, prefix: tuple[str, ...]
-) -> LockFileError:
+def _located(err: ValidationError, text: str, shown: str, prefix: tuple[str, ...]) -> LockFileError:
     """The first problem pydantic found, at the line of the resource it is in."""
     problem = err.errors()[0]
     loc = [*prefix, *(str(p) for p in problem["loc"])]

@@ -7,7 +7,7 @@ arena whose spec says `human_votes: false` takes no human votes and counts none.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Form, HTTPException, Request
@@ -22,6 +22,13 @@ from controller.apply.blind_vote import (
     cast,
     pending_battles,
     revealed_models,
+)
+from controller.observe.leaderboard import (
+    Outcomes,
+    no_decision_note,
+    outcomes_of,
+    separation_note,
+    shown_ranks,
 )
 from controller.state.registry.arena import AlreadyVoted, ArenaStore
 from controller.state.voters import VoterKeys
@@ -77,6 +84,9 @@ class ArenaView:
     matrix: list[list[tuple[float | None, int, str]]]  # per row model: (rate, battles, colour)
     battles: int
     pending: int
+    outcomes: Outcomes | None = None  # counted votes by outcome, unparseable verdicts
+    ranks: list[str] = field(default_factory=list)  # per standing; '' where none is supported
+    note: str | None = None  # why no model is ranked, when none is
 
 
 def arena_view(state: UiState, name: str, voters: str, voter: str | None) -> ArenaView | None:
@@ -107,6 +117,11 @@ def arena_view(state: UiState, name: str, voters: str, voter: str | None) -> Are
         ]
         for a in models
     ]
+    unparseable = (
+        sum(1 for b in battles for v in b.votes if v.winner is None) if voters != "human" else 0
+    )
+    outcomes = outcomes_of(board.standings if board else [], unparseable)
+    ranks = [s.rank for s in board.standings] if board else []
     return ArenaView(
         name,
         voters,
@@ -116,6 +131,9 @@ def arena_view(state: UiState, name: str, voters: str, voter: str | None) -> Are
         matrix,
         len(battles),
         len(pending_battles(battles, voter)) if voter else 0,
+        outcomes,
+        shown_ranks(ranks, outcomes.decided),
+        no_decision_note(outcomes) or separation_note(ranks, outcomes.decided),
     )
 
 

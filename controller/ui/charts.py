@@ -16,6 +16,9 @@ CURVES = {
     "grad_norm": "gradient norm",
 }
 X_AXES = ("step", "tokens", "time")
+# Fewest points of a series the pages smooth: a moving average over a handful of points
+# (three evaluations) lags far behind them, so a shorter series is drawn raw.
+SMOOTH_MIN_POINTS = 20
 
 
 @dataclass(frozen=True)

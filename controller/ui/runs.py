@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from controller.state.registry.schema import FileRow, MetricRow, ModelRow, TagRow, VersionRow
 from controller.ui.app import render, ui_state
-from controller.ui.charts import CURVES, X_AXES, config_diff, run_series
+from controller.ui.charts import CURVES, SMOOTH_MIN_POINTS, X_AXES, config_diff, run_series
 from controller.ui.state import UiState
 from runners.train.log import LOG_FILE
 
@@ -36,6 +36,11 @@ class RunLine:
     @property
     def key(self) -> str:
         return f"{self.run}@{self.version}"
+
+    @property
+    def label(self) -> str:
+        """How a chart's legend names the run: 'run default → support-assistant@1'."""
+        return f"run {self.run} → {self.version}"
 
 
 def list_runs(state: UiState) -> dict[str, list[RunLine]]:
@@ -178,4 +183,6 @@ def experiment_page(
         curves=CURVES,
         axes=X_AXES,
         chart_data=view.series,
+        chart_labels={r.key: r.label for r in view.shown},
+        smooth_min=SMOOTH_MIN_POINTS,
     )

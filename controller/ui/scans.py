@@ -1,9 +1,11 @@
-"""Dashboard, brain scan pages: per model version, the heatmaps and histograms the inspect
-runner drew (served from the blob store) and its alarms with reasons and hints."""
+"""Dashboard, brain scan pages: per model version, what the fine-tune changed (modules,
+layers, neurons) first, then its alarms (one per phenomenon, what the base has too apart as
+context) with reasons and hints, and the heatmaps the inspect runner drew (served from the
+blob store) with the cells outside their colour scales named."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -73,6 +75,14 @@ class ScanView:
     layers: list[Any]
     alarms: list[dict[str, Any]]
     images: list[str]
+    changes: dict[str, Any] = field(default_factory=dict)  # modules, layers, neurons
+    context: list[dict[str, Any]] = field(default_factory=list)  # what the base has too
+    clipped: dict[str, str] = field(default_factory=dict)  # image -> cells off its colour scale
+
+    @property
+    def phenomena(self) -> int:
+        """Distinct phenomena among the alarms (each alarm is one, when grouped)."""
+        return len({a.get("phenomenon") or a.get("reason") for a in self.alarms})
 
 
 def scan_view(state: UiState, scan_id: int) -> ScanView | None:
@@ -94,6 +104,9 @@ def scan_view(state: UiState, scan_id: int) -> ScanView | None:
         list(summary.get("layers_changed_most") or []),
         _alarms(summary),
         sorted(n for n in files if n.endswith(".png")),
+        dict(summary.get("changes") or {}),
+        list(summary.get("context") or []),
+        dict(summary.get("clipped") or {}),
     )
 
 

@@ -23,7 +23,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--correction", help="the answer you expected")
     args = parser.parse_args(argv)
 
-    client = OpenAI(base_url=args.base_url, api_key=args.api_key)
+    # A busy deployment answers 504 after its timeout or 429/503 when its queue is full: the
+    # openai client asks again (with backoff) on those, so give it room on a loaded machine.
+    client = OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=5, timeout=180)
     try:
         model = args.model or client.models.list().data[0].id
         reply = client.chat.completions.create(

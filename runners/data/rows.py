@@ -12,6 +12,7 @@ CANONICAL_FIELDS: dict[str, tuple[str, ...]] = {
     "instruction": ("prompt", "response"),
     "chat": ("messages",),
     "preference": ("prompt", "chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),  # label: true desirable, false undesirable
     "qa": ("question", "answers"),
 }
 KEY_FIELD = {
@@ -19,6 +20,7 @@ KEY_FIELD = {
     "instruction": "prompt",
     "chat": "messages",
     "preference": "prompt",
+    "unpaired": "prompt",
     "qa": "question",
 }
 Row = dict[str, Any]
@@ -97,6 +99,15 @@ def check_row(row: Row, fmt: str) -> str | None:
             row["answers"] = [row["answers"]]
         if not isinstance(row["answers"], list):
             return "'answers' must be a list of strings"
+    elif fmt == "unpaired":
+        for name in ("prompt", "completion"):
+            if not isinstance(row[name], str):
+                return f"'{name}' must be a string, got {type(row[name]).__name__}"
+        if not isinstance(row["label"], bool):
+            return (
+                "'label' must be true (a desirable completion) or false (undesirable), "
+                f"got {row['label']!r}"
+            )
     else:
         for name in CANONICAL_FIELDS[fmt]:
             if not isinstance(row[name], str):

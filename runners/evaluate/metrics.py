@@ -19,6 +19,8 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "perplexity": False,
     "word_perplexity": False,
     "latency": False,
+    "preference_accuracy": True,
+    "logprob_margin": True,
 }
 # Metrics aggregated as exp(sum of -loglikelihood / sum of units) rather than a mean.
 PERPLEXITIES = ("perplexity", "word_perplexity")

@@ -23,6 +23,7 @@ from runners.evaluate.placeholders import (
     as_text,
     field_name_problem,
 )
+from runners.evaluate.preference import score_pairs
 
 LM_EVAL_METRICS = {
     "exact_match": "exact_match",
@@ -279,8 +280,17 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
     tasks = inputs.suite["tasks"]
     # Every suite task's prompt, target and choices are checked before the model loads.
     for task in tasks:
-        if task["type"] != "lm_eval":
+        if task["type"] == "preference":
+            _preference_rows(task, inputs.task_data[task["name"]])  # bad rows: before loading
+        elif task["type"] != "lm_eval":
             task_config(inputs.suite_name, task, Path(os.devnull))
+    preference = [t["name"] for t in tasks if t["type"] == "preference"]
+    if preference and inputs.endpoint is not None:
+        raise EvalError(
+            f"task {preference[0]} is a preference task: it scores log-probabilities with and "
+            "without the model's adapter, which an endpoint does not serve; evaluate the "
+            "registered model instead"
+        )
     names: dict[str, str] = {}
     for task in tasks:
         names[task["name"]] = (
@@ -307,6 +317,7 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
         "batch_size": inputs.batch_size,
         "trust_remote_code": False,
         "use_safetensors": True,
+        **_adapter_args(inputs.model_path),
     }
     if inputs.generation_concurrency > 0:
         from runners.evaluate.batched import ContinuousBatchingHFLM
@@ -316,6 +327,24 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
         lm = HFLM(**model_args)
     results = _run_tasks(inputs, names, manager, lm)
     return _summary(inputs, results)
+
+
+def _adapter_args(folder: Path) -> dict[str, Any]:
+    """A LoRA adapter folder (a training run's model/): its base model with the adapter on
+    top (lm-eval's `peft`), so preference tasks can also score it with the adapter off."""
+    config = folder / "adapter_config.json"
+    if not config.is_file():
+        return {}
+    try:
+        base = json.loads(config.read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise EvalError(f"{config} names no base model ({err}); re-save the adapter") from err
+    if not base or not Path(base).is_dir():
+        raise EvalError(
+            f"the adapter {folder} is trained on {base!r}, which is not a model folder here; "
+            "evaluate the merged model (training.merge) or make the base model available"
+        )
+    return {"pretrained": str(base), "peft": str(folder), "tokenizer": str(folder)}
 
 
 def _summary(inputs: EvalInputs, results: list[TaskResult]) -> dict[str, Any]:
@@ -350,6 +379,9 @@ def _run_tasks(
     judge = None
     results: list[TaskResult] = []
     for task in tasks:
+        if task["type"] == "preference":
+            results.append(_preference_task(inputs, task, lm))
+            continue
         name = names[task["name"]]
         inputs.report(f"{inputs.suite_name}/{task['name']}: {task['type']} through lm-eval")
         began = time.perf_counter()
@@ -415,6 +447,84 @@ def _run_tasks(
             for row in samples:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return results
+
+
+def _preference_fields(task: dict[str, Any]) -> tuple[_Text, str, str]:
+    """The prompt template and the chosen and rejected field names of a preference task."""
+    prompt = _Text(task.get("prompt", "{prompt}"), "prompt")
+    chosen = _field(task.get("chosen", "chosen"), "chosen")
+    rejected = _field(task.get("rejected", "rejected"), "rejected")
+    return prompt, chosen, rejected
+
+
+def _preference_rows(task: dict[str, Any], path: Path) -> list[tuple[str, str, str, str]]:
+    """(id, prompt, chosen, rejected) per row; a bad row is an EvalError naming file:line."""
+    prompt, chosen, rejected = _preference_fields(task)
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise EvalError(f"{path}:{number}: invalid JSON ({err.msg})") from err
+        if not isinstance(row, dict):
+            raise EvalError(f"{path}:{number}: a row must be a JSON object")
+        for name in (chosen, rejected):
+            if not isinstance(row.get(name), str):
+                raise EvalError(
+                    f"{path}:{number}: field '{name}' must be a string (task "
+                    f"'{task['name']}' reads the {'chosen' if name == chosen else 'rejected'} "
+                    "answer from it)"
+                )
+        rows.append((str(row.get("id", number)), prompt(row), row[chosen], row[rejected]))
+        if task.get("limit") and len(rows) >= task["limit"]:
+            break
+    return rows
+
+
+def _preference_task(inputs: EvalInputs, task: dict[str, Any], lm: Any) -> TaskResult:
+    """A preference task on the loaded model: runners/evaluate/preference.py."""
+    inputs.report(f"{inputs.suite_name}/{task['name']}: preference pairs by log-probability")
+    began = time.perf_counter()
+    rows = _preference_rows(task, inputs.task_data[task["name"]])
+    scores = score_pairs(
+        lm.model,
+        lm.tokenizer,
+        [(prompt, chosen, rejected) for _, prompt, chosen, rejected in rows],
+        chat=bool(task.get("chat_template", True)),
+        batch_size=inputs.batch_size,
+    )
+    seconds = time.perf_counter() - began
+    samples = []
+    for (row_id, prompt, chosen, rejected), score in zip(rows, scores, strict=True):
+        samples.append(
+            {
+                "id": row_id,
+                "prompt": prompt,
+                "target": chosen,
+                "rejected": rejected,
+                **{k: v for k, v in score.items() if k.endswith("logprob")},
+                "metrics": {
+                    "preference_accuracy": (score["preferred"], 1.0),
+                    "logprob_margin": (score["margin"], 1.0),
+                },
+            }
+        )
+    metrics: dict[str, float | None] = {
+        metric: aggregate(metric, [s["metrics"][metric] for s in samples])
+        for metric in task["metrics"]
+        if metric != "latency"
+    }
+    if "latency" in task["metrics"]:
+        metrics["latency"] = seconds / max(len(samples), 1)
+        for sample in samples:
+            sample["metrics"]["latency"] = (metrics["latency"], 1.0)
+    metrics = {k: (None if v is None or math.isnan(v) else v) for k, v in metrics.items()}
+    with (inputs.out / f"samples-{task['name']}.jsonl").open("w", encoding="utf-8") as handle:
+        for sample in samples:
+            handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    return TaskResult(task["name"], metrics, samples, seconds)  # type: ignore[arg-type]
 
 
 def load_samples(folder: Path) -> dict[str, dict[str, tuple[float, float]]]:

@@ -1,7 +1,9 @@
-"""Runner `inspect`, activations: hidden-state norms and MLP neurons on probe prompts."""
+"""Runner `inspect`, activations: hidden-state norms and MLP neurons on probe prompts, and
+what changed in them between a base and its fine-tune on the same probes."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,8 @@ from runners.inspect.weights import LAYER_RE, is_adapter
 # The module whose *input* is the MLP's neuron activations (act_fn(gate) * up for SwiGLU).
 DOWN_PROJECTIONS = ("mlp.down_proj", "mlp.c_proj", "mlp.fc2", "mlp.dense_4h_to_h", "mlp.fc_out")
 MAX_TOKENS = 256
+MAX_HITS_PER_LAYER = 8  # massive dimensions kept per layer and probe (largest first)
+TOP_CHANGED_NEURONS = 10
 
 
 @dataclass
@@ -78,6 +82,53 @@ def _mlp_inputs(model: Any) -> dict[int, Any]:
     return found
 
 
+@dataclass
+class ProbeRun:
+    """One model's pass over the probes: the JSON-able result, plus (not in the JSON) the MLP
+    neuron activations per layer (tokens x neurons, all probes in order), the probe token ids,
+    and the hidden values at the `watch` points asked for: (value, layer median |value|)."""
+
+    result: dict[str, Any]
+    acts: dict[int, torch.Tensor]
+    token_ids: list[int]
+    watched: list[tuple[float, float] | None]
+
+
+def _massive_hits(
+    h: torch.Tensor,
+    layer: int,
+    p_index: int,
+    id_list: list[int],
+    tokenizer: Any,
+    options: ActivationOptions,
+) -> list[dict[str, Any]]:
+    """Hidden values over massive_ratio x the layer's median |value|: per dimension, its
+    largest value's token (at most MAX_HITS_PER_LAYER dimensions, largest first)."""
+    values = h.abs()
+    median = float(values.median())
+    threshold = options.massive_ratio * median
+    peak, where = values.max(dim=0)  # per dimension: largest |value| over tokens, and its token
+    dims = torch.nonzero(peak > threshold).flatten().tolist()
+    dims = sorted(dims, key=lambda d: -float(peak[d]))[:MAX_HITS_PER_LAYER]
+    hits = []
+    for dim in dims:
+        pos = int(where[dim])
+        ratio = float(peak[dim]) / median if median > 0 else None
+        hits.append(
+            {
+                "layer": layer,
+                "prompt": p_index,
+                "position": pos,
+                "token": tokenizer.decode([id_list[pos]]),
+                "dim": int(dim),
+                "value": float(h[pos, dim]),
+                "median_abs": median,
+                "ratio": round(ratio, 2) if ratio is not None else None,
+            }
+        )
+    return hits
+
+
 def probe(
     model: Any,
     tokenizer: Any,
@@ -87,6 +138,20 @@ def probe(
 ) -> dict[str, Any]:
     """Run each probe once; return per-layer hidden norms, top neurons with the tokens that
     drive them, never-active fractions and massive activations (JSON-able)."""
+    return probe_run(model, tokenizer, probes, options, report).result
+
+
+def probe_run(
+    model: Any,
+    tokenizer: Any,
+    probes: list[str],
+    options: ActivationOptions,
+    report: Callable[[str], None] | None = None,
+    watch: list[tuple[int, int, int, int]] | None = None,
+) -> ProbeRun:
+    """`probe`, keeping the neuron activations, and reading the hidden value at each `watch`
+    point (layer, prompt, position, dim) with its layer's median |value| (None where the
+    point does not exist in this model's pass, e.g. another tokenizer)."""
     if not probes or not all(isinstance(p, str) and p.strip() for p in probes):
         raise InvalidInput("probes must be a non-empty list of non-empty strings")
     downs = _mlp_inputs(model)
@@ -100,7 +165,11 @@ def probe(
         handles.append(module.register_forward_pre_hook(hook))
     token_rows: list[dict[str, Any]] = []  # one per probe token: prompt, position, id, text
     hidden_norms: list[list[list[float]]] = []
-    massive: dict[int, dict[str, Any]] = {}
+    massive: dict[tuple[int, int, str], dict[str, Any]] = {}  # (layer, dim, token) -> largest
+    wanted: dict[int, list[int]] = {}  # prompt -> indices into watch
+    for w_index, (_layer, w_prompt, _pos, _dim) in enumerate(watch or []):
+        wanted.setdefault(w_prompt, []).append(w_index)
+    watched: list[tuple[float, float] | None] = [None] * len(watch or [])
     try:
         for p_index, text in enumerate(probes):
             encoded = tokenizer(
@@ -123,25 +192,17 @@ def probe(
             for h_index, hidden in enumerate(out.hidden_states):
                 h = hidden[0].float()
                 norms.append([round(float(v), 5) for v in h.norm(dim=-1)])
-                values = h.abs()
-                median = float(values.median())
-                top = float(values.max())
-                ratio = top / median if median > 0 else float("inf") if top > 0 else 0.0
-                if ratio > options.massive_ratio and h_index > 0:
-                    flat = int(values.argmax())
-                    pos, dim = divmod(flat, h.shape[1])
-                    seen = massive.get(h_index - 1)
-                    if seen is None or ratio > seen["ratio"]:
-                        massive[h_index - 1] = {
-                            "layer": h_index - 1,
-                            "prompt": p_index,
-                            "position": pos,
-                            "token": tokenizer.decode([id_list[pos]]),
-                            "dim": dim,
-                            "value": float(h[pos, dim]),
-                            "median_abs": median,
-                            "ratio": round(ratio, 2) if ratio != float("inf") else None,
-                        }
+                if h_index == 0:
+                    continue
+                for hit in _massive_hits(h, h_index - 1, p_index, id_list, tokenizer, options):
+                    key = (hit["layer"], hit["dim"], hit["token"])
+                    seen = massive.get(key)
+                    if seen is None or _ratio(hit) > _ratio(seen):
+                        massive[key] = hit
+                for w_index in wanted.get(p_index, []):
+                    w_layer, _, w_pos, w_dim = (watch or [])[w_index]
+                    if w_layer == h_index - 1 and w_pos < h.shape[0] and w_dim < h.shape[1]:
+                        watched[w_index] = (float(h[w_pos, w_dim]), float(h.abs().median()))
             hidden_norms.append(norms)
             if report is not None:
                 report(f"probes: {p_index + 1}/{len(probes)}")
@@ -174,16 +235,70 @@ def probe(
         )
         neuron_max.append([float(f"{v:.4g}") for v in peak.tolist()])
     first_tokens = [row["token"] for row in token_rows if row["prompt"] == 0]
-    return {
+    result = {
         "probes": probes,
         "tokens": first_tokens,
+        "token_rows": token_rows,
         "hidden_norms": hidden_norms,  # per probe: (layers + 1) x tokens, row 0 = embeddings
         "mlp": layers,
         "neuron_max": neuron_max,  # layers x neurons: max |activation| over all probe tokens
-        "massive": [massive[k] for k in sorted(massive)],
+        "massive": sorted(massive.values(), key=lambda m: (m["layer"], -_ratio(m), m["dim"])),
         "options": {
             "top_k": options.top_k,
             "eps": options.eps,
             "massive_ratio": options.massive_ratio,
         },
     }
+    acts = {layer: torch.cat(rows, dim=0) for layer, rows in captured.items() if rows}
+    return ProbeRun(result, acts, [row["token_id"] for row in token_rows], watched)
+
+
+def _ratio(hit: dict[str, Any]) -> float:
+    """A hit's ratio to its layer's median, infinite where the median is 0 (ratio None)."""
+    return math.inf if hit.get("ratio") is None else float(hit["ratio"])
+
+
+def neuron_changes(
+    tuned: ProbeRun, base: ProbeRun, top: int = TOP_CHANGED_NEURONS
+) -> dict[str, Any]:
+    """The MLP neurons whose activation changed most between base and fine-tune on the same
+    probe tokens. Score: max over tokens |a - a0|, over the layer's typical base activation
+    (median over its neurons of max |a0|), so layers of different scale compare. Each neuron
+    comes with the tokens where it changed most and its base and tuned values there."""
+    if tuned.token_ids != base.token_ids:
+        return {
+            "neurons": [],
+            "note": "the base tokenizes the probes differently: neurons are not compared",
+        }
+    rows = tuned.result["token_rows"]
+    found: list[dict[str, Any]] = []
+    for layer in sorted(set(tuned.acts) & set(base.acts)):
+        a, a0 = tuned.acts[layer], base.acts[layer]
+        if a.shape != a0.shape:
+            continue
+        diff = (a - a0).abs()
+        scale = max(float(a0.abs().max(dim=0).values.median()), 1e-12)
+        peak, _ = diff.max(dim=0)
+        k = min(top, peak.numel())
+        for neuron in torch.topk(peak, k).indices.tolist():
+            column = diff[:, neuron]
+            tokens = []
+            for t_index in torch.topk(column, min(3, column.numel())).indices.tolist():
+                tokens.append(
+                    {
+                        **rows[t_index],
+                        "base": float(a0[t_index, neuron]),
+                        "tuned": float(a[t_index, neuron]),
+                    }
+                )
+            found.append(
+                {
+                    "layer": layer,
+                    "neuron": int(neuron),
+                    "max_change": float(peak[neuron]),
+                    "score": float(peak[neuron]) / scale,
+                    "tokens": tokens,
+                }
+            )
+    found.sort(key=lambda n: (-n["score"], n["layer"], n["neuron"]))
+    return {"neurons": found[:top], "note": None}

@@ -1,6 +1,7 @@
 """Runner `inspect`, alarms: rules over the scan's rows, each with a reason and a hint.
 
-Rules (each alarm is {"severity", "kind", "tensor", "layer", "module", "reason", "hint"}):
+Rules (each alarm is {"severity", "kind", "tensor", "layer", "module", "reason", "hint",
+"phenomenon", "layers"}):
 - nonfinite (error): a tensor holds NaN or Inf.
 - norm_outlier, without a base: for a module present in at least MIN_LAYERS layers,
   x = log ||W||_F; against the *other* layers' median c and spread
@@ -14,10 +15,16 @@ Rules (each alarm is {"severity", "kind", "tensor", "layer", "module", "reason",
 - delta_concentrated (warning): more than CONCENTRATED_MIN_LAYERS layers changed and one
   holds more than CONCENTRATED_SHARE of the total delta energy sum ||W - W0||_F^2.
 - massive_activation (warning): a hidden value above massive_ratio x its layer's median
-  |value| on a probe (normal at a few dimensions in many pretrained LLMs: compare with base).
-- dead_neurons (warning): a layer's MLP neurons never active (|act| <= eps on every probe
-  token) above dead_fraction.
+  |value| on a probe, one alarm per (dimension, token) listing the layers it spans. Normal
+  at a few dimensions in many pretrained LLMs (attention sinks), so with a base probed on
+  the same prompts, one the base has at the same spot within SIMILAR_FACTOR of the size is
+  context, not an alarm.
+- dead_neurons (warning): MLP neurons never active (|act| <= eps on every probe token) above
+  dead_fraction of a layer; one alarm for all such layers; layers where the base has as
+  many (within DEAD_MARGIN) are context.
 - weightwatcher_alpha (warning): a layer's power-law alpha outside [2, 6].
+Alarms of one kind, module and severity in several layers are one alarm (`group_alarms`);
+the list is ordered errors first, then by size ("magnitude").
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ SPREAD_FLOOR = 0.05
 MIN_LAYERS = 4
 CONCENTRATED_SHARE = 0.5
 CONCENTRATED_MIN_LAYERS = 3
+SIMILAR_FACTOR = 2.0  # a base condition within this factor of the fine-tune's is context
+DEAD_MARGIN = 0.1  # dead neurons count as new when the fraction exceeds the base's by this
 
 
 @dataclass
@@ -39,6 +48,7 @@ class AlarmOptions:
     spread_k: float = 6.0
     dead_fraction: float = 0.5
     alpha_range: tuple[float, float] = (2.0, 6.0)
+    similar: float = SIMILAR_FACTOR
 
 
 def alarm(
@@ -187,42 +197,162 @@ def concentration_alarms(deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def activation_alarms(activations: dict[str, Any] | None, dead_fraction: float) -> list[dict]:
-    if not activations:
-        return []
-    out = []
-    ratio = activations["options"]["massive_ratio"]
-    for hit in activations["massive"]:
-        out.append(
-            alarm(
-                "warning",
-                "massive_activation",
-                f"layer {hit['layer']}: hidden value {hit['value']:.4g} at dim {hit['dim']} "
-                f"on token {hit['token']!r} (probe {hit['prompt']}) is over {ratio:g}x the "
-                f"layer's median |value| {hit['median_abs']:.3g}",
-                "many pretrained LLMs have a few such dimensions (attention sinks): scan the base "
-                "with the same probes; if it is new, the fine-tune destabilised this layer",
-                None,
-                hit["layer"],
-                None,
-            )
+def _ratio(hit: dict[str, Any]) -> float:
+    return math.inf if hit.get("ratio") is None else float(hit["ratio"])
+
+
+def _spans(layers: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    runs: list[list[int]] = []
+    for layer in sorted(set(layers)):
+        if runs and runs[-1][1] == layer - 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def massive_groups(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Massive activations grouped by phenomenon, one per (dim, token): the layers it spans,
+    its largest hit ("peak") and, where the base was probed at the same points, the base's
+    largest ratio there ("base_ratio"; None when the base was not compared)."""
+    groups: dict[tuple[int, str], dict[str, Any]] = {}
+    for hit in hits:
+        key = (hit["dim"], hit["token"])
+        group = groups.setdefault(
+            key, {"dim": hit["dim"], "token": hit["token"], "layers": [], "peak": hit}
         )
-    for layer in activations["mlp"]:
-        if layer["never_active_fraction"] > dead_fraction:
-            out.append(
-                alarm(
-                    "warning",
-                    "dead_neurons",
-                    f"layer {layer['layer']}: {layer['never_active_fraction']:.0%} of "
-                    f"{layer['neurons']} MLP neurons never active on the probes",
-                    "add more varied probes to confirm; dead neurons after a fine-tune point to "
-                    "a too-high learning rate or heavy weight decay",
-                    None,
-                    layer["layer"],
-                    "mlp",
-                )
+        group["layers"].append(hit["layer"])
+        if _ratio(hit) > _ratio(group["peak"]):
+            group["peak"] = hit
+        if "base_ratio" in hit:
+            base = hit["base_ratio"]
+            seen = group.get("base_ratio")
+            group["base_ratio"] = base if seen is None or (base or 0.0) > seen else seen
+    for group in groups.values():
+        group["layers"] = sorted(set(group["layers"]))
+    return sorted(groups.values(), key=lambda g: (-_ratio(g["peak"]), g["dim"], g["token"]))
+
+
+def _massive_text(group: dict[str, Any]) -> str:
+    peak = group["peak"]
+    size = "inf" if peak.get("ratio") is None else f"{peak['ratio']:.3g}"
+    return (
+        f"dim {group['dim']} on token {group['token']!r}: up to {size}x the layer's median "
+        f"|value| (layer {peak['layer']}, value {peak['value']:.4g}), in layers "
+        f"{_spans(group['layers'])}"
+    )
+
+
+def _phenomenon(kind: str, *parts: Any) -> str:
+    return ":".join([kind, *(str(p) for p in parts)])
+
+
+def activation_alarms(
+    activations: dict[str, Any] | None,
+    dead_fraction: float,
+    base: dict[str, Any] | None = None,
+    similar: float = SIMILAR_FACTOR,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(alarms, context) from the probes: one per phenomenon, not per layer. With the base's
+    activations on the same probes, a massive activation the base has at a similar size
+    (within `similar`x) or dead neurons it has as much are context, not alarms."""
+    if not activations:
+        return [], []
+    alarms: list[dict[str, Any]] = []
+    context: list[dict[str, Any]] = []
+    ratio = activations["options"]["massive_ratio"]
+    for group in massive_groups(activations["massive"]):
+        key = _phenomenon("massive_activation", group["dim"], group["token"])
+        text = _massive_text(group)
+        peak = _ratio(group["peak"])
+        found = alarm(
+            "warning",
+            "massive_activation",
+            f"massive activation: {text}",
+            "many pretrained LLMs have a few such dimensions (attention sinks): scan against "
+            "the base with the same probes; if the base lacks it, the fine-tune destabilised "
+            "these layers",
+            None,
+            group["layers"][0],
+            None,
+        )
+        found.update(phenomenon=key, layers=group["layers"], dim=group["dim"], token=group["token"])
+        found["magnitude"] = peak if math.isfinite(peak) else 1e300
+        if base is None:
+            alarms.append(found)
+            continue
+        base_ratio = group.get("base_ratio")
+        found["base_ratio"] = base_ratio
+        if base_ratio is not None and peak <= similar * base_ratio:
+            context.append(
+                {**found, "reason": f"in the base too, at up to {base_ratio:.3g}x: {text}"}
             )
-    return out
+            continue
+        if base_ratio is not None and base_ratio > ratio:
+            found["reason"] = f"massive activation grew from {base_ratio:.3g}x in the base: {text}"
+        else:
+            was = f"{base_ratio:.3g}x" if base_ratio is not None else "not measured"
+            found["reason"] = f"new massive activation (base at the same spot: {was}): {text}"
+        found["hint"] = (
+            "the base does not have this: the fine-tune made one hidden dimension explode on "
+            "this token; check the learning rate, gradient clipping and the data with this token"
+        )
+        alarms.append(found)
+    if base is not None:
+        tuned_keys = {(g["dim"], g["token"]) for g in massive_groups(activations["massive"])}
+        for group in massive_groups(base.get("massive") or []):
+            if (group["dim"], group["token"]) in tuned_keys:
+                continue
+            context.append(
+                {
+                    **alarm(
+                        "info",
+                        "massive_activation",
+                        f"in the base only (below {ratio:g}x after fine-tuning): "
+                        + _massive_text(group),
+                        "",
+                        None,
+                        group["layers"][0],
+                        None,
+                    ),
+                    "phenomenon": _phenomenon("massive_activation", group["dim"], group["token"]),
+                    "layers": group["layers"],
+                }
+            )
+    base_dead = {m["layer"]: m["never_active_fraction"] for m in (base or {}).get("mlp", [])}
+    dead = [m for m in activations["mlp"] if m["never_active_fraction"] > dead_fraction]
+    new = [
+        m
+        for m in dead
+        if base is None or m["never_active_fraction"] > base_dead.get(m["layer"], 0.0) + DEAD_MARGIN
+    ]
+    old = [m for m in dead if m not in new]
+    for rows, into in ((new, alarms), (old, context)):
+        if not rows:
+            continue
+        worst = max(rows, key=lambda m: m["never_active_fraction"])
+        layers = [m["layer"] for m in rows]
+        found = alarm(
+            "warning",
+            "dead_neurons",
+            f"dead MLP neurons in layers {_spans(layers)}: up to "
+            f"{worst['never_active_fraction']:.0%} of {worst['neurons']} never active on the "
+            f"probes (layer {worst['layer']})"
+            + ("" if into is alarms else "; the base has as many"),
+            "add more varied probes to confirm; dead neurons after a fine-tune point to "
+            "a too-high learning rate or heavy weight decay",
+            None,
+            layers[0],
+            "mlp",
+        )
+        found.update(
+            phenomenon=_phenomenon("dead_neurons"),
+            layers=layers,
+            magnitude=worst["never_active_fraction"],
+        )
+        into.append(found)
+    return alarms, context
 
 
 def weightwatcher_alarms(result: dict[str, Any], alpha_range: tuple[float, float]) -> list[dict]:
@@ -247,6 +377,41 @@ def weightwatcher_alarms(result: dict[str, Any], alpha_range: tuple[float, float
     return out
 
 
+def group_alarms(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One alarm per phenomenon: alarms of the same kind, module and severity in several
+    layers (a norm outlier in every layer's q_proj) become one that lists the layers."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in found:
+        key = item.get("phenomenon") or _phenomenon(
+            item["kind"], item.get("module") or item.get("tensor") or "", item["severity"]
+        )
+        groups[key].append({**item, "phenomenon": key})
+    out = []
+    for key, items in groups.items():
+        first = items[0]
+        if len(items) == 1:
+            layers = first.get("layers") or ([first["layer"]] if first["layer"] is not None else [])
+            out.append({**first, "layers": layers})
+            continue
+        layers = sorted({i["layer"] for i in items if i["layer"] is not None})
+        reasons = "; ".join(i["reason"] for i in items[:3])
+        more = f"; and {len(items) - 3} more" if len(items) > 3 else ""
+        out.append(
+            {
+                **first,
+                "phenomenon": key,
+                "layers": layers,
+                "count": len(items),
+                "reason": f"{len(items)} layers ({_spans(layers)}): {reasons}{more}",
+                "magnitude": max(i.get("magnitude") or 0.0 for i in items),
+            }
+        )
+    return out
+
+
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
 def all_alarms(
     weights: list[dict[str, Any]],
     deltas: list[dict[str, Any]],
@@ -254,13 +419,20 @@ def all_alarms(
     activations: dict[str, Any] | None,
     weightwatcher: dict[str, Any],
     options: AlarmOptions,
-) -> list[dict[str, Any]]:
-    """Every alarm, errors first."""
+    base_activations: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(alarms, context): every alarm once per phenomenon, errors first, then by size; and
+    what the base has as well (context, not alarms)."""
+    probe_alarms, context = activation_alarms(
+        activations, options.dead_fraction, base_activations, options.similar
+    )
     found = [
         *nonfinite_alarms(weights),
         *norm_alarms(weights, base_norms, options.spread_k),
         *concentration_alarms(deltas),
-        *activation_alarms(activations, options.dead_fraction),
+        *probe_alarms,
         *weightwatcher_alarms(weightwatcher, options.alpha_range),
     ]
-    return sorted(found, key=lambda a: a["severity"] != "error")
+    grouped = group_alarms(found)
+    grouped.sort(key=lambda a: (SEVERITY_ORDER.get(a["severity"], 3), -(a.get("magnitude") or 0)))
+    return grouped, context

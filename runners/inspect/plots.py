@@ -1,8 +1,16 @@
-"""Runner `inspect`, pictures: heatmap data for a web UI and the same as PNGs (matplotlib Agg)."""
+"""Runner `inspect`, pictures: heatmap data for a web UI and the same as PNGs (matplotlib Agg).
+
+Colour limits are robust (`robust_limits`): Tukey's far-out fences Q1 - 3 IQR and Q3 + 3 IQR
+of the grid's values (in log10 for the norms: LOG_SCALE) when values beyond them would squeeze
+the rest's colours more than GAP-fold, so one attention-sink column does not paint every
+other cell the same colour; the cells outside ("clipped") are listed in the JSON, on the
+PNG (marked x, the largest named under the title) and wherever the scan is shown.
+"""
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,6 +27,13 @@ ORDER = [
     "down_proj",
 ]
 MAX_COLUMNS = 2048
+FENCE = 3.0  # IQRs beyond the quartiles where the colour scale stops
+# Norms drawn on a log10 scale: they span orders of magnitude (an attention sink's hidden
+# norm is 100x and more the other tokens'; norm vectors vs matrices).
+LOG_SCALE = ("weight_norms", "activation_norms")
+GAP = 4.0  # ... when the data's range is over GAP x the fences' range (else no clipping)
+MAX_CLIPPED = 12  # clipped cells listed in the JSON (largest first); the count says the rest
+PNG_CLIPPED = 3  # of those, named on the picture
 
 
 def _column(row: dict[str, Any]) -> str:
@@ -43,10 +58,92 @@ def layer_module_grid(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | 
     return {"rows": layers, "cols": cols, "values": values, "value": key}
 
 
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear-interpolated quantile of a sorted non-empty list (numpy's default rule)."""
+    pos = q * (len(ordered) - 1)
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def robust_limits(grid: dict[str, Any], log: bool = False) -> dict[str, Any]:
+    """Colour limits of a grid that one outlier cannot stretch: the far-out fences
+    [Q1 - FENCE * IQR, Q3 + FENCE * IQR] of its values (log10 of the positive ones when
+    `log`), never beyond the values' own range; the full range instead when it is at most
+    GAP x the fences' (outliers that would squeeze the rest's colours only a little, like
+    layer norms next to matrices) or the fences meet (IQR 0: most cells equal).
+    Returns {"vmin", "vmax", "log", "clipped": the cells outside, largest deviation first
+    (at most MAX_CLIPPED: row, col, value and the cell's indices i, j), "clipped_count"};
+    vmin and vmax are in the colour scale's units (log10 when `log`)."""
+    cells: list[tuple[float, Any, Any, float, int, int]] = []  # scaled, row, col, raw, i, j
+    nested = bool(grid["cols"]) and isinstance(grid["cols"][0], list)  # per-row columns
+    for i, row in enumerate(grid["values"]):
+        for j, value in enumerate(row):
+            if value is None or not math.isfinite(value) or (log and value <= 0):
+                continue
+            col = grid["cols"][i][j] if nested else grid["cols"][j]
+            scaled = math.log10(value) if log else float(value)
+            cells.append((scaled, grid["rows"][i], col, float(value), i, j))
+    if not cells:
+        return {"vmin": None, "vmax": None, "log": log, "clipped": [], "clipped_count": 0}
+    ordered = sorted(c[0] for c in cells)
+    q1, q3 = _quantile(ordered, 0.25), _quantile(ordered, 0.75)
+    iqr = q3 - q1
+    vmin = max(ordered[0], q1 - FENCE * iqr)
+    vmax = min(ordered[-1], q3 + FENCE * iqr)
+    if vmax - vmin <= 0 or ordered[-1] - ordered[0] <= GAP * (vmax - vmin):
+        # A constant bulk (its cells all look alike anyway: the rest is the picture), or
+        # outliers that squeeze the bulk's colours less than GAP-fold: the data's own range.
+        vmin, vmax = ordered[0], ordered[-1]
+    outside = [c for c in cells if c[0] > vmax or c[0] < vmin]
+    outside.sort(key=lambda c: -max(c[0] - vmax, vmin - c[0]))
+    return {
+        "vmin": vmin,
+        "vmax": vmax,
+        "log": log,
+        "clipped": [
+            {"row": r, "col": c, "value": v, "i": i, "j": j}
+            for _, r, c, v, i, j in outside[:MAX_CLIPPED]
+        ],
+        "clipped_count": len(outside),
+    }
+
+
+def clipped_text(limits: dict[str, Any], listed: int = MAX_CLIPPED) -> str:
+    """One line naming the cells outside the colour scale ("" when none)."""
+    cells = limits.get("clipped") or []
+    if not cells:
+        return ""
+    unit = (lambda v: f"{10**v:.4g}") if limits.get("log") else (lambda v: f"{v:.4g}")
+    names = ", ".join(
+        ("layer " if isinstance(c["row"], int) else "")
+        + f"{c['row']} x {c['col']!r} = {c['value']:.4g}"
+        for c in cells[:listed]
+    )
+    more = limits["clipped_count"] - min(listed, len(cells))
+    return (
+        f"{limits['clipped_count']} cell(s) outside the colour scale "
+        f"[{unit(limits['vmin'])}, {unit(limits['vmax'])}]: {names}"
+        + (f" and {more} more" if more > 0 else "")
+    )
+
+
 def heatmaps(
     weights: list[dict[str, Any]], deltas: list[dict[str, Any]], activations: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """All heatmaps as plain data (the JSON a web UI draws)."""
+    """All heatmaps as plain data (the JSON a web UI draws), each with its robust colour
+    limits and clipped cells ("limits", with "text": the clipped cells in one line)."""
+    maps = _heatmaps(weights, deltas, activations)
+    for name, grid in maps.items():
+        if name != "top_neurons":
+            limits = robust_limits(grid, log=name in LOG_SCALE)
+            grid["limits"] = {**limits, "text": clipped_text(limits)}
+    return maps
+
+
+def _heatmaps(
+    weights: list[dict[str, Any]], deltas: list[dict[str, Any]], activations: dict[str, Any] | None
+) -> dict[str, Any]:
     maps: dict[str, Any] = {}
     norms = layer_module_grid(weights, "frobenius")
     if norms:
@@ -79,7 +176,11 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _grid_png(grid: dict[str, Any], title: str, path: Path, log: bool = False) -> None:
+def _grid_png(
+    grid: dict[str, Any], title: str, path: Path, log: bool = False
+) -> tuple[float, float]:
+    """A layers x columns heatmap, coloured within the grid's robust limits; clipped cells
+    are marked x and the largest named under the title. Returns the colour limits drawn."""
     import numpy as np
 
     data = np.array(
@@ -88,9 +189,17 @@ def _grid_png(grid: dict[str, Any], title: str, path: Path, log: bool = False) -
     if log:
         with np.errstate(divide="ignore", invalid="ignore"):
             data = np.log10(np.where(data > 0, data, np.nan))
+    limits = grid.get("limits") or robust_limits(grid, log)
     fig = _figure(max(5.0, 0.6 * len(grid["cols"]) + 2), max(3.0, 0.25 * len(grid["rows"]) + 1.5))
     ax = fig.add_subplot()
-    image = ax.imshow(data, aspect="auto", cmap="viridis", interpolation="nearest")
+    image = ax.imshow(
+        data,
+        aspect="auto",
+        cmap="viridis",
+        interpolation="nearest",
+        vmin=limits["vmin"],
+        vmax=limits["vmax"],
+    )
     ax.set_xticks(
         range(len(grid["cols"])),
         [str(c) for c in grid["cols"]],
@@ -103,9 +212,31 @@ def _grid_png(grid: dict[str, Any], title: str, path: Path, log: bool = False) -
         range(0, len(grid["rows"]), step), [str(r) for r in grid["rows"]][::step], fontsize=7
     )
     ax.set_ylabel("layer")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label=("log10 " if log else "") + grid.get("value", ""))
+    note = clipped_text(limits, PNG_CLIPPED)
+    if note:
+        for cell in limits["clipped"]:
+            ax.text(cell["j"], cell["i"], "x", ha="center", va="center", color="red", fontsize=7)
+        title += "\n" + "\n".join(textwrap.wrap("x = " + note, 110))
+    ax.set_title(title, fontsize=8)
+    extend = {(False, False): "neither", (True, False): "min", (False, True): "max"}.get(
+        (
+            any(c["value"] < _raw(limits["vmin"], log) for c in limits["clipped"]),
+            any(c["value"] > _raw(limits["vmax"], log) for c in limits["clipped"]),
+        ),
+        "both",
+    )
+    fig.colorbar(
+        image, ax=ax, extend=extend, label=("log10 " if log else "") + grid.get("value", "")
+    )
     fig.savefig(path)
+    low, high = image.get_clim()
+    return float(low), float(high)
+
+
+def _raw(scaled: float | None, log: bool) -> float:
+    if scaled is None:
+        return math.nan
+    return 10**scaled if log else scaled
 
 
 def _neuron_png(neuron_max: list[list[float]], path: Path) -> None:
@@ -186,6 +317,7 @@ def write_pngs(
             grid,
             f"hidden-state norm per token: {activations['probes'][0][:60]!r}",
             out / "activation_norms.png",
+            log=True,
         )
         images["activation_norms"] = "activation_norms.png"
         _neuron_png(activations["neuron_max"], out / "top_neurons.png")

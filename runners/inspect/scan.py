@@ -15,7 +15,13 @@ from typing import Any
 import torch
 
 from runners.errors import InvalidInput
-from runners.inspect.activations import ActivationOptions, load_model, probe
+from runners.inspect.activations import (
+    ActivationOptions,
+    ProbeRun,
+    load_model,
+    neuron_changes,
+    probe_run,
+)
 from runners.inspect.alarms import AlarmOptions, all_alarms
 from runners.inspect.deltas import adapter_deltas, full_deltas, load_adapter
 from runners.inspect.plots import heatmaps, write_pngs
@@ -28,7 +34,7 @@ from runners.inspect.weights import (
     parse_name,
 )
 
-SCAN_VERSION = 1  # bump when the numbers a scan produces change, so cached scans are redone
+SCAN_VERSION = 2  # bump when the numbers a scan produces change, so cached scans are redone
 WW_MISSING = "weightwatcher is not installed: pip install weightwatcher"
 
 
@@ -122,6 +128,55 @@ def _layers_changed(
         if total > 0
     ]
     return sorted(out, key=lambda r: (-r["relative_change"], r["layer"]))
+
+
+def _modules_changed(
+    deltas: list[dict[str, Any]], base_norms: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Per module name (q_proj, ...): sqrt(sum ||W - W0||^2) / sqrt(sum ||W0||^2) over its
+    tensors in every layer, and how many layers changed; largest first, unchanged left out."""
+    delta_sq: dict[str, float] = defaultdict(float)
+    base_sq: dict[str, float] = defaultdict(float)
+    layers: dict[str, set[int]] = defaultdict(set)
+    for row in deltas:
+        fro = row.get("delta_frobenius")
+        if not fro:
+            continue
+        delta_sq[row["module"]] += fro * fro
+        base_sq[row["module"]] += (base_norms.get(row["tensor"]) or 0.0) ** 2
+        if row.get("layer") is not None:
+            layers[row["module"]].add(row["layer"])
+    out = [
+        {
+            "module": module,
+            "relative_change": math.sqrt(d / base_sq[module]) if base_sq[module] else None,
+            "delta_frobenius": math.sqrt(d),
+            "layers": len(layers[module]),
+        }
+        for module, d in delta_sq.items()
+    ]
+    return sorted(out, key=lambda r: (-(r["relative_change"] or math.inf), r["module"]))
+
+
+def _compare_probes(tuned: ProbeRun, reference: ProbeRun) -> dict[str, Any]:
+    """The base's side of the probes, for the alarms: its own massive activations and dead
+    neuron fractions; and, on each of the fine-tune's massive hits, the base's value and
+    ratio at the same (layer, probe, token, dim) ("base_value", "base_ratio")."""
+    same_tokens = tuned.token_ids == reference.token_ids
+    for hit, seen in zip(tuned.result["massive"], reference.watched, strict=True):
+        if not same_tokens or seen is None:
+            continue
+        value, median = seen
+        hit["base_value"] = value
+        hit["base_ratio"] = abs(value) / median if median > 0 else (math.inf if value else 0.0)
+    return {
+        "massive": reference.result["massive"],
+        "mlp": [
+            {k: m[k] for k in ("layer", "neurons", "never_active_fraction")}
+            for m in reference.result["mlp"]
+        ],
+        "same_tokens": same_tokens,
+    }
 
 
 def run_weightwatcher(model: Path, base: Path | None) -> dict[str, Any]:
@@ -230,35 +285,53 @@ def scan(inputs: ScanInputs) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
     activations = None
+    base_probe: dict[str, Any] | None = None
+    neurons: dict[str, Any] = {"neurons": [], "note": None}
     if inputs.probes:
         say(f"activations on {len(inputs.probes)} probes")
-        model, tokenizer = load_model(inputs.model, base)
-        activations = probe(
-            model,
-            tokenizer,
-            inputs.probes,
-            ActivationOptions(
-                top_k=inputs.top_k, eps=inputs.eps, massive_ratio=inputs.massive_ratio
-            ),
-            inputs.report,
+        options = ActivationOptions(
+            top_k=inputs.top_k, eps=inputs.eps, massive_ratio=inputs.massive_ratio
         )
+        model, tokenizer = load_model(inputs.model, base)
+        tuned = probe_run(model, tokenizer, inputs.probes, options, inputs.report)
         del model
+        activations = tuned.result
+        if base is not None:
+            say(f"activations of the base {base} on the same probes")
+            base_model, base_tokenizer = load_model(base, inputs.model)
+            hits = tuned.result["massive"]
+            watch = [(h["layer"], h["prompt"], h["position"], h["dim"]) for h in hits]
+            reference = probe_run(
+                base_model, base_tokenizer, inputs.probes, options, inputs.report, watch
+            )
+            del base_model
+            base_probe = _compare_probes(tuned, reference)
+            neurons = neuron_changes(tuned, reference)
     ww_result = (
         run_weightwatcher(inputs.model, base)
         if inputs.weightwatcher
         else {"skipped": "not requested (weightwatcher=True runs it; needs weightwatcher)"}
     )
-    alarms = all_alarms(
+    alarms, context = all_alarms(
         weights,
         deltas,
         base_norms if base is not None else None,
         activations,
         ww_result,
         AlarmOptions(spread_k=inputs.spread_k, dead_fraction=inputs.dead_fraction),
+        base_probe,
     )
     maps = heatmaps(weights, deltas, activations)
     images = write_pngs(inputs.out, maps, weights, activations)
     changed = sorted({r["module"] for r in deltas if (r.get("delta_frobenius") or 0.0) > 0.0})
+    layers_changed = _layers_changed(deltas, base_norms) if deltas else []
+    changes = {
+        "modules": _modules_changed(deltas, base_norms),
+        "layers": layers_changed,
+        "neurons": neurons["neurons"],
+        "neurons_note": neurons["note"]
+        or (None if base_probe else "neurons are compared when a base and probes are given"),
+    }
     result = _clean(
         {
             "scan_version": SCAN_VERSION,
@@ -268,10 +341,13 @@ def scan(inputs: ScanInputs) -> dict[str, Any]:
             "options": inputs.options(),
             "weights": weights,
             "deltas": deltas,
-            "layers_changed_most": _layers_changed(deltas, base_norms) if deltas else [],
+            "changes": changes,
+            "layers_changed_most": layers_changed,
             "modules_changed": changed,
             "activations": activations,
+            "base_activations": base_probe,
             "alarms": alarms,
+            "context": context,
             "heatmaps": maps,
             "images": images,
             "weightwatcher": ww_result,
@@ -280,5 +356,8 @@ def scan(inputs: ScanInputs) -> dict[str, Any]:
     )
     (inputs.out / "scan.json").write_text(json.dumps(result, allow_nan=False) + "\n")
     errors = sum(a["severity"] == "error" for a in alarms)
-    say(f"scan done in {result['seconds']} s: {errors} errors, {len(alarms) - errors} warnings")
+    say(
+        f"scan done in {result['seconds']} s: {errors} errors, {len(alarms) - errors} warnings"
+        + (f", {len(context)} conditions the base has too" if context else "")
+    )
     return result

@@ -66,6 +66,33 @@ def _device() -> torch.device:
 
 
 def _setup_model(job: TrainJob, opts: TrainingOptions) -> tuple[Any, Any]:
+    model, tokenizer = load_model(job, opts)
+    if opts.adapts:
+        from peft import get_peft_model
+
+        try:
+            model = get_peft_model(model, lora_config(opts))
+        except ValueError as err:
+            raise TrainError(
+                f"LoRA cannot attach to this model: {err}; check training.lora.target_modules"
+            ) from err
+    return model.to(_device()), tokenizer
+
+
+def lora_config(opts: TrainingOptions) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=opts.lora.r,
+        lora_alpha=opts.lora.alpha,
+        lora_dropout=opts.lora.dropout,
+        target_modules=list(opts.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model(job: TrainJob, opts: TrainingOptions) -> tuple[Any, Any]:
+    """The base model in the run's precision (4-bit for QLoRA) and its tokenizer, no adapter."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if opts.method == "qlora" and not torch.cuda.is_available():
@@ -87,24 +114,7 @@ def _setup_model(job: TrainJob, opts: TrainingOptions) -> tuple[Any, Any]:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
         )
-    model = AutoModelForCausalLM.from_pretrained(job.base_model, **kwargs)
-    if opts.adapts:
-        from peft import LoraConfig, get_peft_model
-
-        config = LoraConfig(
-            r=opts.lora.r,
-            lora_alpha=opts.lora.alpha,
-            lora_dropout=opts.lora.dropout,
-            target_modules=list(opts.lora.target_modules),
-            task_type="CAUSAL_LM",
-        )
-        try:
-            model = get_peft_model(model, config)
-        except ValueError as err:
-            raise TrainError(
-                f"LoRA cannot attach to this model: {err}; check training.lora.target_modules"
-            ) from err
-    return model.to(_device()), tokenizer
+    return AutoModelForCausalLM.from_pretrained(job.base_model, **kwargs), tokenizer
 
 
 def _examples(
@@ -305,6 +315,10 @@ def _resume(
 def train(job: TrainJob) -> dict[str, Any]:
     """Run (or resume) the job; returns the result record also written to result.json."""
     opts = TrainingOptions.from_mapping(job.training)
+    if opts.prefers:
+        from runners.train.preference import train_preference  # trl: only for these runs
+
+        return train_preference(job, opts)
     out = Path(job.output)
     out.mkdir(parents=True, exist_ok=True)
     _seed_everything(opts.seed)

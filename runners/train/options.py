@@ -27,6 +27,20 @@ class LoraOptions:
 
 
 @dataclass(frozen=True)
+class PreferenceOptions:
+    beta: float = 0.1
+    loss_type: str | None = None  # None: the objective's own default (DEFAULT_LOSS)
+    label_smoothing: float = 0.0
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+
+# Objectives trained by trl's preference trainers (runners/train/preference.py).
+PREFERENCE_OBJECTIVES = ("dpo", "orpo", "kto")
+DEFAULT_LOSS = {"dpo": "sigmoid", "orpo": "orpo", "kto": "kto"}
+
+
+@dataclass(frozen=True)
 class EarlyStoppingOptions:
     patience: int = 3
     min_delta: float = 0.0
@@ -42,8 +56,9 @@ class HealthOptions:
 @dataclass(frozen=True)
 class TrainingOptions:
     method: Literal["lora", "full", "qlora"] = "lora"
-    objective: Literal["sft", "cpt"] = "sft"
+    objective: Literal["sft", "cpt", "dpo", "orpo", "kto"] = "sft"
     lora: LoraOptions = field(default_factory=LoraOptions)
+    preference: PreferenceOptions = field(default_factory=PreferenceOptions)
     epochs: float = 1.0
     max_steps: int | None = None
     learning_rate: float = 2e-4
@@ -69,12 +84,18 @@ class TrainingOptions:
         """Whether the run trains a LoRA adapter rather than every weight."""
         return self.method in ("lora", "qlora")
 
+    @property
+    def prefers(self) -> bool:
+        """Whether the run trains on preferences (dpo, orpo, kto) rather than SFT or CPT."""
+        return self.objective in PREFERENCE_OBJECTIVES
+
     @classmethod
     def from_mapping(cls, training: dict[str, Any]) -> TrainingOptions:
         """The job's `training` map -> options; a missing or null value takes the default."""
         values = {k: v for k, v in training.items() if k not in NOT_TRAINING_OPTIONS}
         nested = {
             "lora": LoraOptions,
+            "preference": PreferenceOptions,
             "health": HealthOptions,
             "early_stopping": EarlyStoppingOptions,
         }

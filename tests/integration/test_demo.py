@@ -98,8 +98,11 @@ def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
         out = result.stdout
         for stage in ("validate", "plan", "apply", "report", "request", "facts"):
             assert f"({stage}: " in out
-        # The keyword check ran against the deployment (2 training steps teach no facts).
-        assert re.search(r"^facts: \d+/2 answers contain the fact that matters$", out, re.M)
+        # The keyword check ran against the deployment (2 training steps teach no facts); a
+        # question the loaded deployment timed out on is that question's failure, not the demo's.
+        assert re.search(
+            r"^facts: \d+/2 answers contain the fact that matters(; \d got no answer)?$", out, re.M
+        )
         assert "report:   .llmops/reports/report.md" in out
         answer = next(line for line in out.splitlines() if line.startswith("answer: "))
         assert len(answer) > len("answer: ")

@@ -33,7 +33,9 @@ def test_full_demo_improves_rouge_l_and_passes_every_gate(tmp_path: Path) -> Non
         assert answer[len("answer: ") :].strip(), "the deployed model answered with nothing"
         # The keyword check of 10 training-set facts, asked of the deployed model.
         facts = re.search(
-            r"^facts: (\d+)/10 answers contain the fact that matters$", result.stdout, re.M
+            r"^facts: (\d+)/10 answers contain the fact that matters(; \d+ got no answer)?$",
+            result.stdout,
+            re.M,
         )
         assert facts, result.stdout[-3000:]
         print(f"\n{facts.group(0)}")
@@ -93,5 +95,22 @@ def test_full_demo_improves_rouge_l_and_passes_every_gate(tmp_path: Path) -> Non
         linear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
         assert linear <= set(scan["modules_changed"]), scan
         assert not [a for a in scan.get("alarms", []) if a.startswith("error")], scan
+        # What the base has too (SmolLM2's massive activations) is context, not an alarm: a
+        # handful of grouped alarms at most, and the scan leads with what fine-tuning changed.
+        assert len(scan.get("alarms", [])) <= 5, scan
+        shown = subprocess.run(
+            [sys.executable, "-m", "controller.cli.main", "inspect", "support-assistant@1"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert shown.returncode == 0, shown.stderr[-3000:]
+        print(shown.stdout[:3000])
+        lines = [line for line in shown.stdout.splitlines() if line.strip()]
+        first_alarm = next(
+            i for i, line in enumerate(lines) if re.search(r"\d+ alarm\(s\)|no alarms", line)
+        )
+        assert any("what changed" in line for line in lines[:first_alarm]), shown.stdout[:3000]
     finally:
         stop_servers(root)

@@ -70,6 +70,11 @@ def check_inspect_reads_the_stored_scan_and_draws_it(repo: Path) -> None:
     done = llmops(repo, "inspect", "assistant@1", "--probes", "data/probes.txt", "--top-k", "3")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "(cached" in done.stdout and "modules changed: q_proj, v_proj" in done.stdout
+    # What changed leads (modules, layers, neurons against the base on the probes), then alarms.
+    out = done.stdout
+    assert "neurons whose activation changed most" in out
+    alarms_at = out.find("alarm(s)") if "alarm(s)" in out else out.index("no alarms")
+    assert out.index("what changed") < out.index("layers that changed most") < alarms_at
     scan = json.loads(
         llmops(
             repo, "inspect", "assistant@1", "--probes", "data/probes.txt", "--top-k", "3", "--json"

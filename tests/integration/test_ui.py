@@ -133,9 +133,10 @@ def check_runs_page_draws_both_runs(page: Any, url: str) -> None:
           (s, i) => [s.label, u.data[i + 1].filter(v => v !== null).length]); }"""
     )
     labels = [label for label, _ in counts]
-    assert any(label.startswith("default@") for label in labels), labels
-    assert any(label.startswith("faster@") for label in labels), labels
+    assert any(label.startswith("run default → assistant@") for label in labels), labels
+    assert any(label.startswith("run faster → assistant@") for label in labels), labels
     assert all(points >= 4 for _, points in counts), counts  # 4 training steps per run
+    check_curves_are_readable(page)
     drawn = page.evaluate(
         "() => { const c = document.querySelector('#chart-loss canvas');"
         " return c.toDataURL().length; }"
@@ -149,6 +150,149 @@ def check_runs_page_draws_both_runs(page: Any, url: str) -> None:
     assert page.evaluate("() => window.llmopsCharts.loss.scales.y.distr") == 3
     assert page.locator("text=Config differences").count() == 1
     assert page.locator("code", has_text="training.learning_rate").count() == 1
+
+
+def check_curves_are_readable(page: Any) -> None:
+    """Ticks by magnitude, titles above the charts, no smoothing of short series, and the
+    page's moving average equal to the debiased one in controller/ui/charts.py."""
+    from controller.ui.charts import smooth
+    from runners.train.curves import tick_labels
+
+    # The learning rate (1e-3-ish) is drawn with tick labels that read back as their values.
+    ticks = page.evaluate(
+        """() => Object.entries(window.llmopsCharts).map(([metric, u]) => [metric,
+        u.data.slice(1).flat().filter(v => v !== null && v !== undefined),
+        u.axes[1]._splits, u.axes[1]._values])"""
+    )
+    small = [t for t in ticks if t[1] and 0 < max(abs(v) for v in t[1]) < 1e-2]
+    assert "lr" in [t[0] for t in small], [(t[0], max(t[1] or [0])) for t in ticks]
+    for metric, _values, splits, labels in ticks:
+        assert len(splits) == len(labels) >= 2, (metric, splits, labels)
+        for split, label in zip(splits, labels, strict=True):
+            if split is not None and abs(split) > 1e-12:
+                assert label != "0" and float(label) == pytest.approx(split, rel=1e-6), (
+                    metric,
+                    splits,
+                    labels,
+                )
+    assert any(0 < split < 1e-2 for split in dict((t[0], t[2]) for t in small)["lr"]), small
+    # A title above each chart.
+    above = page.evaluate(
+        """() => [...document.querySelectorAll('.charts figure')].map(f => [
+        f.querySelector('figcaption.chart-title').innerText,
+        f.querySelector('figcaption').getBoundingClientRect().bottom
+          <= f.querySelector('.chart').getBoundingClientRect().top])"""
+    )
+    assert [title for title, _ in above] == [
+        "Training loss",
+        "Eval loss",
+        "Learning rate",
+        "Gradient norm",
+    ]
+    assert all(ok for _, ok in above), above
+    # Smoothing is on (0.6) but every series here is short: none is smoothed, so a drawn
+    # series is the raw points themselves (it passes through the first and last).
+    assert page.input_value("#smoothing") == "0.6"
+    smooth_min = page.evaluate("() => window.llmopsCurves.smoothMin")
+    drawn = page.evaluate(
+        """() => Object.entries(window.llmopsCharts).map(([metric, u]) => [metric,
+        u.series.slice(1).map((s, i) => [s.label, u.data[i + 1].filter(v => v !== null)])])"""
+    )
+    eval_series = dict(drawn)["eval_loss"]
+    assert eval_series and all(0 < len(points) < smooth_min for _, points in eval_series)
+    for _metric, series in drawn:
+        for label, points in series:
+            assert "(smoothed)" not in label and "(raw)" not in label, (label, len(points))
+    # One run alone: its learning rate peaks at 7.5e-4, ticks 1e-4 apart (uPlot's own
+    # labels read "0" for each of them); every nonzero tick reads as its value.
+    page.goto(page.url.split("?")[0] + "?run=default%40assistant%401", wait_until="networkidle")
+    splits, labels = page.evaluate(
+        "() => [window.llmopsCharts.lr.axes[1]._splits, window.llmopsCharts.lr.axes[1]._values]"
+    )
+    nonzero = [(s, t) for s, t in zip(splits, labels, strict=True) if s and abs(s) > 1e-12]
+    assert nonzero and all(0 < s < 1e-3 for s, _ in nonzero), (splits, labels)
+    assert all(t != "0" and float(t) == pytest.approx(s, rel=1e-6) for s, t in nonzero), labels
+    assert len(set(labels)) == len(labels), labels
+    for axis in ([0.0, 1e-4, 2e-4, 3e-4], [5.929, 5.93, 5.931], [0.0, 0.5, 1.0], [0.0, 1e5, 2e5]):
+        assert page.evaluate("t => window.llmopsCurves.tickLabels(null, t)", axis) == (
+            tick_labels(axis)
+        )
+    # The page's average is the debiased one, point for point.
+    values = [3.0 - 0.05 * i + (0.2 if i % 3 == 0 else 0.0) for i in range(30)]
+    in_page = page.evaluate("v => window.llmopsCurves.smooth(v, 0.6)", values)
+    assert in_page == pytest.approx(smooth(values, 0.6))
+    assert in_page[0] == pytest.approx(values[0])
+    page.goto(page.url.split("?")[0], wait_until="networkidle")  # both runs again
+
+
+def check_arena_without_decided_battles_ranks_nobody(page: Any, url: str) -> None:
+    """The biased judge tied every battle: no rank 1, and the page says why."""
+    page.goto(url + "/arena/duel", wait_until="networkidle")
+    note = page.locator("#no-rank-note")
+    assert note.count() == 1 and "No battle was decided" in note.inner_text()
+    assert "0 decided" in page.locator("#outcomes").inner_text()
+    ranks = page.locator("#leaderboard td.rank").all_inner_texts()
+    assert ranks and set(ranks) == {"–"}, ranks
+    assert "#1" not in page.locator("main").inner_text()
+    page.goto(url + "/", wait_until="networkidle")
+    row = page.locator("tr", has_text="Arena/duel").inner_text()
+    assert "no battle decided" in row and "#1" not in row, row
+
+
+def _alarm_counts(page: Any) -> tuple[int, int]:
+    """(alarms on the scan page, distinct phenomena among them)."""
+    items = page.locator("#alarms li")
+    kinds = {items.nth(i).get_attribute("data-phenomenon") for i in range(items.count())}
+    return items.count(), len(kinds)
+
+
+def check_scan_pages_lead_with_changes_and_group_alarms(
+    page: Any, url: str, root: Path, work: Path, shots: Path
+) -> None:
+    """The apply's scan (a LoRA against its base, on probes) leads with what changed; a scan
+    of a model with two planted attention sinks over five layers shows two alarms, one per
+    phenomenon, each naming its layers."""
+    from controller.apply.inspect import stored_summary
+    from controller.state.registry.arena import ScanStore
+    from controller.workspace import open_registry
+    from runners.inspect import ScanInputs, scan
+    from tests.tiny import make_tiny_llama, plant_massive_activation
+
+    page.goto(url + "/scans/1", wait_until="networkidle")
+    assert page.locator("#changed-modules tbody tr").count() >= 1
+    assert page.locator("#changed-neurons tbody tr").count() >= 1
+    first = page.evaluate(
+        "() => !!(document.querySelector('#changes').compareDocumentPosition("
+        "document.querySelector('#alarms-h')) & Node.DOCUMENT_POSITION_FOLLOWING)"
+    )
+    assert first, "what changed must come before the alarms"
+    count, kinds = _alarm_counts(page)
+    assert count == kinds
+    from transformers import AutoTokenizer
+
+    random = make_tiny_llama(work / "sinks-random", seed=0, hidden=32, layers=6)
+    probe = "What does the Team plan cost?"
+    ids = AutoTokenizer.from_pretrained(random)(probe)["input_ids"]
+    planted = plant_massive_activation(random, work / "sinks", [(ids[0], 3), (ids[2], 11)])
+    result = scan(ScanInputs(planted, work / "sinks-scan", probes=[probe]))
+    registry = open_registry(root)
+    version = registry.find("assistant@1")
+    assert version is not None
+    files = {
+        name: registry.blobs.put(work / "sinks-scan" / name).sha256
+        for name in result["images"].values()
+    }
+    row = ScanStore(registry).add(
+        "sha256:" + "5" * 64, version.id, None, stored_summary(result, None), files
+    )
+    page.goto(url + f"/scans/{row.id}", wait_until="networkidle")
+    page.screenshot(path=str(shots / "scan-grouped-alarms.png"), full_page=True)
+    count, kinds = _alarm_counts(page)
+    assert count == kinds == 2, page.locator("#alarms").inner_text()
+    assert page.locator("#alarms").get_attribute("data-count") == "2"
+    assert page.locator("#alarms-h").inner_text() == "Alarms (2)"
+    for text in page.locator("#alarms li").all_inner_texts():
+        assert "massive activation" in text and "layers 0-4" in text, text
 
 
 def check_evaluation_page_shows_intervals(page: Any, url: str) -> None:
@@ -228,6 +372,10 @@ def test_dashboard_in_a_browser(applied: Path, server: str, tmp_path: Path) -> N
             check_every_page_loads_offline_without_errors(page, server, shots)
             check_runs_page_draws_both_runs(page, server)
             check_evaluation_page_shows_intervals(page, server)
+            check_scan_pages_lead_with_changes_and_group_alarms(
+                page, server, applied, tmp_path, shots
+            )
+            check_arena_without_decided_battles_ranks_nobody(page, server)
             check_a_blind_vote_moves_the_leaderboard_once(page, server, applied)
         finally:
             browser.close()

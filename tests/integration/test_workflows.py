@@ -71,8 +71,8 @@ def actionlint() -> Lint:
     return lint
 
 
-def load(name: str) -> dict[str, Any]:
-    document: dict[str, Any] = YAML(typ="safe").load(WORKFLOWS / name)
+def load(name: str, folder: Path = WORKFLOWS) -> dict[str, Any]:
+    document: dict[str, Any] = YAML(typ="safe").load(folder / name)
     return document
 
 
@@ -124,7 +124,12 @@ def test_the_schema_rejects_a_job_without_a_runner(tmp_path: Path) -> None:
 
 
 def test_pull_requests_from_forks_never_apply_and_get_no_secrets() -> None:
-    workflow = load("pull-request.yml")
+    check_pull_request_workflow(WORKFLOWS)
+
+
+def check_pull_request_workflow(folder: Path) -> None:
+    """pull-request.yml in `folder` (also the one `llmops init --ci github` writes)."""
+    workflow = load("pull-request.yml", folder)
     assert workflow["permissions"] == {}
     assert "pull_request.number" in workflow["concurrency"]["group"]
     jobs = workflow["jobs"]
@@ -160,12 +165,16 @@ PRIVILEGED_TRIGGERS = {"pull_request_target", "workflow_run", "issue_comment"}
 
 
 def test_every_job_a_fork_can_start_gets_no_secrets_and_never_applies() -> None:
+    check_fork_jobs(FILES)
+
+
+def check_fork_jobs(files: list[Path]) -> None:
     """Every job of every workflow: none runs fork code with secrets or write tokens. Jobs a
     pull request starts either are guarded to this repository's branches or read only: no
     secret, no apply, no self-hosted runner, no write permission."""
     checked = 0
-    for file in FILES:
-        workflow = load(file.name)
+    for file in files:
+        workflow = load(file.name, file.parent)
         on = workflow.get("on") or workflow.get(True)
         triggers = {on} if isinstance(on, str) else set(on)
         assert not triggers & PRIVILEGED_TRIGGERS, f"{file.name}: {triggers & PRIVILEGED_TRIGGERS}"
@@ -190,11 +199,16 @@ def test_every_job_a_fork_can_start_gets_no_secrets_and_never_applies() -> None:
                 assert job.get("if") == SAME_REPO, f"{where} is privileged; guard it to branches"
             else:
                 assert "GITHUB_TOKEN" not in text, where
-    assert checked == sum(len(load(f.name)["jobs"]) for f in FILES)
+    assert checked == sum(len(load(f.name, f.parent)["jobs"]) for f in files)
 
 
 def test_main_applies_and_commits_the_lock_one_at_a_time() -> None:
-    workflow = load("apply.yml")
+    check_apply_workflow(WORKFLOWS)
+
+
+def check_apply_workflow(folder: Path) -> None:
+    """apply.yml in `folder` (also the one `llmops init --ci github` writes)."""
+    workflow = load("apply.yml", folder)
     assert workflow["on"]["push"]["branches"] == ["main"]
     assert workflow["concurrency"]["cancel-in-progress"] is False
     (job,) = workflow["jobs"].values()
@@ -217,9 +231,13 @@ def test_tests_run_on_pushes_and_pull_requests() -> None:
 
 
 def test_actions_are_pinned_by_major_version() -> None:
+    check_actions_pinned(FILES)
+
+
+def check_actions_pinned(files: list[Path]) -> None:
     pinned = {"actions/checkout": "v4", "actions/setup-python": "v5", "actions/setup-node": "v4"}
     pinned["actions/upload-artifact"] = "v4"
-    for file in FILES:
+    for file in files:
         for job in YAML(typ="safe").load(file)["jobs"].values():
             for step in job["steps"]:
                 if "uses" in step:
