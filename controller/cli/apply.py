@@ -66,7 +66,7 @@ def apply_command(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Carry out the plan: pull, prepare, train, evaluate, promote, deploy.
+    """Carry out the plan: pull, prepare, train, evaluate, deploy.
 
     Writes llmops.lock.
 

@@ -13,7 +13,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from controller.api.arena import ArenaSpec, Bootstrap
-from controller.apply.arena import ArenaRunner, export_battles, import_battles, votes_of
+from controller.apply.arena import (
+    ArenaRunner,
+    export_battles,
+    import_battles,
+    judge_quality,
+    votes_of,
+)
 from controller.apply.blind_vote import ballot, cast, pending_battles, revealed_models
 from controller.cli.common import (
     Exit,
@@ -27,6 +33,7 @@ from controller.cli.common import (
     resolve_root,
 )
 from controller.observe.leaderboard import (
+    judge_lines,
     no_decision_note,
     outcomes_of,
     separation_note,
@@ -40,12 +47,12 @@ from controller.workspace import load
 from runners.arena.fastchat import preference_rows, read_battles, write_battles
 
 arena_app = typer.Typer(
-    help="Pairwise battles between models: run, vote, leaderboards, FastChat logs.",
+    help="Pairwise battles between models: run, vote, leaderboards.",
     no_args_is_help=True,
 )
 Voters = Annotated[str, typer.Option("--voters", help="Whose votes count: all, judge or human.")]
 voters_app = typer.Typer(
-    help="Who may vote on the dashboard: one key per person, made here, never by a browser.",
+    help="Who may vote on the dashboard: one key per person, made here.",
     no_args_is_help=True,
 )
 arena_app.add_typer(voters_app, name="voters")
@@ -102,6 +109,8 @@ def run(
             f"{result.judged} battle(s) judged now, {result.unparseable} unparseable verdict(s)"
         )
         print_board(result.boards["all"], f"arena {name}", outputs.unparseable)
+        for line in judge_lines(outputs.judge):
+            console.print(escape(line))
         for gate_name, gate in result.gates.items():
             console.print(gate_line(gate_name, gate.passed, gate.detail))
     if outputs.failed_gates:
@@ -115,7 +124,7 @@ def leaderboard_command(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Ratings from every stored vote of the arena, with bootstrap intervals."""
+    """Ratings from every stored vote, with bootstrap intervals."""
     from runners.arena.ratings import leaderboard
 
     if voters not in ("all", "judge", "human"):
@@ -130,14 +139,38 @@ def leaderboard_command(
             + (f" (arenas with battles: {', '.join(known)})" if known else ""),
         )
     boot = _bootstrap(top, name)
-    board = leaderboard(votes_of(battles, voters, human=_human_votes(top, name)), **boot)
+    quality = _judge_quality(top, name, battles)
+    judge_counts = quality is None or quality.counted or voters == "judge"
+    board = leaderboard(
+        votes_of(battles, voters, human=_human_votes(top, name), judge=judge_counts), **boot
+    )
     if as_json:
-        console.print_json(json.dumps(board.as_dict()))
+        document = board.as_dict()
+        document["judge"] = None if quality is None else quality.model_dump(mode="json")
+        console.print_json(json.dumps(document))
         return
     unparseable = (
         sum(1 for b in battles for v in b.votes if v.winner is None) if voters != "human" else 0
     )
     print_board(board, f"arena {name} ({voters} votes, {board.battles} counted)", unparseable)
+    for line in judge_lines(quality):
+        console.print(escape(line))
+
+
+def _judge_quality(top: Path, name: str, battles: list[Any]) -> Any:
+    """The judge's position bias and agreement with people, for an arena with a spec and a
+    judge (its voter id as the last run recorded it); None otherwise."""
+    loaded = load(top)
+    resource = loaded.desired.resources.get(f"Arena/{name}") if loaded.desired else None
+    if resource is None:
+        return None
+    label = None
+    recorded = StatePaths.for_repo(top).arena(name) / "leaderboard.json"
+    try:
+        label = (json.loads(recorded.read_text()).get("judge") or {}).get("judge")
+    except (OSError, ValueError, AttributeError):
+        label = None
+    return judge_quality(resource.spec_as(ArenaSpec), battles, label)
 
 
 def _bootstrap(top: Path, name: str) -> dict[str, Any]:
@@ -282,7 +315,7 @@ def import_command(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Add battles and their votes from a FastChat-format log (each row once)."""
+    """Add battles and votes from a FastChat log (each row once)."""
     top = resolve_root(root)
     battles = read_battles(path)
     added, known = import_battles(open_registry_or_fail(top), arena, battles)
@@ -304,7 +337,7 @@ def export_command(
     ] = "fastchat",
     root: RootOption = None,
 ) -> None:
-    """Write the arena's votes as a FastChat battle log or as DPO preference data."""
+    """Write the votes as a FastChat log or as DPO preference rows."""
     if kind not in ("fastchat", "dpo"):
         raise fail(f"--format must be fastchat or dpo, not '{kind}'", Exit.INVALID)
     top = resolve_root(root)

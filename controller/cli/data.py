@@ -65,7 +65,9 @@ def prepare_cmd(
     force: Annotated[bool, typer.Option(help="Prepare again even when cached.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Run the dataset's steps, write a version, track it with DVC; cached when unchanged."""
+    """Run the steps, write a version, track it with DVC (cached).
+
+    A dataset whose inputs did not change is not prepared again."""
     top = resolve_root(root)
     loaded = load_or_exit(top)
     names = sorted(r.name for r, _ in loaded.desired.specs(DatasetSpec))
@@ -140,7 +142,7 @@ def diff(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Rows added, removed and changed per split, and statistics before and after."""
+    """Rows added, removed and changed per split, with statistics."""
     registry = open_registry_or_fail(resolve_root(root))
     versions = []
     for ref in (before, after):

@@ -14,7 +14,7 @@ STYLES = {"ok": "green", "warning": "yellow", "missing": "red"}
 
 
 def doctor_command(root: RootOption = None, as_json: JsonOption = False) -> None:
-    """Check this machine: Python, packages, device, state, registry, engines.
+    """Check this machine: packages, device, state, registry, engines.
 
     Exit 1 when a required one is missing: Python 3.11+, torch, a writable state folder and a
     registry that opens. The rest (container engine, Kubernetes, llama.cpp, chromium) only

@@ -74,7 +74,7 @@ def run(
     force: Annotated[bool, typer.Option(help="Evaluate again even when stored.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Evaluate a model; with a blessed baseline, also compare and apply the gates."""
+    """Evaluate a model; with a baseline, compare and apply the gates."""
     evaluator = _evaluator(resolve_root(root), suite)
     outcome = evaluator.run(suite, model, force=force)
     comparison = (
@@ -122,8 +122,11 @@ def served(
     ] = None,
     tokenizer: Annotated[
         str | None,
-        typer.Option("--tokenizer", help="With --endpoint: the registered model whose tokenizer "
-        "the endpoint's model uses (name, name@version or name@alias)."),
+        typer.Option(
+            "--tokenizer",
+            help="With --endpoint: the registered model whose tokenizer "
+            "the endpoint's model uses (name, name@version or name@alias).",
+        ),
     ] = None,
     key_env: Annotated[
         str | None,
@@ -209,7 +212,7 @@ def compare(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Every metric: baseline, candidate, difference, bootstrap interval, p, flips.
+    """Every metric: baseline, candidate, difference, interval, flips.
 
     The interval is a paired bootstrap. Exit 1 when a gate fails.
     """
@@ -232,7 +235,9 @@ def bless_command(
     model: Annotated[str, typer.Argument(help="The model whose results become the baseline.")],
     root: RootOption = None,
 ) -> None:
-    """Write the suite's baseline file from a model's results; review and commit it."""
+    """Write a suite's baseline file from a model's results.
+
+    Review the file and commit it: the suite's gates compare against it."""
     top = resolve_root(root)
     evaluator = _evaluator(top, suite)
     path = evaluator.bless(suite, model)

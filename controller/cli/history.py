@@ -62,7 +62,7 @@ def history_command(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Each change to a resource, from git alone: commit, author, PR, digests.
+    """Each change to a resource, from git: commit, author, PR.
 
     Each change to its spec and lock entry, with metrics and the model version a deployment
     served.

@@ -22,7 +22,7 @@ from runners.deploy import images
 from runners.deploy.release import Release
 
 images_app = typer.Typer(
-    help="llmops' own images: the runner (training Jobs) and the serving runtime (KServe).",
+    help="llmops' own images: the training runner and serving runtime.",
     no_args_is_help=True,
 )
 
@@ -42,7 +42,9 @@ def build_command(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Build the runner and serving images; with --push, push them and record their digests."""
+    """Build the runner and serving images; --push records digests.
+
+    With --push, push them and record their digests."""
     top = resolve_root(root)
     state = StatePaths.for_repo(top).root
     folder = state / "images"

@@ -39,7 +39,7 @@ def init_command(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Start a specs repository: base model, sample data, suite, experiment, deployment.
+    """Start a specs repository: model, data, suite, experiment.
 
     Exit 0 when written, 2 when an argument is wrong or a file exists (without --force).
     """

@@ -44,7 +44,10 @@ def inspect_command(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Per-layer weights, fine-tuning deltas and activations; exit 1 on an error alarm."""
+    """Brain scan: what fine-tuning changed, alarms, activations.
+
+    Per-layer weights, fine-tuning deltas against the base and activations on probes; exits 1
+    on an error alarm."""
     registry = open_registry_or_fail(resolve_root(root))
     version = registry.find(model)
     if version is None:

@@ -109,7 +109,9 @@ def pull(
     force: Annotated[bool, typer.Option(help="Fetch again even when stored.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Import Model specs into the registry; a model already stored is not fetched again."""
+    """Import Model specs into the registry.
+
+    A model already stored is not fetched again."""
     top = resolve_root(root)
     loaded = load_or_exit(top)
     models = {
@@ -193,7 +195,7 @@ def show(
     card: Annotated[bool, typer.Option(help="Print the model card.")] = False,
     path: Annotated[bool, typer.Option(help="Print the folder with the files.")] = False,
 ) -> None:
-    """One version: metadata, files, lineage, metrics, or its card or folder."""
+    """One version: metadata, files, lineage, metrics, card or folder."""
     registry = open_registry_or_fail(resolve_root(root))
     version = registry.find(ref)
     if version is None:
@@ -284,7 +286,9 @@ def gc(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete stored files no version references, once older than --grace minutes.
+    """Delete stored files that no version references.
+
+    Only files older than --grace minutes are deleted.
 
     Runs under the apply mutex: it waits for a running apply (or pipeline run), or exits 4
     with --no-wait, so it never deletes what an apply has stored and not yet registered."""
@@ -331,7 +335,7 @@ def verify(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Re-hash stored files and check them against their sha256. Exit 1 on any problem."""
+    """Re-hash stored files against their sha256; exit 1 on a problem."""
     registry = open_registry_or_fail(resolve_root(root))
     total = sum(b.size for b in registry.blobs)
     with Progress(
@@ -402,7 +406,7 @@ def du(root: RootOption = None, as_json: JsonOption = False) -> None:
 
 @models_app.command("outdated")
 def outdated(root: RootOption = None, as_json: JsonOption = False) -> None:
-    """Hub models whose upstream moved past the pinned revision. Changes nothing."""
+    """Hub models whose upstream moved past the pinned revision."""
     top = resolve_root(root)
     rows = []
     for spec in load_specs(top).specs:

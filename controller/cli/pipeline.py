@@ -39,9 +39,7 @@ def github_publisher(base: str = "main") -> Any:
         head: str, title: str, body: str, reviewers: list[str], labels: list[str]
     ) -> dict[str, Any]:
 
-        outcome = open_or_update_pull_request(
-            context, head, base, title, body, reviewers, labels
-        )
+        outcome = open_or_update_pull_request(context, head, base, title, body, reviewers, labels)
         return {"number": outcome.number, "url": outcome.url, "created": outcome.created}
 
     return publish
@@ -82,7 +80,7 @@ def run_command(
     remote: Annotated[str, typer.Option(help="The git remote branches are pushed to.")] = "origin",
     as_json: JsonOption = False,
 ) -> None:
-    """Run the loop: trigger, update data, retrain, regression test, pull request.
+    """Run the loop: data, retrain, regression test, pull request.
 
     The steps: trigger, update_dataset, retrain, regression_test, open_pull_request. Exit 0
     done or skipped, 1 a step failed (the gate is named), 2 bad spec, 4 already running.
@@ -114,7 +112,7 @@ def status_command(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """The pipeline's last completed run, a run in progress or interrupted, and recent runs."""
+    """The last run, one in progress or interrupted, and recent runs."""
     top = resolve_root(root)
     state = PipelineState.read(StatePaths.for_repo(top).pipeline(name) / "state.json")
     if as_json:

@@ -42,7 +42,7 @@ def report_command(
     pull: Annotated[int | None, typer.Option("--pull", help="Pull request number.")] = None,
     sha: Annotated[str | None, typer.Option("--sha", help="Head commit for statuses.")] = None,
 ) -> None:
-    """Markdown for the pull request: plan, metrics and gates, curves, changes.
+    """Markdown for the pull request: plan, metrics, gates, curves.
 
     The plan, metric tables with intervals and gates, loss curves, dataset and deployment
     changes. Exit 1 when a gate failed; gates of evaluations still pending exit 0 and are

@@ -23,7 +23,7 @@ from controller.state.paths import StatePaths
 
 
 def status_command(root: RootOption = None, as_json: JsonOption = False) -> None:
-    """Each resource: applied, pending or never applied, with what it produced.
+    """Each resource: applied, pending or never, and what it made.
 
     Pending: its spec changed since the last apply. Deployments show their live process.
     Exit 0, or 3 when pending.
@@ -47,7 +47,7 @@ def status_command(root: RootOption = None, as_json: JsonOption = False) -> None
 
 
 def drift_command(root: RootOption = None, as_json: JsonOption = False) -> None:
-    """Where the registry, stores or serving processes differ from llmops.lock.
+    """Where registry, stores or servers differ from llmops.lock.
 
     Exit 0 when none, 3 when drift was found.
     """

@@ -41,7 +41,7 @@ def train_command(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Train the experiment's runs; each result is a registered model version.
+    """Train an experiment's runs into registered model versions.
 
     All its runs, or the one --variant names.
     """

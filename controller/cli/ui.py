@@ -31,7 +31,7 @@ def ui_command(
     ] = None,
     root: RootOption = None,
 ) -> None:
-    """A local dashboard: status, models, data, runs, evaluations, arenas, history.
+    """A local dashboard: status, models, runs, evaluations, arenas.
 
     Status and plan, models, datasets, runs and curves, evaluations, arena with blind
     voting, brain scans, deployments and history. Read-only except votes.

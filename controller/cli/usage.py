@@ -34,7 +34,7 @@ def usage_command(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Requests, prompt and completion tokens per client of a deployment.
+    """Requests and tokens per client of a deployment.
 
     The local target's runtime records them in the state folder; other targets export them
     in /metrics. Exit 0, or 2 for an unknown deployment or a bad --since.

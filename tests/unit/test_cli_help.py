@@ -1,4 +1,4 @@
-"""`llmops --help` as a user reads it in an 100-column terminal: commands grouped in panels in
+"""`llmops --help` as a user reads it in an 80-column terminal: commands grouped in panels in
 the order one works (controller/cli/main.py HELP_PANELS), and every command's summary one
 whole sentence on its own line, in every group's help too."""
 
@@ -21,11 +21,11 @@ ROW = re.compile(r"^ (\S+) +(\S.*?) *$")
 
 
 def help_text(*group: str) -> str:
-    """`llmops [group] --help` in a 100-column terminal: the top level in its own process, as a
+    """`llmops [group] --help` in an 80-column terminal: the top level in its own process, as a
     user runs it; the groups in process (the same typer rendering, 20 s faster)."""
     if group:
         result = CliRunner().invoke(
-            app, [*group, "--help"], env={"COLUMNS": "100"}, terminal_width=100
+            app, [*group, "--help"], env={"COLUMNS": "80"}, terminal_width=80
         )
         assert result.exit_code == 0, result.output
         return result.output
@@ -35,7 +35,7 @@ def help_text(*group: str) -> str:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "COLUMNS": "100"},
+        env={**os.environ, "COLUMNS": "80"},
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -54,7 +54,7 @@ def panels(text: str) -> list[tuple[str, list[str]]]:
         elif line.startswith("╰"):
             inside = None
         elif inside is not None and line.startswith("│"):
-            assert len(line) == 100, f"the help is {len(line)} columns wide, not 100: {line}"
+            assert len(line) == 80, f"the help is {len(line)} columns wide, not 80: {line}"
             inside.append(line[1:-1])
     return found
 
@@ -128,10 +128,10 @@ def test_the_check_sees_a_wrapped_summary() -> None:
     second = "           digests, metrics, and the model version a deployment served."
     wrapped = "\n".join(
         [
-            "╭─ Commands " + "─" * 87 + "╮",
-            "│" + first.ljust(98) + "│",
-            "│" + second.ljust(98) + "│",
-            "╰" + "─" * 98 + "╯",
+            "╭─ Commands " + "─" * 67 + "╮",
+            "│" + first[:78].ljust(78) + "│",
+            "│" + second[:78].ljust(78) + "│",
+            "╰" + "─" * 78 + "╯",
         ]
     )
     try:
