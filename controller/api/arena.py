@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+import re
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from controller.api.common import Ref, RepoPath, Resource, Strict
+from controller.api.deployment import KEY_ENV_PATTERN, KEY_ENV_PREFIX
 
 
 class FilePrompts(Strict):
@@ -17,6 +19,15 @@ class FilePrompts(Strict):
     field: str = Field(default="question", description="Row field holding the prompt.")
     id_field: str = Field(default="id", description="Row field naming the prompt, if present.")
     limit: int | None = Field(default=None, ge=1, description="Only the first N rows.")
+    reference: str | None = Field(
+        default=None,
+        description="Row field holding a reference answer: the judge sees it "
+        "(reference-guided judging); a metric judge scores against it.",
+    )
+    keywords: str | None = Field(
+        default=None,
+        description="Row field listing the words an answer must contain (keyword_recall).",
+    )
 
 
 class DatasetPrompts(Strict):
@@ -29,6 +40,15 @@ class DatasetPrompts(Strict):
         default=None, description="Row field holding the prompt; by format when unset."
     )
     limit: int | None = Field(default=None, ge=1, description="Only the first N rows.")
+    reference: str | None = Field(
+        default=None,
+        description="Row field holding a reference answer (e.g. 'response'): the judge sees "
+        "it (reference-guided judging); a metric judge scores against it.",
+    )
+    keywords: str | None = Field(
+        default=None,
+        description="Row field listing the words an answer must contain (keyword_recall).",
+    )
 
 
 PromptSet = Annotated[FilePrompts | DatasetPrompts, Field(discriminator="type")]
@@ -41,9 +61,35 @@ class ArenaGeneration(Strict):
     stop: list[str] = Field(default_factory=list)
 
 
-class ArenaJudge(Strict):
-    """A registered model that compares two answers; both orders are judged."""
+class RequireAgreement(Strict):
+    """Judge votes count only while the judge agrees with people well enough, measured on
+    the battles both voted on (the point estimates; intervals are reported beside them)."""
 
+    min_kappa: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="Lowest Cohen's kappa with human votes."
+    )
+    min_percent: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Lowest share of human votes the judge matches."
+    )
+    min_shared: int = Field(
+        default=10,
+        ge=1,
+        description="Fewest (judge, human) vote pairs to measure on; fewer: judge votes do "
+        "not count.",
+    )
+
+    @model_validator(mode="after")
+    def _a_minimum(self) -> RequireAgreement:
+        if self.min_kappa is None and self.min_percent is None:
+            raise ValueError("give 'min_kappa', 'min_percent' or both")
+        return self
+
+
+class ArenaJudge(Strict):
+    """A registered model that compares two answers; both orders are judged. When the prompt
+    set has reference answers (`prompts.reference`), the judge is shown the reference."""
+
+    type: Literal["model"] = "model"
     model: Ref
     rubric: str = Field(min_length=1)
     max_new_tokens: int = Field(default=48, ge=1, le=1024)
@@ -53,6 +99,76 @@ class ArenaJudge(Strict):
         "the verdict ([[A]], [[B]], [[C]], [[D]]) the judge finds most likely, for judges "
         "too small to follow the format.",
     )
+    require_agreement: RequireAgreement | None = None
+
+
+class MetricJudge(Strict):
+    """A deterministic judge without a model: each answer scored against the prompt's
+    reference; the higher score wins when the two differ by more than `tie_band`, both 0 is
+    'both bad'. Both orders are judged (a metric has no position bias)."""
+
+    type: Literal["metric"]
+    metric: Literal["rouge_l", "token_f1", "keyword_recall"]
+    tie_band: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Score differences up to this are ties (scores are 0..1).",
+    )
+    require_agreement: RequireAgreement | None = None
+
+
+class EndpointKey(Strict):
+    """An endpoint's key: the name of a LLMOPS_KEY_* variable (the key itself is never
+    written into a spec, a record or a log)."""
+
+    env: str = Field(
+        json_schema_extra={"pattern": KEY_ENV_PATTERN},
+        description=f"Environment variable holding the key; it must start with {KEY_ENV_PREFIX}.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _key_variable(cls, value: str) -> str:
+        if not re.fullmatch(KEY_ENV_PATTERN, value):
+            raise ValueError(
+                f"api_key names {value}, which is not a key variable: only {KEY_ENV_PREFIX}"
+                "<NAME> variables (uppercase) may be named, so a spec cannot send any other "
+                "variable of the apply environment (a CI token, a cloud key) to an endpoint"
+            )
+        return value
+
+
+class EndpointJudge(Strict):
+    """An OpenAI-compatible chat endpoint as the judge (`<base_url>/chat/completions`):
+    the same pairwise prompt as a model judge, greedy, both orders; 429 and 5xx replies are
+    retried with backoff; verdicts are stored per battle, so a rerun asks nothing again."""
+
+    type: Literal["endpoint"]
+    base_url: str = Field(
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="The API root, e.g. https://api.example.com/v1 or http://127.0.0.1:8000/v1.",
+    )
+    model: str = Field(min_length=1, description="The model name the endpoint serves.")
+    api_key: EndpointKey | None = None
+    rubric: str = Field(min_length=1)
+    max_new_tokens: int = Field(default=48, ge=1, le=1024)
+    retries: int = Field(default=4, ge=0, le=10, description="Retries on 429 and 5xx replies.")
+    timeout_s: float = Field(default=60.0, gt=0, le=600)
+    require_agreement: RequireAgreement | None = None
+
+
+def _judge_type(value: Any) -> str:
+    kind = value.get("type", "model") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in ("model", "metric", "endpoint") else "model"
+
+
+Judge = Annotated[
+    Annotated[ArenaJudge, Tag("model")]
+    | Annotated[MetricJudge, Tag("metric")]
+    | Annotated[EndpointJudge, Tag("endpoint")],
+    Discriminator(_judge_type),
+]
 
 
 class Bootstrap(Strict):
@@ -82,7 +198,7 @@ class ArenaSpec(Strict):
         default=20, ge=1, description="Prompts each pair of models battles on (at most all)."
     )
     generation: ArenaGeneration = Field(default_factory=ArenaGeneration)
-    judge: ArenaJudge | None = None
+    judge: Judge | None = None
     human_votes: bool = Field(default=False, description="People vote too (llmops arena vote).")
     bootstrap: Bootstrap = Field(default_factory=Bootstrap)
     gates: list[NotWorseThan] = Field(default_factory=list)
@@ -93,6 +209,20 @@ class ArenaSpec(Strict):
             raise ValueError("'models' lists the same reference twice")
         if self.judge is None and not self.human_votes:
             raise ValueError("an arena needs a 'judge', 'human_votes: true', or both")
+        if isinstance(self.judge, MetricJudge):
+            needs = "keywords" if self.judge.metric == "keyword_recall" else "reference"
+            if getattr(self.prompts, needs) is None:
+                raise ValueError(
+                    f"judge metric {self.judge.metric} scores against each prompt's "
+                    f"{'keywords' if needs == 'keywords' else 'reference answer'}: set "
+                    f"'prompts.{needs}' to the row field holding "
+                    f"{'them' if needs == 'keywords' else 'it'}"
+                )
+        if self.judge is not None and self.judge.require_agreement and not self.human_votes:
+            raise ValueError(
+                "'judge.require_agreement' measures the judge against people's votes: it "
+                "needs 'human_votes: true'"
+            )
         for gate in self.gates:
             missing = [r for r in (gate.candidate, gate.baseline) if r not in self.models]
             if missing:

@@ -98,7 +98,11 @@ class Training(Strict):
         "(kto) rows, settings under 'preference'.",
     )
     lora: Lora = Field(default_factory=Lora)
-    preference: Preference = Field(default_factory=Preference)
+    preference: Preference = Field(
+        default_factory=Preference,
+        # Left out of the spec digest at its default, so existing experiments keep theirs.
+        exclude_if=lambda value: value == Preference(),
+    )
     epochs: float | None = Field(default=1.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
     learning_rate: float = Field(default=2e-4, gt=0)
@@ -117,6 +121,13 @@ class Training(Strict):
     checkpoint_interval: int | None = Field(default=None, ge=1, description="Steps.")
     resume: bool = Field(default=True, description="Resume from the last checkpoint if present.")
     merge: bool = Field(default=False, description="Also register merged full weights.")
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="dtype the trained weights are stored in; auto: the base version's dtype "
+        "(a bfloat16 base gives a bfloat16 fine-tune, whatever 'precision' trained in).",
+        # Left out of the spec digest at its default, so existing experiments keep theirs.
+        exclude_if=lambda value: value == "auto",
+    )
     health: Health = Field(default_factory=Health)
     executor: Executor = Field(default_factory=Executor)
 

@@ -16,16 +16,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.api import split_ref
-from controller.api.arena import ArenaJudge, ArenaSpec, FilePrompts
+from controller.api.arena import ArenaJudge, ArenaSpec, EndpointJudge, FilePrompts, MetricJudge
 from controller.apply.context import ApplyStep
 from controller.apply.prepare import Preparer
 from controller.apply.pull import ensure_model
-from controller.state.lockfile import ArenaOutputs, GateVerdict, Standing
+from controller.state.lockfile import ArenaOutputs, GateVerdict, JudgeQuality, Standing
 from controller.state.registry.arena import ArenaStore, BattleRecord
 from controller.state.registry.schema import VersionRow
+from runners.arena.agreement import agreement, position_bias
 from runners.arena.answers import answer_key, generate_answers
+from runners.arena.endpoint_judge import EndpointJudge as EndpointJudgeRunner
 from runners.arena.fastchat import ImportedBattle
-from runners.arena.judge import PairwiseJudge, judge_battle
+from runners.arena.judge import MetricJudge as MetricJudgeRunner
+from runners.arena.judge import PairwiseJudge, Reference, judge_battle
 from runners.arena.outcomes import Vote
 from runners.errors import InvalidInput, LlmopsError
 
@@ -41,6 +44,7 @@ class ArenaError(LlmopsError):
 class Prompt:
     id: str
     text: str
+    reference: Reference | None = None  # when the prompt set names a reference field
 
 
 @dataclass
@@ -58,9 +62,12 @@ class ArenaResult:
     battles: list[BattleRecord]
     boards: dict[str, Leaderboard]  # all | judge | human
     gates: dict[str, GateVerdict] = field(default_factory=dict)
+    judge: JudgeQuality | None = None
     generated: int = 0
     judged: int = 0
     unparseable: int = 0
+    judge_requests: int = 0  # HTTP requests to an endpoint judge this run, retries included
+    judge_retries: int = 0
 
     def outputs(self) -> ArenaOutputs:
         votes: dict[str, int] = {}
@@ -86,6 +93,7 @@ class ArenaResult:
                 for s in self.boards["all"].standings
             ],
             gates=self.gates,
+            judge=self.judge,
         )
 
 
@@ -119,14 +127,128 @@ def choose_prompts(prompts: list[Prompt], count: int, seed: int) -> list[Prompt]
 
 
 def battle_key(prompt: Prompt, key_a: str, key_b: str, judge: dict[str, Any] | None) -> str:
-    payload = {"prompt": prompt.text, "a": key_a, "b": key_b, "judge": judge}
+    payload: dict[str, Any] = {"prompt": prompt.text, "a": key_a, "b": key_b, "judge": judge}
+    if prompt.reference is not None:  # only then: battles stored before references keep keys
+        payload["reference"] = reference_extra(prompt.reference)
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def votes_of(battles: list[BattleRecord], voters: str = "all", human: bool = True) -> list[Vote]:
-    """The counted votes; `human=False` (an arena with `human_votes: false`) drops people's."""
-    return [v for b in battles for v in b.vote_objects(voters) if human or v.voter_kind != "human"]
+def reference_extra(reference: Reference) -> dict[str, Any]:
+    """A reference as a battle stores it (in its extra fields, exported with it)."""
+    out: dict[str, Any] = {}
+    if reference.answer is not None:
+        out["answer"] = reference.answer
+    if reference.keywords:
+        out["keywords"] = list(reference.keywords)
+    return out
+
+
+def reference_of(battle: BattleRecord) -> Reference | None:
+    stored = battle.extra.get("reference")
+    if not isinstance(stored, dict):
+        return None
+    return Reference(stored.get("answer"), tuple(stored.get("keywords") or ()))
+
+
+def votes_of(
+    battles: list[BattleRecord],
+    voters: str = "all",
+    human: bool = True,
+    judge: bool = True,
+) -> list[Vote]:
+    """The counted votes; `human=False` (an arena with `human_votes: false`) drops people's,
+    `judge=False` (a judge short of `judge.require_agreement`) drops the judge's."""
+    return [
+        v
+        for b in battles
+        for v in b.vote_objects(voters)
+        if (human or v.voter_kind != "human") and (judge or v.voter_kind != "judge")
+    ]
+
+
+def judge_label_of(spec: ArenaSpec, model_label: str = "") -> str:
+    """The voter id of the arena's judge: the judge model's 'name@3', or 'metric:rouge_l'."""
+    if isinstance(spec.judge, MetricJudge):
+        return f"metric:{spec.judge.metric}"
+    if isinstance(spec.judge, EndpointJudge):
+        return f"endpoint:{spec.judge.model}"
+    return model_label
+
+
+def judge_quality(
+    spec: ArenaSpec, battles: list[BattleRecord], judge_label: str | None
+) -> JudgeQuality | None:
+    """The judge's position bias over battles judged in both orders, its agreement with the
+    human votes on the same battles (percent, Cohen's kappa, bootstrap intervals), and
+    whether its votes count under `judge.require_agreement`."""
+    if spec.judge is None:
+        return None
+    # None (a reader without the judge's version at hand): every judge vote counts as its.
+    judge_label = judge_label or judge_label_of(spec) or None
+    judges: set[str] = set()
+    orders: list[tuple[str | None, str | None]] = []
+    shared: list[list[tuple[str, str]]] = []
+    for battle in battles:
+        verdict = next(
+            (
+                v
+                for v in battle.votes
+                if v.voter_kind == "judge" and judge_label in (None, v.voter_id)
+            ),
+            None,
+        )
+        if verdict is None:
+            continue
+        judges.add(verdict.voter_id)
+        by_order = {
+            d.get("order"): d.get("verdict") for d in (verdict.detail or {}).get("verdicts", [])
+        }
+        if "ab" in by_order and "ba" in by_order:
+            orders.append((by_order["ab"], by_order["ba"]))
+        if verdict.winner is None or not spec.human_votes:
+            continue
+        people = battle.vote_objects("human")
+        if people:
+            shared.append([(verdict.winner, v.winner) for v in people])
+    bias, compared = position_bias(orders)
+    boot = spec.bootstrap
+    agreed = agreement(shared, rounds=boot.rounds, confidence=boot.confidence, seed=boot.seed)
+    counted, detail = True, ""
+    need = spec.judge.require_agreement
+    if need is not None:
+        short = []
+        if agreed.pairs < need.min_shared:
+            short.append(f"{agreed.pairs} shared vote(s), {need.min_shared} needed")
+        else:
+            if need.min_kappa is not None and (
+                agreed.kappa is None or agreed.kappa < need.min_kappa
+            ):
+                shown = "undefined" if agreed.kappa is None else f"{agreed.kappa:.2f}"
+                short.append(f"Cohen's kappa {shown} is below {need.min_kappa:.2f}")
+            if need.min_percent is not None and (agreed.percent or 0.0) < need.min_percent:
+                short.append(
+                    f"agreement {agreed.percent or 0.0:.0%} is below {need.min_percent:.0%}"
+                )
+        counted = not short
+        detail = (
+            "judge votes not counted: " + "; ".join(short)
+            if short
+            else "judge votes counted: agreement with people meets judge.require_agreement"
+        )
+    return JudgeQuality(
+        judge=judge_label or ", ".join(sorted(judges)) or "judge",
+        both_orders=compared,
+        position_bias=bias,
+        shared=agreed.pairs,
+        agreement=agreed.percent,
+        agreement_interval=agreed.percent_interval,
+        kappa=agreed.kappa,
+        kappa_interval=agreed.kappa_interval,
+        confidence=agreed.confidence,
+        counted=counted,
+        detail=detail,
+    )
 
 
 class ArenaRunner(ApplyStep):
@@ -192,20 +314,48 @@ class ArenaRunner(ApplyStep):
                         "to the column holding the prompt"
                     )
                 prompt_id = str(row.get(id_field) or f"row-{number}")
-                prompts.append(Prompt(prompt_id, text))
+                prompts.append(Prompt(prompt_id, text, self._reference(source, row, path, number)))
         limit = source.limit
         prompts = prompts[:limit] if limit else prompts
         if not prompts:
             raise ArenaError(f"the prompt set of the arena ({path}) has no rows")
         return prompts
 
+    @staticmethod
+    def _reference(source: Any, row: dict[str, Any], path: Path, number: int) -> Reference | None:
+        """The row's reference answer and keywords, when the prompt set names their fields."""
+        if source.reference is None and source.keywords is None:
+            return None
+        answer = None
+        if source.reference is not None:
+            answer = row.get(source.reference)
+            if not isinstance(answer, str) or not answer.strip():
+                raise InvalidInput(
+                    f"{path}:{number}: no reference answer in field '{source.reference}'; "
+                    "give every row one or set 'prompts.reference' to the field holding it"
+                )
+        keywords: tuple[str, ...] = ()
+        if source.keywords is not None:
+            listed = row.get(source.keywords)
+            if isinstance(listed, str):
+                listed = [listed]
+            if (
+                not isinstance(listed, list)
+                or not listed
+                or not all(isinstance(k, str) and k for k in listed)
+            ):
+                raise InvalidInput(
+                    f"{path}:{number}: field '{source.keywords}' must list the keywords "
+                    "(non-empty strings); fix the row or set 'prompts.keywords'"
+                )
+            keywords = tuple(listed)
+        return Reference(answer, keywords)
+
     # ----- the run ---------------------------------------------------------------------
     def run(self, name: str) -> ArenaResult:
         spec = self.spec(name)
         contenders = self.contenders(spec)
-        chosen = choose_prompts(
-            self.prompts(spec), spec.battles_per_pair, spec.generation.seed
-        )
+        chosen = choose_prompts(self.prompts(spec), spec.battles_per_pair, spec.generation.seed)
         # Answers and verdicts belong to the code that produced them and to the trust of
         # the ref that ran it: a pull request's are never read back on main.
         generation = {
@@ -220,9 +370,29 @@ class ArenaRunner(ApplyStep):
         }
         generated = self._answer(contenders, chosen, generation, keys)
         judge_spec = spec.judge
-        judge_identity = None
+        judge_identity: dict[str, Any] | None = None
         judge_label = ""
-        if judge_spec:
+        judge_path: Path | None = None
+        if isinstance(judge_spec, MetricJudge):
+            judge_label = judge_label_of(spec)
+            judge_identity = {
+                "code": generation["code"],
+                "namespace": self.namespace,
+                "metric": judge_spec.metric,
+                "tie_band": judge_spec.tie_band,
+            }
+        elif isinstance(judge_spec, EndpointJudge):
+            judge_label = judge_label_of(spec)
+            # what the endpoint is and how it is asked; never the key, nor its variable
+            judge_identity = {
+                "code": generation["code"],
+                "namespace": self.namespace,
+                "endpoint": judge_spec.base_url.rstrip("/"),
+                "model": judge_spec.model,
+                "rubric": judge_spec.rubric,
+                "max_new_tokens": judge_spec.max_new_tokens,
+            }
+        elif judge_spec:
             judge_version, judge_path = self._model(judge_spec.model)
             judge_label = f"{judge_version.model.name}@{judge_version.number}"
             judge_identity = {
@@ -248,16 +418,22 @@ class ArenaRunner(ApplyStep):
                         question_id=prompt.id,
                         answer_a=key_a,
                         answer_b=key_b,
+                        extra=(
+                            {"reference": reference_extra(prompt.reference)}
+                            if prompt.reference is not None
+                            else None
+                        ),
                     )
                 )
-        judged = unparseable = 0
+        judged = unparseable = requests = retried = 0
         if judge_spec:
-            judged, unparseable = self._judge(
+            judged, unparseable, requests, retried = self._judge(
                 store, battle_ids, judge_label, judge_spec, judge_path
             )
         labels = {c.label for c in contenders}
         battles = [b for b in store.battles(name) if b.model_a in labels and b.model_b in labels]
-        boards = self.boards(spec, battles)
+        quality = judge_quality(spec, battles, judge_label)
+        boards = self.boards(spec, battles, judge=quality is None or quality.counted)
         result = ArenaResult(
             name,
             contenders,
@@ -266,8 +442,13 @@ class ArenaRunner(ApplyStep):
             generated=generated,
             judged=judged,
             unparseable=unparseable,
+            judge_requests=requests,
+            judge_retries=retried,
         )
-        result.gates = self.gates(spec, contenders, battles)
+        result.judge = quality
+        result.gates = self.gates(
+            spec, contenders, battles, judge=quality is None or quality.counted
+        )
         self.save(name, result)
         return result
 
@@ -301,27 +482,48 @@ class ArenaRunner(ApplyStep):
         store: ArenaStore,
         battle_ids: list[int],
         judge_label: str,
-        judge_spec: ArenaJudge,
-        judge_path: Path,
-    ) -> tuple[int, int]:
+        judge_spec: ArenaJudge | MetricJudge | EndpointJudge,
+        judge_path: Path | None,
+    ) -> tuple[int, int, int, int]:
+        """Judge the battles this judge has not; (judged, unparseable verdicts, requests to
+        an endpoint judge, retries among them)."""
         todo = [
             b
             for b in store.by_ids(battle_ids)
             if not any(v.voter_kind == "judge" and v.voter_id == judge_label for v in b.votes)
         ]
         if not todo:
-            return 0, 0
+            return 0, 0, 0, 0
         self.console.print(f"  judging {len(todo)} battle(s) in both orders with {judge_label}")
-        judge = PairwiseJudge(
-            judge_path,
-            judge_spec.rubric,
-            judge_spec.max_new_tokens,
-            mode=judge_spec.mode,
-        )
+        judge: PairwiseJudge | MetricJudgeRunner | EndpointJudgeRunner
+        if isinstance(judge_spec, MetricJudge):
+            judge = MetricJudgeRunner(judge_spec.metric, judge_spec.tie_band)
+        elif isinstance(judge_spec, EndpointJudge):
+            judge = EndpointJudgeRunner(
+                judge_spec.base_url,
+                judge_spec.model,
+                judge_spec.rubric,
+                api_key_env=judge_spec.api_key.env if judge_spec.api_key else None,
+                max_new_tokens=judge_spec.max_new_tokens,
+                retries=judge_spec.retries,
+                timeout_s=judge_spec.timeout_s,
+            )
+        else:
+            assert judge_path is not None
+            judge = PairwiseJudge(
+                judge_path,
+                judge_spec.rubric,
+                judge_spec.max_new_tokens,
+                mode=judge_spec.mode,
+            )
         unparseable = 0
         for number, battle in enumerate(todo, 1):
             judged = judge_battle(
-                judge, battle.prompt or "", battle.answer_a or "", battle.answer_b or ""
+                judge,
+                battle.prompt or "",
+                battle.answer_a or "",
+                battle.answer_b or "",
+                reference=reference_of(battle),
             )
             unparseable += judged.unparseable
             store.add_vote(
@@ -334,15 +536,25 @@ class ArenaRunner(ApplyStep):
             )
             if number % 10 == 0 or number == len(todo):
                 self.console.print(f"    judged {number}/{len(todo)}")
-        return len(todo), unparseable
+        requests = retried = 0
+        if isinstance(judge, EndpointJudgeRunner):
+            requests, retried = judge.requests, judge.retried
+            self.console.print(
+                f"    {requests} request(s) to the judge endpoint, {retried} of them retries"
+            )
+        return len(todo), unparseable, requests, retried
 
-    def boards(self, spec: ArenaSpec, battles: list[BattleRecord]) -> dict[str, Leaderboard]:
+    def boards(
+        self, spec: ArenaSpec, battles: list[BattleRecord], judge: bool = True
+    ) -> dict[str, Leaderboard]:
+        """Leaderboards of all, judge and human votes; `judge=False` leaves the judge's votes
+        out of 'all' (the 'judge' board still shows them, for comparison)."""
         from runners.arena.ratings import leaderboard
 
         boot = spec.bootstrap
         return {
             voters: leaderboard(
-                votes_of(battles, voters, human=spec.human_votes),
+                votes_of(battles, voters, human=spec.human_votes, judge=judge or voters == "judge"),
                 rounds=boot.rounds,
                 confidence=boot.confidence,
                 seed=boot.seed,
@@ -351,7 +563,11 @@ class ArenaRunner(ApplyStep):
         }
 
     def gates(
-        self, spec: ArenaSpec, contenders: list[Contender], battles: list[BattleRecord]
+        self,
+        spec: ArenaSpec,
+        contenders: list[Contender],
+        battles: list[BattleRecord],
+        judge: bool = True,
     ) -> dict[str, GateVerdict]:
         from runners.arena.ratings import rating_difference
 
@@ -362,11 +578,13 @@ class ArenaRunner(ApplyStep):
             candidate, baseline = labels[gate.candidate], labels[gate.baseline]
             # 'task/metric rule' like an evaluation's gates, so reports and statuses read both
             name = f"rating/{gate.candidate} not_worse_than {gate.baseline}"
-            votes = votes_of(battles, gate.voters, human=spec.human_votes)
+            votes = votes_of(battles, gate.voters, human=spec.human_votes, judge=judge)
             pair = [v for v in votes if {v.model_a, v.model_b} == {candidate, baseline}]
             if not pair:
+                why = "" if judge else " (judge votes do not count: judge.require_agreement)"
                 out[name] = GateVerdict(
-                    passed=False, detail=f"no counted votes between {candidate} and {baseline}"
+                    passed=False,
+                    detail=f"no counted votes between {candidate} and {baseline}{why}",
                 )
                 continue
             estimate, lower, upper = rating_difference(
@@ -395,6 +613,7 @@ class ArenaRunner(ApplyStep):
             "battles": len(result.battles),
             "leaderboards": {k: v.as_dict() for k, v in result.boards.items()},
             "gates": {k: v.model_dump() for k, v in result.gates.items()},
+            "judge": None if result.judge is None else result.judge.model_dump(mode="json"),
         }
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")

@@ -303,7 +303,10 @@ class Trainer(ApplyStep):
         model_dir = run_dir / "model"
         files: list[tuple[str, Blob]] = []
         for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-            files.append((path.relative_to(model_dir).as_posix(), self.registry.blobs.put(path)))
+            stored = path
+            if path == model_dir / "adapter_config.json":
+                stored = _adapter_config_on(base, path, run_dir / ".adapter_config.json")
+            files.append((path.relative_to(model_dir).as_posix(), self.registry.blobs.put(stored)))
         for file in TRAINING_FILES:
             if (run_dir / file).is_file():
                 files.append((f"training/{file}", self.registry.blobs.put(run_dir / file)))
@@ -382,3 +385,14 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
             os.kill(pid, sig)
             os.kill(pid, signal.SIGCONT)
+
+
+def _adapter_config_on(base: VersionRow, config: Path, out: Path) -> Path:
+    """The adapter's config naming its base version's folder as the registry lays versions
+    out (`../../<base>/<number>` from the adapter's own folder, runners/weights.py
+    `adapter_base`) instead of the absolute path it trained on: the adapter-only version
+    loads wherever the registry materialises it, with no merged copy."""
+    data = json.loads(config.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = f"../../{base.model.name}/{base.number}"
+    out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out

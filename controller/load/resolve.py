@@ -648,7 +648,7 @@ def _check_arena(r: _Resolver, spec: LoadedSpec) -> None:
     arena = spec.resource.spec
     for i, ref in enumerate(arena.models):
         r._model_ref(spec, ("spec", "models", i), ref, address)
-    if arena.judge:
+    if arena.judge and arena.judge.type == "model":  # a metric judge has no model
         r._model_ref(spec, ("spec", "judge", "model"), arena.judge.model, address)
     prompts = arena.prompts
     if isinstance(prompts, FilePrompts):

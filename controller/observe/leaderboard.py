@@ -85,3 +85,41 @@ def separation_note(ranks: Sequence[int], decided: int | None) -> str | None:
             "separate them, so no model is ranked."
         )
     return None
+
+
+def judge_lines(quality: Any) -> list[str]:
+    """How far the arena's judge can be trusted, in sentences (controller.state.lockfile
+    JudgeQuality): its position bias, its agreement with people, whether its votes count."""
+    if quality is None:
+        return []
+    if quality.position_bias is None:
+        bias = "position bias unmeasured (no battle has a verdict in both orders)"
+    else:
+        bias = (
+            f"position bias {quality.position_bias:.0%} (verdict flips with the answer order "
+            f"in {round(quality.position_bias * quality.both_orders)} of "
+            f"{quality.both_orders} battle(s))"
+        )
+    lines = [f"Judge {quality.judge}: {bias}."]
+    level = f"{quality.confidence:.0%}"
+    if not quality.shared:
+        lines.append("Agreement with people: no battle has both a judge and a human vote yet.")
+    else:
+        agreement = f"{quality.agreement:.0%}"
+        if quality.agreement_interval is not None:
+            low, high = quality.agreement_interval
+            agreement += f" [{low:.0%}, {high:.0%}]"
+        if quality.kappa is None:
+            kappa = "undefined (one outcome throughout)"
+        else:
+            kappa = f"{quality.kappa:.2f}"
+            if quality.kappa_interval is not None:
+                low, high = quality.kappa_interval
+                kappa += f" [{low:.2f}, {high:.2f}]"
+        lines.append(
+            f"Agreement with people on {quality.shared} shared vote(s): {agreement}, "
+            f"Cohen's kappa {kappa} ({level} bootstrap intervals)."
+        )
+    if quality.detail:
+        lines.append(quality.detail[:1].upper() + quality.detail[1:] + ".")
+    return lines

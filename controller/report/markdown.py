@@ -17,6 +17,7 @@ from typing import Any
 
 from controller.observe.leaderboard import (
     Outcomes,
+    judge_lines,
     no_decision_note,
     separation_note,
     shown_ranks,
@@ -376,6 +377,9 @@ def _arena_section(inputs: ReportInputs) -> list[str]:
             lines.append(
                 f"{'✅' if verdict.passed else '❌'} {cell(name)}: {cell(verdict.detail, 1000)}"
             )
+        judged = judge_lines(outputs.judge)
+        if judged:
+            lines += ["", " ".join(cell(line, 1000) for line in judged)]
         lines.append("")
     return ["### Arenas", "", *lines] if lines else []
 

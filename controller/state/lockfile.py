@@ -132,6 +132,22 @@ class Standing(_Outputs):
     battles: int
 
 
+class JudgeQuality(_Outputs):
+    """How far an arena's judge can be trusted: position bias and agreement with people."""
+
+    judge: str  # "name@3" of a judge model, "metric:rouge_l" of a metric judge
+    both_orders: int = 0  # battles with a verdict in each order, compared for position bias
+    position_bias: float | None = None  # share of those whose verdict flips with the order
+    shared: int = 0  # (judge vote, human vote) pairs on the same battles
+    agreement: float | None = None  # share of those pairs that agree (both bad = tie)
+    agreement_interval: tuple[float, float] | None = None
+    kappa: float | None = None  # Cohen's kappa over the same pairs
+    kappa_interval: tuple[float, float] | None = None
+    confidence: float = 0.95
+    counted: bool = True  # False: judge.require_agreement not met, judge votes not counted
+    detail: str = ""
+
+
 class ArenaOutputs(_Outputs):
     models: dict[str, str] = Field(default_factory=dict)  # reference -> "name@3" battled
     battles: int = 0
@@ -140,6 +156,7 @@ class ArenaOutputs(_Outputs):
     decided: int | None = None  # counted votes with a winner (None: an older lock file)
     leaderboard: list[Standing] = Field(default_factory=list)
     gates: dict[str, GateVerdict] = Field(default_factory=dict)
+    judge: JudgeQuality | None = None  # None: no judge, or an older lock file
 
     @property
     def failed_gates(self) -> list[str]:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from controller.api.arena import ArenaSpec, Bootstrap
-from controller.apply.arena import votes_of
+from controller.apply.arena import judge_quality, votes_of
 from controller.apply.blind_vote import (
     CHOICES,
     Ballot,
@@ -25,6 +25,7 @@ from controller.apply.blind_vote import (
 )
 from controller.observe.leaderboard import (
     Outcomes,
+    judge_lines,
     no_decision_note,
     outcomes_of,
     separation_note,
@@ -87,6 +88,18 @@ class ArenaView:
     outcomes: Outcomes | None = None  # counted votes by outcome, unparseable verdicts
     ranks: list[str] = field(default_factory=list)  # per standing; '' where none is supported
     note: str | None = None  # why no model is ranked, when none is
+    judge: list[str] = field(default_factory=list)  # position bias, agreement with people
+
+
+def judge_quality_of(state: UiState, name: str, battles: list[Any]) -> Any:
+    """The applied arena's judge quality (controller.state.lockfile.JudgeQuality) from the
+    stored votes, the judge named as the lock file recorded it; None without a judge."""
+    entry = state.lock().get(f"Arena/{name}")
+    spec = entry.applied_spec(ArenaSpec) if entry else None
+    if spec is None or spec.judge is None:
+        return None
+    recorded = getattr(entry.outputs, "judge", None) if entry else None
+    return judge_quality(spec, battles, recorded.judge if recorded else None)
 
 
 def arena_view(state: UiState, name: str, voters: str, voter: str | None) -> ArenaView | None:
@@ -96,9 +109,20 @@ def arena_view(state: UiState, name: str, voters: str, voter: str | None) -> Are
     battles = ArenaStore(registry).battles(name)
     if not battles:
         return None
-    # imported arenas (no spec) keep the human votes their log brought
-    votes = votes_of(battles, voters, human=human_votes_of(state, name) is not False)
-    key = ("board", name, voters, len(votes), sum(len(b.votes) for b in battles))
+    size = sum(len(b.votes) for b in battles)
+    quality_key = ("judge", name, len(battles), size)
+    if quality_key not in state.cache:
+        state.cache[quality_key] = judge_quality_of(state, name, battles)
+    quality = state.cache[quality_key]
+    # imported arenas (no spec) keep the human votes their log brought; a judge short of
+    # judge.require_agreement counts only on its own board
+    votes = votes_of(
+        battles,
+        voters,
+        human=human_votes_of(state, name) is not False,
+        judge=quality is None or quality.counted or voters == "judge",
+    )
+    key = ("board", name, voters, len(votes), size)
     if key not in state.cache:
         state.cache[key] = leaderboard(votes, **bootstrap_of(state, name)) if votes else None
     board = state.cache[key]
@@ -134,6 +158,7 @@ def arena_view(state: UiState, name: str, voters: str, voter: str | None) -> Are
         outcomes,
         shown_ranks(ranks, outcomes.decided),
         no_decision_note(outcomes) or separation_note(ranks, outcomes.decided),
+        judge_lines(quality),
     )
 
 

@@ -2,8 +2,9 @@
 
 Prompts go through the model's chat template, left-padded into batches; greedy when the
 temperature is 0, sampled with a seed otherwise; stop strings cut the answer. A folder with
-`adapter_config.json` is a PEFT adapter: transformers loads it on its base model (peft is
-installed), and the tokenizer comes from the adapter folder or else from the base model.
+`adapter_config.json` is a PEFT adapter: it loads on the base model it names and is merged in
+memory only (runners/weights.py), and the tokenizer comes from the adapter folder or else
+from the base model.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.errors import InvalidInput
-from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
+from runners.weights import SAFE_TOKENIZER, load_causal_lm, tokenizer_folder
 
 DEFAULT_MAX_NEW_TOKENS = 128
 
@@ -29,23 +30,6 @@ def answer_key(prompt: str, model_digest: str, generation: dict[str, Any]) -> st
         ensure_ascii=False,
     )
     return "sha256:" + hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def _tokenizer_folder(model_path: Path) -> Path:
-    """The adapter folder when it has tokenizer files, else its base model's folder."""
-    config = model_path / "adapter_config.json"
-    if not config.is_file():
-        return model_path
-    if any((model_path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        return model_path
-    try:
-        base = json.loads(config.read_text())["base_model_name_or_path"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise InvalidInput(
-            f"{config}: field 'base_model_name_or_path' is missing or unreadable ({err}); "
-            "save the adapter with peft's save_pretrained, or add a tokenizer to the folder"
-        ) from err
-    return Path(base)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> str:
@@ -91,13 +75,13 @@ def generate_answers(
 ) -> list[str]:
     """One answer per prompt, in order, from the model in `model_path`."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     max_new, temperature, top_p, seed, stop = _settings(generation)
     tokenizer = AutoTokenizer.from_pretrained(
-        str(_tokenizer_folder(model_path)), padding_side="left", **SAFE_TOKENIZER
+        str(tokenizer_folder(model_path)), padding_side="left", **SAFE_TOKENIZER
     )
     if not getattr(tokenizer, "chat_template", None):
         raise InvalidInput(
@@ -108,7 +92,7 @@ def generate_answers(
         tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = "auto" if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype, **SAFE_MODEL)
+    model = load_causal_lm(model_path, merge=True, dtype=dtype)
     model.to(device).eval()
     sampling: dict[str, Any] = (
         {"do_sample": True, "temperature": temperature, "top_p": top_p}

@@ -4,6 +4,11 @@ The prompt follows FastChat's MT-bench pairwise judge: a final verdict `[[A]]` (
 answer is better), `[[B]]` (the second), `[[C]]` (a tie) or `[[D]]` (both are bad). Every
 battle is judged twice, with each answer shown first once, and the two verdicts combined,
 so a judge that favours a position gives a tie instead of a winner.
+
+When the prompt set carries a reference answer, the judge is shown it (MT-Bench's
+reference-guided pairwise prompt). `MetricJudge` needs no judge model: it scores each answer
+against the reference (ROUGE-L, token F1 or keyword recall) and prefers the higher score
+when the two differ by more than a tie band.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, Literal
 
 from runners.arena.outcomes import Winner
 from runners.errors import InvalidInput
+from runners.evaluate import metrics
 from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
 
 Verdict = Literal["A", "B", "tie", "both_bad"]
@@ -31,6 +37,47 @@ PAIRWISE_PROMPT = (
     "[The Start of Assistant A's Answer]\n{first}\n[The End of Assistant A's Answer]\n\n"
     "[The Start of Assistant B's Answer]\n{second}\n[The End of Assistant B's Answer]"
 )
+
+# MT-Bench's reference-guided pairwise judge ("pair-math-v1"), with this rubric's verdicts.
+PAIRWISE_REFERENCE_PROMPT = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by "
+    "two AI assistants to the user question displayed below. Judge by this rubric: {rubric}\n"
+    "A reference answer is given: compare both assistants' answers with it, and identify "
+    "and correct any mistakes. Avoid any position bias: the order in which the responses "
+    "were presented must not influence your decision, nor their length, nor the assistants' "
+    "names.\n"
+    "Output your final verdict first, strictly in this format: [[A]] if assistant A is "
+    "better, [[B]] if assistant B is better, [[C]] for a tie, [[D]] if both responses are "
+    "bad. Then give one short sentence of reason.\n\n"
+    "[User Question]\n{question}\n\n"
+    "[The Start of Reference Answer]\n{reference}\n[The End of Reference Answer]\n\n"
+    "[The Start of Assistant A's Answer]\n{first}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{second}\n[The End of Assistant B's Answer]"
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a prompt's answer should say: a reference answer, and keywords it must contain."""
+
+    answer: str | None = None
+    keywords: tuple[str, ...] = ()
+
+
+def judge_prompt(
+    rubric: str, question: str, first: str, second: str, reference: Reference | None = None
+) -> str:
+    """The pairwise prompt, reference-guided when a reference answer is given."""
+    if reference is not None and reference.answer:
+        return PAIRWISE_REFERENCE_PROMPT.format(
+            rubric=rubric,
+            question=question,
+            reference=reference.answer,
+            first=first,
+            second=second,
+        )
+    return PAIRWISE_PROMPT.format(rubric=rubric, question=question, first=first, second=second)
+
 
 _WORDS: dict[str, Verdict] = {
     "a": "A",
@@ -111,11 +158,12 @@ class PairwiseJudge:
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
 
-    def verdict(self, question: str, first: str, second: str) -> tuple[Verdict | None, str]:
-        """The verdict on `first` (shown as A) against `second` (B), and the raw reply."""
-        prompt = PAIRWISE_PROMPT.format(
-            rubric=self.rubric, question=question, first=first, second=second
-        )
+    def verdict(
+        self, question: str, first: str, second: str, reference: Reference | None = None
+    ) -> tuple[Verdict | None, str]:
+        """The verdict on `first` (shown as A) against `second` (B), and the raw reply; the
+        judge sees the reference answer when there is one."""
+        prompt = judge_prompt(self.rubric, question, first, second, reference)
         inputs = self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}],
             add_generation_prompt=True,
@@ -138,7 +186,6 @@ class PairwiseJudge:
             out[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True
         )
         return parse_verdict(text), text
-
 
     def _likeliest(self, prompt_ids: Any) -> tuple[Verdict, str]:
         """The verdict the judge finds most likely after 'Verdict: [[': for judges too small
@@ -164,6 +211,57 @@ class PairwiseJudge:
 
 LETTERS = ("A", "B", "C", "D")
 
+METRICS = ("rouge_l", "token_f1", "keyword_recall")
+
+
+class MetricJudge:
+    """A deterministic judge: each answer scored against the reference, the higher score wins
+    when the two differ by more than `tie_band`; both scoring 0 is "both bad"."""
+
+    def __init__(self, metric: str, tie_band: float = 0.0) -> None:
+        if metric not in METRICS:
+            raise InvalidInput(f"judge metric '{metric}' is not one of {', '.join(METRICS)}")
+        self.metric = metric
+        self.tie_band = tie_band
+
+    def score(self, answer: str, reference: Reference) -> float:
+        if self.metric == "keyword_recall":
+            if not reference.keywords:
+                raise InvalidInput(
+                    "judge metric keyword_recall: this prompt has no keywords; set "
+                    "'prompts.keywords' to the row field listing them"
+                )
+            return metrics.keyword_recall(answer, list(reference.keywords))
+        if not reference.answer:
+            raise InvalidInput(
+                f"judge metric {self.metric}: this prompt has no reference answer; set "
+                "'prompts.reference' to the row field holding it"
+            )
+        if self.metric == "rouge_l":
+            return metrics.rouge_l(answer, reference.answer)
+        return metrics.token_f1(answer, reference.answer)
+
+    def verdict(
+        self, question: str, first: str, second: str, reference: Reference | None = None
+    ) -> tuple[Verdict, str]:
+        """A if `first` scores higher by more than the tie band, B if `second` does."""
+        if reference is None:
+            raise InvalidInput(
+                f"judge metric {self.metric} needs a reference for every prompt; set "
+                "'prompts.reference' (and 'prompts.keywords' for keyword_recall)"
+            )
+        one, two = self.score(first, reference), self.score(second, reference)
+        verdict: Verdict
+        if one - two > self.tie_band:
+            verdict = "A"
+        elif two - one > self.tie_band:
+            verdict = "B"
+        elif one <= 0 and two <= 0:
+            verdict = "both_bad"
+        else:
+            verdict = "tie"
+        return verdict, f"{self.metric} A {one:.3f}, B {two:.3f} (tie band {self.tie_band:g})"
+
 
 @dataclass
 class JudgedBattle:
@@ -172,10 +270,18 @@ class JudgedBattle:
     unparseable: int = 0
 
 
-def judge_battle(judge: Any, question: str, answer_a: str, answer_b: str) -> JudgedBattle:
-    """Judge both orders with anything that has `.verdict(question, first, second)`."""
-    first, raw_first = judge.verdict(question, answer_a, answer_b)
-    second, raw_second = judge.verdict(question, answer_b, answer_a)
+def judge_battle(
+    judge: Any,
+    question: str,
+    answer_a: str,
+    answer_b: str,
+    reference: Reference | None = None,
+) -> JudgedBattle:
+    """Judge both orders with anything that has `.verdict(question, first, second)` (and
+    takes `reference=` when the prompt has one)."""
+    extra = {"reference": reference} if reference is not None else {}
+    first, raw_first = judge.verdict(question, answer_a, answer_b, **extra)
+    second, raw_second = judge.verdict(question, answer_b, answer_a, **extra)
     return JudgedBattle(
         winner=combine(first, second),
         verdicts=[

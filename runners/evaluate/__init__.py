@@ -2,5 +2,6 @@
 
 Tasks run through lm-evaluation-harness as custom tasks over local JSONL; llmops adds the
 metrics lm-eval does not compute (token F1, ROUGE-L, keyword recall, token perplexity,
-LLM-as-judge, latency and throughput). Never imports the controller.
+LLM-as-judge, latency and throughput) and scores preference pairs itself
+(runners.evaluate.preference). Never imports the controller.
 """

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runners.errors import LlmopsError
+from runners.errors import InvalidInput, LlmopsError
 from runners.evaluate.compare import aggregate
 from runners.evaluate.endpoint import Endpoint, EndpointError
 from runners.evaluate.judge import Judge
@@ -24,6 +24,7 @@ from runners.evaluate.placeholders import (
     field_name_problem,
 )
 from runners.evaluate.preference import score_pairs
+from runners.weights import adapter_base, tokenizer_folder
 
 LM_EVAL_METRICS = {
     "exact_match": "exact_match",
@@ -332,19 +333,14 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
 def _adapter_args(folder: Path) -> dict[str, Any]:
     """A LoRA adapter folder (a training run's model/): its base model with the adapter on
     top (lm-eval's `peft`), so preference tasks can also score it with the adapter off."""
-    config = folder / "adapter_config.json"
-    if not config.is_file():
-        return {}
     try:
-        base = json.loads(config.read_text(encoding="utf-8"))["base_model_name_or_path"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise EvalError(f"{config} names no base model ({err}); re-save the adapter") from err
-    if not base or not Path(base).is_dir():
-        raise EvalError(
-            f"the adapter {folder} is trained on {base!r}, which is not a model folder here; "
-            "evaluate the merged model (training.merge) or make the base model available"
-        )
-    return {"pretrained": str(base), "peft": str(folder), "tokenizer": str(folder)}
+        base = adapter_base(folder)
+    except InvalidInput as err:
+        raise EvalError(str(err)) from err
+    if base is None:
+        return {}
+    tokenizer = str(tokenizer_folder(folder))
+    return {"pretrained": str(base), "peft": str(folder), "tokenizer": tokenizer}
 
 
 def _summary(inputs: EvalInputs, results: list[TaskResult]) -> dict[str, Any]:

@@ -43,11 +43,48 @@ def fetch(source: dict[str, Any], dest: Path, options: FetchOptions) -> FetchRes
     dest.mkdir(parents=True)
     extra = fetchers[kind](source, dest, options) or {}
     check_safety(dest, options)
+    if kind in ("local", "hub") and options.dtype != "auto":  # GGUF converts in its dtype
+        cast_weights(dest, options.dtype)
     metadata = inspect_folder(dest)
     metadata.update(extra)
     if options.license:
         metadata["license"] = options.license
     return FetchResult(dest, metadata)
+
+
+def cast_weights(folder: Path, dtype: str) -> None:
+    """Store the floating-point tensors of every safetensors file in `dtype` (the Model
+    spec's `dtype`; `auto` keeps the files as they come); integer tensors stay as they are."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    target = getattr(torch, dtype)
+    for path in sorted(folder.rglob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata()
+            tensors = {
+                name: (t.to(target) if t.is_floating_point() else t)
+                for name in handle.keys()  # noqa: SIM118 - safe_open is not a mapping
+                for t in (handle.get_tensor(name),)
+            }
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(path)
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text())
+        except ValueError as err:
+            raise PullError(f"config.json is not valid JSON: {err}") from err
+        if isinstance(data, dict):
+            for key in ("dtype", "torch_dtype"):
+                if key in data:
+                    data[key] = dtype
+            data.setdefault("dtype", dtype)
+            tmp = config.with_name(".config.json.tmp")  # never write through a link
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            tmp.replace(config)
 
 
 def check_safety(folder: Path, options: FetchOptions) -> None:

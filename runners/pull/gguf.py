@@ -7,7 +7,25 @@ from typing import Any
 
 from runners.pull.options import FetchOptions, PullError
 
-DTYPES = {"auto": "float32", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+DTYPES = ("float32", "bfloat16", "float16")
+# What a GGUF tensor type needs once de-quantised: float types keep their width, and the
+# quantised ones (Q4_*, Q8_0, K-quants...) hold fewer bits than float16 carries.
+UNQUANTISED = {"F32": "float32", "F64": "float32", "BF16": "bfloat16"}
+
+
+def stored_dtype(path: Path, requested: str) -> str:
+    """The dtype the converted weights are saved in: the spec's, or for `auto` the one the
+    file's tensors need (most elements decide): float32 for an F32 file, bfloat16 for BF16,
+    float16 for F16 and every quantised type, never wider than the file holds."""
+    if requested != "auto":
+        return requested
+    from gguf import GGUFReader
+
+    counts: dict[str, int] = {}
+    for tensor in GGUFReader(str(path)).tensors:
+        kind = UNQUANTISED.get(tensor.tensor_type.name, "float16")
+        counts[kind] = counts.get(kind, 0) + int(tensor.n_elements)
+    return max(counts, key=lambda kind: counts[kind]) if counts else "float16"
 
 
 def gguf_header(path: Path) -> dict[str, Any]:
@@ -45,10 +63,13 @@ def convert_gguf(path: Path, dest: Path, options: FetchOptions) -> dict[str, Any
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     header = gguf_header(path)
-    dtype = getattr(torch, DTYPES[options.dtype])
+    name = stored_dtype(path, options.dtype)
+    if name not in DTYPES:
+        raise PullError(f"dtype '{options.dtype}' is not one of auto, {', '.join(DTYPES)}")
+    dtype = getattr(torch, name)
     options.report(
         f"converting {path.name} (GGUF {header.get('source_quantization', '?')}) "
-        f"to {DTYPES[options.dtype]} safetensors"
+        f"to {name} safetensors"
     )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -54,6 +54,7 @@ def download(
 ) -> Path:
     """Fetch `url` to `target`; an interrupted download resumes from `target.part`."""
     import httpx
+
     problem = url_problem(url)
     if problem:
         raise PullError(f"refusing to download: {problem}")

@@ -32,7 +32,7 @@ from runners.serve.generation import (
     finish_reason,
 )
 from runners.serve.logprobs import Piece, TokenLogprob, build, echo_groups, token_bytes
-from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
+from runners.weights import SAFE_TOKENIZER, load_causal_lm, tokenizer_folder
 
 PREFILL_ROWS = 16  # prompts prefilled in one forward pass, at most
 
@@ -109,12 +109,14 @@ class TransformersBackend:
     @classmethod
     def load(cls, model_dir: Path) -> TransformersBackend:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
 
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **SAFE_TOKENIZER)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(tokenizer_folder(model_dir)), **SAFE_TOKENIZER
+        )
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 f"the tokenizer in {model_dir} has no chat template; save one with the model "
@@ -122,7 +124,8 @@ class TransformersBackend:
             )
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = "auto" if device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, **SAFE_MODEL)
+        # An adapter version loads on its base and is merged in memory, never on disk.
+        model = load_causal_lm(model_dir, merge=True, dtype=dtype)
         return cls(model.to(device).eval(), tokenizer)
 
     def chat_prompt(

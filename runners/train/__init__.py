@@ -1,4 +1,5 @@
-"""Runner `train`: fine-tune a model (LoRA or full) from a job description; resumable.
+"""Runner `train`: fine-tune a model (LoRA or full; SFT, CPT, or DPO, ORPO and KTO
+through trl in runners.train.preference) from a job description; resumable.
 
 `python -m runners.train JOB.json` runs a job in its own process (the local executor, and
 the container of a Kubernetes Job); `runners.train.loop.train` is the same in-process.

@@ -453,6 +453,17 @@ def _package_versions() -> dict[str, str]:
     return out
 
 
+def save_dtype(job: TrainJob, opts: TrainingOptions) -> str | None:
+    """The dtype the trained weights are stored in: training.save_dtype, or for `auto` the
+    base model's own (most of its parameters decide); None keeps what training computed in."""
+    if opts.save_dtype != "auto":
+        return opts.save_dtype
+    from runners.pull.metadata import count_parameters
+
+    _, base = count_parameters(Path(job.base_model))
+    return base if base in ("float32", "bfloat16", "float16") else None
+
+
 def _finish(
     job: TrainJob,
     opts: TrainingOptions,
@@ -475,6 +486,11 @@ def _finish(
         model.save_pretrained(tmp, safe_serialization=True)
         model_kind = "adapter" if opts.adapts else "full"
     tokenizer.save_pretrained(tmp)
+    stored_dtype = save_dtype(job, opts)
+    if stored_dtype is not None:
+        from runners.pull.fetch import cast_weights
+
+        cast_weights(tmp, stored_dtype)
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp, model_dir)
     plot_run(out / LOG_FILE, out / "curves.png", job.run_id)

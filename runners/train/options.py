@@ -77,6 +77,7 @@ class TrainingOptions:
     checkpoint_interval: int | None = None
     resume: bool = True
     merge: bool = False
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     health: HealthOptions = field(default_factory=HealthOptions)
 
     @property

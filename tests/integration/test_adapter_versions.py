@@ -1,6 +1,7 @@
 """Adapter-only versions: a LoRA run without `merge` is registered as its adapter alone
-(a few percent of its base's bytes) and still evaluates, gates and serves a chat completion
-through the local runtime, with no merged copy of the weights anywhere on disk."""
+(at most 2% of its base's bytes, naming its base version) and still evaluates, gates, serves
+a chat completion through the local runtime and answers in the arena, with no merged copy of
+the weights anywhere on disk."""
 
 from __future__ import annotations
 
@@ -20,12 +21,17 @@ KEY = "sk-test-0123456789"
 
 
 @pytest.fixture
-def adapter_repo(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
+def adapter_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from tests.tiny import make_tiny_llama
+
     for name in ("LLMOPS_REGISTRY_URL", "LLMOPS_STATE_DIR", "LLMOPS_FAULT_KILL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(API_KEY_ENV, KEY)
+    # Wide enough that the base's weights outweigh the tokenizer and training files an
+    # adapter version carries (2.4M parameters, 9.5 MB); still seconds to train on a CPU.
+    base = make_tiny_llama(tmp_path / "base", hidden=256, layers=4)
     port = free_port()
-    root = build_repo(tmp_path / "repo", tiny_model, deploy_port=port)
+    root = build_repo(tmp_path / "repo", base, deploy_port=port)
     experiment = root / "specs/experiments/exp.yaml"
     text = experiment.read_text()
     assert "    merge: true\n" in text
@@ -52,12 +58,54 @@ def test_adapter_version_evaluates_and_serves_without_merged_weights(
 
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
     answer = client.chat.completions.create(
-        model="assistant", messages=[{"role": "user", "content": "How do I reset my password?"}]
+        model="assistant",
+        messages=[{"role": "user", "content": "How do I reset my password?"}],
+        max_tokens=8,
     )
     assert answer.choices[0].message.content
 
-    # The version is the adapter alone: no full weights were written anywhere under .llmops.
-    from llmops import Client
+    # The version is the adapter alone, naming its base version's folder, not a path of the
+    # machine it trained on.
+    listed = {v["name"]: v for v in json.loads(llmops(root, "models", "list", "--json").stdout)}
+    files = {f["path"] for f in listed["assistant"]["files"]}
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    folder = Path(llmops(root, "models", "show", "assistant@1", "--path").stdout.strip())
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "../../tiny/1"
+    # Nothing merged anywhere: the only full weights under .llmops are the base's blob.
+    full = [
+        p
+        for p in (root / ".llmops").rglob("*")
+        if p.is_file() and not p.is_symlink() and p.stat().st_size > 1_000_000
+    ]
+    base_bytes = next(
+        f["size"] for f in listed["tiny"]["files"] if f["path"] == "model.safetensors"
+    )
+    assert [p.stat().st_size for p in full] == [base_bytes], full
 
-    version = Client(root).model("assistant@1")
-    print(version)
+    # At most 2% of its base's bytes, as `llmops models du` counts them (tokenizer and
+    # training files included).
+    usage = json.loads(llmops(root, "models", "du", "--json").stdout)
+    size = {row["ref"]: row["size"] for row in usage["versions"]}
+    print(f"du: tiny@1 {size['tiny@1']} B, assistant@1 {size['assistant@1']} B")
+    assert size["assistant@1"] <= 0.02 * size["tiny@1"], size
+
+    # Loaded on its base the adapter changes the logits (it is not the base alone), and the
+    # in-memory merge that serving and the arena use computes what peft's layers compute.
+    import torch
+
+    from runners.weights import load_causal_lm
+
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.no_grad():
+        plain = load_causal_lm(folder / "../../tiny/1")(ids).logits
+        adapted = load_causal_lm(folder)(ids).logits
+        merged = load_causal_lm(folder, merge=True)(ids).logits
+    assert (adapted - plain).abs().max() > 1e-4
+    assert torch.allclose(adapted, merged, atol=1e-4)
+
+    # The arena's answers load the adapter on its base the same way.
+    from runners.arena.answers import generate_answers
+
+    (text,) = generate_answers(folder, ["How do I reset my password?"], {"max_new_tokens": 4})
+    assert isinstance(text, str)

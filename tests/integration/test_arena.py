@@ -69,6 +69,10 @@ def check_apply_runs_the_arena_and_a_biased_judge_gives_ties(
     ratings = {s.model: s.rating for s in outputs.leaderboard}
     assert ratings["tiny@1"] == pytest.approx(ratings["mute@1"], abs=1.0)
     assert {s.rank for s in outputs.leaderboard} == {1}  # overlapping intervals share a rank
+    # The judge's verdict flips with the answer order on every battle, and says so.
+    assert outputs.judge is not None and outputs.judge.judge == "judge@1"
+    assert outputs.judge.position_bias == 1.0 and outputs.judge.both_orders == 6
+    assert outputs.judge.shared == 0 and outputs.judge.counted
 
 
 def check_a_rerun_reuses_every_answer_and_verdict(repo: Path, run_cli: Callable[..., Any]) -> None:

@@ -213,7 +213,7 @@ def test_orpo_without_a_reference_model(
 def test_killed_dpo_run_resumes_to_the_same_final_loss(
     tiny_model: Path, data: dict[str, Path], tmp_path: Path
 ) -> None:
-    settings = {"max_steps": 6, "checkpoint_interval": 2, "learning_rate": 5e-3}
+    settings = {"max_steps": 6, "checkpoint_interval": 2}
     reference = train(job(tiny_model, data["train"], tmp_path / "reference", **settings))
     crashed = job(tiny_model, data["train"], tmp_path / "crashed", **settings)
     crashed.save(tmp_path / "job.json")
@@ -239,6 +239,7 @@ def test_killed_dpo_run_resumes_to_the_same_final_loss(
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["status"] == "succeeded"
     result = json.loads((tmp_path / "crashed/result.json").read_text())
+    print(f"dpo final loss {reference['final_loss']!r} straight, {result['final_loss']!r} resumed")
     assert abs(result["final_loss"] - reference["final_loss"]) < 1e-4
     resumed_losses = train_log.losses(train_log.read_log(tmp_path / "crashed/log.jsonl"))
     straight = train_log.losses(train_log.read_log(tmp_path / "reference/log.jsonl"))
@@ -396,3 +397,40 @@ def test_health_alarms_stop_a_diverging_dpo_run(
     assert f"at step {err.value.step}" in str(err.value)
     assert err.value.layer and "lora" in err.value.layer
     assert "learning_rate" in str(err.value)
+
+
+def test_pair_scores_are_the_answer_log_likelihoods(tiny_model: Path) -> None:
+    """score_pairs against transformers' own loss over the answer tokens (prompt masked)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from runners.evaluate.preference import score_pairs
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    rows = pairs(3, 0)
+    scored = score_pairs(
+        model, tokenizer, [(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+    )
+
+    def loglikelihood(prompt: str, answer: str) -> float:
+        user = [{"role": "user", "content": prompt}]
+        head = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+        whole = tokenizer.apply_chat_template(
+            [*user, {"role": "assistant", "content": answer}], tokenize=False
+        )
+        ids = tokenizer(whole, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        start = len(tokenizer(head, add_special_tokens=False)["input_ids"])
+        labels = ids.clone()
+        labels[:, :start] = -100
+        with torch.no_grad():
+            loss = model(input_ids=ids, labels=labels).loss
+        return -float(loss) * (ids.shape[1] - start)
+
+    for row, score in zip(rows, scored, strict=True):
+        chosen = loglikelihood(row["prompt"], row["chosen"])
+        rejected = loglikelihood(row["prompt"], row["rejected"])
+        assert score["chosen_logprob"] == pytest.approx(chosen, abs=1e-4)
+        assert score["margin"] == pytest.approx(chosen - rejected, abs=1e-4)
+        assert score["preferred"] == float(chosen > rejected)
+        assert "reference_chosen_logprob" not in score  # a plain model has no reference

@@ -233,6 +233,8 @@ def check_arena_without_decided_battles_ranks_nobody(page: Any, url: str) -> Non
     assert "0 decided" in page.locator("#outcomes").inner_text()
     ranks = page.locator("#leaderboard td.rank").all_inner_texts()
     assert ranks and set(ranks) == {"–"}, ranks
+    judge = " ".join(page.locator("#judge-quality").inner_text().split())
+    assert "Judge judge@1: position bias 100%" in judge, judge  # it said "A" in both orders
     assert "#1" not in page.locator("main").inner_text()
     page.goto(url + "/", wait_until="networkidle")
     row = page.locator("tr", has_text="Arena/duel").inner_text()

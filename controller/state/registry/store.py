@@ -374,9 +374,19 @@ class Registry:
 
         Every blob is checked against its recorded sha256 first (BlobStore.check: hashed once,
         then by size, mtime and inode), so a weight file changed after it was registered is
-        refused rather than loaded.
+        refused rather than loaded. An adapter-only version brings its base version's folder
+        with it: its adapter_config.json names that folder (`../../<base>/<number>`).
         """
         folder = self.paths.views / version.model.name / str(version.number)
+        base_id = version.lineage.base_version_id if version.lineage else None
+        if base_id is not None and any(f.path == "adapter_config.json" for f in version.files):
+            base = self.by_id(base_id)
+            if base is None:
+                raise RegistryError(
+                    f"{version.model.name}@{version.number} is a LoRA adapter whose base "
+                    "version was removed; pull or train that base again, or retrain the adapter"
+                )
+            self.materialize(base)
         for f in version.files:
             problem = self.blobs.check(f.sha256, f.size)
             if problem:
