@@ -21,11 +21,13 @@ class FilePrompts(Strict):
     limit: int | None = Field(default=None, ge=1, description="Only the first N rows.")
     reference: str | None = Field(
         default=None,
+        exclude_if=lambda value: value is None,
         description="Row field holding a reference answer: the judge sees it "
         "(reference-guided judging); a metric judge scores against it.",
     )
     keywords: str | None = Field(
         default=None,
+        exclude_if=lambda value: value is None,
         description="Row field listing the words an answer must contain (keyword_recall).",
     )
 
@@ -42,11 +44,13 @@ class DatasetPrompts(Strict):
     limit: int | None = Field(default=None, ge=1, description="Only the first N rows.")
     reference: str | None = Field(
         default=None,
+        exclude_if=lambda value: value is None,
         description="Row field holding a reference answer (e.g. 'response'): the judge sees "
         "it (reference-guided judging); a metric judge scores against it.",
     )
     keywords: str | None = Field(
         default=None,
+        exclude_if=lambda value: value is None,
         description="Row field listing the words an answer must contain (keyword_recall).",
     )
 
@@ -89,7 +93,9 @@ class ArenaJudge(Strict):
     """A registered model that compares two answers; both orders are judged. When the prompt
     set has reference answers (`prompts.reference`), the judge is shown the reference."""
 
-    type: Literal["model"] = "model"
+    # Unset fields that arenas written before them never had stay out of the dump, so those
+    # arenas keep their digests (and plan no-op).
+    type: Literal["model"] = Field(default="model", exclude_if=lambda value: value == "model")
     model: Ref
     rubric: str = Field(min_length=1)
     max_new_tokens: int = Field(default=48, ge=1, le=1024)
@@ -99,7 +105,9 @@ class ArenaJudge(Strict):
         "the verdict ([[A]], [[B]], [[C]], [[D]]) the judge finds most likely, for judges "
         "too small to follow the format.",
     )
-    require_agreement: RequireAgreement | None = None
+    require_agreement: RequireAgreement | None = Field(
+        default=None, exclude_if=lambda value: value is None
+    )
 
 
 class MetricJudge(Strict):
@@ -115,7 +123,9 @@ class MetricJudge(Strict):
         lt=1.0,
         description="Score differences up to this are ties (scores are 0..1).",
     )
-    require_agreement: RequireAgreement | None = None
+    require_agreement: RequireAgreement | None = Field(
+        default=None, exclude_if=lambda value: value is None
+    )
 
 
 class EndpointKey(Strict):
@@ -155,7 +165,9 @@ class EndpointJudge(Strict):
     max_new_tokens: int = Field(default=48, ge=1, le=1024)
     retries: int = Field(default=4, ge=0, le=10, description="Retries on 429 and 5xx replies.")
     timeout_s: float = Field(default=60.0, gt=0, le=600)
-    require_agreement: RequireAgreement | None = None
+    require_agreement: RequireAgreement | None = Field(
+        default=None, exclude_if=lambda value: value is None
+    )
 
 
 def _judge_type(value: Any) -> str:

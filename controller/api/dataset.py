@@ -48,10 +48,25 @@ class CollectedSource(Strict):
     store: Name = Field(description="The store a Deployment writes to (its collect.into).")
     mapping: dict[str, str] = Field(default_factory=dict)
     weight: float = Field(default=1.0, gt=0)
-    only_positive_feedback: bool = False
+    only_positive_feedback: bool = Field(
+        default=False,
+        description="Rated-up or corrected rows only (text, instruction, chat formats); a "
+        "preference or unpaired Dataset takes every rating and correction as its feedback.",
+    )
 
 
-Source = Annotated[FileSource | DatasetSource | CollectedSource, Field(discriminator="type")]
+class ArenaSource(Strict):
+    """An Arena's decisive votes as pairs: the winner's answer chosen over the loser's (ties
+    and both-bad votes left out). Preference or unpaired Datasets only."""
+
+    type: Literal["arena"]
+    arena: Name = Field(description="The Arena spec whose stored votes become pairs.")
+    weight: float = Field(default=1.0, gt=0)
+
+
+Source = Annotated[
+    FileSource | DatasetSource | CollectedSource | ArenaSource, Field(discriminator="type")
+]
 
 
 class NormalizeStep(Strict):
@@ -161,6 +176,17 @@ class DatasetSpec(Strict):
         default=None, description="Model whose tokenizer measures lengths and statistics."
     )
     remote: str | None = Field(default=None, description="DVC remote name; the local one if unset.")
+
+    @model_validator(mode="after")
+    def _arena_pairs(self) -> DatasetSpec:
+        if self.format not in ("preference", "unpaired"):
+            for source in self.sources:
+                if isinstance(source, ArenaSource):
+                    raise ValueError(
+                        f"source 'arena: {source.arena}' gives preference pairs; set "
+                        "'format: preference' (or 'unpaired'), or use a file source"
+                    )
+        return self
 
 
 class Dataset(Resource):

@@ -81,11 +81,17 @@ class Task(Strict):
         default="choices",
         description="Row field with the options (multiple_choice; a field name).",
     )
+    # Left out of the dump at their defaults, so suites written before preference tasks keep
+    # their digests (and plan no-op).
     chosen: str = Field(
-        default="chosen", description="Row field with the preferred answer (preference)."
+        default="chosen",
+        description="Row field with the preferred answer (preference).",
+        exclude_if=lambda value: value == "chosen",
     )
     rejected: str = Field(
-        default="rejected", description="Row field with the dispreferred answer (preference)."
+        default="rejected",
+        description="Row field with the dispreferred answer (preference).",
+        exclude_if=lambda value: value == "rejected",
     )
     chat_template: bool = Field(default=True, description="Wrap the prompt in the chat template.")
     metrics: list[Metric] = Field(min_length=1)

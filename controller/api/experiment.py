@@ -218,6 +218,14 @@ class ExperimentSpec(Strict):
     register_as: Name | None = Field(
         default=None, description="Registry model name the trained runs are registered under."
     )
+    start_from: Name | None = Field(
+        default=None,
+        description="Another run of this experiment whose registered result this run starts "
+        "from instead of base_model (SFT, then DPO): it trains first, a change to it retrains "
+        "this run, and it must store full weights (training.method full, or merge: true).",
+        # Left out of the spec digest when unset, so existing experiments keep theirs.
+        exclude_if=lambda value: value is None,
+    )
     control: Control | None = Field(
         default=None, description="Compared against; the untrained base model when unset."
     )

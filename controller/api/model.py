@@ -109,7 +109,10 @@ class ModelSpec(Strict):
     description: str = ""
     license: str | None = Field(default=None, description="SPDX id, e.g. apache-2.0.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="dtype the weights are stored in after import."
+        default="auto",
+        description="dtype the weights are stored in after import. auto: as the source holds "
+        "them; a GGUF in what its tensors need (float16 for quantised ones, never float32 "
+        "unless the file is F32).",
     )
     allow_pickle: bool = Field(
         default=False, description="Allow pickle-based weights (.bin, .pt, .pth, .pkl). Unsafe."

@@ -26,7 +26,6 @@ from controller.state.registry.schema import VersionRow
 from runners.arena.agreement import agreement, position_bias
 from runners.arena.answers import answer_key, generate_answers
 from runners.arena.endpoint_judge import EndpointJudge as EndpointJudgeRunner
-from runners.arena.fastchat import ImportedBattle
 from runners.arena.judge import MetricJudge as MetricJudgeRunner
 from runners.arena.judge import PairwiseJudge, Reference, judge_battle
 from runners.arena.outcomes import Vote
@@ -682,18 +681,3 @@ def import_battles(registry: Any, arena: str, battles: list[Any]) -> tuple[int, 
         )
         added += 1
     return added, known
-
-
-def export_battles(battles: list[BattleRecord]) -> list[Any]:
-    """One FastChat row per counted vote, answers and unknown fields carried along."""
-    return [
-        ImportedBattle(
-            vote=vote,
-            prompt=battle.prompt,
-            answer_a=battle.answer_a,
-            answer_b=battle.answer_b,
-            extra=dict(battle.extra),
-        )
-        for battle in battles
-        for vote in battle.vote_objects()
-    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,15 +11,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controller.api import split_ref
-from controller.api.dataset import DatasetSource, DatasetSpec, DecontaminateStep, FileSource
+from controller.api.dataset import (
+    ArenaSource,
+    DatasetSource,
+    DatasetSpec,
+    DecontaminateStep,
+    FileSource,
+)
 from controller.api.evalsuite import EvalSuiteSpec
 from controller.apply.context import ApplyStep
 from controller.apply.pull import ensure_model
 from controller.plan.types import DesiredResource
 from controller.state import dvc
 from controller.state.provenance import Provenance, accepts
+from controller.state.registry.arena import ArenaStore, export_battles
 from controller.state.registry.schema import DatasetVersionRow
 from controller.state.registry.store import Registry
+from runners.arena.fastchat import preference_rows
 from runners.data import PrepareError, PrepareInputs, prepare
 from runners.data.collected import read_collected
 from runners.data.preparation import SourceInput, read_split
@@ -38,6 +47,14 @@ class PrepareOutcome:
         return self.version.stats
 
 
+@dataclass
+class ArenaPairs:
+    """An Arena's decisive votes as Dataset rows, and the lineage its version records."""
+
+    rows: list[dict[str, Any]]
+    lineage: dict[str, Any]
+
+
 def version_dir(registry: Registry, name: str, version: str) -> Path:
     return registry.paths.dataset_version(name, version)
 
@@ -50,8 +67,14 @@ class Preparer(ApplyStep):
 
     def prepare(self, name: str, force: bool = False) -> PrepareOutcome:
         resource = self.resource(name)
+        spec = resource.spec_as(DatasetSpec)
+        arenas = self._arena_pairs(spec)
+        lineage = [a.lineage for a in arenas.values()]
         if not force:
             hit = self.registry.datasets.by_resource(name, resource.digest)
+            if hit is not None and (hit.stats or {}).get("arenas", []) != lineage:
+                self.console.print(f"  {name}: the arena votes changed since; preparing again")
+                hit = None
             if hit is not None and self.trust is not None:
                 # The trust boundary (controller/state/provenance.py): a version an untrusted
                 # ref prepared is reused only under the rule; otherwise it is prepared again.
@@ -71,13 +94,12 @@ class Preparer(ApplyStep):
                 if (folder / "stats.json").is_file():
                     self._publish(name, folder, track=False)
                     return PrepareOutcome("cached", hit, folder)
-        spec = resource.spec_as(DatasetSpec)
         work = self.registry.paths.work / f"prepare-{name}"
         shutil.rmtree(work, ignore_errors=True)
         inputs = PrepareInputs(
             name=name,
             spec=dict(resource.fields),
-            sources=self._sources(spec),
+            sources=self._sources(spec, arenas),
             out=work,
             eval_texts=self._eval_texts(name, spec),
             tokenizer_path=self._model_path(spec.tokenizer) if spec.tokenizer else None,
@@ -104,7 +126,12 @@ class Preparer(ApplyStep):
             result.version,
             resource.digest,
             result.splits,
-            {**result.stats, "resource": recorded, **self.provenance(resource.code_version)},
+            {
+                **result.stats,
+                "resource": recorded,
+                "arenas": lineage,
+                **self.provenance(resource.code_version),
+            },
             md5,
         )
         return PrepareOutcome("prepared", row, folder)
@@ -151,11 +178,65 @@ class Preparer(ApplyStep):
         dvc.ensure_repo(self.root)
         return dvc.track_and_push(self.root, target)
 
-    def _sources(self, spec: DatasetSpec) -> list[SourceInput]:
+    def _arena_pairs(self, spec: DatasetSpec) -> dict[str, ArenaPairs]:
+        """Each named Arena's decisive votes as rows of the Dataset's format, read from the
+        registry as `llmops arena export --format dpo` reads them."""
+        out: dict[str, ArenaPairs] = {}
+        for source in spec.sources:
+            if not isinstance(source, ArenaSource) or source.arena in out:
+                continue
+            battles = ArenaStore(self.registry).battles(source.arena)
+            if not battles and f"Arena/{source.arena}" not in self.desired.resources:
+                raise PrepareError(
+                    f"source 'arena: {source.arena}': no Arena spec has that name and the "
+                    "registry holds no votes for it; name an Arena spec, or "
+                    "import its votes (llmops arena import FILE --arena NAME)"
+                )
+            votes = export_battles(battles)
+            pairs = preference_rows(votes)
+            rows: list[dict[str, Any]] = []
+            for number, pair in enumerate(pairs, start=1):
+                where = f"arena/{source.arena}:{number}"
+                if spec.format == "preference":
+                    rows.append({**pair, "_source": where})
+                else:
+                    rows.append(
+                        {
+                            "prompt": pair["prompt"],
+                            "completion": pair["chosen"],
+                            "label": True,
+                            "_source": where + "#1",
+                        }
+                    )
+                    rows.append(
+                        {
+                            "prompt": pair["prompt"],
+                            "completion": pair["rejected"],
+                            "label": False,
+                            "_source": where + "#2",
+                        }
+                    )
+            digest = hashlib.sha256(
+                json.dumps(pairs, sort_keys=True, ensure_ascii=False).encode("utf-8")
+            ).hexdigest()
+            lineage = {
+                "arena": source.arena,
+                "votes": len(votes),
+                "decisive_pairs": len(pairs),
+                "pairs_sha256": digest,
+            }
+            out[source.arena] = ArenaPairs(rows, lineage)
+            if not pairs:
+                self.console.print(f"  arena '{source.arena}' has no decisive votes yet")
+        return out
+
+    def _sources(self, spec: DatasetSpec, arenas: dict[str, ArenaPairs]) -> list[SourceInput]:
         out = []
         for source in spec.sources:
             weight = source.weight
-            if isinstance(source, FileSource):
+            if isinstance(source, ArenaSource):
+                out.append(SourceInput(weight=weight, rows=arenas[source.arena].rows))
+            elif isinstance(source, FileSource):
                 out.append(
                     SourceInput(
                         weight=weight,

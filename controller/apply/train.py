@@ -82,13 +82,20 @@ class Trainer(ApplyStep):
         run_dir = self.run_dir(resource)
         if not force and (cached := self._cached(name, resource, run, run_dir)) is not None:
             return cached
-        base_version, base_path = ensure_model(
+        family, base_path = ensure_model(
             spec.base_model,
             dict(self.desired.resources),
             self.registry,
             self.root,
             self.console,
         )
+        base_version = family
+        if spec.start_from:
+            # Two stages (SFT, then DPO): this run starts from the other run's registered
+            # full weights (the resolver requires them), trained first if it is not yet.
+            upstream = self.train(experiment, spec.start_from)
+            base_version = upstream.version
+            base_path = self.registry.materialize(upstream.version)
         dataset_name = split_ref(spec.dataset)[0]
         prepared = Preparer(self.loaded, self.registry, self.console).prepare(dataset_name)
         dataset = self.desired.resources[f"Dataset/{dataset_name}"].spec_as(DatasetSpec)
@@ -104,7 +111,7 @@ class Trainer(ApplyStep):
             output=str(run_dir),
             format=dataset.format,
             training=training,
-            trust_remote_code=bool(base_version.trust_remote_code),
+            trust_remote_code=bool(family.trust_remote_code),
         )
         executor = dict(training.get("executor") or {})
         if spec.training.executor.type == "kubernetes":

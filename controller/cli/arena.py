@@ -15,7 +15,6 @@ from rich.table import Table
 from controller.api.arena import ArenaSpec, Bootstrap
 from controller.apply.arena import (
     ArenaRunner,
-    export_battles,
     import_battles,
     judge_quality,
     votes_of,
@@ -41,7 +40,7 @@ from controller.observe.leaderboard import (
 )
 from controller.report.terminal import gate_line
 from controller.state.paths import StatePaths
-from controller.state.registry.arena import AlreadyVoted, ArenaStore
+from controller.state.registry.arena import AlreadyVoted, ArenaStore, export_battles
 from controller.state.voters import VoterError, VoterKeys
 from controller.workspace import load
 from runners.arena.fastchat import preference_rows, read_battles, write_battles

@@ -12,7 +12,14 @@ from pydantic import BaseModel
 
 from controller.api import split_ref
 from controller.api.arena import FilePrompts
-from controller.api.dataset import DatasetSource, DatasetSpec, FileSource, Source, Step
+from controller.api.dataset import (
+    ArenaSource,
+    DatasetSource,
+    DatasetSpec,
+    FileSource,
+    Source,
+    Step,
+)
 from controller.api.evalsuite import DatasetData, FileData
 from controller.api.evaluation import EvaluationSpec
 from controller.api.experiment import DEFAULT_RUN, ExperimentSpec
@@ -502,12 +509,18 @@ def _check_dataset(r: _Resolver, spec: LoadedSpec) -> None:
 
 
 def _dataset_source(r: _Resolver, spec: LoadedSpec, loc: Loc, src: Source, address: str) -> None:
-    """A file (its rows count in the estimate), another Dataset, or a collected-data store."""
+    """A file (its rows count in the estimate), another Dataset, a collected-data store, or
+    an Arena."""
     if isinstance(src, FileSource):
         r._path(spec, (*loc, "path"), src.path, address)
         r.row_files.setdefault(address, []).append(Path(src.path).as_posix())
     elif isinstance(src, DatasetSource):
         r._named_ref(spec, (*loc, "dataset"), src.dataset, "Dataset", address, True)
+    elif isinstance(src, ArenaSource):
+        # Not waited for, nor required to be a spec: the votes the registry holds when the
+        # Dataset is prepared are its rows (an Arena may compare a model trained on this very
+        # Dataset; `llmops arena import` stores votes of an arena no spec names).
+        return
     elif src.store not in r.collect_stores:
         r._diag(
             spec,
@@ -555,6 +568,8 @@ def _check_run(r: _Resolver, spec: LoadedSpec, run: Run) -> None:
     config = {k: v for k, v in run.config.items() if k != "inspect" or v}
     r._node(spec, address, "Experiment", cfg, config)
     r._model_ref(spec, ("spec", "base_model"), cfg.base_model, address)
+    if cfg.start_from:
+        _start_from(r, spec, run, cfg, address)
     if r._named_ref(spec, ("spec", "dataset"), cfg.dataset, "Dataset", address, True):
         _check_objective_format(r, spec, cfg)
     probes = cfg.inspect.probes if cfg.inspect else None
@@ -572,6 +587,63 @@ def _check_run(r: _Resolver, spec: LoadedSpec, run: Run) -> None:
     if cfg.eval_suite and r._known(spec, suite_loc, cfg.eval_suite, "EvalSuite") is not None:
         evaluation = _evaluation(r, spec, run.name, cfg.eval_suite, address)
         r.edges.append(Edge(evaluation, address, True, spec, ("spec",)))
+
+
+def _run_loc(run: Run, key: str) -> Loc:
+    """Where a run's field is written: its variant's override, the sweep, or the spec."""
+    if key in run.overrides:
+        if run.name.startswith("sweep-"):
+            return ("spec", "sweep", key)
+        return ("spec", "variants", run.name, key)
+    return ("spec", key)
+
+
+def _start_from(
+    r: _Resolver, spec: LoadedSpec, run: Run, cfg: ExperimentSpec, address: str
+) -> None:
+    """A run that starts from another run's result: that run exists, is another run, stores
+    full weights and trains the same base model; it trains first, and its digest is an
+    input of this run's (a change to it retrains this one). Cycles are found with the graph."""
+    loc = _run_loc(run, "start_from")
+    upstream_name = str(cfg.start_from)
+    runs = {each.name: each for each in r.runs.get(spec.name, [])}
+    upstream = runs.get(upstream_name)
+    if upstream_name == run.name:
+        r._diag(
+            spec,
+            loc,
+            f"run '{run.name}' starts from itself",
+            "name the run whose result this one continues (e.g. the SFT run), or remove start_from",
+        )
+        return
+    if upstream is None:
+        r._diag(
+            spec,
+            loc,
+            f"start_from: experiment '{spec.name}' has no run '{upstream_name}'",
+            did_you_mean(upstream_name, runs) or f"runs: {', '.join(sorted(runs))}",
+        )
+        return
+    before = ExperimentSpec.model_validate(upstream.config)
+    if split_ref(before.base_model)[0] != split_ref(cfg.base_model)[0]:
+        r._diag(
+            spec,
+            _run_loc(run, "base_model") if "base_model" in run.overrides else loc,
+            f"run '{run.name}' starts from run '{upstream_name}', which trains base model "
+            f"'{before.base_model}', but names base model '{cfg.base_model}'",
+            "a run continues the model family it starts from: give both runs the same base_model",
+        )
+        return
+    if before.training.method != "full" and not before.training.merge:
+        r._diag(
+            spec,
+            loc,
+            f"run '{run.name}' starts from run '{upstream_name}', which registers a LoRA "
+            "adapter only; a run starts from full weights",
+            f"set training.merge: true on run '{upstream_name}' (or train it with method full)",
+        )
+        return
+    r.edges.append(Edge(address, f"Experiment/{spec.name}/{upstream_name}", True, spec, loc))
 
 
 # Dataset formats each preference objective trains on (runners/train/preference.py FORMATS).

@@ -208,9 +208,7 @@ class PipelineRun:
     # -- what the run is about ------------------------------------------------------------
 
     def _store(self) -> str:
-        deployment = self.desired.resources.get(
-            str(Address("Deployment", self.steps.against))
-        )
+        deployment = self.desired.resources.get(str(Address("Deployment", self.steps.against)))
         collect = deployment.spec_as(DeploymentSpec).collect if deployment else None
         if collect is None or not collect.enabled or not collect.into:
             raise InvalidInput(
@@ -250,8 +248,8 @@ class PipelineRun:
         else:
             until = self.now
         window = windows.collected_window(self.paths.collected(store), store, base_mark, until)
-        kept = window.kept(self._only_positive())
         fmt = self._dataset_spec().format
+        kept = window.kept(self._only_positive(), fmt)
         snapshot_text = windows.snapshot_lines(kept, fmt)
         digest = windows.content_digest(snapshot_text)
         last = self.state.last if self.state.last else {}
@@ -362,9 +360,7 @@ class PipelineRun:
     def _steps(self, record: RunRecord, snapshot_text: str, until: datetime) -> None:
         registry = Registry.open(self.paths)
         record.base = git.resolve_commit(self.root, self.base)
-        worktree = git.worktree_at(
-            self.root, self.folder / "worktree", record.branch, record.base
-        )
+        worktree = git.worktree_at(self.root, self.folder / "worktree", record.branch, record.base)
         with self._state_dir():
             started = time.monotonic()
             snapshot = self._update_dataset(worktree, snapshot_text, until)

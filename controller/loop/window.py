@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runners.data.collected import is_positive, joined_rows
+from runners.data.collected import FEEDBACK_FORMATS, feedback_rows, is_positive, joined_rows
 from runners.data.rows import Row
 
 SNAPSHOT_DIR = "data/collected"
@@ -43,8 +43,12 @@ class Window:
     def count(self) -> int:
         return len(self.rows)
 
-    def kept(self, only_positive: bool) -> list[Row]:
-        """Rows a dataset takes: rated up or corrected when it asks for positive ones only."""
+    def kept(self, only_positive: bool, fmt: str = "instruction") -> list[Row]:
+        """Rows a dataset takes: for a preference or unpaired Dataset, those whose feedback
+        gives it rows (a correction, a rating); else rated up or corrected when it asks for
+        positive ones only."""
+        if fmt in FEEDBACK_FORMATS:
+            return [r for r in self.rows if feedback_rows(r, fmt)]
         return [r for r in self.rows if is_positive(r)] if only_positive else list(self.rows)
 
 
@@ -75,9 +79,20 @@ def snapshot_row(row: Row, fmt: str) -> dict[str, Any]:
     return {"prompt": row["prompt"], "response": row["response"], **provenance}
 
 
+def snapshot_rows(row: Row, fmt: str) -> list[dict[str, Any]]:
+    """The snapshot lines of one collected row: one, or for a preference or unpaired Dataset
+    the rows its feedback gives (a correction, a rating), each with where it came from."""
+    if fmt not in FEEDBACK_FORMATS:
+        return [snapshot_row(row, fmt)]
+    provenance = {"id": row.get("id"), "time": row.get("time"), "rating": row.get("rating")}
+    return [{**r, **provenance} for r in feedback_rows(row, fmt)]
+
+
 def snapshot_lines(rows: Iterable[Row], fmt: str) -> str:
     return "".join(
-        json.dumps(snapshot_row(r, fmt), ensure_ascii=False, sort_keys=True) + "\n" for r in rows
+        json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n"
+        for r in rows
+        for line in snapshot_rows(r, fmt)
     )
 
 

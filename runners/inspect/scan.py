@@ -26,13 +26,13 @@ from runners.inspect.alarms import AlarmOptions, all_alarms
 from runners.inspect.deltas import adapter_deltas, full_deltas, load_adapter
 from runners.inspect.plots import heatmaps, write_pngs
 from runners.inspect.weights import (
-    ADAPTER_CONFIG,
     TensorStore,
     check_folder,
     is_adapter,
     iter_weight_rows,
     parse_name,
 )
+from runners.weights import adapter_base
 
 SCAN_VERSION = 2  # bump when the numbers a scan produces change, so cached scans are redone
 WW_MISSING = "weightwatcher is not installed: pip install weightwatcher"
@@ -99,14 +99,12 @@ def _clean(value: Any) -> Any:
 def _adapter_base(model: Path, base: Path | None) -> Path:
     if base is not None:
         return base
-    config = json.loads((model / ADAPTER_CONFIG).read_text())
-    named = config.get("base_model_name_or_path")
-    if named and Path(named).is_dir():
-        return Path(named)
-    raise InvalidInput(
-        f"{model} is a LoRA adapter and its base {named!r} is not a local folder: "
-        "pass the base model (--against BASE)"
-    )
+    try:
+        named = adapter_base(model)  # absolute, or relative to the adapter's folder
+    except InvalidInput as err:
+        raise InvalidInput(f"{err}; or pass the base model (--against BASE)") from err
+    assert named is not None  # only called on an adapter folder
+    return named
 
 
 def _layers_changed(

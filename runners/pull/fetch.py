@@ -60,8 +60,13 @@ def cast_weights(folder: Path, dtype: str) -> None:
     from safetensors.torch import save_file
 
     target = getattr(torch, dtype)
+    stored = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[dtype]
+    floats = {"F64", "F32", "BF16", "F16", "F8_E4M3", "F8_E5M2"}
     for path in sorted(folder.rglob("*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
+            kinds = {handle.get_slice(name).get_dtype() for name in handle.keys()}  # noqa: SIM118
+            if not (kinds & floats) - {stored}:
+                continue  # already stored in `dtype`: nothing to rewrite
             metadata = handle.metadata()
             tensors = {
                 name: (t.to(target) if t.is_floating_point() else t)
@@ -77,13 +82,12 @@ def cast_weights(folder: Path, dtype: str) -> None:
             data = json.loads(config.read_text())
         except ValueError as err:
             raise PullError(f"config.json is not valid JSON: {err}") from err
-        if isinstance(data, dict):
-            for key in ("dtype", "torch_dtype"):
-                if key in data:
-                    data[key] = dtype
-            data.setdefault("dtype", dtype)
+        keys = [k for k in ("dtype", "torch_dtype") if k in data] if isinstance(data, dict) else []
+        if isinstance(data, dict) and any(data[k] != dtype for k in keys or ["dtype"]):
+            for key in keys or ["dtype"]:
+                data[key] = dtype
             tmp = config.with_name(".config.json.tmp")  # never write through a link
-            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
             tmp.replace(config)
 
 

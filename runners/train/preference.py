@@ -193,6 +193,8 @@ class _RunCallback:
         self.checkpoint_interval = opts.checkpoint_interval
         self.grad_norm = 0.0
         self.began = time.perf_counter()
+        self.step_s = 0.0  # the last optimisation step: forward, backward, health, update
+        self.tokens_seen = 0  # trl's running count of the tokens trained on (dpo, kto)
         self.last_loss = float("nan")
         self.evaluated = -1
 
@@ -213,6 +215,9 @@ class _RunCallback:
 
             def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
                 outer.health.weights(state.global_step + 1, kw["model"])
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                outer.step_s = time.perf_counter() - outer.began
 
             def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
                 outer.record(state.global_step, logs or {})
@@ -238,9 +243,15 @@ class _RunCallback:
                 "loss": numbers.pop("loss"),
                 "lr": numbers.pop("learning_rate", 0.0),
                 "grad_norm": self.grad_norm,
-                "step_s": round(time.perf_counter() - self.began, 4),
+                "step_s": round(self.step_s, 4),
                 "memory_mb": round(_memory_mb(), 1),
             }
+            seen = logs.get("num_tokens")  # cumulative, from 0 in this process (orpo: none)
+            if isinstance(seen, int | float) and seen >= self.tokens_seen:
+                tokens = int(seen) - self.tokens_seen
+                self.tokens_seen = int(seen)
+                record["tokens"] = tokens
+                record["tokens_per_s"] = tokens / self.step_s if self.step_s else 0.0
             numbers.pop("grad_norm", None)
             numbers.pop("epoch", None)
             record.update(numbers)

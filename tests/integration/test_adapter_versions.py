@@ -104,6 +104,12 @@ def test_adapter_version_evaluates_and_serves_without_merged_weights(
     assert (adapted - plain).abs().max() > 1e-4
     assert torch.allclose(adapted, merged, atol=1e-4)
 
+    # A brain scan reads the adapter against its base version (from the lineage).
+    scanned = llmops(root, "inspect", "assistant@1", "--json")
+    assert scanned.returncode in (0, 1), scanned.stderr  # 1: alarms on a 4-step run
+    scan = json.loads(scanned.stdout)
+    assert scan["kind"] == "adapter" and scan["deltas"], sorted(scan)
+
     # The arena's answers load the adapter on its base the same way.
     from runners.arena.answers import generate_answers
 

@@ -141,8 +141,15 @@ def chat(port: int, count: int, start: int = 0) -> dict[str, list[str]]:
 
 
 def run_pipeline(loop: dict, *args: str, env: dict[str, str] | None = None) -> dict:
-    done = llmops(loop["root"], "pipeline", "run", "retrain", "--json", *args,
-                  env={**loop["env"], **(env or {})})
+    done = llmops(
+        loop["root"],
+        "pipeline",
+        "run",
+        "retrain",
+        "--json",
+        *args,
+        env={**loop["env"], **(env or {})},
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return json.loads(done.stdout)
 
@@ -224,8 +231,15 @@ def test_collected_feedback_becomes_a_pull_request_then_a_deployment(loop: dict)
 
     # The merge, then the normal apply rolls it out with requests answered throughout.
     git(root, "fetch", "-q", "origin")
-    git(root, "merge", "-q", "--no-ff", f"origin/{branch}",
-        "-m", f"Merge pull request #{number} from acme/{branch}")
+    git(
+        root,
+        "merge",
+        "-q",
+        "--no-ff",
+        f"origin/{branch}",
+        "-m",
+        f"Merge pull request #{number} from acme/{branch}",
+    )
     with steady_traffic(port, KEY, "assistant", pause_s=0.05) as traffic:
         applied = llmops(root, "apply", "--json")
     assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr[-3000:]
@@ -323,3 +337,149 @@ def test_a_rollout_that_fails_its_check_is_proposed_for_revert(
     assert client.chat.completions.create(
         model="assistant", messages=[{"role": "user", "content": "hi"}], max_tokens=4
     ).choices
+
+
+# The loop with a preference retrain: the Dataset the pipeline updates is `format:
+# preference`, so each correction collected becomes a pair (the correction chosen over the
+# served answer), and the Experiment trains it with DPO. The regression suite scores held-out
+# pairs beside the perplexity task; each pair is there twice, once swapped, so no model's
+# preference accuracy exceeds 0.5 and a `min: 0.9` gate fails whatever the training did.
+PREFERENCE_SPECS = {
+    "specs/datasets/prefs.yaml": """
+apiVersion: llmops/v1
+kind: Dataset
+metadata: {name: prefs}
+spec:
+  format: preference
+  sources: [{type: file, path: data/prefs.jsonl}]
+  steps: [{step: normalize}, {step: redact_pii}, {step: dedup}]
+  splits: {train: 1.0, validation: 0.0, test: 0.0}
+""",
+    "specs/experiments/exp.yaml": """
+apiVersion: llmops/v1
+kind: Experiment
+metadata: {name: exp}
+spec:
+  base_model: tiny
+  dataset: prefs
+  training:
+    objective: dpo
+    preference: {beta: 0.1}
+    max_steps: 4
+    batch_size: 4
+    learning_rate: 1.0e-4
+    max_seq_len: 96
+    checkpoint_interval: 2
+    merge: true
+    lora: {r: 4, alpha: 8, target_modules: [q_proj, v_proj]}
+  eval_suite: smoke
+  register_as: assistant
+""",
+    "specs/evals/prefs.yaml": """
+apiVersion: llmops/v1
+kind: EvalSuite
+metadata: {name: prefs}
+spec:
+  tasks:
+    - {name: pairs, type: preference, data: {type: file, path: data/heldout-pairs.jsonl},
+       metrics: [preference_accuracy, logprob_margin]}
+    - name: ppl
+      type: loglikelihood_rolling
+      data: {type: file, path: data/eval.jsonl}
+      prompt: "{question}\\n{answer}"
+      metrics: [perplexity]
+      limit: 6
+  gates:
+    - {metric: ppl/perplexity, max_drop: 1.0}
+  bootstrap: {samples: 200, confidence: 0.95, seed: 0}
+""",
+}
+
+
+def preference_loop(root: Path) -> None:
+    """Turn the fixture's repository into the preference loop, committed and pushed."""
+    for relative, text in PREFERENCE_SPECS.items():
+        (root / relative).write_text(text)
+    seed = [
+        {"prompt": f"Question {i}: which word?", "chosen": f"Word {i}.", "rejected": "No idea."}
+        for i in range(16)
+    ]
+    (root / "data/prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in seed))
+    heldout = []
+    for i in range(6):
+        pair = {"prompt": f"Held out {i}?", "chosen": f"Answer {i}.", "rejected": "Nothing."}
+        heldout += [pair, {**pair, "chosen": pair["rejected"], "rejected": pair["chosen"]}]
+    (root / "data/heldout-pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in heldout))
+    pipeline = root / "specs/pipelines/retrain.yaml"
+    pipeline.write_text(
+        pipeline.read_text()
+        .replace("dataset: faq}", "dataset: prefs}")
+        .replace("suite: smoke,", "suite: prefs,")
+    )
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "the preference loop")
+    git(root, "push", "-q", "origin", "main")
+
+
+def test_collected_corrections_retrain_with_dpo_into_a_pull_request(loop: dict) -> None:
+    root, port, fake = loop["root"], loop["port"], loop["fake"]
+    preference_loop(root)
+    first = llmops(root, "apply", "--json")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    commit_lock(root)
+    kinds = chat(port, 60)
+
+    record = run_pipeline(loop)
+    assert record["status"] == "succeeded", record
+    assert record["window"]["kept"] == len(kinds["corrected"]) == 12
+
+    # The snapshot holds pairs: each correction chosen over the answer the model served.
+    worktree = root / ".llmops/pipelines/retrain/worktree"
+    snapshot = worktree / record["steps"]["update_dataset"]["snapshot"]
+    rows = [json.loads(line) for line in snapshot.read_text().splitlines()]
+    assert [r["chosen"] for r in rows] == kinds["corrected"]
+    assert all(r["prompt"].startswith("Question ") and r["rating"] == "down" for r in rows)
+    assert all(r["rejected"] != r["chosen"] for r in rows)
+    assert EMAIL not in snapshot.read_text()
+    served = [
+        json.loads(line)
+        for path in sorted((root / ".llmops/collected/assistant-chats").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    answers = {r["id"]: r["response"] for r in served if r["type"] == "interaction"}
+    assert {r["rejected"] for r in rows} <= set(answers.values())
+
+    # A DPO retrain, regression-tested on the preference suite, and a pull request whose
+    # report shows the preference metrics beside the perplexity.
+    assert record["steps"]["retrain"]["version"] == "assistant@2"
+    regression = record["steps"]["regression_test"]
+    assert (regression["baseline"], regression["candidate"]) == ("assistant@1", "assistant@2")
+    assert regression["gates"] and all(g["passed"] for g in regression["gates"].values())
+    (pull,) = fake.pull_requests.values()
+    assert "pairs/preference_accuracy" in pull["body"] and "ppl/perplexity" in pull["body"]
+    logs = [p.read_text() for p in (root / ".llmops").rglob("log.jsonl")]
+    assert sum("rewards/margins" in text for text in logs) >= 2  # the first run and the retrain
+
+
+def test_a_failed_preference_gate_opens_no_pull_request(loop: dict) -> None:
+    root, port, fake = loop["root"], loop["port"], loop["fake"]
+    preference_loop(root)
+    assert llmops(root, "apply").returncode == 0
+    commit_lock(root)
+    chat(port, 60)
+    suite = root / "specs/evals/prefs.yaml"
+    # Each held-out pair is also there swapped: no model's accuracy can reach 0.9.
+    strict = "max_drop: 1.0}\n    - {metric: pairs/preference_accuracy, min: 0.9}"
+    suite.write_text(suite.read_text().replace("max_drop: 1.0}", strict))
+    git(root, "commit", "-qam", "a preference gate")
+    git(root, "push", "-q", "origin", "main")
+    done = llmops(root, "pipeline", "run", "retrain", env=loop["env"])
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "failed gate(s) pairs/preference_accuracy min" in done.stderr
+    assert fake.pull_requests == {}
+    assert not [h for h in remote_heads(loop["remote"]) if h.startswith("llmops/")]
+    (issue,) = [i for i in fake.issues.values() if i["title"].startswith("llmops pipeline retrain")]
+    assert "pairs/preference_accuracy min" in issue["body"]
+    status = json.loads(llmops(root, "pipeline", "status", "retrain", "--json").stdout)
+    assert status["runs"][-1]["status"] == "failed"
+    assert status["runs"][-1]["steps"]["retrain"]["version"] == "assistant@2"

@@ -12,6 +12,7 @@ from sqlalchemy.orm import selectinload
 
 from controller.state.registry.schema import ArenaAnswerRow, ArenaBattleRow, ArenaVoteRow, ScanRow
 from controller.state.registry.store import Registry, RegistryError
+from runners.arena.fastchat import ImportedBattle
 from runners.arena.outcomes import Vote
 
 
@@ -279,3 +280,18 @@ class ScanStore:
             row.files = files
             session.flush()
             return row
+
+
+def export_battles(battles: list[BattleRecord]) -> list[Any]:
+    """One FastChat row per counted vote, answers and unknown fields carried along."""
+    return [
+        ImportedBattle(
+            vote=vote,
+            prompt=battle.prompt,
+            answer_a=battle.answer_a,
+            answer_b=battle.answer_b,
+            extra=dict(battle.extra),
+        )
+        for battle in battles
+        for vote in battle.vote_objects()
+    ]
