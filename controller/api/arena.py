@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from controller.api.common import Ref, RepoPath, Resource, Strict
+from controller.api.common import NAME_PATTERN, Ref, RepoPath, Resource, Strict
 from controller.api.deployment import KEY_ENV_PATTERN, KEY_ENV_PREFIX
 
 
@@ -149,6 +149,86 @@ class EndpointKey(Strict):
         return value
 
 
+BASE_URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+
+
+class EndpointTarget(Strict):
+    """An OpenAI-compatible chat endpoint a contestant answers from
+    (`<base_url>/chat/completions`), with its key variable and request limits."""
+
+    base_url: str = Field(
+        json_schema_extra={"pattern": BASE_URL_PATTERN},
+        description="The API root, e.g. https://api.example.com/v1 or http://127.0.0.1:8000/v1.",
+    )
+    model: str = Field(min_length=1, description="The model name the endpoint serves.")
+    api_key: EndpointKey | None = Field(default=None, exclude_if=lambda value: value is None)
+    concurrency: int = Field(default=4, ge=1, le=64, description="Requests in flight.")
+    retries: int = Field(default=4, ge=0, le=10, description="Retries on 429 and 5xx replies.")
+    timeout_s: float = Field(default=60.0, gt=0, le=600)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.fullmatch(BASE_URL_PATTERN, value):
+            raise ValueError(
+                f"base_url {value!r} is not an http(s) URL; give the API root, e.g. "
+                "https://api.example.com/v1 or http://127.0.0.1:8000/v1"
+            )
+        return value.rstrip("/")
+
+
+class EndpointContestant(Strict):
+    """A contestant that is not in the registry: any OpenAI-compatible chat endpoint."""
+
+    endpoint: EndpointTarget
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="Its label on the leaderboard and in gates (lowercase, digits, '-').",
+    )
+
+
+class DeploymentContestant(Strict):
+    """A Deployment of this repository as a contestant, asked over its API at the endpoint
+    and with the key variable its last apply recorded (as `llmops eval served --deployment`)."""
+
+    deployment: str = Field(pattern=NAME_PATTERN, description="The Deployment's name.")
+    name: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        exclude_if=lambda value: value is None,
+        description="Its label on the leaderboard and in gates; the deployment's name if unset.",
+    )
+    concurrency: int = Field(default=4, ge=1, le=64, description="Requests in flight.")
+    retries: int = Field(default=4, ge=0, le=10, description="Retries on 429 and 5xx replies.")
+    timeout_s: float = Field(default=60.0, gt=0, le=600)
+
+
+def _contestant_type(value: Any) -> str:
+    if isinstance(value, dict):
+        return "deployment" if "deployment" in value and "endpoint" not in value else "endpoint"
+    if isinstance(value, EndpointContestant | DeploymentContestant):
+        return "endpoint" if isinstance(value, EndpointContestant) else "deployment"
+    return "ref"
+
+
+Contestant = Annotated[
+    Annotated[Ref, Tag("ref")]
+    | Annotated[EndpointContestant, Tag("endpoint")]
+    | Annotated[DeploymentContestant, Tag("deployment")],
+    Discriminator(_contestant_type),
+]
+
+
+def contestant_name(entry: Contestant) -> str:
+    """How the spec's gates name a contestant: a registry reference as written, an
+    endpoint's `name`, a deployment's `name` or else its deployment's name."""
+    if isinstance(entry, EndpointContestant):
+        return entry.name
+    if isinstance(entry, DeploymentContestant):
+        return entry.name or entry.deployment
+    return entry
+
+
 class EndpointJudge(Strict):
     """An OpenAI-compatible chat endpoint as the judge (`<base_url>/chat/completions`):
     the same pairwise prompt as a model judge, greedy, both orders; 429 and 5xx replies are
@@ -156,7 +236,7 @@ class EndpointJudge(Strict):
 
     type: Literal["endpoint"]
     base_url: str = Field(
-        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        pattern=BASE_URL_PATTERN,
         description="The API root, e.g. https://api.example.com/v1 or http://127.0.0.1:8000/v1.",
     )
     model: str = Field(min_length=1, description="The model name the endpoint serves.")
@@ -202,8 +282,10 @@ class NotWorseThan(Strict):
 
 class ArenaSpec(Strict):
     description: str = ""
-    models: list[Ref] = Field(
-        min_length=2, description="Registry references; aliases follow their target version."
+    models: list[Contestant] = Field(
+        min_length=2,
+        description="Registry references (aliases follow their target version), "
+        "`{endpoint: {base_url, model, api_key}, name}` or `{deployment: NAME}`.",
     )
     prompts: PromptSet
     battles_per_pair: int = Field(
@@ -217,8 +299,10 @@ class ArenaSpec(Strict):
 
     @model_validator(mode="after")
     def _voters_and_models(self) -> ArenaSpec:
-        if len(set(self.models)) != len(self.models):
-            raise ValueError("'models' lists the same reference twice")
+        names = self.contestant_names()
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"'models' names {', '.join(twice)} twice; give each a new 'name'")
         if self.judge is None and not self.human_votes:
             raise ValueError("an arena needs a 'judge', 'human_votes: true', or both")
         if isinstance(self.judge, MetricJudge):
@@ -236,10 +320,17 @@ class ArenaSpec(Strict):
                 "needs 'human_votes: true'"
             )
         for gate in self.gates:
-            missing = [r for r in (gate.candidate, gate.baseline) if r not in self.models]
+            missing = [r for r in (gate.candidate, gate.baseline) if r not in names]
             if missing:
                 raise ValueError(f"gate names {', '.join(missing)}, which is not in 'models'")
         return self
+
+    def contestant_names(self) -> list[str]:
+        return [contestant_name(entry) for entry in self.models]
+
+    def registry_refs(self) -> list[str]:
+        """The contestants that are registry references."""
+        return [entry for entry in self.models if isinstance(entry, str)]
 
 
 class Arena(Resource):

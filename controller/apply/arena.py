@@ -1,9 +1,10 @@
 """Apply, arena: answers per model version, battles judged in both orders, ratings and gates.
 
 Everything is keyed by content: an answer by (prompt, model version's files, generation
-settings), a battle by (prompt, both answers' keys, judge and rubric). A rerun finds every
-answer and judged battle and only fits the ratings again; a new model version battles
-only what it needs.
+settings), an endpoint contestant's by (prompt, its base URL and model, generation settings;
+for a Deployment also the version it serves), a battle by (prompt, both answers' keys, judge
+and rubric). A rerun finds every answer and judged battle and only fits the ratings again;
+a new model version battles only what it needs.
 """
 
 from __future__ import annotations
@@ -16,15 +17,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.api import split_ref
-from controller.api.arena import ArenaJudge, ArenaSpec, EndpointJudge, FilePrompts, MetricJudge
+from controller.api.arena import (
+    ArenaJudge,
+    ArenaSpec,
+    DeploymentContestant,
+    EndpointContestant,
+    EndpointJudge,
+    FilePrompts,
+    MetricJudge,
+)
 from controller.apply.context import ApplyStep
 from controller.apply.prepare import Preparer
 from controller.apply.pull import ensure_model
-from controller.state.lockfile import ArenaOutputs, GateVerdict, JudgeQuality, Standing
+from controller.apply.served import deployment_endpoint
+from controller.state.lockfile import (
+    ArenaOutputs,
+    EndpointUsage,
+    GateVerdict,
+    JudgeQuality,
+    Standing,
+)
 from controller.state.registry.arena import ArenaStore, BattleRecord
 from controller.state.registry.schema import VersionRow
 from runners.arena.agreement import agreement, position_bias
 from runners.arena.answers import answer_key, generate_answers
+from runners.arena.chat_endpoint import ChatEndpoint
+from runners.arena.endpoint_answers import endpoint_answers
 from runners.arena.endpoint_judge import EndpointJudge as EndpointJudgeRunner
 from runners.arena.judge import MetricJudge as MetricJudgeRunner
 from runners.arena.judge import PairwiseJudge, Reference, judge_battle
@@ -46,12 +64,34 @@ class Prompt:
     reference: Reference | None = None  # when the prompt set names a reference field
 
 
+@dataclass(frozen=True)
+class EndpointCall:
+    """How an endpoint contestant is asked; the key stays in its variable."""
+
+    base_url: str
+    model: str
+    key_env: str | None
+    concurrency: int
+    retries: int
+    timeout_s: float
+    field: str  # its settings' path in the spec, for messages: "models[2].endpoint"
+    serves: str | None = None  # a Deployment's: the version it serves
+
+    def identity(self) -> str:
+        """What the answers depend on: where, which model (and version): not the key."""
+        parts = {"endpoint": self.base_url.rstrip("/"), "model": self.model}
+        if self.serves is not None:
+            parts["serves"] = self.serves
+        return "endpoint:" + json.dumps(parts, sort_keys=True)
+
+
 @dataclass
 class Contender:
-    ref: str  # as the spec writes it
-    label: str  # name@number
-    identity: str  # content digest of the version's files
-    path: Path
+    ref: str  # as the spec's gates name it: the reference, or an endpoint's name
+    label: str  # name@number; an endpoint contestant's name
+    identity: str  # content digest of the version's files; an endpoint's identity
+    path: Path | None  # the version's files; None for an endpoint
+    endpoint: EndpointCall | None = None
 
 
 @dataclass
@@ -67,6 +107,7 @@ class ArenaResult:
     unparseable: int = 0
     judge_requests: int = 0  # HTTP requests to an endpoint judge this run, retries included
     judge_retries: int = 0
+    endpoints: dict[str, EndpointUsage] = field(default_factory=dict)  # by contestant label
 
     def outputs(self) -> ArenaOutputs:
         votes: dict[str, int] = {}
@@ -93,6 +134,7 @@ class ArenaResult:
             ],
             gates=self.gates,
             judge=self.judge,
+            endpoints=self.endpoints,
         )
 
 
@@ -269,10 +311,38 @@ class ArenaRunner(ApplyStep):
 
     def contenders(self, spec: ArenaSpec) -> list[Contender]:
         out = []
-        for ref in spec.models:
-            version, path = self._model(ref)
+        for index, entry in enumerate(spec.models):
+            if isinstance(entry, EndpointContestant):
+                target = entry.endpoint
+                call = EndpointCall(
+                    target.base_url,
+                    target.model,
+                    target.api_key.env if target.api_key else None,
+                    target.concurrency,
+                    target.retries,
+                    target.timeout_s,
+                    field=f"models[{index}].endpoint",
+                )
+                out.append(Contender(entry.name, entry.name, call.identity(), None, call))
+                continue
+            if isinstance(entry, DeploymentContestant):
+                served = deployment_endpoint(self.root, entry.deployment)
+                call = EndpointCall(
+                    served.base_url,
+                    entry.deployment,
+                    served.key_env,
+                    entry.concurrency,
+                    entry.retries,
+                    entry.timeout_s,
+                    field=f"models[{index}]",
+                    serves=served.version,
+                )
+                name = entry.name or entry.deployment
+                out.append(Contender(name, name, call.identity(), None, call))
+                continue
+            version, path = self._model(entry)
             label = f"{version.model.name}@{version.number}"
-            out.append(Contender(ref, label, version_identity(version), path))
+            out.append(Contender(entry, label, version_identity(version), path))
         labels = [c.label for c in out]
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
         if duplicates:
@@ -367,7 +437,7 @@ class ArenaRunner(ApplyStep):
             for c in contenders
             for p in chosen
         }
-        generated = self._answer(contenders, chosen, generation, keys)
+        generated, endpoints = self._answer(name, contenders, chosen, generation, keys)
         judge_spec = spec.judge
         judge_identity: dict[str, Any] | None = None
         judge_label = ""
@@ -443,6 +513,7 @@ class ArenaRunner(ApplyStep):
             unparseable=unparseable,
             judge_requests=requests,
             judge_retries=retried,
+            endpoints=endpoints,
         )
         result.judge = quality
         result.gates = self.gates(
@@ -453,28 +524,77 @@ class ArenaRunner(ApplyStep):
 
     def _answer(
         self,
+        name: str,
         contenders: list[Contender],
         prompts: list[Prompt],
         generation: dict[str, Any],
         keys: dict[tuple[str, str], str],
-    ) -> int:
+    ) -> tuple[int, dict[str, EndpointUsage]]:
+        """Answer what is not stored; (answers generated, each endpoint contestant's usage)."""
         store = self.store
         generated = 0
+        usage_path = self.registry.paths.arena(name) / "endpoint-usage.json"
+        usage: dict[str, dict[str, Any]] = (
+            json.loads(usage_path.read_text()) if usage_path.is_file() else {}
+        )
+        counts: dict[str, tuple[int, int]] = {}
         for contender in contenders:
             missing = [p for p in prompts if store.answer(keys[(contender.label, p.id)]) is None]
             if not missing:
                 continue
             self.console.print(f"  answering {len(missing)} prompt(s) with {contender.label}")
-            texts = generate_answers(
-                contender.path,
-                [p.text for p in missing],
-                generation,
-                report=lambda text: self.console.print(f"    {text}"),
-            )
+            report = lambda text: self.console.print(f"    {text}")  # noqa: E731
+            if contender.endpoint is not None:
+                call = contender.endpoint
+                client = ChatEndpoint(
+                    call.base_url,
+                    call.model,
+                    api_key_env=call.key_env,
+                    retries=call.retries,
+                    timeout_s=call.timeout_s,
+                    what=f"endpoint of contestant '{contender.label}'",
+                    fields=call.field,
+                    check=(
+                        f"Deployment/{call.model}: is it running, and is its key variable "
+                        f"{call.key_env} set here?"
+                        if call.serves
+                        else None
+                    ),
+                )
+                replies = endpoint_answers(
+                    client, [p.text for p in missing], generation, call.concurrency, report
+                )
+                counts[contender.label] = (client.requests, client.retried)
+                texts = [reply.text for reply in replies]
+                for prompt, reply in zip(missing, replies, strict=True):
+                    usage[keys[(contender.label, prompt.id)]] = {
+                        "latency_s": round(reply.latency_s, 6),
+                        "prompt_tokens": reply.prompt_tokens,
+                        "completion_tokens": reply.completion_tokens,
+                    }
+                usage_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = usage_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(usage, indent=1, sort_keys=True) + "\n")
+                tmp.replace(usage_path)
+            else:
+                assert contender.path is not None
+                texts = generate_answers(
+                    contender.path, [p.text for p in missing], generation, report=report
+                )
             for prompt, text in zip(missing, texts, strict=True):
                 store.put_answer(keys[(contender.label, prompt.id)], contender.label, text)
             generated += len(missing)
-        return generated
+        endpoints = {
+            c.label: endpoint_usage(
+                c.endpoint,
+                {**generation, "concurrency": c.endpoint.concurrency},
+                [usage[k] for p in prompts if (k := keys[(c.label, p.id)]) in usage],
+                *counts.get(c.label, (0, 0)),
+            )
+            for c in contenders
+            if c.endpoint is not None
+        }
+        return generated, endpoints
 
     def _judge(
         self,
@@ -614,10 +734,49 @@ class ArenaRunner(ApplyStep):
             "gates": {k: v.model_dump() for k, v in result.gates.items()},
             "judge": None if result.judge is None else result.judge.model_dump(mode="json"),
         }
+        if result.endpoints:
+            document["endpoints"] = {
+                label: usage.model_dump(mode="json") for label, usage in result.endpoints.items()
+            }
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
         tmp.replace(target)
         return target
+
+
+def endpoint_usage(
+    call: EndpointCall,
+    settings: dict[str, Any],
+    answers: list[dict[str, Any]],
+    requests: int = 0,
+    retries: int = 0,
+) -> EndpointUsage:
+    """An endpoint contestant's identity, settings and the latency and token usage recorded
+    with its answers to this arena's prompts."""
+    latencies = sorted(float(a["latency_s"]) for a in answers if a.get("latency_s") is not None)
+
+    def total(field_name: str) -> int | None:
+        values = [a.get(field_name) for a in answers]
+        known = [v for v in values if isinstance(v, int)]
+        return sum(known) if known else None
+
+    return EndpointUsage(
+        endpoint=call.base_url.rstrip("/"),
+        model=call.model,
+        settings={k: v for k, v in settings.items() if k not in ("code", "namespace")}
+        | ({"serves": call.serves} if call.serves else {}),
+        answers=len(answers),
+        latency_s=round(sum(latencies) / len(latencies), 4) if latencies else None,
+        latency_p95_s=(
+            round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 4)
+            if latencies
+            else None
+        ),
+        prompt_tokens=total("prompt_tokens"),
+        completion_tokens=total("completion_tokens"),
+        requests=requests,
+        retries=retries,
+    )
 
 
 def import_battles(registry: Any, arena: str, battles: list[Any]) -> tuple[int, int]:

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controller.api import split_ref
-from controller.api.deployment import DeploymentSpec
 from controller.apply.context import ApplyStep
 from controller.apply.prepare import Preparer
 from controller.apply.pull import ensure_model
-from controller.state.lockfile import LOCK_FILE, DeploymentOutputs, read_lock
+from controller.apply.served import deployment_endpoint
 from controller.state.registry.schema import VersionRow
 from runners.evaluate.compare import GateResult, MetricComparison, judge_gates, paired_bootstrap
 from runners.evaluate.endpoint import Endpoint
@@ -52,6 +51,21 @@ class Comparison:
             "metrics": [m.as_dict() for m in self.metrics],
             "gates": [g.as_dict() for g in self.gates],
         }
+
+
+@dataclass(frozen=True)
+class EndpointSubject:
+    """An OpenAI-compatible endpoint as one side of a comparison (`run_endpoint`'s inputs)."""
+
+    base_url: str
+    served_model: str
+    tokenizer: str  # the registered model whose tokenizer the endpoint's model uses
+    key_env: str | None = None
+    concurrency: int = 8
+
+    @property
+    def label(self) -> str:
+        return f"{self.served_model} at {self.base_url.rstrip('/')}"
 
 
 class Evaluator(ApplyStep):
@@ -106,25 +120,13 @@ class Evaluator(ApplyStep):
         the rest. Never cached and never recorded as the version's metrics: it measures the
         deployment as it runs now, beside `run`, which measures the version in process."""
         self.suite(suite_name)  # an unknown suite is named before anything else
-        entry = read_lock(self.root / LOCK_FILE).get(f"Deployment/{deployment}")
-        outputs = entry.outputs if entry is not None else None
-        if not isinstance(outputs, DeploymentOutputs) or not outputs.endpoint:
-            raise EvalError(
-                f"deployment '{deployment}' has no endpoint in {LOCK_FILE}; apply it first"
-            )
-        spec = entry.applied_spec(DeploymentSpec) if entry is not None else None
-        key = spec.api_key if spec is not None else None
-        if key is not None and key.env is None:
-            raise EvalError(
-                f"deployment '{deployment}' takes its key from a Kubernetes secret; evaluate it "
-                "where the key is in a LLMOPS_KEY_* variable, or evaluate the version in process"
-            )
+        served = deployment_endpoint(self.root, deployment)
         return self.run_endpoint(
             suite_name,
-            outputs.endpoint,
+            served.base_url,
             deployment,
-            outputs.version,
-            key.env if key is not None else None,
+            served.version,
+            served.key_env,
             concurrency,
             label=f"served-{deployment}",
         )
@@ -200,11 +202,47 @@ class Evaluator(ApplyStep):
         )
         return EvalOutcome("evaluated", ref, version, folder, summary)
 
-    def compare(self, suite_name: str, baseline_ref: str | None, candidate_ref: str) -> Comparison:
-        """Candidate against a model (evaluated as needed) or the suite's blessed baseline."""
+    def compare(
+        self,
+        suite_name: str,
+        baseline_ref: str | None,
+        candidate_ref: str | None,
+        endpoint: EndpointSubject | None = None,
+    ) -> Comparison:
+        """Candidate against a model (evaluated as needed) or the suite's blessed baseline.
+        With `endpoint`, the endpoint is the candidate when `candidate_ref` is None (against
+        `baseline_ref` or the blessed baseline), else the baseline; evaluated over its API
+        (`run_endpoint`) and compared sample by sample like a registered version."""
         suite = self.suite(suite_name)
-        candidate = self.run(suite_name, candidate_ref)
-        if baseline_ref is None:
+        if endpoint is not None and candidate_ref is not None and baseline_ref is not None:
+            raise EvalError(
+                "an endpoint takes the place of the candidate or of the baseline: name the "
+                "other side only (--candidate or --baseline)"
+            )
+        if candidate_ref is None and endpoint is None:
+            raise EvalError("compare needs a candidate: a model reference or an endpoint")
+        ep_outcome = (
+            self.run_endpoint(
+                suite_name,
+                endpoint.base_url,
+                endpoint.served_model,
+                endpoint.tokenizer,
+                endpoint.key_env,
+                endpoint.concurrency,
+            )
+            if endpoint is not None
+            else None
+        )
+        if candidate_ref is not None:
+            candidate = self.run(suite_name, candidate_ref)
+            candidate_label = candidate.ref
+        else:
+            assert endpoint is not None and ep_outcome is not None
+            candidate, candidate_label = ep_outcome, endpoint.label
+        if endpoint is not None and ep_outcome is not None and candidate_ref is not None:
+            base_label = endpoint.label
+            base_samples = load_samples(ep_outcome.folder)
+        elif baseline_ref is None:
             blessed = self.blessed(suite_name)
             if blessed is None:
                 raise EvalError(
@@ -237,7 +275,7 @@ class Evaluator(ApplyStep):
             )
         by_name = {c.metric: c for c in comparisons}
         gates = judge_gates(suite.get("gates") or [], by_name, candidate.summary["metrics"])
-        return Comparison(suite_name, base_label, candidate.ref, comparisons, gates)
+        return Comparison(suite_name, base_label, candidate_label, comparisons, gates)
 
     def baseline_path(self, suite_name: str) -> Path:
         configured = self.suite(suite_name).get("baseline")

@@ -32,6 +32,7 @@ from controller.cli.common import (
     resolve_root,
 )
 from controller.observe.leaderboard import (
+    endpoint_lines,
     judge_lines,
     no_decision_note,
     outcomes_of,
@@ -108,7 +109,7 @@ def run(
             f"{result.judged} battle(s) judged now, {result.unparseable} unparseable verdict(s)"
         )
         print_board(result.boards["all"], f"arena {name}", outputs.unparseable)
-        for line in judge_lines(outputs.judge):
+        for line in judge_lines(outputs.judge) + endpoint_lines(outputs.endpoints):
             console.print(escape(line))
         for gate_name, gate in result.gates.items():
             console.print(gate_line(gate_name, gate.passed, gate.detail))
@@ -146,14 +147,26 @@ def leaderboard_command(
     if as_json:
         document = board.as_dict()
         document["judge"] = None if quality is None else quality.model_dump(mode="json")
+        document["endpoints"] = _endpoints(top, name)
         console.print_json(json.dumps(document))
         return
     unparseable = (
         sum(1 for b in battles for v in b.votes if v.winner is None) if voters != "human" else 0
     )
     print_board(board, f"arena {name} ({voters} votes, {board.battles} counted)", unparseable)
-    for line in judge_lines(quality):
+    for line in judge_lines(quality) + endpoint_lines(_endpoints(top, name)):
         console.print(escape(line))
+
+
+def _endpoints(top: Path, name: str) -> dict[str, Any]:
+    """The endpoint contestants' identity, latency and token usage as the last run recorded
+    them (never a key); {} for an arena without endpoints."""
+    recorded = StatePaths.for_repo(top).arena(name) / "leaderboard.json"
+    try:
+        endpoints = json.loads(recorded.read_text()).get("endpoints") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return endpoints if isinstance(endpoints, dict) else {}
 
 
 def _judge_quality(top: Path, name: str, battles: list[Any]) -> Any:

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from controller.api.evalsuite import EvalSuiteSpec
-from controller.apply.evaluate import Comparison, Evaluator
+from controller.apply.evaluate import Comparison, EndpointSubject, Evaluator
 from controller.cli.common import (
     Exit,
     JsonOption,
@@ -201,23 +201,66 @@ def _print_served(title: str, served: dict[str, Any], local: dict[str, Any]) -> 
 
 @eval_app.command("compare")
 def compare(
-    candidate: Annotated[str, typer.Option("--candidate", help="Model reference.")],
     suite: Annotated[str, typer.Option("--suite", help="EvalSuite spec name.")],
+    candidate: Annotated[
+        str | None,
+        typer.Option("--candidate", help="Model reference; the --endpoint when omitted."),
+    ] = None,
     baseline: Annotated[
         str | None,
         typer.Option(
-            "--baseline", help="Model reference; the suite's blessed baseline when omitted."
+            "--baseline",
+            help="Model reference; with --candidate and --endpoint, the endpoint; else the "
+            "suite's blessed baseline when omitted.",
         ),
     ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option("--endpoint", help="An OpenAI-compatible API root, e.g. http://host/v1."),
+    ] = None,
+    served_model: Annotated[
+        str | None, typer.Option("--served-model", help="With --endpoint: the model to ask for.")
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer",
+            help="With --endpoint: the registered model whose tokenizer the endpoint's model uses.",
+        ),
+    ] = None,
+    key_env: Annotated[
+        str | None,
+        typer.Option("--key-env", help="With --endpoint: the variable holding its bearer key."),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="With --endpoint: requests in flight.")
+    ] = 8,
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Every metric: baseline, candidate, difference, interval, flips.
 
-    The interval is a paired bootstrap. Exit 1 when a gate fails.
+    The interval is a paired bootstrap. Exit 1 when a gate fails. With --endpoint (and
+    --served-model, --tokenizer): an OpenAI-compatible endpoint is the candidate, or, with
+    --candidate, the baseline, evaluated over its API as `llmops eval served` does.
     """
+    subject = None
+    if endpoint is not None:
+        if served_model is None or tokenizer is None:
+            raise fail("--endpoint needs --served-model and --tokenizer", Exit.INVALID)
+        if candidate is not None and baseline is not None:
+            raise fail(
+                "--endpoint takes the place of --candidate or --baseline; give one of them",
+                Exit.INVALID,
+            )
+        subject = EndpointSubject(endpoint, served_model, tokenizer, key_env, concurrency)
+    elif candidate is None:
+        raise fail("give --candidate MODEL, or --endpoint URL with --served-model", Exit.INVALID)
     evaluator = _evaluator(resolve_root(root), suite)
-    comparison = evaluator.compare(suite, baseline, candidate)
+    try:
+        comparison = evaluator.compare(suite, baseline, candidate, subject)
+    except LlmopsError as err:
+        raise fail(str(err)) from None
     if as_json:
         print(json.dumps(comparison.as_dict(), indent=2))
     else:

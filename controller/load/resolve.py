@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from controller.api import split_ref
-from controller.api.arena import FilePrompts
+from controller.api.arena import DeploymentContestant, FilePrompts
 from controller.api.dataset import (
     ArenaSource,
     DatasetSource,
@@ -718,8 +718,13 @@ def _check_arena(r: _Resolver, spec: LoadedSpec) -> None:
     """An Arena: its models, its judge and its prompts (a file or a Dataset)."""
     address = r._node(spec)
     arena = spec.resource.spec
-    for i, ref in enumerate(arena.models):
-        r._model_ref(spec, ("spec", "models", i), ref, address)
+    for i, entry in enumerate(arena.models):
+        if isinstance(entry, str):
+            r._model_ref(spec, ("spec", "models", i), entry, address)
+        elif isinstance(entry, DeploymentContestant):
+            # asked where it is deployed now: it orders the arena after it, no digest input
+            loc: Loc = ("spec", "models", i, "deployment")
+            r._named_ref(spec, loc, entry.deployment, "Deployment", address, False)
     if arena.judge and arena.judge.type == "model":  # a metric judge has no model
         r._model_ref(spec, ("spec", "judge", "model"), arena.judge.model, address)
     prompts = arena.prompts

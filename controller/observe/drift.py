@@ -81,7 +81,7 @@ def observe_arenas(
             continue
         recorded = dict(have.outputs.get("models") or {})
         moved = []
-        for ref in want.spec.models:
+        for ref in want.spec.registry_refs():
             target = registry.find(ref)
             now = f"{target.model.name}@{target.number}" if target else None
             if ref in recorded and now != recorded[ref]:

@@ -123,3 +123,33 @@ def judge_lines(quality: Any) -> list[str]:
     if quality.detail:
         lines.append(quality.detail[:1].upper() + quality.detail[1:] + ".")
     return lines
+
+
+def endpoint_lines(endpoints: dict[str, Any]) -> list[str]:
+    """Each endpoint contestant in a sentence (controller.state.lockfile EndpointUsage, or
+    its JSON form): what it is, and the latency and token usage of its answers."""
+    lines = []
+    for label, usage in sorted(endpoints.items()):
+        u = usage if isinstance(usage, dict) else usage.model_dump()
+        parts = [f"{u.get('answers') or 0} answer(s)"]
+        if u.get("latency_s") is not None:
+            latency = f"latency {u['latency_s']:.3g} s mean"
+            if u.get("latency_p95_s") is not None:
+                latency += f", {u['latency_p95_s']:.3g} s p95"
+            parts.append(latency)
+        if u.get("prompt_tokens") is None and u.get("completion_tokens") is None:
+            parts.append("token usage not reported")
+        else:
+            parts.append(
+                f"{u.get('prompt_tokens') or 0} prompt + {u.get('completion_tokens') or 0} "
+                "completion tokens"
+            )
+        requests = u.get("requests") or 0
+        parts.append(
+            f"{requests} request(s) in the last run, {u.get('retries') or 0} retried"
+            if requests
+            else "no request in the last run (answers stored)"
+        )
+        where = f"model {u.get('model')} at {u.get('endpoint')}"
+        lines.append(f"Endpoint {label}: {where}: " + "; ".join(parts) + ".")
+    return lines

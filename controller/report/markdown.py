@@ -17,6 +17,7 @@ from typing import Any
 
 from controller.observe.leaderboard import (
     Outcomes,
+    endpoint_lines,
     judge_lines,
     no_decision_note,
     separation_note,
@@ -380,6 +381,8 @@ def _arena_section(inputs: ReportInputs) -> list[str]:
         judged = judge_lines(outputs.judge)
         if judged:
             lines += ["", " ".join(cell(line, 1000) for line in judged)]
+        for line in endpoint_lines(outputs.endpoints):
+            lines += ["", cell(line, 1000)]
         lines.append("")
     return ["### Arenas", "", *lines] if lines else []
 

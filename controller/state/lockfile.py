@@ -148,6 +148,23 @@ class JudgeQuality(_Outputs):
     detail: str = ""
 
 
+class EndpointUsage(_Outputs):
+    """An endpoint contestant: what it is and how it was asked (never its key), and the
+    latency and token usage of the answers it gave (stored with them, so a rerun that asks
+    nothing still reports them)."""
+
+    endpoint: str  # the API root
+    model: str  # the served model's name
+    settings: dict[str, Any] = Field(default_factory=dict)  # generation, concurrency
+    answers: int = 0  # answers with a recorded request
+    latency_s: float | None = None  # mean seconds per answered request
+    latency_p95_s: float | None = None
+    prompt_tokens: int | None = None  # totals from the replies' `usage`
+    completion_tokens: int | None = None
+    requests: int = 0  # HTTP requests this run (retries included); 0 when all were stored
+    retries: int = 0
+
+
 class ArenaOutputs(_Outputs):
     models: dict[str, str] = Field(default_factory=dict)  # reference -> "name@3" battled
     battles: int = 0
@@ -157,6 +174,9 @@ class ArenaOutputs(_Outputs):
     leaderboard: list[Standing] = Field(default_factory=list)
     gates: dict[str, GateVerdict] = Field(default_factory=dict)
     judge: JudgeQuality | None = None  # None: no judge, or an older lock file
+    endpoints: dict[str, EndpointUsage] = Field(  # per endpoint contestant, by its label
+        default_factory=dict, exclude_if=lambda value: not value
+    )
 
     @property
     def failed_gates(self) -> list[str]:

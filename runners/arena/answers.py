@@ -39,7 +39,9 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
     return text[: min(ends)] if ends else text
 
 
-def _settings(generation: dict[str, Any]) -> tuple[int, float, float, int | None, list[str]]:
+def generation_settings(
+    generation: dict[str, Any],
+) -> tuple[int, float, float, int | None, list[str]]:
     try:
         max_new = int(generation.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         temperature = float(generation.get("temperature", 0.0) or 0.0)
@@ -79,7 +81,7 @@ def generate_answers(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    max_new, temperature, top_p, seed, stop = _settings(generation)
+    max_new, temperature, top_p, seed, stop = generation_settings(generation)
     tokenizer = AutoTokenizer.from_pretrained(
         str(tokenizer_folder(model_path)), padding_side="left", **SAFE_TOKENIZER
     )

@@ -342,8 +342,9 @@ def test_a_rollout_that_fails_its_check_is_proposed_for_revert(
 # The loop with a preference retrain: the Dataset the pipeline updates is `format:
 # preference`, so each correction collected becomes a pair (the correction chosen over the
 # served answer), and the Experiment trains it with DPO. The regression suite scores held-out
-# pairs beside the perplexity task; each pair is there twice, once swapped, so no model's
-# preference accuracy exceeds 0.5 and a `min: 0.9` gate fails whatever the training did.
+# pairs beside the perplexity task (the Experiment's suite too, so the pull request's report
+# shows them); each pair is there twice, once swapped, so no model's preference accuracy
+# exceeds 0.5 and a `min: 0.9` gate fails whatever the training did.
 PREFERENCE_SPECS = {
     "specs/datasets/prefs.yaml": """
 apiVersion: llmops/v1
@@ -372,7 +373,7 @@ spec:
     checkpoint_interval: 2
     merge: true
     lora: {r: 4, alpha: 8, target_modules: [q_proj, v_proj]}
-  eval_suite: smoke
+  eval_suite: prefs
   register_as: assistant
 """,
     "specs/evals/prefs.yaml": """

@@ -133,6 +133,9 @@ def test_dpo_lifts_held_out_preference_accuracy(
     assert len(steps) == 40
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
         assert all(key in r for r in steps)
+    # Tokens read per step (chosen and rejected, no padding) and the step's speed, as in SFT.
+    assert all(r["tokens"] > 0 and r["tokens_per_s"] > 0 for r in steps)
+    assert train_log.mean_tokens_per_s(records) is not None
     assert steps[-1]["rewards/margins"] > steps[0]["rewards/margins"]
     assert steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # log 2: policy == reference
     assert [r["step"] for r in records if "eval_loss" in r] == [0, 20, 40]

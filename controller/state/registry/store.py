@@ -378,9 +378,9 @@ class Registry:
         with it: its adapter_config.json names that folder (`../../<base>/<number>`).
         """
         folder = self.paths.views / version.model.name / str(version.number)
-        base_id = version.lineage.base_version_id if version.lineage else None
-        if base_id is not None and any(f.path == "adapter_config.json" for f in version.files):
-            base = self.by_id(base_id)
+        if version.lineage and any(f.path == "adapter_config.json" for f in version.files):
+            base_id = version.lineage.base_version_id  # None once the base was removed
+            base = self.by_id(base_id) if base_id is not None else None
             if base is None:
                 raise RegistryError(
                     f"{version.model.name}@{version.number} is a LoRA adapter whose base "
