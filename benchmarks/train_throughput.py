@@ -295,20 +295,22 @@ def best_of(rounds: int, *runs: Any) -> list[float]:
 def fastest_steps(rounds: int, *runs: Any) -> list[float]:
     """Tokens/s of each run from its fastest time at each step over `rounds` alternating
     rounds; the runs must read the same tokens at each step (same batches)."""
-    best: list[list[tuple[int, float]]] = []
+    best: dict[int, list[tuple[int, float]]] = {}
     for round_number in range(rounds):
-        for i, run in enumerate(runs):
+        # Every other round in reverse order: neither run always goes first.
+        order = list(enumerate(runs))[:: -1 if round_number % 2 else 1]
+        for i, run in order:
             steps = run()
             speed = sum(t for t, _ in steps) / sum(s for _, s in steps)
             print(f"  round {round_number + 1}, measurement {i + 1}: {speed:8.1f} tokens/s")
-            if len(best) <= i:
-                best.append(steps)
+            if i not in best:
+                best[i] = steps
                 continue
             assert [t for t, _ in steps] == [t for t, _ in best[i]], "batches differ"
             best[i] = [(t, min(s, b)) for (t, s), (_, b) in zip(steps, best[i], strict=True)]
-    tokens = [[t for t, _ in steps] for steps in best]
+    tokens = [[t for t, _ in best[i]] for i in sorted(best)]
     assert all(t == tokens[0] for t in tokens), f"the runs read different tokens: {tokens}"
-    return [sum(t for t, _ in steps) / sum(s for _, s in steps) for steps in best]
+    return [sum(t for t, _ in best[i]) / sum(s for _, s in best[i]) for i in sorted(best)]
 
 
 def tiny_model(folder: Path, hidden: int, layers: int) -> Path:

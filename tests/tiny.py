@@ -195,3 +195,29 @@ def plant_massive_activation(src: Path, dest: Path, plants: list[tuple[int, int]
         tensors["model.embed_tokens.weight"][token, dim] = 60.0
     save_file(tensors, str(dest / "model.safetensors"), metadata={"format": "pt"})
     return dest
+
+
+def make_random_adapter(base: Path, folder: Path, seed: int, rank: int = 4) -> Path:
+    """A LoRA adapter for `base` with random weights (so greedy answers differ from the base
+    and from other seeds), saved adapter-only and naming its base by a relative path."""
+    import json
+    import os
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank * 4,
+        target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    get_peft_model(model, config).save_pretrained(str(folder), safe_serialization=True)
+    path = folder / "adapter_config.json"
+    saved = json.loads(path.read_text())
+    saved["base_model_name_or_path"] = os.path.relpath(base, folder)
+    path.write_text(json.dumps(saved))
+    return folder

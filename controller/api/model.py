@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from controller.api.common import Name, PackageFile, RepoPath, Resource, Strict
 from runners.pull.urls import DEFAULT_MAX_BYTES, url_problem
@@ -93,13 +99,56 @@ class ExperimentSource(Strict):
     run: Name = "default"
 
 
+class QuantizeGate(Strict):
+    """When a quantized artifact may serve: measured through llama.cpp against its source."""
+
+    max_perplexity_increase: float = Field(
+        default=0.03,
+        ge=0,
+        description="Largest relative perplexity increase over the source version (0.03: 3%).",
+    )
+    min_token_agreement: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Least share of positions where the artifact's greedy next token is the "
+        "source's (greedy generations non-inferior within a margin).",
+    )
+    texts: RepoPath | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="A JSONL file (field text, or prompt + completion) or plain text file "
+        "(one text per line) the gate scores; a few built-in English texts when unset.",
+    )
+
+
+class QuantizedSource(Strict):
+    """A GGUF artifact derived from another registered version with llama.cpp's tooling."""
+
+    type: Literal["quantized"]
+    from_: str = Field(
+        alias="from",
+        pattern=r"^[a-z0-9][a-z0-9-]*(@[A-Za-z0-9._-]+)?$",
+        description="The model version quantised: name, name@number or name@alias. An "
+        "adapter version is merged into its base in memory first.",
+    )
+    format: Literal["gguf"] = "gguf"
+    quantization: Literal["f16", "q8_0", "q4_k_m"] = Field(
+        description="llama.cpp quantisation type of the artifact."
+    )
+    gate: QuantizeGate = Field(default_factory=QuantizeGate)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=False, serialize_by_alias=True)
+
+
 ModelSource = Annotated[
     LocalDirSource
     | GgufFileSource
     | PythonPackageSource
     | HubSource
     | UrlSource
-    | ExperimentSource,
+    | ExperimentSource
+    | QuantizedSource,
     Field(discriminator="type"),
 ]
 

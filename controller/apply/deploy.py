@@ -10,7 +10,12 @@ from typing import Any
 
 from controller.api import split_ref
 from controller.api.deployment import KEY_ENV_PATTERN, KEY_ENV_PREFIX, DeploymentSpec
-from controller.api.model import GgufFileSource, ModelSpec, PythonPackageSource
+from controller.api.model import (
+    GgufFileSource,
+    ModelSpec,
+    PythonPackageSource,
+    QuantizedSource,
+)
 from controller.apply.context import ApplyStep
 from controller.apply.evaluate import Evaluator
 from controller.apply.hooks import ConsoleProgress
@@ -96,12 +101,23 @@ class Deployer(ApplyStep):
             return prompts
         return []
 
-    def gguf_path(self, name: str, spec: DeploymentSpec) -> str | None:
-        """llama.cpp serves the GGUF file a Model spec was imported from."""
-        if spec.runtime != "llama-cpp":
-            return None
+    def gguf_path(self, name: str, spec: DeploymentSpec, folder: Path | None = None) -> str | None:
+        """llama.cpp serves the GGUF file a Model spec was imported from, or the one a
+        quantized Model derived (in the version's `folder`; its gate passed to be stored)."""
         model = self.desired.resources.get(f"Model/{split_ref(spec.model)[0]}")
         source = model.spec_as(ModelSpec).source if model else None
+        if spec.runtime != "llama-cpp":
+            if isinstance(source, QuantizedSource):
+                raise DeployError(
+                    f"Deployment {name}: {spec.model} is a GGUF artifact ({source.quantization});"
+                    " serve it with runtime llama-cpp, or serve its source "
+                    f"{source.from_} with runtime transformers"
+                )
+            return None
+        if isinstance(source, QuantizedSource) and folder is not None:
+            found = sorted(folder.glob("*.gguf"))
+            if found:
+                return str(found[0])
         if isinstance(source, GgufFileSource):
             return str(self.root / source.path)
         if isinstance(source, PythonPackageSource):
@@ -125,7 +141,7 @@ class Deployer(ApplyStep):
             "model_version": ref,
             "model_dir": str(path),
             "backend": spec.runtime,
-            "gguf_path": self.gguf_path(name, spec),
+            "gguf_path": self.gguf_path(name, spec, path),
             "host": "127.0.0.1",
             "public_port": spec.port,
             "api_key_env": SERVE_API_KEY_ENV if spec.api_key else None,
@@ -160,7 +176,10 @@ class Deployer(ApplyStep):
                     "to pool the served model's hidden states"
                 )
             _, path = ensure_model(
-                settings.model, dict(self.desired.resources), self.registry, self.root,
+                settings.model,
+                dict(self.desired.resources),
+                self.registry,
+                self.root,
                 self.console,
             )
             model_dir = str(path)

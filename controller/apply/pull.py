@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from controller.api import split_ref
-from controller.api.model import ExperimentSource, ModelSpec
+from controller.api.model import ExperimentSource, ModelSpec, QuantizedSource
+from controller.apply.quantize import quantize_model
 from controller.plan.types import DesiredResource
 from controller.report.model_card import render_card
 from controller.state.blobs import Blob
@@ -43,6 +44,9 @@ def pull_model(
     new version over the same blobs without fetching anything.
     """
     spec = resource.spec_as(ModelSpec)
+    if isinstance(spec.source, QuantizedSource):
+        status, derived = quantize_model(resource, registry, repo_root, console, force)
+        return PullOutcome(status, derived)
     source = spec.source.model_dump(mode="json")  # what the runner fetches, and its key
     name = resource.name
     if isinstance(spec.source, ExperimentSource):

@@ -23,7 +23,12 @@ from controller.api.dataset import (
 from controller.api.evalsuite import DatasetData, FileData
 from controller.api.evaluation import EvaluationSpec
 from controller.api.experiment import DEFAULT_RUN, ExperimentSpec
-from controller.api.model import ExperimentSource, GgufFileSource, LocalDirSource
+from controller.api.model import (
+    ExperimentSource,
+    GgufFileSource,
+    LocalDirSource,
+    QuantizedSource,
+)
 from controller.api.pipeline import PipelineStep
 from controller.load.code import CodeTable, code_identities
 from controller.load.compose import Override, Run, compose_experiment
@@ -454,6 +459,11 @@ def _check_model(r: _Resolver, spec: LoadedSpec) -> None:
         r._path(spec, ("spec", "source", "path"), source.path, address, folder_only=True)
     if isinstance(source, ExperimentSource):
         _model_from_run(r, spec, source, address)
+    if isinstance(source, QuantizedSource):
+        # The artifact is derived from that version: it waits for it, and a gate file is input.
+        r._model_ref(spec, ("spec", "source", "from"), source.from_, address)
+        if source.gate.texts:
+            r._path(spec, ("spec", "source", "gate", "texts"), source.gate.texts, address)
 
 
 def _model_from_run(r: _Resolver, spec: LoadedSpec, source: ExperimentSource, address: str) -> None:

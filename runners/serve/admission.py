@@ -23,7 +23,15 @@ from runners.serve.generation import (
     GenerationTimeout,
     Sampling,
 )
-from runners.serve.metrics import GENERATED_TOKENS, IN_FLIGHT, PROMPT_TOKENS, QUEUED, REJECTED
+from runners.serve.metrics import (
+    GENERATED_TOKENS,
+    IN_FLIGHT,
+    MODEL_GENERATED_TOKENS,
+    MODEL_REQUESTS,
+    PROMPT_TOKENS,
+    QUEUED,
+    REJECTED,
+)
 from runners.serve.usage import current_usage
 
 _END = object()
@@ -121,8 +129,11 @@ class Job:
 
 
 class Engine:
-    def __init__(self, backend: Backend, concurrency: int, queue: int, timeout_s: float) -> None:
+    def __init__(
+        self, backend: Backend, concurrency: int, queue: int, timeout_s: float, name: str = ""
+    ) -> None:
         self.backend = backend
+        self.name = name  # the base's served name: per-model metrics of a request sans adapter
         self.timeout_s = timeout_s
         self.gate = Gate(concurrency, queue)
         self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="generate")
@@ -198,6 +209,9 @@ class Engine:
             else:
                 PROMPT_TOKENS.inc(result.prompt_tokens)
                 GENERATED_TOKENS.inc(result.completion_tokens)
+                model = sampling.adapter or self.name
+                MODEL_REQUESTS.labels(model).inc()
+                MODEL_GENERATED_TOKENS.labels(model).inc(result.completion_tokens)
                 if usage is not None:  # before the result reaches the event loop
                     usage.add(result.prompt_tokens, result.completion_tokens)
                 return result

@@ -12,6 +12,13 @@ max_tokens, a stop string, its deadline, or its client leaving) leaves the batch
 the next request. Sampling (temperature, top_p, seed, min_tokens) is per request, and so is
 constrained decoding: a row with a JSON schema has its logits masked by its own llguidance
 matcher before sampling (constrained.py), the rows beside it untouched.
+
+Several LoRA adapters on the one base (config.adapters): the base is wrapped in a peft
+PeftModel holding every adapter by its served name, and each forward pass names the adapter
+of each row (peft's mixed-adapter batches, `adapter_names`; BASE_ROW for the base), so
+requests for different adapters share the batch and the base's weights are in memory once.
+Adapters are added and removed between steps (`add_adapter`, `remove_adapter`), under the
+lock the scheduler holds while it steps.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 
 from runners.serve import constrained
 from runners.serve.batching import SchedulerThread
+from runners.serve.errors import APIError
 from runners.serve.generation import (
     Control,
     Generation,
@@ -35,6 +43,18 @@ from runners.serve.logprobs import Piece, TokenLogprob, build, echo_groups, toke
 from runners.weights import SAFE_TOKENIZER, load_causal_lm, tokenizer_folder
 
 PREFILL_ROWS = 16  # prompts prefilled in one forward pass, at most
+BASE_ROW = "__base__"  # peft's name for a row that runs without an adapter
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be served here; the message names the folder and why."""
+
+
+def not_served(adapter: str) -> APIError:
+    """A request for an adapter unloaded after the request was admitted."""
+    return APIError(
+        404, f"The model '{adapter}' is no longer served", param="model", code="model_not_found"
+    )
 
 
 @dataclass(eq=False)
@@ -104,10 +124,79 @@ class TransformersBackend:
         self.grammars = constrained.Grammars(
             constrained.hf_tokenizer(tokenizer, int(model.config.vocab_size), self.eos_ids)
         )
+        self.base_dir: Path | None = None  # the base folder adapters must name (load)
+        self.adapters: set[str] = set()  # adapters new requests may name now
+        self.keys: dict[str, str] = {}  # adapter name -> peft's name, while it has rows
+        self.loads = 0  # adapters loaded so far: each gets a peft name of its own
+        self.lock = threading.RLock()  # held by the scheduler while it steps
         self.scheduler = Scheduler(self)
 
+    def add_adapter(self, name: str, folder: Path) -> None:
+        """Load a LoRA adapter on the served base, served as `name` once this returns;
+        AdapterError when it names another base or is not an adapter folder."""
+        from peft import PeftModel
+
+        from runners.weights import adapter_base
+
+        base = adapter_base(folder)
+        if base is None:
+            raise AdapterError(f"{folder} is not a LoRA adapter folder (no adapter_config.json)")
+        if self.base_dir is None or not base.resolve().samefile(self.base_dir.resolve()):
+            raise AdapterError(
+                f"{folder}: its base is {base}, but this runtime serves {self.base_dir}; "
+                "adapters served together must share one base version"
+            )
+        if name in self.adapters:
+            raise AdapterError(f"an adapter named '{name}' is served already; remove it first")
+        self.loads += 1
+        key = f"a{self.loads}"
+        with self.lock:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(folder), adapter_name=key, is_trainable=False)
+                self.model.set_adapter(key)
+                served = set(self.keys.values())
+                for stale in [a for a in self.model.peft_config if a not in served | {key}]:
+                    self.model.delete_adapter(stale)  # the last one removed (remove_adapter)
+            else:
+                self.model = PeftModel.from_pretrained(
+                    self.model, str(folder), adapter_name=key, is_trainable=False
+                ).eval()
+            self.keys[name] = key
+            self.adapters.add(name)
+
+    def remove_adapter(self, name: str, wait_s: float = 60.0) -> None:
+        """Stop serving an adapter: new requests for it are refused at once, those running
+        finish (for up to `wait_s`), then its weights are dropped. KeyError when not served."""
+        import time
+
+        with self.lock:
+            self.adapters.remove(name)
+        give_up = time.monotonic() + wait_s
+        while time.monotonic() < give_up and any(
+            r.sampling.adapter == name for r in list(self.scheduler.active)
+        ):
+            time.sleep(0.02)
+        with self.lock:
+            for request in [r for r in self.scheduler.active if r.sampling.adapter == name]:
+                request.control.cancelled.set()  # ran past wait_s: it leaves at the next step
+            key = self.keys.pop(name)
+            peft_config = getattr(self.model, "peft_config", {})
+            # peft cannot hold no adapter at all: the last one stays loaded, unserved, until
+            # the next add_adapter replaces it.
+            if key in peft_config and len(peft_config) > 1:
+                if self.model.active_adapter == key:
+                    self.model.set_adapter(next(a for a in peft_config if a != key))
+                self.model.delete_adapter(key)
+
+    def forward_kwargs(self, requests: list[_Request]) -> dict[str, Any]:
+        """`adapter_names` for a batch when adapters are loaded (one per row)."""
+        if not hasattr(self.model, "peft_config"):
+            return {}
+        keys = self.keys
+        return {"adapter_names": [keys.get(r.sampling.adapter or "", BASE_ROW) for r in requests]}
+
     @classmethod
-    def load(cls, model_dir: Path) -> TransformersBackend:
+    def load(cls, model_dir: Path, adapters: dict[str, Path] | None = None) -> TransformersBackend:
         import torch
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -126,7 +215,21 @@ class TransformersBackend:
         dtype = "auto" if device == "cuda" else torch.float32
         # An adapter version loads on its base and is merged in memory, never on disk.
         model = load_causal_lm(model_dir, merge=True, dtype=dtype)
-        return cls(model.to(device).eval(), tokenizer)
+        backend = cls(model.to(device).eval(), tokenizer)
+        if adapters:
+            from runners.weights import adapter_base
+
+            if adapter_base(model_dir) is not None:
+                raise AdapterError(
+                    f"{model_dir} is itself an adapter; serve adapters on a full base version"
+                )
+            backend.base_dir = model_dir
+            for name, folder in adapters.items():
+                backend.add_adapter(name, folder)
+            backend.model.to(device)
+        elif adapters is not None:
+            backend.base_dir = model_dir
+        return backend
 
     def chat_prompt(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
@@ -186,6 +289,8 @@ class TransformersBackend:
     ) -> Generation:
         """Generate after prompt token ids; blocks while the scheduler batches it with others."""
         control = control or Control()
+        if sampling.adapter is not None and sampling.adapter not in self.adapters:
+            raise not_served(sampling.adapter)
         request = _Request(ids, sampling, emit, control)
         if sampling.constraint is not None:
             request.matcher = constrained.start(sampling.constraint)
@@ -225,7 +330,7 @@ class Scheduler(SchedulerThread[_Request]):
                 arrived = list(self.inbox)
                 self.inbox.clear()
             try:
-                with torch.inference_mode():
+                with self.backend.lock, torch.inference_mode():
                     self._admit(arrived)
                     self._leave([i for i, r in enumerate(self.active) if r.control.should_stop()])
                     if self.active:
@@ -245,7 +350,11 @@ class Scheduler(SchedulerThread[_Request]):
         forward pass reads the weights once for all of them instead of once per prompt."""
         live = []
         for request in requests:
-            if request.control.should_stop():
+            adapter = request.sampling.adapter
+            if adapter is not None and adapter not in self.backend.adapters:
+                request.error = not_served(adapter)
+                request.done.set()  # removed while this request waited
+            elif request.control.should_stop():
                 self._finish(request)
             else:
                 live.append(request)
@@ -277,6 +386,7 @@ class Scheduler(SchedulerThread[_Request]):
             position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
             cache=cache,
             use_cache=True,
+            **backend.forward_kwargs(group),
             # echo scores every prompt token, so it needs the logits at every position
             logits_to_keep=0 if any(r.sampling.echo for r in group) else 1,
         )
@@ -353,6 +463,7 @@ class Scheduler(SchedulerThread[_Request]):
             position_ids=positions,
             cache=cache,
             use_cache=True,
+            **backend.forward_kwargs(self.active),
         )
         self.kv = [(layer.keys, layer.values) for layer in cache.layers]
         self.steps += 1

@@ -125,6 +125,14 @@ class Client(_Strict):
     quotas: Quotas = Field(default_factory=Quotas)
 
 
+class Adapter(_Strict):
+    """A LoRA adapter served beside the base (transformers backend): requests name it."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="The OpenAI model id that picks it.")
+    version: str = Field(min_length=1, description="The registry version it is (name@N).")
+    dir: Path = Field(description="The adapter's folder; its base must be model_dir.")
+
+
 class ServeConfig(_Strict):
     name: str = Field(pattern=NAME_PATTERN, description="Deployment name = the OpenAI model id.")
     model_version: str = Field(min_length=1)
@@ -158,9 +166,25 @@ class ServeConfig(_Strict):
     collect: Collect = Field(default_factory=Collect)
     smoke: Smoke = Field(default_factory=Smoke)
     embeddings: Embeddings = Field(default_factory=Embeddings)
+    adapters: list[Adapter] = Field(
+        default_factory=list,
+        description="LoRA adapters on model_dir served by this one process, each under its "
+        "own name (the request's model picks one; `name` is the base); more can be loaded "
+        "and unloaded while it runs (POST/DELETE /v2/adapters/{name}).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ServeConfig:
+        if self.adapters and self.backend != "transformers":
+            raise ValueError("adapters: only backend 'transformers' serves LoRA adapters")
+        served = {self.name}
+        for index, adapter in enumerate(self.adapters):
+            if adapter.name in served:
+                raise ValueError(
+                    f"adapters[{index}]: the name '{adapter.name}' is taken (the deployment "
+                    "or another adapter); each served model needs a name of its own"
+                )
+            served.add(adapter.name)
         if (
             self.embeddings.enabled
             and self.backend == "llama-cpp"

@@ -44,6 +44,9 @@ class Sampling:
     # Constrained decoding: what the backend's compile_constraint returned (constrained.py),
     # copied per request; None decodes freely.
     constraint: Any = None
+    # The LoRA adapter this request runs with (config.adapters, by its served name); None:
+    # the base model. Only the transformers backend serves adapters.
+    adapter: str | None = None
 
 
 @dataclass

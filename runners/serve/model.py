@@ -30,7 +30,8 @@ def load_backend(config: ServeConfig) -> Backend:
         assert config.model_dir is not None
         if not config.model_dir.is_dir():
             raise ValueError(f"{config.model_dir} is not a folder")
-        return TransformersBackend.load(config.model_dir)
+        adapters = {a.name: a.dir for a in config.adapters}
+        return TransformersBackend.load(config.model_dir, adapters)
     except Exception as err:  # any library error here means "these files do not load"
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ModelFailed(

@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from openai.types import Model
 from openai.types.chat import chat_completion_chunk as chunk_types
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
+from runners.errors import InvalidInput
 from runners.serve import embeddings, structured
 from runners.serve.admission import Engine, Job, timeout_error
 from runners.serve.collect import Collector
@@ -27,7 +29,7 @@ from runners.serve.config import ServeConfig
 from runners.serve.errors import APIError, error_body, from_validation
 from runners.serve.generation import Generation, GenerationCancelled, GenerationTimeout, Sampling
 from runners.serve.logprobs import Streamed, check_prompt_ids
-from runners.serve.metrics import REJECTED
+from runners.serve.metrics import MODEL_READY, REJECTED
 from runners.serve.middleware import json_error
 from runners.serve.model import ServeModel
 from runners.serve.protocol import (
@@ -95,6 +97,9 @@ class Service:
         self.collector = collector
         self.engine: Engine | None = None
         self.headers = {VERSION_HEADER: config.model_version}
+        # Adapters answering now, name -> version (config.adapters once loaded, then the
+        # /v2/adapters routes); the base answers under config.name.
+        self.adapters: dict[str, str] = {}
         limits = config.limits
         self.feedback_buckets = ClientBuckets(limits.feedback_per_s, limits.feedback_burst)
 
@@ -102,8 +107,15 @@ class Service:
         assert self.model.backend is not None
         limits = self.config.limits
         self.engine = Engine(
-            self.model.backend, limits.max_concurrency, limits.max_queue, limits.timeout_s
+            self.model.backend,
+            limits.max_concurrency,
+            limits.max_queue,
+            limits.timeout_s,
+            self.config.name,
         )
+        self.adapters = {a.name: a.version for a in self.config.adapters}
+        for name in [self.config.name, *self.adapters]:
+            MODEL_READY.labels(name).set(1)
 
     def ready_engine(self) -> Engine:
         # Loaded and smoke-checked (the backend is set only then). A stopping server keeps
@@ -121,14 +133,24 @@ class Service:
         return self.engine
 
     def check_model(self, name: str) -> None:
-        if name != self.config.name:
+        if name != self.config.name and name not in self.adapters:
+            served = ", ".join(f"'{n}'" for n in [self.config.name, *sorted(self.adapters)])
             raise APIError(
                 404,
-                f"The model '{name}' does not exist; this deployment serves "
-                f"'{self.config.name}' (GET /v1/models lists it)",
+                f"The model '{name}' does not exist; this deployment serves {served} "
+                "(GET /v1/models lists them)",
                 param="model",
                 code="model_not_found",
             )
+
+    def version_of(self, name: str) -> str:
+        """The version a served model name answers with (the fingerprint of its answers)."""
+        return self.adapters.get(name, self.config.model_version)
+
+    def cards(self) -> list[Model]:
+        created = self.model.created
+        cards = [model_card(self.config.name, self.config.model_version, created)]
+        return cards + [model_card(n, v, created) for n, v in sorted(self.adapters.items())]
 
     def sampling(self, req: ChatRequest | CompletionRequest, prompt_tokens: int) -> Sampling:
         limit = self.config.limits.max_tokens
@@ -166,6 +188,7 @@ class Service:
             min_tokens=min(req.min_tokens, max_tokens),
             logprobs=req.logprob_request()[0],
             echo=req.logprob_request()[1],
+            adapter=None if req.model == self.config.name else req.model,
         )
 
     def check_length(self, characters: int) -> None:
@@ -334,13 +357,13 @@ def register_routes(app: FastAPI, service: Service) -> None:
 
     @router.get("/models")
     async def list_models() -> Response:
-        card = model_card(config.name, config.model_version, service.model.created)
-        return JSONResponse({"object": "list", "data": [dump(card)]}, headers=headers)
+        cards = [dump(card) for card in service.cards()]
+        return JSONResponse({"object": "list", "data": cards}, headers=headers)
 
     @router.get("/models/{model_id:path}")
     async def get_model(model_id: str) -> Response:
         service.check_model(model_id)
-        card = model_card(config.name, config.model_version, service.model.created)
+        card = next(card for card in service.cards() if card.id == model_id)
         return JSONResponse(dump(card), headers=headers)
 
     @router.post("/chat/completions")
@@ -402,6 +425,75 @@ def register_routes(app: FastAPI, service: Service) -> None:
         return response
 
     app.add_exception_handler(APIError, api_error)
+    register_adapter_routes(app, service)
+
+
+def register_adapter_routes(app: FastAPI, service: Service) -> None:
+    """/v2/adapters: list, load and unload LoRA adapters on the served base while the
+    process serves the others (the local deploy target calls them on apply)."""
+    config = service.config
+
+    def listing() -> dict[str, Any]:
+        return {
+            "base": {"name": config.name, "version": config.model_version},
+            "adapters": [{"name": n, "version": v} for n, v in sorted(service.adapters.items())],
+        }
+
+    def transformers_backend() -> Any:
+        from runners.serve.backend_transformers import TransformersBackend
+
+        service.ready_engine()
+        backend = service.model.backend
+        if not isinstance(backend, TransformersBackend):
+            raise APIError(400, "only backend 'transformers' serves adapters", code="no_adapters")
+        return backend
+
+    @app.get("/v2/adapters")
+    async def list_adapters() -> Response:
+        return JSONResponse(listing())
+
+    @app.get("/v2/adapters/{name}/ready")
+    async def adapter_ready(name: str) -> Response:
+        if name not in service.adapters:
+            raise APIError(404, f"no adapter '{name}' is served", code="model_not_found")
+        return JSONResponse({"name": name, "version": service.adapters[name], "ready": True})
+
+    @app.post("/v2/adapters/{name}")
+    async def load_adapter(name: str, request: Request) -> Response:
+        from runners.serve.backend_transformers import AdapterError
+        from runners.serve.config import Adapter
+
+        backend = transformers_backend()
+        data = await read_json(request)
+        try:
+            adapter = Adapter.model_validate({**data, "name": name})
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "(body)"
+            raise APIError(400, f"{field}: {first['msg']}", code="invalid_adapter") from None
+        if name == config.name:
+            raise APIError(409, f"'{name}' is the base's name", code="name_taken")
+        if name in service.adapters:
+            raise APIError(
+                409, f"the adapter '{name}' is served already; unload it first", code="name_taken"
+            )
+        try:
+            await asyncio.to_thread(backend.add_adapter, name, adapter.dir)
+        except (AdapterError, InvalidInput) as err:
+            raise APIError(400, str(err), code="invalid_adapter") from None
+        service.adapters[name] = adapter.version
+        MODEL_READY.labels(name).set(1)
+        return JSONResponse(listing())
+
+    @app.delete("/v2/adapters/{name}")
+    async def unload_adapter(name: str) -> Response:
+        backend = transformers_backend()
+        if name not in service.adapters:
+            raise APIError(404, f"no adapter '{name}' is served", code="model_not_found")
+        del service.adapters[name]  # new requests for it: 404 from here on
+        MODEL_READY.labels(name).set(0)
+        await asyncio.to_thread(backend.remove_adapter, name, config.limits.timeout_s)
+        return JSONResponse(listing())
 
 
 @openai_errors
@@ -414,7 +506,7 @@ async def _chat(service: Service, request: Request, started: float) -> Response:
     job = await engine.admit(service.preparer(req, None, plan), started)
     id, created = new_id("chatcmpl"), now()
     tool_stream = structured.ToolStream(plan) if plan.calls_tools else None
-    name, fingerprint = service.config.name, service.config.model_version
+    name, fingerprint = req.model, service.version_of(req.model)
 
     async def record(result: Generation) -> None:
         await service.record(id, req.messages, result, "chat")
@@ -474,7 +566,7 @@ async def _complete(service: Service, request: Request, started: float) -> Respo
     assert isinstance(text, str)
     job = await engine.admit(service.preparer(req, prompt), started)
     id, created = new_id("cmpl"), now()
-    name, fingerprint = service.config.name, service.config.model_version
+    name, fingerprint = req.model, service.version_of(req.model)
     top, _ = req.logprob_request()
     logprobs = Streamed(top, 0 if req.echo else len(text))
 

@@ -136,3 +136,47 @@ def test_endpoint_usage_is_worded_and_escaped() -> None:
     # as stored in leaderboard.json, and an arena without endpoints says nothing
     assert endpoint_lines({"external": usage.model_dump(mode="json")}) == [line]
     assert "endpoints" not in ArenaOutputs().model_dump()
+
+
+def test_the_pull_request_report_shows_endpoint_usage_escaped() -> None:
+    from controller.plan.types import Plan
+    from controller.report.markdown import ReportInputs, render_report
+    from controller.state.lockfile import LockEntry
+
+    outputs = {
+        "models": {"tiny": "tiny@1", "vendor": "vendor"},
+        "battles": 2,
+        "votes": {"judge": 2},
+        "decided": 2,
+        "leaderboard": [
+            {"model": "vendor", "rating": 1100, "lower": 1050, "upper": 1150, "rank": 1,
+             "battles": 2},
+            {"model": "tiny@1", "rating": 900, "lower": 850, "upper": 950, "rank": 2,
+             "battles": 2},
+        ],
+        "endpoints": {
+            "vendor": {"endpoint": "https://api.example.com/v1", "model": "big|<i>m</i>",
+                       "answers": 2, "latency_s": 0.5, "latency_p95_s": 0.75,
+                       "prompt_tokens": 40, "completion_tokens": 12, "requests": 3,
+                       "retries": 1},
+        },
+    }  # fmt: skip
+    lock = {
+        "Arena/duel": LockEntry.model_validate(
+            {"kind": "Arena", "digest": "sha256:a", "outputs": outputs}
+        )
+    }
+    text = render_report(
+        ReportInputs(
+            base="main",
+            head="branch",
+            plan=Plan(()),
+            base_lock={},
+            head_lock=lock,
+            desired={"Arena/duel": "sha256:a"},
+        )
+    )
+    (line,) = [row for row in text.splitlines() if row.startswith("Endpoint vendor")]
+    assert "https://api.example.com/v1" in line and "0.5 s mean, 0.75 s p95" in line
+    assert "40 prompt + 12 completion tokens; 3 request(s) in the last run, 1 retried" in line
+    assert "<i>" not in line and "big\\|" in line

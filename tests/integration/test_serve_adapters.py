@@ -1,0 +1,234 @@
+"""Several LoRA adapters on one base in one serving process (transformers backend): the
+request's model picks the adapter, mixed batches answer as each adapter alone, and adapters
+load and unload while the others keep answering."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from runners.serve.config import ConfigError, parse_config
+from tests.serving import config, running
+from tests.tiny import make_random_adapter
+
+PROMPTS = ["How do I reset my password?", "Can I export my data?", "Paris"]
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        name: make_random_adapter(tiny_model, root / name, seed)
+        for name, seed in (("alpha", 1), ("beta", 2), ("gamma", 3))
+    }
+
+
+def alone(folder: Path) -> dict[str, str]:
+    """Each prompt's greedy answer from `folder` loaded by itself (an adapter merged on its
+    base, as a deployment of that one version serves it), with plain `model.generate`."""
+    from runners.serve.backend_transformers import TransformersBackend
+
+    backend = TransformersBackend.load(folder)
+    try:
+        answers = {}
+        for prompt in PROMPTS:
+            inputs = backend.tokenizer(
+                backend.chat_prompt([{"role": "user", "content": prompt}]),
+                return_tensors="pt",
+                add_special_tokens=False,
+            )
+            out = backend.model.generate(
+                **inputs,
+                max_new_tokens=MAX_TOKENS,
+                do_sample=False,
+                pad_token_id=backend.pad_token_id,
+            )
+            answers[prompt] = backend.tokenizer.decode(
+                out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+        return answers
+    finally:
+        backend.close()
+
+
+@pytest.fixture(scope="module")
+def references(tiny_model: Path, adapters: dict[str, Path]) -> dict[str, dict[str, str]]:
+    found = {"base": alone(tiny_model), **{n: alone(p) for n, p in adapters.items()}}
+    # The adapters must change the answers, or this file would prove nothing.
+    assert len({json.dumps(a, sort_keys=True) for a in found.values()}) == len(found), found
+    return found
+
+
+def chat(url: str, model: str, prompt: str, stream: bool = False) -> httpx.Response:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "stream": stream,
+    }
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+
+
+def text_of(response: httpx.Response) -> str:
+    assert response.status_code == 200, response.text
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+def streamed(url: str, model: str, prompt: str) -> str:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "stream": True,
+    }
+    pieces = []
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200, response.read().decode()
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                event = json.loads(line[6:])
+                assert "error" not in event, event
+                for choice in event.get("choices", []):
+                    pieces.append(choice["delta"].get("content") or "")
+    return "".join(pieces)
+
+
+def test_adapters_share_one_process_and_its_batches(
+    tiny_model: Path,
+    adapters: dict[str, Path],
+    references: dict[str, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    served = [{"name": n, "version": f"{n}@1", "dir": str(adapters[n])} for n in ("alpha", "beta")]
+    cfg = config("base", tiny_model, adapters=served)
+    cfg["limits"] = {"max_concurrency": 8, "max_queue": 16}
+    with running(cfg, tmp_path / "rt") as runtime:
+        url = runtime.url
+        listed = httpx.get(f"{url}/v1/models").json()["data"]
+        assert [(m["id"], m["owned_by"]) for m in listed] == [
+            ("base", "base@1"),
+            ("alpha", "alpha@1"),
+            ("beta", "beta@1"),
+        ]
+        # One at a time: each model answers as it does alone.
+        for model in ("base", "alpha", "beta"):
+            for prompt in PROMPTS:
+                response = chat(url, model, prompt)
+                assert text_of(response) == references[model][prompt], (model, prompt)
+                assert response.json()["model"] == model
+                assert response.headers["x-llmops-model-version"] == "base@1"
+                assert response.json()["system_fingerprint"] == f"{model}@1"
+        # All at once: rows of different adapters share the batch and still answer alike.
+        jobs = [(m, p) for _ in range(2) for m in ("base", "alpha", "beta") for p in PROMPTS]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            answers = list(pool.map(lambda job: text_of(chat(url, *job)), jobs))
+        assert answers == [references[m][p] for m, p in jobs]
+        log = runtime.stderr()
+        # An unknown model is a 404 that names what is served.
+        missing = chat(url, "delta", PROMPTS[0])
+        assert missing.status_code == 404
+        message = missing.json()["error"]["message"]
+        assert "'base', 'alpha', 'beta'" in message
+        metrics = httpx.get(f"{url}/metrics").text
+        for model in ("base", "alpha", "beta"):
+            assert f'llmops_serve_model_requests_total{{model="{model}"}} 9.0' in metrics
+            assert f'llmops_serve_model_ready{{model="{model}"}} 1.0' in metrics
+    assert "Traceback" not in log
+
+
+def test_an_adapter_loads_and_unloads_while_another_streams(
+    tiny_model: Path,
+    adapters: dict[str, Path],
+    references: dict[str, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    served = [{"name": "alpha", "version": "alpha@1", "dir": str(adapters["alpha"])}]
+    cfg = config("base", tiny_model, adapters=served)
+    with running(cfg, tmp_path / "rt") as runtime:
+        url = runtime.url
+        stop = threading.Event()
+        seen: dict[str, Any] = {"answered": 0, "failures": []}
+
+        def stream_alpha() -> None:
+            while not stop.is_set():
+                for prompt in PROMPTS:
+                    try:
+                        text = streamed(url, "alpha", prompt)
+                    except (AssertionError, httpx.HTTPError) as err:
+                        seen["failures"].append(repr(err))
+                        continue
+                    if text != references["alpha"][prompt]:
+                        seen["failures"].append(f"alpha answered {text!r} to {prompt!r}")
+                    seen["answered"] += 1
+
+        client = threading.Thread(target=stream_alpha, daemon=True)
+        client.start()
+        try:
+            assert chat(url, "gamma", PROMPTS[0]).status_code == 404
+            loaded = httpx.post(
+                f"{url}/v2/adapters/gamma",
+                json={"version": "gamma@1", "dir": str(adapters["gamma"])},
+                timeout=60,
+            )
+            assert loaded.status_code == 200, loaded.text
+            assert httpx.get(f"{url}/v2/adapters/gamma/ready").status_code == 200
+            ids = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+            assert ids == ["base", "alpha", "gamma"]
+            for prompt in PROMPTS:
+                assert text_of(chat(url, "gamma", prompt)) == references["gamma"][prompt]
+            # A second load under a served name is refused; so is another base's adapter.
+            again = httpx.post(
+                f"{url}/v2/adapters/gamma",
+                json={"version": "gamma@2", "dir": str(adapters["beta"])},
+            )
+            assert again.status_code == 409
+            not_adapter = httpx.post(
+                f"{url}/v2/adapters/delta", json={"version": "d@1", "dir": str(tiny_model)}
+            )
+            assert not_adapter.status_code == 400
+            assert "not a LoRA adapter folder" in not_adapter.json()["error"]["message"]
+            removed = httpx.delete(f"{url}/v2/adapters/gamma", timeout=120)
+            assert removed.status_code == 200, removed.text
+            gone = chat(url, "gamma", PROMPTS[0])
+            assert gone.status_code == 404
+            assert "'base', 'alpha'" in gone.json()["error"]["message"]
+            assert httpx.get(f"{url}/v2/adapters/gamma/ready").status_code == 404
+        finally:
+            stop.set()
+            client.join()
+        assert seen["answered"] > 0
+        assert seen["failures"] == []
+        # Removing the last adapter leaves the base, and another can be loaded afterwards.
+        assert httpx.delete(f"{url}/v2/adapters/alpha", timeout=120).status_code == 200
+        assert chat(url, "alpha", PROMPTS[0]).status_code == 404
+        assert text_of(chat(url, "base", PROMPTS[0])) == references["base"][PROMPTS[0]]
+        reloaded = httpx.post(
+            f"{url}/v2/adapters/beta",
+            json={"version": "beta@1", "dir": str(adapters["beta"])},
+            timeout=60,
+        )
+        assert reloaded.status_code == 200, reloaded.text
+        for prompt in PROMPTS:
+            assert text_of(chat(url, "beta", prompt)) == references["beta"][prompt]
+    assert "Traceback" not in runtime.stderr()
+
+
+def test_config_refuses_adapters_it_cannot_serve(tmp_path: Path) -> None:
+    base = {"name": "base", "model_version": "base@1", "model_dir": str(tmp_path)}
+    adapter = {"name": "alpha", "version": "alpha@1", "dir": str(tmp_path / "a")}
+    with pytest.raises(ConfigError, match=r"adapters\[1\]: the name 'alpha' is taken"):
+        parse_config(json.dumps({**base, "adapters": [adapter, adapter]}), "serve.json")
+    with pytest.raises(ConfigError, match=r"adapters\[0\]: the name 'base' is taken"):
+        parse_config(json.dumps({**base, "adapters": [{**adapter, "name": "base"}]}), "s.json")
+    gguf = {**base, "backend": "llama-cpp", "gguf_path": "m.gguf", "adapters": [adapter]}
+    with pytest.raises(ConfigError, match="only backend 'transformers' serves LoRA adapters"):
+        parse_config(json.dumps(gguf), "serve.json")
