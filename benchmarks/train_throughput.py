@@ -16,7 +16,7 @@ the next question's answer. Both see the same batches in the same order (same se
 with --rounds N each step's fastest time over the rounds is kept, for each side.
 
     python benchmarks/train_throughput.py [--model PATH | --tiny] [--steps 10] [--batch 8]
-        [--len 128] [--only sft|dpo] [--rounds 2]
+        [--len 128] [--only sft|dpo] [--rounds 2] [--threads 1]
 
 Without --model it uses SmolLM2-135M-Instruct from the registry (pulled by `make demo`), or
 the converted copy cached by the other benchmarks; --tiny builds the tests' random tiny
@@ -331,7 +331,12 @@ def main() -> None:
     parser.add_argument("--len", type=int, default=128)
     parser.add_argument("--only", choices=("sft", "dpo"))
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (1 on a shared machine: no stalled barriers)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         model = (
             tiny_model(Path(folder), args.hidden, args.layers)

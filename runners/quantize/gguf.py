@@ -35,6 +35,15 @@ def _permute(weights: Any, n_head: int) -> Any:
     )
 
 
+def _pre_tokenizer(saved: dict[str, Any]) -> str:
+    """llama.cpp's name for the split before BPE: GPT-2's regex for a plain byte-level
+    pre-tokenizer (the tiny model, SmolLM2 as transformers saves it), else its default."""
+    pre = saved.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "gpt2"
+    return "default"
+
+
 def _write_f16(folder: Path, dest: Path, name: str) -> None:
     import gguf
     import numpy as np
@@ -89,7 +98,7 @@ def _write_f16(folder: Path, dest: Path, name: str) -> None:
     writer.add_vocab_size(size)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(_pre_tokenizer(saved))
     writer.add_token_list(tokens)
     writer.add_token_types([int(t) for t in types])
     gguf.SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=size).add_to_gguf(writer, quiet=True)
@@ -98,6 +107,8 @@ def _write_f16(folder: Path, dest: Path, name: str) -> None:
     for key, data in state.items():
         if key.endswith("rotary_emb.inv_freq"):
             continue
+        if key == "lm_head.weight" and config.get("tie_word_embeddings"):
+            continue  # llama.cpp reuses token_embd when the file has no output tensor
         if key.endswith("q_proj.weight"):
             data = _permute(data, n_head)
         elif key.endswith("k_proj.weight"):
