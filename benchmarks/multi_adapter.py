@@ -99,7 +99,12 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=32, help="the tiny model's width")
     parser.add_argument("--layers", type=int, default=2, help="the tiny model's depth")
     args = parser.parse_args()
-    limits = {"max_concurrency": CLIENTS, "max_queue": CLIENTS, "max_tokens": args.max_tokens}
+    limits = {
+        "max_concurrency": CLIENTS,
+        "max_queue": CLIENTS,
+        "max_tokens": args.max_tokens,
+        "timeout_s": 600,
+    }
     with tempfile.TemporaryDirectory(prefix="multi-adapter-") as folder:
         tmp = Path(folder)
         base = make_tiny_llama(tmp / "base", hidden=args.hidden, layers=args.layers)

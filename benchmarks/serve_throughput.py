@@ -6,7 +6,10 @@ run on the same model and prompts:
   - plain transformers `model.generate`, one stream (requests one after another), and in
     static batches of 8 (left-padded, greedy), in this process while the servers sit idle;
   - llama-cpp-python's own OpenAI server on the GGUF, and llmops' llama-cpp backend, when
-    `llama_cpp` is importable (its server needs the `server` extra).
+    `llama_cpp` is importable (its server needs the `server` extra);
+  - the transformers folder (`--model-dir`: a fine-tune such as the demo champion) exported
+    to a q8_0 GGUF by llmops (runners/quantize) on the llama-cpp backend, with file sizes
+    and the quality gate's numbers against the folder.
 llama-cpp-python's server runs with `--interrupt_requests False` (by default a new request
 cuts the stream being generated). Servers take turns (on 2 cores no two may compete for the
 CPU): one warm-up request, then N streamed chat completions (fixed prompts, temperature 0)
@@ -46,6 +49,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "smollm2-bench"
+EXPORT = "llmops (llama-cpp, q8_0)"
 ROUTE = "/v1/chat/completions"
 READY_WAIT_S = 300  # importing torch and kserve on a loaded 2-core machine is slow
 N_CTX = 4096  # the llmops llama-cpp backend's context; llama-cpp-python's server defaults to 2048
@@ -405,6 +409,15 @@ def llama_cpp_server(gguf: Path, tmp: Path) -> Server:
     return Server("llama-cpp-python", command, "/v1/models", port, log, {"repeat_penalty": 1.0})
 
 
+def q8_export(folder: Path, tmp: Path) -> tuple[Path, dict]:
+    """The folder as a q8_0 GGUF (llmops' export) and its quality gate against the folder."""
+    from runners.quantize import DEFAULT_TEXTS, export_gguf, quality_gate
+
+    print(f"exporting {folder.name} to a q8_0 GGUF and gating it ...", flush=True)
+    path = export_gguf(folder, tmp / "export.q8_0.gguf", "q8_0", name=NAME)
+    return path, quality_gate(folder, path, DEFAULT_TEXTS).as_dict()
+
+
 def ratio(ours: float, base: float) -> float:
     return ours / base if base else float("nan")  # a level with no answers has no rate
 
@@ -482,6 +495,8 @@ def main() -> None:
     folder = args.model_dir or transformers_folder(gguf)
     limit = max(args.concurrency)
     llama_cpp = not args.no_llama_cpp and importlib.util.find_spec("llama_cpp") is not None
+    sizes: dict[str, int] = {}
+    gate: dict = {}
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as name:
         tmp = Path(name)
         servers = [
@@ -495,6 +510,17 @@ def main() -> None:
                 llmops_server(
                     "llmops (llama-cpp)", tmp, limit, backend="llama-cpp", gguf_path=str(gguf)
                 )
+            )
+            exported, gate = q8_export(folder, tmp)
+            sizes = {
+                "transformers folder (safetensors)": sum(
+                    f.stat().st_size for f in folder.glob("*.safetensors")
+                ),
+                f"package GGUF ({gguf.name})": gguf.stat().st_size,
+                "llmops q8_0 export": exported.stat().st_size,
+            }
+            servers.append(
+                llmops_server(EXPORT, tmp, limit, backend="llama-cpp", gguf_path=str(exported))
             )
         else:
             print("(llama_cpp is not importable: llama-cpp-python is left out)")
@@ -531,6 +557,16 @@ def main() -> None:
         f"{os.cpu_count()} CPU cores; llmops max_concurrency {limit}"
     )
     report(servers, plain, args.concurrency)
+    if llama_cpp:
+        print()
+        for label, size in sizes.items():
+            print(f"  {label}: {size / 1e6:.1f} MB")
+        print(f"  quality gate, q8_0 export against the folder: {json.dumps(gate)}")
+        by_label = {s.label: s for s in servers}
+        for c in args.concurrency:
+            mine = by_label[EXPORT].results[c].tokens_per_s
+            base = by_label["llmops (transformers)"].results[c].tokens_per_s
+            print(f"  {EXPORT} / llmops (transformers) at {c} client(s): {ratio(mine, base):.2f}x")
 
 
 if __name__ == "__main__":

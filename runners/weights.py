@@ -83,12 +83,13 @@ def load_causal_lm(folder: Path | str, merge: bool = False, **kwargs: Any) -> An
     adapter on top (peft), merged in memory when `merge` (faster to run; never written)."""
     from transformers import AutoModelForCausalLM
 
-    options = {**SAFE_MODEL, **kwargs}
+    # The safety flags are passed apart from kwargs: a caller cannot override them (a clash is
+    # a TypeError, not a silent trust_remote_code).
     base = adapter_base(folder)
     if base is None:
-        return AutoModelForCausalLM.from_pretrained(str(folder), **options)
+        return AutoModelForCausalLM.from_pretrained(str(folder), **kwargs, **SAFE_MODEL)
     from peft import PeftModel
 
-    model = AutoModelForCausalLM.from_pretrained(str(base), **options)
+    model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs, **SAFE_MODEL)
     adapted = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     return adapted.merge_and_unload() if merge else adapted

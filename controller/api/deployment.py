@@ -16,7 +16,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from controller.api.common import Name, Ref, Resource, SecretRef, Strict
+from controller.api.common import Name, Ref, Resource, SecretRef, Strict, split_ref
 
 # A Deployment's key comes from a variable with this prefix only: a spec names one variable
 # of the apply environment, and any other (a CI token, a cloud key) must never be copied into
@@ -299,6 +299,36 @@ class DeploymentSpec(Strict):
         f"too, is one more client named '{DEFAULT_CLIENT}', without quotas.",
     )
     embeddings: Embeddings = Field(default_factory=Embeddings)
+    adapters: list[Ref] = Field(
+        default_factory=list,
+        description="LoRA adapter versions of `model` (adapter-only Model versions whose base "
+        "is the version `model` names) served by the same process, each under its Model's "
+        "name: a request's `model` picks one, the Deployment's own name is the base. Apply "
+        "loads and unloads adapters in the running process (runtime transformers, target "
+        "local).",
+    )
+
+    @field_validator("adapters")
+    @classmethod
+    def _distinct_adapters(cls, adapters: list[str], info: ValidationInfo) -> list[str]:
+        if not adapters:
+            return adapters
+        if info.data.get("runtime") != "transformers":
+            raise ValueError("adapters are served by runtime transformers only")
+        if info.data.get("target") != "local":
+            raise ValueError("adapters are served by target local only")
+        seen: dict[str, int] = {}
+        for index, ref in enumerate(adapters):
+            name = split_ref(ref)[0]
+            if name in seen:
+                raise ValueError(
+                    f"adapters[{index}] names the Model '{name}' again (adapters[{seen[name]}]); "
+                    "each adapter is served under its Model's name, so names must be unique"
+                )
+            if name == split_ref(str(info.data.get("model") or ""))[0]:
+                raise ValueError(f"adapters[{index}] is the served model itself")
+            seen[name] = index
+        return adapters
 
     @field_validator("embeddings")
     @classmethod
@@ -351,6 +381,8 @@ class DeploymentSpec(Strict):
             data.pop("clients", None)
         if self.embeddings == Embeddings():
             data.pop("embeddings", None)
+        if not data.get("adapters"):
+            data.pop("adapters", None)
         return data
 
 

@@ -27,6 +27,7 @@ from controller.targets.local import SERVE_API_KEY_ENV
 from runners.deploy.release import DeployError, Release, client_key_env
 from runners.evaluate.placeholders import fill
 from runners.pull.origins import package_file
+from runners.weights import adapter_base
 
 
 class Deployer(ApplyStep):
@@ -161,7 +162,33 @@ class Deployer(ApplyStep):
             ]
         if spec.embeddings.enabled:  # absent when off: configs from before embeddings stay
             config["embeddings"] = self.embeddings_config(name, spec)
+        if spec.adapters:  # absent without: configs (and digests) from before adapters stay
+            config["adapters"] = self.adapters_config(name, spec, path)
         return config, ref
+
+    def adapters_config(self, name: str, spec: DeploymentSpec, base: Path) -> list[dict[str, Any]]:
+        """The runtime's `adapters`: each adapter version materialised beside its base, which
+        must be the version the Deployment serves."""
+        served = []
+        for index, adapter in enumerate(spec.adapters):
+            version, path = ensure_model(
+                adapter, dict(self.desired.resources), self.registry, self.root, self.console
+            )
+            ref = f"{version.model.name}@{version.number}"
+            found = adapter_base(path)
+            if found is None or found.resolve() != Path(base).resolve():
+                raise DeployError(
+                    f"Deployment {name}: adapters[{index}] {ref} "
+                    + ("is not an adapter-only version" if found is None else "has another base")
+                    + f"; adapters must be LoRA versions (training.merge: false) of {spec.model}"
+                )
+            if version.model.name == name:
+                raise DeployError(
+                    f"Deployment {name}: adapters[{index}] {ref} has the Deployment's own name, "
+                    "which serves the base; rename the Deployment or the Model"
+                )
+            served.append({"name": version.model.name, "version": ref, "dir": str(path)})
+        return served
 
     def embeddings_config(self, name: str, spec: DeploymentSpec) -> dict[str, Any]:
         """The runtime's `embeddings` section; an embedding model is pulled like the served

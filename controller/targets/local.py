@@ -60,6 +60,7 @@ class LocalTarget(Target):
                 digest,
                 check=check,
                 tick=lambda s: update(f"  starting {ref} for {name} ({s:.0f} s)"),
+                key=check_key,
             )
         progress.note(f"  {name}: {happened} {ref} at {state.endpoint}/v1 (pid {state.pid})")
         return DeploymentOutputs(version=ref, target="local", endpoint=f"{state.endpoint}/v1")

@@ -229,15 +229,24 @@ def rollout(
     ready_timeout_s: float = 600.0,
     check: Callable[[int], str | None] | None = None,
     tick: Callable[[float], None] | None = None,
+    key: str | None = None,
 ) -> tuple[ProcessState, str]:
     """Start the new version, check it, switch, stop the old one; roll back on failure.
 
     `config` is the runtime's config without ports; `check(port)` returns a problem or None.
-    Returns the state now serving and what happened ("unchanged", "started", "replaced").
+    When only the served adapters differ, the running process loads and unloads them in
+    place (`key` authorises those calls) and keeps serving the others throughout.
+    Returns the state now serving and what happened ("unchanged", "started", "replaced",
+    "adapters changed").
     """
     old = current(folder)
     if old is not None and old.config_digest == config_digest and is_ready(old.port):
         return old, "unchanged"
+    if old is not None and is_ready(old.port):
+        adapted = change_adapters(old, config, config_digest, key)
+        if adapted is not None:
+            write_state(folder, adapted)
+            return adapted, "adapters changed"
     public_port = int(config["public_port"])
     host = str(config.get("host") or "127.0.0.1")
     owner = port_owner(name, folder)
@@ -279,6 +288,57 @@ def rollout(
         raise DeployError(f"{name}: {version} failed its check after starting ({problem})")
     write_state(folder, new)
     return new, "replaced" if old else "started"
+
+
+def change_adapters(
+    old: ProcessState, config: dict[str, Any], config_digest: str, key: str | None
+) -> ProcessState | None:
+    """Load and unload adapters in the running process when nothing else in its config
+    changed (runners/serve/routes.py /v2/adapters); None when a restart is needed.
+    New adapters load before old ones leave; a new version of one adapter replaces it (its
+    own requests get 404 between the two calls, the others never notice)."""
+    import httpx
+
+    try:
+        previous = json.loads(Path(old.config_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    kept = {k: v for k, v in previous.items() if k not in ("port", "state_dir", "adapters")}
+    if kept != {k: v for k, v in config.items() if k != "adapters"}:
+        return None
+    before = {a["name"]: a for a in previous.get("adapters", [])}
+    after = {a["name"]: a for a in config.get("adapters", [])}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = f"http://127.0.0.1:{old.port}/v2/adapters"
+
+    def call(method: str, name: str, body: dict[str, Any] | None = None) -> None:
+        try:
+            response = httpx.request(
+                method, f"{url}/{name}", json=body, headers=headers, timeout=600
+            )
+        except httpx.HTTPError as err:
+            raise DeployError(f"{old.name}: adapter {name}: {method} failed: {err}") from None
+        if response.status_code != 200:
+            raise DeployError(
+                f"{old.name}: adapter {name}: {method} answered {response.status_code}: "
+                f"{response.text[:300]}; {old.version} keeps serving the adapters it had"
+            )
+
+    changed = [n for n in after if n in before and after[n] != before[n]]
+    for name in changed:
+        call("DELETE", name)
+    for name, adapter in after.items():
+        if name not in before or name in changed:
+            call("POST", name, {"version": adapter["version"], "dir": adapter["dir"]})
+    for name in before:
+        if name not in after:
+            call("DELETE", name)
+    written = {**previous, "adapters": config.get("adapters", [])}
+    if not written["adapters"]:
+        del written["adapters"]
+    text = json.dumps(written, indent=2, sort_keys=True) + "\n"
+    Path(old.config_path).write_text(text, encoding="utf-8")
+    return ProcessState(**{**asdict(old), "config_digest": config_digest})
 
 
 def port_owner(name: str, folder: Path) -> ports.Owner:

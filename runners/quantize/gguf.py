@@ -35,12 +35,25 @@ def _permute(weights: Any, n_head: int) -> Any:
     )
 
 
+def _rope_theta(config: dict[str, Any], folder: Path) -> float:
+    """The rotary base; transformers 5 keeps it under `rope_parameters`. Scaled rotary
+    embeddings (llama3, yarn, ...) are not exported."""
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind != "default":
+        raise QuantizeError(
+            f"{folder}/config.json: rope type '{kind}' is not exported to GGUF by llmops "
+            "(only default rotary embeddings); serve this model with runtime transformers"
+        )
+    return float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0)
+
+
 def _pre_tokenizer(saved: dict[str, Any]) -> str:
     """llama.cpp's name for the split before BPE: GPT-2's regex for a plain byte-level
     pre-tokenizer (the tiny model, SmolLM2 as transformers saves it), else its default."""
     pre = saved.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     return "default"
 
 
@@ -94,7 +107,7 @@ def _write_f16(folder: Path, dest: Path, name: str) -> None:
     writer.add_head_count_kv(n_kv)
     writer.add_rope_dimension_count(hidden // n_head)
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-    writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+    writer.add_rope_freq_base(_rope_theta(config, folder))
     writer.add_vocab_size(size)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     writer.add_tokenizer_model("gpt2")

@@ -41,6 +41,15 @@ def test_f16_and_q8_0_pass_the_gate_and_a_broken_artifact_fails_it(
     exact = quality_gate(tiny_model, tmp_path / "tiny.f16.gguf", DEFAULT_TEXTS)
     assert exact.token_agreement >= 0.98 and abs(exact.perplexity_increase) < 1e-3
 
+    # The rotary base comes from config (transformers 5 keeps it under rope_parameters).
+    wide = tmp_path / "wide-rope"
+    shutil.copytree(tiny_model, wide)
+    config = json.loads((wide / "config.json").read_text())
+    config.pop("rope_theta", None)
+    config["rope_parameters"] = {"rope_theta": 100.0, "rope_type": "default"}
+    (wide / "config.json").write_text(json.dumps(config))
+    assert _logit_gap(wide, export_gguf(wide, tmp_path / "wide.gguf", "f16")) < 7e-4
+
     # Another model's weights in the artifact: the greedy tokens disagree.
     other = make_tiny_llama(tmp_path / "other", seed=7)
     broken = export_gguf(other, tmp_path / "broken.gguf", "f16")
@@ -53,6 +62,26 @@ def test_f16_and_q8_0_pass_the_gate_and_a_broken_artifact_fails_it(
     )
     if strict.perplexity_increase > 0:
         assert [f.split(":")[0] for f in strict.failed] == ["perplexity"]
+
+
+def _logit_gap(folder: Path, gguf: Path) -> float:
+    """Largest difference between transformers' and llama.cpp's logits on one long text (the
+    tiny model's logits stay under 1; a rotary base of 10000 instead of 100 gives 1.5e-3)."""
+    import llama_cpp
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(str(folder))(" ".join(DEFAULT_TEXTS))["input_ids"]
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(str(folder))(torch.tensor([ids])).logits[0]
+    llm = llama_cpp.Llama(model_path=str(gguf), logits_all=True, n_ctx=256, verbose=False)
+    try:
+        llm.eval(ids)
+        got = np.asarray(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    return float(np.abs(got - ref.numpy()).max())
 
 
 def test_an_adapter_is_merged_before_export(tmp_path: Path, tiny_model: Path) -> None:

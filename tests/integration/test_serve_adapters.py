@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -232,3 +233,114 @@ def test_config_refuses_adapters_it_cannot_serve(tmp_path: Path) -> None:
     gguf = {**base, "backend": "llama-cpp", "gguf_path": "m.gguf", "adapters": [adapter]}
     with pytest.raises(ConfigError, match="only backend 'transformers' serves LoRA adapters"):
         parse_config(json.dumps(gguf), "serve.json")
+
+
+def test_apply_rollout_adds_and_removes_an_adapter_in_place(
+    tiny_model: Path,
+    adapters: dict[str, Path],
+    references: dict[str, dict[str, str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What apply does for target local when only `adapters` changed (runners/deploy/local.py
+    `rollout`): the running process loads the new adapter and unloads the old one, with the
+    deployment's key, while a client streams from another adapter without one failure."""
+    from runners.deploy import local
+    from runners.serve import ports
+
+    monkeypatch.setenv(ports.CLAIMS_ENV, str(tmp_path / "claims"))
+    folder, public = tmp_path / "deployment", local.free_port()
+    key = {"Authorization": "Bearer sk-adapters"}
+
+    def cfg(*names: str) -> dict[str, Any]:
+        return {
+            "name": "base",
+            "model_version": "base@1",
+            "model_dir": str(tiny_model),
+            "host": "127.0.0.1",
+            "public_port": public,
+            "api_key_env": "ADAPTER_TEST_KEY",
+            "smoke": {"prompts": ["Hello!"], "max_tokens": 4},
+            "adapters": [{"name": n, "version": f"{n}@1", "dir": str(adapters[n])} for n in names],
+        }
+
+    def rollout(config: dict[str, Any], digest: str) -> tuple[Any, str]:
+        env = {"ADAPTER_TEST_KEY": "sk-adapters"}
+        return local.rollout("base", "base@1", config, folder, env, digest, key="sk-adapters")
+
+    first, happened = rollout(cfg("alpha"), "d1")
+    url = f"http://127.0.0.1:{public}"
+    try:
+        assert happened == "started"
+        stop = threading.Event()
+        seen: dict[str, Any] = {"answered": 0, "failures": []}
+
+        def stream_alpha() -> None:
+            body = {
+                "model": "alpha",
+                "messages": [{"role": "user", "content": PROMPTS[0]}],
+                "max_tokens": MAX_TOKENS,
+                "temperature": 0,
+                "stream": True,
+            }
+            while not stop.is_set():
+                try:
+                    with httpx.stream(
+                        "POST", f"{url}/v1/chat/completions", json=body, headers=key, timeout=60
+                    ) as response:
+                        lines = list(response.iter_lines())
+                    if response.status_code != 200 or "data: [DONE]" not in lines:
+                        seen["failures"].append(f"{response.status_code} {lines[-2:]}")
+                    else:
+                        seen["answered"] += 1
+                except Exception as err:  # any failure is a failed request
+                    seen["failures"].append(repr(err))
+
+        def answered(more: int) -> None:
+            until, goal = time.monotonic() + 120, seen["answered"] + more
+            while seen["answered"] < goal and time.monotonic() < until and not seen["failures"]:
+                time.sleep(0.05)
+
+        client = threading.Thread(target=stream_alpha, daemon=True)
+        client.start()
+        try:
+            answered(2)
+            added, happened = rollout(cfg("alpha", "gamma"), "d2")
+            assert happened == "adapters changed" and added.pid == first.pid
+            gamma = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={
+                    "model": "gamma",
+                    "messages": [{"role": "user", "content": PROMPTS[1]}],
+                    "max_tokens": MAX_TOKENS,
+                    "temperature": 0,
+                },
+                headers=key,
+                timeout=60,
+            )
+            assert text_of(gamma) == references["gamma"][PROMPTS[1]]
+            answered(2)
+            removed, happened = rollout(cfg("alpha"), "d3")
+            assert happened == "adapters changed" and removed.pid == first.pid
+            gone = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "gamma", "messages": [{"role": "user", "content": "hi"}]},
+                headers=key,
+            )
+            assert gone.status_code == 404
+            answered(2)
+            again, happened = rollout(cfg("alpha"), "d3")
+            assert happened == "unchanged" and again.pid == first.pid
+        finally:
+            stop.set()
+            client.join()
+        assert seen["answered"] > 0 and seen["failures"] == [], seen
+        # The admin routes need the deployment's key like every other route.
+        assert httpx.get(f"{url}/v2/adapters").status_code == 401
+        # A later restart (any other change) starts from the adapters now served.
+        state = local.current(folder)
+        assert state is not None
+        written = json.loads(Path(state.config_path).read_text())
+        assert [a["name"] for a in written["adapters"]] == ["alpha"]
+    finally:
+        local.stop(folder)

@@ -197,7 +197,7 @@ def test_arena_needs_voters_distinct_models_and_gates_on_its_models() -> None:
     base = VALID["Arena"]
     with pytest.raises(ValidationError, match="a 'judge', 'human_votes: true', or both"):
         Arena.model_validate(envelope("Arena", {**base, "judge": None}))
-    with pytest.raises(ValidationError, match="the same reference twice"):
+    with pytest.raises(ValidationError, match="names a@1 twice"):
         Arena.model_validate(envelope("Arena", {**base, "models": ["a@1", "a@1"]}))
     with pytest.raises(ValidationError, match="which is not in 'models'"):
         gate = {"candidate": "other", "baseline": "base@1"}
