@@ -161,6 +161,7 @@ class TransformersBackend:
                 self.model = PeftModel.from_pretrained(
                     self.model, str(folder), adapter_name=key, is_trainable=False
                 ).eval()
+            self.model.to(self.device)  # the new adapter's weights beside the base's
             self.keys[name] = key
             self.adapters.add(name)
 
@@ -226,7 +227,6 @@ class TransformersBackend:
             backend.base_dir = model_dir
             for name, folder in adapters.items():
                 backend.add_adapter(name, folder)
-            backend.model.to(device)
         elif adapters is not None:
             backend.base_dir = model_dir
         return backend

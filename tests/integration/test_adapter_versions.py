@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -115,3 +116,36 @@ def test_adapter_version_evaluates_and_serves_without_merged_weights(
 
     (text,) = generate_answers(folder, ["How do I reset my password?"], {"max_new_tokens": 4})
     assert isinstance(text, str)
+
+
+def test_a_deployment_serves_the_base_and_its_adapter_from_one_process(
+    adapter_repo: tuple[Path, int],
+) -> None:
+    """Deployment `adapters`: apply materialises the adapter version beside its base and
+    hands both to one runtime, which serves the base under the Deployment's name and the
+    adapter under its Model's; an adapter of the Deployment's own name is refused."""
+    root, port = adapter_repo
+    first = llmops(root, "apply", "--json")
+    assert first.returncode == 0, first.stderr + first.stdout
+    spec = root / "specs/deployments/assistant.yaml"
+    text = spec.read_text()
+    text = text.replace("model: assistant@champion", "model: tiny@1\n  adapters: [assistant@1]")
+    spec.write_text(text)
+    git(root, "commit", "-qam", "the base, with the adapter")
+    refused = llmops(root, "apply")
+    assert refused.returncode != 0
+    assert "has the Deployment's own name" in refused.stdout + refused.stderr
+    # A new deployment, so a port of its own (a port is shared only by one deployment's versions).
+    port = free_port()
+    renamed = text.replace("name: assistant}", "name: support}")
+    spec.write_text(re.sub(r"port: \d+", f"port: {port}", renamed))
+    git(root, "commit", "-qam", "renamed")
+    applied = llmops(root, "apply", "--json")
+    assert applied.returncode == 0, applied.stderr + applied.stdout
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
+    assert [m.id for m in client.models.list().data] == ["support", "assistant"]
+    for model in ("support", "assistant"):
+        answer = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+        assert answer.model == model and answer.system_fingerprint in ("tiny@1", "assistant@1")

@@ -157,6 +157,8 @@ def test_apply_registers_quantized_versions_with_lineage_and_serves_one(
     root, port = repo
     applied = llmops(root, "apply", "--json")
     assert applied.returncode == 0, applied.stdout + applied.stderr
+    results = {r["address"]: r for r in json.loads(applied.stdout)["results"]}
+    assert results["Model/tiny-q8"]["outputs"]["version"] == "tiny-q8@1"
     registry = open_registry(root)
     origin = registry.find("tiny@1")
     assert origin is not None
