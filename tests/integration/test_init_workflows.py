@@ -79,7 +79,7 @@ def test_every_job_installs_the_pinned_llmops_and_builds_no_checkout(workflows: 
         for job in workflow["jobs"].values():
             jobs += 1
             (install,) = steps_running(job, "pip install")
-            assert 'pip install "llmops==$LLMOPS_VERSION"' in install["run"], file.name
+            assert 'pip install "llmops-gitops==$LLMOPS_VERSION"' in install["run"], file.name
             assert not steps_running(job, "make ")
             # llmops runs from the virtualenv it was installed into, after the install.
             for step in job["steps"]:

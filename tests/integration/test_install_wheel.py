@@ -126,7 +126,8 @@ def test_the_wheel_holds_every_file_the_code_reads(wheel: Path) -> None:
     missing = [name for name in DATA_FILES if name not in names]
     assert not missing, missing
     assert not [n for n in names if n.startswith(("tests/", "specs/", "benchmarks/"))]
-    entry_points = zipfile.ZipFile(wheel).read(f"llmops-{__version__}.dist-info/entry_points.txt")
+    dist_info = f"llmops_gitops-{__version__}.dist-info"
+    entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt")
     assert b"llmops = controller.cli.main:main" in entry_points
 
 
