@@ -107,6 +107,27 @@ def run(
         raise typer.Exit(Exit.FAILED)
 
 
+# The options that describe an OpenAI-compatible endpoint (`eval served`, `eval compare`).
+ServedModelOption = Annotated[
+    str | None, typer.Option("--served-model", help="With --endpoint: the model to ask for.")
+]
+TokenizerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tokenizer",
+        help="With --endpoint: the registered model whose tokenizer "
+        "the endpoint's model uses (name, name@version or name@alias).",
+    ),
+]
+KeyEnvOption = Annotated[
+    str | None,
+    typer.Option("--key-env", help="With --endpoint: the variable holding its bearer key."),
+]
+ConcurrencyOption = Annotated[
+    int, typer.Option("--concurrency", min=1, help="With --endpoint: requests in flight.")
+]
+
+
 @eval_app.command("served")
 def served(
     suite: Annotated[str, typer.Argument(help="EvalSuite spec name.")],
@@ -117,24 +138,10 @@ def served(
         str | None,
         typer.Option("--endpoint", help="Any OpenAI-compatible API root, e.g. http://host/v1."),
     ] = None,
-    served_model: Annotated[
-        str | None, typer.Option("--served-model", help="With --endpoint: the model to ask for.")
-    ] = None,
-    tokenizer: Annotated[
-        str | None,
-        typer.Option(
-            "--tokenizer",
-            help="With --endpoint: the registered model whose tokenizer "
-            "the endpoint's model uses (name, name@version or name@alias).",
-        ),
-    ] = None,
-    key_env: Annotated[
-        str | None,
-        typer.Option("--key-env", help="With --endpoint: the variable holding its bearer key."),
-    ] = None,
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", min=1, help="Requests in flight.")
-    ] = 8,
+    served_model: ServedModelOption = None,
+    tokenizer: TokenizerOption = None,
+    key_env: KeyEnvOption = None,
+    concurrency: ConcurrencyOption = 8,
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -218,23 +225,10 @@ def compare(
         str | None,
         typer.Option("--endpoint", help="An OpenAI-compatible API root, e.g. http://host/v1."),
     ] = None,
-    served_model: Annotated[
-        str | None, typer.Option("--served-model", help="With --endpoint: the model to ask for.")
-    ] = None,
-    tokenizer: Annotated[
-        str | None,
-        typer.Option(
-            "--tokenizer",
-            help="With --endpoint: the registered model whose tokenizer the endpoint's model uses.",
-        ),
-    ] = None,
-    key_env: Annotated[
-        str | None,
-        typer.Option("--key-env", help="With --endpoint: the variable holding its bearer key."),
-    ] = None,
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", min=1, help="With --endpoint: requests in flight.")
-    ] = 8,
+    served_model: ServedModelOption = None,
+    tokenizer: TokenizerOption = None,
+    key_env: KeyEnvOption = None,
+    concurrency: ConcurrencyOption = 8,
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
