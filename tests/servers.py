@@ -23,6 +23,21 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.server_close()
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that keeps the test output clean (no access log lines)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def start_in_background(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """A server on 127.0.0.1 that lives as long as the test process (or until shut down), and
+    its OpenAI-style API root (`http://127.0.0.1:PORT/v1`)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
 def file_handler(
     folder: Path, log: list[dict[str, Any]], cut_after: int | None = None
 ) -> type[BaseHTTPRequestHandler]:

@@ -6,7 +6,6 @@ recorded, and the key is in no file under the repository or its state."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
 import threading
@@ -21,6 +20,7 @@ from rich.console import Console
 
 from controller.apply.arena import ArenaRunner
 from controller.workspace import load, open_registry
+from tests.servers import QuietHandler, start_in_background
 from tests.serving import config, running
 from tests.tiny import make_scripted_model, model_spec
 
@@ -46,7 +46,7 @@ class CountingProxy:
         lock = threading.Lock()
         proxy = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers["Content-Length"]))
                 with lock:
@@ -84,12 +84,7 @@ class CountingProxy:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = start_in_background(Handler)
 
 
 def arena(url: str, max_new_tokens: int = 16) -> str:

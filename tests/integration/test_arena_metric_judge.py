@@ -17,6 +17,7 @@ from rich.console import Console
 from controller.apply.arena import ArenaRunner
 from controller.state.registry.arena import ArenaStore
 from controller.workspace import load, open_registry
+from tests.servers import QuietHandler, start_in_background
 from tests.tiny import make_scripted_model, model_spec
 
 REFERENCE = "Trial: 14 days."  # no token twice: the scripted model can say it
@@ -162,14 +163,12 @@ class JudgeApi:
     its first request, and counts what it was asked."""
 
     def __init__(self, key: str) -> None:
-        import http.server
-        import threading
 
         self.key = key
         self.requests: list[dict[str, Any]] = []
         api = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 api.requests.append(body)
@@ -196,12 +195,7 @@ class JudgeApi:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = start_in_background(Handler)
 
 
 def test_an_endpoint_judge_retries_a_429_caches_its_verdicts_and_never_records_its_key(

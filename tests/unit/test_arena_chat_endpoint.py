@@ -5,7 +5,6 @@ the arena's generation settings and stop strings."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import threading
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from runners.arena.chat_endpoint import ChatEndpoint, EndpointError
 from runners.arena.endpoint_answers import endpoint_answers
+from tests.servers import QuietHandler, start_in_background
 
 KEY = "sk-unit-31f0c2"
 
@@ -30,7 +30,7 @@ class Api:
         lock = threading.Lock()
         api = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with lock:
@@ -57,12 +57,7 @@ class Api:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = start_in_background(Handler)
 
 
 @pytest.fixture
