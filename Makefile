@@ -96,7 +96,7 @@ demo-loop: $(STAMP)
 # Everything but the full-budget demo (marker demo_full), which test-demo runs on its own, and
 # the longer crash and concurrency sweeps (marker hardening), which `make hardening` runs.
 test: $(STAMP) postgres chromium engines llama-cpp
-	$(BIN)/python -m pytest -n 2 -q -m "not demo_full and not hardening"
+	$(BIN)/python -m pytest -n 2 -q --durations=40 -m "not demo_full and not hardening"
 
 # The demo at its full budget on a copy of this repository (about 10 min on 2 cores): the
 # fine-tune must beat the base model on ROUGE-L (95% interval above 0) and pass every gate.
@@ -106,14 +106,15 @@ test-demo: $(STAMP)
 # Reliability figures (README "Reliability"), each printed by its own script or test: hostile
 # spec files against the loader (time, peak memory), 10,000 fuzzed specs, PII redaction recall
 # and precision, the registry under 8 concurrent writers (SQLite and PostgreSQL), apply and
-# `pipeline run` killed at 25 points, and concurrent applies, pipeline runs, dashboard and
-# server. The crash and concurrency tests print their figures with -s (so no -n here).
+# `pipeline run` killed at 25 points, concurrent applies, pipeline runs, dashboard and server,
+# and the longer training sweeps (every test marked `hardening`). The crash and concurrency
+# tests print their figures with -s (so no -n here).
 hardening: $(STAMP) postgres
 	$(BIN)/python benchmarks/yaml_limits.py
 	$(BIN)/python benchmarks/fuzz_specs.py --count 10000
 	$(BIN)/python benchmarks/pii_redaction.py
 	$(BIN)/python -m pytest -q -s tests/integration/test_registry_concurrency.py
-	$(BIN)/python -m pytest -q -s tests/integration/test_apply_crash.py tests/integration/test_concurrency.py
+	$(BIN)/python -m pytest -q -s -m hardening tests
 	$(BIN)/python benchmarks/serve_abuse.py --seconds 60
 
 lint: $(STAMP)
