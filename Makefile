@@ -56,6 +56,8 @@ engines:
 # from PyPI as usual.
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_CPP_WHEELS := $(HOME)/.cache/llmops/wheels
+# llama.cpp's convert_hf_to_gguf.py (+ conversion/, gguf-py/) from the same sdist, for GGUF exports.
+LLAMA_CPP_CONVERTER := $(HOME)/.cache/llmops/llama.cpp-$(LLAMA_CPP_VERSION)
 LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF
 llama-cpp: $(STAMP)
 	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || { \
@@ -69,6 +71,19 @@ llama-cpp: $(STAMP)
 	  $(BIN)/python -m pip install --quiet --find-links $(LLAMA_CPP_WHEELS) \
 	    "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"; } || \
 	  echo "setup: llama-cpp-python could not be built here (a C++ compiler is needed); the llama.cpp tests will be skipped"
+	@test -f $(LLAMA_CPP_CONVERTER)/convert_hf_to_gguf.py || { \
+	  tmp=$$(mktemp -d); ok=1; \
+	  $(BIN)/python -m pip download --quiet --no-binary :all: --no-deps -d $$tmp \
+	    llama-cpp-python==$(LLAMA_CPP_VERSION) && \
+	  tar -xzf $$tmp/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $$tmp \
+	    --strip-components=3 llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/convert_hf_to_gguf.py \
+	    llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/conversion \
+	    llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/gguf-py && \
+	  mkdir -p $(LLAMA_CPP_CONVERTER) && \
+	  cp -r $$tmp/convert_hf_to_gguf.py $$tmp/conversion $$tmp/gguf-py $(LLAMA_CPP_CONVERTER)/ && \
+	  ok=0; rm -rf $$tmp; test $$ok = 0 && \
+	  echo "setup: llama.cpp's GGUF converter cached in $(LLAMA_CPP_CONVERTER)"; } || \
+	  echo "setup: llama.cpp's GGUF converter could not be fetched; quantized exports will fail until it is"
 
 # Chromium for the dashboard's browser tests (Playwright drives Debian's package; `playwright
 # install` is never needed): installed when missing and root, else those tests are skipped.

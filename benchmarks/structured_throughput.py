@@ -149,6 +149,7 @@ def main() -> None:
         "--gguf", type=Path, default=None, help="serve this GGUF with the llama-cpp backend"
     )
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # each line as measured
 
     with tempfile.TemporaryDirectory(prefix="llmops-structured-") as tmp:
         folder = Path(tmp)

@@ -12,6 +12,7 @@ from controller.load.desired import Loaded, load_desired
 from controller.observe.applied import observed_from_lock
 from controller.observe.drift import observe_arenas, observe_deployments, observe_scans
 from controller.observe.registry import observe_registry
+from controller.observe.sources import SourceDigests
 from controller.plan.planner import plan
 from controller.plan.types import DesiredState, ObservedState, Plan
 from controller.state.apply_mutex import exclusive_apply
@@ -39,7 +40,10 @@ def load(root: Path, paths: list[Path] | None = None, overrides: list[str] | Non
     """The specs of the repository at `root`, cached in its state folder. Data files tracked
     by DVC but absent from the checkout (a merged pipeline snapshot) are pulled first."""
     restore_missing(root)
-    return load_desired(root, paths, overrides, cache_dir=StatePaths.for_repo(root).cache)
+    state = StatePaths.for_repo(root)
+    return load_desired(
+        root, paths, overrides, cache_dir=state.cache, observe_source=SourceDigests(state)
+    )
 
 
 def observe(
@@ -140,4 +144,3 @@ def apply_workspace(
             skip_deploy=skip_deploy,
             skip_promote=not trust.trusted,
         )
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubernetes import client
+from kubernetes import client, config
 
 from runners.errors import RetryableError
 
@@ -13,8 +13,6 @@ class ClusterUnavailable(RetryableError):
 
 def api_client(host: str | None = None) -> client.ApiClient:
     """The cluster from the pod's service account or the kube config; `host` for tests."""
-    from kubernetes import config
-
     if host:
         configuration = client.Configuration()
         configuration.host = host

@@ -3,7 +3,10 @@
 # customers' questions and ratings (examples/openai_app/support_traffic.py) are collected by
 # the deployment, then `llmops pipeline run support-retrain` pins them into the dataset on a
 # branch, retrains, regression-tests against the served version and writes the pull request.
-# `make demo-loop` runs it; tests/integration/test_demo_full.py runs it after the demo.
+# Then `llmops pipeline run support-prefs-retrain` turns the same traffic's corrections into
+# preference pairs (the correction chosen over the answer served) and trains the champion
+# with DPO (a LoRA adapter; specs/experiments/support-dpo.yaml), scored on held-out pairs.
+# `make demo-loop` runs it.
 set -euo pipefail
 
 LLMOPS=${LLMOPS:-.venv/bin/llmops}
@@ -35,6 +38,15 @@ printf '\n== the pipeline: collected rows -> dataset -> retrain -> regression te
 "$LLMOPS" pipeline status support-retrain
 
 report="$STATE/pipelines/support-retrain/report/report.md"
+if [ -s "$report" ]; then
+  printf '\n== the pull request text (%s)\n' "$report"
+  head -n 40 "$report"
+fi
+
+printf '\n== preference training: corrections -> pairs -> DPO on the champion -> held-out pairs -> pull request\n'
+"$LLMOPS" pipeline run support-prefs-retrain
+"$LLMOPS" pipeline status support-prefs-retrain
+report="$STATE/pipelines/support-prefs-retrain/report/report.md"
 if [ -s "$report" ]; then
   printf '\n== the pull request text (%s)\n' "$report"
   head -n 40 "$report"

@@ -28,6 +28,8 @@ import yaml
 
 DEFAULT_ASSETS = Path.home() / ".cache" / "llmops" / "envtest" / "bin"
 KSERVE_CRDS = Path(__file__).resolve().parents[2] / "shared" / "external-schemas" / "kserve"
+# Kubeflow Trainer's CRDs and its torch-distributed runtime, vendored (see SOURCE.md there).
+TRAINER_CRDS = Path(__file__).resolve().parent / "fixtures" / "crds" / "kubeflow-trainer"
 TOKEN = "envtest-token"
 APPLY_PATCH = "application/apply-patch+yaml"
 
@@ -228,9 +230,57 @@ def install_kserve_crds(api: Any) -> None:
     the 262,144-byte limit for the 1.9 MB InferenceService CRD), then wait for Established."""
     from kubernetes import client
 
+    _install_crds(api, sorted(KSERVE_CRDS.glob("*.yaml")))
+    deadline = time.monotonic() + 60
+    # Established can precede discovery by a moment: wait until a list answers.
+    custom = client.CustomObjectsApi(api)
+    while True:
+        try:
+            custom.list_cluster_custom_object("serving.kserve.io", "v1beta1", "inferenceservices")
+            custom.list_cluster_custom_object("serving.kserve.io", "v1alpha1", "servingruntimes")
+            return
+        except client.ApiException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def install_trainer_crds(api: Any) -> None:
+    """Kubeflow Trainer's CRDs (TrainJob, TrainingRuntime, ClusterTrainingRuntime) as KServe's
+    are installed, then its torch-distributed ClusterTrainingRuntime, created once it lists."""
+    from kubernetes import client
+
+    _install_crds(api, sorted(TRAINER_CRDS.glob("trainer.kubeflow.org_*.yaml")))
+    runtime = yaml.safe_load((TRAINER_CRDS / "torch_distributed_runtime.yaml").read_text())
+    custom = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            custom.list_cluster_custom_object("trainer.kubeflow.org", "v1alpha1", "trainjobs")
+            custom.patch_cluster_custom_object(
+                "trainer.kubeflow.org",
+                "v1alpha1",
+                "clustertrainingruntimes",
+                runtime["metadata"]["name"],
+                runtime,
+                field_manager="llmops-tests",
+                force=True,
+                _content_type=APPLY_PATCH,
+            )
+            return
+        except client.ApiException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _install_crds(api: Any, paths: list[Path]) -> None:
+    """CRDs by server-side apply, waited for until Established."""
+    from kubernetes import client
+
     ext = client.ApiextensionsV1Api(api)
     names = []
-    for path in sorted(KSERVE_CRDS.glob("*.yaml")):
+    for path in paths:
         crd = yaml.safe_load(path.read_text())
         names.append(crd["metadata"]["name"])
         ext.patch_custom_resource_definition(
@@ -249,17 +299,6 @@ def install_kserve_crds(api: Any) -> None:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"CRD {name} not Established in 60 s: {conditions}")
-            time.sleep(0.1)
-    # Established can precede discovery by a moment: wait until a list answers.
-    custom = client.CustomObjectsApi(api)
-    while True:
-        try:
-            custom.list_cluster_custom_object("serving.kserve.io", "v1beta1", "inferenceservices")
-            custom.list_cluster_custom_object("serving.kserve.io", "v1alpha1", "servingruntimes")
-            return
-        except client.ApiException:
-            if time.monotonic() > deadline:
-                raise
             time.sleep(0.1)
 
 
@@ -298,3 +337,16 @@ def cluster() -> Cluster:
         install_kserve_crds(started.client())
         _CLUSTER = started
     return _CLUSTER
+
+
+_TRAINER = False
+
+
+def trainer_cluster() -> Cluster:
+    """The process's API server with Kubeflow Trainer's CRDs and runtime installed too."""
+    global _TRAINER
+    found = cluster()
+    if not _TRAINER:
+        install_trainer_crds(found.client())
+        _TRAINER = True
+    return found

@@ -6,6 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from controller.api.arena import DeploymentContestant, EndpointTarget
 from controller.api.common import Name, Ref, RepoPath, Resource, Strict
 
 Format = Literal["text", "instruction", "chat", "preference", "unpaired", "qa"]
@@ -120,6 +121,15 @@ class AugmentStep(Strict):
     step: Literal["augment"]
     method: Literal["template", "paraphrase", "self_instruct"]
     model: Ref | None = Field(default=None, description="Registered model that writes new rows.")
+    # Left out of the dump when unset, so Datasets written before teacher endpoints keep
+    # their digests.
+    endpoint: EndpointTarget | DeploymentContestant | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="A teacher endpoint that writes new rows instead of 'model': "
+        "`{base_url, model, api_key: {env: LLMOPS_KEY_...}}` or `{deployment: NAME}`; replies "
+        "are cached by request, so preparing again asks nothing.",
+    )
     templates: list[str] = Field(default_factory=list)
     count: int = Field(
         default=0, ge=0, description="New rows to generate (paraphrase/self-instruct)."
@@ -133,8 +143,17 @@ class AugmentStep(Strict):
     def _needs(self) -> AugmentStep:
         if self.method == "template" and not self.templates:
             raise ValueError("method 'template' needs at least one entry in 'templates'")
-        if self.method in ("paraphrase", "self_instruct") and self.model is None:
-            raise ValueError(f"method '{self.method}' needs 'model', a registered model")
+        if self.model is not None and self.endpoint is not None:
+            raise ValueError("give 'model' (a registered model) or 'endpoint', not both")
+        if self.method in ("paraphrase", "self_instruct") and (
+            self.model is None and self.endpoint is None
+        ):
+            raise ValueError(
+                f"method '{self.method}' needs 'model', a registered model, or 'endpoint', an "
+                "OpenAI-compatible teacher endpoint"
+            )
+        if self.method == "template" and self.endpoint is not None:
+            raise ValueError("method 'template' writes no text with a model: leave out 'endpoint'")
         return self
 
 

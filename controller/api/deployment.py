@@ -49,7 +49,7 @@ class ApiKeyRef(SecretRef):
 
 
 # KServeTarget fields added after its first release; absent from a dump at their defaults.
-NEW_KSERVE_FIELDS = ("deployment_mode", "force_conflicts")
+NEW_KSERVE_FIELDS = ("deployment_mode", "force_conflicts", "storage_root")
 
 
 class KServeTarget(Strict):
@@ -73,6 +73,13 @@ class KServeTarget(Strict):
         default=False,
         description="Take fields another field manager set on the InferenceService "
         "(server-side apply's force); by default such a conflict fails the apply.",
+    )
+    storage_root: str | None = Field(
+        default=None,
+        description="Where the cluster reads registry versions laid out as the registry "
+        "stores them (<storage_root>/<model>/<number>/): the base and each LoRA adapter of a "
+        "Deployment with `adapters` or an adapter-only model version (KServe's huggingface "
+        "runtime, one storageUris entry per version).",
     )
 
     @model_serializer(mode="wrap")
@@ -303,9 +310,10 @@ class DeploymentSpec(Strict):
         default_factory=list,
         description="LoRA adapter versions of `model` (adapter-only Model versions whose base "
         "is the version `model` names) served by the same process, each under its Model's "
-        "name: a request's `model` picks one, the Deployment's own name is the base. Apply "
-        "loads and unloads adapters in the running process (runtime transformers, target "
-        "local).",
+        "name: a request's `model` picks one, the Deployment's own name is the base (runtime "
+        "transformers). Target local loads and unloads them in the running process, docker "
+        "builds them into the image, kserve serves them with KServe's huggingface runtime "
+        "(vLLM's LoRA support).",
     )
 
     @field_validator("adapters")
@@ -315,8 +323,6 @@ class DeploymentSpec(Strict):
             return adapters
         if info.data.get("runtime") != "transformers":
             raise ValueError("adapters are served by runtime transformers only")
-        if info.data.get("target") != "local":
-            raise ValueError("adapters are served by target local only")
         seen: dict[str, int] = {}
         for index, ref in enumerate(adapters):
             name = split_ref(ref)[0]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
+from controller.api.arena import DeploymentContestant, EndpointContestant, contestant_name
 from controller.api.common import Name, Ref, RepoPath, Resource, Strict
 from runners.evaluate.placeholders import field_name_problem, problems
 
@@ -174,6 +175,21 @@ class Bootstrap(Strict):
     seed: int = 0
 
 
+def _endpoint_type(value: object) -> str:
+    if isinstance(value, dict):
+        return "deployment" if "deployment" in value and "endpoint" not in value else "endpoint"
+    return "deployment" if isinstance(value, DeploymentContestant) else "endpoint"
+
+
+# An endpoint the suite is run on: `{endpoint: {base_url, model, api_key: {env}}, name}` or
+# `{deployment: NAME}`, as an Arena's contestants are written.
+SuiteEndpoint = Annotated[
+    Annotated[EndpointContestant, Tag("endpoint")]
+    | Annotated[DeploymentContestant, Tag("deployment")],
+    Discriminator(_endpoint_type),
+]
+
+
 class EvalSuiteSpec(Strict):
     description: str = ""
     tasks: list[Task] = Field(min_length=1)
@@ -186,6 +202,15 @@ class EvalSuiteSpec(Strict):
     smoke_prompts: int = Field(
         default=3, ge=0, le=50, description="Rows a deployment's readiness check uses."
     )
+    # Left out of the dump when empty, so suites written before endpoint targets keep their
+    # digests (and plan no-op).
+    endpoints: list[SuiteEndpoint] = Field(
+        default_factory=list,
+        exclude_if=lambda value: not value,
+        description="OpenAI-compatible chat endpoints the suite is run on at apply, each an "
+        "Evaluation/<suite>/<name> of the plan: `{endpoint: {base_url, model, api_key: "
+        "{env: LLMOPS_KEY_...}}, name}` or `{deployment: NAME}`. generate_until tasks only.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> EvalSuiteSpec:
@@ -193,6 +218,20 @@ class EvalSuiteSpec(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"task names must be unique; repeated: {', '.join(dupes)}")
+        if self.endpoints:
+            targets = [contestant_name(entry) for entry in self.endpoints]
+            twice = sorted({n for n in targets if targets.count(n) > 1})
+            if twice:
+                raise ValueError(
+                    f"'endpoints' names {', '.join(twice)} twice; give each a new 'name'"
+                )
+            scored = [t for t in self.tasks if t.type != "generate_until"]
+            if scored:
+                raise ValueError(
+                    f"'endpoints': task '{scored[0].name}' is a {scored[0].type} task, but an "
+                    "endpoint answers chat completions, which give no log-probabilities; only "
+                    "generate_until tasks run on an endpoint (move the others to another suite)"
+                )
         uses_judge = any("judge" in t.metrics for t in self.tasks)
         if uses_judge and self.judge is None:
             raise ValueError("metric 'judge' needs a 'judge' section naming the judge model")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from controller.api.common import Name, Strict
@@ -12,8 +14,18 @@ class EvaluationSpec(Strict):
 
     suite: Name
     subject: str = Field(
-        description="The Experiment run's address, or 'model:<ref>' for a control model."
+        description="The Experiment run's address, 'model:<ref>' for a control model, or "
+        "'endpoint:<name>' for an endpoint the suite names."
     )
+    # An endpoint the suite names (its entry in the suite's `endpoints`, as written): part of
+    # the digest, so a change of its settings evaluates it again. Absent for model subjects.
+    endpoint: dict[str, Any] | None = Field(default=None, exclude_if=lambda value: value is None)
+
+    @property
+    def endpoint_name(self) -> str | None:
+        """The name of the endpoint an endpoint evaluation asks; None for a model's."""
+        prefix, _, name = self.subject.partition(":")
+        return name if prefix == "endpoint" and name else None
 
     @property
     def control_model(self) -> str | None:

@@ -54,6 +54,23 @@ class Executor(Strict):
     timeout_s: int = Field(default=86400, ge=60, description="How long to wait for the Job.")
 
 
+class Distributed(Strict):
+    """Several training processes (torchrun): locally on one machine, or nodes of a Kubeflow
+    Trainer TrainJob. batch_size stays the global micro-batch, split across the processes."""
+
+    nproc_per_node: int = Field(default=1, ge=1, le=1024, description="Processes per node.")
+    nnodes: int = Field(default=1, ge=1, le=4096, description="Nodes (kubernetes executor).")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="ddp: every process holds the whole model, gradients averaged; fsdp: "
+        "parameters, gradients and optimiser state sharded across the processes (FSDP2).",
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
 PREFERENCE_OBJECTIVES = ("dpo", "orpo", "kto")
 # Loss variants of trl's trainers each objective accepts; the first is the default.
 PREFERENCE_LOSSES: dict[str, tuple[str, ...]] = {
@@ -129,7 +146,35 @@ class Training(Strict):
         exclude_if=lambda value: value == "auto",
     )
     health: Health = Field(default_factory=Health)
+    distributed: Distributed = Field(
+        default_factory=Distributed,
+        # Left out of the spec digest at its default, so existing experiments keep theirs.
+        exclude_if=lambda value: value == Distributed(),
+    )
     executor: Executor = Field(default_factory=Executor)
+
+    @model_validator(mode="after")
+    def _distributed_settings(self) -> Training:
+        world = self.distributed.world_size
+        if world == 1:
+            return self
+        if self.objective in PREFERENCE_OBJECTIVES or self.method == "qlora":
+            raise ValueError(
+                "distributed training is available for objectives sft and cpt with method "
+                f"lora or full, not {self.objective} with {self.method}; remove "
+                "training.distributed"
+            )
+        if self.batch_size % world:
+            raise ValueError(
+                f"training.batch_size ({self.batch_size}) is split across the world size "
+                f"nproc_per_node x nnodes = {world}; make it a multiple of {world}"
+            )
+        if self.distributed.nnodes > 1 and self.executor.type != "kubernetes":
+            raise ValueError(
+                f"distributed.nnodes {self.distributed.nnodes} needs executor type "
+                "'kubernetes' (a Kubeflow Trainer TrainJob); a local run uses one node"
+            )
+        return self
 
     @model_validator(mode="after")
     def _preference_settings(self) -> Training:

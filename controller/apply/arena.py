@@ -439,61 +439,9 @@ class ArenaRunner(ApplyStep):
         }
         generated, endpoints = self._answer(name, contenders, chosen, generation, keys)
         judge_spec = spec.judge
-        judge_identity: dict[str, Any] | None = None
-        judge_label = ""
-        judge_path: Path | None = None
-        if isinstance(judge_spec, MetricJudge):
-            judge_label = judge_label_of(spec)
-            judge_identity = {
-                "code": generation["code"],
-                "namespace": self.namespace,
-                "metric": judge_spec.metric,
-                "tie_band": judge_spec.tie_band,
-            }
-        elif isinstance(judge_spec, EndpointJudge):
-            judge_label = judge_label_of(spec)
-            # what the endpoint is and how it is asked; never the key, nor its variable
-            judge_identity = {
-                "code": generation["code"],
-                "namespace": self.namespace,
-                "endpoint": judge_spec.base_url.rstrip("/"),
-                "model": judge_spec.model,
-                "rubric": judge_spec.rubric,
-                "max_new_tokens": judge_spec.max_new_tokens,
-            }
-        elif judge_spec:
-            judge_version, judge_path = self._model(judge_spec.model)
-            judge_label = f"{judge_version.model.name}@{judge_version.number}"
-            judge_identity = {
-                "code": generation["code"],
-                "namespace": self.namespace,
-                "model": version_identity(judge_version),
-                "rubric": judge_spec.rubric,
-                "max_new_tokens": judge_spec.max_new_tokens,
-                "mode": judge_spec.mode,
-            }
+        judge_label, judge_identity, judge_path = self._judge_identity(spec, generation["code"])
         store = self.store
-        battle_ids = []
-        for a, b in combinations(contenders, 2):
-            for prompt in chosen:
-                key_a, key_b = keys[(a.label, prompt.id)], keys[(b.label, prompt.id)]
-                battle_ids.append(
-                    store.add_battle(
-                        name,
-                        battle_key(prompt, key_a, key_b, judge_identity),
-                        model_a=a.label,
-                        model_b=b.label,
-                        prompt=prompt.text,
-                        question_id=prompt.id,
-                        answer_a=key_a,
-                        answer_b=key_b,
-                        extra=(
-                            {"reference": reference_extra(prompt.reference)}
-                            if prompt.reference is not None
-                            else None
-                        ),
-                    )
-                )
+        battle_ids = self._add_battles(name, contenders, chosen, keys, judge_identity)
         judged = unparseable = requests = retried = 0
         if judge_spec:
             judged, unparseable, requests, retried = self._judge(
@@ -521,6 +469,79 @@ class ArenaRunner(ApplyStep):
         )
         self.save(name, result)
         return result
+
+    def _judge_identity(
+        self, spec: ArenaSpec, code: str
+    ) -> tuple[str, dict[str, Any] | None, Path | None]:
+        """The judge's label, its verdicts' identity (None: no judge), a judge model's path."""
+        judge_spec = spec.judge
+        judge_identity: dict[str, Any] | None = None
+        judge_label = ""
+        judge_path: Path | None = None
+        if isinstance(judge_spec, MetricJudge):
+            judge_label = judge_label_of(spec)
+            judge_identity = {
+                "code": code,
+                "namespace": self.namespace,
+                "metric": judge_spec.metric,
+                "tie_band": judge_spec.tie_band,
+            }
+        elif isinstance(judge_spec, EndpointJudge):
+            judge_label = judge_label_of(spec)
+            # what the endpoint is and how it is asked; never the key, nor its variable
+            judge_identity = {
+                "code": code,
+                "namespace": self.namespace,
+                "endpoint": judge_spec.base_url.rstrip("/"),
+                "model": judge_spec.model,
+                "rubric": judge_spec.rubric,
+                "max_new_tokens": judge_spec.max_new_tokens,
+            }
+        elif judge_spec:
+            judge_version, judge_path = self._model(judge_spec.model)
+            judge_label = f"{judge_version.model.name}@{judge_version.number}"
+            judge_identity = {
+                "code": code,
+                "namespace": self.namespace,
+                "model": version_identity(judge_version),
+                "rubric": judge_spec.rubric,
+                "max_new_tokens": judge_spec.max_new_tokens,
+                "mode": judge_spec.mode,
+            }
+        return judge_label, judge_identity, judge_path
+
+    def _add_battles(
+        self,
+        name: str,
+        contenders: list[Contender],
+        chosen: list[Prompt],
+        keys: dict[tuple[str, str], str],
+        judge_identity: dict[str, Any] | None,
+    ) -> list[int]:
+        """Record a battle per pair and prompt (an existing one is found by its key); their ids."""
+        store = self.store
+        battle_ids: list[int] = []
+        for a, b in combinations(contenders, 2):
+            for prompt in chosen:
+                key_a, key_b = keys[(a.label, prompt.id)], keys[(b.label, prompt.id)]
+                battle_ids.append(
+                    store.add_battle(
+                        name,
+                        battle_key(prompt, key_a, key_b, judge_identity),
+                        model_a=a.label,
+                        model_b=b.label,
+                        prompt=prompt.text,
+                        question_id=prompt.id,
+                        answer_a=key_a,
+                        answer_b=key_b,
+                        extra=(
+                            {"reference": reference_extra(prompt.reference)}
+                            if prompt.reference is not None
+                            else None
+                        ),
+                    )
+                )
+        return battle_ids
 
     def _answer(
         self,

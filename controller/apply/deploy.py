@@ -24,7 +24,13 @@ from controller.plan.types import DesiredResource
 from controller.state.lockfile import DeploymentOutputs, LockEntry
 from controller.targets.base import DeployProgress, DeployRequest, target_for
 from controller.targets.local import SERVE_API_KEY_ENV
-from runners.deploy.release import DeployError, Release, client_key_env
+from runners.deploy.release import (
+    DeployError,
+    Release,
+    base_version_of,
+    client_key_env,
+    config_adapters,
+)
 from runners.evaluate.placeholders import fill
 from runners.pull.origins import package_file
 from runners.weights import adapter_base
@@ -253,6 +259,8 @@ class Deployer(ApplyStep):
             self.fields(name),
             smoke_prompts=config["smoke"]["prompts"],
             gguf_file=Path(gguf).name if gguf else None,
+            adapters=config_adapters(config),
+            base_version=base_version_of(config["model_dir"]),
         )
         request = DeployRequest(
             name=name,

@@ -39,12 +39,14 @@ from controller.observe.leaderboard import (
     shown_ranks,
 )
 from controller.plan.address import Address
+from controller.plan.kinds import DEPLOYMENT
 from controller.plan.types import Action, ActionKind, Plan
 from controller.report.terminal import gate_line
 from controller.state.lockfile import (
     ArenaOutputs,
     ComparisonRow,
     DatasetOutputs,
+    EndpointUsage,
     EvalSuiteOutputs,
     EvaluationOutputs,
     ExperimentOutputs,
@@ -175,14 +177,14 @@ class Applier(ApplyStep):
             address = action.address
             # A deployment naming `model@alias` has no digest input for the alias: when this
             # apply moved what it depends on, it is rolled out again (a no-op if unchanged).
-            moved = address.kind == "Deployment" and bool(
+            moved = address.kind == DEPLOYMENT and bool(
                 changed & set(self._dependencies(action.address))
             )
             if action.kind == ActionKind.DELETE:
                 result = self._delete(action)
             elif action.kind == ActionKind.NOOP and self._recorded(action) and not moved:
                 continue
-            elif self.skip_deploy and address.kind == "Deployment":
+            elif self.skip_deploy and address.kind == DEPLOYMENT:
                 result = ActionResult(
                     action.address, str(action.kind), "skipped", message="--skip-deploy"
                 )
@@ -267,7 +269,7 @@ class Applier(ApplyStep):
         address = action.address
         self.hooks.pre_action(str(address), "delete")
         entry = self.lock.get(address)
-        if address.kind == "Deployment" and entry is not None:
+        if address.kind == DEPLOYMENT and entry is not None:
             self.deployer.stop(address.name, entry)
         self.lock.forget(address)
         write_lock(self.lock_path, self.lock)
@@ -400,6 +402,35 @@ def apply_evaluation(applier: Applier, address: Address) -> EvaluationOutputs:
         return done
     spec = applier.desired.resources[str(address)].spec_as(EvaluationSpec)
     suite = spec.suite
+    if spec.endpoint is not None:  # an endpoint the suite names: over its API, cached
+        folder, summary = applier.evaluator.run_suite_endpoint(suite, spec.endpoint)
+        usage = summary["endpoint"]
+        applier.console.print(
+            f"  endpoint {usage['name']} ({usage['model']} at {usage['endpoint']}): "
+            f"{usage['requests']} request(s), {usage['retries']} retried, "
+            f"{usage['cached']} of {usage['answers']} from the cache; {folder}"
+        )
+        return EvaluationOutputs(
+            subject=str(spec.subject),
+            suite=suite,
+            metrics=round_metrics(summary["metrics"]),
+            endpoint=EndpointUsage(
+                endpoint=usage["endpoint"],
+                model=usage["model"],
+                settings={
+                    **usage["settings"],
+                    **({"serves": usage["serves"]} if usage.get("serves") else {}),
+                    **({"api_key_env": usage["api_key_env"]} if usage.get("api_key_env") else {}),
+                },
+                answers=usage["answers"],
+                latency_s=usage["latency_s"],
+                latency_p95_s=usage["latency_p95_s"],
+                prompt_tokens=usage["prompt_tokens"],
+                completion_tokens=usage["completion_tokens"],
+                requests=usage["requests"],
+                retries=usage["retries"],
+            ),
+        )
     subject = applier.subject_ref(spec.subject)
     control = None if address.run == "control" else applier.control_ref(address.experiment)
     if control is None or control == subject:

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import TypeAdapter
+
 from controller.api import split_ref
+from controller.api.arena import DeploymentContestant, contestant_name
+from controller.api.evalsuite import EvalSuiteSpec, SuiteEndpoint
 from controller.apply.context import ApplyStep
 from controller.apply.prepare import Preparer
 from controller.apply.pull import ensure_model
 from controller.apply.served import deployment_endpoint
+from controller.state.artifacts.tree import pull_folder, push_folder
 from controller.state.registry.schema import VersionRow
+from runners.evaluate.chat import ChatTarget
 from runners.evaluate.compare import GateResult, MetricComparison, judge_gates, paired_bootstrap
 from runners.evaluate.endpoint import Endpoint
 from runners.evaluate.run import EvalError, EvalInputs, evaluate, load_samples
 
 BASELINES_DIR = Path("evals/baselines")
+_SUITE_ENDPOINT: TypeAdapter[Any] = TypeAdapter(SuiteEndpoint)
 
 
 @dataclass
@@ -163,6 +171,68 @@ class Evaluator(ApplyStep):
             "evaluated", f"{version.model.name}@{version.number}", version, folder, summary
         )
 
+    def run_suite_endpoint(
+        self, suite_name: str, entry: dict[str, Any]
+    ) -> tuple[Path, dict[str, Any]]:
+        """The suite on an endpoint it names (an entry of its `endpoints`, as the
+        Evaluation's spec carries it), over chat completions through the request cache: a
+        rerun asks nothing. Results are kept by suite digest and the endpoint's identity and
+        settings; nothing is recorded as a registry version's metrics."""
+        suite = self.suite(suite_name)
+        names = [contestant_name(e) for e in EvalSuiteSpec.model_validate(suite).endpoints]
+        parsed = _SUITE_ENDPOINT.validate_python(entry)
+        name = contestant_name(parsed)
+        index = names.index(name) if name in names else 0
+        if isinstance(parsed, DeploymentContestant):
+            served = deployment_endpoint(self.root, parsed.deployment)
+            target = ChatTarget(
+                name,
+                served.base_url.rstrip("/"),
+                parsed.deployment,
+                served.key_env,
+                parsed.concurrency,
+                parsed.retries,
+                parsed.timeout_s,
+                serves=served.version,
+            )
+            field = f"endpoints[{index}]"
+        else:
+            where = parsed.endpoint
+            target = ChatTarget(
+                name,
+                where.base_url,
+                where.model,
+                where.api_key.env if where.api_key else None,
+                where.concurrency,
+                where.retries,
+                where.timeout_s,
+            )
+            field = f"endpoints[{index}].endpoint"
+        identity = json.dumps({**target.identity(), **target.settings()}, sort_keys=True)
+        place = hashlib.sha256(identity.encode()).hexdigest()[:12]
+        digest = self.digest(suite_name).removeprefix("sha256:")[:16]
+        code = self.code_digest("evaluate").removeprefix("sha256:")[:8]
+        folder = (
+            self.registry.paths.evaluations(suite_name)
+            / f"endpoint-{name}"
+            / f"{digest}-{code}-{place}{self.namespace}"
+        )
+        summary = evaluate(
+            EvalInputs(
+                suite_name=suite_name,
+                suite=suite,
+                task_data=self.task_data(suite),
+                model_path=Path(os.devnull),
+                out=folder,
+                judge_path=self._judge_path(suite),
+                chat_target=target,
+                chat_cache=self.registry.paths.endpoint_requests,
+                chat_field=field,
+                report=lambda text: self.console.print(f"  {text}"),
+            )
+        )
+        return folder, summary
+
     def _evaluate(
         self, suite_name: str, path: Path, folder: Path, endpoint: Endpoint | None = None
     ) -> dict[str, Any]:
@@ -187,11 +257,15 @@ class Evaluator(ApplyStep):
         )
         ref = f"{version.model.name}@{version.number}"
         folder = self.results_dir(suite_name, version)
+        store, state_root = self.registry.blobs.store, self.registry.paths.root
+        if not (folder / "results.json").is_file() and not force:
+            pull_folder(store, state_root, folder)  # measured by another runner
         if (folder / "results.json").is_file() and not force:
             return EvalOutcome(
                 "cached", ref, version, folder, json.loads((folder / "results.json").read_text())
             )
         summary = self._evaluate(suite_name, path, folder)
+        push_folder(store, state_root, folder)
         # The row says who measured it, so main never counts a branch's numbers as its own.
         self.registry.add_metrics(
             version.id,

@@ -174,4 +174,4 @@ class Inspector:
         for name, sha in files.items():
             target = folder / name
             if not target.is_file():
-                target.write_bytes(self.registry.blobs.path(sha).read_bytes())
+                target.write_bytes(self.registry.blobs.local(sha).read_bytes())

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controller.api import split_ref
+from controller.api.arena import DeploymentContestant, EndpointTarget
 from controller.api.dataset import (
     ArenaSource,
     DatasetSource,
@@ -21,6 +22,7 @@ from controller.api.dataset import (
 from controller.api.evalsuite import EvalSuiteSpec
 from controller.apply.context import ApplyStep
 from controller.apply.pull import ensure_model
+from controller.apply.served import deployment_endpoint
 from controller.plan.types import DesiredResource
 from controller.state import dvc
 from controller.state.provenance import Provenance, accepts
@@ -29,6 +31,7 @@ from controller.state.registry.schema import DatasetVersionRow
 from controller.state.registry.store import Registry
 from runners.arena.fastchat import preference_rows
 from runners.data import PrepareError, PrepareInputs, prepare
+from runners.data.augment import Teacher
 from runners.data.collected import read_collected
 from runners.data.preparation import SourceInput, read_split
 from runners.pull import PullError
@@ -105,6 +108,8 @@ class Preparer(ApplyStep):
             tokenizer_path=self._model_path(spec.tokenizer) if spec.tokenizer else None,
             model_paths={ref: self._model_path(ref) for ref in self._step_models(spec)},
             report=lambda text: self.console.print(f"  {text}"),
+            teachers=self._teachers(spec),
+            request_cache=self.registry.paths.endpoint_requests,
         )
         try:
             result = prepare(inputs)
@@ -308,6 +313,36 @@ class Preparer(ApplyStep):
                 if ref:
                     refs.add(ref)
         return refs
+
+    def _teachers(self, spec: DatasetSpec) -> dict[int, Teacher]:
+        """Augment steps' teacher endpoints by step index; a Deployment where it runs now."""
+        out = {}
+        for index, step in enumerate(spec.steps):
+            teacher = getattr(step, "endpoint", None)
+            field = f"steps[{index}].endpoint"
+            if isinstance(teacher, DeploymentContestant):
+                served = deployment_endpoint(self.root, teacher.deployment)
+                out[index] = Teacher(
+                    served.base_url,
+                    teacher.deployment,
+                    served.key_env,
+                    teacher.concurrency,
+                    teacher.retries,
+                    teacher.timeout_s,
+                    serves=served.version,
+                    field=field,
+                )
+            elif isinstance(teacher, EndpointTarget):
+                out[index] = Teacher(
+                    teacher.base_url,
+                    teacher.model,
+                    teacher.api_key.env if teacher.api_key else None,
+                    teacher.concurrency,
+                    teacher.retries,
+                    teacher.timeout_s,
+                    field=field,
+                )
+        return out
 
     def _model_path(self, ref: str) -> Path:
         try:

@@ -23,6 +23,8 @@ from controller.apply.prepare import Preparer
 from controller.apply.pull import ensure_model
 from controller.plan.types import DesiredResource
 from controller.report.model_card import render_card
+from controller.state.artifacts.base import StoreError
+from controller.state.artifacts.tree import pull_folder, push_folder
 from controller.state.blobs import Blob
 from controller.state.git import head_commit
 from controller.state.paths import StatePaths
@@ -114,7 +116,9 @@ class Trainer(ApplyStep):
             trust_remote_code=bool(family.trust_remote_code),
         )
         executor = dict(training.get("executor") or {})
-        if spec.training.executor.type == "kubernetes":
+        if spec.training.executor.type == "kubernetes" and spec.training.distributed.world_size > 1:
+            result = self._run_trainjob(job, run_dir, resource.digest, executor)
+        elif spec.training.executor.type == "kubernetes":
             result = self._run_kubernetes(job, run_dir, resource.digest, executor)
         else:
             fd, waited = self._claim(run_dir)
@@ -124,7 +128,18 @@ class Trainer(ApplyStep):
                     cached = self._cached(name, resource, run, run_dir)
                     if cached is not None:
                         return cached
-                result = self._run_local(job, run_dir, fd)
+                # The run folder travels through the artifact store (when one is set): the
+                # checkpoints another runner pushed are resumed from, and this run's are
+                # pushed whether it finishes or fails.
+                store, state_root = self.registry.blobs.store, self.registry.paths.root
+                pull_folder(store, state_root, run_dir)
+                try:
+                    result = self._run_local(job, run_dir, fd)
+                except BaseException:
+                    with contextlib.suppress(StoreError):  # the run's failure is the news
+                        push_folder(store, state_root, run_dir)
+                    raise
+                push_folder(store, state_root, run_dir)
             finally:
                 runlock.release(fd)
         version = self._register(
@@ -220,7 +235,11 @@ class Trainer(ApplyStep):
                     {runlock.FD_ENV: str(lock_fd), runlock.PARENT_ENV: str(os.getpid())},
                     # Crash tests' switches (runners/train/loop.py FAULT_ENV, read there;
                     # importing it here would load torch into apply).
-                    keep=("LLMOPS_FAULT_EXIT_AFTER_STEP", runlock.KEEP_ORPHAN_ENV),
+                    keep=(
+                        "LLMOPS_FAULT_EXIT_AFTER_STEP",
+                        "LLMOPS_FAULT_RANK",
+                        runlock.KEEP_ORPHAN_ENV,
+                    ),
                 ),
             )
             runlock.record(lock_fd, process.pid, os.getpid())
@@ -240,7 +259,8 @@ class Trainer(ApplyStep):
         result = json.loads(result_path.read_text()) if result_path.is_file() else {}
         if process.returncode == 0 and result.get("status") == "succeeded":
             return result
-        if result.get("status") in ("unhealthy", "failed"):
+        # crashed: a rank of a distributed run died; the message names it (resumable).
+        if result.get("status") in ("unhealthy", "failed", "crashed"):
             raise TrainFailed(f"{job.run_id}: {result['message']}")
         tail = stderr_path.read_text().strip().splitlines()[-5:]
         raise TrainFailed(
@@ -250,12 +270,18 @@ class Trainer(ApplyStep):
         )
 
     def kubernetes_job(self, experiment: str, run: str) -> dict[str, Any]:
-        """The Job manifest a Kubernetes run would submit (for review; nothing is sent)."""
+        """The Job manifest a Kubernetes run would submit (for review; nothing is sent): a
+        TrainJob for a distributed run."""
         from controller.apply.kubernetes_job import manifest, render_job
 
         resource = self.desired.resources[f"Experiment/{experiment}/{run}"]
         executor = dict(resource.fields["training"].get("executor") or {})
         job_file = self.run_dir(resource) / "job.json"
+        if resource.spec_as(ExperimentSpec).training.distributed.world_size > 1:
+            distributed = dict(resource.fields["training"].get("distributed") or {})
+            return self._trainjob(
+                job_file, f"{experiment}/{run}", resource.digest, executor, distributed
+            )
         return manifest(
             render_job(
                 job_file, f"{experiment}/{run}", resource.digest, executor, self.registry.paths.root
@@ -295,6 +321,64 @@ class Trainer(ApplyStep):
         reason = result.get("message") or status.message or "no result.json in the run folder"
         raise TrainFailed(f"{job.run_id}: Job {manifest.metadata.name} failed: {reason}")
 
+    def _run_trainjob(
+        self, job: TrainJob, run_dir: Path, digest: str, executor: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Submit a distributed run as a Kubeflow Trainer TrainJob and wait for it: over the
+        state volume, or over the store (LLMOPS_STORE, the Secret's) when one is set."""
+        from controller.apply import kubeflow_trainjob as trainer_api
+        from controller.apply import kubernetes_job as k8s
+
+        state = self.registry.paths.root
+        mount = executor.get("state_mount_path", "/llmops")
+        store = os.environ.get(trainer_api.STORE_ENV)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "result.json").unlink(missing_ok=True)
+        fields = asdict(job) if store else k8s.rewrite_paths(asdict(job), state, mount)
+        TrainJob(**fields).save(run_dir / "job.json")
+        distributed = dict(job.training.get("distributed") or {})
+        trainjob = self._trainjob(run_dir / "job.json", job.run_id, digest, executor, distributed)
+        meta = trainjob["metadata"]
+        try:
+            api = k8s.api_client(os.environ.get("LLMOPS_KUBERNETES_API"))
+            how = trainer_api.submit(api, trainjob)
+            self.console.print(f"  TrainJob {meta['namespace']}/{meta['name']} {how}; waiting")
+            status = trainer_api.wait(
+                api, meta["namespace"], meta["name"], float(executor.get("timeout_s", 86400))
+            )
+        except k8s.JobFailed as err:
+            raise TrainFailed(f"{job.run_id}: {err}") from err
+        result_path = run_dir / "result.json"
+        result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+        if status.succeeded and result.get("status") == "succeeded":
+            return result
+        reason = result.get("message") or status.message or "no result.json in the run folder"
+        raise TrainFailed(f"{job.run_id}: TrainJob {meta['name']} failed: {reason}")
+
+    def _trainjob(
+        self,
+        job_file: Path,
+        run_id: str,
+        digest: str,
+        executor: dict[str, Any],
+        distributed: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The TrainJob of a distributed run: over the store's Secret when LLMOPS_STORE is
+        set (the job named by its key in the state folder), else over the state volume."""
+        from controller.apply import kubeflow_trainjob as trainer_api
+
+        state = self.registry.paths.root
+        store = os.environ.get(trainer_api.STORE_ENV)
+        return trainer_api.render_trainjob(
+            job_file.relative_to(state) if store else job_file,
+            run_id,
+            digest,
+            executor,
+            distributed,
+            state,
+            trainer_api.STORE_SECRET if store else None,
+        )
+
     def _register(
         self,
         name: str,
@@ -307,29 +391,8 @@ class Trainer(ApplyStep):
         experiment: str,
         run: str,
     ) -> VersionRow:
-        model_dir = run_dir / "model"
-        files: list[tuple[str, Blob]] = []
-        for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-            stored = path
-            if path == model_dir / "adapter_config.json":
-                stored = _adapter_config_on(base, path, run_dir / ".adapter_config.json")
-            files.append((path.relative_to(model_dir).as_posix(), self.registry.blobs.put(stored)))
-        for file in TRAINING_FILES:
-            if (run_dir / file).is_file():
-                files.append((f"training/{file}", self.registry.blobs.put(run_dir / file)))
-        metadata: dict[str, Any] = inspect_folder(model_dir)
-        if result.get("model_kind") == "adapter":
-            metadata.update(
-                {
-                    k: getattr(base, k)
-                    for k in ("architecture", "model_type", "context_length", "vocab_size", "dtype")
-                }
-            )
-            metadata["adapter_parameters"] = metadata.pop("parameters", None)
-            metadata["parameters"] = base.parameters
-        metadata["license"] = base.license
-        metadata["model_kind"] = result.get("model_kind")
-        metadata.update(self.provenance(resource.code_version))
+        files = self._stored_files(run_dir, base)
+        metadata = self._metadata(run_dir / "model", resource, result, base)
         trusted = self.trust is None or self.trust.trusted
         first_eval, _ = first_last_eval(read_log(run_dir / LOG_FILE))
         version = self.registry.register(
@@ -376,6 +439,45 @@ class Trainer(ApplyStep):
             version.id, render_card(version, base_ref=f"{base.model.name}@{base.number}")
         )
         return self.registry.find(f"{name}@{version.number}") or version
+
+    def _stored_files(self, run_dir: Path, base: VersionRow) -> list[tuple[str, Blob]]:
+        """The run's model files (an adapter's config pointing at the base) and training files,
+        put into the blob store."""
+        model_dir = run_dir / "model"
+        files: list[tuple[str, Blob]] = []
+        for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+            stored = path
+            if path == model_dir / "adapter_config.json":
+                stored = _adapter_config_on(base, path, run_dir / ".adapter_config.json")
+            files.append((path.relative_to(model_dir).as_posix(), self.registry.blobs.put(stored)))
+        for file in TRAINING_FILES:
+            if (run_dir / file).is_file():
+                files.append((f"training/{file}", self.registry.blobs.put(run_dir / file)))
+        return files
+
+    def _metadata(
+        self,
+        model_dir: Path,
+        resource: DesiredResource,
+        result: dict[str, Any],
+        base: VersionRow,
+    ) -> dict[str, Any]:
+        """The version's metadata: read from its files (an adapter's from its base), its
+        license, kind and provenance."""
+        metadata: dict[str, Any] = inspect_folder(model_dir)
+        if result.get("model_kind") == "adapter":
+            metadata.update(
+                {
+                    k: getattr(base, k)
+                    for k in ("architecture", "model_type", "context_length", "vocab_size", "dtype")
+                }
+            )
+            metadata["adapter_parameters"] = metadata.pop("parameters", None)
+            metadata["parameters"] = base.parameters
+        metadata["license"] = base.license
+        metadata["model_kind"] = result.get("model_kind")
+        metadata.update(self.provenance(resource.code_version))
+        return metadata
 
     def overlay(self, experiment: str, outcomes: list[TrainOutcome]) -> Path:
         """Curves of every run of the experiment in one PNG."""

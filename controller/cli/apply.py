@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
 from controller.apply.engine import ApplyReport
 from controller.apply.hooks import ConsoleHooks
@@ -21,6 +23,7 @@ from controller.cli.common import (
 )
 from controller.cli.pipeline import github_publisher
 from controller.loop.revert import propose_revert
+from controller.plan.kinds import DEPLOYMENT
 from controller.report.terminal import print_diagnostics
 from controller.state.apply_mutex import ApplyBusy
 from controller.state.lockfile import LOCK_FILE, LockFileError
@@ -74,13 +77,37 @@ def apply_command(
     specs, 4 when another apply holds the lock and --no-wait was given.
     """
     top = resolve_root(root)
+    out = err_console if as_json else console
+    report = _apply(top, ref, allow_shared_state, out, as_json, no_wait, skip_deploy)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_summary(report)
+    failed_deployments = {
+        r.address.name: r.message for r in report.failed if r.address.kind == DEPLOYMENT
+    }
+    if revert_on_failure and failed_deployments:
+        _propose_revert(top, failed_deployments)
+    raise typer.Exit(Exit.FAILED if report.failed else Exit.OK)
+
+
+def _apply(
+    top: Path,
+    ref: str | None,
+    allow_shared_state: bool,
+    out: Console,
+    as_json: bool,
+    no_wait: bool,
+    skip_deploy: bool,
+) -> ApplyReport:
+    """Load, check the ref's trust against the state folder, then apply the workspace with
+    the terminal hooks; invalid specs or lock file exit 2, a busy apply with --no-wait 4."""
     loaded = load_or_exit(top)
     trust = trust_context(top, ref)
     # Before the registry is opened (opening migrates it, a write): a pull request's job that
     # was given main's state folder stops here with the fix in the message.
     check_state_folder(trust, StatePaths.for_repo(top).root, allow_shared_state)
     registry = open_registry_or_fail(top)
-    out = err_console if as_json else console
     out.print(
         f"ref: {trust.ref or 'unknown'} ({'trusted' if trust.trusted else 'untrusted'}: "
         + (
@@ -91,7 +118,7 @@ def apply_command(
     )
     hooks = ConsoleHooks(out, wait_console=err_console, show_plan=not as_json)
     try:
-        report = apply_workspace(
+        return apply_workspace(
             loaded, registry, trust, hooks, wait=not no_wait, skip_deploy=skip_deploy
         )
     except LockFileError as err:
@@ -100,16 +127,6 @@ def apply_command(
     except ApplyBusy as err:
         err_console.print(f"error: {err}", style="red")
         raise typer.Exit(Exit.BUSY) from err
-    if as_json:
-        print(json.dumps(report.as_dict(), indent=2))
-    else:
-        _print_summary(report)
-    failed_deployments = {
-        r.address.name: r.message for r in report.failed if r.address.kind == "Deployment"
-    }
-    if revert_on_failure and failed_deployments:
-        _propose_revert(top, failed_deployments)
-    raise typer.Exit(Exit.FAILED if report.failed else Exit.OK)
 
 
 def _print_summary(report: ApplyReport) -> None:

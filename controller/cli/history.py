@@ -30,6 +30,7 @@ from controller.history.git_reader import (
 )
 from controller.plan.address import Address
 from controller.plan.digest import canonical_json, short
+from controller.plan.kinds import DEPLOYMENT
 from controller.plan.planner import flatten
 from controller.state.paths import StatePaths
 from controller.state.provenance import Provenance
@@ -213,7 +214,7 @@ def _entry(diff: EntryDiff) -> list[str]:
 def _print_results(
     address: str, in_lock: bool, found: Served | None, evidence: list[Evidence]
 ) -> None:
-    if not (Address.parse(address).kind == "Deployment" and in_lock):
+    if not (Address.parse(address).kind == DEPLOYMENT and in_lock):
         for item in evidence:
             _line(f"metrics {_evidence(item)}")
         return

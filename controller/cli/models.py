@@ -244,14 +244,17 @@ def show(
 
 def _deployment_refs(root: Path) -> dict[str, list[str]]:
     """Each deployment's model references: what its spec names and what the lock says it
-    serves (a spec that no longer loads still has its served version protected)."""
+    serves (a spec that no longer loads still has its served version protected), and the
+    LoRA adapters it serves beside the model (their base is protected through them)."""
     refs: dict[str, list[str]] = {}
     for spec in load_specs(root).specs:
         if isinstance(deployment := spec.resource.spec, DeploymentSpec):
-            refs.setdefault(spec.name, []).append(deployment.model)
+            refs.setdefault(spec.name, []).extend([deployment.model, *deployment.adapters])
     for address, entry in read_lock(root / LOCK_FILE).entries("Deployment"):
         if isinstance(entry.outputs, DeploymentOutputs) and entry.outputs.version:
             refs.setdefault(address.name, []).append(entry.outputs.version)
+            adapters = (entry.spec or {}).get("adapters") or []
+            refs[address.name].extend(str(ref) for ref in adapters)
     return refs
 
 

@@ -15,8 +15,9 @@ from typing import Annotated
 import typer
 
 from controller.cli.common import Exit, RootOption, console, fail, load_or_exit, resolve_root
-from controller.report.inputs import ASSETS_DIR, gather_report_inputs
-from controller.report.markdown import gate_outcomes, render_report
+from controller.plan.types import DesiredState
+from controller.report.inputs import ASSETS_DIR, ReportInputs, gather_report_inputs
+from controller.report.markdown import GateOutcome, gate_outcomes, render_report
 from controller.state.git import GitError
 from controller.state.lockfile import LockFileError
 from controller.state.paths import StatePaths
@@ -51,56 +52,66 @@ def report_command(
     top = resolve_root(root)
     loaded = load_or_exit(top)
     target = output or StatePaths.for_repo(top).reports / "report.md"
-    try:
-        inputs = gather_report_inputs(top, loaded.desired, base, target.parent / ASSETS_DIR)
-    except GitError as err:
-        said = str(err)
-        where = f"--base {said}" if said.startswith(f"{base}: ") else f"--base {base}: {said}"
-        raise fail(where, Exit.INVALID) from err
-    except LockFileError as err:
-        raise fail(err.diagnostic.render(), Exit.INVALID) from err
+    inputs = _gather(top, loaded.desired, base, target)
     markdown = render_report(inputs)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(markdown, encoding="utf-8")
     console.print(f"report written to {target}")
     gates = gate_outcomes(inputs)
     if post:
-        from controller.publish import (
-            PLAN_CONTEXT,
-            GateStatus,
-            PublishError,
-            context_from_environment,
-            gate_context,
-            publish,
-        )
+        _post(markdown, gates, len(inputs.plan.pending), pull, sha)
+    raise typer.Exit(Exit.FAILED if any(g.passed is False for g in gates) else Exit.OK)
 
-        statuses = []
-        for gate in gates:
-            task, _, metric = gate.metric.partition("/")
-            state = "pending" if gate.pending else ("success" if gate.passed else "failure")
-            statuses.append(
-                GateStatus(
-                    # One status per gate rule: a metric may have several (max_drop and min).
-                    f"{gate_context(gate.suite, task, metric)}/{gate.rule.partition(' ')[0]}",
-                    state,
-                    f"{gate.name}: {gate.detail}",
-                    None,
-                )
-            )
-        changes = len(inputs.plan.pending)
+
+def _gather(top: Path, desired: DesiredState, base: str, target: Path) -> ReportInputs:
+    """The report's inputs; a bad `--base` or lock file exits 2 with what is wrong."""
+    try:
+        return gather_report_inputs(top, desired, base, target.parent / ASSETS_DIR)
+    except GitError as err:
+        said = str(err)
+        where = f"--base {said}" if said.startswith(f"{base}: ") else f"--base {base}: {said}"
+        raise fail(where, Exit.INVALID) from err
+    except LockFileError as err:
+        raise fail(err.diagnostic.render(), Exit.INVALID) from err
+
+
+def _post(
+    markdown: str, gates: list[GateOutcome], changes: int, pull: int | None, sha: str | None
+) -> None:
+    """Post the report as the pull request's comment, a commit status per gate rule and one
+    for the plan."""
+    from controller.publish import (
+        PLAN_CONTEXT,
+        GateStatus,
+        PublishError,
+        context_from_environment,
+        gate_context,
+        publish,
+    )
+
+    statuses = []
+    for gate in gates:
+        task, _, metric = gate.metric.partition("/")
+        state = "pending" if gate.pending else ("success" if gate.passed else "failure")
         statuses.append(
             GateStatus(
-                PLAN_CONTEXT,
-                "success",
-                f"{changes} change(s) planned" if changes else "no changes",
+                # One status per gate rule: a metric may have several (max_drop and min).
+                f"{gate_context(gate.suite, task, metric)}/{gate.rule.partition(' ')[0]}",
+                state,
+                f"{gate.name}: {gate.detail}",
                 None,
             )
         )
-        try:
-            posted = publish(
-                markdown, statuses, context_from_environment(pull_number=pull, sha=sha)
-            )
-        except PublishError as err:
-            raise fail(str(err)) from err
-        console.print(f"report {'posted' if posted.created else 'updated'}: {posted.url}")
-    raise typer.Exit(Exit.FAILED if any(g.passed is False for g in gates) else Exit.OK)
+    statuses.append(
+        GateStatus(
+            PLAN_CONTEXT,
+            "success",
+            f"{changes} change(s) planned" if changes else "no changes",
+            None,
+        )
+    )
+    try:
+        posted = publish(markdown, statuses, context_from_environment(pull_number=pull, sha=sha))
+    except PublishError as err:
+        raise fail(str(err)) from err
+    console.print(f"report {'posted' if posted.created else 'updated'}: {posted.url}")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from controller.load.diagnostics import did_you_mean
 from controller.plan.address import Address
 from controller.plan.digest import canonical_json
-from controller.plan.kinds import KINDS, RUN_KINDS
+from controller.plan.kinds import DATASET, DEPLOYMENT, EXPERIMENT, KINDS, RUN_KINDS
 from controller.plan.planner import flatten
 from runners.errors import InvalidInput
 
@@ -160,10 +160,10 @@ def lineage(resources: Mapping[str, Mapping[str, Any]], version: str) -> list[Li
     for address in sorted(resources):
         entry = resources[address]
         outputs = entry.get("outputs") or {}
-        if entry.get("kind") != "Experiment" or outputs.get("version") != version:
+        if entry.get("kind") != EXPERIMENT or outputs.get("version") != version:
             continue
         inputs = [Address.try_parse(k) for k in entry.get("inputs") or {}]
-        datasets = [str(a) for a in inputs if a is not None and a.kind == "Dataset"]
+        datasets = [str(a) for a in inputs if a is not None and a.kind == DATASET]
         if not datasets:
             found.append(Lineage(address, None, None))
         for dataset in datasets:
@@ -180,7 +180,7 @@ def lineage(resources: Mapping[str, Mapping[str, Any]], version: str) -> list[Li
 def served(resources: Mapping[str, Mapping[str, Any]], address: str) -> Served | None:
     """What the Deployment at `address` served according to one lock's resources."""
     entry = resources.get(address)
-    if not entry or entry.get("kind") != "Deployment":
+    if not entry or entry.get("kind") != DEPLOYMENT:
         return None
     version = (entry.get("outputs") or {}).get("version")
     if not isinstance(version, str):
@@ -201,22 +201,25 @@ class Target:
     """A resource address and the spec document that declares it."""
 
     address: str
+    parsed: Address = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parsed", Address.parse(self.address))
 
     @property
     def kind(self) -> str:
-        return Address.parse(self.address).kind
+        return self.parsed.kind
 
     @property
     def document(self) -> tuple[str, str]:
         """(kind, metadata.name): runs and evaluations come from their Experiment document."""
-        parsed = Address.parse(self.address)
-        if parsed.kind in RUN_KINDS:
-            return "Experiment", parsed.name
-        return parsed.kind, parsed.name
+        if self.parsed.kind in RUN_KINDS:
+            return EXPERIMENT, self.parsed.name
+        return self.parsed.kind, self.parsed.name
 
     def tracks(self, address: str) -> bool:
-        """`Experiment/x` also covers its runs `Experiment/x/<run>`."""
-        return Address.parse(self.address).contains(Address.parse(address))
+        """`Experiment/x` also covers its runs `Experiment/x/<run>` (a lock file's key)."""
+        return self.parsed.contains(Address.parse(address))
 
 
 def _after_kind(address: str) -> str:

@@ -13,7 +13,7 @@ from controller.load.compose import Run, parse_overrides
 from controller.load.diagnostics import Diagnostic, has_errors, sort_diagnostics
 from controller.load.files import FileDigests
 from controller.load.loader import LoadedSpec, load_specs
-from controller.load.resolve import resolve
+from controller.load.resolve import SourceObserver, resolve
 from controller.plan.types import DesiredState
 
 
@@ -36,11 +36,14 @@ def load_desired(
     overrides: list[str] | None = None,
     cache_dir: Path | None = None,
     code: CodeTable | None = None,
+    observe_source: SourceObserver | None = None,
 ) -> Loaded:
     """Specs -> desired state, with every problem collected as a diagnostic.
 
     `cache_dir` (the state folder's cache) keeps parsed specs and file digests between runs.
     `code` pins the runners' code identities (tests); by default they are computed.
+    `observe_source` digests what Datasets' arena and collected sources give now (the layer
+    above state passes controller/observe/sources.py's); without it they add no input.
     """
     parsed, override_problems = parse_overrides(overrides or [])
     loaded = load_specs(root, paths, cache_dir)
@@ -49,7 +52,7 @@ def load_desired(
         result.diagnostics = sort_diagnostics(result.diagnostics)
         return result
     files = FileDigests(root, cache_dir)
-    resolution = resolve(loaded.specs, root, parsed, files, code)
+    resolution = resolve(loaded.specs, root, parsed, files, code, observe_source)
     result.diagnostics = sort_diagnostics([*result.diagnostics, *resolution.diagnostics])
     result.runs = resolution.runs
     result.desired = resolution.desired

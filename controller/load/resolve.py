@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from controller.api import split_ref
-from controller.api.arena import DeploymentContestant, FilePrompts
+from controller.api.arena import DeploymentContestant, FilePrompts, contestant_name
 from controller.api.dataset import (
     ArenaSource,
     DatasetSource,
@@ -20,7 +20,7 @@ from controller.api.dataset import (
     Source,
     Step,
 )
-from controller.api.evalsuite import DatasetData, FileData
+from controller.api.evalsuite import DatasetData, FileData, SuiteEndpoint
 from controller.api.evaluation import EvaluationSpec
 from controller.api.experiment import DEFAULT_RUN, ExperimentSpec
 from controller.api.model import (
@@ -38,8 +38,13 @@ from controller.load.loader import LoadedSpec
 from controller.load.validate import format_loc
 from controller.plan.address import Address
 from controller.plan.digest import resource_digest
-from controller.plan.kinds import KINDS
+from controller.plan.kinds import EXPERIMENT, KINDS, MODEL
 from controller.plan.types import DesiredResource, DesiredState, Estimate
+
+# Digests the rows a Dataset's `arena` or `collected` source gives now (the Dataset's format,
+# the source) -> "sha256:..."; given by the layer above state (controller/observe/sources.py)
+# so the plan sees new votes and newly collected rows. Without one, those sources add no input.
+SourceObserver = Callable[[str, Any], "str | None"]
 
 Loc = tuple[str | int, ...]
 
@@ -53,14 +58,24 @@ BYTES_PER_TOKEN = 4.0
 
 
 # Settings that change what apply reports about a result, never the result: asking for a
-# brain scan of a run scans its trained version; it must not retrain it.
-NOT_DIGESTED: dict[str, tuple[str, ...]] = {"Experiment": ("inspect",)}
+# brain scan of a run scans its trained version; it must not retrain it. How many processes
+# train a run is how it runs, not what it trains (batch_size is the global batch, the losses
+# agree within float reduction order), so a run resumes its checkpoint at another world size.
+NOT_DIGESTED: dict[str, tuple[str, ...]] = {"Experiment": ("inspect", "training.distributed")}
 
 
 def digested(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """The part of a resolved spec its digest covers."""
+    """The part of a resolved spec its digest covers (a dotted key leaves out a nested one)."""
     skip = NOT_DIGESTED.get(kind, ())
-    return {k: v for k, v in spec.items() if k not in skip} if skip else spec
+    return _without(spec, [key.split(".") for key in skip]) if skip else spec
+
+
+def _without(value: dict[str, Any], keys: list[list[str]]) -> dict[str, Any]:
+    out = {k: v for k, v in value.items() if [k] not in keys}
+    for key in keys:
+        if len(key) > 1 and isinstance(out.get(key[0]), dict):
+            out[key[0]] = _without(out[key[0]], [key[1:]])
+    return out
 
 
 @dataclass
@@ -100,9 +115,11 @@ class _Resolver:
         overrides: list[Override],
         files: FileDigests,
         code: CodeTable,
+        observe_source: SourceObserver | None = None,
     ) -> None:
         self.root = root
         self.code = code
+        self.observe_source = observe_source
         self.files = files
         self.overrides = overrides
         self.diagnostics: list[Diagnostic] = []
@@ -115,7 +132,7 @@ class _Resolver:
         self.nodes: dict[str, _Node] = {}
         # Gathered for the checks (see CHECKS): set by check() before any runs, or by an
         # earlier kind's check for a later one.
-        self.models: dict[str, str] = {}  # registered_names()
+        self.models: dict[str, Address] = {}  # registered_names()
         self.collect_stores: dict[str, LoadedSpec] = {}  # collect.into -> its Deployment
         self.suite_files: dict[str, dict[str, str]] = {}  # EvalSuite -> its data files
         self._index(specs)
@@ -153,9 +170,9 @@ class _Resolver:
             if runs:
                 self.runs[spec.name] = runs
 
-    def registered_names(self) -> dict[str, str]:
-        """Model names a reference may use -> 'Model/x' or 'Experiment/x' (register_as)."""
-        names = {name: f"Model/{name}" for name in self.by_kind.get("Model", {})}
+    def registered_names(self) -> dict[str, Address]:
+        """Model names a reference may use -> Model/x or Experiment/x (register_as)."""
+        names = {name: Address(MODEL, name) for name in self.by_kind.get("Model", {})}
         for spec in self.specs("Experiment"):
             register_as = spec.resource.spec.register_as
             if not register_as:
@@ -172,7 +189,7 @@ class _Resolver:
                         f"experiment: {spec.name}}}'",
                     )
                 continue
-            names.setdefault(register_as, f"Experiment/{spec.name}")
+            names.setdefault(register_as, Address(EXPERIMENT, spec.name))
         return names
 
     # ----- references ---------------------------------------------------------------------
@@ -190,18 +207,18 @@ class _Resolver:
                 or "declare it in specs/models/ or as an Experiment's register_as",
             )
             return
-        produced_by = Address.parse(target)
-        if produced_by.kind == "Model":
-            self.edges.append(Edge(source, target, digest_input and selector is None, spec, loc))
+        if target.kind == MODEL:
+            edge = Edge(source, str(target), digest_input and selector is None, spec, loc)
+            self.edges.append(edge)
             return
-        runs = self.runs.get(produced_by.experiment, [])
+        runs = self.runs.get(target.experiment, [])
         if selector is None:
             # The latest desired output of the experiment is its default run.
-            run_address = Address("Experiment", produced_by.name, DEFAULT_RUN)
+            run_address = Address(EXPERIMENT, target.name, DEFAULT_RUN)
             self.edges.append(Edge(source, str(run_address), digest_input, spec, loc))
         else:
             for run in runs:
-                run_address = Address("Experiment", produced_by.name, run.name)
+                run_address = Address(EXPERIMENT, target.name, run.name)
                 self.edges.append(Edge(source, str(run_address), False, spec, loc))
 
     def _known(self, spec: LoadedSpec, loc: Loc, ref: str, kind: str) -> str | None:
@@ -232,7 +249,7 @@ class _Resolver:
         name = self._known(spec, loc, ref, kind)
         if name is None:
             return False
-        if kind == "Experiment":
+        if kind == EXPERIMENT:
             for run in self.runs.get(name, []):
                 self.edges.append(
                     Edge(source, f"Experiment/{name}/{run.name}", digest_input, spec, loc)
@@ -498,12 +515,29 @@ def _check_eval_suite(r: _Resolver, spec: LoadedSpec) -> None:
         r._model_ref(spec, ("spec", "judge", "model"), suite.judge.model, address)
     if suite.baseline:
         r._path(spec, ("spec", "baseline"), suite.baseline, address, required=False)
+    for i, entry in enumerate(suite.endpoints):
+        _suite_endpoint(r, spec, i, entry)
     # For a Dataset's decontaminate step (checked later): the suite's data, not its baseline.
     r.suite_files[spec.name] = {
         k: v
         for k, v in r.file_inputs.get(address, {}).items()
         if not (suite.baseline and k == f"file:{suite.baseline}")
     }
+
+
+def _suite_endpoint(r: _Resolver, spec: LoadedSpec, index: int, entry: SuiteEndpoint) -> None:
+    """An endpoint a suite names: its own `Evaluation/<suite>/<name>`, waiting for the suite
+    (and, for a Deployment, ordered after it: asked where it is deployed at apply)."""
+    name = contestant_name(entry)
+    address = f"Evaluation/{spec.name}/{name}"
+    evaluation = EvaluationSpec(
+        suite=spec.name, subject=f"endpoint:{name}", endpoint=entry.model_dump(mode="json")
+    )
+    r._node(spec, address, "Evaluation", evaluation)
+    loc: Loc = ("spec", "endpoints", index)
+    r.edges.append(Edge(address, f"EvalSuite/{spec.name}", True, spec, loc))
+    if isinstance(entry, DeploymentContestant):
+        r._named_ref(spec, (*loc, "deployment"), entry.deployment, "Deployment", address, False)
 
 
 def _check_dataset(r: _Resolver, spec: LoadedSpec) -> None:
@@ -529,8 +563,9 @@ def _dataset_source(r: _Resolver, spec: LoadedSpec, loc: Loc, src: Source, addre
     elif isinstance(src, ArenaSource):
         # Not waited for, nor required to be a spec: the votes the registry holds when the
         # Dataset is prepared are its rows (an Arena may compare a model trained on this very
-        # Dataset; `llmops arena import` stores votes of an arena no spec names).
-        return
+        # Dataset; `llmops arena import` stores votes of an arena no spec names). Their
+        # digest now is an input, so the plan sees new votes.
+        _observed_input(r, spec, src, f"arena:{src.arena}", address)
     elif src.store not in r.collect_stores:
         r._diag(
             spec,
@@ -538,6 +573,18 @@ def _dataset_source(r: _Resolver, spec: LoadedSpec, loc: Loc, src: Source, addre
             f"no Deployment collects into '{src.store}'",
             did_you_mean(src.store, r.collect_stores) or "set collect.into on a Deployment",
         )
+    else:
+        # The rows collected so far are an input too: the plan sees newly collected ones.
+        _observed_input(r, spec, src, f"collected:{src.store}", address)
+
+
+def _observed_input(r: _Resolver, spec: LoadedSpec, src: Source, key: str, address: str) -> None:
+    """The digest of the rows an arena or collected source gives now, as the Dataset's input."""
+    if r.observe_source is None:
+        return
+    digest = r.observe_source(spec.resource.spec.format, src)
+    if digest:
+        r.file_inputs.setdefault(address, {})[key] = digest
 
 
 def _dataset_step(r: _Resolver, spec: LoadedSpec, loc: Loc, step: Step, address: str) -> None:
@@ -548,6 +595,10 @@ def _dataset_step(r: _Resolver, spec: LoadedSpec, loc: Loc, step: Step, address:
     model = getattr(step, "model", None)
     if model:
         r._model_ref(spec, (*loc, "model"), model, address)
+    teacher = getattr(step, "endpoint", None)
+    if isinstance(teacher, DeploymentContestant):  # asked where it is deployed: order only
+        r._named_ref(spec, (*loc, "endpoint", "deployment"), teacher.deployment, "Deployment",
+                     address, False)  # fmt: skip
     if getattr(step, "step", "") == "decontaminate":
         wanted = step.suites or sorted(r.suite_files)
         for j, suite_name in enumerate(step.suites):
@@ -707,6 +758,15 @@ def _check_control(r: _Resolver, spec: LoadedSpec, runs: list[Run]) -> None:
 def _evaluation(r: _Resolver, spec: LoadedSpec, label: str, suite: str, subject: str) -> str:
     """Add `Evaluation/<experiment>/<label>` of `subject` on `suite`, waiting for the suite."""
     address = f"Evaluation/{spec.name}/{label}"
+    taken = r.nodes.get(address)
+    if taken is not None and taken.source is not spec:
+        r._diag(
+            spec,
+            ("metadata", "name"),
+            f"{address} is both this experiment's evaluation and an endpoint that EvalSuite "
+            f"'{taken.source.name}' names",
+            "rename the suite's endpoint ('name') or the experiment's run",
+        )
     r._node(spec, address, "Evaluation", EvaluationSpec(suite=suite, subject=subject))
     r.edges.append(Edge(address, f"EvalSuite/{suite}", True, spec, ("spec", "eval_suite")))
     return address
@@ -811,15 +871,17 @@ def resolve(
     overrides: list[Override] | None = None,
     files: FileDigests | None = None,
     code: CodeTable | None = None,
+    observe_source: SourceObserver | None = None,
 ) -> Resolution:
     """Compose experiments, check references and paths, build the graph and digests.
 
     `code` is the runners' code identities (runner -> CodeIdentity); by default computed from
     this installation's source. Tests pin it (`pinned_identities`) or point it at a copy.
+    `observe_source` digests what a Dataset's arena and collected sources give now.
     """
     digests = files or FileDigests(root)
     table = code if code is not None else code_identities(cache_dir=digests.cache_dir)
-    resolver = _Resolver(specs, root, overrides or [], digests, table)
+    resolver = _Resolver(specs, root, overrides or [], digests, table, observe_source)
     resolver.compose()
     resolver.check()
     digests.save()

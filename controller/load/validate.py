@@ -13,6 +13,7 @@ from controller.api.common import NAME_PATTERN, REF_PATTERN
 from controller.load.diagnostics import Diagnostic, did_you_mean
 from controller.load.secrets import SECRET_FIELD_NAMES, SECRET_HINT, find_secret
 from controller.load.yaml_source import Loc, YamlDocument, walk_strings
+from controller.plan.kinds import EXPERIMENT
 
 
 def _is_secret_field(name: object) -> bool:
@@ -307,7 +308,7 @@ def validate_document(doc: YamlDocument) -> tuple[Resource | None, list[Diagnost
     model_cls: type[BaseModel] = KINDS[kind]
     try:
         resource = model_cls.model_validate(
-            _without_interpolations(plain) if kind == "Experiment" else plain
+            _without_interpolations(plain) if kind == EXPERIMENT else plain
         )
     except ValidationError as err:
         diagnostics.extend(

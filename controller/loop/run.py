@@ -43,6 +43,7 @@ from controller.apply.train import Trainer
 from controller.load.desired import Loaded, load_desired
 from controller.loop import window as windows
 from controller.loop.trigger import decide
+from controller.observe.sources import SourceDigests
 from controller.plan.address import Address
 from controller.report.inputs import gather_report_inputs
 from controller.report.markdown import render_report
@@ -275,25 +276,10 @@ class PipelineRun:
             },
         )
         if not resumed:
-            trigger = self.spec.trigger
-            decision = decide(
-                trigger.schedule,
-                trigger.min_new_rows,
-                new_rows,
-                _time_or_none(last.get("finished")),
-                self.now,
-                self.scheduled,
-            )
-            same = last.get("digest") == digest and last.get("branch") == record.branch
-            if not decision.go or same or not kept:
+            skipped = self._skip_reason(record, last, new_rows, window.count, len(kept))
+            if skipped is not None:
                 record.status = "skipped"
-                record.message = (
-                    decision.reason
-                    if not decision.go
-                    else "nothing new since the last run"
-                    if same
-                    else f"none of the {window.count} collected row(s) is one to train on"
-                )
+                record.message = skipped
                 if not dry_run:
                     self._finish(record)
                 return record
@@ -306,6 +292,35 @@ class PipelineRun:
                 f"{record.branch}"
             )
             return record
+        self._execute(record, snapshot_text, until)
+        return record
+
+    def _skip_reason(
+        self, record: RunRecord, last: dict[str, Any], new_rows: int, rows: int, kept: int
+    ) -> str | None:
+        """Why a new run does not go (the trigger says no, the same data as the last run, no
+        row to train on), or None when it goes."""
+        trigger = self.spec.trigger
+        decision = decide(
+            trigger.schedule,
+            trigger.min_new_rows,
+            new_rows,
+            _time_or_none(last.get("finished")),
+            self.now,
+            self.scheduled,
+        )
+        same = last.get("digest") == record.window["digest"] and last.get("branch") == record.branch
+        if not decision.go:
+            return decision.reason
+        if same:
+            return "nothing new since the last run"
+        if not kept:
+            return f"none of the {rows} collected row(s) is one to train on"
+        return None
+
+    def _execute(self, record: RunRecord, snapshot_text: str, until: datetime) -> None:
+        """The steps under the pipeline's lock and the state folder's apply mutex; a failed
+        step is recorded and raised as PipelineFailed."""
         try:
             with exclusive_apply(self.folder, wait=False, activity=f"pipeline {self.name}"):
                 self.state.current = record.as_dict()
@@ -319,7 +334,6 @@ class PipelineRun:
             record.message = str(err)
             self._finish(record)
             raise PipelineFailed(str(err)) from err
-        return record
 
     def _waiting(self, who: str) -> None:
         self.console.print(f"waiting for the apply in progress ({who})")
@@ -364,7 +378,14 @@ class PipelineRun:
         with self._state_dir():
             started = time.monotonic()
             snapshot = self._update_dataset(worktree, snapshot_text, until)
-            loaded = _checked(load_desired(worktree, cache_dir=self.paths.cache), worktree)
+            loaded = _checked(
+                load_desired(
+                    worktree,
+                    cache_dir=self.paths.cache,
+                    observe_source=SourceDigests(self.paths),
+                ),
+                worktree,
+            )
             prepared = Preparer(loaded, registry, self.console).prepare(self.steps.dataset)
             self._step(
                 record,

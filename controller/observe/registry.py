@@ -10,6 +10,7 @@ from controller.api.evaluation import EvaluationSpec
 from controller.api.experiment import ExperimentSpec
 from controller.api.model import ExperimentSource, ModelSpec
 from controller.plan.address import Address
+from controller.plan.kinds import DATASET, EVAL_SUITE, EXPERIMENT, MODEL
 from controller.plan.types import DesiredState, ObservedResource, ObservedState
 from controller.state.provenance import Provenance, TrustContext, accepts
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 def merge_registry(
     observed: ObservedState,
     versions: Mapping[str, list[tuple[int, str | None]]],
-    desired_digests: Mapping[str, str],
+    desired_digests: Mapping[Address, str],
 ) -> ObservedState:
     """The registry decides whether a Model exists: the lock file may be from another machine.
 
@@ -30,19 +31,18 @@ def merge_registry(
     """
     # Models an experiment produces are not pulled: the lock file alone records them.
     resources = {
-        a: r for a, r in observed.resources.items() if r.kind != "Model" or a not in desired_digests
+        a: r for a, r in observed.resources.items() if r.kind != MODEL or a not in desired_digests
     }
     for address, desired_digest in desired_digests.items():
-        name = Address.parse(address).name
-        stored = versions.get(name, [])
+        stored = versions.get(address.name, [])
         if not stored:
             continue
         digests = [d for _, d in stored if d]
         digest = desired_digest if desired_digest in digests else (digests[-1] if digests else "")
-        locked = observed.resources.get(address)
-        resources[address] = ObservedResource(
+        locked = observed.resources.get(str(address))
+        resources[str(address)] = ObservedResource(
             address=address,
-            kind="Model",
+            kind=MODEL,
             digest=digest,
             fields=locked.fields if locked and locked.digest == digest else {},
             inputs=locked.inputs if locked and locked.digest == digest else {},
@@ -59,22 +59,22 @@ def merge_registry(
 def merge_datasets(
     observed: ObservedState,
     prepared: Mapping[str, list[dict[str, Any]]],
-    desired_digests: Mapping[str, str],
+    desired_digests: Mapping[Address, str],
 ) -> ObservedState:
     """A Dataset is observed as prepared when the registry has a version from its inputs.
 
     `prepared` maps a dataset name to its versions, oldest first, each with the inputs
     digest that produced it and the spec and inputs recorded then (for the plan's reasons).
     """
-    resources = {a: r for a, r in observed.resources.items() if r.kind != "Dataset"}
+    resources = {a: r for a, r in observed.resources.items() if r.kind != DATASET}
     for address, desired_digest in desired_digests.items():
-        versions = prepared.get(Address.parse(address).name, [])
+        versions = prepared.get(address.name, [])
         if not versions:
             continue
         match = next((v for v in versions if v["resource_digest"] == desired_digest), versions[-1])
-        resources[address] = ObservedResource(
+        resources[str(address)] = ObservedResource(
             address=address,
-            kind="Dataset",
+            kind=DATASET,
             digest=match["resource_digest"],
             fields=match.get("spec") or {},
             inputs=match.get("inputs") or {},
@@ -185,12 +185,12 @@ def observe_registry(
 ) -> ObservedState:
     """Everything the registry knows, merged over the lock file's observation."""
     models = {
-        str(r.address): r.digest
+        r.address: r.digest
         for r, spec in desired.specs(ModelSpec)
         if not isinstance(spec.source, ExperimentSource)
     }
     observed = merge_registry(observed, registry.version_digests(), models)
-    datasets = {str(r.address): r.digest for r, _ in desired.specs(DatasetSpec)}
+    datasets = {r.address: r.digest for r, _ in desired.specs(DatasetSpec)}
     observed = merge_datasets(observed, registry.datasets.observed(), datasets)
     runs = {str(r.address): r.digest for r, _ in desired.specs(ExperimentSpec)}
     observed = merge_runs(
@@ -200,9 +200,9 @@ def observe_registry(
     for resource, _ in desired.specs(EvaluationSpec):
         address = str(resource.address)
         kinds = {a: (p.kind if (p := Address.try_parse(a)) else None) for a in resource.inputs}
-        suite = next((d for a, d in resource.inputs.items() if kinds[a] == "EvalSuite"), "")
+        suite = next((d for a, d in resource.inputs.items() if kinds[a] == EVAL_SUITE), "")
         subject = next(
-            (d for a, d in resource.inputs.items() if kinds[a] in ("Experiment", "Model")), ""
+            (d for a, d in resource.inputs.items() if kinds[a] in (EXPERIMENT, MODEL)), ""
         )
         evaluations[address] = (resource.digest, subject, suite)
     # On a trusted ref only metrics a trusted ref wrote make an evaluation done: a pull

@@ -33,9 +33,7 @@ class Address:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise AddressError(
-                f"unknown kind '{self.kind}' (one of {', '.join(KINDS)})"
-            )
+            raise AddressError(f"unknown kind '{self.kind}' (one of {', '.join(KINDS)})")
         if not self.name or "/" in self.name:
             raise AddressError(f"'{self.name}' is not a resource name")
         if self.run is not None and self.kind not in RUN_KINDS:
@@ -99,12 +97,3 @@ class Address:
         return self == other or (
             self.kind == other.kind and self.name == other.name and self.run is None
         )
-
-
-def name_of(address: str) -> str:
-    """The resource name in an address string (shorthand for Address.parse(a).name)."""
-    return Address.parse(address).name
-
-
-def kind_of(address: str) -> str:
-    return Address.parse(address).kind

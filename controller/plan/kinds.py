@@ -67,6 +67,11 @@ _TABLE = (
     KindFacts("Pipeline", "pipeline", (), ActionKind.CREATE, ActionKind.UPDATE),
 )
 KINDS: dict[str, KindFacts] = {facts.kind: facts for facts in _TABLE}
+# The kinds by name, for code that treats one kind apart (compared with these, never with a
+# string literal); the table above is their one spelling.
+MODEL, DATASET, EVAL_SUITE, EXPERIMENT, EVALUATION, ARENA, DEPLOYMENT, PIPELINE = (
+    facts.kind for facts in _TABLE
+)
 KIND_ORDER: tuple[str, ...] = tuple(KINDS)
 RUN_KINDS: frozenset[str] = frozenset(k for k, f in KINDS.items() if f.has_run)
 

@@ -148,6 +148,10 @@ def describe_code_change(want: DesiredResource, have: ObservedResource) -> str:
 
 
 def _input_label(key: str) -> str:
+    if key.startswith("arena:"):
+        return f"votes of arena {key.removeprefix('arena:')}"
+    if key.startswith("collected:"):
+        return f"rows collected in {key.removeprefix('collected:')}"
     return f"file {key.removeprefix('file:')}" if key.startswith("file:") else key
 
 

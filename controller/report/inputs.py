@@ -29,6 +29,7 @@ from controller.api.evaluation import EvaluationSpec
 from controller.api.experiment import ExperimentSpec
 from controller.observe.applied import observed_from_lock
 from controller.plan.address import Address
+from controller.plan.kinds import DATASET, EXPERIMENT
 from controller.plan.planner import plan
 from controller.plan.types import DesiredState
 from controller.report.markdown import Curve, DesiredEvaluation, ReportInputs
@@ -109,7 +110,8 @@ def desired_evaluations(desired: DesiredState) -> dict[str, DesiredEvaluation]:
         address, suite = resource.address, spec.suite
         suite_resource = desired.resources.get(str(Address("EvalSuite", suite)))
         control = ("control", _control_run(desired, address.experiment))
-        judged = address.run not in control and suite_resource is not None
+        # an endpoint a suite names is measured, not gated (no run of its own to promote)
+        judged = address.run not in control and suite_resource is not None and not spec.endpoint
         out[str(address)] = DesiredEvaluation(
             suite=suite,
             subject=spec.subject,
@@ -144,7 +146,7 @@ def collect_curves(
     if registry is None:
         return {}
     curves = {}
-    for address, entry in _this_branch(desired, head_lock, "Experiment"):
+    for address, entry in _this_branch(desired, head_lock, EXPERIMENT):
         outputs = entry.outputs
         version = registry.find(outputs.version) if isinstance(outputs, ExperimentOutputs) else None
         if version is None:
@@ -154,17 +156,17 @@ def collect_curves(
         if log is None:
             continue
         try:
-            steps = losses(read_log(registry.blobs.path(log)))
+            steps = losses(read_log(registry.blobs.local(log)))
         except LogError:
             continue
         image = blob = None
         png = files.get("training/curves.png")
-        if png is not None and registry.blobs.path(png).is_file():
-            parsed = Address.parse(address)
+        if png is not None and registry.blobs.local(png).is_file():
+            parsed = desired.resources[address].address
             stem = "-".join(p for p in (parsed.kind, parsed.name, parsed.run) if p).lower()
             assets.mkdir(parents=True, exist_ok=True)
             copy = assets / f"{stem}.png"
-            shutil.copyfile(registry.blobs.path(png), copy)
+            shutil.copyfile(registry.blobs.local(png), copy)
             image = copy.relative_to(relative_to).as_posix()
             blob = f"sha256:{png}"
         curves[address] = Curve(steps, image, blob)
@@ -182,7 +184,7 @@ def dataset_diffs(
     if registry is None:
         return {}
     out = {}
-    for address, entry in _this_branch(desired, head_lock, "Dataset"):
+    for address, entry in _this_branch(desired, head_lock, DATASET):
         before = base_lock.get(address)
         if before is None:
             continue
@@ -191,7 +193,7 @@ def dataset_diffs(
             continue
         if not old.version or not new.version or old.version == new.version:
             continue
-        name = Address.parse(address).name
+        name = desired.resources[address].name
         before_dir = registry.paths.dataset_version(name, old.version)
         after_dir = registry.paths.dataset_version(name, new.version)
         if not (before_dir.is_dir() and after_dir.is_dir()):
@@ -281,7 +283,7 @@ def untrusted_results(
     for address, entry in head_lock.items():
         resource = desired.resources.get(address)
         version = getattr(entry.outputs, "version", None)
-        if resource is None or entry.kind != "Experiment" or entry.digest != resource.digest:
+        if resource is None or entry.kind != EXPERIMENT or entry.digest != resource.digest:
             continue
         row = registry.find(version) if isinstance(version, str) and "@" in version else None
         recorded = Provenance.from_dict((row.extra or {}).get("provenance")) if row else None

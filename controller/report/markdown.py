@@ -24,6 +24,7 @@ from controller.observe.leaderboard import (
     shown_ranks,
 )
 from controller.plan.address import Address
+from controller.plan.kinds import DEPLOYMENT
 from controller.plan.types import ActionKind, Plan
 from controller.report.escape import cell, code, link_target
 from controller.state.lockfile import (
@@ -285,6 +286,10 @@ def _evaluation_section(inputs: ReportInputs) -> list[str]:
             lines += ["| metric | value |", "|---|---:|"]
             for metric, value in sorted(outputs.metrics.items()):
                 lines.append(f"| {cell(metric)} | {fmt(value)} |")
+        if outputs.endpoint is not None:  # an endpoint the suite names: latency, tokens
+            name = str(outputs.subject).removeprefix("endpoint:")
+            for line in endpoint_lines({name: outputs.endpoint}):
+                lines += ["", cell(line, 1000)]
         failed = outputs.failed_gates
         if gates:
             lines += [
@@ -501,7 +506,7 @@ def _dataset_section(inputs: ReportInputs) -> list[str]:
 def _deployment_section(inputs: ReportInputs) -> list[str]:
     rows = []
     for action in inputs.plan.actions:
-        if action.resource_kind != "Deployment" or action.kind == ActionKind.NOOP:
+        if action.resource_kind != DEPLOYMENT or action.kind == ActionKind.NOOP:
             continue
         entry = inputs.base_lock.get(action.address)
         before = entry.outputs if entry is not None else DeploymentOutputs()
@@ -514,7 +519,7 @@ def _deployment_section(inputs: ReportInputs) -> list[str]:
         return []
     details = []
     for action in inputs.plan.actions:
-        if action.resource_kind != "Deployment" or action.kind == ActionKind.NOOP:
+        if action.resource_kind != DEPLOYMENT or action.kind == ActionKind.NOOP:
             continue
         changes = [c for c in action.changes if c.startswith("spec ")]
         if changes:

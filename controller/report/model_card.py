@@ -30,9 +30,8 @@ def _params(n: int | None) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
-def render_card(version: VersionRow, base_ref: str | None = None) -> str:
-    """Front matter (license, base_model, tags, model-index) then readable sections."""
-    name = version.model.name
+def _front_matter(version: VersionRow, base_ref: str | None) -> str:
+    """The YAML front matter: license, base_model, tags and the model-index of metrics."""
     front: dict[str, Any] = {"library_name": "transformers"}
     if version.license:
         front["license"] = version.license
@@ -53,7 +52,7 @@ def render_card(version: VersionRow, base_ref: str | None = None) -> str:
             )
         front["model-index"] = [
             {
-                "name": name,
+                "name": version.model.name,
                 "results": [
                     {
                         "task": {"type": "text-generation"},
@@ -68,19 +67,13 @@ def render_card(version: VersionRow, base_ref: str | None = None) -> str:
     yaml = YAML()
     yaml.default_flow_style = False
     yaml.dump(front, stream)
+    return stream.getvalue().rstrip()
 
+
+def _details(version: VersionRow) -> list[str]:
+    """The model details table, the source and the files."""
     aliases = sorted(a.name for a in version.model.aliases if a.version_id == version.id)
-    lines = [
-        "---",
-        stream.getvalue().rstrip(),
-        "---",
-        "",
-        f"# {cell(name)} (version {version.number})",
-        "",
-    ]
-    if version.model.description:
-        lines += [version.model.description, ""]
-    lines += [
+    return [
         "## Model details",
         "",
         "| | |",
@@ -118,36 +111,47 @@ def render_card(version: VersionRow, base_ref: str | None = None) -> str:
         *(f"| {cell(f.path)} | {_size(f.size)} | {code(f.sha256)} |" for f in version.files),
         "",
     ]
+
+
+def _lineage(version: VersionRow, base_ref: str | None) -> list[str]:
+    """Where the version came from: base model, dataset version, run, commit, seeds."""
     lineage = version.lineage
-    lines += ["## Lineage", ""]
-    if lineage:
-        for label, value in (
-            ("base model", base_ref),
-            ("dataset version", lineage.dataset_version),
-            ("experiment run", lineage.experiment_run),
-            ("git commit", lineage.git_commit),
-            ("config digest", lineage.config_digest),
-            ("seeds", lineage.seeds or None),
-            ("packages", lineage.packages or None),
-        ):
-            if value:
-                lines.append(f"- {label}: {cell(value, limit=400)}")
-    else:
-        lines.append("Imported from its source; no training lineage.")
-    lines += ["", "## Evaluation", ""]
-    if version.metrics:
-        lines += ["| suite | metric | value |", "|---|---|---|"]
-        lines += [
-            f"| {cell(m.suite)} | {cell(m.name)} | {m.value:.4f} |"
-            for m in sorted(version.metrics, key=lambda m: (m.suite, m.name))
-        ]
-    else:
-        lines.append("Not evaluated yet.")
+    lines = ["## Lineage", ""]
+    if not lineage:
+        return [*lines, "Imported from its source; no training lineage."]
+    for label, value in (
+        ("base model", base_ref),
+        ("dataset version", lineage.dataset_version),
+        ("experiment run", lineage.experiment_run),
+        ("git commit", lineage.git_commit),
+        ("config digest", lineage.config_digest),
+        ("seeds", lineage.seeds or None),
+        ("packages", lineage.packages or None),
+    ):
+        if value:
+            lines.append(f"- {label}: {cell(value, limit=400)}")
+    return lines
+
+
+def _evaluation(version: VersionRow) -> list[str]:
+    """The metrics table, or a line saying the version is not evaluated yet."""
+    lines = ["## Evaluation", ""]
+    if not version.metrics:
+        return [*lines, "Not evaluated yet."]
+    lines += ["| suite | metric | value |", "|---|---|---|"]
     lines += [
-        "",
+        f"| {cell(m.suite)} | {cell(m.name)} | {m.value:.4f} |"
+        for m in sorted(version.metrics, key=lambda m: (m.suite, m.name))
+    ]
+    return lines
+
+
+def _use(name: str, number: int) -> list[str]:
+    """How to load the version's files."""
+    return [
         "## Use",
         "",
-        f"`llmops models show {name}@{version.number} --path` prints the folder with this "
+        f"`llmops models show {name}@{number} --path` prints the folder with this "
         "version's files; load it with transformers:",
         "",
         "```python",
@@ -158,4 +162,23 @@ def render_card(version: VersionRow, base_ref: str | None = None) -> str:
         "```",
         "",
     ]
+
+
+def render_card(version: VersionRow, base_ref: str | None = None) -> str:
+    """Front matter (license, base_model, tags, model-index) then readable sections."""
+    name = version.model.name
+    lines = [
+        "---",
+        _front_matter(version, base_ref),
+        "---",
+        "",
+        f"# {cell(name)} (version {version.number})",
+        "",
+    ]
+    if version.model.description:
+        lines += [version.model.description, ""]
+    lines += _details(version)
+    lines += _lineage(version, base_ref)
+    lines += ["", *_evaluation(version)]
+    lines += ["", *_use(name, version.number)]
     return "\n".join(lines)

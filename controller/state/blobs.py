@@ -1,4 +1,9 @@
-"""State, blob store: every file stored once by sha256, written atomically, verified by digest."""
+"""State, blob store: every file stored once by sha256, written atomically, verified by digest.
+
+With an artifact store (LLMOPS_STORE) the folder is a cache of the store: a put uploads, a
+blob missing here is fetched (verified by its sha256) when read, and LLMOPS_STORE_CACHE_MAX
+bounds the folder by evicting the least recently used blobs the store holds.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.state.artifacts.base import ArtifactStore, blob_key
+
 CHUNK = 4 << 20
 # A file in blobs/tmp older than this whose writer is gone is an abandoned write; anything
 # younger, or of a live process, may be another writer's half-written blob.
 STALE_TMP_S = 3600
+# Eviction never removes a blob used this recently: the version being loaded stays whole
+# even when it alone is larger than the cache's limit.
+EVICT_MIN_IDLE_S = 600
+FETCHED_LOG = "fetched.jsonl"
 Progress = Callable[[int], None]
 
 
@@ -32,8 +43,13 @@ class BlobStore:
     renames it into place, so a crash leaves either no blob or a whole one.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, store: ArtifactStore | None = None, cache_max: int | None = None
+    ) -> None:
         self.root = root
+        self.store = store
+        self.cache_max = cache_max
+        self.fetched: list[Blob] = []  # what this process fetched from the store
         self._verified: dict[str, list[int]] | None = None
 
     # A blob handed to a loader is checked against its digest first (`check`): hashed once,
@@ -69,10 +85,12 @@ class BlobStore:
     def check(self, sha256: str, size: int | None = None) -> str | None:
         """None when the blob holds its digest's bytes; otherwise what is wrong with it."""
         path = self.path(sha256)
+        self._ensure(sha256, size)
         try:
             stamp = self._stamp(path)
         except OSError:
             return "missing from the blob store"
+        self._used(path)
         if size is not None and stamp[0] != size:
             return f"{stamp[0]} bytes where {size} were stored"
         if self._verified_stamps().get(sha256) == stamp:
@@ -87,11 +105,90 @@ class BlobStore:
         return self.root / "sha256" / sha256[:2] / sha256
 
     def exists(self, sha256: str, size: int | None = None) -> bool:
+        """Here or in the artifact store (which is asked, nothing is fetched)."""
+        return self._here(sha256, size) or self._in_store(sha256, size)
+
+    def _here(self, sha256: str, size: int | None = None) -> bool:
         path = self.path(sha256)
         try:
             return path.is_file() and (size is None or path.stat().st_size == size)
         except OSError:
             return False
+
+    def _in_store(self, sha256: str, size: int | None = None) -> bool:
+        if self.store is None:
+            return False
+        stored = self.store.size(blob_key(sha256))
+        return stored is not None and (size is None or stored == size)
+
+    def local(self, sha256: str) -> Path:
+        """The blob's file here, fetched from the artifact store first when only it has it."""
+        path = self.path(sha256)
+        self._ensure(sha256)
+        self._used(path)
+        return path
+
+    def _ensure(self, sha256: str, size: int | None = None) -> None:
+        """Fetch the blob when it is not here and the store has it (at `size`, when given)."""
+        if self.store is None or self.path(sha256).is_file():
+            return
+        stored = self.store.size(blob_key(sha256))
+        if stored is not None and (size is None or stored == size):
+            self._fetch(sha256, stored)
+
+    def _fetch(self, sha256: str, size: int) -> None:
+        """Download a blob into the cache; the store refuses bytes that hash otherwise."""
+        assert self.store is not None
+        tmp_dir = self.root / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}-fetch.part"
+        started = time.monotonic()
+        try:
+            self.store.download(blob_key(sha256), tmp, sha256=sha256, size=size)
+            final = self.path(sha256)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp.chmod(0o444)
+            os.replace(tmp, final)
+            self._remember({sha256: self._stamp(final)})  # hashed while fetched
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.fetched.append(Blob(sha256, size))
+        record = {"sha256": sha256, "size": size, "s": round(time.monotonic() - started, 3)}
+        with (self.root / FETCHED_LOG).open("a") as log:
+            log.write(json.dumps({**record, "at": time.time(), "pid": os.getpid()}) + "\n")
+        self.evict()
+
+    def _used(self, path: Path) -> None:
+        """Record a use in the file's access time (its mtime and digest stamp stay)."""
+        if self.cache_max is None:
+            return
+        try:
+            st = path.stat()
+            os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
+        except OSError:
+            return
+
+    def evict(self) -> list[str]:
+        """Bring the cache under LLMOPS_STORE_CACHE_MAX: remove the least recently used blobs
+        that the store holds and nothing used in the last EVICT_MIN_IDLE_S; what went."""
+        if self.store is None or self.cache_max is None:
+            return []
+        entries = []
+        for blob in self:
+            try:
+                entries.append((self.path(blob.sha256).stat().st_atime, blob))
+            except OSError:
+                continue
+        total = sum(blob.size for _, blob in entries)
+        removed: list[str] = []
+        now = time.time()
+        for used, blob in sorted(entries, key=lambda e: e[0]):
+            if total <= self.cache_max or now - used < EVICT_MIN_IDLE_S:
+                break
+            if self._in_store(blob.sha256, blob.size):
+                total -= self.delete(blob.sha256)
+                removed.append(blob.sha256)
+        return removed
 
     def put(self, source: Path, progress: Progress | None = None) -> Blob:
         """Store `source` (copied, never moved); a blob that exists already is not rewritten."""
@@ -114,7 +211,7 @@ class BlobStore:
                 os.fsync(writer.fileno())
             sha = digest.hexdigest()
             final = self.path(sha)
-            if self.exists(sha, size):
+            if self._here(sha, size):
                 tmp.unlink()
                 self._touch(sha)
             else:
@@ -122,6 +219,10 @@ class BlobStore:
                 tmp.chmod(0o444)
                 os.replace(tmp, final)
                 self._remember({sha: self._stamp(final)})  # hashed while written
+            if self.store is not None and not self._in_store(sha, size):
+                self.store.upload(blob_key(sha), final, sha256=sha)
+            self._used(final)
+            self.evict()
             return Blob(sha, size)
         finally:
             tmp.unlink(missing_ok=True)
@@ -158,11 +259,11 @@ class BlobStore:
             return None
 
     def read_text(self, sha256: str) -> str:
-        return self.path(sha256).read_text(encoding="utf-8")
+        return self.local(sha256).read_text(encoding="utf-8")
 
     def verify(self, sha256: str, progress: Progress | None = None) -> bool:
         """Re-hash a blob; False when it is missing or its content no longer matches."""
-        path = self.path(sha256)
+        path = self.local(sha256)
         if not path.is_file():
             return False
         digest = hashlib.sha256()
@@ -174,6 +275,7 @@ class BlobStore:
         return digest.hexdigest() == sha256
 
     def delete(self, sha256: str) -> int:
+        """Remove the copy here (the artifact store keeps its own); the bytes freed."""
         path = self.path(sha256)
         try:
             size = path.stat().st_size

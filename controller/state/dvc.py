@@ -1,7 +1,9 @@
 """State, DVC: prepared data tracked in the repository, pushed to a DVC remote.
 
 The default remote is a folder under .llmops/ (embedded default); any DVC remote works when
-configured in .dvc/config. Uses DVC's Python API (dvc.repo.Repo).
+configured in .dvc/config. With an S3 artifact store (LLMOPS_STORE=s3://bucket/prefix) pushes
+and pulls go to its dvc/ folder instead (remote `store`, endpoint from AWS_ENDPOINT_URL), so
+every runner with the store URL shares the remote. Uses DVC's Python API (dvc.repo.Repo).
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ruamel.yaml import YAML
 
+from controller.state.artifacts.url import open_store
+from controller.state.paths import STORE_ENV
 from runners.errors import LlmopsError
 
 DEFAULT_REMOTE = "local"
@@ -41,6 +47,20 @@ def _quiet() -> Iterator[None]:
         ui._enabled = enabled
 
 
+STORE_REMOTE = "store"
+
+
+def store_config() -> dict[str, Any] | None:
+    """DVC config that points the default remote at the artifact store's dvc/ folder."""
+    store = open_store(os.environ.get(STORE_ENV, "").strip() or None)
+    if store is None:
+        return None
+    remote = store.dvc_remote()
+    if remote["url"].startswith("file://"):
+        remote["url"] = remote["url"].removeprefix("file://")
+    return {"core": {"remote": STORE_REMOTE}, "remote": {STORE_REMOTE: remote}}
+
+
 def ensure_repo(root: Path) -> None:
     """Make `root` a DVC repository with the local default remote, unless it already is."""
     if (root / ".dvc").is_dir():
@@ -66,7 +86,7 @@ def track_and_push(root: Path, folder: Path) -> str:
     relative = folder.relative_to(root).as_posix()
     try:
         # DVC resolves targets and stage folders against the working directory.
-        with _quiet(), contextlib.chdir(root), Repo(str(root)) as repo:
+        with _quiet(), contextlib.chdir(root), Repo(str(root), config=store_config()) as repo:
             repo.add([relative])
             repo.push(targets=[f"{relative}.dvc"])
     except DvcException as err:
@@ -79,7 +99,7 @@ def pull(root: Path, dvc_file: Path) -> None:
     from dvc.repo import Repo
 
     try:
-        with _quiet(), contextlib.chdir(root), Repo(str(root)) as repo:
+        with _quiet(), contextlib.chdir(root), Repo(str(root), config=store_config()) as repo:
             repo.pull(targets=[dvc_file.relative_to(root).as_posix()])
     except DvcException as err:
         raise DvcError(f"dvc pull of {dvc_file.name} failed: {err}") from err

@@ -127,9 +127,15 @@ def commit_all(folder: Path, message: str, author: str = "llmops <llmops@localho
     name, _, email = author.partition(" <")
     _checked(
         folder,
-        "-c", f"user.name={name}",
-        "-c", f"user.email={email.rstrip('>')}",
-        "commit", "-q", "--no-verify", "-m", message,
+        "-c",
+        f"user.name={name}",
+        "-c",
+        f"user.email={email.rstrip('>')}",
+        "commit",
+        "-q",
+        "--no-verify",
+        "-m",
+        message,
     )
     return _checked(folder, "rev-parse", "HEAD")
 
@@ -174,9 +180,15 @@ def revert(
     name, _, email = author.partition(" <")
     out = _git(
         folder,
-        "-c", f"user.name={name}",
-        "-c", f"user.email={email.rstrip('>')}",
-        "revert", "--no-edit", "--no-commit", *mainline, commit,
+        "-c",
+        f"user.name={name}",
+        "-c",
+        f"user.email={email.rstrip('>')}",
+        "revert",
+        "--no-edit",
+        "--no-commit",
+        *mainline,
+        commit,
     )
     if out.returncode != 0:
         _git(folder, "revert", "--abort")

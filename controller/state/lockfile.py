@@ -99,6 +99,9 @@ class EvaluationOutputs(_Outputs):
     metrics: Metrics = Field(default_factory=dict)
     comparison: list[ComparisonRow] = Field(default_factory=list)  # type: ignore[valid-type]
     gates: dict[str, GateVerdict] = Field(default_factory=dict)  # "task/metric rule" -> verdict
+    # An endpoint the suite names (subject "endpoint:<name>"): its identity, settings and the
+    # latency and token usage of its replies; never its key.
+    endpoint: EndpointUsage | None = None
 
     @property
     def failed_gates(self) -> list[str]:

@@ -1,7 +1,8 @@
 """State, locations: the repository root and every folder of the local state (.llmops/).
 
 `StatePaths` is the one place that knows where state lives; `LLMOPS_STATE_DIR` moves all of
-it and `LLMOPS_REGISTRY_URL` points the registry at a shared database.
+it, `LLMOPS_REGISTRY_URL` points the registry at a shared database and `LLMOPS_STORE` at
+a shared artifact store (controller/state/artifacts/) that the folder then caches.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 STATE_DIR = ".llmops"
 REGISTRY_URL_ENV = "LLMOPS_REGISTRY_URL"
 STATE_DIR_ENV = "LLMOPS_STATE_DIR"
+STORE_ENV = "LLMOPS_STORE"
 
 
 def find_root(start: Path) -> Path:
@@ -72,6 +74,12 @@ class StatePaths:
         """Results of a suite, per model version and suite digest."""
         return self.root / "evals" / suite
 
+    @property
+    def endpoint_requests(self) -> Path:
+        """Replies of OpenAI-compatible endpoints (suite targets, teachers) by request digest:
+        a rerun asks nothing again. Not a mere cache: removing it pays for the requests again."""
+        return self.root / "endpoint-requests.sqlite"
+
     def deployment(self, name: str) -> Path:
         """A deployment's process state, logs and rendered build contexts."""
         return self.root / "deployments" / name
@@ -95,6 +103,11 @@ class StatePaths:
     @property
     def registry_url(self) -> str:
         return os.environ.get(REGISTRY_URL_ENV) or f"sqlite:///{self.root / 'registry.db'}"
+
+    @property
+    def store_url(self) -> str | None:
+        """The artifact store (LLMOPS_STORE) this folder caches; None: the folder holds all."""
+        return os.environ.get(STORE_ENV, "").strip() or None
 
     @property
     def has_registry(self) -> bool:

@@ -5,6 +5,7 @@ the result."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from controller.state.lockfile import DeploymentOutputs
@@ -39,7 +40,10 @@ class DockerTarget(Target):
         if key or clients:
             environment.check_key_destination(name, host)
         torch = docker_context.torch_source()
-        context = docker_context.render_context(folder, release, request.model_path, torch=torch)
+        adapter_dirs = {a["name"]: Path(a["dir"]) for a in request.runtime.get("adapters", [])}
+        context = docker_context.render_context(
+            folder, release, request.model_path, torch=torch, adapter_dirs=adapter_dirs
+        )
         with progress.working(f"  building {context.tag} for {name} (torch: {torch.describe()})"):
             outcome = docker_engine.build(context.path, context.tag, host=host)
         progress.note(f"  {name}: {outcome.message}")
@@ -49,9 +53,7 @@ class DockerTarget(Target):
             "built": outcome.built,
         }
         if outcome.built:
-            details |= self._run(
-                request, progress, context.tag, outcome.image_id, key, clients
-            )
+            details |= self._run(request, progress, context.tag, outcome.image_id, key, clients)
         return DeploymentOutputs(version=release.model_version, target=self.kind, **details)
 
     def _run(

@@ -89,6 +89,45 @@ class ArenaView:
     ranks: list[str] = field(default_factory=list)  # per standing; '' where none is supported
     note: str | None = None  # why no model is ranked, when none is
     judge: list[str] = field(default_factory=list)  # position bias, agreement with people
+    endpoints: list[EndpointRow] = field(default_factory=list)  # endpoint contestants
+
+
+@dataclass(frozen=True)
+class EndpointRow:
+    """An endpoint contestant as the last apply recorded it: identity, latency, tokens."""
+
+    label: str
+    model: str
+    endpoint: str
+    answers: int
+    latency_s: float | None
+    latency_p95_s: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    requests: int
+    retries: int
+
+
+def endpoint_rows(state: UiState, name: str) -> list[EndpointRow]:
+    """Each endpoint contestant's latency and token usage from the lock file's Arena entry
+    (controller.state.lockfile EndpointUsage); none for an arena without endpoints."""
+    entry = state.lock().get(f"Arena/{name}")
+    endpoints = getattr(entry.outputs, "endpoints", None) if entry else None
+    return [
+        EndpointRow(
+            label,
+            u.model,
+            u.endpoint,
+            u.answers,
+            u.latency_s,
+            u.latency_p95_s,
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.requests,
+            u.retries,
+        )
+        for label, u in sorted((endpoints or {}).items())
+    ]
 
 
 def judge_quality_of(state: UiState, name: str, battles: list[Any]) -> Any:
@@ -159,6 +198,7 @@ def arena_view(state: UiState, name: str, voters: str, voter: str | None) -> Are
         shown_ranks(ranks, outcomes.decided),
         no_decision_note(outcomes) or separation_note(ranks, outcomes.decided),
         judge_lines(quality),
+        endpoint_rows(state, name),
     )
 
 

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 
 from controller.api.deployment import DeploymentSpec
 from controller.load.desired import load_desired
+from controller.observe.sources import SourceDigests
 from controller.state.lockfile import DeploymentOutputs
 from controller.targets.base import target_for
 from controller.ui.app import render, ui_state
@@ -97,7 +98,9 @@ def collected_counts(store: Path) -> dict[str, int]:
 
 
 def list_deployments(state: UiState) -> list[DeploymentView]:
-    loaded = load_desired(state.root, cache_dir=state.paths.cache)
+    loaded = load_desired(
+        state.root, cache_dir=state.paths.cache, observe_source=SourceDigests(state.paths)
+    )
     desired = {r.name: r for r, _ in loaded.desired.specs(DeploymentSpec)} if loaded.desired else {}
     applied = {a.split("/", 1)[1]: e for a, e in state.entries("Deployment").items()}
     views = []

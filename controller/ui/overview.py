@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 from controller.load.desired import load_desired
 from controller.load.diagnostics import has_errors
 from controller.observe.drift import find_drift
+from controller.observe.sources import SourceDigests
 from controller.observe.status import resource_status
 from controller.plan.planner import plan
 from controller.state.lockfile import LOCK_FILE, LockFileError
@@ -68,7 +69,9 @@ def gather_overview(state: UiState) -> Overview:
         stamp = dt.datetime.fromtimestamp(lock_path.stat().st_mtime, dt.UTC)
         out.last_apply = stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
     out.last_commit = _last_lock_commit(state)
-    loaded = load_desired(state.root, cache_dir=state.paths.cache)
+    loaded = load_desired(
+        state.root, cache_dir=state.paths.cache, observe_source=SourceDigests(state.paths)
+    )
     if has_errors(loaded.diagnostics) or loaded.desired is None:
         out.problems = [d.render() if hasattr(d, "render") else str(d) for d in loaded.diagnostics]
         return out

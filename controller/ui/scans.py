@@ -135,4 +135,4 @@ def scan_file(request: Request, scan_id: int, name: str) -> FileResponse:
         sha = (row.files or {}).get(name) if row else None
     if sha is None or not registry.blobs.exists(sha):
         raise HTTPException(404, "no such scan image")
-    return FileResponse(registry.blobs.path(sha), media_type="image/png")
+    return FileResponse(registry.blobs.local(sha), media_type="image/png")

@@ -1,12 +1,23 @@
-"""Runner `prepare`, augmentation: templates, paraphrases, self-instruct; a novelty filter."""
+"""Runner `prepare`, augmentation: templates, paraphrases, self-instruct; a novelty filter.
+
+The text is written by a registered model (in process) or by a teacher endpoint, any
+OpenAI-compatible chat API: asked `concurrency` at a time through the request cache
+(runners/chat_cache.py), so preparing again asks nothing, each attempt with its own seed so
+its reply is reproducible; the teacher's identity, settings and usage go into the step's
+statistics (never its key).
+"""
 
 from __future__ import annotations
 
 import random
 import string
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runners.arena.chat_endpoint import ChatEndpoint
+from runners.chat_cache import CachedReply, RequestCache, cached_chats, usage_of
 from runners.data.rows import KEY_FIELD, Row, content_hash
 from runners.weights import SAFE_MODEL, SAFE_TOKENIZER
 
@@ -88,8 +99,89 @@ class Generator:
         return text.strip().split("\n")[0].strip()
 
 
+SAMPLING = {"temperature": 0.8, "top_p": 0.95}  # as Generator samples
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A teacher endpoint as the controller resolved it (a Deployment: where it runs now)."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    concurrency: int = 4
+    retries: int = 4
+    timeout_s: float = 60.0
+    serves: str | None = None  # a Deployment's: the version it serves
+    field: str = "endpoint"  # its settings' path in the spec, for messages
+
+    def identity(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"endpoint": self.base_url.rstrip("/"), "model": self.model}
+        if self.serves:
+            out["serves"] = self.serves
+        if self.api_key_env:
+            out["api_key_env"] = self.api_key_env
+        return out
+
+
+class TeacherGenerator:
+    """Text from a teacher endpoint through the request cache: `batch` asks several prompts
+    at once (at the endpoint's concurrency); attempt n is sampled with seed `seed + n`."""
+
+    def __init__(self, teacher: Teacher, cache_path: Path, seed: int) -> None:
+        self.teacher = teacher
+        self.client = ChatEndpoint(
+            teacher.base_url,
+            teacher.model,
+            api_key_env=teacher.api_key_env,
+            retries=teacher.retries,
+            timeout_s=teacher.timeout_s,
+            what="teacher endpoint",
+            fields=teacher.field,
+        )
+        self.cache = RequestCache(cache_path)
+        self.seed = seed
+        self.asked = 0
+        self.replies: list[CachedReply] = []
+
+    def batch(self, prompts: list[str], max_new_tokens: int = 48) -> list[str]:
+        """One line of text per prompt; attempt n sampled with seed `seed + n`, so a rerun
+        makes the same requests and finds every reply in the cache."""
+        jobs = []
+        for prompt in prompts:
+            self.asked += 1
+            jobs.append((prompt, {**SAMPLING, "seed": self.seed + self.asked}))
+
+        def ask(job: tuple[str, dict[str, Any]]) -> CachedReply:
+            prompt, settings = job
+            return cached_chats(self.client, self.cache, [prompt], max_new_tokens, settings, 1)[0]
+
+        with ThreadPoolExecutor(max_workers=max(1, self.teacher.concurrency)) as pool:
+            replies = list(pool.map(ask, jobs))
+        self.replies.extend(replies)
+        return [reply.reply.text.strip().split("\n")[0].strip() for reply in replies]
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            **self.teacher.identity(),
+            "settings": {
+                **SAMPLING,
+                "seed": self.seed,
+                "concurrency": self.teacher.concurrency,
+                "retries": self.teacher.retries,
+                "timeout_s": self.teacher.timeout_s,
+            },
+            **usage_of(self.replies, self.client),
+        }
+
+
 def augment(
-    rows: list[Row], fmt: str, cfg: dict[str, Any], model_path: Path | None
+    rows: list[Row],
+    fmt: str,
+    cfg: dict[str, Any],
+    model_path: Path | None,
+    teacher: Teacher | None = None,
+    cache_path: Path | None = None,
 ) -> tuple[list[Row], dict]:
     method = cfg["method"]
     if fmt not in KEY_FIELD or fmt == "chat":
@@ -114,6 +206,21 @@ def augment(
                     new.append(_with_key(row, fmt, text, "template"))
                 else:
                     rejected += 1
+    elif teacher is not None:
+        assert cache_path is not None
+        asker = TeacherGenerator(teacher, cache_path, int(cfg.get("seed", 0)))
+        try:
+            new, rejected = _from_teacher(rows, fmt, method, cfg, rng, novelty, asker)
+        finally:
+            asker.cache.close()
+        existing = {content_hash(r) for r in rows}
+        new = [r for r in new if content_hash(r) not in existing]
+        return rows + new, {
+            "generated": len(new),
+            "rejected_not_novel": rejected,
+            "method": method,
+            "teacher": asker.statistics(),
+        }
     else:
         if model_path is None:
             raise ValueError(f"augmentation '{method}' needs a registered model")
@@ -148,3 +255,52 @@ def augment(
     existing = {content_hash(r) for r in rows}
     new = [r for r in new if content_hash(r) not in existing]
     return rows + new, {"generated": len(new), "rejected_not_novel": rejected, "method": method}
+
+
+def _from_teacher(
+    rows: list[Row],
+    fmt: str,
+    method: str,
+    cfg: dict[str, Any],
+    rng: random.Random,
+    novelty: Novelty,
+    asker: TeacherGenerator,
+) -> tuple[list[Row], int]:
+    """Paraphrases or self-instruct rows from the teacher, asked a batch (its concurrency)
+    at a time; every candidate through the novelty filter, as with a registered model."""
+    count = int(cfg.get("count", 0))
+    new: list[Row] = []
+    rejected = attempts = 0
+    while len(new) < count and attempts < count * 3 and rows:
+        size = min(asker.teacher.concurrency, count * 3 - attempts)
+        attempts += size
+        seeds: list[Row] = []
+        prompts: list[str] = []
+        for _ in range(size):
+            if method == "paraphrase":
+                seed_row = rng.choice(rows)
+                prompts.append(PARAPHRASE_PROMPT.format(text=_key_text(seed_row, fmt)))
+            else:
+                examples = "\n".join(
+                    f"- {_key_text(r, fmt)}" for r in rng.sample(rows, min(3, len(rows)))
+                )
+                prompts.append(SELF_INSTRUCT_PROMPT.format(examples=examples))
+                seed_row = rng.choice(rows)
+            seeds.append(seed_row)
+        candidates = []
+        for seed_row, text in zip(seeds, asker.batch(prompts), strict=True):
+            origin = "paraphrase" if method == "paraphrase" else "self_instruct"
+            if len(new) + len(candidates) < count and novelty.accept(text):
+                candidates.append(_with_key(seed_row, fmt, text, origin))
+            else:
+                rejected += 1
+        if method == "self_instruct" and fmt == "instruction" and candidates:
+            answers = asker.batch([c[KEY_FIELD[fmt]] for c in candidates], max_new_tokens=96)
+            for candidate, answer in zip(candidates, answers, strict=True):
+                if answer.strip():
+                    new.append({**candidate, "response": answer})
+                else:
+                    rejected += 1
+        else:
+            new.extend(candidates)
+    return new, rejected

@@ -88,16 +88,20 @@ def is_positive(row: Row) -> bool:
 FEEDBACK_FORMATS = ("preference", "unpaired")
 
 
-def context_prompt(row: Row) -> str:
-    """The conversation before the answer as one prompt: the user's message when it is the
-    only turn, else every earlier turn as `role: text` paragraphs (the preference formats'
-    prompt is one string, which the trainer gives the chat template as the user's turn)."""
-    turns = [m for m in row.get("context") or [] if isinstance(m.get("content"), str)]
-    if len(turns) == 1 and turns[0].get("role") == "user":
-        return str(turns[0]["content"])
+def context_prompt(row: Row) -> str | list[dict[str, str]]:
+    """The conversation before the answer: the user's message when it is the only turn, else
+    every earlier turn (system message included) as a list of {role, content} messages, which
+    the trainer and the preference evaluation render through the model's chat template."""
+    turns = [
+        {"role": str(m.get("role") or "user"), "content": m["content"]}
+        for m in row.get("context") or []
+        if isinstance(m.get("content"), str)
+    ]
+    if len(turns) == 1 and turns[0]["role"] == "user":
+        return turns[0]["content"]
     if not turns:
         return str(row.get("prompt", ""))
-    return "\n\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in turns)
+    return turns
 
 
 def feedback_rows(row: Row, fmt: str) -> list[Row]:

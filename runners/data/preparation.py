@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.data import steps
-from runners.data.augment import augment
+from runners.data.augment import Teacher, augment
 from runners.data.readers import BadRow, read_source
 from runners.data.rows import Row, content_hash
 from runners.data.splits import SPLITS, assign
@@ -48,6 +48,9 @@ class PrepareInputs:
     tokenizer_path: Path | None = None
     model_paths: dict[str, Path] = field(default_factory=dict)
     report: Callable[[str], None] = print
+    # Teacher endpoints of augment steps, by step index, and their request cache file
+    teachers: dict[int, Teacher] = field(default_factory=dict)
+    request_cache: Path | None = None
 
 
 @dataclass
@@ -121,7 +124,12 @@ def prepare(inputs: PrepareInputs) -> PrepareResult:
                 rows, details = steps.decontaminate(rows, fmt, step, inputs.eval_texts)
             elif kind == "augment":
                 rows, details = augment(
-                    rows, fmt, step, inputs.model_paths.get(step.get("model") or "")
+                    rows,
+                    fmt,
+                    step,
+                    inputs.model_paths.get(step.get("model") or ""),
+                    inputs.teachers.get(index),
+                    inputs.request_cache,
                 )
             else:
                 raise PrepareError(f"unknown step '{kind}'")

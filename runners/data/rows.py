@@ -80,21 +80,35 @@ def row_key(row: Row, fmt: str) -> str:
     return str(value)[:500]
 
 
+def is_messages(value: Any) -> bool:
+    """A non-empty list of chat messages, each {role, content} with string values."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in value
+        )
+    )
+
+
 def check_row(row: Row, fmt: str) -> str | None:
-    """Why a mapped row is not valid in its format, or None."""
+    """Why a mapped row is not valid in its format, or None. A preference or unpaired row's
+    prompt is a string, or the conversation before the answer as a list of messages."""
     for name in CANONICAL_FIELDS[fmt]:
         if name not in row or row[name] is None:
             return f"missing field '{name}'"
     if fmt == "chat":
-        messages = row["messages"]
-        if not isinstance(messages, list) or not all(
-            isinstance(m, dict)
-            and isinstance(m.get("role"), str)
-            and isinstance(m.get("content"), str)
-            for m in messages
-        ):
+        if not is_messages(row["messages"]) and row["messages"] != []:
             return "'messages' must be a list of {role, content}"
-    elif fmt == "qa":
+        return None
+    if fmt in ("preference", "unpaired") and isinstance(row["prompt"], list):
+        if not is_messages(row["prompt"]):
+            return "'prompt' must be a string or a non-empty list of {role, content} messages"
+        row = {**row, "prompt": ""}
+    if fmt == "qa":
         if isinstance(row["answers"], str):
             row["answers"] = [row["answers"]]
         if not isinstance(row["answers"], list):

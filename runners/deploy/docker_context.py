@@ -28,15 +28,18 @@ from pathlib import Path
 
 from runners.deploy import runtime_modules
 from runners.deploy.release import (
+    CONTAINER_ADAPTER_DIR,
     CONTAINER_COLLECT_DIR,
     CONTAINER_MODEL_DIR,
     CONTAINER_PORT,
     DeployError,
     Release,
+    adapter_container_dir,
     client_key_envs,
     container_config,
     image_tag,
 )
+from runners.weights import ADAPTER_CONFIG, adapter_base
 
 TORCH_VERSION = "2.13.0"
 TORCH = f"torch=={TORCH_VERSION}"
@@ -52,6 +55,9 @@ USER_ID = 10001
 DOCKERIGNORE = "**/__pycache__\n**/*.py[co]\nmanifest.json\n"
 # The slim base has no curl; the readiness route answers 503 until the model is loaded and
 # its smoke prompts pass, and urlopen raises on it.
+# An adapter-only model version's base, beside it in the image (its adapter_config.json is
+# rewritten to name it there).
+CONTAINER_BASE_DIR = "/mnt/base"
 HEALTHCHECK = (
     "import urllib.request; "
     f"urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}/v2/health/ready', timeout=4)"
@@ -192,7 +198,13 @@ def base_lines(base: str, torch: TorchSource) -> list[str]:
     return [f"FROM {base}", *PYTHON_ENV, torch.run_line()]
 
 
-def dockerfile(release: Release, with_model: bool, torch: TorchSource | None = None) -> str:
+def dockerfile(
+    release: Release,
+    with_model: bool,
+    torch: TorchSource | None = None,
+    with_base: bool = False,
+    with_adapters: bool = False,
+) -> str:
     torch = torch or TorchSource()
     lines = [
         "# syntax=docker/dockerfile:1",
@@ -218,8 +230,12 @@ def dockerfile(release: Release, with_model: bool, torch: TorchSource | None = N
     ]
     # The weights change with every version, the code with llmops releases: weights first,
     # so a new version rebuilds only its own layers and a code change skips the copy.
+    if with_base:  # an adapter-only model's base: the same for each of its adapters
+        lines.append(f"COPY base/ {CONTAINER_BASE_DIR}/")
     if with_model:
         lines.append(f"COPY model/ {CONTAINER_MODEL_DIR}/")
+    if with_adapters:
+        lines.append(f"COPY adapters/ {CONTAINER_ADAPTER_DIR}/")
     lines += [
         "COPY src/ /opt/llmops/src/",
         # The runtime reads its config from the file the variable names (or the JSON itself,
@@ -293,19 +309,45 @@ def _swap_in(staging: Path, out: Path) -> None:
         staging.rename(out)
 
 
+def _place_adapter(folder: Path, dest: Path, base_in_image: str) -> None:
+    """An adapter folder's files into the context, its adapter_config.json rewritten to name
+    its base where the image has it (relative, as the registry records it)."""
+    for path in _model_files(folder):
+        target = dest / path.relative_to(folder)
+        if path.relative_to(folder).as_posix() != ADAPTER_CONFIG:
+            _place(path, target)
+            continue
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = base_in_image
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def render_context(
     out: Path,
     release: Release,
     model_dir: Path | None,
     source_root: Path | None = None,
     torch: TorchSource | None = None,
+    adapter_dirs: Mapping[str, Path] | None = None,
 ) -> Context:
     """Write the build context for `release` into `out` (replacing an earlier context there).
 
     `model_dir` None renders the runtime-only image (weights from KServe's storageUri).
     `source_root` holds the `runners` package; by default the one this module comes from.
     `torch` says where the build gets torch; by default `torch_source()`.
+    `adapter_dirs` are the folders of the release's adapters by served name: each goes into
+    the image beside the base (the runtime loads them on it, one process serves them all).
+    An adapter-only `model_dir` brings its base into the image too.
     """
+    adapter_dirs = dict(adapter_dirs or {})
+    missing = [n for n, _ in release.adapters if n not in adapter_dirs]
+    if missing:
+        raise DeployError(
+            f"deployment {release.name}: no folder for adapter {', '.join(missing)}; "
+            "materialise the adapter versions first (apply does)"
+        )
+    base_dir = adapter_base(model_dir) if model_dir is not None else None
     root = source_root or Path(__file__).resolve().parents[2]
     torch = torch or torch_source()
     image = runtime_modules.collect(root, ENTRY, release.spec["runtime"])
@@ -316,7 +358,13 @@ def render_context(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         texts = {
-            "Dockerfile": dockerfile(release, model_dir is not None, torch),
+            "Dockerfile": dockerfile(
+                release,
+                model_dir is not None,
+                torch,
+                with_base=base_dir is not None,
+                with_adapters=bool(release.adapters),
+            ),
             ".dockerignore": DOCKERIGNORE,
             "serve.json": json.dumps(config, sort_keys=True, indent=2) + "\n",
             "requirements.txt": "".join(f"{pin}\n" for pin in image.requirements),
@@ -326,9 +374,17 @@ def render_context(
         for relative in image.files:
             _place(root / relative, staging / "src" / relative)
         place_torch(staging, torch)
-        if model_dir is not None:
+        if base_dir is not None and model_dir is not None:
+            for path in _model_files(base_dir):
+                _place(path, staging / "base" / path.relative_to(base_dir))
+            base_in_image = os.path.relpath(CONTAINER_BASE_DIR, CONTAINER_MODEL_DIR)
+            _place_adapter(model_dir, staging / "model", base_in_image)
+        elif model_dir is not None:
             for path in _model_files(model_dir):
                 _place(path, staging / "model" / path.relative_to(model_dir))
+        for name, _ in release.adapters:
+            base_in_image = os.path.relpath(CONTAINER_MODEL_DIR, adapter_container_dir(name))
+            _place_adapter(adapter_dirs[name], staging / "adapters" / name, base_in_image)
         hashes = {
             p.relative_to(staging).as_posix(): _sha256(p)
             for p in sorted(staging.rglob("*"))

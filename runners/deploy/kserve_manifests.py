@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import kserve
+from kserve.models import V1beta1StorageUri
 from kubernetes import client
 from pydantic import BaseModel
 
@@ -24,6 +25,7 @@ from runners.deploy.release import (
     client_key_envs,
     container_config,
     kserve_name,
+    served_adapters,
 )
 
 GROUP = "serving.kserve.io"
@@ -44,6 +46,18 @@ ANNOTATION_TEMPLATE = "llmops.dev/template"
 # (a Kubernetes Deployment, no revisions; KServe 0.15+ also calls it Standard).
 ANNOTATION_MODE = "serving.kserve.io/deploymentMode"
 RAW_MODES = ("RawDeployment", "Standard")
+# LoRA adapters are served by KServe's own huggingface runtime with its vLLM backend
+# (`--enable-lora`, `--lora-modules name=path`), the base and each adapter fetched from a
+# storageUris entry of their own (KServe 0.15+).
+HF_FORMAT = "huggingface"
+HF_RUNTIME = "kserve-huggingfaceserver"
+HF_BASE_DIR = "/mnt/models/base"
+HF_ADAPTER_DIR = "/mnt/models/adapters"
+# The adapters served, [{"name", "version"}] as JSON: what `llmops status` and tests compare
+# with what a local runtime's /v1/models lists.
+ANNOTATION_ADAPTERS = "llmops.dev/adapters"
+# The base version those adapters run on, served under --model_name.
+ANNOTATION_BASE_VERSION = "llmops.dev/base-version"
 
 _SANITIZER = client.ApiClient()
 
@@ -182,7 +196,146 @@ def render_inference_service(
             env=_env(release),
         ),
     )
-    annotations = {ANNOTATION_VERSION: release.model_version}
+    return _inference_service(release, predictor, {ANNOTATION_VERSION: release.model_version})
+
+
+def serves_lora(release: Release) -> bool:
+    """Whether the release serves LoRA adapters: `adapters` beside the model, or an
+    adapter-only model version."""
+    return bool(served_adapters(release)) or release.base_version is not None
+
+
+def _version_uri(release: Release, version: str, what: str) -> str:
+    root = (release.spec["kserve"].get("storage_root") or "").rstrip("/")
+    if not root:
+        raise DeployError(
+            f"deployment {release.name}: target kserve needs kserve.storage_root to find "
+            f"{what} {version}: the URI under which the cluster reads registry versions as "
+            "<storage_root>/<model>/<number>/ (pvc://<claim>/models, s3://<bucket>/models)"
+        )
+    name, _, number = version.partition("@")
+    return f"{root}/{name}/{number}"
+
+
+def _lora_refusals(release: Release) -> None:
+    spec = release.spec
+    unsupported = [
+        ("api_key", bool(spec.get("api_key"))),
+        ("clients", bool(spec.get("clients"))),
+        ("collect.enabled", bool((spec.get("collect") or {}).get("enabled"))),
+        ("embeddings.enabled", bool((spec.get("embeddings") or {}).get("enabled"))),
+    ]
+    found = [field for field, on in unsupported if on]
+    if found:
+        raise DeployError(
+            f"deployment {release.name}: target kserve serves LoRA adapters with KServe's "
+            f"huggingface runtime, which does not implement {', '.join(found)}; drop "
+            f"{'them' if len(found) > 1 else 'it'} or serve the adapters with target local "
+            "or docker"
+        )
+    if not int(spec["kserve"].get("gpu") or 0):
+        raise DeployError(
+            f"deployment {release.name}: KServe's huggingface runtime serves LoRA adapters "
+            "with its vLLM backend, which needs a GPU; set kserve.gpu (1 or more)"
+        )
+
+
+def lora_plan(release: Release, storage_uri: str | None = None) -> dict[str, Any]:
+    """What KServe's huggingface runtime serves for a LoRA release: the base's served name,
+    version and URI, and each adapter's (served name, version, URI). An adapter-only model
+    version is its own adapter under the deployment's name, on its base (served under the
+    base Model's name)."""
+    uri = storage_uri or release.spec["kserve"].get("storage_uri")
+    if release.base_version is None:
+        base = {
+            "name": release.name,
+            "version": release.model_version,
+            "uri": uri or _version_uri(release, release.model_version, "the model"),
+        }
+        adapters = [
+            {"name": n, "version": v, "uri": _version_uri(release, v, f"adapter {n}")}
+            for n, v in served_adapters(release)
+        ]
+    else:
+        if served_adapters(release):
+            raise DeployError(
+                f"deployment {release.name}: its model {release.model_version} is itself a "
+                f"LoRA adapter (on {release.base_version}); serve adapters on a full base "
+                f"version: model {release.base_version}"
+            )
+        base_name = release.base_version.split("@", 1)[0]
+        if base_name == release.name:
+            raise DeployError(
+                f"deployment {release.name}: its model {release.model_version} is a LoRA "
+                f"adapter on {release.base_version}, which KServe's huggingface runtime serves "
+                "under the base Model's name, the deployment's own; rename the deployment"
+            )
+        base = {
+            "name": base_name,
+            "version": release.base_version,
+            "uri": _version_uri(release, release.base_version, "the base"),
+        }
+        adapters = [
+            {
+                "name": release.name,
+                "version": release.model_version,
+                "uri": uri or _version_uri(release, release.model_version, "the adapter"),
+            }
+        ]
+    return {"base": base, "adapters": adapters}
+
+
+def render_lora_inference_service(
+    release: Release, storage_uri: str | None = None
+) -> kserve.V1beta1InferenceService:
+    """The InferenceService for a LoRA release on KServe's huggingface runtime (vLLM backend):
+    the base and every adapter from a storageUris entry of their own, `--enable-lora` and one
+    `--lora-modules name=path` per adapter, so one pod serves them all and a request's
+    `model` picks the adapter (as the local runtime does)."""
+    _lora_refusals(release)
+    target = release.spec["kserve"]
+    plan = lora_plan(release, storage_uri)
+    resources = {"cpu": str(target["cpu"]), "memory": str(target["memory"])}
+    limits = resources | {"nvidia.com/gpu": str(int(target["gpu"]))}
+    modules = [f"{a['name']}={HF_ADAPTER_DIR}/{a['name']}" for a in plan["adapters"]]
+    predictor = kserve.V1beta1PredictorSpec(
+        min_replicas=int(target["min_replicas"]),
+        max_replicas=int(target["max_replicas"]),
+        canary_traffic_percent=target.get("canary_traffic_percent"),
+        storage_uris=[
+            V1beta1StorageUri(uri=plan["base"]["uri"], mount_path=HF_BASE_DIR),
+            *(
+                V1beta1StorageUri(uri=a["uri"], mount_path=f"{HF_ADAPTER_DIR}/{a['name']}")
+                for a in plan["adapters"]
+            ),
+        ],
+        model=kserve.V1beta1ModelSpec(
+            model_format=kserve.V1beta1ModelFormat(name=HF_FORMAT),
+            runtime=HF_RUNTIME,
+            args=[
+                f"--model_name={plan['base']['name']}",
+                f"--model_dir={HF_BASE_DIR}",
+                "--backend=vllm",
+                "--enable-lora",
+                "--lora-modules",
+                *modules,
+            ],
+            resources=client.V1ResourceRequirements(requests=resources, limits=limits),
+        ),
+    )
+    served = [{"name": a["name"], "version": a["version"]} for a in plan["adapters"]]
+    annotations = {
+        ANNOTATION_VERSION: release.model_version,
+        ANNOTATION_BASE_VERSION: plan["base"]["version"],
+        ANNOTATION_ADAPTERS: json.dumps(served, separators=(",", ":")),
+    }
+    return _inference_service(release, predictor, annotations)
+
+
+def _inference_service(
+    release: Release, predictor: kserve.V1beta1PredictorSpec, annotations: dict[str, str]
+) -> kserve.V1beta1InferenceService:
+    target = release.spec["kserve"]
     mode = target.get("deployment_mode")
     if mode:
         annotations[ANNOTATION_MODE] = mode
@@ -209,7 +362,10 @@ def render_inference_service(
 
 
 def render_manifests(release: Release, storage_uri: str | None = None) -> list[dict[str, Any]]:
-    """[ServingRuntime, InferenceService] as plain dicts, for `--show`, YAML and `rollout`."""
+    """[ServingRuntime, InferenceService] as plain dicts, for `--show`, YAML and `rollout`;
+    [InferenceService] alone for LoRA adapters (KServe's own huggingface runtime)."""
+    if serves_lora(release):
+        return [to_manifest(render_lora_inference_service(release, storage_uri))]
     runtime = render_runtime(release)
     isvc = render_inference_service(release, runtime.metadata.name, storage_uri)
     return [to_manifest(runtime), to_manifest(isvc)]

@@ -295,8 +295,9 @@ def change_adapters(
 ) -> ProcessState | None:
     """Load and unload adapters in the running process when nothing else in its config
     changed (runners/serve/routes.py /v2/adapters); None when a restart is needed.
-    New adapters load before old ones leave; a new version of one adapter replaces it (its
-    own requests get 404 between the two calls, the others never notice)."""
+    New adapters load before old ones leave; a new version of one adapter replaces it in
+    place (PUT: it loads beside the old one, then its name switches to it; no request for it
+    answers 404 in between, and the others never notice)."""
     import httpx
 
     try:
@@ -324,12 +325,12 @@ def change_adapters(
                 f"{response.text[:300]}; {old.version} keeps serving the adapters it had"
             )
 
-    changed = [n for n in after if n in before and after[n] != before[n]]
-    for name in changed:
-        call("DELETE", name)
     for name, adapter in after.items():
-        if name not in before or name in changed:
+        if name not in before:
             call("POST", name, {"version": adapter["version"], "dir": adapter["dir"]})
+    for name, adapter in after.items():
+        if name in before and adapter != before[name]:
+            call("PUT", name, {"version": adapter["version"], "dir": adapter["dir"]})
     for name in before:
         if name not in after:
             call("DELETE", name)

@@ -7,14 +7,19 @@ Plain data, shared by the docker and KServe targets. The controller builds a `Re
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runners.errors import LlmopsError
+from runners.weights import adapter_base
 
 # Where the runtime finds things inside a container: KServe's storage initializer puts the
 # storageUri's files in /mnt/models, and the docker image copies the model there too.
 CONTAINER_MODEL_DIR = "/mnt/models"
+# A docker image's LoRA adapters, one folder each by served name, beside the base.
+CONTAINER_ADAPTER_DIR = "/mnt/adapters"
 CONTAINER_PORT = 8080
 CONTAINER_COLLECT_DIR = "/var/lib/llmops/collect"
 # A Kubernetes secret's key reaches the container as this variable.
@@ -48,6 +53,9 @@ class Release:
 
     `spec` is `DeploymentSpec.model_dump()` (every field present, defaults filled in).
     `gguf_file` names the GGUF file inside the model folder for the llama-cpp runtime.
+    `adapters` are the LoRA versions served beside the model, (served name, `name@N`), as
+    apply resolved the spec's `adapters`; `base_version` is the base `name@N` when the model
+    version itself is adapter-only (LoRA without merge).
     """
 
     name: str
@@ -55,6 +63,8 @@ class Release:
     spec: dict[str, Any]
     smoke_prompts: list[str] = field(default_factory=list)
     gguf_file: str | None = None
+    adapters: tuple[tuple[str, str], ...] = ()
+    base_version: str | None = None
 
     def __post_init__(self) -> None:
         if self.spec.get("runtime") == "llama-cpp" and not self.gguf_file:
@@ -129,29 +139,46 @@ def container_config(release: Release, target: str) -> dict[str, Any]:
     spec = release.spec
     collect = spec["collect"]
     gguf_path = f"{CONTAINER_MODEL_DIR}/{release.gguf_file}" if release.gguf_file else None
+    return (
+        {
+            "name": release.name,
+            "model_version": release.model_version,
+            "model_dir": CONTAINER_MODEL_DIR,
+            "backend": spec["runtime"],
+            "gguf_path": gguf_path,
+            "host": "0.0.0.0",
+            "port": CONTAINER_PORT,
+            "public_port": None,
+            "api_key_env": api_key_env(release, target),
+            # A spec's dump leaves out the slow-loris limits at their defaults (so adding them
+            # changed no digest); absent here too, the runtime's equal defaults apply.
+            "limits": {key: spec["limits"][key] for key in LIMIT_FIELDS if key in spec["limits"]},
+            "collect": {
+                "enabled": bool(collect["enabled"]),
+                "sample_rate": collect["sample_rate"],
+                "redact_pii": bool(collect["redact_pii"]),
+                "dir": f"{CONTAINER_COLLECT_DIR}/{collect.get('into') or release.name}",
+            },
+            # Without prompts of its own the runtime's default smoke prompt applies.
+            "smoke": {"max_tokens": SMOKE_MAX_TOKENS}
+            | ({"prompts": list(release.smoke_prompts)} if release.smoke_prompts else {}),
+        }
+        | _clients_entry(release, target)
+        | _embeddings_entry(release)
+        | _adapters_entry(release)
+    )
+
+
+def _adapters_entry(release: Release) -> dict[str, Any]:
+    # Absent without adapters, so earlier configs stay; each adapter's folder in the image.
+    if not release.adapters:
+        return {}
     return {
-        "name": release.name,
-        "model_version": release.model_version,
-        "model_dir": CONTAINER_MODEL_DIR,
-        "backend": spec["runtime"],
-        "gguf_path": gguf_path,
-        "host": "0.0.0.0",
-        "port": CONTAINER_PORT,
-        "public_port": None,
-        "api_key_env": api_key_env(release, target),
-        # A spec's dump leaves out the slow-loris limits at their defaults (so adding them
-        # changed no digest); absent here too, the runtime's equal defaults apply.
-        "limits": {key: spec["limits"][key] for key in LIMIT_FIELDS if key in spec["limits"]},
-        "collect": {
-            "enabled": bool(collect["enabled"]),
-            "sample_rate": collect["sample_rate"],
-            "redact_pii": bool(collect["redact_pii"]),
-            "dir": f"{CONTAINER_COLLECT_DIR}/{collect.get('into') or release.name}",
-        },
-        # Without prompts of its own the runtime's default smoke prompt applies.
-        "smoke": {"max_tokens": SMOKE_MAX_TOKENS}
-        | ({"prompts": list(release.smoke_prompts)} if release.smoke_prompts else {}),
-    } | _clients_entry(release, target) | _embeddings_entry(release)
+        "adapters": [
+            {"name": name, "version": version, "dir": adapter_container_dir(name)}
+            for name, version in release.adapters
+        ]
+    }
 
 
 def _embeddings_entry(release: Release) -> dict[str, Any]:
@@ -192,3 +219,32 @@ def image_tag(release: Release) -> str:
         return str(given)
     version = re.sub(r"[^A-Za-z0-9_.-]+", "-", release.model_version).strip("-.")[:128]
     return f"llmops/{release.name}:{version or 'latest'}"
+
+
+def served_adapters(release: Release) -> list[tuple[str, str]]:
+    """(served name, version) of each adapter: as apply resolved them, else as the spec names
+    them (a report's manifest diff renders from the spec alone)."""
+    if release.adapters:
+        return list(release.adapters)
+    return [(str(ref).split("@", 1)[0], str(ref)) for ref in release.spec.get("adapters") or []]
+
+
+def adapter_container_dir(name: str) -> str:
+    """Where an adapter's files are inside a container (docker image, KServe pod)."""
+    return f"{CONTAINER_ADAPTER_DIR}/{name}"
+
+
+def config_adapters(config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A release's `adapters` from the runtime config apply works out (runners/serve's
+    `adapters`): the same names and versions the local runtime serves."""
+    return tuple((a["name"], a["version"]) for a in config.get("adapters") or [])
+
+
+def base_version_of(model_dir: Path | str | None) -> str | None:
+    """The base version `name@N` of an adapter-only model folder (the registry lays versions
+    out as <model>/<number>, and an adapter names its base's folder); None for a full one."""
+    base = adapter_base(model_dir) if model_dir is not None else None
+    if base is None:
+        return None
+    found = base.resolve()
+    return f"{found.parent.name}@{found.name}"

@@ -32,10 +32,15 @@ class Judge:
     def __init__(self, model_path: Path | None, config: dict[str, Any]) -> None:
         if model_path is None:
             raise ValueError("metric 'judge' needs the judge model's folder")
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), **SAFE_TOKENIZER)
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), **SAFE_MODEL)
+        # It runs on the CPU: float32 there, whatever the judge is stored in (float16 for a
+        # pulled GGUF), as evaluation and serving load models on a CPU.
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(model_path), dtype=torch.float32, **SAFE_MODEL
+        )
         self.config = config
 
     def score(self, question: str, reference: str, answer: str) -> tuple[float | None, str]:

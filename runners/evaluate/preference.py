@@ -13,13 +13,20 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 PREFERENCE_METRICS = ("preference_accuracy", "logprob_margin")
+# A pair's prompt: text, or the conversation before the answer as {role, content} messages.
+Prompt = str | list[dict[str, str]]
 
 
-def _texts(tokenizer: Any, prompt: str, answer: str, chat: bool) -> tuple[str, str]:
-    """(prompt text, prompt + answer text) as the model reads them."""
+def _texts(tokenizer: Any, prompt: Prompt, answer: str, chat: bool) -> tuple[str, str]:
+    """(prompt text, prompt + answer text) as the model reads them. A prompt given as
+    messages is the conversation before the answer; without the chat template its turns
+    are joined as `role: text` paragraphs."""
+    if isinstance(prompt, list) and not chat:
+        prompt = "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\n\n"
     if not chat:
+        assert isinstance(prompt, str)
         return prompt, prompt + answer
-    user = [{"role": "user", "content": prompt}]
+    user = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     head = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
     whole = tokenizer.apply_chat_template(
         [*user, {"role": "assistant", "content": answer}], tokenize=False
@@ -99,7 +106,7 @@ def _adapter_off(model: Any) -> Callable[[], AbstractContextManager[Any]] | None
 def score_pairs(
     model: Any,
     tokenizer: Any,
-    pairs: list[tuple[str, str, str]],
+    pairs: list[tuple[Prompt, str, str]],
     chat: bool = True,
     batch_size: int = 8,
     max_len: int = 2048,

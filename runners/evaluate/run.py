@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.errors import InvalidInput, LlmopsError
+from runners.evaluate.chat import ChatTarget, chat_language_model
 from runners.evaluate.compare import aggregate
 from runners.evaluate.endpoint import Endpoint, EndpointError
 from runners.evaluate.judge import Judge
@@ -52,6 +53,11 @@ class EvalInputs:
     report: Any = print
     # An OpenAI-compatible deployment to evaluate instead of loading model_path (endpoint.py)
     endpoint: Endpoint | None = None
+    # A chat endpoint the suite names as its target (chat.py), its request cache file and
+    # the spec path of its settings (for messages)
+    chat_target: ChatTarget | None = None
+    chat_cache: Path | None = None
+    chat_field: str = "endpoints"
 
 
 @dataclass
@@ -300,6 +306,8 @@ def evaluate(inputs: EvalInputs) -> dict[str, Any]:
             else task_name(inputs.suite_name, task["name"])
         )
     manager = TaskManager()
+    if inputs.chat_target is not None:
+        return _chat_summary(inputs, names, manager)
     if inputs.endpoint is not None:
         try:
             served = inputs.endpoint.language_model()
@@ -343,10 +351,33 @@ def _adapter_args(folder: Path) -> dict[str, Any]:
     return {"pretrained": str(base), "peft": str(folder), "tokenizer": tokenizer}
 
 
-def _summary(inputs: EvalInputs, results: list[TaskResult]) -> dict[str, Any]:
+def _chat_summary(inputs: EvalInputs, names: dict[str, str], manager: Any) -> dict[str, Any]:
+    """The suite on a chat endpoint: generate_until tasks only, every request through the
+    cache; results.json also records the endpoint's identity, settings and usage."""
+    target = inputs.chat_target
+    assert target is not None and inputs.chat_cache is not None
+    other = [t for t in inputs.suite["tasks"] if t["type"] not in ("generate_until", "lm_eval")]
+    if other:
+        raise EvalError(
+            f"task '{other[0]['name']}' is a {other[0]['type']} task: endpoint "
+            f"'{target.name}' answers chat completions, which give no log-probabilities; "
+            "only generate_until tasks run on an endpoint"
+        )
+    lm = chat_language_model(target, inputs.chat_cache, inputs.chat_field)
+    try:
+        results = _run_tasks(inputs, names, manager, lm)
+    finally:
+        lm.cache.close()
+    return _summary(inputs, results, {"endpoint": lm.usage()})
+
+
+def _summary(
+    inputs: EvalInputs, results: list[TaskResult], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """results.json: every task's metrics, sample count and time."""
     out = inputs.out
     summary = {
+        **(extra or {}),
         "suite": inputs.suite_name,
         "metrics": {f"{r.task}/{k}": v for r in results for k, v in r.metrics.items()},
         "tasks": {
@@ -453,9 +484,12 @@ def _preference_fields(task: dict[str, Any]) -> tuple[_Text, str, str]:
     return prompt, chosen, rejected
 
 
-def _preference_rows(task: dict[str, Any], path: Path) -> list[tuple[str, str, str, str]]:
-    """(id, prompt, chosen, rejected) per row; a bad row is an EvalError naming file:line."""
+def _preference_rows(task: dict[str, Any], path: Path) -> list[tuple[str, Any, str, str]]:
+    """(id, prompt, chosen, rejected) per row; a bad row is an EvalError naming file:line.
+    With the default prompt, a row's prompt given as messages (a chat's earlier turns) stays
+    a list of messages, which the chat template renders as the conversation."""
     prompt, chosen, rejected = _preference_fields(task)
+    as_written = "prompt" not in task or task["prompt"] == "{prompt}"
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -473,7 +507,21 @@ def _preference_rows(task: dict[str, Any], path: Path) -> list[tuple[str, str, s
                     f"'{task['name']}' reads the {'chosen' if name == chosen else 'rejected'} "
                     "answer from it)"
                 )
-        rows.append((str(row.get("id", number)), prompt(row), row[chosen], row[rejected]))
+        asked: Any = prompt(row)
+        if as_written and isinstance(row.get("prompt"), list):
+            messages = row["prompt"]
+            if not messages or not all(
+                isinstance(m, dict)
+                and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)
+                for m in messages
+            ):
+                raise EvalError(
+                    f"{path}:{number}: field 'prompt' must be a string or a non-empty list of "
+                    "{role, content} messages"
+                )
+            asked = [{"role": m["role"], "content": m["content"]} for m in messages]
+        rows.append((str(row.get("id", number)), asked, row[chosen], row[rejected]))
         if task.get("limit") and len(rows) >= task["limit"]:
             break
     return rows

@@ -154,15 +154,7 @@ def probe_run(
     point does not exist in this model's pass, e.g. another tokenizer)."""
     if not probes or not all(isinstance(p, str) and p.strip() for p in probes):
         raise InvalidInput("probes must be a non-empty list of non-empty strings")
-    downs = _mlp_inputs(model)
-    captured: dict[int, list[torch.Tensor]] = {layer: [] for layer in downs}
-    handles = []
-    for layer, module in downs.items():
-
-        def hook(_module: Any, args: tuple[Any, ...], layer: int = layer) -> None:
-            captured[layer].append(args[0][0].detach().float().clone())
-
-        handles.append(module.register_forward_pre_hook(hook))
+    captured, handles = _capture_mlp_inputs(model)
     token_rows: list[dict[str, Any]] = []  # one per probe token: prompt, position, id, text
     hidden_norms: list[list[list[float]]] = []
     massive: dict[tuple[int, int, str], dict[str, Any]] = {}  # (layer, dim, token) -> largest
@@ -179,15 +171,7 @@ def probe_run(
             with torch.no_grad():
                 out = model(**encoded, output_hidden_states=True)
             id_list = [int(i) for i in ids[0]]
-            for pos, tid in enumerate(id_list):
-                token_rows.append(
-                    {
-                        "prompt": p_index,
-                        "position": pos,
-                        "token_id": tid,
-                        "token": tokenizer.decode([tid]),
-                    }
-                )
+            token_rows += _token_rows(p_index, id_list, tokenizer)
             norms = []
             for h_index, hidden in enumerate(out.hidden_states):
                 h = hidden[0].float()
@@ -209,6 +193,55 @@ def probe_run(
     finally:
         for handle in handles:
             handle.remove()
+    layers, neuron_max = _neuron_summary(captured, token_rows, options)
+    first_tokens = [row["token"] for row in token_rows if row["prompt"] == 0]
+    result = {
+        "probes": probes,
+        "tokens": first_tokens,
+        "token_rows": token_rows,
+        "hidden_norms": hidden_norms,  # per probe: (layers + 1) x tokens, row 0 = embeddings
+        "mlp": layers,
+        "neuron_max": neuron_max,  # layers x neurons: max |activation| over all probe tokens
+        "massive": sorted(massive.values(), key=lambda m: (m["layer"], -_ratio(m), m["dim"])),
+        "options": {
+            "top_k": options.top_k,
+            "eps": options.eps,
+            "massive_ratio": options.massive_ratio,
+        },
+    }
+    acts = {layer: torch.cat(rows, dim=0) for layer, rows in captured.items() if rows}
+    return ProbeRun(result, acts, [row["token_id"] for row in token_rows], watched)
+
+
+def _capture_mlp_inputs(model: Any) -> tuple[dict[int, list[torch.Tensor]], list[Any]]:
+    """Hooks that keep every MLP's neuron activations by layer; (captured, hook handles)."""
+    downs = _mlp_inputs(model)
+    captured: dict[int, list[torch.Tensor]] = {layer: [] for layer in downs}
+    handles = []
+    for layer, module in downs.items():
+
+        def hook(_module: Any, args: tuple[Any, ...], layer: int = layer) -> None:
+            captured[layer].append(args[0][0].detach().float().clone())
+
+        handles.append(module.register_forward_pre_hook(hook))
+    return captured, handles
+
+
+def _token_rows(p_index: int, id_list: list[int], tokenizer: Any) -> list[dict[str, Any]]:
+    """One row per token of a probe: prompt, position, id, text."""
+    return [
+        {"prompt": p_index, "position": pos, "token_id": tid, "token": tokenizer.decode([tid])}
+        for pos, tid in enumerate(id_list)
+    ]
+
+
+def _neuron_summary(
+    captured: dict[int, list[torch.Tensor]],
+    token_rows: list[dict[str, Any]],
+    options: ActivationOptions,
+) -> tuple[list[dict[str, Any]], list[list[float]]]:
+    """Per layer: the top neurons with the tokens that drive them and the never-active
+    fraction; and every neuron's max |activation| over all probe tokens."""
     layers = []
     neuron_max: list[list[float]] = []
     for layer in sorted(captured):
@@ -234,23 +267,7 @@ def probe_run(
             }
         )
         neuron_max.append([float(f"{v:.4g}") for v in peak.tolist()])
-    first_tokens = [row["token"] for row in token_rows if row["prompt"] == 0]
-    result = {
-        "probes": probes,
-        "tokens": first_tokens,
-        "token_rows": token_rows,
-        "hidden_norms": hidden_norms,  # per probe: (layers + 1) x tokens, row 0 = embeddings
-        "mlp": layers,
-        "neuron_max": neuron_max,  # layers x neurons: max |activation| over all probe tokens
-        "massive": sorted(massive.values(), key=lambda m: (m["layer"], -_ratio(m), m["dim"])),
-        "options": {
-            "top_k": options.top_k,
-            "eps": options.eps,
-            "massive_ratio": options.massive_ratio,
-        },
-    }
-    acts = {layer: torch.cat(rows, dim=0) for layer, rows in captured.items() if rows}
-    return ProbeRun(result, acts, [row["token_id"] for row in token_rows], watched)
+    return layers, neuron_max
 
 
 def _ratio(hit: dict[str, Any]) -> float:

@@ -261,6 +261,22 @@ def activation_alarms(
         return [], []
     alarms: list[dict[str, Any]] = []
     context: list[dict[str, Any]] = []
+    _massive_alarms(activations, base, similar, alarms, context)
+    if base is not None:
+        context += _base_only_massive(activations, base)
+    _dead_neuron_alarms(activations, base, dead_fraction, alarms, context)
+    return alarms, context
+
+
+def _massive_alarms(
+    activations: dict[str, Any],
+    base: dict[str, Any] | None,
+    similar: float,
+    alarms: list[dict[str, Any]],
+    context: list[dict[str, Any]],
+) -> None:
+    """A massive activation per (dim, token) group: an alarm, or context when the base has
+    it at a similar size."""
     ratio = activations["options"]["massive_ratio"]
     for group in massive_groups(activations["massive"]):
         key = _phenomenon("massive_activation", group["dim"], group["token"])
@@ -299,27 +315,43 @@ def activation_alarms(
             "this token; check the learning rate, gradient clipping and the data with this token"
         )
         alarms.append(found)
-    if base is not None:
-        tuned_keys = {(g["dim"], g["token"]) for g in massive_groups(activations["massive"])}
-        for group in massive_groups(base.get("massive") or []):
-            if (group["dim"], group["token"]) in tuned_keys:
-                continue
-            context.append(
-                {
-                    **alarm(
-                        "info",
-                        "massive_activation",
-                        f"in the base only (below {ratio:g}x after fine-tuning): "
-                        + _massive_text(group),
-                        "",
-                        None,
-                        group["layers"][0],
-                        None,
-                    ),
-                    "phenomenon": _phenomenon("massive_activation", group["dim"], group["token"]),
-                    "layers": group["layers"],
-                }
-            )
+
+
+def _base_only_massive(activations: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The base's massive activations the fine-tune no longer has (context)."""
+    ratio = activations["options"]["massive_ratio"]
+    context: list[dict[str, Any]] = []
+    tuned_keys = {(g["dim"], g["token"]) for g in massive_groups(activations["massive"])}
+    for group in massive_groups(base.get("massive") or []):
+        if (group["dim"], group["token"]) in tuned_keys:
+            continue
+        context.append(
+            {
+                **alarm(
+                    "info",
+                    "massive_activation",
+                    f"in the base only (below {ratio:g}x after fine-tuning): "
+                    + _massive_text(group),
+                    "",
+                    None,
+                    group["layers"][0],
+                    None,
+                ),
+                "phenomenon": _phenomenon("massive_activation", group["dim"], group["token"]),
+                "layers": group["layers"],
+            }
+        )
+    return context
+
+
+def _dead_neuron_alarms(
+    activations: dict[str, Any],
+    base: dict[str, Any] | None,
+    dead_fraction: float,
+    alarms: list[dict[str, Any]],
+    context: list[dict[str, Any]],
+) -> None:
+    """Layers with dead MLP neurons: an alarm when the base has fewer, context otherwise."""
     base_dead = {m["layer"]: m["never_active_fraction"] for m in (base or {}).get("mlp", [])}
     dead = [m for m in activations["mlp"] if m["never_active_fraction"] > dead_fraction]
     new = [
@@ -352,7 +384,6 @@ def activation_alarms(
             magnitude=worst["never_active_fraction"],
         )
         into.append(found)
-    return alarms, context
 
 
 def weightwatcher_alarms(result: dict[str, Any], alpha_range: tuple[float, float]) -> list[dict]:

@@ -258,11 +258,9 @@ def _weight_passes(
     return weights, deltas, base_norms
 
 
-def scan(inputs: ScanInputs) -> dict[str, Any]:
-    """Scan `inputs.model` (a full model or a LoRA adapter folder), against `inputs.base` when
-    given; write out/scan.json and PNGs into out/; return the same dict."""
-    start = time.perf_counter()
-    say = inputs.report or (lambda _msg: None)
+def _checked(inputs: ScanInputs) -> tuple[str, Path | None]:
+    """(kind: "adapter" or "full", the base to compare with) once the options and folders are
+    checked; InvalidInput says what is wrong."""
     if inputs.top_k < 1 or inputs.bins < 2 or inputs.spread_k <= 0:
         raise InvalidInput("top_k must be >= 1, bins >= 2 and spread_k > 0")
     check_folder(inputs.model)
@@ -272,6 +270,47 @@ def scan(inputs: ScanInputs) -> dict[str, Any]:
         check_folder(base, "base")
         if is_adapter(base):
             raise InvalidInput(f"base {base} is an adapter: pass the full model it adapts")
+    return kind, base
+
+
+def _activation_passes(
+    inputs: ScanInputs, base: Path | None, say: Callable[[str], None]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any]]:
+    """(the model's activations on the probes, the base's compared with them, the neurons
+    that changed); nothing without probes, no comparison without a base."""
+    activations = None
+    base_probe: dict[str, Any] | None = None
+    neurons: dict[str, Any] = {"neurons": [], "note": None}
+    if not inputs.probes:
+        return activations, base_probe, neurons
+    say(f"activations on {len(inputs.probes)} probes")
+    options = ActivationOptions(
+        top_k=inputs.top_k, eps=inputs.eps, massive_ratio=inputs.massive_ratio
+    )
+    model, tokenizer = load_model(inputs.model, base)
+    tuned = probe_run(model, tokenizer, inputs.probes, options, inputs.report)
+    del model
+    activations = tuned.result
+    if base is not None:
+        say(f"activations of the base {base} on the same probes")
+        base_model, base_tokenizer = load_model(base, inputs.model)
+        hits = tuned.result["massive"]
+        watch = [(h["layer"], h["prompt"], h["position"], h["dim"]) for h in hits]
+        reference = probe_run(
+            base_model, base_tokenizer, inputs.probes, options, inputs.report, watch
+        )
+        del base_model
+        base_probe = _compare_probes(tuned, reference)
+        neurons = neuron_changes(tuned, reference)
+    return activations, base_probe, neurons
+
+
+def scan(inputs: ScanInputs) -> dict[str, Any]:
+    """Scan `inputs.model` (a full model or a LoRA adapter folder), against `inputs.base` when
+    given; write out/scan.json and PNGs into out/; return the same dict."""
+    start = time.perf_counter()
+    say = inputs.report or (lambda _msg: None)
+    kind, base = _checked(inputs)
     inputs.out.mkdir(parents=True, exist_ok=True)
 
     threads = torch.get_num_threads()
@@ -282,29 +321,7 @@ def scan(inputs: ScanInputs) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads)
 
-    activations = None
-    base_probe: dict[str, Any] | None = None
-    neurons: dict[str, Any] = {"neurons": [], "note": None}
-    if inputs.probes:
-        say(f"activations on {len(inputs.probes)} probes")
-        options = ActivationOptions(
-            top_k=inputs.top_k, eps=inputs.eps, massive_ratio=inputs.massive_ratio
-        )
-        model, tokenizer = load_model(inputs.model, base)
-        tuned = probe_run(model, tokenizer, inputs.probes, options, inputs.report)
-        del model
-        activations = tuned.result
-        if base is not None:
-            say(f"activations of the base {base} on the same probes")
-            base_model, base_tokenizer = load_model(base, inputs.model)
-            hits = tuned.result["massive"]
-            watch = [(h["layer"], h["prompt"], h["position"], h["dim"]) for h in hits]
-            reference = probe_run(
-                base_model, base_tokenizer, inputs.probes, options, inputs.report, watch
-            )
-            del base_model
-            base_probe = _compare_probes(tuned, reference)
-            neurons = neuron_changes(tuned, reference)
+    activations, base_probe, neurons = _activation_passes(inputs, base, say)
     ww_result = (
         run_weightwatcher(inputs.model, base)
         if inputs.weightwatcher

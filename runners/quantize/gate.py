@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,9 @@ def quality_gate(
     min_token_agreement: float = 0.9,
 ) -> GateResult:
     """Score `texts` with the source folder (transformers) and the GGUF (llama.cpp)."""
+    # llama.cpp's OpenMP threads spin less at barriers on a shared CPU, as the llama-cpp
+    # serving backend sets (runners/serve/backend_llama_cpp.py, GOMP_SPINCOUNT)
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     import llama_cpp
     import torch
     from transformers import AutoTokenizer

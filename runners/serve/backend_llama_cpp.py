@@ -36,6 +36,7 @@ from runners.serve.logprobs import Piece, TokenLogprob, build
 
 DEFAULT_CONTEXT = 4096  # tokens per sequence
 PREFILL_BATCH = 512  # prompt tokens decoded per llama_decode call
+GOMP_SPINCOUNT = 1000  # OpenMP barrier spins before a thread sleeps (see __init__)
 
 
 class LlamaCppError(RuntimeError):
@@ -80,6 +81,13 @@ class LlamaCppBackend:
     kind = "llama-cpp"
 
     def __init__(self, gguf_path: Path, sequences: int = 4, n_ctx: int = DEFAULT_CONTEXT) -> None:
+        # llama.cpp's CPU threads are GNU OpenMP's (the build `make llama-cpp` makes): at each
+        # op's barrier they spin 300k rounds before sleeping, which on a CPU shared with other
+        # processes burns the time slice the other thread needs (a SmolLM2 prompt with 2
+        # threads on 2 cores at load 20: 15-33 s; 0.3-1.3 s spinning 1000 rounds, the count
+        # libgomp itself takes when it sees more threads than CPUs). Read when libgomp loads,
+        # with llama_cpp: a process that imported it before keeps what it had.
+        os.environ.setdefault("GOMP_SPINCOUNT", str(GOMP_SPINCOUNT))
         try:
             import llama_cpp
             import numpy  # llama-cpp-python's own dependency: logprobs are computed with it
@@ -110,8 +118,15 @@ class LlamaCppBackend:
         params.n_seq_max = self.sequences
         # As llama-cpp-python's Llama does by default: its answers and ours then agree.
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        params.n_threads = params.n_threads_batch = max(1, threads)
+        # llama.cpp computes a one-token batch (one client decoding) with n_threads and any
+        # larger batch (prompts, several clients) with n_threads_batch. One token is a chain of
+        # small memory-bound ops, each ending in a barrier where ggml's threads spin: half the
+        # CPUs there (llama-cpp-python's own default), all of them for batches. With every CPU
+        # on one token, a shared machine stalled each step (SmolLM2 q8_0, 2 cores at load 20:
+        # 8 tokens in over 90 s with 2 threads, 2.7 s with 1).
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        params.n_threads = max(1, cpus // 2)
+        params.n_threads_batch = max(1, cpus)
         self.context = _internals.LlamaContext(model=self.model, params=params, verbose=False)
         self.context_length: int | None = per_sequence
         self.vocab = llama_cpp.llama_model_get_vocab(self.model.model)

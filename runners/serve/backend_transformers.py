@@ -18,13 +18,17 @@ PeftModel holding every adapter by its served name, and each forward pass names 
 of each row (peft's mixed-adapter batches, `adapter_names`; BASE_ROW for the base), so
 requests for different adapters share the batch and the base's weights are in memory once.
 Adapters are added and removed between steps (`add_adapter`, `remove_adapter`), under the
-lock the scheduler holds while it steps.
+lock the scheduler holds while it steps. When every adapter is plain LoRA on linear layers
+the rows are not split per adapter at all: lora_batch.py applies each row's adapter from
+stacked weights in two batched matmuls per layer, which peft's per-adapter loop is not.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +44,7 @@ from runners.serve.generation import (
     finish_reason,
 )
 from runners.serve.logprobs import Piece, TokenLogprob, build, echo_groups, token_bytes
-from runners.weights import SAFE_TOKENIZER, load_causal_lm, tokenizer_folder
+from runners.weights import SAFE_TOKENIZER, adapter_base, load_causal_lm, tokenizer_folder
 
 PREFILL_ROWS = 16  # prompts prefilled in one forward pass, at most
 BASE_ROW = "__base__"  # peft's name for a row that runs without an adapter
@@ -73,6 +77,9 @@ class _Request:
     prompt_logprobs: list[TokenLogprob] | None = None  # of prompt tokens, with echo
     streamed: int = 0  # logprobs already sent with a piece
     matcher: Any = None  # llguidance matcher when the answer is constrained (constrained.py)
+    # The peft adapter this request runs with, fixed when it is admitted: a new version of
+    # its adapter swapped in meanwhile serves the requests admitted after the swap.
+    key: str | None = None
     result: Generation | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -129,14 +136,55 @@ class TransformersBackend:
         self.keys: dict[str, str] = {}  # adapter name -> peft's name, while it has rows
         self.loads = 0  # adapters loaded so far: each gets a peft name of its own
         self.lock = threading.RLock()  # held by the scheduler while it steps
+        self.changing = threading.Lock()  # one adapter change (add, replace, remove) at a time
+        self.batched: Any = None  # lora_batch.BatchedLoRA when every adapter qualifies
         self.scheduler = Scheduler(self)
 
     def add_adapter(self, name: str, folder: Path) -> None:
         """Load a LoRA adapter on the served base, served as `name` once this returns;
         AdapterError when it names another base or is not an adapter folder."""
-        from peft import PeftModel
+        with self.changing:
+            if name in self.adapters:
+                raise AdapterError(f"an adapter named '{name}' is served already; remove it first")
+            key = self._load(folder)
+            with self.lock:
+                self.keys[name] = key
+                self.adapters.add(name)
 
-        from runners.weights import adapter_base
+    def replace_adapter(
+        self,
+        name: str,
+        folder: Path,
+        wait_s: float = 60.0,
+        switched: Callable[[], None] | None = None,
+    ) -> None:
+        """Serve another version of adapter `name` with no moment in which `name` is not
+        served: the new one loads under a peft name of its own while the old one answers,
+        then new requests switch to it at once; requests admitted before keep the old one
+        until they finish (for up to `wait_s`), then its weights are dropped. KeyError when
+        `name` is not served, AdapterError as add_adapter. `switched` runs at the switch."""
+
+        with self.changing:
+            if name not in self.adapters:
+                raise KeyError(name)
+            key = self._load(folder)
+            with self.lock:
+                old, self.keys[name] = self.keys[name], key
+                if switched is not None:
+                    switched()
+            give_up = time.monotonic() + wait_s
+            while time.monotonic() < give_up and any(
+                r.key == old for r in list(self.scheduler.active)
+            ):
+                time.sleep(0.02)
+            with self.lock:
+                for request in [r for r in self.scheduler.active if r.key == old]:
+                    request.control.cancelled.set()  # ran past wait_s: leaves at the next step
+                self._drop(old)
+
+    def _load(self, folder: Path) -> str:
+        """Load the adapter in `folder` under a new peft name (served by no name yet)."""
+        from peft import PeftModel
 
         base = adapter_base(folder)
         if base is None:
@@ -146,55 +194,88 @@ class TransformersBackend:
                 f"{folder}: its base is {base}, but this runtime serves {self.base_dir}; "
                 "adapters served together must share one base version"
             )
-        if name in self.adapters:
-            raise AdapterError(f"an adapter named '{name}' is served already; remove it first")
         self.loads += 1
         key = f"a{self.loads}"
         with self.lock:
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(folder), adapter_name=key, is_trainable=False)
                 self.model.set_adapter(key)
-                served = set(self.keys.values())
-                for stale in [a for a in self.model.peft_config if a not in served | {key}]:
+                # Kept: every served adapter and any a running request still uses.
+                used = set(self.keys.values()) | {r.key for r in self.scheduler.active}
+                for stale in [a for a in self.model.peft_config if a not in used | {key}]:
                     self.model.delete_adapter(stale)  # the last one removed (remove_adapter)
             else:
                 self.model = PeftModel.from_pretrained(
                     self.model, str(folder), adapter_name=key, is_trainable=False
                 ).eval()
             self.model.to(self.device)  # the new adapter's weights beside the base's
-            self.keys[name] = key
-            self.adapters.add(name)
+            self._restack()
+        return key
+
+    def _drop(self, key: str) -> None:
+        """Drop a peft adapter's weights (under the lock). peft cannot hold no adapter at
+        all: the last one stays loaded, unserved, until the next load replaces it."""
+        peft_config = getattr(self.model, "peft_config", {})
+        if key in peft_config and len(peft_config) > 1:
+            if self.model.active_adapter == key:
+                self.model.set_adapter(next(a for a in peft_config if a != key))
+            self.model.delete_adapter(key)
+            self._restack()
+
+    def _restack(self) -> None:
+        """Batch rows of different adapters with stacked weights (lora_batch.py) when every
+        loaded adapter is plain LoRA; otherwise peft's `adapter_names` path (under the lock)."""
+        from runners.serve.lora_batch import BatchedLoRA
+
+        if BatchedLoRA.supports(self.model):
+            if self.batched is not None and self.batched.model is self.model:
+                self.batched.rebuild()
+            else:
+                self.batched = BatchedLoRA(self.model)
+        elif self.batched is not None:
+            self.batched.remove()
+            self.batched = None
+
+    @contextmanager
+    def adapter_rows(self, requests: list[_Request]) -> Iterator[None]:
+        """Around one forward pass: each row runs with its request's adapter."""
+        if self.batched is None:
+            yield
+            return
+        self.batched.select([r.key or self.keys.get(r.sampling.adapter or "") for r in requests])
+        try:
+            yield
+        finally:
+            self.batched.rows = None
 
     def remove_adapter(self, name: str, wait_s: float = 60.0) -> None:
         """Stop serving an adapter: new requests for it are refused at once, those running
         finish (for up to `wait_s`), then its weights are dropped. KeyError when not served."""
-        import time
 
-        with self.lock:
-            self.adapters.remove(name)
-        give_up = time.monotonic() + wait_s
-        while time.monotonic() < give_up and any(
-            r.sampling.adapter == name for r in list(self.scheduler.active)
-        ):
-            time.sleep(0.02)
-        with self.lock:
-            for request in [r for r in self.scheduler.active if r.sampling.adapter == name]:
-                request.control.cancelled.set()  # ran past wait_s: it leaves at the next step
-            key = self.keys.pop(name)
-            peft_config = getattr(self.model, "peft_config", {})
-            # peft cannot hold no adapter at all: the last one stays loaded, unserved, until
-            # the next add_adapter replaces it.
-            if key in peft_config and len(peft_config) > 1:
-                if self.model.active_adapter == key:
-                    self.model.set_adapter(next(a for a in peft_config if a != key))
-                self.model.delete_adapter(key)
+        with self.changing:
+            with self.lock:
+                self.adapters.remove(name)
+            give_up = time.monotonic() + wait_s
+            while time.monotonic() < give_up and any(
+                r.sampling.adapter == name for r in list(self.scheduler.active)
+            ):
+                time.sleep(0.02)
+            with self.lock:
+                for request in [r for r in self.scheduler.active if r.sampling.adapter == name]:
+                    request.control.cancelled.set()  # ran past wait_s: it leaves at the next step
+                self._drop(self.keys.pop(name))
 
     def forward_kwargs(self, requests: list[_Request]) -> dict[str, Any]:
-        """`adapter_names` for a batch when adapters are loaded (one per row)."""
-        if not hasattr(self.model, "peft_config"):
+        """`adapter_names` for a batch when adapters are loaded and not batched by stacked
+        weights (adapter_rows), one per row."""
+        if self.batched is not None or not hasattr(self.model, "peft_config"):
             return {}
         keys = self.keys
-        return {"adapter_names": [keys.get(r.sampling.adapter or "", BASE_ROW) for r in requests]}
+        return {
+            "adapter_names": [
+                r.key or keys.get(r.sampling.adapter or "", BASE_ROW) for r in requests
+            ]
+        }
 
     @classmethod
     def load(cls, model_dir: Path, adapters: dict[str, Path] | None = None) -> TransformersBackend:
@@ -218,8 +299,6 @@ class TransformersBackend:
         model = load_causal_lm(model_dir, merge=True, dtype=dtype)
         backend = cls(model.to(device).eval(), tokenizer)
         if adapters:
-            from runners.weights import adapter_base
-
             if adapter_base(model_dir) is not None:
                 raise AdapterError(
                     f"{model_dir} is itself an adapter; serve adapters on a full base version"
@@ -357,6 +436,7 @@ class Scheduler(SchedulerThread[_Request]):
             elif request.control.should_stop():
                 self._finish(request)
             else:
+                request.key = self.backend.keys.get(adapter) if adapter is not None else None
                 live.append(request)
         plain = [r for r in live if not r.sampling.echo]
         for start in range(0, len(plain), PREFILL_ROWS):
@@ -380,16 +460,17 @@ class Scheduler(SchedulerThread[_Request]):
             mask[row, width - len(request.ids) :] = 1
         ids, mask = ids.to(backend.device), mask.to(backend.device)
         cache = DynamicCache(config=backend.model.config)
-        out = backend.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
-            cache=cache,
-            use_cache=True,
-            **backend.forward_kwargs(group),
-            # echo scores every prompt token, so it needs the logits at every position
-            logits_to_keep=0 if any(r.sampling.echo for r in group) else 1,
-        )
+        with backend.adapter_rows(group):
+            out = backend.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+                cache=cache,
+                use_cache=True,
+                **backend.forward_kwargs(group),
+                # echo scores every prompt token, so it needs the logits at every position
+                logits_to_keep=0 if any(r.sampling.echo for r in group) else 1,
+            )
         for row, request in enumerate(group):
             if request.sampling.echo:
                 self._score_prompt(request, out.logits[row, width - len(request.ids) :])
@@ -457,14 +538,15 @@ class Scheduler(SchedulerThread[_Request]):
             [[r.position] for r in self.active], dtype=torch.long, device=self.mask.device
         )
         cache = DynamicCache(ddp_cache_data=self.kv, config=backend.model.config)
-        out = backend.model(
-            input_ids=self.last.view(batch, 1),
-            attention_mask=self.mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-            **backend.forward_kwargs(self.active),
-        )
+        with backend.adapter_rows(self.active):
+            out = backend.model(
+                input_ids=self.last.view(batch, 1),
+                attention_mask=self.mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                **backend.forward_kwargs(self.active),
+            )
         self.kv = [(layer.keys, layer.values) for layer in cache.layers]
         self.steps += 1
         for request in self.active:

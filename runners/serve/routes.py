@@ -25,7 +25,7 @@ from runners.errors import InvalidInput
 from runners.serve import embeddings, structured
 from runners.serve.admission import Engine, Job, timeout_error
 from runners.serve.collect import Collector
-from runners.serve.config import ServeConfig
+from runners.serve.config import Adapter, ServeConfig
 from runners.serve.errors import APIError, error_body, from_validation
 from runners.serve.generation import Generation, GenerationCancelled, GenerationTimeout, Sampling
 from runners.serve.logprobs import Streamed, check_prompt_ids
@@ -448,6 +448,16 @@ def register_adapter_routes(app: FastAPI, service: Service) -> None:
             raise APIError(400, "only backend 'transformers' serves adapters", code="no_adapters")
         return backend
 
+    async def adapter_body(name: str, request: Request) -> Adapter:
+
+        data = await read_json(request)
+        try:
+            return Adapter.model_validate({**data, "name": name})
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "(body)"
+            raise APIError(400, f"{field}: {first['msg']}", code="invalid_adapter") from None
+
     @app.get("/v2/adapters")
     async def list_adapters() -> Response:
         return JSONResponse(listing())
@@ -461,16 +471,9 @@ def register_adapter_routes(app: FastAPI, service: Service) -> None:
     @app.post("/v2/adapters/{name}")
     async def load_adapter(name: str, request: Request) -> Response:
         from runners.serve.backend_transformers import AdapterError
-        from runners.serve.config import Adapter
 
         backend = transformers_backend()
-        data = await read_json(request)
-        try:
-            adapter = Adapter.model_validate({**data, "name": name})
-        except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "(body)"
-            raise APIError(400, f"{field}: {first['msg']}", code="invalid_adapter") from None
+        adapter = await adapter_body(name, request)
         if name == config.name:
             raise APIError(409, f"'{name}' is the base's name", code="name_taken")
         if name in service.adapters:
@@ -483,6 +486,31 @@ def register_adapter_routes(app: FastAPI, service: Service) -> None:
             raise APIError(400, str(err), code="invalid_adapter") from None
         service.adapters[name] = adapter.version
         MODEL_READY.labels(name).set(1)
+        return JSONResponse(listing())
+
+    @app.put("/v2/adapters/{name}")
+    async def replace_adapter(name: str, request: Request) -> Response:
+        """Serve this version of the adapter: a new one loads as POST does; a served one is
+        replaced with no moment in which its name answers 404 (the new version loads beside
+        the old, new requests switch to it, running ones finish on the old)."""
+        from runners.serve.backend_transformers import AdapterError
+
+        if name not in service.adapters:
+            return await load_adapter(name, request)
+        backend = transformers_backend()
+        adapter = await adapter_body(name, request)
+
+        def switched() -> None:
+            service.adapters[name] = adapter.version
+
+        try:
+            await asyncio.to_thread(
+                backend.replace_adapter, name, adapter.dir, config.limits.timeout_s, switched
+            )
+        except (AdapterError, InvalidInput) as err:
+            raise APIError(400, str(err), code="invalid_adapter") from None
+        except KeyError:  # unloaded meanwhile
+            raise APIError(404, f"no adapter '{name}' is served", code="model_not_found") from None
         return JSONResponse(listing())
 
     @app.delete("/v2/adapters/{name}")

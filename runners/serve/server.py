@@ -21,9 +21,32 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import uvicorn
+from fastapi import FastAPI
+from fastapi.exceptions import FastAPIDeprecationWarning
+from fastapi.responses import JSONResponse, Response
+from kserve import ModelServer
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.errors import ModelNotReady, ServerNotReady
+from kserve.model_server import app
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.rest.server import RESTServer
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
 from runners.serve import ports
+from runners.serve.accounting import UsageMiddleware
+from runners.serve.collect import Collector
 from runners.serve.config import ConfigError, Limits, ServeConfig
+from runners.serve.connections import guarded_protocol
+from runners.serve.metrics import REJECTED, MetricsMiddleware
+from runners.serve.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from runners.serve.model import ModelFailed, ServeModel
 from runners.serve.ports import EXIT_MODEL, EXIT_OK, EXIT_PORT
+from runners.serve.quotas import QuotaBook
+from runners.serve.request_origin import RequestOriginMiddleware
+from runners.serve.routes import Service, register_routes
+from runners.serve.usage import UsageLog, tokens_today, usage_folder
 
 
 def say(config: ServeConfig, message: str) -> None:
@@ -68,17 +91,24 @@ def _in_thread(fn: Callable[[], Any]) -> asyncio.Future[Any]:
     return future
 
 
-def _uvicorn_server(app: Any, grace_s: int, protocol: type[asyncio.Protocol]) -> Any:
-    import uvicorn
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The runtime owns SIGTERM/SIGINT: it stops both servers and exits 0, where
+        # uvicorn would re-raise the signal after shutting down.
+        yield
 
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # The runtime owns SIGTERM/SIGINT: it stops both servers and exits 0, where
-            # uvicorn would re-raise the signal after shutting down.
-            yield
 
-    return Server(
+class _ReadinessDataPlane(DataPlane):
+    """kserve's server readiness is always true; here it waits for every model."""
+
+    async def ready(self) -> bool:
+        models = list(self.model_registry.get_models().values())
+        return bool(models) and all([await m.healthy() for m in models])
+
+
+def _uvicorn_server(app: Any, grace_s: int, protocol: type[asyncio.Protocol]) -> uvicorn.Server:
+    return _Server(
         uvicorn.Config(
             app,
             log_config=None,
@@ -92,8 +122,6 @@ def _uvicorn_server(app: Any, grace_s: int, protocol: type[asyncio.Protocol]) ->
 
 
 async def _quiet_503(request: Any, exc: Exception) -> Any:
-    from fastapi.responses import JSONResponse
-
     return JSONResponse({"error": str(exc)}, status_code=503)
 
 
@@ -102,16 +130,10 @@ async def _client_gone(request: Any, exc: Exception) -> Any:
     # connections.py cut it for being too slow): nobody reads this answer, but without a
     # handler Starlette logs a traceback for every such request. 499 is nginx's
     # "client closed request", and what the metrics count it as.
-    from fastapi.responses import Response
-
     return Response(status_code=499)
 
 
 def _protocol(limits: Limits) -> type[asyncio.Protocol]:
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
-    from runners.serve.connections import guarded_protocol
-
     return guarded_protocol(AutoHTTPProtocol, limits)
 
 
@@ -120,60 +142,35 @@ def run(config: ServeConfig) -> int:
     return asyncio.run(_serve(config, keys))
 
 
-async def _serve(config: ServeConfig, keys: dict[str, str]) -> int:
-    """Serve until stopped; `keys` are the clients' keys by name (empty: keyless)."""
-    from fastapi.exceptions import FastAPIDeprecationWarning
+def _collector(config: ServeConfig) -> Collector | None:
+    """Where answers are collected for retraining, when the config turns collection on."""
+    if not config.collect.enabled:
+        return None
+    assert config.collect.dir is not None
+    return Collector(
+        config.collect.dir,
+        config.name,
+        config.model_version,
+        config.collect.sample_rate,
+        config.collect.redact_pii,
+        config.collect.seed,
+    )
 
-    # kserve's app defaults to ORJSONResponse, which FastAPI now flags on every start.
-    warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
-    from kserve import ModelServer
-    from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-    from kserve.errors import ModelNotReady, ServerNotReady
-    from kserve.model_server import app
-    from kserve.protocol.dataplane import DataPlane
-    from kserve.protocol.rest.server import RESTServer
-    from starlette.requests import ClientDisconnect
 
-    from runners.serve.accounting import UsageMiddleware
-    from runners.serve.collect import Collector
-    from runners.serve.metrics import REJECTED, MetricsMiddleware
-    from runners.serve.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-    from runners.serve.model import ModelFailed, ServeModel
-    from runners.serve.quotas import QuotaBook
-    from runners.serve.request_origin import RequestOriginMiddleware
-    from runners.serve.routes import Service, register_routes
-    from runners.serve.usage import UsageLog, tokens_today, usage_folder
-
-    class ReadinessDataPlane(DataPlane):
-        """kserve's server readiness is always true; here it waits for every model."""
-
-        async def ready(self) -> bool:
-            models = list(self.model_registry.get_models().values())
-            return bool(models) and all([await m.healthy() for m in models])
-
-    limits = config.limits
-    grace_s = math.ceil(limits.timeout_s) + 5
-    model = ServeModel(config)
+def _application(
+    config: ServeConfig, keys: dict[str, str], model: ServeModel, grace_s: int
+) -> tuple[FastAPI, Service]:
+    """kserve's app with the model registered, llmops' routes first, and the middleware:
+    body limit, usage and quotas, the key check, the origin check, metrics."""
     kserve_server = ModelServer(
         http_port=config.port, enable_grpc=False, grace_period=grace_s, workers=1
     )
     kserve_server.register_model(model)
-    collector = None
-    if config.collect.enabled:
-        assert config.collect.dir is not None
-        collector = Collector(
-            config.collect.dir,
-            config.name,
-            config.model_version,
-            config.collect.sample_rate,
-            config.collect.redact_pii,
-            config.collect.seed,
-        )
-    service = Service(config, model, collector)
+    service = Service(config, model, _collector(config))
     register_routes(app, service)  # first, so GET /v1/models is OpenAI's, not kserve's V1
     RESTServer(
         FASTAPI_APP_IMPORT_STRING,
-        ReadinessDataPlane(kserve_server.registered_models),
+        _ReadinessDataPlane(kserve_server.registered_models),
         kserve_server.model_repository_extension,
         config.port,
         grace_period=grace_s,
@@ -182,7 +179,7 @@ async def _serve(config: ServeConfig, keys: dict[str, str]) -> int:
     app.add_exception_handler(ServerNotReady, _quiet_503)
     app.add_exception_handler(ModelNotReady, _quiet_503)
     app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=config.limits.max_body_bytes)
     # Usage rows go to the deployment's state folder, where `llmops usage` reads them; the
     # day's tokens so far are read back, so a restart does not reset daily quotas.
     usage_log = UsageLog(usage_folder(config.state_dir)) if config.state_dir else None
@@ -203,6 +200,29 @@ async def _serve(config: ServeConfig, keys: dict[str, str]) -> int:
         on_refuse=lambda code: REJECTED.labels(code).inc(),
     )
     app.add_middleware(MetricsMiddleware)
+    return app, service
+
+
+def _bind_public(config: ServeConfig, public_port: int) -> socket.socket:
+    """The public port, shared by SO_REUSEPORT only with versions of this deployment;
+    ports.PortClaimError naming the holder otherwise."""
+    owner = ports.Owner(config.name, str(config.state_dir) if config.state_dir else None)
+    return ports.bind_shared(
+        config.host,
+        public_port,
+        owner,
+        lambda: bind(config.host, public_port, reuse_port=True, field="public_port"),
+    )
+
+
+async def _serve(config: ServeConfig, keys: dict[str, str]) -> int:
+    """Serve until stopped; `keys` are the clients' keys by name (empty: keyless)."""
+    # kserve's app defaults to ORJSONResponse, which FastAPI now flags on every start.
+    warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
+    limits = config.limits
+    grace_s = math.ceil(limits.timeout_s) + 5
+    model = ServeModel(config)
+    app, service = _application(config, keys, model, grace_s)
 
     primary = bind(config.host, config.port, reuse_port=False, field="port")
     protocol = _protocol(limits)  # one for both listeners: they share the pending cap
@@ -247,15 +267,8 @@ async def _serve(config: ServeConfig, keys: dict[str, str]) -> int:
     service.start_engine()
     where = f"http://{config.host}:{config.port}"
     if config.public_port is not None:
-        public_port = config.public_port
-        owner = ports.Owner(config.name, str(config.state_dir) if config.state_dir else None)
         try:
-            public = ports.bind_shared(
-                config.host,
-                public_port,
-                owner,
-                lambda: bind(config.host, public_port, reuse_port=True, field="public_port"),
-            )
+            public = _bind_public(config, config.public_port)
         except ports.PortClaimError as err:
             say(config, str(err))
             return await shut_down(EXIT_PORT)

@@ -1,5 +1,6 @@
 """Runner `train`, entry point: python -m runners.train JOB.json; exit 0, 2 bad job, 3 unhealthy,
-4 another process writes the run folder (or the controller that started it is gone)."""
+4 another process writes the run folder (or the controller that started it is gone), 5 a rank
+of a distributed run died (result.json names it; running again resumes)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import sys
 from pathlib import Path
 
 from runners.train import runlock
+from runners.train.distributed import RankFailed, launch
 from runners.train.job import TrainError, TrainJob, UnhealthyRun
 from runners.train.loop import train  # torch: only once the run folder is ours
 
 EXIT_BUSY = 4
+EXIT_RANK_DIED = 5
 
 
 def main(argv: list[str]) -> int:
@@ -33,6 +36,9 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_BUSY
+    procs = int((job.training.get("distributed") or {}).get("nproc_per_node") or 1)
+    if procs > 1:
+        return _launch(Path(argv[1]), out, procs)
     try:
         result = train(job)
     except UnhealthyRun as err:
@@ -48,6 +54,30 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result))
+    return 0
+
+
+def _launch(job_file: Path, out: Path, procs: int) -> int:
+    """This node's ranks (runners/train/worker.py under torchrun's agent), this process
+    holding the run folder's lock for them; rank 0 writes result.json, and a rank that dies
+    is named there."""
+    (out / "result.json").unlink(missing_ok=True)
+    try:
+        launch(job_file, procs)
+    except RankFailed as err:
+        result_path = out / "result.json"
+        if result_path.is_file():  # rank 0 said why (bad job, unhealthy): its word stands
+            result = json.loads(result_path.read_text())
+            print(f"{result.get('status')}: {result.get('message')}", file=sys.stderr)
+            return 3 if result.get("status") == "unhealthy" else 2
+        message = (
+            f"distributed training failed: {err}; the other ranks were stopped. Run again "
+            "to resume from the last checkpoint"
+        )
+        result_path.write_text(json.dumps({"status": "crashed", "message": message}))
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_RANK_DIED
+    print((out / "result.json").read_text())
     return 0
 
 

@@ -7,6 +7,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -16,8 +17,11 @@ from typing import Any
 
 import torch
 
+from runners.pull.fetch import cast_weights
+from runners.pull.metadata import count_parameters
 from runners.train.curves import plot_run
 from runners.train.data import (
+    IGNORE,
     Example,
     build_examples,
     collate,
@@ -25,6 +29,19 @@ from runners.train.data import (
     pack,
     read_rows,
     real_tokens,
+)
+from runners.train.distributed import (
+    SINGLE,
+    World,
+    gradient_sync,
+    join,
+    leave,
+    load_optimizer,
+    load_trainable,
+    optimizer_state,
+    trainable_state,
+    whole,
+    wrap,
 )
 from runners.train.job import TrainError, TrainJob, UnhealthyRun
 from runners.train.log import LOG_FILE, append_record, truncate_log
@@ -62,7 +79,10 @@ def _memory_mb() -> float:
 
 
 def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: its rank's GPU under torchrun (LOCAL_RANK), else the first."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def _setup_model(job: TrainJob, opts: TrainingOptions) -> tuple[Any, Any]:
@@ -173,7 +193,7 @@ class Health:
         for name, param in model.named_parameters():
             if param.grad is None:
                 continue
-            norm = float(param.grad.detach().float().norm())
+            norm = float(whole(param.grad.detach()).float().norm())
             if not math.isfinite(norm):
                 raise UnhealthyRun(
                     f"gradient is {norm} at step {step} in layer {name}; lower "
@@ -199,7 +219,7 @@ class Health:
         for name, param in model.named_parameters():
             if not param.requires_grad:
                 continue
-            top = float(param.detach().abs().max())
+            top = float(whole(param.detach()).abs().max())
             if not math.isfinite(top) or top > self.max_weight:
                 raise UnhealthyRun(
                     f"exploding weights at step {step} in layer {name}: max |w| "
@@ -211,18 +231,29 @@ class Health:
 
 
 def _save_checkpoint(
-    folder: Path, step: int, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]
+    folder: Path,
+    step: int,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: dict[str, Any],
+    world: World = SINGLE,
 ) -> None:
-    """Write to a temporary folder and rename: a crash never leaves half a checkpoint."""
+    """Write to a temporary folder and rename: a crash never leaves half a checkpoint. The
+    weights and optimiser state are whole (gathered from the shards under fsdp, every rank
+    taking part); rank 0 writes them."""
+    trainable = trainable_state(model, world)
+    optimizer_saved = optimizer_state(model, optimizer, world)
+    if not world.main:
+        return
     final = folder / f"step-{step:08d}"
     tmp = folder / f".step-{step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    trainable = {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
     torch.save(trainable, tmp / "trainable.pt")
     torch.save(
         {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_saved,
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
@@ -241,17 +272,24 @@ def _latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int) -> float:
+def _evaluate(
+    model: Any, examples: list[Example], batch_size: int, pad_id: int, world: World = SINGLE
+) -> float:
+    """Mean eval loss per label token; the ranks each take a share and sum their parts."""
     model.eval()
     total, tokens = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
-            batch = collate(examples[i : i + batch_size], pad_id)
+            # Every rank runs every batch (fsdp's forward is collective), on its share.
+            batch = collate(_share(examples[i : i + batch_size], world), pad_id)
             batch = {k: v.to(_device()) for k, v in batch.items()}
             n = int((batch["labels"][:, 1:] != -100).sum())
-            total += float(model(**batch, use_cache=False).loss) * n
-            tokens += n
+            loss = model(**batch, use_cache=False).loss
+            if n:
+                total += float(loss) * n
+                tokens += n
     model.train()
+    total, tokens = world.sum([total, float(tokens)]) if world.distributed else (total, tokens)
     return total / max(tokens, 1)
 
 
@@ -290,25 +328,32 @@ def _setup_optimizer(
 
 
 def _resume(
-    out: Path, opts: TrainingOptions, model: Any, optimizer: Any, scheduler: Any
+    out: Path,
+    opts: TrainingOptions,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    world: World = SINGLE,
 ) -> tuple[int, dict[str, Any]]:
-    """Load the last checkpoint when there is one: (the step it reached, its state)."""
+    """Load the last checkpoint when there is one: (the step it reached, its state). Every
+    rank loads the same one, whatever world size wrote it (the optimiser state is whole)."""
     latest = _latest_checkpoint(out / "checkpoints") if opts.resume else None
     log_path = out / LOG_FILE
     if latest is None:
-        if log_path.exists():
+        if log_path.exists() and world.main:
             log_path.unlink()
         return 0, {"best_eval": None, "evals_without_improvement": 0}
     trainable = torch.load(latest / "trainable.pt", weights_only=True)
-    model.load_state_dict(trainable, strict=False)
+    load_trainable(model, trainable, world)
     saved = torch.load(latest / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
+    load_optimizer(model, optimizer, saved["optimizer"], world)
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"])
     random.setstate(saved["python_rng"])
     state = json.loads((latest / "state.json").read_text())
     start_step = int(state["step"])
-    truncate_log(log_path, start_step)
+    if world.main:
+        truncate_log(log_path, start_step)
     return start_step, state
 
 
@@ -321,26 +366,49 @@ def train(job: TrainJob) -> dict[str, Any]:
         return train_preference(job, opts)
     out = Path(job.output)
     out.mkdir(parents=True, exist_ok=True)
+    # torchrun's ranks (runners/train/distributed.py); one process otherwise.
+    world = join(opts.distributed.strategy)
+    try:
+        return _train(job, opts, out, world)
+    finally:
+        leave(world)
+
+
+def _train(job: TrainJob, opts: TrainingOptions, out: Path, world: World) -> dict[str, Any]:
+    if world.distributed and opts.batch_size % world.size:
+        raise TrainError(
+            f"training.batch_size ({opts.batch_size}) is split across {world.size} "
+            f"processes; make it a multiple of {world.size}"
+        )
     _seed_everything(opts.seed)
     model, tokenizer = _setup_model(job, opts)
     train_examples, eval_examples = _setup_data(job, opts, tokenizer)
     schedule = _schedule(opts, len(train_examples))
+    stepper = wrap(model, world)  # before the optimiser: fsdp replaces the parameters
     params, optimizer, scheduler = _setup_optimizer(model, opts, schedule)
-    start_step, state = _resume(out, opts, model, optimizer, scheduler)
+    start_step, state = _resume(out, opts, model, optimizer, scheduler, world)
     progress = _train_steps(
         opts,
         out,
         schedule,
-        (model, params, optimizer, scheduler),
+        (model, params, optimizer, scheduler, stepper),
         (train_examples, eval_examples, tokenizer.pad_token_id),
         start_step,
         state,
+        world,
     )
     final_eval = (
-        _evaluate(model, eval_examples, opts.batch_size, tokenizer.pad_token_id)
+        _evaluate(model, eval_examples, opts.batch_size, tokenizer.pad_token_id, world)
         if eval_examples
         else None
     )
+    if world.sharded:  # rank 0 saves an unsharded copy holding the whole trained weights
+        trainable = trainable_state(model, world)
+        if world.main:
+            model, _ = _setup_model(job, opts)
+            model.load_state_dict(trainable, strict=False)
+    if not world.main:  # rank 0 alone writes the model and result.json
+        return {"status": "succeeded", "run_id": job.run_id, "rank": world.rank}
     return _finish(
         job,
         opts,
@@ -367,12 +435,13 @@ def _train_steps(
     opts: TrainingOptions,
     out: Path,
     schedule: _Schedule,
-    training: tuple[Any, list[Any], Any, Any],
+    training: tuple[Any, list[Any], Any, Any, Any],
     data: tuple[list[Example], list[Example], int],
     start_step: int,
     state: dict[str, Any],
+    world: World = SINGLE,
 ) -> _Progress:
-    model, params, optimizer, scheduler = training
+    model, params, optimizer, scheduler, stepper = training
     train_examples, eval_examples, pad_id = data
     accumulation = opts.gradient_accumulation
     health = Health(opts.health)
@@ -381,23 +450,31 @@ def _train_steps(
     batches = micro_batches(train_examples, opts.batch_size, opts.seed, start_step * accumulation)
     model.train()
     step, last_loss, stopped_early = start_step, float("nan"), False
-    with (out / LOG_FILE).open("a") as log:
+    # Rank 0 alone writes the log; the other ranks' records go nowhere.
+    with (out / LOG_FILE if world.main else Path(os.devnull)).open("a") as log:
         if start_step:
             append_record(log, {"event": "resumed", "step": start_step})
         elif eval_examples and opts.eval_interval:
             # The untrained model's eval loss: the curve starts where training starts.
-            initial = _evaluate(model, eval_examples, opts.batch_size, pad_id)
+            initial = _evaluate(model, eval_examples, opts.batch_size, pad_id, world)
             append_record(log, {"step": 0, "eval_loss": initial})
         for step in range(start_step + 1, schedule.total_steps + 1):
             began = time.perf_counter()
             loss_sum, tokens = 0.0, 0
-            for _ in range(accumulation):
+            for micro in range(accumulation):
                 _, examples = next(batches)
-                batch = {k: v.to(_device()) for k, v in collate(examples, pad_id).items()}
-                loss = model(**batch, use_cache=False).loss / accumulation
-                loss.backward()
-                loss_sum += loss.detach().item()
+                if world.distributed:
+                    # Gradients are averaged over the ranks once, after the last micro-batch.
+                    with gradient_sync(stepper, world, micro == accumulation - 1):
+                        loss_sum += _shard_step(stepper, examples, pad_id, world) / accumulation
+                else:
+                    batch = {k: v.to(_device()) for k, v in collate(examples, pad_id).items()}
+                    loss = model(**batch, use_cache=False).loss / accumulation
+                    loss.backward()
+                    loss_sum += loss.detach().item()
                 tokens += real_tokens(examples)
+            if world.distributed:
+                (loss_sum,) = world.sum([loss_sum])  # the global batch's loss, as one process
             health.loss(step, loss_sum)
             grad_norm = health.gradients(step, model)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -418,18 +495,53 @@ def _train_steps(
                 "memory_mb": round(_memory_mb(), 1),
             }
             if eval_examples and opts.eval_interval and step % opts.eval_interval == 0:
-                record["eval_loss"] = _evaluate(model, eval_examples, opts.batch_size, pad_id)
+                record["eval_loss"] = _evaluate(
+                    model, eval_examples, opts.batch_size, pad_id, world
+                )
                 _track_best(state, record["eval_loss"], early)
             append_record(log, record)
             if opts.checkpoint_interval and step % opts.checkpoint_interval == 0:
-                _save_checkpoint(out / "checkpoints", step, model, optimizer, scheduler, state)
-            if fault_step and step == fault_step:
+                _save_checkpoint(
+                    out / "checkpoints", step, model, optimizer, scheduler, state, world
+                )
+                world.barrier()  # no rank moves on before the checkpoint is whole
+            if fault_step and step == fault_step and world.killed_here():
+                if world.distributed:
+                    os.kill(os.getpid(), signal.SIGKILL)  # one rank killed, as the OOM killer would
                 os._exit(137)
             if early and state["evals_without_improvement"] >= early.patience:
                 stopped_early = True
                 append_record(log, {"event": "early_stop", "step": step})
                 break
     return _Progress(step, last_loss, stopped_early)
+
+
+def _share(examples: list[Example], world: World) -> list[Example]:
+    """This rank's share of a global batch; with fewer examples than ranks (an epoch's last
+    batch), a rank that gets none runs one with no labels, so every rank takes each step."""
+    mine = world.shard(examples)
+    return mine or [Example(examples[0].input_ids, [IGNORE] * len(examples[0].labels))]
+
+
+def _shard_step(stepper: Any, examples: list[Example], pad_id: int, world: World) -> float:
+    """Forward and backward of this rank's share of a global micro-batch; returns its part of
+    the batch's loss. The part is its label tokens' summed loss over the whole batch's count,
+    so the parts add up to the loss one process computes for the batch (the mean over the
+    batch's label tokens), and world x part makes DDP's averaged gradient the whole batch's."""
+    mine = _share(examples, world)
+    count = sum(1 for e in examples for label in e.labels[1:] if label != IGNORE)
+    batch = {k: v.to(_device()) for k, v in collate(mine, pad_id).items()}
+    labels = batch.pop("labels")
+    logits = stepper(**batch, use_cache=False).logits.float()
+    summed = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
+    part = summed / max(count, 1)
+    (part * world.size).backward()
+    return float(part.detach())
 
 
 def _track_best(
@@ -458,8 +570,6 @@ def save_dtype(job: TrainJob, opts: TrainingOptions) -> str | None:
     base model's own (most of its parameters decide); None keeps what training computed in."""
     if opts.save_dtype != "auto":
         return opts.save_dtype
-    from runners.pull.metadata import count_parameters
-
     _, base = count_parameters(Path(job.base_model))
     return base if base in ("float32", "bfloat16", "float16") else None
 
@@ -488,8 +598,6 @@ def _finish(
     tokenizer.save_pretrained(tmp)
     stored_dtype = save_dtype(job, opts)
     if stored_dtype is not None:
-        from runners.pull.fetch import cast_weights
-
         cast_weights(tmp, stored_dtype)
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp, model_dir)

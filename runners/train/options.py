@@ -54,6 +54,17 @@ class HealthOptions:
 
 
 @dataclass(frozen=True)
+class DistributedOptions:
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
+@dataclass(frozen=True)
 class TrainingOptions:
     method: Literal["lora", "full", "qlora"] = "lora"
     objective: Literal["sft", "cpt", "dpo", "orpo", "kto"] = "sft"
@@ -79,6 +90,7 @@ class TrainingOptions:
     merge: bool = False
     save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     health: HealthOptions = field(default_factory=HealthOptions)
+    distributed: DistributedOptions = field(default_factory=DistributedOptions)
 
     @property
     def adapts(self) -> bool:
@@ -99,6 +111,7 @@ class TrainingOptions:
             "preference": PreferenceOptions,
             "health": HealthOptions,
             "early_stopping": EarlyStoppingOptions,
+            "distributed": DistributedOptions,
         }
         for key, kind in nested.items():
             if isinstance(values.get(key), dict):

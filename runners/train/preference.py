@@ -60,12 +60,33 @@ def read_preference_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
     return rows
 
 
+def is_messages(value: Any) -> bool:
+    """A non-empty list of {role, content} messages with string values."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in value
+        )
+    )
+
+
 def row_problem(row: dict[str, Any], fmt: str) -> str | None:
     """Why a row is not a valid preference or unpaired row, naming the field; or None."""
     for name in FIELDS[fmt]:
         if row.get(name) is None:
             return f"missing field '{name}' ({fmt} rows have {', '.join(FIELDS[fmt])})"
+    if isinstance(row["prompt"], list) and not is_messages(row["prompt"]):
+        return (
+            "field 'prompt' must be a string or a non-empty list of {role, content} messages "
+            "(the conversation before the answer)"
+        )
     for name in ("prompt", "chosen", "rejected", "completion"):
+        if name == "prompt" and isinstance(row[name], list):
+            continue
         if name in FIELDS[fmt] and not isinstance(row[name], str):
             return f"field '{name}' must be a string, got {type(row[name]).__name__}"
     if fmt == "unpaired" and not isinstance(row["label"], bool):
@@ -79,8 +100,13 @@ def row_problem(row: dict[str, Any], fmt: str) -> str | None:
 
 
 def _conversational(row: dict[str, Any]) -> dict[str, Any]:
-    """trl's conversational form: the tokenizer's chat template renders it, as in SFT."""
-    out: dict[str, Any] = {"prompt": [{"role": "user", "content": row["prompt"]}]}
+    """trl's conversational form: the tokenizer's chat template renders it, as in SFT. A
+    prompt given as messages (a chat's earlier turns) is the conversation as it was."""
+    prompt = row["prompt"]
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    out: dict[str, Any] = {
+        "prompt": [{"role": m["role"], "content": m["content"]} for m in messages]
+    }
     for name in ("chosen", "rejected", "completion"):
         if name in row:
             out[name] = [{"role": "assistant", "content": row[name]}]

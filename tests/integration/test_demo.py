@@ -76,6 +76,10 @@ def test_demo_script_runs_the_whole_loop(tmp_path: Path) -> None:
     assert text.count("    epochs: 3\n") == 1
     text = text.replace("    epochs: 3\n", "    epochs: 3\n    max_steps: 2\n")
     experiment.write_text(text)
+    preference = root / "specs/experiments/support-dpo.yaml"
+    text = preference.read_text()
+    assert text.count("    epochs: 1\n") == 1
+    preference.write_text(text.replace("    epochs: 1\n", "    epochs: 1\n    max_steps: 2\n"))
     suite = root / "specs/evals/support-regression.yaml"
     suite.write_text(suite.read_text().replace("      metrics:", "      limit: 3\n      metrics:"))
     arena = root / "specs/arenas/support-arena.yaml"

@@ -50,6 +50,7 @@ spec:
   splits: {train: 1.0, validation: 0.0, test: 0.0}
 """,
 }
+SPECS_NAMES = ("pairs", "labels", "votes")
 
 
 def llmops(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -125,8 +126,11 @@ def test_collected_corrections_and_ratings_become_pairs_and_labels(repo: Path) -
         {"prompt": "Mail [EMAIL] my invoice?", "chosen": "Sent to [EMAIL].", "rejected": "No."},
         {"prompt": "Mail me again?", "chosen": "Sent again.", "rejected": "No."},
         {
-            "prompt": "user: I use the desktop app.\n\nassistant: Noted.\n\n"
-            "user: Where is dark mode?",
+            "prompt": [
+                {"role": "user", "content": "I use the desktop app."},
+                {"role": "assistant", "content": "Noted."},
+                {"role": "user", "content": "Where is dark mode?"},
+            ],
             "chosen": "Settings > Appearance > Dark.",
             "rejected": "Nowhere.",
         },
@@ -207,3 +211,65 @@ def test_an_arenas_decisive_votes_become_pairs(repo: Path, tmp_path: Path) -> No
     done = llmops(repo, "data", "prepare", "votes")
     assert done.returncode != 0
     assert "source 'arena: nowhere'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_plan_sees_new_votes_and_newly_collected_rows(repo: Path, tmp_path: Path) -> None:
+    """The rows an arena or collected source gives are not in any spec file: their digest,
+    observed when the specs load, is the Dataset's input, so `llmops plan` retrains on new
+    ones. Rows a Dataset does not take (an unrated answer for pairs) change nothing, and a
+    Dataset without such sources gets no new input (its digest, and golden plans, stay)."""
+    from controller.plan.planner import plan
+    from controller.plan.types import ObservedResource, ObservedState
+    from controller.workspace import load
+
+    def desired() -> Any:
+        loaded = load(repo)
+        assert loaded.ok and loaded.desired is not None, loaded.diagnostics
+        return loaded.desired
+
+    before = desired()
+    inputs = {a: dict(r.inputs) for a, r in before.resources.items()}
+    assert "collected:assistant-chats" in inputs["Dataset/pairs"]
+    assert "arena:imported" in inputs["Dataset/votes"]
+    others = [a for a in inputs if a.startswith("Dataset/") and a[8:] not in SPECS_NAMES]
+    assert others and all(k.startswith("file:") for a in others for k in inputs[a])
+    applied = ObservedState(
+        {
+            address: ObservedResource(
+                address=r.address,
+                kind=r.kind,
+                digest=r.digest,
+                fields=r.fields,
+                inputs=r.inputs,
+                code_version=r.code_version,
+                code_files=r.code_files,
+            )
+            for address, r in before.resources.items()
+        }
+    )
+
+    def changed() -> dict[str, str]:
+        actions = plan(desired(), applied).actions
+        return {str(a.address): a.reason for a in actions if a.kind != "noop"}
+
+    assert changed() == {}
+    collector = Collector(
+        StatePaths.for_repo(repo).collected("assistant-chats"),
+        "assistant",
+        "assistant@1",
+        sample_rate=1.0,
+        redact_pii=True,
+    )
+    question = [{"role": "user", "content": "Is there a free plan?"}]
+    collector.interaction("a", question, "Maybe.", {}, "/v1/chat/completions")
+    assert changed() == {}  # an unrated answer is no row of pairs, labels or votes
+    collector.feedback("a", "down", "Yes, the Free plan.", None)
+    now = changed()
+    assert "input rows collected in assistant-chats changed" in now["Dataset/pairs"]
+    assert "input rows collected in assistant-chats changed" in now["Dataset/labels"]
+    assert "Dataset/votes" not in now
+
+    log = tmp_path / "battles.jsonl"
+    log.write_text(json.dumps(battle("model_a", "Paris.", "Rome.")) + "\n")
+    assert llmops(repo, "arena", "import", str(log), "--arena", "imported").returncode == 0
+    assert "input votes of arena imported changed" in changed()["Dataset/votes"]

@@ -344,3 +344,72 @@ def test_apply_rollout_adds_and_removes_an_adapter_in_place(
         assert [a["name"] for a in written["adapters"]] == ["alpha"]
     finally:
         local.stop(folder)
+
+
+def test_a_new_version_of_a_served_adapter_swaps_in_without_a_404(
+    tiny_model: Path,
+    adapters: dict[str, Path],
+    references: dict[str, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    """PUT /v2/adapters/alpha with another version while clients stream from alpha: every
+    answer is wholly the old version's or wholly the new one's (a request admitted before the
+    swap finishes on the old weights), none fails, and after the PUT only the new one answers."""
+    served = [{"name": "alpha", "version": "alpha@1", "dir": str(adapters["alpha"])}]
+    cfg = config("base", tiny_model, adapters=served)
+    old, new = references["alpha"], references["gamma"]  # alpha@2 is gamma's weights
+    with running(cfg, tmp_path / "rt") as runtime:
+        url = runtime.url
+        stop = threading.Event()
+        seen: dict[str, Any] = {"old": 0, "new": 0, "failures": []}
+
+        def stream_alpha() -> None:
+            while not stop.is_set():
+                for prompt in PROMPTS:
+                    try:
+                        text = streamed(url, "alpha", prompt)
+                    except (AssertionError, httpx.HTTPError) as err:
+                        seen["failures"].append(repr(err))
+                        continue
+                    if text == old[prompt]:
+                        seen["old"] += 1
+                    elif text == new[prompt]:
+                        seen["new"] += 1
+                    else:
+                        seen["failures"].append(f"alpha answered {text!r} to {prompt!r}")
+
+        clients = [threading.Thread(target=stream_alpha, daemon=True) for _ in range(3)]
+        for client in clients:
+            client.start()
+        try:
+            while seen["old"] < 6:
+                time.sleep(0.05)
+            swapped = httpx.put(
+                f"{url}/v2/adapters/alpha",
+                json={"version": "alpha@2", "dir": str(adapters["gamma"])},
+                timeout=120,
+            )
+            assert swapped.status_code == 200, swapped.text
+            assert swapped.json()["adapters"] == [{"name": "alpha", "version": "alpha@2"}]
+            after = seen["new"]
+            for prompt in PROMPTS:
+                assert text_of(chat(url, "alpha", prompt)) == new[prompt]
+            while seen["new"] < after + 6:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for client in clients:
+                client.join()
+        assert seen["failures"] == []
+        cards = httpx.get(f"{url}/v1/models").json()["data"]
+        listed = [(m["id"], m["owned_by"]) for m in cards]
+        assert listed == [("base", "base@1"), ("alpha", "alpha@2")]
+        # PUT of a name not served loads it, as POST does.
+        added = httpx.put(
+            f"{url}/v2/adapters/beta",
+            json={"version": "beta@1", "dir": str(adapters["beta"])},
+            timeout=60,
+        )
+        assert added.status_code == 200, added.text
+        assert text_of(chat(url, "beta", PROMPTS[0])) == references["beta"][PROMPTS[0]]
+    assert "Traceback" not in runtime.stderr()

@@ -283,6 +283,8 @@ def test_out_of_range_logprob_requests_are_a_400_naming_the_field(server: Runtim
     cases: list[tuple[str, dict[str, Any], str]] = [
         ("chat", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ("chat", {"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+        ("chat", {"logprobs": True, "top_logprobs": 10**30}, "top_logprobs"),
+        ("chat", {"logprobs": True, "top_logprobs": 2.5}, "top_logprobs"),
         ("chat", {"top_logprobs": 2}, "top_logprobs"),
         ("text", {"logprobs": 21}, "logprobs"),
         ("text", {"logprobs": -1}, "logprobs"),

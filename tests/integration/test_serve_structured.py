@@ -282,6 +282,7 @@ def test_tool_results_in_the_history_are_accepted(server: Runtime) -> None:
 
 
 BAD_SCHEMA = {"type": "object", "properties": {"a": {"type": "strin"}}}
+DEEP_SCHEMA = json.loads('{"items":' * 200 + "{}" + "}" * 200)  # nested past any limit
 
 
 @pytest.mark.parametrize(
@@ -317,13 +318,47 @@ BAD_SCHEMA = {"type": "object", "properties": {"a": {"type": "strin"}}}
             "response_format.json_schema.schema",
             "Nope",
         ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "x",
+                        "schema": {"type": "integer", "minimum": 5, "maximum": 1},
+                    },
+                }
+            },
+            "response_format.json_schema.schema",
+            "Unsatisfiable",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": DEEP_SCHEMA},
+                }
+            },
+            "response_format.json_schema.schema",
+            "recursion",
+        ),
         ({"response_format": {"type": "xml"}}, "response_format.type", "xml"),
+        ({"response_format": "json"}, "response_format", "dictionary"),
         (
             {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
             "tool_choice",
             "nope",
         ),
         ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice", "sometimes"),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": 3}}},
+            "tool_choice",
+            "function",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
+            "tools[0].function.parameters",
+            "must be an object",
+        ),
         ({"tool_choice": "required"}, "tool_choice", "needs tools"),
         (
             {

@@ -58,7 +58,7 @@ def test_pull_imports_the_packaged_model(pulled: dict[str, Any]) -> None:
     (model,) = pulled["list"]
     assert model["parameters"] == pytest.approx(134.5e6, rel=0.001)
     assert model["architecture"] == "LlamaForCausalLM" and model["model_type"] == "llama"
-    assert model["source_quantization"] == "Q4_1" and model["dtype"] == "float32"
+    assert model["source_quantization"] == "Q4_1" and model["dtype"] == "float16"
     assert model["context_length"] == 8192 and model["vocab_size"] == 49152
     assert model["chat_template"] is True and model["license"] == "apache-2.0"
     assert model["aliases"] == ["base"]
@@ -112,7 +112,7 @@ def test_url_source_with_same_bytes_shares_blobs(
         (root / "specs/models/smollm2-url.yaml").write_text(
             "apiVersion: llmops/v1\nkind: Model\nmetadata: {name: smollm2-url}\n"
             f"spec: {{source: {{type: url, url: '{url}/{gguf.name}', sha256: {sha}}}, "
-            "license: apache-2.0, dtype: float32}\n"
+            "license: apache-2.0}\n"
         )
         result = pulled["cli"]("models", "pull", "smollm2-url", "--json")
     assert result.returncode == 0, result.stderr

@@ -437,3 +437,62 @@ def test_pair_scores_are_the_answer_log_likelihoods(tiny_model: Path) -> None:
         assert score["margin"] == pytest.approx(chosen - rejected, abs=1e-4)
         assert score["preferred"] == float(chosen > rejected)
         assert "reference_chosen_logprob" not in score  # a plain model has no reference
+
+
+def two_turn_pairs(count: int, first: int) -> list[dict[str, Any]]:
+    """Pairs whose word is named only in the chat's first turn: the last user message asks
+    for "my word", so a model that never sees the earlier turns cannot tell which it is."""
+    out = []
+    for i in range(first, first + count):
+        good, bad = WORDS[i % 2], WORDS[1 - i % 2]
+        out.append(
+            {
+                "prompt": [
+                    {"role": "user", "content": f"My word is {good}."},
+                    {"role": "assistant", "content": "Noted."},
+                    {"role": "user", "content": f"Say my word for number {i}."},
+                ],
+                "chosen": f"The answer is {good}.",
+                "rejected": f"The answer is {bad}.",
+            }
+        )
+    return out
+
+
+def test_a_two_turn_chat_trains_and_scores_as_messages(tiny_model: Path, tmp_path: Path) -> None:
+    """A pair's prompt given as messages (a collected chat's earlier turns) reaches trl as a
+    conversation rendered by the chat template, trains, and the preference task scores it
+    the same way; with the earlier turns cut, training reads fewer tokens and the scores
+    differ (the answer is conditioned on less)."""
+    from transformers import AutoTokenizer
+    from trl.data_utils import maybe_apply_chat_template
+
+    from runners.train.preference import _conversational
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rows = two_turn_pairs(16, 0)
+    rendered = maybe_apply_chat_template(_conversational(rows[0]), tokenizer)
+    assert rendered["prompt"] == tokenizer.apply_chat_template(
+        rows[0]["prompt"], add_generation_prompt=True, tokenize=False
+    )
+    assert "My word is CSV." in rendered["prompt"] and "Noted." in rendered["prompt"]
+
+    last_turn = [{**r, "prompt": r["prompt"][-1]["content"]} for r in rows]
+    read = {}
+    for name, data in (("chat", rows), ("last", last_turn)):
+        result = train(
+            job(tiny_model, write(tmp_path / f"{name}.jsonl", data), tmp_path / name, max_steps=2)
+        )
+        assert result["steps"] == 2
+        steps = train_log.training_steps(train_log.read_log(tmp_path / name / "log.jsonl"))
+        read[name] = sum(r["tokens"] for r in steps)
+    print(f"tokens read in 2 steps: with the earlier turns {read['chat']}, without {read['last']}")
+    # The earlier turns (18 tokens of the tiny tokenizer) are read with the chosen and the
+    # rejected answer of each of 8 rows a step, for 2 steps (measured: 1580 against 1004).
+    assert read["chat"] - read["last"] == 2 * 8 * 2 * 18, read
+
+    chat = scores(tiny_model, write(tmp_path / "h1.jsonl", rows[:4]), tmp_path / "e1")
+    cut = scores(tiny_model, write(tmp_path / "h2.jsonl", last_turn[:4]), tmp_path / "e2")
+    assert chat["pairs/logprob_margin"] != cut["pairs/logprob_margin"]
+    sample = json.loads((tmp_path / "e1/samples-pairs.jsonl").read_text().splitlines()[0])
+    assert sample["prompt"] == rows[0]["prompt"]

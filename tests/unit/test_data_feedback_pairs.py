@@ -80,7 +80,11 @@ def chat_store(tmp_path: Path) -> Path:
     return folder
 
 
-TWO_TURNS = "user: Hi, I use the app.\n\nassistant: Hello!\n\nuser: Where is dark mode?"
+TWO_TURNS = [  # the conversation before the answer, as messages for the chat template
+    {"role": "user", "content": "Hi, I use the app."},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Where is dark mode?"},
+]
 
 
 def test_a_correction_is_a_pair_and_ratings_are_labels(tmp_path: Path) -> None:
@@ -232,3 +236,21 @@ def test_an_arena_source_needs_a_preference_format() -> None:
     assert DatasetSpec.model_validate({"format": "unpaired", "sources": [source]})
     with pytest.raises(ValidationError, match="source 'arena: duel' gives preference pairs"):
         DatasetSpec.model_validate({"format": "instruction", "sources": [source]})
+
+
+def test_a_prompt_may_be_the_conversation_as_messages() -> None:
+    from runners.data.rows import check_row
+    from runners.train.preference import row_problem
+
+    pair = {"prompt": TWO_TURNS, "chosen": "Settings > Display.", "rejected": "Nowhere."}
+    label = {"prompt": TWO_TURNS, "completion": "Settings > Display.", "label": True}
+    assert check_row(dict(pair), "preference") is None and check_row(label, "unpaired") is None
+    assert row_problem(pair, "preference") is None and row_problem(label, "unpaired") is None
+    for bad in ([], [{"role": "user"}], ["hi"]):
+        assert "'prompt' must be a string or a non-empty list" in str(
+            check_row({**pair, "prompt": bad}, "preference")
+        )
+        assert "must be a string or a non-empty list" in str(
+            row_problem({**pair, "prompt": bad}, "preference")
+        )
+    assert check_row({**pair, "prompt": 3}, "preference") == "'prompt' must be a string, got int"

@@ -18,7 +18,14 @@ def users_of(
     spec names, which may be an alias, and the version the lock file says it serves)."""
     users = []
     for deployment, refs in sorted(references.items()):
-        used = [r for r in refs if _same(registry.find(r), version)]
+        used = []
+        for ref in refs:
+            found = registry.find(ref)
+            if _same(found, version):
+                used.append(ref)
+            elif found is not None and _adapter_on(found, version):
+                # A LoRA adapter loads on its base: the base serves as long as it does.
+                used.append(f"adapter {ref} on it")
         if used:
             users.append(f"{deployment} ({', '.join(dict.fromkeys(used))})")
     return users
@@ -26,6 +33,15 @@ def users_of(
 
 def _same(found: VersionRow | None, version: VersionRow) -> bool:
     return found is not None and found.id == version.id
+
+
+def _adapter_on(found: VersionRow, base: VersionRow) -> bool:
+    """Whether `found` is an adapter-only version whose base is `base`."""
+    return (
+        found.lineage is not None
+        and found.lineage.base_version_id == base.id
+        and any(f.path == "adapter_config.json" for f in found.files)
+    )
 
 
 def remove_version(

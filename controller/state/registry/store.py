@@ -16,6 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from controller.state.artifacts.base import cache_max
+from controller.state.artifacts.url import open_store
 from controller.state.blobs import Blob, BlobStore
 from controller.state.paths import StatePaths
 from controller.state.registry.db import open_session_factory
@@ -86,7 +88,7 @@ class Registry:
     def __init__(self, paths: StatePaths, sessions: sessionmaker[Session]) -> None:
         self.paths = paths
         self.sessions = sessions
-        self.blobs = BlobStore(paths.blobs)
+        self.blobs = BlobStore(paths.blobs, open_store(paths.store_url), cache_max())
 
     @classmethod
     def open(cls, paths: StatePaths) -> Registry:

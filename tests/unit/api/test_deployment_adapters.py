@@ -27,8 +27,10 @@ def load(spec_tail: str) -> list:
     return load_text(textwrap.dedent(HEAD).lstrip("\n") + tail, FILE).diagnostics
 
 
-def test_adapters_are_accepted() -> None:
-    assert load("adapters: [support-assistant@1, billing-assistant@champion]\n") == []
+@pytest.mark.parametrize("target", ["local", "docker", "kserve"])
+def test_adapters_are_accepted(target: str) -> None:
+    adapters = "adapters: [support-assistant@1, billing-assistant@champion]\n"
+    assert load(f"target: {target}\n{adapters}") == []
 
 
 @pytest.mark.parametrize(
@@ -37,7 +39,6 @@ def test_adapters_are_accepted() -> None:
         ("adapters: [a@1, a@2]\n", "names the Model 'a' again (adapters[0])"),
         ("adapters: [smollm2-135m-instruct@2]\n", "adapters[0] is the served model itself"),
         ("runtime: llama-cpp\nadapters: [a@1]\n", "runtime transformers only"),
-        ("target: docker\nadapters: [a@1]\n", "target local only"),
         ("adapters: [Bad Name]\n", ""),
     ],
 )

@@ -1,0 +1,200 @@
+"""Apply, Kubernetes executor for distributed runs: a Kubeflow Trainer TrainJob
+(trainer.kubeflow.org/v1alpha1) on its `torch-distributed` ClusterTrainingRuntime.
+
+The runtime's torch plugin gives every node torchrun's settings (PET_NNODES,
+PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT); each node runs
+`torch.distributed.run` over runners/train/worker.py, and rank 0 writes the run folder. With
+a store (LLMOPS_STORE) the nodes read and write it with the Secret's URL and credentials and
+mount nothing; without one they mount the state folder's PersistentVolumeClaim, as the batch
+Job does (controller/apply/kubernetes_job.py). Submitted and polled with CustomObjectsApi.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from controller.apply.kubernetes_job import (
+    MANAGED_BY,
+    JobFailed,
+    JobStatus,
+    _in_volume,
+    job_name,
+    runner_image,
+)
+
+GROUP = "trainer.kubeflow.org"
+VERSION = "v1alpha1"
+PLURAL = "trainjobs"
+RUNTIME = "torch-distributed"  # the ClusterTrainingRuntime Kubeflow Trainer installs
+CONTAINER = "node"  # the runtime's trainer container (its replicated job is "node" too)
+STORE_ENV = "LLMOPS_STORE"
+# The Secret a store-backed run reads: LLMOPS_STORE (required) and the usual AWS settings.
+STORE_SECRET = "llmops-store"
+STORE_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
+TERMINAL = ("Complete", "Failed")
+
+
+def _secret_env(name: str, secret: str, optional: bool) -> dict[str, Any]:
+    ref = {"name": secret, "key": name, "optional": optional}
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def render_trainjob(
+    job_file: Path,
+    run_id: str,
+    digest: str,
+    executor: dict[str, Any],
+    distributed: dict[str, Any],
+    state_root: Path,
+    store_secret: str | None = None,
+) -> dict[str, Any]:
+    """The TrainJob for one distributed run. `store_secret`: the Secret naming the store
+    (the nodes then mount no volume claim); None: the state folder's claim is mounted."""
+    mount = executor.get("state_mount_path", "/llmops")
+    job_path = str(job_file) if store_secret else _in_volume(str(job_file), state_root, mount)
+    resources: dict[str, str] = {
+        "cpu": str(executor.get("cpu", "2")),
+        "memory": str(executor.get("memory", "8Gi")),
+    }
+    limits = dict(resources)
+    if int(executor.get("gpu", 0)):
+        limits["nvidia.com/gpu"] = str(int(executor["gpu"]))
+    experiment, _, run = run_id.partition("/")
+    labels = {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/component": "train",
+        "llmops.dev/experiment": experiment[:63],
+        "llmops.dev/run": run[:63],
+        "llmops.dev/digest": digest.removeprefix("sha256:")[:16],
+    }
+    env: list[dict[str, Any]] = [
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "HF_DATASETS_OFFLINE", "value": "1"},
+    ]
+    if store_secret:
+        env.append(_secret_env(STORE_ENV, store_secret, optional=False))
+        env += [_secret_env(key, store_secret, optional=True) for key in STORE_KEYS]
+    else:
+        env.append({"name": "LLMOPS_STATE_DIR", "value": mount})
+    spec: dict[str, Any] = {
+        "runtimeRef": {"apiGroup": GROUP, "kind": "ClusterTrainingRuntime", "name": RUNTIME},
+        "trainer": {
+            "image": runner_image(executor, state_root),
+            "command": [
+                "python",
+                "-m",
+                "torch.distributed.run",
+                "--module",
+                "runners.train.worker",
+                job_path,
+            ],
+            "numNodes": int(distributed.get("nnodes", 1)),
+            "numProcPerNode": int(distributed.get("nproc_per_node", 1)),
+            "resourcesPerNode": {"requests": resources, "limits": limits},
+            "env": env,
+        },
+    }
+    if not store_secret:
+        pod = {
+            "volumes": [
+                {
+                    "name": "state",
+                    "persistentVolumeClaim": {
+                        "claimName": executor.get("state_volume_claim", "llmops-state")
+                    },
+                }
+            ],
+            "containers": [
+                {"name": CONTAINER, "volumeMounts": [{"name": "state", "mountPath": mount}]}
+            ],
+        }
+        spec["runtimePatches"] = [
+            {
+                "manager": "llmops.dev/apply",
+                "trainingRuntimeSpec": {
+                    "template": {
+                        "spec": {
+                            "replicatedJobs": [
+                                {
+                                    "name": CONTAINER,
+                                    "template": {"spec": {"template": {"spec": pod}}},
+                                }
+                            ]
+                        }
+                    }
+                },
+            }
+        ]
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainJob",
+        "metadata": {
+            "name": job_name(run_id, digest),
+            "namespace": executor.get("namespace", "default"),
+            "labels": labels,
+        },
+        "spec": spec,
+    }
+
+
+def submit(api: client.ApiClient, trainjob: dict[str, Any]) -> str:
+    """Create the TrainJob; one that exists already (same run digest) is watched."""
+    from kubernetes.client.rest import ApiException
+
+    meta = trainjob["metadata"]
+    try:
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            GROUP, VERSION, meta["namespace"], PLURAL, trainjob
+        )
+        return "created"
+    except ApiException as err:
+        if err.status == 409:
+            return "exists"
+        if err.status == 404:
+            raise JobFailed(
+                f"cannot create TrainJob {meta['name']}: the cluster has no TrainJob kind; "
+                "install Kubeflow Trainer (its CRDs and the torch-distributed runtime)"
+            ) from err
+        try:
+            detail = json.loads(err.body or "{}").get("message") or err.reason
+        except ValueError:
+            detail = err.body or err.reason
+        raise JobFailed(f"cannot create TrainJob {meta['name']}: {err.status} {detail}") from err
+
+
+def wait(
+    api: client.ApiClient, namespace: str, name: str, timeout_s: float, poll_s: float = 5.0
+) -> JobStatus:
+    """Poll the TrainJob's conditions until Complete or Failed (or the timeout)."""
+    from kubernetes.client.rest import ApiException
+
+    custom = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as err:
+            if err.status == 404:
+                raise JobFailed(
+                    f"TrainJob {namespace}/{name} is gone (deleted while llmops waited for it)"
+                ) from err
+            raise JobFailed(
+                f"cannot read TrainJob {namespace}/{name}: {err.status} {err.reason}"
+            ) from err
+        for condition in (found.get("status") or {}).get("conditions") or []:
+            if condition.get("type") in TERMINAL and condition.get("status") == "True":
+                ok = condition["type"] == "Complete"
+                reason = condition.get("reason") or ""
+                said = ": ".join(p for p in (reason, condition.get("message")) if p)
+                return JobStatus(name, ok, not ok, said, reason)
+        if time.monotonic() > deadline:
+            raise JobFailed(
+                f"TrainJob {namespace}/{name} did not finish in {timeout_s:.0f} s; see "
+                f"'kubectl -n {namespace} describe trainjob {name}'"
+            )
+        time.sleep(poll_s)
