@@ -44,6 +44,78 @@ def _secret_env(name: str, secret: str, optional: bool) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
+def _trainjob_resources(executor: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """The requests and limits of each node: cpu and memory, plus GPUs when asked for."""
+    resources: dict[str, str] = {
+        "cpu": str(executor.get("cpu", "2")),
+        "memory": str(executor.get("memory", "8Gi")),
+    }
+    limits = dict(resources)
+    if int(executor.get("gpu", 0)):
+        limits["nvidia.com/gpu"] = str(int(executor["gpu"]))
+    return resources, limits
+
+
+def _trainjob_labels(run_id: str, digest: str) -> dict[str, str]:
+    """The labels naming the run, its experiment and its digest on the TrainJob."""
+    experiment, _, run = run_id.partition("/")
+    return {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/component": "train",
+        "llmops.dev/experiment": experiment[:63],
+        "llmops.dev/run": run[:63],
+        "llmops.dev/digest": digest.removeprefix("sha256:")[:16],
+    }
+
+
+def _trainjob_env(mount: str, store_secret: str | None) -> list[dict[str, Any]]:
+    """The trainer's environment: offline hubs, then the store's Secret or the state folder."""
+    env: list[dict[str, Any]] = [
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "HF_DATASETS_OFFLINE", "value": "1"},
+    ]
+    if store_secret:
+        env.append(_secret_env(STORE_ENV, store_secret, optional=False))
+        env += [_secret_env(key, store_secret, optional=True) for key in STORE_KEYS]
+    else:
+        env.append({"name": "LLMOPS_STATE_DIR", "value": mount})
+    return env
+
+
+def _state_volume_patches(executor: dict[str, Any], mount: str) -> list[dict[str, Any]]:
+    """The runtime patch that mounts the state folder's volume claim on every node."""
+    pod = {
+        "volumes": [
+            {
+                "name": "state",
+                "persistentVolumeClaim": {
+                    "claimName": executor.get("state_volume_claim", "llmops-state")
+                },
+            }
+        ],
+        "containers": [
+            {"name": CONTAINER, "volumeMounts": [{"name": "state", "mountPath": mount}]}
+        ],
+    }
+    return [
+        {
+            "manager": "llmops.dev/apply",
+            "trainingRuntimeSpec": {
+                "template": {
+                    "spec": {
+                        "replicatedJobs": [
+                            {
+                                "name": CONTAINER,
+                                "template": {"spec": {"template": {"spec": pod}}},
+                            }
+                        ]
+                    }
+                }
+            },
+        }
+    ]
+
+
 def render_trainjob(
     job_file: Path,
     run_id: str,
@@ -57,30 +129,9 @@ def render_trainjob(
     (the nodes then mount no volume claim); None: the state folder's claim is mounted."""
     mount = executor.get("state_mount_path", "/llmops")
     job_path = str(job_file) if store_secret else _in_volume(str(job_file), state_root, mount)
-    resources: dict[str, str] = {
-        "cpu": str(executor.get("cpu", "2")),
-        "memory": str(executor.get("memory", "8Gi")),
-    }
-    limits = dict(resources)
-    if int(executor.get("gpu", 0)):
-        limits["nvidia.com/gpu"] = str(int(executor["gpu"]))
-    experiment, _, run = run_id.partition("/")
-    labels = {
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        "app.kubernetes.io/component": "train",
-        "llmops.dev/experiment": experiment[:63],
-        "llmops.dev/run": run[:63],
-        "llmops.dev/digest": digest.removeprefix("sha256:")[:16],
-    }
-    env: list[dict[str, Any]] = [
-        {"name": "HF_HUB_OFFLINE", "value": "1"},
-        {"name": "HF_DATASETS_OFFLINE", "value": "1"},
-    ]
-    if store_secret:
-        env.append(_secret_env(STORE_ENV, store_secret, optional=False))
-        env += [_secret_env(key, store_secret, optional=True) for key in STORE_KEYS]
-    else:
-        env.append({"name": "LLMOPS_STATE_DIR", "value": mount})
+    resources, limits = _trainjob_resources(executor)
+    labels = _trainjob_labels(run_id, digest)
+    env = _trainjob_env(mount, store_secret)
     spec: dict[str, Any] = {
         "runtimeRef": {"apiGroup": GROUP, "kind": "ClusterTrainingRuntime", "name": RUNTIME},
         "trainer": {
@@ -100,36 +151,7 @@ def render_trainjob(
         },
     }
     if not store_secret:
-        pod = {
-            "volumes": [
-                {
-                    "name": "state",
-                    "persistentVolumeClaim": {
-                        "claimName": executor.get("state_volume_claim", "llmops-state")
-                    },
-                }
-            ],
-            "containers": [
-                {"name": CONTAINER, "volumeMounts": [{"name": "state", "mountPath": mount}]}
-            ],
-        }
-        spec["runtimePatches"] = [
-            {
-                "manager": "llmops.dev/apply",
-                "trainingRuntimeSpec": {
-                    "template": {
-                        "spec": {
-                            "replicatedJobs": [
-                                {
-                                    "name": CONTAINER,
-                                    "template": {"spec": {"template": {"spec": pod}}},
-                                }
-                            ]
-                        }
-                    }
-                },
-            }
-        ]
+        spec["runtimePatches"] = _state_volume_patches(executor, mount)
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TrainJob",

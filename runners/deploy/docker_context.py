@@ -323,6 +323,103 @@ def _place_adapter(folder: Path, dest: Path, base_in_image: str) -> None:
         target.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _adapter_folders(release: Release, adapter_dirs: Mapping[str, Path] | None) -> dict[str, Path]:
+    """The folders of the release's adapters by served name; a missing one is an error."""
+    folders = dict(adapter_dirs or {})
+    missing = [n for n, _ in release.adapters if n not in folders]
+    if missing:
+        raise DeployError(
+            f"deployment {release.name}: no folder for adapter {', '.join(missing)}; "
+            "materialise the adapter versions first (apply does)"
+        )
+    return folders
+
+
+def _write_texts(
+    staging: Path,
+    release: Release,
+    model_dir: Path | None,
+    torch: TorchSource,
+    base_dir: Path | None,
+    image: runtime_modules.RuntimeModules,
+    config: dict[str, object],
+) -> None:
+    """Write the Dockerfile, .dockerignore, serve.json and requirements.txt into `staging`."""
+    texts = {
+        "Dockerfile": dockerfile(
+            release,
+            model_dir is not None,
+            torch,
+            with_base=base_dir is not None,
+            with_adapters=bool(release.adapters),
+        ),
+        ".dockerignore": DOCKERIGNORE,
+        "serve.json": json.dumps(config, sort_keys=True, indent=2) + "\n",
+        "requirements.txt": "".join(f"{pin}\n" for pin in image.requirements),
+    }
+    for name, text in texts.items():
+        (staging / name).write_text(text, encoding="utf-8")
+
+
+def _place_weights(
+    staging: Path,
+    release: Release,
+    model_dir: Path | None,
+    base_dir: Path | None,
+    adapter_dirs: Mapping[str, Path],
+) -> None:
+    """Place the model (and an adapter-only model's base) and the release's adapters."""
+    if base_dir is not None and model_dir is not None:
+        for path in _model_files(base_dir):
+            _place(path, staging / "base" / path.relative_to(base_dir))
+        base_in_image = os.path.relpath(CONTAINER_BASE_DIR, CONTAINER_MODEL_DIR)
+        _place_adapter(model_dir, staging / "model", base_in_image)
+    elif model_dir is not None:
+        for path in _model_files(model_dir):
+            _place(path, staging / "model" / path.relative_to(model_dir))
+    for name, _ in release.adapters:
+        base_in_image = os.path.relpath(CONTAINER_MODEL_DIR, adapter_container_dir(name))
+        _place_adapter(adapter_dirs[name], staging / "adapters" / name, base_in_image)
+
+
+def _hash_tree(staging: Path) -> tuple[dict[str, str], str]:
+    """The sha256 of every file under `staging` by relative path, and their combined digest."""
+    hashes = {
+        p.relative_to(staging).as_posix(): _sha256(p)
+        for p in sorted(staging.rglob("*"))
+        if p.is_file()
+    }
+    digest = hashlib.sha256(
+        "".join(f"{path}\0{sha}\n" for path, sha in sorted(hashes.items())).encode()
+    ).hexdigest()
+    return hashes, digest
+
+
+def _write_manifest(
+    staging: Path,
+    release: Release,
+    torch: TorchSource,
+    tag: str,
+    digest: str,
+    hashes: dict[str, str],
+    left_out: dict[str, str],
+) -> None:
+    """Write manifest.json: the release, torch's source, the tag, digest and every file's hash."""
+    manifest = {
+        "deployment": release.name,
+        "model_version": release.model_version,
+        "runtime": release.spec["runtime"],
+        "torch": torch.manifest(),
+        "tag": tag,
+        "digest": f"sha256:{digest}",
+        "build": f"docker build -t {tag} .",
+        "run": run_command(release, tag),
+        "files": [{"path": p, "sha256": s} for p, s in sorted(hashes.items())],
+        "left_out": left_out,
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
 def render_context(
     out: Path,
     release: Release,
@@ -340,13 +437,7 @@ def render_context(
     the image beside the base (the runtime loads them on it, one process serves them all).
     An adapter-only `model_dir` brings its base into the image too.
     """
-    adapter_dirs = dict(adapter_dirs or {})
-    missing = [n for n, _ in release.adapters if n not in adapter_dirs]
-    if missing:
-        raise DeployError(
-            f"deployment {release.name}: no folder for adapter {', '.join(missing)}; "
-            "materialise the adapter versions first (apply does)"
-        )
+    adapter_dirs = _adapter_folders(release, adapter_dirs)
     base_dir = adapter_base(model_dir) if model_dir is not None else None
     root = source_root or Path(__file__).resolve().parents[2]
     torch = torch or torch_source()
@@ -357,55 +448,13 @@ def render_context(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        texts = {
-            "Dockerfile": dockerfile(
-                release,
-                model_dir is not None,
-                torch,
-                with_base=base_dir is not None,
-                with_adapters=bool(release.adapters),
-            ),
-            ".dockerignore": DOCKERIGNORE,
-            "serve.json": json.dumps(config, sort_keys=True, indent=2) + "\n",
-            "requirements.txt": "".join(f"{pin}\n" for pin in image.requirements),
-        }
-        for name, text in texts.items():
-            (staging / name).write_text(text, encoding="utf-8")
+        _write_texts(staging, release, model_dir, torch, base_dir, image, config)
         for relative in image.files:
             _place(root / relative, staging / "src" / relative)
         place_torch(staging, torch)
-        if base_dir is not None and model_dir is not None:
-            for path in _model_files(base_dir):
-                _place(path, staging / "base" / path.relative_to(base_dir))
-            base_in_image = os.path.relpath(CONTAINER_BASE_DIR, CONTAINER_MODEL_DIR)
-            _place_adapter(model_dir, staging / "model", base_in_image)
-        elif model_dir is not None:
-            for path in _model_files(model_dir):
-                _place(path, staging / "model" / path.relative_to(model_dir))
-        for name, _ in release.adapters:
-            base_in_image = os.path.relpath(CONTAINER_MODEL_DIR, adapter_container_dir(name))
-            _place_adapter(adapter_dirs[name], staging / "adapters" / name, base_in_image)
-        hashes = {
-            p.relative_to(staging).as_posix(): _sha256(p)
-            for p in sorted(staging.rglob("*"))
-            if p.is_file()
-        }
-        digest = hashlib.sha256(
-            "".join(f"{path}\0{sha}\n" for path, sha in sorted(hashes.items())).encode()
-        ).hexdigest()
-        manifest = {
-            "deployment": release.name,
-            "model_version": release.model_version,
-            "runtime": release.spec["runtime"],
-            "torch": torch.manifest(),
-            "tag": tag,
-            "digest": f"sha256:{digest}",
-            "build": f"docker build -t {tag} .",
-            "run": run_command(release, tag),
-            "files": [{"path": p, "sha256": s} for p, s in sorted(hashes.items())],
-            "left_out": image.left_out,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _place_weights(staging, release, model_dir, base_dir, adapter_dirs)
+        hashes, digest = _hash_tree(staging)
+        _write_manifest(staging, release, torch, tag, digest, hashes, image.left_out)
         _swap_in(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -428,39 +428,100 @@ def register_routes(app: FastAPI, service: Service) -> None:
     register_adapter_routes(app, service)
 
 
+def _adapter_listing(service: Service) -> dict[str, Any]:
+    """The served base and its adapters with their versions, as /v2/adapters answers."""
+    config = service.config
+    return {
+        "base": {"name": config.name, "version": config.model_version},
+        "adapters": [{"name": n, "version": v} for n, v in sorted(service.adapters.items())],
+    }
+
+
+def _transformers_backend(service: Service) -> Any:
+    """The ready engine's transformers backend; another backend serves no adapters (400)."""
+    from runners.serve.backend_transformers import TransformersBackend
+
+    service.ready_engine()
+    backend = service.model.backend
+    if not isinstance(backend, TransformersBackend):
+        raise APIError(400, "only backend 'transformers' serves adapters", code="no_adapters")
+    return backend
+
+
+async def _adapter_body(name: str, request: Request) -> Adapter:
+    """The request's adapter (its folder and version) named `name`; a bad body is a 400."""
+    data = await read_json(request)
+    try:
+        return Adapter.model_validate({**data, "name": name})
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(body)"
+        raise APIError(400, f"{field}: {first['msg']}", code="invalid_adapter") from None
+
+
+async def _load_adapter(service: Service, name: str, request: Request) -> Response:
+    """Load a new adapter under `name`; the base's name or a served adapter's is a 409."""
+    from runners.serve.backend_transformers import AdapterError
+
+    config = service.config
+    backend = _transformers_backend(service)
+    adapter = await _adapter_body(name, request)
+    if name == config.name:
+        raise APIError(409, f"'{name}' is the base's name", code="name_taken")
+    if name in service.adapters:
+        raise APIError(
+            409, f"the adapter '{name}' is served already; unload it first", code="name_taken"
+        )
+    try:
+        await asyncio.to_thread(backend.add_adapter, name, adapter.dir)
+    except (AdapterError, InvalidInput) as err:
+        raise APIError(400, str(err), code="invalid_adapter") from None
+    service.adapters[name] = adapter.version
+    MODEL_READY.labels(name).set(1)
+    return JSONResponse(_adapter_listing(service))
+
+
+async def _replace_adapter(service: Service, name: str, request: Request) -> Response:
+    """Swap a served adapter for the request's version, loading it beside the old one."""
+    from runners.serve.backend_transformers import AdapterError
+
+    if name not in service.adapters:
+        return await _load_adapter(service, name, request)
+    backend = _transformers_backend(service)
+    adapter = await _adapter_body(name, request)
+
+    def switched() -> None:
+        service.adapters[name] = adapter.version
+
+    try:
+        await asyncio.to_thread(
+            backend.replace_adapter, name, adapter.dir, service.config.limits.timeout_s, switched
+        )
+    except (AdapterError, InvalidInput) as err:
+        raise APIError(400, str(err), code="invalid_adapter") from None
+    except KeyError:  # unloaded meanwhile
+        raise APIError(404, f"no adapter '{name}' is served", code="model_not_found") from None
+    return JSONResponse(_adapter_listing(service))
+
+
+async def _unload_adapter(service: Service, name: str) -> Response:
+    """Stop serving an adapter: new requests for it get 404, running ones finish first."""
+    backend = _transformers_backend(service)
+    if name not in service.adapters:
+        raise APIError(404, f"no adapter '{name}' is served", code="model_not_found")
+    del service.adapters[name]  # new requests for it: 404 from here on
+    MODEL_READY.labels(name).set(0)
+    await asyncio.to_thread(backend.remove_adapter, name, service.config.limits.timeout_s)
+    return JSONResponse(_adapter_listing(service))
+
+
 def register_adapter_routes(app: FastAPI, service: Service) -> None:
     """/v2/adapters: list, load and unload LoRA adapters on the served base while the
     process serves the others (the local deploy target calls them on apply)."""
-    config = service.config
-
-    def listing() -> dict[str, Any]:
-        return {
-            "base": {"name": config.name, "version": config.model_version},
-            "adapters": [{"name": n, "version": v} for n, v in sorted(service.adapters.items())],
-        }
-
-    def transformers_backend() -> Any:
-        from runners.serve.backend_transformers import TransformersBackend
-
-        service.ready_engine()
-        backend = service.model.backend
-        if not isinstance(backend, TransformersBackend):
-            raise APIError(400, "only backend 'transformers' serves adapters", code="no_adapters")
-        return backend
-
-    async def adapter_body(name: str, request: Request) -> Adapter:
-
-        data = await read_json(request)
-        try:
-            return Adapter.model_validate({**data, "name": name})
-        except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "(body)"
-            raise APIError(400, f"{field}: {first['msg']}", code="invalid_adapter") from None
 
     @app.get("/v2/adapters")
     async def list_adapters() -> Response:
-        return JSONResponse(listing())
+        return JSONResponse(_adapter_listing(service))
 
     @app.get("/v2/adapters/{name}/ready")
     async def adapter_ready(name: str) -> Response:
@@ -470,58 +531,18 @@ def register_adapter_routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/v2/adapters/{name}")
     async def load_adapter(name: str, request: Request) -> Response:
-        from runners.serve.backend_transformers import AdapterError
-
-        backend = transformers_backend()
-        adapter = await adapter_body(name, request)
-        if name == config.name:
-            raise APIError(409, f"'{name}' is the base's name", code="name_taken")
-        if name in service.adapters:
-            raise APIError(
-                409, f"the adapter '{name}' is served already; unload it first", code="name_taken"
-            )
-        try:
-            await asyncio.to_thread(backend.add_adapter, name, adapter.dir)
-        except (AdapterError, InvalidInput) as err:
-            raise APIError(400, str(err), code="invalid_adapter") from None
-        service.adapters[name] = adapter.version
-        MODEL_READY.labels(name).set(1)
-        return JSONResponse(listing())
+        return await _load_adapter(service, name, request)
 
     @app.put("/v2/adapters/{name}")
     async def replace_adapter(name: str, request: Request) -> Response:
         """Serve this version of the adapter: a new one loads as POST does; a served one is
         replaced with no moment in which its name answers 404 (the new version loads beside
         the old, new requests switch to it, running ones finish on the old)."""
-        from runners.serve.backend_transformers import AdapterError
-
-        if name not in service.adapters:
-            return await load_adapter(name, request)
-        backend = transformers_backend()
-        adapter = await adapter_body(name, request)
-
-        def switched() -> None:
-            service.adapters[name] = adapter.version
-
-        try:
-            await asyncio.to_thread(
-                backend.replace_adapter, name, adapter.dir, config.limits.timeout_s, switched
-            )
-        except (AdapterError, InvalidInput) as err:
-            raise APIError(400, str(err), code="invalid_adapter") from None
-        except KeyError:  # unloaded meanwhile
-            raise APIError(404, f"no adapter '{name}' is served", code="model_not_found") from None
-        return JSONResponse(listing())
+        return await _replace_adapter(service, name, request)
 
     @app.delete("/v2/adapters/{name}")
     async def unload_adapter(name: str) -> Response:
-        backend = transformers_backend()
-        if name not in service.adapters:
-            raise APIError(404, f"no adapter '{name}' is served", code="model_not_found")
-        del service.adapters[name]  # new requests for it: 404 from here on
-        MODEL_READY.labels(name).set(0)
-        await asyncio.to_thread(backend.remove_adapter, name, config.limits.timeout_s)
-        return JSONResponse(listing())
+        return await _unload_adapter(service, name)
 
 
 @openai_errors

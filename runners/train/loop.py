@@ -10,10 +10,11 @@ import shutil
 import signal
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -431,6 +432,55 @@ class _Progress:
     stopped_early: bool
 
 
+def _accumulate(
+    model: Any,
+    stepper: Any,
+    batches: Iterator[tuple[int, list[Example]]],
+    accumulation: int,
+    pad_id: int,
+    world: World,
+) -> tuple[float, int]:
+    """Run one step's micro-batches forward and backward: the step's loss and real tokens."""
+    loss_sum, tokens = 0.0, 0
+    for micro in range(accumulation):
+        _, examples = next(batches)
+        if world.distributed:
+            # Gradients are averaged over the ranks once, after the last micro-batch.
+            with gradient_sync(stepper, world, micro == accumulation - 1):
+                loss_sum += _shard_step(stepper, examples, pad_id, world) / accumulation
+        else:
+            batch = {k: v.to(_device()) for k, v in collate(examples, pad_id).items()}
+            loss = model(**batch, use_cache=False).loss / accumulation
+            loss.backward()
+            loss_sum += loss.detach().item()
+        tokens += real_tokens(examples)
+    if world.distributed:
+        (loss_sum,) = world.sum([loss_sum])  # the global batch's loss, as one process
+    return loss_sum, tokens
+
+
+def _optimizer_step(
+    health: Health, step: int, loss_sum: float, training: tuple[Any, list[Any], Any, Any, Any]
+) -> Any:
+    """Check the loss and gradients, clip, step the optimizer and scheduler: the grad norm."""
+    model, params, optimizer, scheduler, _ = training
+    health.loss(step, loss_sum)
+    grad_norm = health.gradients(step, model)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    health.weights(step, model)
+    return grad_norm
+
+
+def _die(world: World) -> NoReturn:
+    """The injected fault: this process dies as the OOM killer would end it."""
+    if world.distributed:
+        os.kill(os.getpid(), signal.SIGKILL)  # one rank killed, as the OOM killer would
+    os._exit(137)
+
+
 def _train_steps(
     opts: TrainingOptions,
     out: Path,
@@ -441,7 +491,7 @@ def _train_steps(
     state: dict[str, Any],
     world: World = SINGLE,
 ) -> _Progress:
-    model, params, optimizer, scheduler, stepper = training
+    model, _, optimizer, scheduler, stepper = training
     train_examples, eval_examples, pad_id = data
     accumulation = opts.gradient_accumulation
     health = Health(opts.health)
@@ -460,28 +510,8 @@ def _train_steps(
             append_record(log, {"step": 0, "eval_loss": initial})
         for step in range(start_step + 1, schedule.total_steps + 1):
             began = time.perf_counter()
-            loss_sum, tokens = 0.0, 0
-            for micro in range(accumulation):
-                _, examples = next(batches)
-                if world.distributed:
-                    # Gradients are averaged over the ranks once, after the last micro-batch.
-                    with gradient_sync(stepper, world, micro == accumulation - 1):
-                        loss_sum += _shard_step(stepper, examples, pad_id, world) / accumulation
-                else:
-                    batch = {k: v.to(_device()) for k, v in collate(examples, pad_id).items()}
-                    loss = model(**batch, use_cache=False).loss / accumulation
-                    loss.backward()
-                    loss_sum += loss.detach().item()
-                tokens += real_tokens(examples)
-            if world.distributed:
-                (loss_sum,) = world.sum([loss_sum])  # the global batch's loss, as one process
-            health.loss(step, loss_sum)
-            grad_norm = health.gradients(step, model)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            health.weights(step, model)
+            loss_sum, tokens = _accumulate(model, stepper, batches, accumulation, pad_id, world)
+            grad_norm = _optimizer_step(health, step, loss_sum, training)
             elapsed = time.perf_counter() - began
             last_loss = loss_sum
             record = {
@@ -506,9 +536,7 @@ def _train_steps(
                 )
                 world.barrier()  # no rank moves on before the checkpoint is whole
             if fault_step and step == fault_step and world.killed_here():
-                if world.distributed:
-                    os.kill(os.getpid(), signal.SIGKILL)  # one rank killed, as the OOM killer would
-                os._exit(137)
+                _die(world)
             if early and state["evals_without_improvement"] >= early.patience:
                 stopped_early = True
                 append_record(log, {"event": "early_stop", "step": step})
