@@ -11,7 +11,6 @@ Job does (controller/apply/kubernetes_job.py). Submitted and polled with CustomO
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from controller.apply.kubernetes_job import (
     JobFailed,
     JobStatus,
     _in_volume,
+    api_error_detail,
     job_name,
     runner_image,
 )
@@ -182,11 +182,9 @@ def submit(api: client.ApiClient, trainjob: dict[str, Any]) -> str:
                 f"cannot create TrainJob {meta['name']}: the cluster has no TrainJob kind; "
                 "install Kubeflow Trainer (its CRDs and the torch-distributed runtime)"
             ) from err
-        try:
-            detail = json.loads(err.body or "{}").get("message") or err.reason
-        except ValueError:
-            detail = err.body or err.reason
-        raise JobFailed(f"cannot create TrainJob {meta['name']}: {err.status} {detail}") from err
+        raise JobFailed(
+            f"cannot create TrainJob {meta['name']}: {err.status} {api_error_detail(err)}"
+        ) from err
 
 
 def wait(

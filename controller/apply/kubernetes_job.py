@@ -161,11 +161,17 @@ def submit(api: client.ApiClient, job: client.V1Job) -> str:
     except ApiException as err:
         if err.status == 409:
             return "exists"
-        try:
-            detail = json.loads(err.body or "{}").get("message") or err.reason
-        except ValueError:
-            detail = err.body or err.reason
-        raise JobFailed(f"cannot create Job {job.metadata.name}: {err.status} {detail}") from err
+        raise JobFailed(
+            f"cannot create Job {job.metadata.name}: {err.status} {api_error_detail(err)}"
+        ) from err
+
+
+def api_error_detail(err: Any) -> str:
+    """The API server's message in an ApiException (its JSON body), else the HTTP reason."""
+    try:
+        return str(json.loads(err.body or "{}").get("message") or err.reason)
+    except ValueError:
+        return str(err.body or err.reason)
 
 
 def wait(

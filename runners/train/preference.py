@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from runners.data.rows import is_messages
 from runners.train.job import TrainError, TrainJob
 from runners.train.log import LOG_FILE, append_record, truncate_log
 from runners.train.loop import (
@@ -58,20 +59,6 @@ def read_preference_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
             raise TrainError(f"{where}: {problem}")
         rows.append({name: row[name] for name in wanted})
     return rows
-
-
-def is_messages(value: Any) -> bool:
-    """A non-empty list of {role, content} messages with string values."""
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(
-            isinstance(m, dict)
-            and isinstance(m.get("role"), str)
-            and isinstance(m.get("content"), str)
-            for m in value
-        )
-    )
 
 
 def row_problem(row: dict[str, Any], fmt: str) -> str | None:
