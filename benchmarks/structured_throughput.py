@@ -5,9 +5,15 @@ The runtime serves the tiny test model (a random 2-layer Llama, its context rais
 or, with --model-dir, any transformers folder. Printed:
   - output tokens/s at 1 and 8 concurrent clients (closed loop: each client sends its next
     request when the previous one is answered), constrained by the nested Order schema of
-    tests/integration/test_serve_structured.py against unconstrained requests that generate
-    as many tokens (max_tokens = min_tokens = the constrained answers' mean length), in
-    rounds that alternate between the two; the ratio (goal >= 0.85x);
+    tests/integration/test_serve_structured.py against unconstrained requests with the same
+    seeds that generate as many tokens: per seed as many as that seed's constrained answer
+    (max_tokens = min_tokens; the same batch occupancy, so the ratio is the cost of the
+    constraint; goal >= 0.85x), and beside it all as many as the constrained answers' mean
+    (requests that finish in lockstep keep the batch full: an easier baseline), in rounds
+    that alternate between the three; and the runtime process's CPU milliseconds per token,
+    unconstrained (same lengths) and constrained, with their ratio: what the tokens/s ratio
+    is on a saturated CPU, and far steadier than tokens/s on a machine shared with other work
+    (run pinned to one core: `taskset -c 1 python benchmarks/structured_throughput.py`);
   - time to first token (streamed) with a schema the runtime has not seen (compiled on the
     request) and with a cached one, medians;
   - schema-valid answers out of --runs (jsonschema, then parsed into the pydantic model),
@@ -25,16 +31,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from openai import OpenAI
+from pydantic import ValidationError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,23 +65,43 @@ def order_format(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def throughput(
-    api: OpenAI, clients: int, requests: int, extra: dict[str, Any]
-) -> tuple[float, float]:
-    """(output tokens/s, mean completion tokens) of `requests` answers by `clients` at once."""
-    counts: list[int] = []
+    api: OpenAI,
+    clients: int,
+    requests: int,
+    extra: dict[str, Any] | Callable[[int], dict[str, Any]],
+) -> tuple[float, dict[int, int]]:
+    """(output tokens/s, completion tokens by seed) of `requests` answers (seeds 0, 1, ...) by
+    `clients` at once; `extra` is the request's fields, or makes them from its seed."""
+    counts: dict[int, int] = {}
 
     def one(seed: int) -> None:
+        fields = extra(seed) if callable(extra) else extra
         answer = api.chat.completions.create(
-            model=NAME, messages=ASK, temperature=1.0, seed=seed, **extra
+            model=NAME, messages=ASK, temperature=1.0, seed=seed, **fields
         )
         assert answer.usage is not None
-        counts.append(answer.usage.completion_tokens)
+        counts[seed] = answer.usage.completion_tokens
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(requests)))
     wall = time.perf_counter() - start
-    return sum(counts) / wall, statistics.mean(counts)
+    return sum(counts.values()) / wall, counts
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (Linux /proc; nan elsewhere): on a
+    machine shared with other work, CPU time per token moves far less than tokens/s."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def generating(tokens: int) -> dict[str, Any]:
+    """An unconstrained request that generates exactly `tokens` tokens."""
+    return {"max_tokens": tokens, "extra_body": {"min_tokens": tokens}}
 
 
 def first_token_s(api: OpenAI, schema: dict[str, Any]) -> float:
@@ -107,7 +136,10 @@ def validity(api: OpenAI, runs: int, max_tokens: int) -> tuple[int, int, int]:
         text = answer.choices[0].message.content
         if not is_valid(text, ORDER):
             return False
-        Order.model_validate_json(text or "")
+        try:
+            Order.model_validate_json(text or "")
+        except ValidationError:
+            return False
         return True
 
     def free(seed: int) -> bool:
@@ -131,19 +163,26 @@ def validity(api: OpenAI, runs: int, max_tokens: int) -> tuple[int, int, int]:
             calls[0].function.arguments, SCHEMAS.get(calls[0].function.name, {"not": {}})
         )
 
-    with ThreadPoolExecutor(8) as pool:
-        return (
-            sum(pool.map(constrained, range(runs))),
-            sum(pool.map(free, range(runs))),
-            sum(pool.map(tool, range(runs))),
+    with ThreadPoolExecutor(8) as pool:  # each count printed when done: a timeout keeps it
+        valid = sum(pool.map(constrained, range(runs)))
+        print(
+            f"schema-valid (nested Order schema, temperature 1, {runs} seeds): "
+            f"constrained {valid}/{runs} (and parsed into the pydantic model)"
         )
+        free_valid = sum(pool.map(free, range(runs)))
+        print(f"schema-valid unconstrained (max_tokens {max_tokens}): {free_valid}/{runs}")
+        tools_valid = sum(pool.map(tool, range(runs)))
+        print(f"tool_choice required: arguments valid {tools_valid}/{runs}")
+    return valid, free_valid, tools_valid
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--requests", type=int, default=24, help="per level, per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="0: no throughput or TTFT, validity only"
+    )
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument(
         "--gguf", type=Path, default=None, help="serve this GGUF with the llama-cpp backend"
@@ -169,42 +208,71 @@ def main() -> None:
         with running(cfg, folder / "run", env=env) as runtime:
             api = OpenAI(base_url=f"{runtime.url}/v1", api_key=KEY, max_retries=0, timeout=600)
             constrained = {"response_format": order_format(ORDER)}
-            # warm-up, and the constrained answers' mean length
-            _, length = throughput(api, 8, max(8, args.requests), constrained)
+            # warm-up, and each seed's constrained answer length
+            _, by_seed = throughput(api, 8, max(8, args.requests), constrained)
+            length = statistics.mean(by_seed.values())
             tokens = max(1, round(length))
+            print(
+                f"model: {label}; constrained answers average {length:.1f} tokens "
+                f"({min(by_seed.values())} to {max(by_seed.values())})"
+            )
+            if args.rounds:
+                print(
+                    "unconstrained requests generate, per seed, as many tokens as that seed's "
+                    f"constrained answer ('same'), or all {tokens}, the mean ('mean': batches "
+                    "that finish in lockstep, an easier baseline)"
+                )
+                print(
+                    "runtime CPU ms per token beside: unconstrained (same), constrained, and "
+                    "their ratio (the tokens/s ratio on a saturated CPU)"
+                )
+                print(
+                    f"{'clients':>7} {'same tok/s':>11} {'mean tok/s':>11} "
+                    f"{'constrained tok/s':>18} {'ratio':>6} {'vs mean':>8} "
+                    f"{'CPU ms/token':>13} {'CPU ratio':>10}"
+                )
+            pid = runtime.proc.pid
             free = {"max_tokens": tokens, "extra_body": {"min_tokens": tokens}}
-            print(
-                f"model: {label}; constrained answers average {length:.1f} tokens, so "
-                f"unconstrained requests generate {tokens}"
-            )
-            print(
-                f"{'clients':>7} {'unconstrained tok/s':>20} {'constrained tok/s':>18} {'ratio':>6}"
-            )
-            for clients in (1, 8):
+
+            def same(seed: int) -> dict[str, Any]:
+                return generating(by_seed.get(seed, tokens))
+
+            for clients in (1, 8) if args.rounds else ():  # --rounds 0: validity only
                 requests = args.requests if clients > 1 else max(4, args.requests // 4)
-                rates: dict[str, list[float]] = {"free": [], "constrained": []}
-                for _ in range(args.rounds):  # alternating: a busy machine slows both alike
-                    rates["free"].append(throughput(api, clients, requests, free)[0])
-                    rates["constrained"].append(throughput(api, clients, requests, constrained)[0])
-                base = statistics.median(rates["free"])
+                rates: dict[str, list[float]] = {"same": [], "mean": [], "constrained": []}
+                cpu = {"same": 0.0, "constrained": 0.0}  # runtime CPU seconds, all rounds
+                made = {"same": 0, "constrained": 0}  # tokens generated, all rounds
+                arms = (("same", same), ("constrained", constrained), ("mean", free))
+                for _ in range(args.rounds):  # alternating: a busy machine slows all alike
+                    for arm, fields in arms:
+                        before = cpu_seconds(pid)
+                        rate, counts = throughput(api, clients, requests, fields)
+                        rates[arm].append(rate)
+                        if arm in cpu:
+                            cpu[arm] += cpu_seconds(pid) - before
+                            made[arm] += sum(counts.values())
+                base = statistics.median(rates["same"])
+                lockstep = statistics.median(rates["mean"])
                 ours = statistics.median(rates["constrained"])
-                print(f"{clients:>7} {base:>20.1f} {ours:>18.1f} {ours / base:>5.2f}x")
+                free_ms = 1000 * cpu["same"] / made["same"]
+                ours_ms = 1000 * cpu["constrained"] / made["constrained"]
+                print(
+                    f"{clients:>7} {base:>11.1f} {lockstep:>11.1f} {ours:>18.1f} "
+                    f"{ours / base:>5.2f}x {ours / lockstep:>7.2f}x "
+                    f"{free_ms:>6.3f}/{ours_ms:<6.3f} {free_ms / ours_ms:>9.2f}x"
+                )
 
             cached, fresh = [], []
-            for _ in range(9):  # interleaved, so a busy moment slows both alike
+            for _ in range(9 if args.rounds else 0):  # interleaved: a busy moment slows both
                 cached.append(first_token_s(api, ORDER))
                 fresh.append(first_token_s(api, {**ORDER, "title": f"O-{uuid.uuid4().hex}"}))
-            print(
-                f"time to first token: new schema {statistics.median(fresh) * 1000:.1f} ms, "
-                f"cached schema {statistics.median(cached) * 1000:.1f} ms (medians of 9)"
-            )
+            if cached:
+                print(
+                    f"time to first token: new schema {statistics.median(fresh) * 1000:.1f} ms, "
+                    f"cached schema {statistics.median(cached) * 1000:.1f} ms (medians of 9)"
+                )
 
             valid, free_valid, tools_valid = validity(api, args.runs, 2 * tokens)
-            print(
-                f"schema-valid (nested Order schema, temperature 1, {args.runs} seeds): "
-                f"constrained {valid}/{args.runs}, unconstrained {free_valid}/{args.runs}"
-            )
-            print(f"tool_choice required: arguments valid {tools_valid}/{args.runs}")
             print(
                 json.dumps(
                     {

@@ -10,6 +10,22 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first: the full demo, then the other `slow` tests, then the rest in file order.
+
+    Two xdist workers finish together only when the long tests start early (a long test that
+    starts last is the whole suite's tail); `--dist worksteal` then evens out the rest.
+    """
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("demo_full"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)  # stable: file order within each rank
+
+
 MINIMAL_SPECS: dict[str, str] = {
     "specs/models/base.yaml": """
         apiVersion: llmops/v1

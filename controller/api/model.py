@@ -120,6 +120,21 @@ class QuantizeGate(Strict):
         description="A JSONL file (field text, or prompt + completion) or plain text file "
         "(one text per line) the gate scores; a few built-in English texts when unset.",
     )
+    suite: Name | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="An EvalSuite run on the artifact (llama.cpp backend, over the serving "
+        "runtime's API) and on its source version, compared sample by sample (paired "
+        "bootstrap): each perplexity at most max_perplexity_increase worse, every other "
+        "metric non-inferior within non_inferiority_margin. Unset: the texts alone.",
+    )
+    non_inferiority_margin: float = Field(
+        default=0.05,
+        ge=0,
+        exclude_if=lambda v: v == 0.05,
+        description="With suite: how far the worse end of a metric's 95% interval of the "
+        "difference (artifact - source) may fall below zero (above, for lower-is-better).",
+    )
 
 
 class QuantizedSource(Strict):

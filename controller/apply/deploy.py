@@ -30,6 +30,7 @@ from runners.deploy.release import (
     base_version_of,
     client_key_env,
     config_adapters,
+    lora_rank,
 )
 from runners.evaluate.placeholders import fill
 from runners.pull.origins import package_file
@@ -261,6 +262,10 @@ class Deployer(ApplyStep):
             gguf_file=Path(gguf).name if gguf else None,
             adapters=config_adapters(config),
             base_version=base_version_of(config["model_dir"]),
+            max_lora_rank=lora_rank(
+                [a["dir"] for a in config.get("adapters") or []]
+                + ([config["model_dir"]] if config["model_dir"] else [])
+            ),
         )
         request = DeployRequest(
             name=name,

@@ -313,7 +313,9 @@ def apply_model(applier: Applier, address: Address) -> ModelOutputs:
     resource = applier.desired.resources[str(address)]
     spec = resource.spec_as(ModelSpec)
     if not isinstance(spec.source, ExperimentSource):
-        outcome = pull_model(resource, applier.registry, applier.root, applier.console)
+        outcome = pull_model(
+            resource, applier.registry, applier.root, applier.console, evaluator=applier.evaluator
+        )
         return ModelOutputs(version=outcome.ref)
     # A model an experiment produces: promote the run's version once its gates pass.
     run = Address("Experiment", spec.source.experiment, spec.source.run)

@@ -18,12 +18,15 @@ from controller.apply.context import ApplyStep
 from controller.apply.prepare import Preparer
 from controller.apply.pull import ensure_model
 from controller.apply.served import deployment_endpoint
+from controller.report.terminal import gate_line
 from controller.state.artifacts.tree import pull_folder, push_folder
 from controller.state.registry.schema import VersionRow
 from runners.evaluate.chat import ChatTarget
 from runners.evaluate.compare import GateResult, MetricComparison, judge_gates, paired_bootstrap
 from runners.evaluate.endpoint import Endpoint
 from runners.evaluate.run import EvalError, EvalInputs, evaluate, load_samples
+from runners.quantize.suite import default_gates, serving_gguf
+from runners.weights import tokenizer_folder
 
 BASELINES_DIR = Path("evals/baselines")
 _SUITE_ENDPOINT: TypeAdapter[Any] = TypeAdapter(SuiteEndpoint)
@@ -233,6 +236,44 @@ class Evaluator(ApplyStep):
         )
         return folder, summary
 
+    def quantize_gate(
+        self,
+        suite_name: str,
+        origin_ref: str,
+        folder: Path,
+        artifact: Path,
+        served_name: str,
+        label: str,
+        max_perplexity_increase: float,
+        margin: float,
+        work: Path,
+    ) -> tuple[Comparison, dict[str, Any]]:
+        """A quantized artifact's suite gate (controller/apply/quantize.py): the suite on the
+        source version `origin_ref` (in process, cached and recorded as any evaluation of it)
+        and on the GGUF `artifact` served by the llama.cpp backend (its results in
+        `work/suite`), compared sample by sample; the default gates (runners/quantize/suite.py)
+        judged as an Evaluation's are. Returns the comparison and the artifact's summary."""
+        base = self.run(suite_name, origin_ref)
+        self.console.print(f"  gate: suite {suite_name} on {label}")
+        with serving_gguf(artifact, served_name, work / "serve") as base_url:
+            endpoint = Endpoint(
+                base_url=base_url, model=served_name, tokenizer=tokenizer_folder(folder)
+            )
+            summary = self._evaluate(suite_name, folder, work / "suite", endpoint)
+        comparisons = self.paired(
+            suite_name, load_samples(base.folder), load_samples(work / "suite")
+        )
+        gates = judge_gates(
+            default_gates(comparisons, max_perplexity_increase, margin),
+            {c.metric: c for c in comparisons},
+            summary["metrics"],
+        )
+        for verdict in gates:
+            self.console.print(
+                "  " + gate_line(f"{verdict.metric} {verdict.rule}", verdict.passed, verdict.detail)
+            )
+        return Comparison(suite_name, origin_ref, label, comparisons, gates), summary
+
     def _evaluate(
         self, suite_name: str, path: Path, folder: Path, endpoint: Endpoint | None = None
     ) -> dict[str, Any]:
@@ -332,7 +373,19 @@ class Evaluator(ApplyStep):
             base_label = base.ref
             base_samples = load_samples(base.folder)
         cand_samples = load_samples(candidate.folder)
-        bootstrap = suite.get("bootstrap") or {}
+        comparisons = self.paired(suite_name, base_samples, cand_samples)
+        by_name = {c.metric: c for c in comparisons}
+        gates = judge_gates(suite.get("gates") or [], by_name, candidate.summary["metrics"])
+        return Comparison(suite_name, base_label, candidate_label, comparisons, gates)
+
+    def paired(
+        self,
+        suite_name: str,
+        base_samples: dict[str, dict[str, tuple[float, float]]],
+        cand_samples: dict[str, dict[str, tuple[float, float]]],
+    ) -> list[MetricComparison]:
+        """Each per-sample metric both sides have, compared by the suite's paired bootstrap."""
+        bootstrap = self.suite(suite_name).get("bootstrap") or {}
         comparisons = []
         for metric in sorted(set(base_samples) & set(cand_samples)):
             if metric.endswith(("/throughput", "/latency")):
@@ -347,9 +400,7 @@ class Evaluator(ApplyStep):
                     seed=int(bootstrap.get("seed", 0)),
                 )
             )
-        by_name = {c.metric: c for c in comparisons}
-        gates = judge_gates(suite.get("gates") or [], by_name, candidate.summary["metrics"])
-        return Comparison(suite_name, base_label, candidate_label, comparisons, gates)
+        return comparisons
 
     def baseline_path(self, suite_name: str) -> Path:
         configured = self.suite(suite_name).get("baseline")

@@ -4,9 +4,11 @@
 The runtime's torch plugin gives every node torchrun's settings (PET_NNODES,
 PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT); each node runs
 `torch.distributed.run` over runners/train/worker.py, and rank 0 writes the run folder. With
-a store (LLMOPS_STORE) the nodes read and write it with the Secret's URL and credentials and
-mount nothing; without one they mount the state folder's PersistentVolumeClaim, as the batch
-Job does (controller/apply/kubernetes_job.py). Submitted and polled with CustomObjectsApi.
+a store (LLMOPS_STORE) the nodes read and write it with the Secret's URL and credentials
+through the pod's store entry (controller/state/artifacts/pod.py, node 0 pushes) and mount an
+emptyDir, no claim; without one they mount the state folder's PersistentVolumeClaim, as the
+batch Job does (controller/apply/kubernetes_job.py). Submitted and polled with
+CustomObjectsApi.
 """
 
 from __future__ import annotations
@@ -24,24 +26,19 @@ from controller.apply.kubernetes_job import (
     _in_volume,
     api_error_detail,
     job_name,
+    over_store,
     runner_image,
+    store_env,
 )
+from controller.apply.kubernetes_job import STORE_ENV as STORE_ENV  # the batch Job's, shared
+from controller.apply.kubernetes_job import STORE_SECRET as STORE_SECRET
 
 GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
 PLURAL = "trainjobs"
 RUNTIME = "torch-distributed"  # the ClusterTrainingRuntime Kubeflow Trainer installs
 CONTAINER = "node"  # the runtime's trainer container (its replicated job is "node" too)
-STORE_ENV = "LLMOPS_STORE"
-# The Secret a store-backed run reads: LLMOPS_STORE (required) and the usual AWS settings.
-STORE_SECRET = "llmops-store"
-STORE_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
 TERMINAL = ("Complete", "Failed")
-
-
-def _secret_env(name: str, secret: str, optional: bool) -> dict[str, Any]:
-    ref = {"name": secret, "key": name, "optional": optional}
-    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
 def _trainjob_resources(executor: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
@@ -74,25 +71,25 @@ def _trainjob_env(mount: str, store_secret: str | None) -> list[dict[str, Any]]:
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "HF_DATASETS_OFFLINE", "value": "1"},
     ]
+    env.append({"name": "LLMOPS_STATE_DIR", "value": mount})
     if store_secret:
-        env.append(_secret_env(STORE_ENV, store_secret, optional=False))
-        env += [_secret_env(key, store_secret, optional=True) for key in STORE_KEYS]
-    else:
-        env.append({"name": "LLMOPS_STATE_DIR", "value": mount})
+        env += store_env(store_secret)
     return env
 
 
-def _state_volume_patches(executor: dict[str, Any], mount: str) -> list[dict[str, Any]]:
-    """The runtime patch that mounts the state folder's volume claim on every node."""
+def _state_volume_patches(
+    executor: dict[str, Any], mount: str, store: bool = False
+) -> list[dict[str, Any]]:
+    """The runtime patch that mounts the state folder's volume claim on every node, or with a
+    store the scratch emptyDir the pod's store entry fetches into."""
+    claim = {"claimName": executor.get("state_volume_claim", "llmops-state")}
+    volume: dict[str, Any] = (
+        {"name": "state", "emptyDir": {}}
+        if store
+        else {"name": "state", "persistentVolumeClaim": claim}
+    )
     pod = {
-        "volumes": [
-            {
-                "name": "state",
-                "persistentVolumeClaim": {
-                    "claimName": executor.get("state_volume_claim", "llmops-state")
-                },
-            }
-        ],
+        "volumes": [volume],
         "containers": [
             {"name": CONTAINER, "volumeMounts": [{"name": "state", "mountPath": mount}]}
         ],
@@ -128,7 +125,11 @@ def render_trainjob(
     """The TrainJob for one distributed run. `store_secret`: the Secret naming the store
     (the nodes then mount no volume claim); None: the state folder's claim is mounted."""
     mount = executor.get("state_mount_path", "/llmops")
-    job_path = str(job_file) if store_secret else _in_volume(str(job_file), state_root, mount)
+    ranks = ["python", "-m", "torch.distributed.run", "--module", "runners.train.worker"]
+    if store_secret:
+        command = over_store(Path(job_file).as_posix(), [*ranks, "{job}"])
+    else:
+        command = [*ranks, _in_volume(str(job_file), state_root, mount)]
     resources, limits = _trainjob_resources(executor)
     labels = _trainjob_labels(run_id, digest)
     env = _trainjob_env(mount, store_secret)
@@ -136,22 +137,14 @@ def render_trainjob(
         "runtimeRef": {"apiGroup": GROUP, "kind": "ClusterTrainingRuntime", "name": RUNTIME},
         "trainer": {
             "image": runner_image(executor, state_root),
-            "command": [
-                "python",
-                "-m",
-                "torch.distributed.run",
-                "--module",
-                "runners.train.worker",
-                job_path,
-            ],
+            "command": command,
             "numNodes": int(distributed.get("nnodes", 1)),
             "numProcPerNode": int(distributed.get("nproc_per_node", 1)),
             "resourcesPerNode": {"requests": resources, "limits": limits},
             "env": env,
         },
     }
-    if not store_secret:
-        spec["runtimePatches"] = _state_volume_patches(executor, mount)
+    spec["runtimePatches"] = _state_volume_patches(executor, mount, store=bool(store_secret))
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TrainJob",

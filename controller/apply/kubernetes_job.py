@@ -1,7 +1,10 @@
 """Apply, Kubernetes executor: a training run as a batch/v1 Job running the same runner.
 
 The Job mounts the llmops state folder from a PersistentVolumeClaim, so the job file, the
-base model, the prepared data and the run folder are the same files the controller sees.
+base model, the prepared data and the run folder are the same files the controller sees. With
+an S3 store (LLMOPS_STORE) it mounts no claim: the store's URL and credentials come from the
+Secret `llmops-store`, and the pod's entry (controller/state/artifacts/pod.py) fetches the
+job and its inputs into an emptyDir and pushes the run folder back.
 Rendered with the official client's models; submitted and watched with its BatchV1Api.
 """
 
@@ -24,6 +27,11 @@ MANAGED_BY = "llmops"
 TERMINAL = ("Complete", "Failed")
 DEFAULT_RUNNER_IMAGE = "ghcr.io/llmops/runner:0.1.0"  # Executor.image's default
 RUNNER_UID = 10001  # the runner image's user (runners/deploy/images.py)
+STORE_ENV = "LLMOPS_STORE"
+# The Secret a store-backed job reads: LLMOPS_STORE (required) and the usual AWS settings.
+STORE_SECRET = "llmops-store"
+STORE_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
+POD_ENTRY = ["python", "-m", "controller.state.artifacts.pod"]
 
 
 class JobFailed(LlmopsError):
@@ -43,6 +51,25 @@ def _in_volume(path: str, state_root: Path, mount: str) -> str:
     return f"{mount.rstrip('/')}/{relative.as_posix()}"
 
 
+def secret_env(name: str, secret: str, optional: bool) -> dict[str, Any]:
+    """An env var from a key of a Secret (as the API server's JSON has it)."""
+    ref = {"name": secret, "key": name, "optional": optional}
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def store_env(secret: str) -> list[dict[str, Any]]:
+    """The store's URL (required) and AWS settings (each optional) from the Secret."""
+    return [secret_env(STORE_ENV, secret, optional=False)] + [
+        secret_env(key, secret, optional=True) for key in STORE_KEYS
+    ]
+
+
+def over_store(job_key: str, command: list[str]) -> list[str]:
+    """`command` run by the pod's store entry: the job at `job_key` (relative to the state
+    folder) fetched first, `{job}` in `command` naming it, the results pushed after."""
+    return [*POD_ENTRY, job_key, "--", *command]
+
+
 def runner_image(executor: dict[str, Any], state_root: Path) -> str:
     """The executor's image; when the spec keeps the default, the runner image that
     `llmops images build --push` pushed from this state folder, named by digest."""
@@ -53,10 +80,38 @@ def runner_image(executor: dict[str, Any], state_root: Path) -> str:
 
 
 def render_job(
-    job_file: Path, run_id: str, digest: str, executor: dict[str, Any], state_root: Path
+    job_file: Path,
+    run_id: str,
+    digest: str,
+    executor: dict[str, Any],
+    state_root: Path,
+    store_secret: str | None = None,
 ) -> client.V1Job:
-    """The Job for one run; `job_file` lies in the state folder that the volume holds."""
+    """The Job for one run; `job_file` lies in the state folder that the volume holds, or,
+    with `store_secret`, in the store the Secret names (the pod then mounts an emptyDir)."""
     mount = executor.get("state_mount_path", "/llmops")
+    if store_secret:
+        job_key = Path(job_file).resolve().relative_to(state_root.resolve()).as_posix()
+        command = over_store(job_key, ["python", "-m", "runners.train", "{job}"])
+        volume = client.V1Volume(name="state", empty_dir=client.V1EmptyDirVolumeSource())
+        from_secret = [
+            client.V1EnvVar(
+                name=e["name"],
+                value_from=client.V1EnvVarSource(
+                    secret_key_ref=client.V1SecretKeySelector(**e["valueFrom"]["secretKeyRef"])
+                ),
+            )
+            for e in store_env(store_secret)
+        ]
+    else:
+        command = ["python", "-m", "runners.train", _in_volume(str(job_file), state_root, mount)]
+        volume = client.V1Volume(
+            name="state",
+            persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
+                claim_name=executor.get("state_volume_claim", "llmops-state")
+            ),
+        )
+        from_secret = []
     resources: dict[str, str] = {
         "cpu": str(executor.get("cpu", "2")),
         "memory": str(executor.get("memory", "8Gi")),
@@ -75,11 +130,12 @@ def render_job(
     container = client.V1Container(
         name="train",
         image=runner_image(executor, state_root),
-        command=["python", "-m", "runners.train", _in_volume(str(job_file), state_root, mount)],
+        command=command,
         env=[
             client.V1EnvVar(name="HF_HUB_OFFLINE", value="1"),
             client.V1EnvVar(name="HF_DATASETS_OFFLINE", value="1"),
             client.V1EnvVar(name="LLMOPS_STATE_DIR", value=mount),
+            *from_secret,
         ],
         resources=client.V1ResourceRequirements(requests=resources, limits=limits),
         volume_mounts=[client.V1VolumeMount(name="state", mount_path=mount)],
@@ -106,14 +162,7 @@ def render_job(
                         fs_group=RUNNER_UID,
                     ),
                     containers=[container],
-                    volumes=[
-                        client.V1Volume(
-                            name="state",
-                            persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
-                                claim_name=executor.get("state_volume_claim", "llmops-state")
-                            ),
-                        )
-                    ],
+                    volumes=[volume],
                 ),
             ),
         ),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -19,6 +19,9 @@ from controller.state.blobs import Blob
 from controller.state.registry.schema import VersionRow
 from controller.state.registry.store import VERSION_FIELDS, NewVersion, Registry
 from runners.pull import FetchOptions, PullError, fetch, source_key
+
+if TYPE_CHECKING:
+    from controller.apply.evaluate import Evaluator
 
 
 @dataclass
@@ -37,6 +40,7 @@ def pull_model(
     repo_root: Path,
     console: Console,
     force: bool = False,
+    evaluator: Evaluator | None = None,
 ) -> PullOutcome:
     """Import the model unless a version with this spec digest is already stored intact.
 
@@ -45,7 +49,7 @@ def pull_model(
     """
     spec = resource.spec_as(ModelSpec)
     if isinstance(spec.source, QuantizedSource):
-        status, derived = quantize_model(resource, registry, repo_root, console, force)
+        status, derived = quantize_model(resource, registry, repo_root, console, force, evaluator)
         return PullOutcome(status, derived)
     source = spec.source.model_dump(mode="json")  # what the runner fetches, and its key
     name = resource.name

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
 
@@ -21,6 +22,9 @@ from runners.errors import LlmopsError
 from runners.pull import PullError
 from runners.quantize import DEFAULT_TEXTS, GateResult, export_gguf, quality_gate, read_texts
 
+if TYPE_CHECKING:
+    from controller.apply.evaluate import Comparison, Evaluator
+
 GATE_SUITE = "quantize-gate"
 
 
@@ -28,13 +32,17 @@ class QuantizeGateFailed(LlmopsError):
     """The quantized artifact is worse than its source beyond the gate's margins; not registered."""
 
 
-def quantize_key(origin: VersionRow, source: QuantizedSource) -> str:
+def quantize_key(origin: VersionRow, source: QuantizedSource, suite_digest: str = "") -> str:
     """What decides the artifact's bytes and verdict: the source version's files, the type
-    and the gate."""
+    and the gate (with the digest of the suite it runs, if any)."""
     files = sorted((f.path, f.sha256) for f in origin.files)
-    text = json.dumps(
-        {"files": files, "source": source.model_dump(mode="json", by_alias=True)}, sort_keys=True
-    )
+    document: dict[str, Any] = {
+        "files": files,
+        "source": source.model_dump(mode="json", by_alias=True),
+    }
+    if suite_digest:
+        document["suite_digest"] = suite_digest
+    text = json.dumps(document, sort_keys=True)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -44,8 +52,10 @@ def quantize_model(
     repo_root: Path,
     console: Console,
     force: bool = False,
+    evaluator: Evaluator | None = None,
 ) -> tuple[Literal["present", "imported"], VersionRow]:
-    """Export, quantise and gate; ('present' | 'imported', the registered version)."""
+    """Export, quantise and gate; ('present' | 'imported', the registered version). A gate
+    that runs an EvalSuite needs `evaluator` (apply's, or `llmops models pull`'s)."""
     spec = resource.spec_as(ModelSpec)
     source = spec.source
     assert isinstance(source, QuantizedSource)
@@ -56,7 +66,13 @@ def quantize_model(
             f"Model {name}: source.from '{source.from_}' is not in the registry; apply or pull "
             "that model first"
         )
-    key = quantize_key(origin, source)
+    suite = source.gate.suite
+    if suite and evaluator is None:
+        raise PullError(
+            f"Model {name}: its gate runs EvalSuite {suite} (spec.source.gate.suite); "
+            f"derive it with 'llmops apply' or 'llmops models pull {name}'"
+        )
+    key = quantize_key(origin, source, evaluator.digest(suite) if suite and evaluator else "")
     existing = None if force else registry.find_by(name, source_key=key)
     if existing is not None and registry.has_files(existing):
         registry.materialize(existing)
@@ -70,7 +86,31 @@ def quantize_model(
         console.print(f"  quantizing {origin_ref} to GGUF {source.quantization}")
         artifact = export_gguf(folder, work / filename, source.quantization, name=name)
         gate = _gate(name, source, origin_ref, folder, artifact, repo_root, console)
-        version = _register(resource, registry, origin, key, artifact, gate)
+        compared = None
+        if suite and evaluator is not None:
+            compared = evaluator.quantize_gate(
+                suite,
+                origin_ref,
+                folder,
+                artifact,
+                name,
+                f"{name} ({source.quantization}, llama.cpp)",
+                source.gate.max_perplexity_increase,
+                source.gate.non_inferiority_margin,
+                work,
+            )
+        failed = _text_gates_enforced(source, gate, compared) + [
+            f"{g.metric} {g.rule}: {g.detail}"
+            for g in (compared[0].gates if compared else [])
+            if not g.passed
+        ]
+        if failed:
+            raise QuantizeGateFailed(
+                f"Model {name}: {source.quantization} of {origin_ref} failed gate(s) "
+                f"{'; '.join(failed)}; not registered (loosen spec.source.gate, or pick a "
+                "wider quantization)"
+            )
+        version = _register(resource, registry, origin, key, artifact, gate, compared)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         registry.blobs.clean_tmp()
@@ -79,6 +119,23 @@ def quantize_model(
     found = registry.find(f"{name}@{found.number}") or found
     registry.materialize(found)
     return "imported", found
+
+
+def _text_gates_enforced(
+    source: QuantizedSource, gate: GateResult, compared: tuple[Comparison, Any] | None
+) -> list[str]:
+    """The fixed-text gates that decide: all of them without a suite. With one, the suite
+    decides; the texts' token agreement still does when the spec sets min_token_agreement,
+    and their perplexity when the suite measures none."""
+    if compared is None:
+        return list(gate.failed)
+    measured = {c.metric.split("/")[-1] for c in compared[0].metrics}
+    kept = []
+    if "min_token_agreement" in source.gate.model_fields_set:
+        kept.append("token-agreement:")
+    if not measured & {"perplexity", "word_perplexity"}:
+        kept.append("perplexity:")
+    return [f for f in gate.failed if f.startswith(tuple(kept))]
 
 
 def _gate(
@@ -90,7 +147,7 @@ def _gate(
     repo_root: Path,
     console: Console,
 ) -> GateResult:
-    """Score the artifact against its source; QuantizeGateFailed when a margin is exceeded."""
+    """Score the artifact against its source on the fixed texts (the verdict is the caller's)."""
     texts = read_texts(repo_root / source.gate.texts) if source.gate.texts else DEFAULT_TEXTS
     gate = quality_gate(
         folder,
@@ -105,12 +162,6 @@ def _gate(
         f"{numbers['source_perplexity']} ({numbers['perplexity_increase']:+.3%}), "
         f"token agreement {numbers['token_agreement']:.2%}"
     )
-    if not gate.passed:
-        raise QuantizeGateFailed(
-            f"Model {name}: {source.quantization} of {origin_ref} failed gate(s) "
-            f"{'; '.join(gate.failed)}; not registered (loosen spec.source.gate, or pick a "
-            "wider quantization)"
-        )
     return gate
 
 
@@ -121,9 +172,11 @@ def _register(
     key: str,
     artifact: Path,
     gate: GateResult,
+    compared: tuple[Comparison, dict[str, Any]] | None = None,
 ) -> VersionRow:
     """Store the artifact as a version of its own, lineage to its source, the gate's numbers
-    as metrics of suite `quantize-gate`."""
+    as metrics of suite `quantize-gate`; with a suite gate, its comparison and verdicts in
+    `quality_gate.suite` and the artifact's numbers as metrics of that suite."""
     spec = resource.spec_as(ModelSpec)
     source = spec.source
     assert isinstance(source, QuantizedSource)
@@ -138,6 +191,19 @@ def _register(
         quantized_from=f"{origin.model.name}@{origin.number}",
         quality_gate=gate.as_dict(),
     )
+    if compared is not None:
+        # Registered, so the gates that decide passed; a fixed-text miss that did not decide
+        # (_text_gates_enforced) stays on record.
+        metadata["quality_gate"].update(passed=True, failed=[], texts_failed=list(gate.failed))
+        metadata["quality_gate"]["suite"] = _rounded(
+            {
+                **compared[0].as_dict(),
+                "metrics": [
+                    {k: v for k, v in m.as_dict().items() if k != "flipped"}
+                    for m in compared[0].metrics
+                ],
+            }
+        )
     version = registry.register(
         NewVersion(
             name=resource.name,
@@ -163,4 +229,19 @@ def _register(
             "token_agreement": gate.token_agreement,
         },
     )
+    if compared is not None:
+        comparison, summary = compared
+        measured = {k: v for k, v in summary["metrics"].items() if v is not None}
+        registry.add_metrics(version.id, comparison.suite, key, measured)
     return version
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 6 significant digits, NaN and infinities to None (JSON metadata)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value

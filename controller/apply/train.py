@@ -21,6 +21,7 @@ from controller.api.experiment import ExperimentSpec
 from controller.apply.context import ApplyStep
 from controller.apply.prepare import Preparer
 from controller.apply.pull import ensure_model
+from controller.apply.store_job import StagingFailed, collect, stage, store_backed
 from controller.plan.types import DesiredResource
 from controller.report.model_card import render_card
 from controller.state.artifacts.base import StoreError
@@ -272,7 +273,7 @@ class Trainer(ApplyStep):
     def kubernetes_job(self, experiment: str, run: str) -> dict[str, Any]:
         """The Job manifest a Kubernetes run would submit (for review; nothing is sent): a
         TrainJob for a distributed run."""
-        from controller.apply.kubernetes_job import manifest, render_job
+        from controller.apply.kubernetes_job import STORE_SECRET, manifest, render_job
 
         resource = self.desired.resources[f"Experiment/{experiment}/{run}"]
         executor = dict(resource.fields["training"].get("executor") or {})
@@ -284,22 +285,37 @@ class Trainer(ApplyStep):
             )
         return manifest(
             render_job(
-                job_file, f"{experiment}/{run}", resource.digest, executor, self.registry.paths.root
+                job_file,
+                f"{experiment}/{run}",
+                resource.digest,
+                executor,
+                self.registry.paths.root,
+                STORE_SECRET if store_backed() else None,
             )
         )
 
     def _run_kubernetes(
         self, job: TrainJob, run_dir: Path, digest: str, executor: dict[str, Any]
     ) -> dict[str, Any]:
-        """Submit the run as a Job over the shared state volume and wait for it."""
+        """Submit the run as a Job over the shared state volume, or over the S3 store
+        (LLMOPS_STORE, the Secret's), and wait for it."""
         from controller.apply import kubernetes_job as k8s
 
         state = self.registry.paths.root
         mount = executor.get("state_mount_path", "/llmops")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "result.json").unlink(missing_ok=True)
-        TrainJob(**k8s.rewrite_paths(asdict(job), state, mount)).save(run_dir / "job.json")
-        manifest = k8s.render_job(run_dir / "job.json", job.run_id, digest, executor, state)
+        over_store = self._stage_in_store(job, run_dir)
+        if not over_store:
+            TrainJob(**k8s.rewrite_paths(asdict(job), state, mount)).save(run_dir / "job.json")
+        manifest = k8s.render_job(
+            run_dir / "job.json",
+            job.run_id,
+            digest,
+            executor,
+            state,
+            k8s.STORE_SECRET if over_store else None,
+        )
         try:
             api = k8s.api_client(os.environ.get("LLMOPS_KUBERNETES_API"))
         except k8s.JobFailed as err:
@@ -314,6 +330,8 @@ class Trainer(ApplyStep):
             manifest.metadata.name,
             float(executor.get("timeout_s", 86400)),
         )
+        if over_store:
+            self._collect_from_store(run_dir)
         result_path = run_dir / "result.json"
         result = json.loads(result_path.read_text()) if result_path.is_file() else {}
         if status.succeeded and result.get("status") == "succeeded":
@@ -331,11 +349,10 @@ class Trainer(ApplyStep):
 
         state = self.registry.paths.root
         mount = executor.get("state_mount_path", "/llmops")
-        store = os.environ.get(trainer_api.STORE_ENV)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "result.json").unlink(missing_ok=True)
-        fields = asdict(job) if store else k8s.rewrite_paths(asdict(job), state, mount)
-        TrainJob(**fields).save(run_dir / "job.json")
+        if not self._stage_in_store(job, run_dir):
+            TrainJob(**k8s.rewrite_paths(asdict(job), state, mount)).save(run_dir / "job.json")
         distributed = dict(job.training.get("distributed") or {})
         trainjob = self._trainjob(run_dir / "job.json", job.run_id, digest, executor, distributed)
         meta = trainjob["metadata"]
@@ -348,6 +365,8 @@ class Trainer(ApplyStep):
             )
         except k8s.JobFailed as err:
             raise TrainFailed(f"{job.run_id}: {err}") from err
+        if store_backed():
+            self._collect_from_store(run_dir)
         result_path = run_dir / "result.json"
         result = json.loads(result_path.read_text()) if result_path.is_file() else {}
         if status.succeeded and result.get("status") == "succeeded":
@@ -368,7 +387,7 @@ class Trainer(ApplyStep):
         from controller.apply import kubeflow_trainjob as trainer_api
 
         state = self.registry.paths.root
-        store = os.environ.get(trainer_api.STORE_ENV)
+        store = store_backed()
         return trainer_api.render_trainjob(
             job_file.relative_to(state) if store else job_file,
             run_id,
@@ -378,6 +397,33 @@ class Trainer(ApplyStep):
             state,
             trainer_api.STORE_SECRET if store else None,
         )
+
+    def _stage_in_store(self, job: TrainJob, run_dir: Path) -> bool:
+        """With an S3 store, the job file and its inputs staged there for the pod (paths
+        relative to the state folder); False: the pod mounts the state folder's claim."""
+        store = self.registry.blobs.store
+        if not store_backed() or store is None:
+            return False
+        try:
+            stage(
+                store,
+                self.registry.paths.root,
+                run_dir / "job.json",
+                asdict(job),
+                paths=("base_model", "train_file", "eval_file", "output"),
+                inputs=("base_model", "train_file", "eval_file"),
+                output=str(run_dir),
+                model=str(run_dir / "model"),
+            )
+        except (StagingFailed, StoreError) as err:
+            raise TrainFailed(f"{job.run_id}: {err}") from err
+        return True
+
+    def _collect_from_store(self, run_dir: Path) -> None:
+        """The run folder the pod pushed, fetched here (result.json, log, model)."""
+        store = self.registry.blobs.store
+        if store is not None:
+            collect(store, self.registry.paths.root, run_dir)
 
     def _register(
         self,

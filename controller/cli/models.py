@@ -14,6 +14,7 @@ from rich.table import Table
 from controller.api import split_ref
 from controller.api.deployment import DeploymentSpec
 from controller.api.model import ExperimentSource, HubSource, ModelSpec
+from controller.apply.evaluate import Evaluator
 from controller.apply.pull import pull_model
 from controller.cli.common import (
     Exit,
@@ -30,10 +31,13 @@ from controller.cli.common import (
 from controller.load.diagnostics import did_you_mean
 from controller.load.loader import load_specs
 from controller.state.apply_mutex import ApplyBusy, exclusive_apply
+from controller.state.artifacts.gc import StoreGc, find_garbage
+from controller.state.artifacts.gc import remove as remove_garbage
 from controller.state.lockfile import LOCK_FILE, DeploymentOutputs, read_lock
 from controller.state.paths import StatePaths
 from controller.state.registry.maintenance import collect_garbage, disk_usage, remove_version
 from controller.state.registry.maintenance import verify as run_verify
+from controller.state.registry.store import Registry
 from runners.pull import PullError
 
 models_app = typer.Typer(
@@ -127,8 +131,14 @@ def pull(
     results = []
     failed = False
     for name in wanted:
+        source = models[name].spec_as(ModelSpec).source
+        evaluator = None
+        if getattr(getattr(source, "gate", None), "suite", None):
+            evaluator = Evaluator(loaded, registry, err_console)
         try:
-            outcome = pull_model(models[name], registry, top, err_console, force=force)
+            outcome = pull_model(
+                models[name], registry, top, err_console, force=force, evaluator=evaluator
+            )
         except PullError as err:
             err_console.print(f"error: {name}: {err}", style="red", soft_wrap=True)
             failed = True
@@ -304,6 +314,7 @@ def gc(
     try:
         with exclusive_apply(StatePaths.for_repo(top).root, wait=not no_wait, on_wait=waiting):
             report = collect_garbage(registry, dry_run=dry_run, grace_s=grace * 60)
+            in_store = store_garbage(registry, dry_run, grace * 60)
     except ApplyBusy as err:
         err_console.print(f"error: {err}", style="red", soft_wrap=True)
         raise typer.Exit(Exit.BUSY) from err
@@ -316,6 +327,13 @@ def gc(
                     "kept_young": report.kept_young,
                     "grace_minutes": grace,
                     "dry_run": dry_run,
+                    "store": None
+                    if in_store is None
+                    else {
+                        "removed": [key for key, _ in in_store.garbage],
+                        "freed_bytes": in_store.size,
+                        "kept_young": in_store.kept_young,
+                    },
                 },
                 indent=2,
             )
@@ -330,6 +348,31 @@ def gc(
     console.print(
         f"{len(report.removed)} unreferenced blob(s); {verb} {_size(report.freed)}{young}"
     )
+    if in_store is not None:
+        for key, size in in_store.garbage:
+            console.print(f"  {'would remove' if dry_run else 'removed'} {key} ({_size(size)})")
+        young = f"; kept {in_store.kept_young} younger than --grace" if in_store.kept_young else ""
+        console.print(
+            f"store {registry.blobs.store.url}: {len(in_store.garbage)} unreferenced "
+            f"object(s); {verb} {_size(in_store.size)}{young}"
+        )
+
+
+def store_garbage(registry: Registry, dry_run: bool, grace_s: float) -> StoreGc | None:
+    """The store's objects nothing references (controller/state/artifacts/gc.py), removed
+    unless `dry_run`; None without a store."""
+    store = registry.blobs.store
+    if store is None:
+        return None
+    versions = {
+        f"{name}@{number}"
+        for name, rows in registry.version_digests().items()
+        for number, _ in rows
+    }
+    found = find_garbage(store, registry.referenced_blobs(), versions, grace_s)
+    if not dry_run:
+        remove_garbage(store, found)
+    return found
 
 
 @models_app.command("verify")

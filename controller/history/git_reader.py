@@ -207,7 +207,11 @@ class GitHistory:
             pr = None
             for path in item.collected:
                 shas = self.repo.git.log(
-                    "--format=%H", "--reverse", f"-S{path}", head.hexsha, "--",
+                    "--format=%H",
+                    "--reverse",
+                    f"-S{path}",
+                    head.hexsha,
+                    "--",
                     self.prefix + "specs",
                 ).split()
                 if shas:

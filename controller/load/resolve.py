@@ -481,6 +481,10 @@ def _check_model(r: _Resolver, spec: LoadedSpec) -> None:
         r._model_ref(spec, ("spec", "source", "from"), source.from_, address)
         if source.gate.texts:
             r._path(spec, ("spec", "source", "gate", "texts"), source.gate.texts, address)
+        if source.gate.suite:
+            # The gate runs that suite: it waits for it, and the suite's digest is an input.
+            loc: Loc = ("spec", "source", "gate", "suite")
+            r._named_ref(spec, loc, source.gate.suite, "EvalSuite", address, True)
 
 
 def _model_from_run(r: _Resolver, spec: LoadedSpec, source: ExperimentSource, address: str) -> None:

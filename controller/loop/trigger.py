@@ -41,8 +41,10 @@ def decide(
     upcoming = next_tick(schedule, now) if schedule else None
     if scheduled and schedule and last_run is not None and last_tick(schedule, now) <= last_run:
         return Decision(
-            False, f"not due: next tick of '{schedule}' is {upcoming:%Y-%m-%d %H:%M} UTC",
-            new_rows, upcoming,
+            False,
+            f"not due: next tick of '{schedule}' is {upcoming:%Y-%m-%d %H:%M} UTC",
+            new_rows,
+            upcoming,
         )
     if new_rows < min_new_rows:
         return Decision(

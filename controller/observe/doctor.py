@@ -1,6 +1,7 @@
 """Observe, the machine: what `llmops doctor` checks before anything runs (Python, packages,
-torch's device, the state folder, registry, blob store, container engine, Kubernetes context,
-llama.cpp, chromium). Each check is a pure classification of what a thin probe found."""
+torch's device, the state folder, registry, blob store, artifact store, container engine,
+Kubernetes context, llama.cpp, chromium). Each check is a pure classification of what a
+thin probe found."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from controller import DISTRIBUTION
-from controller.state.paths import REGISTRY_URL_ENV, STATE_DIR_ENV, StatePaths
+from controller.state.artifacts.base import StoreError, round_trip
+from controller.state.artifacts.url import open_store
+from controller.state.paths import REGISTRY_URL_ENV, STATE_DIR_ENV, STORE_ENV, StatePaths
 from controller.state.registry.db import current_revision, head_revision
 from runners.deploy.docker_engine import find_engine
 
@@ -171,6 +174,22 @@ def blob_check(folder: Path, exists: bool, writable: bool) -> Check:
     return Check("blob store", "ok", f"{folder}" + ("" if exists else " (created on first pull)"))
 
 
+def store_check(url: str | None, error: str | None, detail: str = "") -> Check:
+    """The artifact store (LLMOPS_STORE): unset is fine (the state folder holds everything);
+    set, it must take a write, a read and a delete, or every apply fails."""
+    if not url:
+        return Check("artifact store", "ok", f"{STORE_ENV} not set: the state folder holds all")
+    if error:
+        return Check(
+            "artifact store",
+            "missing",
+            f"{url}: {error}",
+            f"fix the store's settings ({STORE_ENV}, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+            f"AWS_SECRET_ACCESS_KEY) or unset {STORE_ENV}",
+        )
+    return Check("artifact store", "ok", f"{url}: {detail}")
+
+
 def engine_check(engine: str | None, why: str) -> Check:
     if engine is not None:
         return Check("container engine", "ok", f"{engine} answers")
@@ -320,6 +339,17 @@ def probe_blobs(paths: StatePaths) -> Check:
     return blob_check(paths.blobs, paths.blobs.is_dir(), _can_write(paths.blobs))
 
 
+def probe_store() -> Check:
+    url = os.environ.get(STORE_ENV) or None
+    try:
+        store = open_store(url, quick=True)
+        if store is None:
+            return store_check(None, None)
+        return store_check(url, None, round_trip(store))
+    except StoreError as err:
+        return store_check(url, str(err))
+
+
 def probe_engine() -> Check:
     return engine_check(*find_engine())
 
@@ -378,6 +408,7 @@ def diagnose(repo: Path) -> list[Check]:
     checks.append(_guarded("state folder", lambda: probe_state(paths), required=True))
     checks.append(_guarded("registry", lambda: probe_registry(paths), required=True))
     checks.append(_guarded("blob store", lambda: probe_blobs(paths)))
+    checks.append(_guarded("artifact store", probe_store, required=True))
     checks.append(_guarded("container engine", probe_engine))
     checks.append(_guarded("kube context", probe_kube))
     checks.append(_guarded("llama.cpp backend", probe_llama_cpp))

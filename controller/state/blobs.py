@@ -7,6 +7,7 @@ bounds the folder by evicting the least recently used blobs the store holds.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.state.artifacts.base import ArtifactStore, blob_key
+from controller.state.artifacts.base import ArtifactStore, StoreError, blob_key
 
 CHUNK = 4 << 20
 # A file in blobs/tmp older than this whose writer is gone is an abandoned write; anything
@@ -137,21 +138,35 @@ class BlobStore:
             self._fetch(sha256, stored)
 
     def _fetch(self, sha256: str, size: int) -> None:
-        """Download a blob into the cache; the store refuses bytes that hash otherwise."""
+        """Download a blob into the cache; the store refuses bytes that hash otherwise.
+
+        Resumable: the bytes go to tmp/<sha256>.partial, which a download cut short (a
+        killed process, a dropped connection) leaves behind; the next fetch hashes them and
+        asks the store only for the rest (HTTP Range). A lock on the partial file keeps two
+        processes from appending to it at once. A partial whose bytes do not make the blob
+        (another object's, damaged) is dropped and the blob fetched whole."""
         assert self.store is not None
         tmp_dir = self.root / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}-fetch.part"
+        tmp = tmp_dir / f"{sha256}.partial"
+        final = self.path(sha256)
         started = time.monotonic()
-        try:
-            self.store.download(blob_key(sha256), tmp, sha256=sha256, size=size)
-            final = self.path(sha256)
+        with (tmp_dir / f"{sha256}.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._here(sha256, size):
+                return  # another process fetched it while this one waited
+            resumed = tmp.is_file() and tmp.stat().st_size > 0
+            try:
+                self.store.download(blob_key(sha256), tmp, sha256=sha256, size=size, resume=True)
+            except StoreError:
+                if not resumed:
+                    raise
+                tmp.unlink(missing_ok=True)  # kept bytes that were not this blob's
+                self.store.download(blob_key(sha256), tmp, sha256=sha256, size=size)
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp.chmod(0o444)
             os.replace(tmp, final)
             self._remember({sha256: self._stamp(final)})  # hashed while fetched
-        finally:
-            tmp.unlink(missing_ok=True)
         self.fetched.append(Blob(sha256, size))
         record = {"sha256": sha256, "size": size, "s": round(time.monotonic() - started, 3)}
         with (self.root / FETCHED_LOG).open("a") as log:

@@ -159,4 +159,3 @@ def target_for(kind: str | None) -> Target:
     if found is None:
         raise DeployError(f"no deploy target '{kind}'; known: {', '.join(sorted(TARGETS))}")
     return found
-

@@ -4,6 +4,7 @@ kserve_rollout)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -11,8 +12,11 @@ from typing import Any
 
 import yaml
 
+from controller.state.artifacts.serving import SERVE_PREFIX, version_key
+from controller.state.artifacts.serving import publish as copy_version
 from controller.state.lockfile import DeploymentOutputs
-from controller.state.paths import StatePaths
+from controller.state.paths import STORE_ENV, StatePaths
+from controller.state.registry.store import Registry
 from controller.targets.base import (
     DeployProgress,
     DeployRequest,
@@ -40,7 +44,8 @@ class KServeTarget(Target):
         # lazily: the kubernetes client is heavy
         spec = request.spec
         release = with_pushed_image(request.release, request.paths.root)
-        manifests = kserve_manifests.render_manifests(release, spec["kserve"].get("storage_uri"))
+        release, uri, account = over_store(release, request.paths, publish=True)
+        manifests = kserve_manifests.render_manifests(release, uri, account)
         try:
             rollout = kserve_rollout.rollout(
                 kserve_rollout.api_client(),
@@ -131,12 +136,42 @@ class KServeTarget(Target):
 
         try:
             release = Release(name, version, dict(spec))
-            manifests = kserve_manifests.render_manifests(
-                release, (spec.get("kserve") or {}).get("storage_uri")
-            )
+            release, uri, account = over_store(release, None, publish=False)
+            manifests = kserve_manifests.render_manifests(release, uri, account)
         except (DeployError, KeyError, ValueError):
             return []
         return yaml.safe_dump_all(manifests, sort_keys=False).splitlines(keepends=True)
+
+
+def over_store(
+    release: Release, paths: StatePaths | None, publish: bool
+) -> tuple[Release, str | None, str | None]:
+    """(release, storage URI, service account) for the InferenceService. A spec that names
+    neither kserve.storage_uri nor storage_root, with the store on S3 (LLMOPS_STORE), reads
+    the versions from the store: <store>/serve/<model>/<N> as storage root and URI, through
+    the ServiceAccount `llmops-store` whose Secret KServe's storage initializer reads. With
+    `publish`, the model's, base's and adapters' versions are copied there from their blobs
+    first; otherwise (a manifest for review) nothing is sent."""
+    from runners.deploy.kserve_manifests import STORE_ACCOUNT
+
+    target = dict(release.spec.get("kserve") or {})
+    on_s3 = os.environ.get(STORE_ENV, "").startswith("s3://")
+    if target.get("storage_uri") or target.get("storage_root") or not on_s3:
+        return release, target.get("storage_uri"), None
+    store_url = os.environ[STORE_ENV].rstrip("/")
+    served = [release.model_version, release.base_version, *(v for _, v in release.adapters)]
+    if publish and paths is not None:
+        registry = Registry.open(paths)
+        store = registry.blobs.store
+        for ref in [r for r in served if r]:
+            version = registry.find(ref)
+            if version is None or store is None:
+                raise DeployError(f"{ref} is not in the registry; cannot put it in the store")
+            copy_version(store, ref, [(f.path, f.sha256, f.size) for f in version.files])
+    target["storage_root"] = f"{store_url}/{SERVE_PREFIX}"
+    uri = f"{store_url}/{version_key(release.model_version)}"
+    release = replace(release, spec={**release.spec, "kserve": target})
+    return release, uri, STORE_ACCOUNT
 
 
 def with_pushed_image(release: Release, state_root: Path) -> Release:

@@ -22,7 +22,8 @@ from pathlib import Path
 from runners.deploy import docker_context, docker_engine, runtime_modules
 from runners.deploy.release import DeployError, Release
 
-RUNNER_ENTRIES = ("runners.train", "runners.evaluate")
+# controller.state.artifacts: the pod entry of jobs over an S3 store (its pod.py)
+RUNNER_ENTRIES = ("runners.train", "runners.evaluate", "controller.state.artifacts")
 RUNNER_REPOSITORY = "llmops/runner"
 SERVE_REPOSITORY = "llmops/serve"
 

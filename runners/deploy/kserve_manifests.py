@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+from urllib.parse import urlparse
 
 import kserve
 from kserve.models import V1beta1StorageUri
@@ -58,6 +59,16 @@ HF_ADAPTER_DIR = "/mnt/models/adapters"
 ANNOTATION_ADAPTERS = "llmops.dev/adapters"
 # The base version those adapters run on, served under --model_name.
 ANNOTATION_BASE_VERSION = "llmops.dev/base-version"
+
+# With the artifact store on S3, KServe's storage initializer reads s3:// URIs with the
+# credentials of a Secret attached to the predictor's ServiceAccount, KServe's annotations on
+# the Secret naming the endpoint (KServe's "Deploy InferenceService with a saved model on S3").
+# The Secret is the one training Jobs read (LLMOPS_STORE, AWS_* keys): one per namespace.
+STORE_SECRET = "llmops-store"
+STORE_ACCOUNT = "llmops-store"
+S3_ENDPOINT = "serving.kserve.io/s3-endpoint"
+S3_USE_HTTPS = "serving.kserve.io/s3-usehttps"
+S3_REGION = "serving.kserve.io/s3-region"
 
 _SANITIZER = client.ApiClient()
 
@@ -167,8 +178,42 @@ def _env(release: Release) -> list[client.V1EnvVar]:
     return env
 
 
+def store_credentials(
+    namespace: str,
+    endpoint_url: str | None,
+    region: str | None,
+    keys: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """[Secret, ServiceAccount] giving KServe's storage initializer the S3 store: the Secret
+    annotated with the endpoint (host:port), https or not and the region, holding `keys`
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, LLMOPS_STORE, ...) when given (left out, the
+    Secret is a template to fill in); the ServiceAccount lists it."""
+    parsed = urlparse(endpoint_url or "https://s3.amazonaws.com")
+    annotations = {
+        S3_ENDPOINT: parsed.netloc,
+        S3_USE_HTTPS: "0" if parsed.scheme == "http" else "1",
+    }
+    if region:
+        annotations[S3_REGION] = region
+    meta = {"name": STORE_SECRET, "namespace": namespace, "annotations": annotations}
+    secret: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "metadata": meta}
+    secret["type"] = "Opaque"
+    if keys:
+        secret["stringData"] = dict(keys)
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": STORE_ACCOUNT, "namespace": namespace},
+        "secrets": [{"name": STORE_SECRET}],
+    }
+    return [secret, account]
+
+
 def render_inference_service(
-    release: Release, runtime_name: str, storage_uri: str | None = None
+    release: Release,
+    runtime_name: str,
+    storage_uri: str | None = None,
+    service_account: str | None = None,
 ) -> kserve.V1beta1InferenceService:
     """The InferenceService: the model from `storage_uri` served by the llmops runtime."""
     target = release.spec["kserve"]
@@ -186,6 +231,7 @@ def render_inference_service(
         min_replicas=int(target["min_replicas"]),
         max_replicas=int(target["max_replicas"]),
         canary_traffic_percent=target.get("canary_traffic_percent"),
+        service_account_name=service_account,
         model=kserve.V1beta1ModelSpec(
             name=CONTAINER_NAME,
             model_format=kserve.V1beta1ModelFormat(name=MODEL_FORMAT, version=MODEL_FORMAT_VERSION),
@@ -285,8 +331,28 @@ def lora_plan(release: Release, storage_uri: str | None = None) -> dict[str, Any
     return {"base": base, "adapters": adapters}
 
 
+# vLLM's `--max-lora-rank` takes one of these (LoRAConfig's allowed ranks since 0.6; its
+# default, 16, refuses larger adapters).
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _max_lora_rank(release: Release) -> list[str]:
+    """`--max-lora-rank=N`: the smallest rank vLLM accepts that holds every adapter served;
+    nothing when the ranks are not known (a manifest rendered from the spec alone)."""
+    rank = release.max_lora_rank
+    if rank is None:
+        return []
+    fits = [r for r in VLLM_LORA_RANKS if r >= rank]
+    if not fits:
+        raise DeployError(
+            f"deployment {release.name}: an adapter has LoRA rank {rank}, above the largest "
+            f"vLLM serves ({VLLM_LORA_RANKS[-1]}); train it with a smaller training.lora.r"
+        )
+    return [f"--max-lora-rank={fits[0]}"]
+
+
 def render_lora_inference_service(
-    release: Release, storage_uri: str | None = None
+    release: Release, storage_uri: str | None = None, service_account: str | None = None
 ) -> kserve.V1beta1InferenceService:
     """The InferenceService for a LoRA release on KServe's huggingface runtime (vLLM backend):
     the base and every adapter from a storageUris entry of their own, `--enable-lora` and one
@@ -302,6 +368,7 @@ def render_lora_inference_service(
         min_replicas=int(target["min_replicas"]),
         max_replicas=int(target["max_replicas"]),
         canary_traffic_percent=target.get("canary_traffic_percent"),
+        service_account_name=service_account,
         storage_uris=[
             V1beta1StorageUri(uri=plan["base"]["uri"], mount_path=HF_BASE_DIR),
             *(
@@ -317,6 +384,7 @@ def render_lora_inference_service(
                 f"--model_dir={HF_BASE_DIR}",
                 "--backend=vllm",
                 "--enable-lora",
+                *_max_lora_rank(release),
                 "--lora-modules",
                 *modules,
             ],
@@ -361,11 +429,14 @@ def _inference_service(
     )
 
 
-def render_manifests(release: Release, storage_uri: str | None = None) -> list[dict[str, Any]]:
+def render_manifests(
+    release: Release, storage_uri: str | None = None, service_account: str | None = None
+) -> list[dict[str, Any]]:
     """[ServingRuntime, InferenceService] as plain dicts, for `--show`, YAML and `rollout`;
-    [InferenceService] alone for LoRA adapters (KServe's own huggingface runtime)."""
+    [InferenceService] alone for LoRA adapters (KServe's own huggingface runtime).
+    `service_account`: the predictor's (STORE_ACCOUNT for s3:// URIs of the store)."""
     if serves_lora(release):
-        return [to_manifest(render_lora_inference_service(release, storage_uri))]
+        return [to_manifest(render_lora_inference_service(release, storage_uri, service_account))]
     runtime = render_runtime(release)
-    isvc = render_inference_service(release, runtime.metadata.name, storage_uri)
+    isvc = render_inference_service(release, runtime.metadata.name, storage_uri, service_account)
     return [to_manifest(runtime), to_manifest(isvc)]

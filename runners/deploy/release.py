@@ -6,6 +6,7 @@ Plain data, shared by the docker and KServe targets. The controller builds a `Re
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,7 +56,9 @@ class Release:
     `gguf_file` names the GGUF file inside the model folder for the llama-cpp runtime.
     `adapters` are the LoRA versions served beside the model, (served name, `name@N`), as
     apply resolved the spec's `adapters`; `base_version` is the base `name@N` when the model
-    version itself is adapter-only (LoRA without merge).
+    version itself is adapter-only (LoRA without merge). `max_lora_rank` is the largest rank
+    among the adapters served (lora_rank), None when not known (a manifest rendered from the
+    spec alone).
     """
 
     name: str
@@ -65,6 +68,7 @@ class Release:
     gguf_file: str | None = None
     adapters: tuple[tuple[str, str], ...] = ()
     base_version: str | None = None
+    max_lora_rank: int | None = None
 
     def __post_init__(self) -> None:
         if self.spec.get("runtime") == "llama-cpp" and not self.gguf_file:
@@ -238,6 +242,23 @@ def config_adapters(config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     """A release's `adapters` from the runtime config apply works out (runners/serve's
     `adapters`): the same names and versions the local runtime serves."""
     return tuple((a["name"], a["version"]) for a in config.get("adapters") or [])
+
+
+def lora_rank(folders: list[Path | str]) -> int | None:
+    """The largest LoRA rank among adapter folders (adapter_config.json's `r` and any
+    `rank_pattern` entry); None when no folder is an adapter."""
+    ranks: list[int] = []
+    for folder in folders:
+        path = Path(folder) / "adapter_config.json"
+        if not path.is_file():
+            continue
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise DeployError(f"{path}: not JSON ({err}); save the adapter again") from err
+        values = [found.get("r"), *(found.get("rank_pattern") or {}).values()]
+        ranks.extend(int(v) for v in values if isinstance(v, int) and not isinstance(v, bool))
+    return max(ranks) if ranks else None
 
 
 def base_version_of(model_dir: Path | str | None) -> str | None:

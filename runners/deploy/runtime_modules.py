@@ -18,6 +18,8 @@ from runners.deploy.release import DeployError
 
 # Installed from the PyTorch CPU index before the requirements, never from them.
 PREINSTALLED = frozenset({"torch"})
+# The project's packages: copied, never pinned (an entry in controller imports runners.errors).
+PROJECT = ("runners", "controller")
 # Backends imported only by one runtime: left out of images of the other.
 RUNTIME_ONLY = {"llama_cpp": "llama-cpp"}
 
@@ -128,8 +130,8 @@ def collect(root: Path, entry: str, runtime: str) -> RuntimeModules:
             if not head or head in sys.stdlib_module_names or head == "__future__":
                 continue
             if lazy and not inside:
-                left_out.setdefault(name if head == top else head, where)
-            elif head == top:
+                left_out.setdefault(name if head in (top, *PROJECT) else head, where)
+            elif head == top or head in PROJECT:
                 queue.append(name)
             else:
                 third_party.setdefault(head, where)

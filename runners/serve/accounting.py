@@ -48,9 +48,7 @@ def quota_error(client: str, refusal: Refusal) -> APIError:
 
 
 class UsageMiddleware:
-    def __init__(
-        self, app: Any, book: QuotaBook, log: UsageLog | None, model_version: str
-    ) -> None:
+    def __init__(self, app: Any, book: QuotaBook, log: UsageLog | None, model_version: str) -> None:
         self.app = app
         self.book = book
         self.log = log

@@ -12,6 +12,7 @@ sampled token back; the row finishes when its matcher says the JSON is complete.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from llguidance import LLMatcher, LLTokenizer
+from llguidance import LLExecutor, LLMatcher, LLTokenizer
 
 from runners.serve.errors import APIError
 
@@ -62,25 +63,32 @@ def invalid_schema(param: str, reason: str) -> APIError:
 
 
 def hf_tokenizer(tokenizer: Any, vocab_size: int, eos_ids: set[int]) -> Callable[[], LLTokenizer]:
-    """llguidance's view of a Hugging Face fast tokenizer (the transformers backend)."""
+    """llguidance's view of a Hugging Face fast tokenizer (the transformers backend). Every
+    grammar here is a JSON schema, so the vocabulary is pre-sliced for JSON (llguidance's
+    json_slices: a mask per step 15 to 25% cheaper than its general slices, measured on the
+    tiny model's and SmolLM2's vocabularies)."""
 
     def make() -> LLTokenizer:
         import llguidance.hf
 
         eos = sorted(eos_ids) or None
-        return llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos)
+        return llguidance.hf.from_tokenizer(
+            tokenizer, n_vocab=vocab_size, eos_token=eos, slices=LLTokenizer.json_slices()
+        )
 
     return make
 
 
 def llama_vocab(vocab: Any, vocab_size: int, eog: list[int]) -> Callable[[], LLTokenizer]:
-    """llguidance's view of a llama.cpp vocabulary (the llama.cpp backend)."""
+    """llguidance's view of a llama.cpp vocabulary (the llama.cpp backend), sliced for JSON."""
 
     def make() -> LLTokenizer:
         import llguidance.llamacpp
 
         eos = list(eog) or None
-        return llguidance.llamacpp.lltokenizer_from_vocab(vocab, n_vocab=vocab_size, eos_token=eos)
+        return llguidance.llamacpp.lltokenizer_from_vocab(
+            vocab, n_vocab=vocab_size, eos_token=eos, slices=LLTokenizer.json_slices()
+        )
 
     return make
 
@@ -165,32 +173,76 @@ def start(prototype: LLMatcher) -> LLMatcher:
 
 def mask_logits(torch: Any, logits: Any, matchers: list[LLMatcher | None]) -> None:
     """Set to -inf, in place, every token a row's matcher does not allow next (rows without a
-    matcher are left alone). `logits` is [rows, vocab]."""
-    rows = [(row, matcher) for row, matcher in enumerate(matchers) if matcher is not None]
+    matcher are left alone). `logits` is [rows, vocab] float32.
+
+    The constrained rows' masks are computed by llguidance into one bitmask (across CPUs when
+    there are several), then applied without a per-token branch: on CPU each row adds a bias
+    of 0 or -inf per token, read from a table by the mask's bytes (a masked write, torch's or
+    numpy's, costs several times more on a 50k vocabulary whose allowed tokens are scattered);
+    elsewhere one masked_fill_ on the device."""
+    rows = [(matcher, index) for index, matcher in enumerate(matchers) if matcher is not None]
     if not rows:
         return
     vocab = logits.shape[1]
-    words = (vocab + 31) // 32
-    bitmask = torch.empty((len(rows), words), dtype=torch.int32)
-    for index, (_, matcher) in enumerate(rows):
-        view = bitmask[index]
-        matcher.unsafe_compute_mask_ptr(view.data_ptr(), words * 4)
-    shifts = torch.arange(32, dtype=torch.int32)
-    allowed = ((bitmask.unsqueeze(-1) >> shifts) & 1).view(len(rows), -1)[:, :vocab].bool()
-    index = torch.tensor([row for row, _ in rows], device=logits.device)
-    picked = logits.index_select(0, index)
-    picked.masked_fill_(~allowed.to(logits.device), float("-inf"))
-    logits.index_copy_(0, index, picked)
+    bits = _bitmask([(matcher, i) for i, (matcher, _) in enumerate(rows)], vocab)
+    if logits.device.type == "cpu":
+        array = logits.numpy()  # a view: writes into the tensor
+        bias = _bias(bits, vocab)
+        for i, (_, index) in enumerate(rows):
+            np.add(array[index], bias[i], out=array[index])
+        return
+    blocked = np.zeros((logits.shape[0], vocab), dtype=np.bool_)
+    blocked[[index for _, index in rows]] = np.unpackbits(
+        np.invert(bits), axis=1, count=vocab, bitorder="little"
+    ).view(np.bool_)
+    logits.masked_fill_(torch.from_numpy(blocked).to(logits.device), float("-inf"))
 
 
 def mask_row(matcher: LLMatcher, row: Any, vocab: int) -> None:
     """The same for one float32 logits row at a ctypes pointer (the llama.cpp backend)."""
+    array = np.ctypeslib.as_array(row, shape=(vocab,))
+    np.add(array, _bias(_bitmask([(matcher, 0)], vocab), vocab)[0], out=array)
+
+
+def _bitmask(rows: list[tuple[LLMatcher, int]], vocab: int) -> Any:
+    """[len(rows), words] uint8: llguidance's masks, bit k of byte b allowing token 8b + k."""
     words = (vocab + 31) // 32
-    bitmask = np.empty(words, dtype=np.int32)
-    matcher.unsafe_compute_mask_ptr(bitmask.ctypes.data, words * 4)
-    allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[:vocab].astype(bool)
-    logits = np.ctypeslib.as_array(row, shape=(vocab,))
-    logits[~allowed] = -np.inf
+    bitmask = np.empty((len(rows), words), dtype=np.int32)
+    if len(rows) > 1 and _parallel():
+        _executor().unsafe_compute_mask_ptr(rows, bitmask.ctypes.data, words * 4, len(rows))
+    else:
+        start = bitmask.ctypes.data
+        for matcher, row in rows:
+            matcher.unsafe_compute_mask_ptr(start + row * words * 4, words * 4)
+    return bitmask.view(np.uint8)  # little-endian words: bytes low first, bits low first
+
+
+# _BIAS[byte] is the bias of the 8 tokens one bitmask byte covers: 0 allowed, -inf forbidden
+_BIAS = np.array(
+    [[0.0 if byte >> bit & 1 else -np.inf for bit in range(8)] for byte in range(256)],
+    dtype=np.float32,
+)
+
+
+def _bias(bits: Any, vocab: int) -> Any:
+    """[rows, vocab] float32 bias from `_bitmask`'s bytes (np.take: a gather, no branches)."""
+    return np.take(_BIAS, bits, axis=0).reshape(bits.shape[0], -1)[:, :vocab]
+
+
+_EXECUTOR: list[LLExecutor] = []
+
+
+def _parallel() -> bool:
+    """Whether this process may run on more than one CPU (on one, a thread pool only adds
+    its hand-offs to llguidance's tens of microseconds a row)."""
+    return len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else True
+
+
+def _executor() -> LLExecutor:
+    """llguidance's thread pool (it releases the GIL), made on first use."""
+    if not _EXECUTOR:
+        _EXECUTOR.append(LLExecutor())
+    return _EXECUTOR[0]
 
 
 def consume(matcher: LLMatcher, token: int) -> bool:

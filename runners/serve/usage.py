@@ -134,6 +134,5 @@ def tokens_today(folder: Path, now: datetime | None = None) -> dict[str, int]:
     now = now or datetime.now(UTC)
     midnight = datetime.combine(now.date(), datetime.min.time(), UTC)
     return {
-        name: t.prompt_tokens + t.completion_tokens
-        for name, t in totals(folder, midnight).items()
+        name: t.prompt_tokens + t.completion_tokens for name, t in totals(folder, midnight).items()
     }

@@ -25,6 +25,7 @@ CHECKS = [
     "state folder",
     "registry",
     "blob store",
+    "artifact store",
     "container engine",
     "kube context",
     "llama.cpp backend",

@@ -151,9 +151,16 @@ def test_images_build_renders_both_contexts_and_names_a_missing_engine(tmp_path:
     runner = tmp_path / ".llmops/images/runner"
     assert (runner / "src/runners/train/__main__.py").is_file()
     assert (runner / "src/runners/evaluate/run.py").is_file()
-    assert not (runner / "src/controller").exists()
+    # Of the controller, only the store's pod entry (jobs over an S3 store) and what it imports.
+    shipped = {
+        p.relative_to(runner / "src").as_posix() for p in (runner / "src/controller").rglob("*.py")
+    }
+    assert "controller/state/artifacts/pod.py" in shipped
+    around = {"controller/__init__.py", "controller/state/__init__.py", "controller/state/paths.py"}
+    assert all(f.startswith("controller/state/artifacts/") or f in around for f in shipped), shipped
     requirements = (runner / "requirements.txt").read_text()
     assert "transformers==" in requirements and "torch" not in requirements
+    assert "boto3==" in requirements and "llmops-gitops" not in requirements
     assert "USER 10001" in (runner / "Dockerfile").read_text()
 
 

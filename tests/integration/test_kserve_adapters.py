@@ -11,6 +11,7 @@ import json
 import shutil
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,13 @@ import pytest
 
 from controller.api.deployment import DeploymentSpec
 from runners.deploy import kserve_manifests, kserve_rollout
-from runners.deploy.release import DeployError, Release, base_version_of, config_adapters
+from runners.deploy.release import (
+    DeployError,
+    Release,
+    base_version_of,
+    config_adapters,
+    lora_rank,
+)
 from tests import envtest
 from tests.serving import config, running
 from tests.tiny import make_random_adapter
@@ -34,7 +41,8 @@ def views(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("views")
     shutil.copytree(tiny_model, root / "tiny" / "1")
     make_random_adapter(root / "tiny" / "1", root / "alpha" / "1", seed=1)
-    make_random_adapter(root / "tiny" / "1", root / "beta" / "2", seed=2)
+    # rank 24: above vLLM's default --max-lora-rank (16), so the manifest must raise it
+    make_random_adapter(root / "tiny" / "1", root / "beta" / "2", seed=2, rank=24)
     return root
 
 
@@ -82,7 +90,9 @@ def test_adapters_render_for_the_huggingface_runtime_and_the_api_server_takes_th
         spec(namespace, "tiny@1", ["alpha@1", "beta@2"]),
         adapters=config_adapters(cfg),
         base_version=base_version_of(cfg["model_dir"]),
+        max_lora_rank=lora_rank([a["dir"] for a in cfg["adapters"]] + [cfg["model_dir"]]),
     )
+    assert release.max_lora_rank == 24  # alpha 4, beta 24; the base folder is no adapter
     manifests = kserve_manifests.render_manifests(release)
     # KServe's own runtime serves them: no llmops ServingRuntime.
     assert [m["kind"] for m in manifests] == ["InferenceService"]
@@ -102,6 +112,7 @@ def test_adapters_render_for_the_huggingface_runtime_and_the_api_server_takes_th
         "--model_dir=/mnt/models/base",
         "--backend=vllm",
         "--enable-lora",
+        "--max-lora-rank=32",  # the smallest rank vLLM takes that holds 24
         "--lora-modules",
         "alpha=/mnt/models/adapters/alpha",
         "beta=/mnt/models/adapters/beta",
@@ -137,6 +148,7 @@ def test_an_adapter_only_version_is_served_on_its_base(kube: tuple[Any, str], vi
         "alpha@1",
         spec(namespace, "alpha@1", [], storage_uri="s3://bucket/alpha-1"),
         base_version=base_version_of(model_dir),
+        max_lora_rank=lora_rank([model_dir]),
     )
     assert release.base_version == "tiny@1"
     (manifest,) = kserve_manifests.render_manifests(release)
@@ -150,6 +162,7 @@ def test_an_adapter_only_version_is_served_on_its_base(kube: tuple[Any, str], vi
     args = predictor["model"]["args"]
     assert args[0] == "--model_name=tiny"
     assert args[-2:] == ["--lora-modules", "assistant=/mnt/models/adapters/assistant"]
+    assert "--max-lora-rank=8" in args  # rank 4 -> vLLM's smallest above it
     annotations = stored["metadata"]["annotations"]
     assert annotations[kserve_manifests.ANNOTATION_VERSION] == "alpha@1"
     assert served_by(stored) == {("tiny", "tiny@1"), ("assistant", "alpha@1")}
@@ -177,6 +190,13 @@ def test_what_the_huggingface_runtime_cannot_do_is_refused_by_name(views: Path) 
         render(api_key={"secret": "keys/support"})
     with pytest.raises(DeployError, match=r"vLLM backend, which needs a GPU; set kserve\.gpu"):
         render(kserve={"gpu": 0})
+    with pytest.raises(DeployError, match=r"LoRA rank 600, above the largest vLLM serves"):
+        dumped = DeploymentSpec(
+            model="tiny@1", target="kserve", adapters=["alpha@1"], kserve={"gpu": 1}
+        ).model_dump()
+        dumped["kserve"]["storage_root"] = ROOT_URI
+        release = Release("s", "tiny@1", dumped, adapters=(("alpha", "alpha@1"),))
+        kserve_manifests.render_manifests(replace(release, max_lora_rank=600))
     with pytest.raises(DeployError, match=r"is itself a LoRA adapter \(on tiny@1\)"):
         dumped = DeploymentSpec(
             model="alpha@1", target="kserve", adapters=["beta@2"], kserve={"gpu": 1}

@@ -64,12 +64,19 @@ def test_with_a_store_the_nodes_read_the_secret_and_mount_no_claim(tmp_path: Pat
     assert spec["runtimeRef"]["name"] == RUNTIME == "torch-distributed"
     trainer = spec["trainer"]
     assert trainer["numNodes"] == 3 and trainer["numProcPerNode"] == 2
-    assert trainer["command"][:5] == [
+    # the pod's store entry fetches the job (by its key in the state folder), then runs torchrun
+    assert trainer["command"] == [
+        "python",
+        "-m",
+        "controller.state.artifacts.pod",
+        "runs/exp/default/abcd/job.json",
+        "--",
         "python",
         "-m",
         "torch.distributed.run",
         "--module",
         "runners.train.worker",
+        "{job}",
     ]
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "1"
     store = next(e for e in trainer["env"] if e["name"] == "LLMOPS_STORE")
@@ -78,8 +85,11 @@ def test_with_a_store_the_nodes_read_the_secret_and_mount_no_claim(tmp_path: Pat
         "key": "LLMOPS_STORE",
         "optional": False,
     }
-    assert "runtimePatches" not in spec
-    assert "persistentVolumeClaim" not in repr(job) and "LLMOPS_STATE_DIR" not in repr(job)
+    (patch,) = spec["runtimePatches"]
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = node["template"]["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "state", "emptyDir": {}}]  # scratch, no claim
+    assert "persistentVolumeClaim" not in repr(job)
 
 
 def test_without_a_store_the_claim_is_mounted(tmp_path: Path) -> None:
@@ -139,7 +149,12 @@ def test_created_through_the_api_server_and_its_failure_reported(
     )
     assert stored["spec"]["trainer"]["numProcPerNode"] == 2  # kept by the CRD's schema
     assert stored["spec"]["runtimeRef"]["kind"] == "ClusterTrainingRuntime"
-    assert ("runtimePatches" in stored["spec"]) is not store
+    (patch,) = stored["spec"]["runtimePatches"]  # kept by the schema: the claim or a scratch
+    volumes = repr(patch["trainingRuntimeSpec"])
+    assert ("emptyDir" in volumes) is store and ("persistentVolumeClaim" in volumes) is not store
+    if store:  # the Secret is referenced, its keys read by the nodes
+        env = {e["name"]: e for e in stored["spec"]["trainer"]["env"]}
+        assert env["LLMOPS_STORE"]["valueFrom"]["secretKeyRef"]["name"] == STORE_SECRET
     conclude(api, job, "Failed", "TrainingFailed", "node-0 rank 1: OOMKilled")
     status = wait(api, ns, job["metadata"]["name"], timeout_s=30, poll_s=0.05)
     assert status.failed and not status.succeeded

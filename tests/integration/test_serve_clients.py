@@ -178,8 +178,9 @@ def test_quotas_hold_per_client_and_usage_adds_up(
     assert report["total"]["requests"] == sum(c["requests"] for c in expected.values())
     table = run_cli("usage", NAME, cwd=tmp_path, env={"LLMOPS_STATE_DIR": str(state)})
     assert table.returncode == 0 and "batch" in table.stdout and "(all)" in table.stdout
-    unknown = run_cli("usage", "nope", "--since", "yesterday", cwd=tmp_path,
-                      env={"LLMOPS_STATE_DIR": str(state)})
+    unknown = run_cli(
+        "usage", "nope", "--since", "yesterday", cwd=tmp_path, env={"LLMOPS_STATE_DIR": str(state)}
+    )
     assert unknown.returncode == 2 and "--since" in unknown.stderr
 
     # Each collected interaction names the client whose key sent it.

@@ -1,5 +1,5 @@
 """docs/integration.md's structured-output and tool-calling snippets, run as written against the
-runtime serving the tiny model: the openai client, LangChain and instructor."""
+runtime serving the tiny model: the openai client, LangChain, instructor and LlamaIndex."""
 
 from __future__ import annotations
 
@@ -100,7 +100,24 @@ def test_langchain_streams_tool_calls_that_add_up(server: Runtime) -> None:
     ]
 
 
+def test_the_llamaindex_snippet_chats_streams_parses_and_calls_a_tool(
+    server: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = run_snippet("structured-llamaindex", server, monkeypatch)
+    assert isinstance(done["reply"], str) and done["reply"]
+    assert isinstance(done["streamed"], str) and done["streamed"]
+    ticket = done["ticket"]
+    assert isinstance(ticket, done["Ticket"])
+    assert ticket.category in ("billing", "login", "bug") and len(ticket.summary) <= 60
+    selection = done["selection"]
+    assert selection.tool_name == "get_order_status" and selection.tool_id.startswith("call_")
+    assert 1 <= selection.tool_kwargs["order_id"] <= 99999
+    assert done["status"] == "shipped"
+    # What LlamaIndex received is the deployment's OpenAI-shaped tool call.
+    assert done["response"].raw.choices[0].finish_reason == "tool_calls"
+
+
 def test_no_snippet_left_untested() -> None:
     names = re.findall(r"<!-- snippet: (structured-[\w-]+) -->", DOC.read_text())
-    assert sorted(names) == ["structured-frameworks", "structured-openai"]
+    assert sorted(names) == ["structured-frameworks", "structured-llamaindex", "structured-openai"]
     assert os.path.basename(__file__) in DOC.read_text()

@@ -44,9 +44,16 @@ def _store(folder: Path) -> Path:
     records = []
     for index, minute in enumerate((1, 2, 3)):
         time = f"2026-11-30T08:0{minute}:00.000+00:00"
-        records.append({"type": "interaction", "id": f"i{index}", "time": time,
-                        "prompt": f"q{index}", "response": f"a{index}",
-                        "messages": [{"role": "user", "content": f"q{index}"}]})
+        records.append(
+            {
+                "type": "interaction",
+                "id": f"i{index}",
+                "time": time,
+                "prompt": f"q{index}",
+                "response": f"a{index}",
+                "messages": [{"role": "user", "content": f"q{index}"}],
+            }
+        )
     records.append({"type": "feedback", "id": "i0", "rating": "down", "correction": "fixed"})
     records.append({"type": "feedback", "id": "i1", "rating": "down"})
     records.append({"type": "feedback", "id": "i2", "rating": "up"})
@@ -63,8 +70,13 @@ def test_window_takes_rows_after_the_watermark_and_keeps_positive_ones(tmp_path:
     kept = everything.kept(only_positive=True)
     assert [(r["id"], r["response"]) for r in kept] == [("i0", "fixed"), ("i2", "a2")]
     lines = [json.loads(line) for line in snapshot_lines(kept, "instruction").splitlines()]
-    assert lines[0] == {"id": "i0", "prompt": "q0", "response": "fixed", "rating": "down",
-                        "time": "2026-11-30T08:01:00.000+00:00"}
+    assert lines[0] == {
+        "id": "i0",
+        "prompt": "q0",
+        "response": "fixed",
+        "rating": "down",
+        "time": "2026-11-30T08:01:00.000+00:00",
+    }
 
 
 def test_the_newest_snapshot_a_dataset_names_is_its_watermark() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,10 +53,21 @@ class ArtifactStore(ABC):
 
     @abstractmethod
     def download(
-        self, key: str, target: Path, sha256: str | None = None, size: int | None = None
+        self,
+        key: str,
+        target: Path,
+        sha256: str | None = None,
+        size: int | None = None,
+        resume: bool = False,
     ) -> int:
-        """Write the object to `target`; with `sha256`, refuse bytes that hash otherwise;
-        `size`, when the caller looked it up already, saves asking again."""
+        """Write the object to `target`; with `sha256`, refuse bytes that hash otherwise
+        (`target` is then removed); `size`, when the caller looked it up already, saves
+        asking again. `resume`: bytes already in `target` (an interrupted download's) are
+        kept and only the rest is fetched (S3: ranged GETs from there). Bytes moved."""
+
+    @abstractmethod
+    def list_aged(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        """(key, size, seconds since it was written) of every object under `prefix`."""
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
@@ -64,6 +77,13 @@ class ArtifactStore(ABC):
     def delete(self, key: str) -> None:
         """Remove the object; nothing when it is gone already."""
 
+    def copy(self, source: str, target: str) -> None:
+        """Store the object at `source` under `target` too (S3 copies it server-side)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            here = Path(tmp) / "object"
+            self.download(source, here)
+            self.upload(target, here)
+
     def dvc_remote(self) -> dict[str, str]:
         """DVC's remote section for the store's dvc/ folder (the DVC remote on the same store)."""
         return {"url": self.sub_url(DVC_PREFIX)}
@@ -71,6 +91,29 @@ class ArtifactStore(ABC):
     def sub_url(self, prefix: str) -> str:
         """The URL of a folder of the store, for tools that take one (DVC's remote)."""
         return f"{self.url.rstrip('/')}/{prefix}"
+
+
+def round_trip(store: ArtifactStore) -> str:
+    """Write, read back, compare and delete a small object (`llmops doctor`): what it did,
+    or a StoreError from the step that failed (endpoint, credentials, bucket, permission)."""
+    key = f"doctor/{uuid.uuid4().hex}"
+    body = os.urandom(64)
+    with tempfile.TemporaryDirectory() as tmp:
+        sent, got = Path(tmp) / "sent", Path(tmp) / "got"
+        sent.write_bytes(body)
+        store.upload(key, sent)
+        try:
+            store.download(key, got)
+            if got.read_bytes() != body:
+                raise StoreError(
+                    f"{store.url}: an object written was read back with other bytes; the "
+                    "store (or a proxy in front of it) changes what it serves"
+                )
+        finally:
+            store.delete(key)
+    if store.size(key) is not None:
+        raise StoreError(f"{store.url}: a deleted object is still listed; deletion is refused")
+    return "write, read, delete ok"
 
 
 def blob_key(sha256: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,8 +48,14 @@ class FolderStore(ArtifactStore):
         self.counters.bytes_up += target.stat().st_size
 
     def download(
-        self, key: str, target: Path, sha256: str | None = None, size: int | None = None
+        self,
+        key: str,
+        target: Path,
+        sha256: str | None = None,
+        size: int | None = None,
+        resume: bool = False,
     ) -> int:
+        """A local copy (a copy cut short starts again: reading a mount costs no round trip)."""
         source = self._path(key)
         if not source.is_file():
             raise StoreError(f"{self.url}/{key} is not in the store")
@@ -78,6 +85,11 @@ class FolderStore(ArtifactStore):
             key = path.relative_to(self.root).as_posix()
             if path.is_file() and key.startswith(prefix) and not path.name.startswith("."):
                 yield key, path.stat().st_size
+
+    def list_aged(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        now = time.time()
+        for key, size in self.list(prefix):
+            yield key, size, now - self._path(key).stat().st_mtime
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,7 +14,7 @@ from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from controller.state.artifacts.base import ArtifactStore, StoreError
 
@@ -26,7 +27,8 @@ T = TypeVar("T")
 class S3Store(ArtifactStore):
     """Objects under s3://bucket/prefix/; endpoint, region and credentials the usual AWS way."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, quick: bool = False) -> None:
+        """`quick`: short timeouts and one attempt (a check such as `llmops doctor`)."""
         super().__init__()
         parsed = urlparse(url)
         if not parsed.netloc:
@@ -37,7 +39,10 @@ class S3Store(ArtifactStore):
         self.client: Any = boto3.session.Session().client(
             "s3",
             config=Config(
-                max_pool_connections=THREADS * 2, retries={"max_attempts": 5, "mode": "standard"}
+                max_pool_connections=THREADS * 2,
+                retries={"max_attempts": 1 if quick else 5, "mode": "standard"},
+                connect_timeout=5 if quick else 60,
+                read_timeout=10 if quick else 60,
             ),
         )
 
@@ -61,6 +66,11 @@ class S3Store(ArtifactStore):
                     "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile) for this bucket"
                 ) from err
             raise StoreError(f"{what}: {self.url} answered {code or err}") from err
+        except NoCredentialsError as err:
+            raise StoreError(
+                f"{what}: no credentials for {self.url}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or a role) for this bucket"
+            ) from err
         except BotoCoreError as err:
             endpoint = os.environ.get("AWS_ENDPOINT_URL", "AWS's default endpoint")
             raise StoreError(
@@ -158,15 +168,27 @@ class S3Store(ArtifactStore):
         return upload_id, done
 
     def download(
-        self, key: str, target: Path, sha256: str | None = None, size: int | None = None
+        self,
+        key: str,
+        target: Path,
+        sha256: str | None = None,
+        size: int | None = None,
+        resume: bool = False,
     ) -> int:
-        """Ranged GETs in parallel, written and hashed in order as they arrive."""
+        """Ranged GETs in parallel, written and hashed in order as they arrive; with `resume`,
+        from the end of what `target` holds already (its bytes hashed first)."""
         if size is None:
             size = self.size(key)
         if size is None:
             raise StoreError(f"{self.url}/{key} is not in the store")
         full = self._key(key)
         digest = hashlib.sha256()
+        start = 0
+        if resume and target.is_file() and target.stat().st_size <= size:
+            with target.open("rb") as had:
+                while chunk := had.read(PART):
+                    digest.update(chunk)
+                    start += len(chunk)
 
         def get(offset: int) -> bytes:
             end = min(offset + PART, size) - 1
@@ -175,13 +197,13 @@ class S3Store(ArtifactStore):
             )
             return bytes(answer["Body"].read())
 
-        offsets = iter(range(0, size, PART))
+        offsets = iter(range(start, size, PART))
         window: deque[Future[bytes]] = deque()
         # one hashing thread (FIFO: the parts in order) beside the writer, both off the GIL
         with (
             ThreadPoolExecutor(THREADS) as pool,
             ThreadPoolExecutor(1) as hasher,
-            target.open("wb") as writer,
+            target.open("ab" if start else "wb") as writer,
         ):
             for offset in offsets:
                 window.append(pool.submit(get, offset))
@@ -201,8 +223,20 @@ class S3Store(ArtifactStore):
                 "stored object is damaged; delete it and store it again from a good copy"
             )
         self.counters.downloads += 1
-        self.counters.bytes_down += size
-        return size
+        self.counters.bytes_down += size - start
+        return size - start
+
+    def list_aged(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        start = self._key(prefix)
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=start
+        )
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        now = time.time()
+        for page in self._call(f"listing {prefix}", lambda: list(pages)):
+            for item in page.get("Contents", []):
+                age = now - item["LastModified"].timestamp()
+                yield item["Key"][cut:], int(item["Size"]), age
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         start = self._key(prefix)
@@ -218,6 +252,15 @@ class S3Store(ArtifactStore):
         self._call(
             f"deleting {key}",
             lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)),
+        )
+
+    def copy(self, source: str, target: str) -> None:
+        """A server-side copy (boto3's managed copy: multipart for large objects)."""
+        self._call(
+            f"copying {source} to {target}",
+            lambda: self.client.copy(
+                {"Bucket": self.bucket, "Key": self._key(source)}, self.bucket, self._key(target)
+            ),
         )
 
     def dvc_remote(self) -> dict[str, str]:

@@ -9,14 +9,15 @@ from controller.state.artifacts.local import FolderStore
 from controller.state.paths import STORE_ENV
 
 
-def open_store(url: str | None) -> ArtifactStore | None:
-    """The store a URL names: `s3://bucket/prefix`, `file:///folder` or an absolute path."""
+def open_store(url: str | None, quick: bool = False) -> ArtifactStore | None:
+    """The store a URL names: `s3://bucket/prefix`, `file:///folder` or an absolute path;
+    `quick`: short timeouts, no retries (a check)."""
     if not url:
         return None
     if url.startswith("s3://"):
         from controller.state.artifacts.s3 import S3Store
 
-        return S3Store(url)
+        return S3Store(url, quick=quick)
     if url.startswith("file://") or url.startswith("/"):
         return FolderStore(Path(url.removeprefix("file://")))
     raise StoreError(

@@ -67,8 +67,11 @@ def test_an_entry_that_does_not_fit_its_kind_is_located() -> None:
         parse_lock(text, "llmops.lock")
     diagnostic = caught.value.diagnostic
     assert diagnostic.path == "resources.EvalSuite/support-regression.outputs.tasks"
-    assert CURRENT.read_text().splitlines()[diagnostic.line - 1].strip().startswith(
-        '"EvalSuite/support-regression"'
+    assert (
+        CURRENT.read_text()
+        .splitlines()[diagnostic.line - 1]
+        .strip()
+        .startswith('"EvalSuite/support-regression"')
     )
 
 

@@ -81,9 +81,7 @@ def test_clients_with_keys_and_quotas_are_accepted() -> None:
         ),
     ],
 )
-def test_a_bad_client_is_refused_at_its_field(
-    entry: str, line: int, path: str, words: str
-) -> None:
+def test_a_bad_client_is_refused_at_its_field(entry: str, line: int, path: str, words: str) -> None:
     (found,) = load(f"clients:\n  {entry}\n")
     assert (found.file, found.line, found.path) == (FILE, line, path)
     assert words in found.message

@@ -73,7 +73,7 @@ def test_a_pipeline_arena_step_names_an_arena() -> None:
             {"step": "regression_test", "suite": "suite", "against": "assistant"},
             {"step": "arena", "arena": "duel"},
             {"step": "open_pull_request", "deployment": "assistant"},
-        ]
+        ],
     }
     assert Steps.of("loop", PipelineSpec.model_validate(spec)).arena == "duel"
     spec["steps"].pop(3)
