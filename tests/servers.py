@@ -1,4 +1,5 @@
-"""Real HTTP servers on 127.0.0.1 for tests: static files with Range, and JSON endpoints."""
+"""Real HTTP servers on 127.0.0.1 for tests: static files with Range, JSON endpoints, and
+moto's S3 server."""
 
 from __future__ import annotations
 
@@ -21,6 +22,21 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def moto_s3() -> Iterator[str]:
+    """moto's S3 server on a free loopback port (what DVC and s3fs test their S3 support
+    against); yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
 
 
 class QuietHandler(BaseHTTPRequestHandler):

@@ -23,19 +23,15 @@ from controller.targets.kserve import over_store
 from runners.deploy import kserve_manifests, kserve_rollout
 from runners.deploy.release import Release
 from tests import envtest
+from tests.servers import moto_s3
 
 BUCKET = "llmops-kserve"
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_s3() as url:
+        yield url
 
 
 @pytest.fixture

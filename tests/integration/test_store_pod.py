@@ -26,6 +26,7 @@ from controller.state.artifacts.url import open_store
 from tests import envtest
 from tests.conftest import PROJECT_ROOT
 from tests.integration.test_train_controller import repo, trainer  # noqa: F401  (fixture)
+from tests.servers import moto_s3
 
 BUCKET = "llmops-pods"
 NOW = "2026-12-06T12:00:00Z"
@@ -33,13 +34,8 @@ NOW = "2026-12-06T12:00:00Z"
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_s3() as url:
+        yield url
 
 
 @pytest.fixture

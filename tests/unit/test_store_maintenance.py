@@ -30,19 +30,15 @@ from controller.state.artifacts.tree import push_folder
 from controller.state.artifacts.url import open_store
 from controller.state.blobs import BlobStore
 from tests.conftest import PROJECT_ROOT
+from tests.servers import moto_s3
 
 BUCKET = "llmops-upkeep"
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_s3() as url:
+        yield url
 
 
 SETTINGS = {
