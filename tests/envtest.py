@@ -225,13 +225,18 @@ def start() -> Cluster:
     return cluster
 
 
+# How long a new CRD may take to list: seconds on a quiet machine, but a 60 s wait ran out
+# while the full demo trained beside the suite on 2 cores (a 404 from discovery).
+CRD_READY_S = 300
+
+
 def install_kserve_crds(api: Any) -> None:
     """KServe's own CRDs, by server-side apply (client-side apply's annotation would exceed
     the 262,144-byte limit for the 1.9 MB InferenceService CRD), then wait for Established."""
     from kubernetes import client
 
     _install_crds(api, sorted(KSERVE_CRDS.glob("*.yaml")))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + CRD_READY_S
     # Established can precede discovery by a moment: wait until a list answers.
     custom = client.CustomObjectsApi(api)
     while True:
@@ -253,7 +258,7 @@ def install_trainer_crds(api: Any) -> None:
     _install_crds(api, sorted(TRAINER_CRDS.glob("trainer.kubeflow.org_*.yaml")))
     runtime = yaml.safe_load((TRAINER_CRDS / "torch_distributed_runtime.yaml").read_text())
     custom = client.CustomObjectsApi(api)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + CRD_READY_S
     while True:
         try:
             custom.list_cluster_custom_object("trainer.kubeflow.org", "v1alpha1", "trainjobs")
@@ -290,7 +295,7 @@ def _install_crds(api: Any, paths: list[Path]) -> None:
             force=True,
             _content_type=APPLY_PATCH,
         )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + CRD_READY_S
     for name in names:
         while True:
             crd = ext.read_custom_resource_definition(name)
