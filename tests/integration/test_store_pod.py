@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,14 +174,7 @@ def test_a_job_over_the_store_trains_in_an_empty_pod_and_the_controller_register
                 return
             time.sleep(0.2)
 
-    thread = threading.Thread(target=kubelet, daemon=True)
-    thread.start()
-    try:
-        outcome = trainer(repo).train("exp", "default")
-    except Exception as err:
-        thread.join(timeout=300)
-        raise AssertionError(f"{err}\npod log:\n{ran.get('log')}") from err
-    thread.join(timeout=300)
+    outcome = train_beside(repo, kubelet, ran, join_s=300)
     assert ran.get("rc") == 0, ran.get("log")
     # The manifest the API server accepted: the Secret referenced, an emptyDir, no claim.
     pod = ran["pod"]
@@ -202,6 +195,20 @@ def test_a_job_over_the_store_trains_in_an_empty_pod_and_the_controller_register
     assert outcome.version.files
     for f in outcome.version.files:
         assert store.size(blob_key(f.sha256)) == f.size, f.path
+
+
+def train_beside(root: Path, node: Callable[[], None], ran: dict[str, Any], join_s: float) -> Any:
+    """The experiment trained while `node` (a test kubelet in a thread) runs the pod; a
+    failure carries the pod's log."""
+    thread = threading.Thread(target=node, daemon=True)
+    thread.start()
+    try:
+        outcome = trainer(root).train("exp", "default")
+    except Exception as err:
+        thread.join(timeout=join_s)
+        raise AssertionError(f"{err}\npod log:\n{ran.get('log')}") from err
+    thread.join(timeout=join_s)
+    return outcome
 
 
 @pytest.mark.hardening
@@ -279,14 +286,7 @@ def test_a_trainjob_over_the_store_runs_its_ranks_in_an_empty_pod(
                 return
             time.sleep(0.2)
 
-    thread = threading.Thread(target=trainer_node, daemon=True)
-    thread.start()
-    try:
-        outcome = trainer(repo).train("exp", "default")
-    except Exception as err:
-        thread.join(timeout=400)
-        raise AssertionError(f"{err}\npod log:\n{ran.get('log')}") from err
-    thread.join(timeout=400)
+    outcome = train_beside(repo, trainer_node, ran, join_s=400)
     assert ran.get("rc") == 0, ran.get("log")
     assert "persistentVolumeClaim" not in repr(ran["job"])
     assert outcome.status == "trained" and outcome.ref == "helper@1"
