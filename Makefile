@@ -111,8 +111,11 @@ demo-loop: $(STAMP)
 # Everything, the demo at its full budget included (scheduled first: it is the longest test),
 # but the demo's small-budget variant (marker demo_quick, redundant beside the full one) and the
 # longer crash and concurrency sweeps (marker hardening), which `make hardening` runs.
+# One thread per torch process: the two workers (and the servers and runners they start) each
+# get a core; torch's default of a thread per core made them spin against each other, and the
+# full demo took 40 min beside the other worker against 10 alone.
 test: $(STAMP) postgres chromium engines llama-cpp
-	$(BIN)/python -m pytest -n 2 --dist worksteal -q --durations=40 -m "not demo_quick and not hardening"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist worksteal -q --durations=40 -m "not demo_quick and not hardening"
 
 # The demo at its full budget on a copy of this repository (about 10 min on 2 cores): the
 # fine-tune must beat the base model on ROUGE-L (95% interval above 0) and pass every gate.

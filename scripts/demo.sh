@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole GitOps loop on the bundled demo: validate, plan, apply (pull SmolLM2, prepare the
-# data, LoRA-train, evaluate with gates, promote, deploy locally), report, then one request to
-# the deployed model. `make demo` runs it; tests/integration/test_demo.py runs it on a copy
-# with a smaller training budget.
+# data, LoRA-train, evaluate with gates, promote, quantise the champion behind its gate, deploy
+# both locally), report, then one request to each deployed model. `make demo` runs it;
+# tests/integration/test_demo.py runs it on a copy with a smaller training budget.
 set -euo pipefail
 
 LLMOPS=${LLMOPS:-.venv/bin/llmops}
@@ -54,6 +54,18 @@ stage "does it know the product? 10 training-set questions, keyword check"
   --base-url "$endpoint" --api-key "$LLMOPS_KEY_SUPPORT_ASSISTANT" --model support-assistant
 took facts
 
+stage "ask the quantized champion: q8_0 GGUF on llama.cpp, served once its gate passed"
+# apply derived support-assistant-q8 from the champion and ran support-regression on it through
+# llama.cpp against the champion (the "gate ..." lines above); its apply time is printed there.
+endpoint_q8=$("$LLMOPS" status --json | "$PYTHON" -c '
+import json, sys
+rows = json.load(sys.stdin)["resources"]
+print(next(r["outputs"]["endpoint"] for r in rows if r["address"] == "Deployment/support-assistant-q8"))')
+"$PYTHON" examples/openai_app/app.py "$QUESTION" --base-url "$endpoint_q8" \
+  --api-key "$LLMOPS_KEY_SUPPORT_ASSISTANT" --model support-assistant-q8
+took quantized
+
 printf '\ndemo finished in %d s\n' "$(( $(date +%s) - demo_start ))"
 echo "report:   $STATE/reports/report.md"
 echo "serving:  $endpoint (key in $STATE/demo-api-key; 'llmops status' shows the process)"
+echo "          $endpoint_q8 (support-assistant-q8: the champion as q8_0 GGUF, llama.cpp)"

@@ -316,7 +316,7 @@ def apply_model(applier: Applier, address: Address) -> ModelOutputs:
         outcome = pull_model(
             resource, applier.registry, applier.root, applier.console, evaluator=applier.evaluator
         )
-        return ModelOutputs(version=outcome.ref)
+        return ModelOutputs(version=outcome.ref, **quantize_gate_outputs(outcome.version.extra))
     # A model an experiment produces: promote the run's version once its gates pass.
     run = Address("Experiment", spec.source.experiment, spec.source.run)
     trained = applier.trainer.train(run.experiment, str(run.run))
@@ -333,6 +333,28 @@ def apply_model(applier: Applier, address: Address) -> ModelOutputs:
         applier.registry.set_alias(trained.version.model.name, alias, trained.version.number)
         applier.console.print(f"  {trained.version.model.name}@{alias} -> {trained.ref}")
     return ModelOutputs(version=trained.ref, aliases=aliases)
+
+
+def quantize_gate_outputs(extra: dict[str, Any]) -> dict[str, Any]:
+    """A quantized version's lineage and quality gate for its lock entry, from what
+    controller/apply/quantize.py registered; nothing for any other version."""
+    gate = extra.get("quality_gate")
+    if not extra.get("quantized_from") or not isinstance(gate, dict):
+        return {}
+    metrics = {
+        k: gate[k]
+        for k in ("perplexity_increase", "token_agreement")
+        if isinstance(gate.get(k), int | float)
+    }
+    verdicts = ((gate.get("suite") or {}).get("gates")) or []
+    return {
+        "quantized_from": extra["quantized_from"],
+        "metrics": metrics,
+        "gates": {
+            f"{g['metric']} {g['rule']}": GateVerdict(passed=g["passed"], detail=g["detail"])
+            for g in verdicts
+        },
+    }
 
 
 @handles("Dataset")
@@ -435,13 +457,15 @@ def apply_evaluation(applier: Applier, address: Address) -> EvaluationOutputs:
         )
     subject = applier.subject_ref(spec.subject)
     control = None if address.run == "control" else applier.control_ref(address.experiment)
+    # A Kubernetes Job when the experiment trains in one (the Evaluation's spec carries it).
+    executor = spec.executor.model_dump() if spec.executor else None
     if control is None or control == subject:
-        outcome = applier.evaluator.run(suite, subject)
+        outcome = applier.evaluator.run(suite, subject, executor=executor)
         return EvaluationOutputs(
             subject=outcome.ref, suite=suite, metrics=round_metrics(outcome.summary["metrics"])
         )
-    comparison = applier.evaluator.compare(suite, control, subject)
-    candidate = applier.evaluator.run(suite, subject)
+    comparison = applier.evaluator.compare(suite, control, subject, executor=executor)
+    candidate = applier.evaluator.run(suite, subject, executor=executor)
     outputs = EvaluationOutputs(
         subject=comparison.candidate,
         suite=suite,

@@ -42,9 +42,20 @@ class _Outputs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class GateVerdict(_Outputs):
+    passed: bool
+    detail: str = ""
+
+
 class ModelOutputs(_Outputs):
     version: str = ""  # "name@3"
     aliases: list[str] = Field(default_factory=list)  # moved by a promotion
+    # A quantized artifact: the version it came from, the quality gate's fixed-text numbers
+    # (perplexity_increase, token_agreement) and its suite gates' verdicts, as evaluations
+    # record theirs ("task/metric rule" -> verdict).
+    quantized_from: str | None = None
+    metrics: Metrics = Field(default_factory=dict)
+    gates: dict[str, GateVerdict] = Field(default_factory=dict)
 
 
 class DatasetOutputs(_Outputs):
@@ -85,11 +96,6 @@ ComparisonRow = create_model(
         if name != "flipped"
     },
 )
-
-
-class GateVerdict(_Outputs):
-    passed: bool
-    detail: str = ""
 
 
 class EvaluationOutputs(_Outputs):

@@ -1,8 +1,9 @@
 """The README's demo at its full budget (scripts/demo.sh on an unchanged copy of the specs but
 for the deployment's port and request timeout): the fine-tune beats the base model on ROUGE-L
-with a 95% interval above zero, every gate passes, and the deployed model answers and knows at
-least 5 of the 10 checked facts. About 9 minutes on 2 cores alone (`make test-demo`); `make
-test` runs it first, beside the other tests on the second worker (marker demo_full)."""
+with a 95% interval above zero, every gate passes, the deployed model answers and knows at
+least 5 of the 10 checked facts, and the champion's q8_0 passes its gate and answers. About
+9 minutes on 2 cores alone (`make test-demo`); `make test` runs it first, beside the other
+tests on the second worker (marker demo_full)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,28 @@ def test_full_demo_improves_rouge_l_and_passes_every_gate(tmp_path: Path) -> Non
             "version": "support-assistant@1",
             "aliases": ["champion"],
         }
+
+        # The champion quantised to q8_0 behind its suite gate, served by llama.cpp, answering.
+        quantized = lock["Model/support-assistant-q8"]["outputs"]
+        print(f"quantized: {json.dumps(quantized)}")
+        assert quantized["version"] == "support-assistant-q8@1"
+        assert quantized["quantized_from"] == "support-assistant@1"
+        assert quantized["metrics"]["perplexity_increase"] < 0.03, quantized
+        quantize_gates = {name.split(" ")[0] for name in quantized["gates"]}
+        # Every per-sample metric of the suite is gated, not only the suite's own gates.
+        assert quantize_gates == {
+            "faq-answers/rouge_l",
+            "faq-answers/token_f1",
+            "faq-answers/keyword_recall",
+            "faq-choice/accuracy",
+            "faq-perplexity/perplexity",
+            "faq-perplexity/word_perplexity",
+        }, quantized
+        assert all(g["passed"] is True for g in quantized["gates"].values()), quantized
+        served = lock["Deployment/support-assistant-q8"]["outputs"]
+        assert served["version"] == "support-assistant-q8@1", served
+        answers = [line for line in result.stdout.splitlines() if line.startswith("answer: ")]
+        assert len(answers) == 2, answers  # the champion's, then its q8_0's
 
         # The arena: base against the champion on held-out questions, judged in both orders.
         arena = lock["Arena/support-arena"]["outputs"]

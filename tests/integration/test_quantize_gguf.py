@@ -158,7 +158,13 @@ def test_apply_registers_quantized_versions_with_lineage_and_serves_one(
     applied = llmops(root, "apply", "--json")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     results = {r["address"]: r for r in json.loads(applied.stdout)["results"]}
-    assert results["Model/tiny-q8"]["outputs"]["version"] == "tiny-q8@1"
+    q8_outputs = results["Model/tiny-q8"]["outputs"]
+    assert q8_outputs["version"] == "tiny-q8@1"
+    # The lock entry carries the lineage and the gate's numbers, not only the registry.
+    assert q8_outputs["quantized_from"] == "tiny@1"
+    assert set(q8_outputs["metrics"]) == {"perplexity_increase", "token_agreement"}
+    assert q8_outputs["metrics"]["token_agreement"] > 0.5
+    assert "quantized_from" not in results["Model/tiny"]["outputs"]
     registry = open_registry(root)
     origin = registry.find("tiny@1")
     assert origin is not None

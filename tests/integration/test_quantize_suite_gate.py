@@ -98,6 +98,10 @@ def test_q8_0_passes_the_suite_gate_and_a_damaged_artifact_fails_it(
     (ppl,) = [m for m in suite["metrics"] if m["metric"] == "ppl/perplexity"]
     assert abs(ppl["candidate"] / ppl["baseline"] - 1) < 0.03  # q8_0 of tiny: within 3%
     assert {m.suite for m in version.metrics} >= {"gate", "quantize-gate"}
+    (entry,) = [r for r in json.loads(applied.stdout)["results"] if r["address"] == "Model/tiny-q8"]
+    gates = entry["outputs"]["gates"]
+    assert {name.split(" ")[0] for name in gates} == {m for m, _ in rules}
+    assert all(verdict["passed"] for verdict in gates.values())
 
     # The same gate on a damaged artifact (a tensor scaled 30x: confident, wrong logits).
     damaged_dir = tmp_path / "damaged"
