@@ -4,9 +4,10 @@
         --base-url http://127.0.0.1:8000/v1 --api-key ... [--min 7]
 
 Each line of the checks file is {"question": ..., "keywords": [...]}: the answer passes when
-it contains every keyword (case-insensitive). The questions come from the training set, so
-this shows whether fine-tuning taught the model its facts, not whether it generalises (the
-evaluation suite's held-out questions do that). Greedy decoding, so a rerun gives the same
+it contains every keyword (case-insensitive, as a whole word or figure: "$16" is not found
+in "$160"). The questions come from the training set, so this shows whether fine-tuning
+taught the model its facts, not whether it generalises (the evaluation suite's held-out
+questions do that). Greedy decoding, so a rerun gives the same
 answers. Questions go `--concurrency` at a time (the deployment batches them; keep it within
 its max_concurrency); answers print in the file's order. Each answer is rated (up when it
 passes, down when not) through /v1/feedback, so a wrong answer never becomes a training row
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -73,8 +75,15 @@ def read_checks(path: Path) -> list[dict]:
 
 
 def passes(answer: str, keywords: list[str]) -> bool:
-    text = answer.lower()
-    return all(keyword.lower() in text for keyword in keywords)
+    return all(_mentions(answer, keyword) for keyword in keywords)
+
+
+def _mentions(answer: str, keyword: str) -> bool:
+    """The keyword as a whole word or figure: "$16" is not in "$160", "Android 10" not in
+    "Android 100" (a keyword that starts or ends with a letter or digit must not run on)."""
+    before = r"(?<![\w])" if keyword[:1].isalnum() else ""
+    after = r"(?![\w])" if keyword[-1:].isalnum() else ""
+    return re.search(before + re.escape(keyword) + after, answer, re.IGNORECASE) is not None
 
 
 def ask_patiently(

@@ -12,7 +12,7 @@ from tests.conftest import PROJECT_ROOT
 def test_ruff_is_clean() -> None:
     ruff = Path(sys.executable).with_name("ruff")
     result = subprocess.run(
-        [str(ruff), "check", "controller", "runners", "tests", "benchmarks"],
+        [str(ruff), "check", "controller", "runners", "tests", "benchmarks", "examples"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
