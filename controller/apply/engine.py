@@ -188,7 +188,7 @@ class Applier(ApplyStep):
                 result = ActionResult(
                     action.address, str(action.kind), "skipped", message="--skip-deploy"
                 )
-            elif self.skip_promote and self._promotes(action.address):
+            elif self.skip_promote and self._promotes(address) and not self._promoted(address):
                 result = ActionResult(
                     action.address,
                     str(action.kind),
@@ -218,6 +218,26 @@ class Applier(ApplyStep):
         resource = self.desired.resources.get(address)
         return resource is not None and isinstance(
             getattr(resource.spec, "source", None), ExperimentSource
+        )
+
+    def _promoted(self, address: Address) -> bool:
+        """The promotion is already where the spec wants it: the run's version, as this apply
+        recorded its Experiment, carries every alias the Model names. Recording the Model then
+        moves nothing (a pipeline's branch on a repository whose lock main has not committed
+        yet), and what builds on it (an experiment from `model@champion`) can be recorded too."""
+        resource = self.desired.resources[str(address)]
+        spec = resource.spec_as(ModelSpec)
+        assert isinstance(spec.source, ExperimentSource)
+        experiment = Address("Experiment", spec.source.experiment, spec.source.run)
+        entry = self.lock.get(experiment)
+        run = self._outputs.get(experiment) or (entry.outputs if entry else None)
+        if not isinstance(run, ExperimentOutputs) or "@" not in run.version:
+            return False
+        name, number = run.version.rsplit("@", 1)
+        return name == address.name and all(
+            (found := self.registry.find(f"{name}@{alias}")) is not None
+            and str(found.number) == number
+            for alias in spec.aliases
         )
 
     def _dependencies(self, address: str) -> tuple[str, ...]:

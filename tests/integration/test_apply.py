@@ -74,6 +74,39 @@ def test_apply_twice_second_runs_nothing_and_plan_is_noop(repo: Path) -> None:
     assert {a["action"] for a in json.loads(plan.stdout)["actions"]} <= {"noop"}
 
 
+def test_a_branch_records_a_promotion_already_made_and_leaves_one_that_would_move(
+    repo: Path,
+) -> None:
+    """What a pipeline's branch applies (skip_promote): a Model whose aliases already point at
+    its run's version is recorded, so what builds on `assistant@champion` can be too (the
+    demo's DPO stage, when main's lock is not committed); one that would move an alias is
+    left for after the merge, and nothing moves."""
+    from rich.console import Console
+
+    from controller.apply.hooks import ConsoleHooks
+    from controller.workspace import load, open_registry, plan_and_apply
+
+    assert llmops(repo, "apply").returncode == 0
+    runs = {p: p.stat().st_mtime_ns for p in trained_runs(repo)}
+    (repo / "llmops.lock").unlink()  # the lock main has not committed
+    hooks = ConsoleHooks(Console(quiet=True))
+    registry = open_registry(repo)
+    report = plan_and_apply(load(repo), registry, hooks, skip_deploy=True, skip_promote=True)
+    results = {str(r.address): r for r in report.results}
+    assert results["Model/assistant"].status == "applied", results["Model/assistant"]
+    assert results["Model/assistant"].outputs == {"version": "assistant@1", "aliases": ["champion"]}
+    assert {p: p.stat().st_mtime_ns for p in trained_runs(repo)} == runs  # nothing retrained
+
+    spec = repo / "specs/models/assistant.yaml"
+    spec.write_text(spec.read_text().replace("aliases: [champion]", "aliases: [champion, staging]"))
+    report = plan_and_apply(load(repo), registry, hooks, skip_deploy=True, skip_promote=True)
+    (model,) = [r for r in report.results if str(r.address) == "Model/assistant"]
+    assert model.status == "skipped" and "after the merge" in model.message, model
+    assert registry.find("assistant@staging") is None
+    champion = registry.find("assistant@champion")
+    assert champion is not None and champion.number == 1
+
+
 def test_one_hyperparameter_reruns_only_that_experiment_and_dependents(repo: Path) -> None:
     assert llmops(repo, "apply").returncode == 0
     spec = repo / "specs/experiments/exp.yaml"
