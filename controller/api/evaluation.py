@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from controller.api.common import Name, Strict
+from controller.api.experiment import Executor
 
 
 class EvaluationSpec(Strict):
@@ -20,6 +21,9 @@ class EvaluationSpec(Strict):
     # An endpoint the suite names (its entry in the suite's `endpoints`, as written): part of
     # the digest, so a change of its settings evaluates it again. Absent for model subjects.
     endpoint: dict[str, Any] | None = Field(default=None, exclude_if=lambda value: value is None)
+    # Where a model subject is evaluated: the experiment's training.executor when that is a
+    # Kubernetes Job (the suite then runs in a Job too); absent: in the apply's process.
+    executor: Executor | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @property
     def endpoint_name(self) -> str | None:

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 from controller.api import split_ref
 from controller.api.arena import DeploymentContestant, contestant_name
 from controller.api.evalsuite import EvalSuiteSpec, SuiteEndpoint
+from controller.apply import evaluate_job
 from controller.apply.context import ApplyStep
 from controller.apply.prepare import Preparer
 from controller.apply.pull import ensure_model
@@ -292,7 +293,39 @@ class Evaluator(ApplyStep):
             )
         )
 
-    def run(self, suite_name: str, model_ref: str, force: bool = False) -> EvalOutcome:
+    def _evaluate_in_job(
+        self, suite_name: str, ref: str, path: Path, folder: Path, executor: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The evaluate runner on the suite in a Kubernetes Job (apply/evaluate_job.py)."""
+        suite = self.suite(suite_name)
+        job = evaluate_job.write_job(
+            suite_name,
+            suite,
+            self.task_data(suite),
+            path,
+            folder,
+            self._judge_path(suite),
+            {"model": ref, "suite_digest": self.digest(suite_name)},
+        )
+        return evaluate_job.run_job(
+            job,
+            ref,
+            executor,
+            self.registry.paths.root,
+            self.registry.blobs.store,
+            say=lambda text: self.console.print(f"  {text}"),
+        )
+
+    def run(
+        self,
+        suite_name: str,
+        model_ref: str,
+        force: bool = False,
+        executor: dict[str, Any] | None = None,
+    ) -> EvalOutcome:
+        """The suite on a registered model, in process, or as a Kubernetes Job when
+        `executor` (an Experiment's training.executor) has type kubernetes; cached by results
+        folder either way, and recorded alike."""
         version, path = ensure_model(
             model_ref, dict(self.desired.resources), self.registry, self.root, self.console
         )
@@ -305,7 +338,10 @@ class Evaluator(ApplyStep):
             return EvalOutcome(
                 "cached", ref, version, folder, json.loads((folder / "results.json").read_text())
             )
-        summary = self._evaluate(suite_name, path, folder)
+        if executor and executor.get("type") == "kubernetes":
+            summary = self._evaluate_in_job(suite_name, ref, path, folder, executor)
+        else:
+            summary = self._evaluate(suite_name, path, folder)
         push_folder(store, state_root, folder)
         # The row says who measured it, so main never counts a branch's numbers as its own.
         self.registry.add_metrics(
@@ -323,11 +359,13 @@ class Evaluator(ApplyStep):
         baseline_ref: str | None,
         candidate_ref: str | None,
         endpoint: EndpointSubject | None = None,
+        executor: dict[str, Any] | None = None,
     ) -> Comparison:
         """Candidate against a model (evaluated as needed) or the suite's blessed baseline.
         With `endpoint`, the endpoint is the candidate when `candidate_ref` is None (against
         `baseline_ref` or the blessed baseline), else the baseline; evaluated over its API
-        (`run_endpoint`) and compared sample by sample like a registered version."""
+        (`run_endpoint`) and compared sample by sample like a registered version. `executor`:
+        as `run`'s, for the registered models evaluated here."""
         suite = self.suite(suite_name)
         if endpoint is not None and candidate_ref is not None and baseline_ref is not None:
             raise EvalError(
@@ -349,7 +387,7 @@ class Evaluator(ApplyStep):
             else None
         )
         if candidate_ref is not None:
-            candidate = self.run(suite_name, candidate_ref)
+            candidate = self.run(suite_name, candidate_ref, executor=executor)
             candidate_label = candidate.ref
         else:
             assert endpoint is not None and ep_outcome is not None
@@ -369,7 +407,7 @@ class Evaluator(ApplyStep):
                 k: {i: tuple(v) for i, v in rows.items()} for k, rows in blessed["samples"].items()
             }
         else:
-            base = self.run(suite_name, baseline_ref)
+            base = self.run(suite_name, baseline_ref, executor=executor)
             base_label = base.ref
             base_samples = load_samples(base.folder)
         cand_samples = load_samples(candidate.folder)

@@ -1,4 +1,5 @@
-"""Apply, Kubernetes executor: a training run as a batch/v1 Job running the same runner.
+"""Apply, Kubernetes executor: a training run (or an evaluation, apply/evaluate_job.py) as a
+batch/v1 Job running the same runner.
 
 The Job mounts the llmops state folder from a PersistentVolumeClaim, so the job file, the
 base model, the prepared data and the run folder are the same files the controller sees. With
@@ -38,12 +39,17 @@ class JobFailed(LlmopsError):
     """The Job failed or did not finish in time; the message says which and where to look."""
 
 
-def job_name(run_id: str, digest: str) -> str:
+def job_name(run_id: str, digest: str, component: str = "train") -> str:
     """DNS-1123 name, at most 63 characters, unique per run digest."""
     slug = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")
     short = digest.removeprefix("sha256:")[:10]
-    base = f"llmops-train-{slug}"[: 63 - len(short) - 1].rstrip("-")
+    base = f"llmops-{component}-{slug}"[: 63 - len(short) - 1].rstrip("-")
     return f"{base}-{short}"
+
+
+def label_value(text: str) -> str:
+    """`text` as a label value: at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:63].strip("-_.")
 
 
 def _in_volume(path: str, state_root: Path, mount: str) -> str:
@@ -89,10 +95,67 @@ def render_job(
 ) -> client.V1Job:
     """The Job for one run; `job_file` lies in the state folder that the volume holds, or,
     with `store_secret`, in the store the Secret names (the pod then mounts an emptyDir)."""
+    experiment, _, run = run_id.partition("/")
+    return _render(
+        job_name(run_id, digest),
+        "train",
+        {"llmops.dev/experiment": label_value(experiment), "llmops.dev/run": label_value(run)},
+        ["python", "-m", "runners.train"],
+        job_file,
+        digest,
+        executor,
+        state_root,
+        store_secret,
+    )
+
+
+def render_eval_job(
+    job_file: Path,
+    suite: str,
+    model_ref: str,
+    key: str,
+    executor: dict[str, Any],
+    state_root: Path,
+    store_secret: str | None = None,
+) -> client.V1Job:
+    """The Job that runs suite `suite` on the registered `model_ref` (name@number) with the
+    evaluate runner; `key` tells one evaluation's Job from another's (its results folder).
+    Over the claim or the store as `render_job`."""
+    model, _, number = model_ref.partition("@")
+    return _render(
+        job_name(f"{suite}-{model}-{number}", key, component="eval"),
+        "evaluate",
+        {
+            "llmops.dev/suite": label_value(suite),
+            "llmops.dev/model": label_value(model),
+            "llmops.dev/version": label_value(number),
+        },
+        ["python", "-m", "runners.evaluate"],
+        job_file,
+        key,
+        executor,
+        state_root,
+        store_secret,
+    )
+
+
+def _render(
+    name: str,
+    component: str,
+    labelled: dict[str, str],
+    runner: list[str],
+    job_file: Path,
+    digest: str,
+    executor: dict[str, Any],
+    state_root: Path,
+    store_secret: str | None,
+) -> client.V1Job:
+    """A Job running `runner` on `job_file`: over the state volume's claim, or over the
+    store (the pod's entry fetches the job and pushes its output folder back)."""
     mount = executor.get("state_mount_path", "/llmops")
     if store_secret:
         job_key = Path(job_file).resolve().relative_to(state_root.resolve()).as_posix()
-        command = over_store(job_key, ["python", "-m", "runners.train", "{job}"])
+        command = over_store(job_key, [*runner, "{job}"])
         volume = client.V1Volume(name="state", empty_dir=client.V1EmptyDirVolumeSource())
         from_secret = [
             client.V1EnvVar(
@@ -104,7 +167,7 @@ def render_job(
             for e in store_env(store_secret)
         ]
     else:
-        command = ["python", "-m", "runners.train", _in_volume(str(job_file), state_root, mount)]
+        command = [*runner, _in_volume(str(job_file), state_root, mount)]
         volume = client.V1Volume(
             name="state",
             persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
@@ -119,16 +182,14 @@ def render_job(
     limits = dict(resources)
     if int(executor.get("gpu", 0)):
         limits["nvidia.com/gpu"] = str(int(executor["gpu"]))
-    experiment, _, run = run_id.partition("/")
     labels = {
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        "app.kubernetes.io/component": "train",
-        "llmops.dev/experiment": experiment[:63],
-        "llmops.dev/run": run[:63],
+        "app.kubernetes.io/component": component,
+        **labelled,
         "llmops.dev/digest": digest.removeprefix("sha256:")[:16],
     }
     container = client.V1Container(
-        name="train",
+        name=component,
         image=runner_image(executor, state_root),
         command=command,
         env=[
@@ -144,7 +205,7 @@ def render_job(
         api_version="batch/v1",
         kind="Job",
         metadata=client.V1ObjectMeta(
-            name=job_name(run_id, digest),
+            name=name,
             namespace=executor.get("namespace", "default"),
             labels=labels,
         ),

@@ -69,22 +69,36 @@ def stage(
     inputs: tuple[str, ...],
     output: str,
     model: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Write `job_file` (the job's `paths` fields relative to the state folder) and its
-    inputs record beside it, upload both and every input file the store lacks as a blob,
-    and drop an earlier attempt's result.json from the store. The job's fields as written."""
+    """Write `job_file` (the job's `paths` fields relative to the state folder; a field may
+    map names to paths) and its inputs record beside it, upload both and every input file
+    the store lacks as a blob, and drop an earlier attempt's result.json from the store.
+    `extra`: folders the pod needs that no field names (an adapter's base model). The job's
+    fields as written."""
     job = dict(fields)
     files: dict[str, str] = {}
+
+    def send(path: str, field: str) -> None:
+        for each in _files(Path(path)):
+            relative = _relative(str(each), state_root, field)
+            sha = files[relative] = _sha256(each)
+            if store.size(blob_key(sha)) != each.stat().st_size:
+                store.upload(blob_key(sha), each.resolve(), sha256=sha)
+
     for field in paths:
-        if not job.get(field):
+        value = job.get(field)
+        if not value:
             continue
+        named: dict[str, str] = value if isinstance(value, dict) else {field: value}
+        where = {name: field if name == field else f"{field} {name}" for name in named}
         if field in inputs:
-            for path in _files(Path(job[field])):
-                relative = _relative(str(path), state_root, field)
-                sha = files[relative] = _sha256(path)
-                if store.size(blob_key(sha)) != path.stat().st_size:
-                    store.upload(blob_key(sha), path.resolve(), sha256=sha)
-        job[field] = _relative(job[field], state_root, field)
+            for name, path in named.items():
+                send(path, where[name])
+        relative = {name: _relative(path, state_root, where[name]) for name, path in named.items()}
+        job[field] = relative if isinstance(value, dict) else relative[field]
+    for folder in extra:
+        send(folder, "input")
     record = {
         "paths": list(paths),
         "files": files,

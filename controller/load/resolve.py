@@ -650,7 +650,7 @@ def _check_run(r: _Resolver, spec: LoadedSpec, run: Run) -> None:
     suite_loc: Loc = ("spec", "eval_suite")
     # Training does not wait for the suite (no edge run -> suite); the run's evaluation does.
     if cfg.eval_suite and r._known(spec, suite_loc, cfg.eval_suite, "EvalSuite") is not None:
-        evaluation = _evaluation(r, spec, run.name, cfg.eval_suite, address)
+        evaluation = _evaluation(r, spec, run.name, cfg.eval_suite, address, cfg)
         r.edges.append(Edge(evaluation, address, True, spec, ("spec",)))
 
 
@@ -755,12 +755,16 @@ def _check_control(r: _Resolver, spec: LoadedSpec, runs: list[Run]) -> None:
     control_model = control.model if control and control.model else default.base_model
     loc: Loc = ("spec", "control", "model") if control else ("spec", "base_model")
     if default.eval_suite and control_model:
-        evaluation = _evaluation(r, spec, "control", default.eval_suite, f"model:{control_model}")
+        subject = f"model:{control_model}"
+        evaluation = _evaluation(r, spec, "control", default.eval_suite, subject, default)
         r._model_ref(spec, loc, control_model, evaluation)
 
 
-def _evaluation(r: _Resolver, spec: LoadedSpec, label: str, suite: str, subject: str) -> str:
-    """Add `Evaluation/<experiment>/<label>` of `subject` on `suite`, waiting for the suite."""
+def _evaluation(
+    r: _Resolver, spec: LoadedSpec, label: str, suite: str, subject: str, cfg: ExperimentSpec
+) -> str:
+    """Add `Evaluation/<experiment>/<label>` of `subject` on `suite`, waiting for the suite;
+    run where the experiment's run `cfg` trains when that is a Kubernetes Job."""
     address = f"Evaluation/{spec.name}/{label}"
     taken = r.nodes.get(address)
     if taken is not None and taken.source is not spec:
@@ -771,7 +775,9 @@ def _evaluation(r: _Resolver, spec: LoadedSpec, label: str, suite: str, subject:
             f"'{taken.source.name}' names",
             "rename the suite's endpoint ('name') or the experiment's run",
         )
-    r._node(spec, address, "Evaluation", EvaluationSpec(suite=suite, subject=subject))
+    executor = cfg.training.executor if cfg.training.executor.type == "kubernetes" else None
+    evaluation = EvaluationSpec(suite=suite, subject=subject, executor=executor)
+    r._node(spec, address, "Evaluation", evaluation)
     r.edges.append(Edge(address, f"EvalSuite/{suite}", True, spec, ("spec", "eval_suite")))
     return address
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from controller.state.artifacts.serving import SERVE_PREFIX, version_key
+from controller.state.artifacts.serving import SERVE_PREFIX
 from controller.state.artifacts.serving import publish as copy_version
 from controller.state.lockfile import DeploymentOutputs
 from controller.state.paths import STORE_ENV, StatePaths
@@ -148,11 +148,11 @@ def over_store(
 ) -> tuple[Release, str | None, str | None]:
     """(release, storage URI, service account) for the InferenceService. A spec that names
     neither kserve.storage_uri nor storage_root, with the store on S3 (LLMOPS_STORE), reads
-    the versions from the store: <store>/serve/<model>/<N> as storage root and URI, through
-    the ServiceAccount `llmops-store` whose Secret KServe's storage initializer reads. With
-    `publish`, the model's, base's and adapters' versions are copied there from their blobs
-    first; otherwise (a manifest for review) nothing is sent."""
-    from runners.deploy.kserve_manifests import STORE_ACCOUNT
+    the versions from the store: <store>/serve as storage root, <store>/serve/<model>/<N>/ as
+    URI, through the ServiceAccount `llmops-store` whose Secret KServe's storage initializer
+    reads. With `publish`, the model's, base's and adapters' versions are copied there from
+    their blobs first; otherwise (a manifest for review) nothing is sent."""
+    from runners.deploy.kserve_manifests import STORE_ACCOUNT, version_uri
 
     target = dict(release.spec.get("kserve") or {})
     on_s3 = os.environ.get(STORE_ENV, "").startswith("s3://")
@@ -169,7 +169,9 @@ def over_store(
                 raise DeployError(f"{ref} is not in the registry; cannot put it in the store")
             copy_version(store, ref, [(f.path, f.sha256, f.size) for f in version.files])
     target["storage_root"] = f"{store_url}/{SERVE_PREFIX}"
-    uri = f"{store_url}/{version_key(release.model_version)}"
+    # Ends with "/": KServe lists the prefix, and serve/<model>/1 is a prefix of .../10/.
+    name, _, number = release.model_version.partition("@")
+    uri = version_uri(target["storage_root"], name, number)
     release = replace(release, spec={**release.spec, "kserve": target})
     return release, uri, STORE_ACCOUNT
 

@@ -260,7 +260,19 @@ def _version_uri(release: Release, version: str, what: str) -> str:
             "<storage_root>/<model>/<number>/ (pvc://<claim>/models, s3://<bucket>/models)"
         )
     name, _, number = version.partition("@")
-    return f"{root}/{name}/{number}"
+    return version_uri(root, name, number)
+
+
+# Object stores whose downloaders (KServe's storage initializer, its model agent) fetch every
+# key that starts with the URI's path.
+PREFIX_SCHEMES = ("s3://", "gs://")
+
+
+def version_uri(root: str, name: str, number: str) -> str:
+    """`<root>/<name>/<number>`, ending with `/` on an object store: KServe lists a prefix, so
+    without the slash version 1's URI would also fetch version 10's files (as `0/...`)."""
+    uri = f"{root.rstrip('/')}/{name}/{number}"
+    return f"{uri}/" if uri.startswith(PREFIX_SCHEMES) else uri
 
 
 def _lora_refusals(release: Release) -> None:

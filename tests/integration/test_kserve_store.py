@@ -113,12 +113,12 @@ def test_versions_are_served_from_the_store_with_kserves_s3_credentials(
 
     # The base model's InferenceService: the s3:// URI, the ServiceAccount.
     release, uri, sa = over_store(Release("support", "tiny@1", spec(ns, "tiny@1", [])), None, False)
-    assert uri == f"{store_url}/serve/tiny/1" and sa == "llmops-store"
+    assert uri == f"{store_url}/serve/tiny/1/" and sa == "llmops-store"
     runtime, isvc = kserve_manifests.render_manifests(release, uri, sa)
     kserve_rollout.apply(api, runtime)
     stored = kserve_rollout.apply(api, isvc)
     predictor = stored["spec"]["predictor"]
-    assert predictor["model"]["storageUri"] == f"{store_url}/serve/tiny/1"
+    assert predictor["model"]["storageUri"] == f"{store_url}/serve/tiny/1/"
     assert predictor["serviceAccountName"] == "llmops-store"
 
     # LoRA adapters: each from its own s3:// folder of the store.
@@ -132,8 +132,8 @@ def test_versions_are_served_from_the_store_with_kserves_s3_credentials(
     (isvc,) = kserve_manifests.render_manifests(lora, uri, sa)
     predictor = kserve_rollout.apply(api, isvc)["spec"]["predictor"]
     assert [u["uri"] for u in predictor["storageUris"]] == [
-        f"{store_url}/serve/tiny/1",
-        f"{store_url}/serve/alpha/2",
+        f"{store_url}/serve/tiny/1/",
+        f"{store_url}/serve/alpha/2/",
     ]
     assert predictor["serviceAccountName"] == "llmops-store"
 

@@ -111,12 +111,19 @@ def use_cluster(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLMOPS_KUBERNETES_API", raising=False)
 
 
-def finish(api: Any, namespace: str, name: str, ok: bool) -> None:
+def finish(
+    api: Any,
+    namespace: str,
+    name: str,
+    ok: bool,
+    reason: str = "PodExit",
+    message: str = "pod exited",
+) -> None:
     """What the Job controller writes when a Job ends (Kubernetes 1.36's order)."""
     from kubernetes import client
 
     how, first = ("Complete", "SuccessCriteriaMet") if ok else ("Failed", "FailureTarget")
-    condition = {"status": "True", "reason": "PodExit", "message": "pod exited"}
+    condition = {"status": "True", "reason": reason, "message": message}
     condition["lastTransitionTime"] = NOW
     status: dict[str, Any] = {
         "startTime": NOW,

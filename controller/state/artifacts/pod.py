@@ -82,8 +82,11 @@ def prepare(store: ArtifactStore, root: Path, job_key: str) -> tuple[Path, dict[
     pull_folder(store, root, inside(root, inputs["output"]))
     job = json.loads((root / job_key).read_text())
     for field in inputs["paths"]:
-        if job.get(field):
-            job[field] = str(inside(root, job[field]))
+        value = job.get(field)
+        if isinstance(value, dict):  # name -> path (an evaluation's task data)
+            job[field] = {name: str(inside(root, path)) for name, path in value.items()}
+        elif value:
+            job[field] = str(inside(root, value))
     local = root / LOCAL_JOB
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_text(json.dumps(job, indent=2))
