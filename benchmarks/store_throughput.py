@@ -1,6 +1,6 @@
 """Benchmark: the S3 artifact store's blob throughput, and a no-op apply on a second runner.
 
-On moto's S3 server (127.0.0.1), in one run:
+On moto's S3 server (127.0.0.1, its own process), in one run:
 - upload: the same files through llmops (S3Store.upload, parallel multipart) against boto3's
   `upload_file` (its TransferConfig defaults: 8 MiB parts, 10 threads), and the whole
   `BlobStore.put` (hash, copy into the cache, upload) beside them;
@@ -16,7 +16,6 @@ Usage: python benchmarks/store_throughput.py [SIZE_MB] [FILES] [ROUNDS] [--no-ap
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import statistics
@@ -31,15 +30,33 @@ BUCKET = "llmops-bench"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_s3() -> object:
-    from moto.server import ThreadedMotoServer
+def start_s3() -> subprocess.Popen:
+    """moto's S3 server in its own process, as a real store is: in this process it would
+    share the interpreter lock with the clients measured."""
+    import socket
+    import urllib.request
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=2).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise SystemExit("moto's S3 server did not start") from None
+            time.sleep(0.2)
     os.environ.update(
-        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+        AWS_ENDPOINT_URL=endpoint,
         AWS_ACCESS_KEY_ID="bench",
         AWS_SECRET_ACCESS_KEY="bench",
         AWS_DEFAULT_REGION="us-east-1",
@@ -179,7 +196,8 @@ def main() -> None:
         if "--no-apply" not in sys.argv:
             noop_apply(work, rounds)
     finally:
-        server.stop()  # type: ignore[attr-defined]
+        server.terminate()
+        server.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
 

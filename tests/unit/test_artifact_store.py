@@ -71,6 +71,23 @@ def test_round_trip_single_and_multipart(store: ArtifactStore, tmp_path: Path, s
     assert store.size("blobs/sha256/00/none") is None
 
 
+def test_a_multipart_upload_keeps_its_sha256_and_a_missing_bucket_is_named(
+    s3: S3Store, tmp_path: Path
+) -> None:
+    path, sha = blob_file(tmp_path, PART + 1)  # over one part: boto3's managed transfer
+    s3.upload(blob_key(sha), path, sha256=sha)
+    head = s3.client.head_object(Bucket=BUCKET, Key=s3._key(blob_key(sha)))
+    assert head["Metadata"] == {"sha256": sha}
+    assert head["ContentLength"] == PART + 1
+    gone = S3Store(f"s3://no-such-bucket-{sha[:8]}/x")
+    with pytest.raises(StoreError, match="bucket 'no-such-bucket-.*' .* does not exist; create it"):
+        gone.upload(blob_key(sha), path, sha256=sha)
+    # boto3's managed transfer wraps the request's error; it is judged like any other
+    upload = lambda: gone.client.upload_file(str(path), gone.bucket, "x/y")  # noqa: E731
+    with pytest.raises(StoreError, match="does not exist; create it"):
+        gone._call("uploading y", upload)
+
+
 def test_damaged_object_is_refused(store: ArtifactStore, tmp_path: Path) -> None:
     _, sha = blob_file(tmp_path, 5000)
     other, _ = blob_file(tmp_path, 5000, "other.bin")
