@@ -8,9 +8,7 @@ the pod pushed. They equal the same suite run in process; a failed Job names its
 from __future__ import annotations
 
 import shutil
-import subprocess
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,10 +26,8 @@ from runners.evaluate.run import EvalError
 from tests import envtest
 from tests.conftest import PROJECT_ROOT
 from tests.integration.test_store_pod import (  # noqa: F401  (fixtures)
-    as_dict,
     endpoint,
-    finish,
-    pod_env,
+    job_kubelet,
     s3_env,
     store_secret,
     use_cluster,
@@ -87,35 +83,6 @@ def applier(root: Path) -> Applier:
     return Applier(loaded, open_registry(root), Console(quiet=True), root / "llmops.lock")
 
 
-def kubelet(api: Any, ns: str, state: Path, cwd: Path, ran: dict[str, Any], run: bool) -> None:
-    """Plays the kubelet and the Job controller for the first Job in `ns`: runs its container
-    command with the pod's env (or, `run` False, fails it as a Job out of retries)."""
-    from kubernetes import client
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        items = client.BatchV1Api(api).list_namespaced_job(ns).items
-        if items:
-            job = ran["job"] = items[0]
-            if not run:
-                reason, why = "BackoffLimitExceeded", "Job has reached the specified backoff limit"
-                finish(api, ns, job.metadata.name, False, reason, why)
-                return
-            (container,) = job.spec.template.spec.containers
-            done = subprocess.run(
-                container.command,
-                env=pod_env(api, ns, as_dict(container)["env"], state),
-                cwd=cwd,
-                capture_output=True,
-                text=True,
-                timeout=240,
-            )
-            ran["rc"], ran["log"] = done.returncode, done.stdout + done.stderr
-            finish(api, ns, job.metadata.name, done.returncode == 0)
-            return
-        time.sleep(0.2)
-
-
 def test_an_evaluation_job_over_the_store_records_what_the_process_would(
     repo: Path,  # noqa: F811
     s3_env: dict[str, str],  # noqa: F811
@@ -144,7 +111,7 @@ def test_an_evaluation_job_over_the_store_records_what_the_process_would(
     pod_state = tmp_path / "pod-scratch"  # the pod's emptyDir: nothing of the controller's
     pod_state.mkdir()
     ran: dict[str, Any] = {}
-    node = threading.Thread(target=kubelet, args=(api, ns, pod_state, tmp_path, ran, True))
+    node = threading.Thread(target=job_kubelet, args=(api, ns, pod_state, tmp_path, ran, True))
     node.start()
     steps = applier(repo)
     try:
@@ -211,7 +178,7 @@ def test_a_failed_evaluation_job_is_reported_with_its_reason(
     use_cluster(cluster, monkeypatch)
     with_suite(repo, f"{{type: kubernetes, namespace: {ns}, timeout_s: 120}}")
     ran: dict[str, Any] = {}
-    node = threading.Thread(target=kubelet, args=(api, ns, tmp_path, tmp_path, ran, False))
+    node = threading.Thread(target=job_kubelet, args=(api, ns, tmp_path, tmp_path, ran, False))
     node.start()
     with pytest.raises(EvalError) as failed:
         apply_evaluation(applier(repo), Address.parse(CONTROL))
@@ -244,7 +211,7 @@ def test_without_a_store_the_evaluation_job_reads_and_writes_the_claim(
     executor = f"{{type: kubernetes, namespace: {ns}, timeout_s: 300, state_mount_path: {state}}}"
     with_suite(repo, executor)
     ran: dict[str, Any] = {}
-    node = threading.Thread(target=kubelet, args=(api, ns, state, tmp_path, ran, True))
+    node = threading.Thread(target=job_kubelet, args=(api, ns, state, tmp_path, ran, True))
     node.start()
     try:
         outputs = apply_evaluation(applier(repo), Address.parse(CONTROL))

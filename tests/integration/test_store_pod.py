@@ -133,13 +133,42 @@ def finish(
     client.BatchV1Api(api).patch_namespaced_job_status(name, namespace, {"status": status})
 
 
+def job_kubelet(api: Any, ns: str, state: Path, cwd: Path, ran: dict[str, Any], run: bool) -> None:
+    """Plays the kubelet and the Job controller for the first Job in `ns`: runs its container
+    command with the pod's env (or, `run` False, fails it as a Job out of retries)."""
+    from kubernetes import client
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        items = client.BatchV1Api(api).list_namespaced_job(ns).items
+        if items:
+            job = ran["job"] = items[0]
+            ran["pod"] = job.spec.template.spec
+            if not run:
+                reason, why = "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+                finish(api, ns, job.metadata.name, False, reason, why)
+                return
+            (container,) = job.spec.template.spec.containers
+            done = subprocess.run(
+                container.command,
+                env=pod_env(api, ns, as_dict(container)["env"], state),
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+            ran["rc"], ran["log"] = done.returncode, done.stdout + done.stderr
+            finish(api, ns, job.metadata.name, done.returncode == 0)
+            return
+        time.sleep(0.2)
+
+
 def test_a_job_over_the_store_trains_in_an_empty_pod_and_the_controller_registers_it(
     repo: Path,  # noqa: F811
     s3_env: dict[str, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from kubernetes import client
 
     cluster = envtest.cluster()
     api = cluster.client()
@@ -160,26 +189,7 @@ def test_a_job_over_the_store_trains_in_an_empty_pod_and_the_controller_register
     ran: dict[str, Any] = {}
 
     def kubelet() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            items = client.BatchV1Api(api).list_namespaced_job(ns).items
-            if items:
-                job = items[0]
-                pod = job.spec.template.spec
-                (container,) = pod.containers
-                ran["job"], ran["pod"] = job, pod
-                done = subprocess.run(
-                    container.command,
-                    env=pod_env(api, ns, as_dict(container)["env"], pod_state),
-                    cwd=tmp_path,
-                    capture_output=True,
-                    text=True,
-                    timeout=240,
-                )
-                ran["rc"], ran["log"] = done.returncode, done.stdout + done.stderr
-                finish(api, ns, job.metadata.name, done.returncode == 0)
-                return
-            time.sleep(0.2)
+        job_kubelet(api, ns, pod_state, tmp_path, ran, run=True)
 
     outcome = train_beside(repo, kubelet, ran, join_s=300)
     assert ran.get("rc") == 0, ran.get("log")
