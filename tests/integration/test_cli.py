@@ -36,7 +36,7 @@ def demo(tmp_path: Path) -> Path:
 def test_validate_demo_repository_exits_0(demo: Path) -> None:
     result = run("validate", cwd=demo)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "valid: 12 specs (1 Arena," in result.stdout
+    assert "valid: 14 specs (1 Arena," in result.stdout
 
 
 def test_misspelt_field_exits_2_with_position_and_hint(demo: Path) -> None:

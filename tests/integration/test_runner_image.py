@@ -135,17 +135,23 @@ def test_the_runner_image_trains_in_a_container_and_the_model_registers(
     with Kubelet(api, namespace, root / ".llmops") as kubelet:
         applied = llmops(root, "apply", "--json")
     assert applied.returncode == 0, applied.stderr + getattr(kubelet, "log", "")
-    (ran,) = kubelet.ran
-    assert ran["image"] == runner_image and ran["exit"] == 0
-    assert ran["command"][:3] == ["python", "-m", "runners.train"]
-    assert ran["command"][3].startswith("/llmops/runs/")
+    # The training Job, then the evaluations of the control and the run (they follow the
+    # experiment's executor), each in the runner image.
+    trained = [r for r in kubelet.ran if r["command"][:3] == ["python", "-m", "runners.train"]]
+    evaluated = [r for r in kubelet.ran if r["command"][:3] == ["python", "-m", "runners.evaluate"]]
+    assert len(trained) == 1 and len(evaluated) == 2 and len(kubelet.ran) == 3, kubelet.ran
+    assert all(r["image"] == runner_image and r["exit"] == 0 for r in kubelet.ran), kubelet.ran
+    assert trained[0]["command"][3].startswith("/llmops/runs/")
+    assert all(r["command"][3].startswith("/llmops/evals/smoke/") for r in evaluated), evaluated
     results = {r["address"]: r for r in json.loads(applied.stdout)["results"]}
     assert results["Model/assistant"]["outputs"]["version"] == "assistant@1"
+    gates = results["Evaluation/exp/default"]["outputs"]["gates"]
+    assert gates and all(g["passed"] for g in gates.values()), gates
     # The container wrote the run's result and model into the state volume.
     (result_file,) = (root / ".llmops/runs").rglob("result.json")
     assert json.loads(result_file.read_text())["status"] == "succeeded"
     jobs = client.BatchV1Api(api).list_namespaced_job(namespace).items
-    assert [j.status.succeeded for j in jobs] == [1]
+    assert [j.status.succeeded for j in jobs] == [1, 1, 1]
 
 
 def test_the_runner_image_evaluates_like_a_local_evaluation(
