@@ -388,9 +388,13 @@ def test_killed_around_a_local_deployment_converges_to_one_server(
     tally.converged()
 
 
+@pytest.mark.hardening
 def test_pipeline_killed_at_each_step_converges_to_one_pull_request_and_one_training(
     loop: dict,  # noqa: F811
 ) -> None:
+    """A sweep over the pipeline's steps (`make hardening`, as the other sweeps here): in
+    `make test`, test_killed_across_pull_prepare_and_training_converges kills apply across
+    its own steps."""
     root, port, fake = loop["root"], loop["port"], loop["fake"]
     spec = root / "specs/experiments/exp.yaml"  # time to kill the retraining mid-way
     spec.write_text(spec.read_text().replace("max_steps: 4", f"max_steps: {MAX_STEPS}"))
