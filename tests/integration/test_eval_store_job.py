@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,12 @@ from controller.load.desired import load_desired
 from controller.plan.address import Address
 from controller.workspace import open_registry
 from runners.evaluate.run import EvalError
-from tests import envtest
 from tests.conftest import PROJECT_ROOT
 from tests.integration.test_store_pod import (  # noqa: F401  (fixtures)
     endpoint,
     job_kubelet,
     s3_env,
+    store_namespace,
     store_secret,
     use_cluster,
 )
@@ -91,12 +90,7 @@ def test_an_evaluation_job_over_the_store_records_what_the_process_would(
 ) -> None:
     from kubernetes import client
 
-    cluster = envtest.cluster()
-    api = cluster.client()
-    ns = f"t-{uuid.uuid4().hex[:8]}"
-    envtest.ensure_namespace(api, ns)
-    store_secret(api, ns, s3_env)
-    use_cluster(cluster, monkeypatch)
+    api, ns = store_namespace(s3_env, monkeypatch)
     with_suite(repo, f"{{type: kubernetes, namespace: {ns}, timeout_s: 300}}")
     # The same repository evaluated in process, with no store: the reference numbers.
     local_repo = tmp_path / "local"
@@ -170,12 +164,7 @@ def test_a_failed_evaluation_job_is_reported_with_its_reason(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    cluster = envtest.cluster()
-    api = cluster.client()
-    ns = f"t-{uuid.uuid4().hex[:8]}"
-    envtest.ensure_namespace(api, ns)
-    store_secret(api, ns, s3_env)
-    use_cluster(cluster, monkeypatch)
+    api, ns = store_namespace(s3_env, monkeypatch)
     with_suite(repo, f"{{type: kubernetes, namespace: {ns}, timeout_s: 120}}")
     ran: dict[str, Any] = {}
     node = threading.Thread(target=job_kubelet, args=(api, ns, tmp_path, tmp_path, ran, False))
@@ -202,11 +191,7 @@ def test_without_a_store_the_evaluation_job_reads_and_writes_the_claim(
     from kubernetes import client
 
     monkeypatch.delenv("LLMOPS_STORE", raising=False)
-    cluster = envtest.cluster()
-    api = cluster.client()
-    ns = f"t-{uuid.uuid4().hex[:8]}"
-    envtest.ensure_namespace(api, ns)
-    use_cluster(cluster, monkeypatch)
+    api, ns = store_namespace(None, monkeypatch)
     state = repo / ".llmops"
     executor = f"{{type: kubernetes, namespace: {ns}, timeout_s: 300, state_mount_path: {state}}}"
     with_suite(repo, executor)

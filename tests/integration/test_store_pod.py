@@ -133,6 +133,21 @@ def finish(
     client.BatchV1Api(api).patch_namespaced_job_status(name, namespace, {"status": status})
 
 
+def store_namespace(
+    s3_env: dict[str, str] | None, monkeypatch: pytest.MonkeyPatch, cluster: Any = None
+) -> tuple[Any, str]:
+    """A fresh namespace on the test API server (`cluster`, else the plain one), the store's
+    Secret in it (unless `s3_env` is None), and the cluster in use by the controller."""
+    cluster = cluster or envtest.cluster()
+    api = cluster.client()
+    ns = f"t-{uuid.uuid4().hex[:8]}"
+    envtest.ensure_namespace(api, ns)
+    if s3_env is not None:
+        store_secret(api, ns, s3_env)
+    use_cluster(cluster, monkeypatch)
+    return api, ns
+
+
 def job_kubelet(api: Any, ns: str, state: Path, cwd: Path, ran: dict[str, Any], run: bool) -> None:
     """Plays the kubelet and the Job controller for the first Job in `ns`: runs its container
     command with the pod's env (or, `run` False, fails it as a Job out of retries)."""
@@ -170,12 +185,7 @@ def test_a_job_over_the_store_trains_in_an_empty_pod_and_the_controller_register
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
 
-    cluster = envtest.cluster()
-    api = cluster.client()
-    ns = f"t-{uuid.uuid4().hex[:8]}"
-    envtest.ensure_namespace(api, ns)
-    store_secret(api, ns, s3_env)
-    use_cluster(cluster, monkeypatch)
+    api, ns = store_namespace(s3_env, monkeypatch)
     spec = repo / "specs/experiments/exp.yaml"
     spec.write_text(
         spec.read_text().replace(
@@ -242,12 +252,7 @@ def test_a_trainjob_over_the_store_runs_its_ranks_in_an_empty_pod(
 
     from controller.apply.kubeflow_trainjob import GROUP, PLURAL, VERSION
 
-    cluster = envtest.trainer_cluster()
-    api = cluster.client()
-    ns = f"t-{uuid.uuid4().hex[:8]}"
-    envtest.ensure_namespace(api, ns)
-    store_secret(api, ns, s3_env)
-    use_cluster(cluster, monkeypatch)
+    api, ns = store_namespace(s3_env, monkeypatch, envtest.trainer_cluster())
     spec = repo / "specs/experiments/exp.yaml"
     spec.write_text(
         spec.read_text().replace(
