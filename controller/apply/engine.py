@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +62,7 @@ from controller.state.lockfile import (
 from controller.state.provenance import TrustContext
 from controller.state.registry.store import Registry
 from runners.errors import LlmopsError
+from runners.evaluate.compare import GateResult
 from runners.evaluate.run import EvalError
 
 Status = Literal["applied", "recorded", "skipped", "failed"]
@@ -366,14 +367,11 @@ def quantize_gate_outputs(extra: dict[str, Any]) -> dict[str, Any]:
         for k in ("perplexity_increase", "token_agreement")
         if isinstance(gate.get(k), int | float)
     }
-    verdicts = ((gate.get("suite") or {}).get("gates")) or []
+    judged = ((gate.get("suite") or {}).get("gates")) or []
     return {
         "quantized_from": extra["quantized_from"],
         "metrics": metrics,
-        "gates": {
-            f"{g['metric']} {g['rule']}": GateVerdict(passed=g["passed"], detail=g["detail"])
-            for g in verdicts
-        },
+        "gates": verdicts(GateResult(**g) for g in judged),
     }
 
 
@@ -497,9 +495,7 @@ def apply_evaluation(applier: Applier, address: Address) -> EvaluationOutputs:
             )
             for c in comparison.metrics
         ],
-        gates={
-            gate_name(g): GateVerdict(passed=g.passed, detail=g.detail) for g in comparison.gates
-        },
+        gates=verdicts(comparison.gates),
     )
     for gate in comparison.gates:
         applier.console.print("  " + gate_line(gate_name(gate), gate.passed, gate.detail))
@@ -556,3 +552,8 @@ def fault_point(point: str) -> None:
 def gate_name(gate: Any) -> str:
     """'task/metric rule', e.g. 'support-answers/rouge_l max_drop': unique within a suite."""
     return f"{gate.metric} {gate.rule}"
+
+
+def verdicts(gates: Iterable[GateResult]) -> dict[str, GateVerdict]:
+    """Judged gates as a lock entry records them: "task/metric rule" -> verdict."""
+    return {gate_name(g): GateVerdict(passed=g.passed, detail=g.detail) for g in gates}

@@ -70,23 +70,12 @@ def write_job(
 
 def in_volume(job: EvalJob, state_root: Path, mount: str) -> EvalJob:
     """The job as a pod that mounts the state folder's claim at `mount` sees it."""
+    from controller.apply import kubernetes_job as k8s
 
-    def moved(path: str) -> str:
-        try:
-            relative = Path(path).resolve().relative_to(state_root.resolve()).as_posix()
-        except ValueError:
-            raise EvalError(
-                f"the evaluation's input {path} is outside the state folder {state_root}, "
-                "which is all a Job's volume claim holds"
-            ) from None
-        return f"{mount.rstrip('/')}/{relative}"
-
-    fields = asdict(job)
-    fields["task_data"] = {task: moved(path) for task, path in job.task_data.items()}
-    for field in ("model", "output", "judge_model"):
-        if fields[field]:
-            fields[field] = moved(fields[field])
-    return EvalJob(**fields)
+    try:
+        return EvalJob(**k8s.rewrite_paths(asdict(job), state_root, mount, PATH_FIELDS))
+    except k8s.OutsideVolume as err:
+        raise EvalError(f"the evaluation's input {err}") from None
 
 
 def bases(job: EvalJob) -> tuple[str, ...]:

@@ -52,8 +52,18 @@ def label_value(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:63].strip("-_.")
 
 
+class OutsideVolume(LlmopsError):
+    """A job's input lies outside the state folder, which is all the volume claim holds."""
+
+
 def _in_volume(path: str, state_root: Path, mount: str) -> str:
-    relative = Path(path).resolve().relative_to(state_root.resolve())
+    try:
+        relative = Path(path).resolve().relative_to(state_root.resolve())
+    except ValueError:
+        raise OutsideVolume(
+            f"{path} is outside the state folder {state_root}, which is all a Job's volume "
+            "claim holds"
+        ) from None
     return f"{mount.rstrip('/')}/{relative.as_posix()}"
 
 
@@ -230,12 +240,21 @@ def _render(
     )
 
 
-def rewrite_paths(job_fields: dict[str, Any], state_root: Path, mount: str) -> dict[str, Any]:
-    """The job file as the container sees it: state paths under the volume's mount."""
+TRAIN_PATHS = ("base_model", "train_file", "eval_file", "output")
+
+
+def rewrite_paths(
+    job_fields: dict[str, Any], state_root: Path, mount: str, keys: tuple[str, ...] = TRAIN_PATHS
+) -> dict[str, Any]:
+    """The job file as the container sees it: the state paths in `keys` (a path, or names
+    mapped to paths) under the volume's mount."""
     out = dict(job_fields)
-    for key in ("base_model", "train_file", "eval_file", "output"):
-        if out.get(key):
-            out[key] = _in_volume(out[key], state_root, mount)
+    for key in keys:
+        value = out.get(key)
+        if isinstance(value, dict):
+            out[key] = {name: _in_volume(path, state_root, mount) for name, path in value.items()}
+        elif value:
+            out[key] = _in_volume(value, state_root, mount)
     return out
 
 
